@@ -1,0 +1,349 @@
+//! MAC learning: one table for all tenants, keyed by (tenant, MAC), with a quota per tenant.
+//!
+//! # Design
+//! The key packs the tenant id and the 48-bit MAC into one `u64`, so a lookup hashes a single
+//! word (ahash) and one tenant's entries can never answer for another's. The map is allocated
+//! at install time with room for twice the table capacity: hashbrown then never grows (or
+//! rehashes out of place) on insert, which keeps learning allocation-free on the packet path.
+//!
+//! Quotas: a tenant learns at most `fdb_quota` MACs and the table at most `fdb_capacity`; a
+//! source beyond either is forwarded but not learned (counted as `quota_exceeded`), so one
+//! tenant flooding source MACs cannot push out another tenant's entries.
+//!
+//! Aging: an entry not refreshed for the tenant's `mac_aging` is ignored by lookups at once and
+//! removed by [`Fdb::age`], which the worker calls between batches a few times a second.
+//!
+//! It does _not_ survive a snapshot change yet: [`Fdb::install`] clears learned entries, so a
+//! reload costs a short flood while MACs are learned again.
+
+use std::collections::HashMap;
+
+use crate::snapshot::{AttachmentId, Snapshot, TenantId};
+use crate::time::Nanos;
+use crate::trace::counters::FdbStats;
+use crate::wire::MacAddr;
+
+/// Where a MAC was seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdbEntry {
+    /// The tenant attachment behind which the MAC lives.
+    pub attachment: AttachmentId,
+    /// Configured, never aged or moved.
+    pub is_static: bool,
+    /// Last time a frame from this MAC was seen.
+    pub last_seen: Nanos,
+}
+
+/// What learning a source did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learn {
+    /// Already known there; refreshed.
+    Refreshed,
+    /// New entry.
+    Learned,
+    /// Was behind another attachment; moved.
+    Moved,
+    /// Static entry elsewhere: not moved.
+    StaticConflict,
+    /// Not learned: tenant quota or table full.
+    QuotaExceeded,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct TenantFdb {
+    learned: u32,
+    quota: u32,
+    aging: Nanos,
+}
+
+/// The MAC table of one worker.
+#[derive(Debug)]
+pub struct Fdb {
+    map: HashMap<u64, FdbEntry, ahash::RandomState>,
+    tenants: Vec<TenantFdb>,
+    capacity: usize,
+    learned: usize,
+}
+
+#[inline]
+fn key(t: TenantId, mac: MacAddr) -> u64 {
+    (u64::from(t.0) << 48) | mac.to_u64()
+}
+
+impl Fdb {
+    /// An empty table for `snap` (static entries installed).
+    pub fn new(snap: &Snapshot) -> Self {
+        let mut f = Fdb {
+            map: HashMap::with_hasher(ahash::RandomState::new()),
+            tenants: Vec::new(),
+            capacity: 0,
+            learned: 0,
+        };
+        f.install(snap);
+        f
+    }
+
+    /// Re-sizes for a new snapshot: clears every entry, installs static ones.
+    pub fn install(&mut self, snap: &Snapshot) {
+        let statics: usize = snap.tenants.iter().map(|t| t.static_macs.len()).sum();
+        self.capacity = snap.fdb_capacity as usize;
+        self.map.clear();
+        // Twice the live maximum: inserts never trigger growth (see module docs).
+        let room = 2 * (self.capacity + statics);
+        if self.map.capacity() < room {
+            self.map.reserve(room);
+        }
+        self.learned = 0;
+        self.tenants.clear();
+        self.tenants.extend(snap.tenants.iter().map(|t| TenantFdb {
+            learned: 0,
+            quota: t.fdb_quota,
+            aging: t.mac_aging,
+        }));
+        for (ti, t) in snap.tenants.iter().enumerate() {
+            for &(mac, att) in &t.static_macs {
+                self.map.insert(
+                    key(TenantId(ti as u16), mac),
+                    FdbEntry {
+                        attachment: att,
+                        is_static: true,
+                        last_seen: Nanos::ZERO,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The attachment behind `mac` in tenant `t`, if known and not expired.
+    #[inline]
+    pub fn lookup(&self, now: Nanos, t: TenantId, mac: MacAddr) -> Option<AttachmentId> {
+        let e = self.map.get(&key(t, mac))?;
+        if e.is_static {
+            return Some(e.attachment);
+        }
+        let aging = self.tenants.get(t.index())?.aging;
+        if now.since(e.last_seen) > aging {
+            None
+        } else {
+            Some(e.attachment)
+        }
+    }
+
+    /// Records that `mac` was seen behind `att` in tenant `t`.
+    #[inline]
+    pub fn learn(&mut self, now: Nanos, t: TenantId, mac: MacAddr, att: AttachmentId) -> Learn {
+        let k = key(t, mac);
+        if let Some(e) = self.map.get_mut(&k) {
+            if e.is_static {
+                return if e.attachment == att {
+                    Learn::Refreshed
+                } else {
+                    Learn::StaticConflict
+                };
+            }
+            e.last_seen = now;
+            if e.attachment != att {
+                e.attachment = att;
+                return Learn::Moved;
+            }
+            return Learn::Refreshed;
+        }
+        let Some(tf) = self.tenants.get_mut(t.index()) else {
+            return Learn::QuotaExceeded;
+        };
+        if tf.learned >= tf.quota || self.learned >= self.capacity {
+            return Learn::QuotaExceeded;
+        }
+        tf.learned += 1;
+        self.learned += 1;
+        self.map.insert(
+            k,
+            FdbEntry {
+                attachment: att,
+                is_static: false,
+                last_seen: now,
+            },
+        );
+        Learn::Learned
+    }
+
+    /// Removes learned entries older than their tenant's aging time. Returns how many.
+    pub fn age(&mut self, now: Nanos) -> usize {
+        let tenants = &mut self.tenants;
+        let mut removed = 0;
+        self.map.retain(|k, e| {
+            if e.is_static {
+                return true;
+            }
+            let t = (k >> 48) as usize;
+            let Some(tf) = tenants.get_mut(t) else {
+                return false;
+            };
+            if now.since(e.last_seen) > tf.aging {
+                tf.learned -= 1;
+                removed += 1;
+                false
+            } else {
+                true
+            }
+        });
+        self.learned -= removed;
+        removed
+    }
+
+    /// Learned entries of tenant `t`.
+    pub fn learned(&self, t: TenantId) -> u32 {
+        self.tenants.get(t.index()).map_or(0, |tf| tf.learned)
+    }
+
+    /// All entries, static included.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when there is no entry.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Entries of one tenant, for the control API (not the packet path).
+    pub fn entries(&self, t: TenantId) -> impl Iterator<Item = (MacAddr, FdbEntry)> + '_ {
+        self.map
+            .iter()
+            .filter(move |(k, _)| (*k >> 48) as u16 == t.0)
+            .map(|(k, e)| (MacAddr::from_u64(*k), *e))
+    }
+}
+
+impl Learn {
+    /// Adds this event to the stats.
+    #[inline]
+    pub fn count(self, s: &mut FdbStats) {
+        match self {
+            Learn::Learned => s.learned += 1,
+            Learn::Moved => s.moved += 1,
+            Learn::QuotaExceeded => s.quota_exceeded += 1,
+            Learn::Refreshed | Learn::StaticConflict => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{Attachment, PortId, PortKind, SnapshotBuilder, TenantSpec};
+
+    fn mac(i: u32) -> MacAddr {
+        let b = i.to_be_bytes();
+        MacAddr([0x02, 0, b[0], b[1], b[2], b[3]])
+    }
+
+    fn snap(quota: u32, capacity: u32) -> Snapshot {
+        let mut b = SnapshotBuilder::new(1).fdb_capacity(capacity);
+        let p0 = b.port("p0", "p0", PortKind::Tenant);
+        let p1 = b.port("p1", "p1", PortKind::Tenant);
+        let p2 = b.port("p2", "p2", PortKind::Tenant);
+        for (name, ports) in [("a", vec![p0, p1]), ("b", vec![p2])] {
+            let mut t = TenantSpec::new(
+                name,
+                ports
+                    .into_iter()
+                    .map(|port| Attachment { port, vlan: None })
+                    .collect(),
+            );
+            t.fdb_quota = quota;
+            t.mac_aging = Nanos::from_secs(10);
+            b.tenant(t);
+        }
+        let mut s = b.build().unwrap();
+        s.tenants[0].static_macs.push((mac(999), AttachmentId(1)));
+        s
+    }
+
+    #[test]
+    fn learns_refreshes_moves() {
+        let mut f = Fdb::new(&snap(10, 100));
+        let (a, now) = (TenantId(0), Nanos::from_secs(1));
+        assert_eq!(f.lookup(now, a, mac(1)), None);
+        assert_eq!(f.learn(now, a, mac(1), AttachmentId(0)), Learn::Learned);
+        assert_eq!(f.lookup(now, a, mac(1)), Some(AttachmentId(0)));
+        assert_eq!(f.learn(now, a, mac(1), AttachmentId(0)), Learn::Refreshed);
+        assert_eq!(f.learn(now, a, mac(1), AttachmentId(1)), Learn::Moved);
+        assert_eq!(f.lookup(now, a, mac(1)), Some(AttachmentId(1)));
+        // Tenants do not see each other's entries.
+        assert_eq!(f.lookup(now, TenantId(1), mac(1)), None);
+        assert_eq!(f.learned(a), 1);
+    }
+
+    #[test]
+    fn static_entries_never_move_or_age() {
+        let mut f = Fdb::new(&snap(10, 100));
+        let a = TenantId(0);
+        assert_eq!(
+            f.learn(Nanos::ZERO, a, mac(999), AttachmentId(0)),
+            Learn::StaticConflict
+        );
+        let late = Nanos::from_secs(1_000_000);
+        assert_eq!(f.lookup(late, a, mac(999)), Some(AttachmentId(1)));
+        assert_eq!(f.age(late), 0);
+        assert_eq!(f.lookup(late, a, mac(999)), Some(AttachmentId(1)));
+    }
+
+    #[test]
+    fn aging_expires_and_frees_quota() {
+        let mut f = Fdb::new(&snap(2, 100));
+        let a = TenantId(0);
+        let t0 = Nanos::from_secs(1);
+        f.learn(t0, a, mac(1), AttachmentId(0));
+        f.learn(t0, a, mac(2), AttachmentId(0));
+        assert_eq!(
+            f.learn(t0, a, mac(3), AttachmentId(0)),
+            Learn::QuotaExceeded
+        );
+        // Refresh mac(2) at 6 s; at 11.5 s mac(1) is older than 10 s, mac(2) is not.
+        f.learn(Nanos::from_secs(6), a, mac(2), AttachmentId(0));
+        let t1 = Nanos::from_millis(11_500);
+        assert_eq!(
+            f.lookup(t1, a, mac(1)),
+            None,
+            "expired entries are ignored before removal"
+        );
+        assert_eq!(f.lookup(t1, a, mac(2)), Some(AttachmentId(0)));
+        assert_eq!(f.age(t1), 1);
+        assert_eq!(f.learned(a), 1);
+        assert_eq!(f.learn(t1, a, mac(3), AttachmentId(0)), Learn::Learned);
+    }
+
+    #[test]
+    fn one_tenant_cannot_fill_the_table_for_another() {
+        let mut f = Fdb::new(&snap(50, 60));
+        let now = Nanos::from_secs(1);
+        for i in 0..10_000 {
+            f.learn(now, TenantId(0), mac(i), AttachmentId(0));
+        }
+        assert_eq!(f.learned(TenantId(0)), 50);
+        for i in 0..10 {
+            assert_eq!(
+                f.learn(now, TenantId(1), mac(i), AttachmentId(0)),
+                Learn::Learned
+            );
+        }
+        assert_eq!(f.learned(TenantId(1)), 10);
+        // The global capacity still binds.
+        for i in 10..100 {
+            f.learn(now, TenantId(1), mac(i), AttachmentId(0));
+        }
+        assert_eq!(f.learned(TenantId(0)) + f.learned(TenantId(1)), 60);
+        let _ = PortId(0);
+    }
+
+    #[test]
+    fn install_clears_learned_keeps_static() {
+        let s = snap(10, 100);
+        let mut f = Fdb::new(&s);
+        f.learn(Nanos::ZERO, TenantId(1), mac(5), AttachmentId(0));
+        f.install(&s);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f.entries(TenantId(0)).count(), 1);
+    }
+}

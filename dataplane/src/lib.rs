@@ -1,0 +1,16 @@
+//! xswitch dataplane: packet views, the batch pipeline, flow tables, ports and the worker poll
+//! loop.
+//!
+//! The dataplane never reads files, parses config text or talks HTTP: it consumes an immutable
+//! [`snapshot::Snapshot`] compiled by `control`. Everything on the packet path is sans-IO and
+//! allocation-free; the only `unsafe` lives in [`port::afxdp`].
+
+pub mod batch;
+pub mod flow;
+pub mod pipeline;
+pub mod port;
+pub mod snapshot;
+pub mod time;
+pub mod trace;
+pub mod wire;
+pub mod worker;

@@ -1,0 +1,173 @@
+//! The batch pipeline: one pure call per batch that decides, for every frame, where it goes.
+//!
+//! ```text
+//! parse ─► tenant ─► ingress ─► classify (learn + FDB) ─► output (retag, flood, TX lists)
+//! ```
+//!
+//! [`Pipeline::process`] takes the time, the snapshot, the frame area and a batch, and writes
+//! exactly one [`Disposition`] per frame. It makes no syscall, takes no lock, allocates nothing
+//! and reads no clock: the worker passes all of that in, so a test drives it with a manual clock
+//! over in-memory ports. [`output::deliver`] then carries the dispositions out.
+//!
+//! Each stage has a per-packet `*_one` function and runs as a loop over the batch (VPP style);
+//! a frame dropped by one stage is skipped by the next.
+#![forbid(unsafe_code)]
+
+pub mod classify;
+pub mod ingress;
+pub mod output;
+pub mod parse;
+pub mod tenant;
+
+use crate::batch::{BATCH_SIZE, Batch};
+use crate::flow::Fdb;
+use crate::port::{FrameArea, FramePool};
+use crate::snapshot::{PortId, Snapshot};
+use crate::time::Nanos;
+use crate::trace::{Counters, DropReason};
+
+pub use output::TxLists;
+
+/// What happens to one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Send on `port`, with the outer tag set to `vlan` (or untagged).
+    Tx {
+        /// Egress port.
+        port: PortId,
+        /// Egress VLAN of the tenant's attachment there.
+        vlan: Option<u16>,
+    },
+    /// Send to every attachment of the frame's tenant except those on the ingress port.
+    Flood,
+    /// Drop and count.
+    Drop(DropReason),
+}
+
+/// One disposition per frame of a batch.
+#[derive(Debug, Clone)]
+pub struct Dispositions {
+    len: usize,
+    d: [Disposition; BATCH_SIZE],
+}
+
+impl Default for Dispositions {
+    fn default() -> Self {
+        Dispositions {
+            len: 0,
+            d: [Disposition::Drop(DropReason::NoRoute); BATCH_SIZE],
+        }
+    }
+}
+
+impl Dispositions {
+    /// The dispositions of the last processed batch.
+    #[inline]
+    pub fn as_slice(&self) -> &[Disposition] {
+        &self.d[..self.len]
+    }
+}
+
+/// One worker's switching state: its MAC table and its counters.
+#[derive(Debug)]
+pub struct Pipeline {
+    fdb: Fdb,
+    /// This worker's counters (published by the control plane).
+    pub counters: Counters,
+    generation: u64,
+}
+
+impl Pipeline {
+    /// A pipeline for `snap`.
+    pub fn new(snap: &Snapshot) -> Self {
+        Pipeline {
+            fdb: Fdb::new(snap),
+            counters: Counters::new(snap.ports.len(), snap.tenants.len()),
+            generation: snap.generation,
+        }
+    }
+
+    /// Adopts a new snapshot (between batches). Resizes counters and resets the MAC table.
+    pub fn install(&mut self, snap: &Snapshot) {
+        if snap.generation == self.generation {
+            return;
+        }
+        self.generation = snap.generation;
+        self.counters.resize(snap.ports.len(), snap.tenants.len());
+        self.fdb.install(snap);
+    }
+
+    /// The generation of the installed snapshot.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The MAC table.
+    pub fn fdb(&self) -> &Fdb {
+        &self.fdb
+    }
+
+    /// Housekeeping between batches: ages the MAC table.
+    pub fn age(&mut self, now: Nanos) {
+        let n = self.fdb.age(now);
+        self.counters.fdb.aged += n as u64;
+    }
+
+    /// Decides the fate of every frame in `batch`.
+    pub fn process(
+        &mut self,
+        now: Nanos,
+        snap: &Snapshot,
+        area: &FrameArea,
+        batch: &mut Batch,
+        out: &mut Dispositions,
+    ) {
+        debug_assert_eq!(
+            snap.generation, self.generation,
+            "install() the snapshot first"
+        );
+        parse::parse(area, batch);
+        let port = batch.port;
+        let (frames, meta) = batch.split_mut();
+        out.len = frames.len();
+        let c = &mut self.counters;
+        for ((f, m), d) in frames.iter().zip(meta.iter_mut()).zip(out.d.iter_mut()) {
+            if let Some(pr) = c.port_rx.get_mut(port.index()) {
+                pr.add(f.len);
+            }
+            if let Some(e) = m.parse_error {
+                c.parse_errors[e.index()] += 1;
+                *d = Disposition::Drop(DropReason::Malformed);
+                continue;
+            }
+            if let Err(r) = tenant::resolve_one(snap, port, m) {
+                *d = Disposition::Drop(r);
+                continue;
+            }
+            if let Some(tr) = c.tenant_rx.get_mut(m.tenant.index()) {
+                tr.add(f.len);
+            }
+            if let Err(r) = ingress::check_one(m) {
+                *d = Disposition::Drop(r);
+                continue;
+            }
+            *d = classify::classify_one(&mut self.fdb, &mut c.fdb, now, snap, port, m);
+        }
+    }
+
+    /// `process` then `deliver`: the whole pipeline for one batch, up to the TX lists.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &mut self,
+        now: Nanos,
+        snap: &Snapshot,
+        area: &mut FrameArea,
+        pool: &mut FramePool,
+        batch: &mut Batch,
+        disp: &mut Dispositions,
+        tx: &mut TxLists,
+    ) {
+        self.process(now, snap, area, batch, disp);
+        output::deliver(snap, area, pool, batch, disp, tx, &mut self.counters);
+    }
+}

@@ -1,0 +1,287 @@
+//! The frame area: one anonymous memory mapping cut into equal power-of-two chunks, shared by
+//! every port of the switch so that a frame received on one port is sent on another without a
+//! copy. AF_XDP registers this memory as its UMEM; the in-memory port uses the very same area,
+//! so tests exercise the real frame layout.
+//!
+//! # Ownership
+//! At any time each chunk is owned by exactly one place: the free list, a fill ring, the kernel
+//! (RX or TX in flight), a batch, or a pending TX list. Only the owner may touch its bytes. The
+//! safe accessors here hand out slices bounded to one chunk; the discipline that no two owners
+//! exist for a chunk is kept by the worker and checked by the frame accounting.
+//!
+//! It does _not_ track ownership itself (that would be a per-packet cost); it only bounds every
+//! access to the area and to the chunk of the address.
+
+use std::io;
+use std::ptr::NonNull;
+
+use crate::batch::FrameRef;
+
+/// Where the data of a received frame starts inside its chunk (`XDP_PACKET_HEADROOM`). The
+/// headroom lets the switch push VLAN tags without moving the payload.
+pub const FRAME_HEADROOM: u64 = 256;
+
+/// Which pages back the area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageSize {
+    /// Ordinary 4 KiB pages.
+    Normal,
+    /// 2 MiB huge pages, falling back to normal pages (reported by [`FrameArea::huge_pages`]).
+    Huge2M,
+}
+
+/// The shared frame memory.
+#[derive(Debug)]
+pub struct FrameArea {
+    ptr: NonNull<u8>,
+    len: usize,
+    chunk_size: u32,
+    huge: bool,
+}
+
+// SAFETY: the area is plain memory owned by this value; moving it to another thread moves that
+// ownership. Concurrent access is governed by the chunk-ownership discipline above, and `&mut`
+// access requires `&mut self`.
+unsafe impl Send for FrameArea {}
+
+impl FrameArea {
+    /// Maps `chunks * chunk_size` bytes. `chunk_size` must be a power of two in 2048..=4096
+    /// (the AF_XDP aligned-mode rule).
+    pub fn new(chunks: u32, chunk_size: u32, pages: PageSize) -> io::Result<FrameArea> {
+        if !chunk_size.is_power_of_two() || !(2048..=4096).contains(&chunk_size) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("frame size {chunk_size} must be 2048 or 4096"),
+            ));
+        }
+        if chunks == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "zero frames"));
+        }
+        let len = chunks as usize * chunk_size as usize;
+        let base = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE;
+        let mut huge = false;
+        let mut ptr = libc::MAP_FAILED;
+        if pages == PageSize::Huge2M && len % (2 << 20) == 0 {
+            // SAFETY: anonymous mapping with a null hint: no existing memory is affected.
+            ptr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    base | libc::MAP_HUGETLB,
+                    -1,
+                    0,
+                )
+            };
+            huge = ptr != libc::MAP_FAILED;
+        }
+        if ptr == libc::MAP_FAILED {
+            // SAFETY: as above.
+            ptr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    base,
+                    -1,
+                    0,
+                )
+            };
+        }
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr =
+            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        Ok(FrameArea {
+            ptr,
+            len,
+            chunk_size,
+            huge,
+        })
+    }
+
+    /// Bytes in the area.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Never true (an area has at least one chunk); for clippy's `len` convention.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Chunk (frame buffer) size.
+    #[inline]
+    pub fn chunk_size(&self) -> u32 {
+        self.chunk_size
+    }
+
+    /// Number of chunks.
+    #[inline]
+    pub fn chunks(&self) -> u32 {
+        (self.len / self.chunk_size as usize) as u32
+    }
+
+    /// True when the huge-page mapping succeeded.
+    pub fn huge_pages(&self) -> bool {
+        self.huge
+    }
+
+    /// Start of the mapping (for UMEM registration).
+    pub fn base_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// The chunk base of any address inside it.
+    #[inline]
+    pub fn chunk_base(&self, addr: u64) -> u64 {
+        addr & !(u64::from(self.chunk_size) - 1)
+    }
+
+    /// Checks that `[addr, addr + len)` lies inside one chunk of the area.
+    #[inline]
+    fn check(&self, addr: u64, len: usize) -> Option<usize> {
+        let start = usize::try_from(addr).ok()?;
+        let end = start.checked_add(len)?;
+        let chunk_end = (self.chunk_base(addr) + u64::from(self.chunk_size)) as usize;
+        if end <= chunk_end && chunk_end <= self.len {
+            Some(start)
+        } else {
+            None
+        }
+    }
+
+    /// The bytes of a frame, or None if it does not lie inside one chunk.
+    #[inline]
+    pub fn frame(&self, f: FrameRef) -> Option<&[u8]> {
+        let start = self.check(f.addr, f.len as usize)?;
+        // SAFETY: `check` proved start..start+len is inside the mapping, which lives as long as
+        // `self`. The caller owns this chunk (module docs), so no one writes it meanwhile.
+        Some(unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(start), f.len as usize) })
+    }
+
+    /// The bytes of a frame, mutable.
+    #[inline]
+    pub fn frame_mut(&mut self, f: FrameRef) -> Option<&mut [u8]> {
+        let start = self.check(f.addr, f.len as usize)?;
+        // SAFETY: bounds as in `frame`; `&mut self` rules out any other slice of this area
+        // from this handle while the returned one lives.
+        Some(unsafe {
+            std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(start), f.len as usize)
+        })
+    }
+
+    /// The whole chunk holding `addr`, and the offset of `addr` in it (for header pushes that
+    /// grow the frame into its headroom).
+    #[inline]
+    pub fn chunk_mut(&mut self, addr: u64) -> Option<(&mut [u8], usize)> {
+        let base = self.chunk_base(addr);
+        let start = self.check(base, self.chunk_size as usize)?;
+        let off = (addr - base) as usize;
+        // SAFETY: `check` bounded the chunk inside the mapping; exclusive as in `frame_mut`.
+        let chunk = unsafe {
+            std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(start), self.chunk_size as usize)
+        };
+        Some((chunk, off))
+    }
+}
+
+impl FrameArea {
+    /// Copies the bytes of `src` to `dst_addr`, which must lie in another chunk. Returns the new
+    /// frame, or None if either range is out of bounds or the chunks are the same.
+    #[inline]
+    pub fn copy_frame(&mut self, src: FrameRef, dst_addr: u64) -> Option<FrameRef> {
+        let len = src.len as usize;
+        let s = self.check(src.addr, len)?;
+        let d = self.check(dst_addr, len)?;
+        if self.chunk_base(src.addr) == self.chunk_base(dst_addr) {
+            return None;
+        }
+        // SAFETY: both ranges are inside the mapping (`check`) and inside two different chunks,
+        // so they do not overlap; the caller owns both chunks and `&mut self` excludes other
+        // slices from this handle.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(s), self.ptr.as_ptr().add(d), len);
+        }
+        Some(FrameRef {
+            addr: dst_addr,
+            len: src.len,
+        })
+    }
+}
+
+impl Drop for FrameArea {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len are exactly what mmap returned; no slice outlives `self` (they borrow
+        // it). A failed munmap leaks the mapping, which is harmless at teardown.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_are_per_chunk() {
+        let mut a = FrameArea::new(4, 2048, PageSize::Normal).unwrap();
+        assert_eq!((a.chunks(), a.len()), (4, 8192));
+        assert!(
+            a.frame(FrameRef {
+                addr: 256,
+                len: 1792
+            })
+            .is_some()
+        );
+        // Crosses into the next chunk.
+        assert!(
+            a.frame(FrameRef {
+                addr: 256,
+                len: 1793
+            })
+            .is_none()
+        );
+        // Past the end of the area.
+        assert!(a.frame(FrameRef { addr: 8192, len: 1 }).is_none());
+        assert!(
+            a.frame(FrameRef {
+                addr: u64::MAX,
+                len: 1
+            })
+            .is_none()
+        );
+        let f = FrameRef {
+            addr: 2048 + 256,
+            len: 4,
+        };
+        a.frame_mut(f).unwrap().copy_from_slice(&[1, 2, 3, 4]);
+        assert_eq!(a.frame(f).unwrap(), &[1, 2, 3, 4]);
+        let (chunk, off) = a.chunk_mut(2048 + 300).unwrap();
+        assert_eq!((chunk.len(), off), (2048, 300));
+        assert_eq!(chunk[256..260], [1, 2, 3, 4]);
+        assert_eq!(a.chunk_base(2048 + 300), 2048);
+        let c = a.copy_frame(f, 4096 + 256).unwrap();
+        assert_eq!(a.frame(c).unwrap(), &[1, 2, 3, 4]);
+        assert!(a.copy_frame(f, 2048 + 1024).is_none(), "same chunk");
+        assert!(a.copy_frame(f, 8190).is_none(), "out of bounds");
+    }
+
+    #[test]
+    fn bad_sizes_are_refused() {
+        assert!(FrameArea::new(4, 1000, PageSize::Normal).is_err());
+        assert!(FrameArea::new(4, 8192, PageSize::Normal).is_err());
+        assert!(FrameArea::new(0, 2048, PageSize::Normal).is_err());
+    }
+
+    #[test]
+    fn huge_pages_fall_back() {
+        // Whether or not huge pages are reserved here, the area must come up.
+        let a = FrameArea::new(1024, 2048, PageSize::Huge2M).unwrap();
+        assert_eq!(a.len(), 2 << 20);
+    }
+}

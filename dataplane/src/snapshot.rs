@@ -1,0 +1,473 @@
+//! The immutable, compiled view of the configuration that workers switch with.
+//!
+//! `control` compiles config text into a [`Snapshot`]; the dataplane owns the type because it
+//! cannot depend on `control`. Names become dense ids (`PortId`, `TenantId`) and every table is
+//! a `Vec` indexed by id, so a lookup on the packet path is an array index, never a string
+//! compare or a hash of a name. A snapshot is shared as `Arc<Snapshot>` and never mutated.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+
+use crate::time::Nanos;
+use crate::wire::MacAddr;
+
+/// Dense index of a port in [`Snapshot::ports`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct PortId(pub u16);
+
+impl PortId {
+    /// As an array index.
+    #[inline]
+    pub const fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// Dense index of a tenant in [`Snapshot::tenants`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct TenantId(pub u16);
+
+impl TenantId {
+    /// As an array index.
+    #[inline]
+    pub const fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// Index of an attachment within its tenant's [`TenantSpec::attachments`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct AttachmentId(pub u16);
+
+/// What a port faces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortKind {
+    /// Towards the host fabric; tenants are told apart by VLAN tag.
+    Uplink,
+    /// A VF, veth or tap facing one tenant (untagged) or several (by VLAN).
+    Tenant,
+}
+
+/// A port as the dataplane sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSpec {
+    /// Config name (labels, logs).
+    pub name: String,
+    /// Kernel interface name.
+    pub interface: String,
+    /// What it faces.
+    pub kind: PortKind,
+}
+
+/// One place a tenant is reachable: a port, and the VLAN its frames carry there (None: untagged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attachment {
+    /// The port.
+    pub port: PortId,
+    /// The VLAN id on that port, 1..=4094, or untagged.
+    pub vlan: Option<u16>,
+}
+
+/// A tenant: one isolated L2 domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantSpec {
+    /// Config name (labels, logs).
+    pub name: String,
+    /// Where the tenant is reachable. Floods go to all of them but the ingress one.
+    pub attachments: Vec<Attachment>,
+    /// Maximum learned MACs (static entries not included).
+    pub fdb_quota: u32,
+    /// A learned MAC not seen for this long is forgotten.
+    pub mac_aging: Nanos,
+    /// MACs pinned to an attachment; never aged, never moved by learning.
+    pub static_macs: Vec<(MacAddr, AttachmentId)>,
+}
+
+/// Marker in the ingress map for "no tenant here".
+const NO_TENANT: u32 = u32::MAX;
+/// Slot of the untagged attachment in a port's ingress map (VLAN ids use 0..4096).
+pub const UNTAGGED: usize = 4096;
+
+/// The compiled configuration.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Bumped on every compile; workers invalidate cached decisions when it changes.
+    pub generation: u64,
+    /// Ports by id.
+    pub ports: Vec<PortSpec>,
+    /// Tenants by id.
+    pub tenants: Vec<TenantSpec>,
+    /// Total MAC table capacity shared by all tenants (each also capped by its quota).
+    pub fdb_capacity: u32,
+    /// Per port, 4097 slots (VLAN id, then [`UNTAGGED`]): tenant id << 16 | attachment id.
+    ingress: Vec<Box<[u32]>>,
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("generation", &self.generation)
+            .field("ports", &self.ports)
+            .field("tenants", &self.tenants)
+            .field("fdb_capacity", &self.fdb_capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Snapshot {
+    /// The tenant and attachment for a frame arriving on `port` with outer VLAN `vlan`.
+    #[inline]
+    pub fn resolve(&self, port: PortId, vlan: Option<u16>) -> Option<(TenantId, AttachmentId)> {
+        let slot = match vlan {
+            Some(v) => usize::from(v & 0x0fff),
+            None => UNTAGGED,
+        };
+        let v = *self.ingress.get(port.index())?.get(slot)?;
+        if v == NO_TENANT {
+            None
+        } else {
+            Some((TenantId((v >> 16) as u16), AttachmentId(v as u16)))
+        }
+    }
+
+    /// An attachment of a tenant.
+    #[inline]
+    pub fn attachment(&self, t: TenantId, a: AttachmentId) -> Option<Attachment> {
+        self.tenants
+            .get(t.index())?
+            .attachments
+            .get(usize::from(a.0))
+            .copied()
+    }
+
+    /// Looks a port up by config name.
+    pub fn port_by_name(&self, name: &str) -> Option<PortId> {
+        self.ports
+            .iter()
+            .position(|p| p.name == name)
+            .map(|i| PortId(i as u16))
+    }
+
+    /// Looks a tenant up by config name.
+    pub fn tenant_by_name(&self, name: &str) -> Option<TenantId> {
+        self.tenants
+            .iter()
+            .position(|t| t.name == name)
+            .map(|i| TenantId(i as u16))
+    }
+}
+
+/// Why a set of ports and tenants cannot form a snapshot. `control` validates config first and
+/// reports these with file and field; this is the dataplane's own last line of defence.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// More ports or tenants than ids.
+    #[error("too many {what}: {n} (at most {max})")]
+    TooMany {
+        /// "ports", "tenants" or "attachments".
+        what: &'static str,
+        /// How many were given.
+        n: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An attachment names a port id that does not exist.
+    #[error("tenant {tenant}: attachment to unknown port id {port}")]
+    UnknownPort {
+        /// Tenant name.
+        tenant: String,
+        /// Port id.
+        port: u16,
+    },
+    /// A VLAN id outside 1..=4094.
+    #[error("tenant {tenant}: VLAN {vlan} out of range 1..=4094")]
+    VlanRange {
+        /// Tenant name.
+        tenant: String,
+        /// VLAN id.
+        vlan: u16,
+    },
+    /// Two attachments claim the same (port, VLAN).
+    #[error("tenant {tenant}: port {port} {vlan} is already attached to tenant {other}")]
+    Overlap {
+        /// Tenant name.
+        tenant: String,
+        /// Port name.
+        port: String,
+        /// "vlan N" or "untagged".
+        vlan: String,
+        /// The tenant that has it.
+        other: String,
+    },
+    /// An uplink attachment without a VLAN: uplink tenants are told apart by tag.
+    #[error("tenant {tenant}: attachment to uplink port {port} needs a VLAN")]
+    UntaggedUplink {
+        /// Tenant name.
+        tenant: String,
+        /// Port name.
+        port: String,
+    },
+    /// A static MAC names an attachment the tenant does not have, or is a group address.
+    #[error("tenant {tenant}: static MAC {mac} is invalid")]
+    BadStaticMac {
+        /// Tenant name.
+        tenant: String,
+        /// The MAC.
+        mac: MacAddr,
+    },
+}
+
+/// Assembles and checks a [`Snapshot`].
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotBuilder {
+    generation: u64,
+    ports: Vec<PortSpec>,
+    tenants: Vec<TenantSpec>,
+    fdb_capacity: u32,
+}
+
+impl SnapshotBuilder {
+    /// An empty builder for the given generation.
+    pub fn new(generation: u64) -> Self {
+        SnapshotBuilder {
+            generation,
+            fdb_capacity: 65536,
+            ..Default::default()
+        }
+    }
+
+    /// Sets the total MAC table capacity.
+    pub fn fdb_capacity(mut self, n: u32) -> Self {
+        self.fdb_capacity = n;
+        self
+    }
+
+    /// Adds a port; returns its id.
+    pub fn port(&mut self, name: &str, interface: &str, kind: PortKind) -> PortId {
+        self.ports.push(PortSpec {
+            name: name.into(),
+            interface: interface.into(),
+            kind,
+        });
+        PortId((self.ports.len() - 1) as u16)
+    }
+
+    /// Adds a tenant; returns its id.
+    pub fn tenant(&mut self, spec: TenantSpec) -> TenantId {
+        self.tenants.push(spec);
+        TenantId((self.tenants.len() - 1) as u16)
+    }
+
+    /// Checks and freezes.
+    pub fn build(self) -> Result<Snapshot, SnapshotError> {
+        let max = usize::from(u16::MAX);
+        if self.ports.len() > max {
+            return Err(SnapshotError::TooMany {
+                what: "ports",
+                n: self.ports.len(),
+                max,
+            });
+        }
+        if self.tenants.len() > max {
+            return Err(SnapshotError::TooMany {
+                what: "tenants",
+                n: self.tenants.len(),
+                max,
+            });
+        }
+        let mut ingress: Vec<Box<[u32]>> = self
+            .ports
+            .iter()
+            .map(|_| vec![NO_TENANT; UNTAGGED + 1].into_boxed_slice())
+            .collect();
+        for (ti, t) in self.tenants.iter().enumerate() {
+            if t.attachments.len() > max {
+                return Err(SnapshotError::TooMany {
+                    what: "attachments",
+                    n: t.attachments.len(),
+                    max,
+                });
+            }
+            for (ai, a) in t.attachments.iter().enumerate() {
+                let port =
+                    self.ports
+                        .get(a.port.index())
+                        .ok_or_else(|| SnapshotError::UnknownPort {
+                            tenant: t.name.clone(),
+                            port: a.port.0,
+                        })?;
+                let slot = match a.vlan {
+                    Some(v) if !(1..=4094).contains(&v) => {
+                        return Err(SnapshotError::VlanRange {
+                            tenant: t.name.clone(),
+                            vlan: v,
+                        });
+                    }
+                    Some(v) => usize::from(v),
+                    None if port.kind == PortKind::Uplink => {
+                        return Err(SnapshotError::UntaggedUplink {
+                            tenant: t.name.clone(),
+                            port: port.name.clone(),
+                        });
+                    }
+                    None => UNTAGGED,
+                };
+                let cell = &mut ingress[a.port.index()][slot];
+                if *cell != NO_TENANT {
+                    let other = &self.tenants[(*cell >> 16) as usize].name;
+                    return Err(SnapshotError::Overlap {
+                        tenant: t.name.clone(),
+                        port: port.name.clone(),
+                        vlan: a.vlan.map_or("untagged".into(), |v| format!("vlan {v}")),
+                        other: other.clone(),
+                    });
+                }
+                *cell = ((ti as u32) << 16) | ai as u32;
+            }
+            for (mac, att) in &t.static_macs {
+                if mac.is_multicast()
+                    || *mac == MacAddr::ZERO
+                    || usize::from(att.0) >= t.attachments.len()
+                {
+                    return Err(SnapshotError::BadStaticMac {
+                        tenant: t.name.clone(),
+                        mac: *mac,
+                    });
+                }
+            }
+        }
+        Ok(Snapshot {
+            generation: self.generation,
+            ports: self.ports,
+            tenants: self.tenants,
+            fdb_capacity: self.fdb_capacity,
+            ingress,
+        })
+    }
+}
+
+impl TenantSpec {
+    /// A tenant with default quota (1024 MACs) and aging (300 s), no static MACs.
+    pub fn new(name: &str, attachments: Vec<Attachment>) -> Self {
+        TenantSpec {
+            name: name.into(),
+            attachments,
+            fdb_quota: 1024,
+            mac_aging: Nanos::from_secs(300),
+            static_macs: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn two_tenants() -> SnapshotBuilder {
+        let mut b = SnapshotBuilder::new(1);
+        let up = b.port("up", "eth0", PortKind::Uplink);
+        let a = b.port("a", "veth-a", PortKind::Tenant);
+        b.tenant(TenantSpec::new(
+            "red",
+            vec![
+                Attachment {
+                    port: up,
+                    vlan: Some(100),
+                },
+                Attachment {
+                    port: a,
+                    vlan: None,
+                },
+            ],
+        ));
+        b.tenant(TenantSpec::new(
+            "blue",
+            vec![Attachment {
+                port: up,
+                vlan: Some(200),
+            }],
+        ));
+        b
+    }
+
+    #[test]
+    fn resolves_by_port_and_vlan() {
+        let s = two_tenants().build().unwrap();
+        assert_eq!(
+            s.resolve(PortId(0), Some(100)),
+            Some((TenantId(0), AttachmentId(0)))
+        );
+        assert_eq!(
+            s.resolve(PortId(0), Some(200)),
+            Some((TenantId(1), AttachmentId(0)))
+        );
+        assert_eq!(
+            s.resolve(PortId(1), None),
+            Some((TenantId(0), AttachmentId(1)))
+        );
+        assert_eq!(s.resolve(PortId(0), None), None);
+        assert_eq!(s.resolve(PortId(1), Some(100)), None);
+        assert_eq!(s.resolve(PortId(9), None), None);
+        assert_eq!(s.tenant_by_name("blue"), Some(TenantId(1)));
+        assert_eq!(s.port_by_name("a"), Some(PortId(1)));
+    }
+
+    #[test]
+    fn rejects_overlap_and_bad_vlans() {
+        let mut b = two_tenants();
+        b.tenant(TenantSpec::new(
+            "green",
+            vec![Attachment {
+                port: PortId(0),
+                vlan: Some(100),
+            }],
+        ));
+        assert!(matches!(b.build(), Err(SnapshotError::Overlap { .. })));
+
+        let mut b = two_tenants();
+        b.tenant(TenantSpec::new(
+            "green",
+            vec![Attachment {
+                port: PortId(0),
+                vlan: None,
+            }],
+        ));
+        assert!(matches!(
+            b.build(),
+            Err(SnapshotError::UntaggedUplink { .. })
+        ));
+
+        let mut b = two_tenants();
+        b.tenant(TenantSpec::new(
+            "green",
+            vec![Attachment {
+                port: PortId(0),
+                vlan: Some(4095),
+            }],
+        ));
+        assert!(matches!(b.build(), Err(SnapshotError::VlanRange { .. })));
+
+        let mut b = two_tenants();
+        b.tenant(TenantSpec::new(
+            "green",
+            vec![Attachment {
+                port: PortId(7),
+                vlan: None,
+            }],
+        ));
+        assert!(matches!(b.build(), Err(SnapshotError::UnknownPort { .. })));
+
+        let mut b = two_tenants();
+        let mut t = TenantSpec::new(
+            "green",
+            vec![Attachment {
+                port: PortId(0),
+                vlan: Some(5),
+            }],
+        );
+        t.static_macs.push((MacAddr::BROADCAST, AttachmentId(0)));
+        b.tenant(t);
+        assert!(matches!(b.build(), Err(SnapshotError::BadStaticMac { .. })));
+    }
+}

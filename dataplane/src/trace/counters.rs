@@ -1,0 +1,209 @@
+//! Per-worker counters in plain `u64` arrays, and the closed list of reasons a packet is dropped.
+//!
+//! # Design
+//! `DropReason` is the only way the pipeline drops a packet, so every drop is counted under
+//! exactly one reason. Drops are counted per ingress port and, when the tenant is known, per
+//! tenant as well (two views of the same single reason, not two reasons). Why a frame was
+//! malformed is counted again by [`ParseError`] so an operator can tell truncation from bad IHL.
+//! The arrays are sized when a snapshot is installed, never on the packet path.
+
+use crate::snapshot::{PortId, TenantId};
+
+macro_rules! labelled_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident => $label:literal,)* }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum $name { $($(#[$vm])* $v,)* }
+
+        impl $name {
+            /// Every variant, in discriminant order.
+            pub const ALL: &'static [$name] = &[$($name::$v,)*];
+            /// Number of variants (array dimension).
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// The Prometheus label value (snake_case of the variant).
+            pub const fn as_label(self) -> &'static str {
+                match self { $($name::$v => $label,)* }
+            }
+
+            /// Array index of this variant.
+            #[inline]
+            pub const fn index(self) -> usize {
+                self as usize
+            }
+        }
+    };
+}
+
+labelled_enum! {
+    /// Why a packet was dropped. Exactly one per dropped packet.
+    DropReason {
+        /// The frame failed parsing (see [`ParseError`] for which check).
+        Malformed => "malformed",
+        /// No tenant is attached to the (ingress port, VLAN) the frame arrived on.
+        UnknownTenant => "unknown_tenant",
+        /// Source MAC is multicast, broadcast or zero.
+        InvalidSrcMac => "invalid_src_mac",
+        /// The destination is known to be on the port the frame came from.
+        Hairpin => "hairpin",
+        /// Nowhere to send it (for example a flood in a tenant with one attachment).
+        NoRoute => "no_route",
+        /// A VLAN tag had to be pushed but the frame has no headroom left.
+        NoHeadroom => "no_headroom",
+        /// No free frame for a flood copy.
+        NoFrame => "no_frame",
+        /// The egress port's TX ring (or pending list) was full.
+        TxFull => "tx_full",
+    }
+}
+
+labelled_enum! {
+    /// Which parse check failed for a `Malformed` drop.
+    ParseError {
+        /// Shorter than an Ethernet header.
+        Ethernet => "ethernet",
+        /// A VLAN tag is cut short, or more than two tags.
+        Vlan => "vlan",
+        /// 802.3 length field larger than the frame, or in the invalid 1501..1535 range.
+        Length => "length",
+        /// ARP header or addresses cut short.
+        Arp => "arp",
+        /// IPv4 version, IHL or total length inconsistent with the frame.
+        Ipv4 => "ipv4",
+        /// IPv6 version or payload length inconsistent, or a bad extension-header chain.
+        Ipv6 => "ipv6",
+        /// TCP header cut short or bad data offset.
+        Tcp => "tcp",
+        /// UDP header cut short or bad length.
+        Udp => "udp",
+        /// ICMP or ICMPv6 header cut short.
+        Icmp => "icmp",
+    }
+}
+
+/// Packet and byte counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PktBytes {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes (frame length as received or sent).
+    pub bytes: u64,
+}
+
+impl PktBytes {
+    /// Adds one packet of `len` bytes.
+    #[inline]
+    pub fn add(&mut self, len: u32) {
+        self.packets += 1;
+        self.bytes += u64::from(len);
+    }
+}
+
+/// MAC learning events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FdbStats {
+    /// New entries learned.
+    pub learned: u64,
+    /// Entries whose port changed (a host moved).
+    pub moved: u64,
+    /// Source MACs not learned because the tenant's quota or the table was full.
+    pub quota_exceeded: u64,
+    /// Entries removed by aging.
+    pub aged: u64,
+}
+
+/// One worker's counters. Indexed by dense ids; sized by [`Counters::resize`].
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    /// Received, per port.
+    pub port_rx: Vec<PktBytes>,
+    /// Transmitted, per port.
+    pub port_tx: Vec<PktBytes>,
+    /// Drops per ingress port and reason.
+    pub port_drops: Vec<[u64; DropReason::COUNT]>,
+    /// From the tenant into the switch, per tenant.
+    pub tenant_rx: Vec<PktBytes>,
+    /// From the switch to the tenant, per tenant.
+    pub tenant_tx: Vec<PktBytes>,
+    /// Drops per tenant and reason (only where the tenant was resolved).
+    pub tenant_drops: Vec<[u64; DropReason::COUNT]>,
+    /// Malformed frames by parse check.
+    pub parse_errors: [u64; ParseError::COUNT],
+    /// MAC learning.
+    pub fdb: FdbStats,
+    /// Flood copies made (frames beyond the original).
+    pub flood_copies: u64,
+    /// Port wakeups (`sendto`/`poll` kicks) that failed.
+    pub kick_errors: u64,
+}
+
+impl Counters {
+    /// Counters for `ports` ports and `tenants` tenants, all zero.
+    pub fn new(ports: usize, tenants: usize) -> Self {
+        let mut c = Counters::default();
+        c.resize(ports, tenants);
+        c
+    }
+
+    /// Grows or shrinks the tables (on a snapshot change; never on the packet path).
+    pub fn resize(&mut self, ports: usize, tenants: usize) {
+        self.port_rx.resize(ports, PktBytes::default());
+        self.port_tx.resize(ports, PktBytes::default());
+        self.port_drops.resize(ports, [0; DropReason::COUNT]);
+        self.tenant_rx.resize(tenants, PktBytes::default());
+        self.tenant_tx.resize(tenants, PktBytes::default());
+        self.tenant_drops.resize(tenants, [0; DropReason::COUNT]);
+    }
+
+    /// Counts one dropped packet under `reason`.
+    #[inline]
+    pub fn drop(&mut self, port: PortId, tenant: Option<TenantId>, reason: DropReason) {
+        if let Some(p) = self.port_drops.get_mut(port.index()) {
+            p[reason.index()] += 1;
+        }
+        if let Some(t) = tenant.and_then(|t| self.tenant_drops.get_mut(t.index())) {
+            t[reason.index()] += 1;
+        }
+    }
+
+    /// Total drops under `reason`, summed over ports.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.port_drops.iter().map(|p| p[reason.index()]).sum()
+    }
+
+    /// Total drops, all reasons.
+    pub fn total_drops(&self) -> u64 {
+        self.port_drops.iter().flatten().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_snake_case_and_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for r in DropReason::ALL {
+            let l = r.as_label();
+            assert!(l.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{l}");
+            assert!(seen.insert(l), "duplicate label {l}");
+        }
+        assert_eq!(
+            DropReason::ALL[DropReason::TxFull.index()],
+            DropReason::TxFull
+        );
+    }
+
+    #[test]
+    fn one_drop_one_reason() {
+        let mut c = Counters::new(2, 1);
+        c.drop(PortId(1), Some(TenantId(0)), DropReason::Hairpin);
+        c.drop(PortId(0), None, DropReason::UnknownTenant);
+        assert_eq!(c.total_drops(), 2);
+        assert_eq!(c.drops(DropReason::Hairpin), 1);
+        assert_eq!(c.tenant_drops[0][DropReason::Hairpin.index()], 1);
+        assert_eq!(c.tenant_drops[0].iter().sum::<u64>(), 1);
+    }
+}

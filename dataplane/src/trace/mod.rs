@@ -1,0 +1,8 @@
+//! What the dataplane tells the operator: counters by reason (and, in later stages, captures,
+//! decision traces and flow records). Workers count in plain per-worker memory; `control`
+//! publishes. Nothing here is shared between threads or touched atomically per packet.
+#![forbid(unsafe_code)]
+
+pub mod counters;
+
+pub use counters::{Counters, DropReason, ParseError};

@@ -1,0 +1,80 @@
+//! UDP header (length field checked against the datagram).
+
+use super::{Error, Result, be16};
+
+/// Header length.
+pub const HEADER_LEN: usize = 8;
+
+/// A view of a UDP datagram.
+#[derive(Debug, Clone)]
+pub struct UdpDatagram<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> UdpDatagram<T> {
+    /// Wraps a buffer without checking.
+    #[inline]
+    pub fn new_unchecked(buffer: T) -> Self {
+        UdpDatagram { buffer }
+    }
+
+    /// Checks 8 <= length field <= buffer.
+    #[inline]
+    pub fn new_checked(buffer: T) -> Result<Self> {
+        let d = Self::new_unchecked(buffer);
+        let b = d.buffer.as_ref();
+        if b.len() < HEADER_LEN {
+            return Err(Error);
+        }
+        let len = usize::from(d.len());
+        if !(HEADER_LEN..=b.len()).contains(&len) {
+            return Err(Error);
+        }
+        Ok(d)
+    }
+
+    /// Source port.
+    #[inline]
+    pub fn src_port(&self) -> u16 {
+        be16(self.buffer.as_ref(), 0)
+    }
+    /// Destination port.
+    #[inline]
+    pub fn dst_port(&self) -> u16 {
+        be16(self.buffer.as_ref(), 2)
+    }
+    /// Length field (header plus payload).
+    #[inline]
+    pub fn len(&self) -> u16 {
+        be16(self.buffer.as_ref(), 4)
+    }
+    /// True when the datagram carries no payload.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        usize::from(self.len()) == HEADER_LEN
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static DNS: [u8; 12] = [0xd4, 0x31, 0x00, 0x35, 0x00, 0x0c, 0x00, 0x00, 1, 2, 3, 4];
+
+    #[test]
+    fn deconstruct() {
+        let d = UdpDatagram::new_checked(&DNS[..]).unwrap();
+        assert_eq!((d.src_port(), d.dst_port(), d.len()), (54321, 53, 12));
+        assert!(!d.is_empty());
+    }
+
+    #[test]
+    fn bad_length() {
+        for n in 0..12 {
+            assert!(UdpDatagram::new_checked(&DNS[..n]).is_err());
+        }
+        let mut bad = DNS;
+        bad[5] = 7; // below the header length
+        assert!(UdpDatagram::new_checked(&bad[..]).is_err());
+    }
+}

@@ -1,0 +1,182 @@
+//! The poll loop body: the only place that composes clock, ports and pipeline.
+//!
+//! One [`Worker::poll`] is one "breath": for every port, return completed TX frames to the pool,
+//! receive a batch, run the pipeline on it, hand the TX lists to the ports and kick them. A new
+//! snapshot is adopted only between breaths ([`Worker::install`]), so a batch is always switched
+//! against one consistent configuration.
+//!
+//! # Frame accounting
+//! Every chunk of the area is, at every breath boundary, either in the pool or held by a port
+//! (fill, RX, TX, completion). [`Worker::census`] adds them up; debug builds assert after every
+//! breath that the sum equals the number of chunks, so a leaked or doubly-owned frame fails the
+//! first test that causes it.
+
+use std::sync::Arc;
+
+use crate::batch::Batch;
+use crate::pipeline::{Dispositions, Pipeline, TxLists};
+use crate::port::{FrameArea, FramePool, Port, PortCensus};
+use crate::snapshot::{PortId, Snapshot};
+use crate::time::Nanos;
+
+/// How often the MAC table is swept for expired entries.
+const AGE_INTERVAL: Nanos = Nanos::from_millis(250);
+
+/// Where every frame of the area is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FrameCensus {
+    /// In the free list.
+    pub free: u32,
+    /// Held by ports, by state.
+    pub ports: PortCensus,
+    /// Chunks in the area.
+    pub total: u32,
+}
+
+impl FrameCensus {
+    /// True when every frame is accounted for exactly once.
+    pub fn balanced(&self) -> bool {
+        self.free + self.ports.total() == self.total
+    }
+}
+
+/// A worker: its ports, its share of frames and its pipeline.
+#[derive(Debug)]
+pub struct Worker<P: Port> {
+    area: FrameArea,
+    pool: FramePool,
+    ports: Vec<P>,
+    pipeline: Pipeline,
+    snap: Arc<Snapshot>,
+    batch: Batch,
+    disp: Dispositions,
+    tx: TxLists,
+    next_age: Nanos,
+}
+
+impl<P: Port> Worker<P> {
+    /// A worker over `ports` (indexed by `PortId`) and the frames of `area`.
+    pub fn new(area: FrameArea, ports: Vec<P>, snap: Arc<Snapshot>) -> Self {
+        let pool = FramePool::new(&area);
+        Worker {
+            pipeline: Pipeline::new(&snap),
+            tx: TxLists::new(ports.len(), 4 * crate::batch::BATCH_SIZE),
+            area,
+            pool,
+            ports,
+            snap,
+            batch: Batch::new(),
+            disp: Dispositions::default(),
+            next_age: Nanos::ZERO,
+        }
+    }
+
+    /// One pass over every port. Returns the number of frames received.
+    pub fn poll(&mut self, now: Nanos) -> usize {
+        let mut received = 0;
+        for i in 0..self.ports.len() {
+            let port = PortId(i as u16);
+            self.ports[i].reclaim(&mut self.pool);
+            self.batch.reset(port);
+            let n = self.ports[i].rx(&mut self.pool, &mut self.batch);
+            if n == 0 {
+                continue;
+            }
+            received += n;
+            self.pipeline.run(
+                now,
+                &self.snap,
+                &mut self.area,
+                &mut self.pool,
+                &mut self.batch,
+                &mut self.disp,
+                &mut self.tx,
+            );
+            self.tx
+                .flush(&mut self.ports, &mut self.pool, &mut self.pipeline.counters);
+        }
+        for p in &mut self.ports {
+            if !p.kick() {
+                self.pipeline.counters.kick_errors += 1;
+            }
+        }
+        if now >= self.next_age {
+            self.pipeline.age(now);
+            self.next_age = now.add(AGE_INTERVAL);
+        }
+        debug_assert!(
+            self.census().balanced(),
+            "frame accounting: {:?}",
+            self.census()
+        );
+        received
+    }
+
+    /// Adopts a new snapshot between breaths; returns the old one so that the caller, not the
+    /// poll loop, pays for freeing it.
+    pub fn install(&mut self, snap: Arc<Snapshot>) -> Arc<Snapshot> {
+        self.pipeline.install(&snap);
+        self.tx.resize(snap.ports.len());
+        std::mem::replace(&mut self.snap, snap)
+    }
+
+    /// Where every frame is.
+    pub fn census(&self) -> FrameCensus {
+        let mut ports = PortCensus::default();
+        for p in &self.ports {
+            let c = p.census();
+            ports.fill += c.fill;
+            ports.rx += c.rx;
+            ports.tx += c.tx;
+            ports.completion += c.completion;
+        }
+        FrameCensus {
+            free: self.pool.len() as u32,
+            ports,
+            total: self.area.chunks(),
+        }
+    }
+
+    /// The pipeline (counters, MAC table).
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// The installed snapshot.
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snap
+    }
+
+    /// The port drivers.
+    pub fn ports_mut(&mut self) -> &mut [P] {
+        &mut self.ports
+    }
+
+    /// Area, pool and ports together (to inject or collect frames in tests and benches).
+    pub fn parts_mut(&mut self) -> (&mut FrameArea, &mut FramePool, &mut [P]) {
+        (&mut self.area, &mut self.pool, &mut self.ports)
+    }
+
+    /// Double frees the pool refused (always zero unless there is a bug).
+    pub fn double_frees(&self) -> u64 {
+        self.pool.double_frees
+    }
+}
+
+impl Worker<crate::port::mem::MemPort> {
+    /// Queues `bytes` for reception on `port`. False if no frame is free or it is too large.
+    pub fn inject(&mut self, port: PortId, bytes: &[u8]) -> bool {
+        match self.ports.get_mut(port.index()) {
+            Some(p) => p.inject(&mut self.area, &mut self.pool, bytes),
+            None => false,
+        }
+    }
+
+    /// Takes what `port` sent.
+    pub fn take_sent(&mut self, port: PortId) -> Vec<Vec<u8>> {
+        match self.ports.get_mut(port.index()) {
+            Some(p) => p.take_sent(&self.area),
+            None => Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! Scenario tests of L2 switching over in-memory ports with a manual clock: "given snapshot S,
+//! at time t, frames F in → frames and counters out".
+
+use std::sync::Arc;
+
+use dataplane::port::mem::MemPort;
+use dataplane::port::{FrameArea, PageSize};
+use dataplane::snapshot::{Attachment, PortId, PortKind, Snapshot, SnapshotBuilder, TenantSpec};
+use dataplane::time::Nanos;
+use dataplane::trace::{DropReason, ParseError};
+use dataplane::worker::Worker;
+use etherparse::PacketBuilder;
+use proptest::prelude::*;
+
+const UP: PortId = PortId(0);
+const A1: PortId = PortId(1);
+const A2: PortId = PortId(2);
+const B1: PortId = PortId(3);
+const M: PortId = PortId(4);
+
+/// red: uplink/100, a1, a2, m/10. blue: uplink/200, b1, m/20. green: uplink/300 only.
+fn lab_snapshot(quota: u32) -> Snapshot {
+    let mut b = SnapshotBuilder::new(1).fdb_capacity(4096);
+    let up = b.port("uplink", "up0", PortKind::Uplink);
+    let a1 = b.port("a1", "a1", PortKind::Tenant);
+    let a2 = b.port("a2", "a2", PortKind::Tenant);
+    let b1 = b.port("b1", "b1", PortKind::Tenant);
+    let m = b.port("m", "m", PortKind::Tenant);
+    let att = |port, vlan| Attachment { port, vlan };
+    let mut red = TenantSpec::new(
+        "red",
+        vec![
+            att(up, Some(100)),
+            att(a1, None),
+            att(a2, None),
+            att(m, Some(10)),
+        ],
+    );
+    red.fdb_quota = quota;
+    red.mac_aging = Nanos::from_secs(10);
+    b.tenant(red);
+    b.tenant(TenantSpec::new(
+        "blue",
+        vec![att(up, Some(200)), att(b1, None), att(m, Some(20))],
+    ));
+    b.tenant(TenantSpec::new("green", vec![att(up, Some(300))]));
+    b.build().unwrap()
+}
+
+fn lab(quota: u32) -> Worker<MemPort> {
+    let area = FrameArea::new(1024, 2048, PageSize::Normal).unwrap();
+    let ports = (0..5).map(|_| MemPort::new(256)).collect();
+    Worker::new(area, ports, Arc::new(lab_snapshot(quota)))
+}
+
+fn mac(i: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0, i]
+}
+
+fn udp(src: [u8; 6], dst: [u8; 6], vlan: Option<u16>) -> Vec<u8> {
+    let mut out = Vec::new();
+    let payload = [0xab; 18];
+    match vlan {
+        Some(v) => PacketBuilder::ethernet2(src, dst)
+            .single_vlan(v.try_into().unwrap())
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(1000, 2000)
+            .write(&mut out, &payload),
+        None => PacketBuilder::ethernet2(src, dst)
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(1000, 2000)
+            .write(&mut out, &payload),
+    }
+    .unwrap();
+    out
+}
+
+fn outer_vlan(frame: &[u8]) -> Option<u16> {
+    (frame[12..14] == [0x81, 0x00]).then(|| u16::from_be_bytes([frame[14], frame[15]]) & 0xfff)
+}
+
+/// Strips one outer tag (as the receiver would see the inner frame).
+fn untag(frame: &[u8]) -> Vec<u8> {
+    match outer_vlan(frame) {
+        Some(_) => [&frame[..12], &frame[16..]].concat(),
+        None => frame.to_vec(),
+    }
+}
+
+fn sent_all(w: &mut Worker<MemPort>) -> Vec<(PortId, Vec<u8>)> {
+    let mut out = Vec::new();
+    for p in 0..5 {
+        for f in w.take_sent(PortId(p)) {
+            out.push((PortId(p), f));
+        }
+    }
+    out
+}
+
+fn step(w: &mut Worker<MemPort>, now: Nanos) -> Vec<(PortId, Vec<u8>)> {
+    w.poll(now);
+    let out = sent_all(w);
+    w.poll(now); // completes what was taken, so the census sees it back in the pool
+    assert!(w.census().balanced(), "{:?}", w.census());
+    out
+}
+
+fn drops(w: &Worker<MemPort>, r: DropReason) -> u64 {
+    w.pipeline().counters.drops(r)
+}
+
+#[test]
+fn broadcast_floods_the_tenant_only_and_never_back_out_of_ingress() {
+    let mut w = lab(100);
+    let t = Nanos::from_secs(1);
+    let f = udp(mac(1), [0xff; 6], None);
+    assert!(w.inject(A1, &f));
+    let mut out = step(&mut w, t);
+    out.sort_by_key(|(p, _)| *p);
+    let ports: Vec<PortId> = out.iter().map(|(p, _)| *p).collect();
+    assert_eq!(ports, vec![UP, A2, M]);
+    assert_eq!(
+        outer_vlan(&out[0].1),
+        Some(100),
+        "pushed towards the uplink"
+    );
+    assert_eq!(out[1].1, f, "untagged copy to a2 is the frame as sent");
+    assert_eq!(outer_vlan(&out[2].1), Some(10));
+    for (_, o) in &out {
+        assert_eq!(untag(o), f);
+    }
+    assert_eq!(w.pipeline().counters.flood_copies, 2);
+    assert_eq!(w.pipeline().counters.fdb.learned, 1);
+}
+
+#[test]
+fn learned_destination_is_unicast() {
+    let mut w = lab(100);
+    let t = Nanos::from_secs(1);
+    w.inject(A2, &udp(mac(2), [0xff; 6], None));
+    step(&mut w, t);
+    let f = udp(mac(1), mac(2), None);
+    w.inject(A1, &f);
+    let out = step(&mut w, t);
+    assert_eq!(out, vec![(A2, f)]);
+    // And back: mac(1) was learned behind a1.
+    let g = udp(mac(2), mac(1), None);
+    w.inject(A2, &g);
+    assert_eq!(step(&mut w, t), vec![(A1, g)]);
+}
+
+#[test]
+fn uplink_frames_are_popped_pushed_and_rewritten() {
+    let mut w = lab(100);
+    let t = Nanos::from_secs(1);
+    // A host behind the uplink (red, VLAN 100) and one behind m (red, VLAN 10).
+    let f = udp(mac(7), [0xff; 6], Some(100));
+    assert_eq!(f.len(), 64);
+    w.inject(UP, &f);
+    let out = step(&mut w, t);
+    assert_eq!(out.len(), 3);
+    for (p, o) in &out {
+        match *p {
+            A1 | A2 => assert_eq!(outer_vlan(o), None, "popped"),
+            M => assert_eq!(outer_vlan(o), Some(10), "rewritten 100 -> 10"),
+            other => panic!("unexpected port {other:?}"),
+        }
+        // 64 bytes in with the tag: 60 popped, 64 rewritten.
+        assert_eq!(o.len(), if *p == M { 64 } else { 60 });
+    }
+    let f = udp(mac(1), mac(7), None);
+    w.inject(A1, &f);
+    let out = step(&mut w, t);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, UP);
+    assert_eq!(outer_vlan(&out[0].1), Some(100));
+    assert_eq!(untag(&out[0].1), f);
+}
+
+#[test]
+fn aged_destination_floods_again() {
+    let mut w = lab(100);
+    w.inject(A2, &udp(mac(2), [0xff; 6], None));
+    step(&mut w, Nanos::from_secs(1));
+    w.inject(A1, &udp(mac(1), mac(2), None));
+    assert_eq!(step(&mut w, Nanos::from_secs(5)).len(), 1);
+    w.inject(A1, &udp(mac(1), mac(2), None));
+    assert_eq!(
+        step(&mut w, Nanos::from_secs(12)).len(),
+        3,
+        "10 s aging passed: flood"
+    );
+    assert!(w.pipeline().counters.fdb.aged >= 1);
+}
+
+#[test]
+fn quota_caps_learning_but_not_forwarding() {
+    let mut w = lab(10);
+    let t = Nanos::from_secs(1);
+    for i in 0..50 {
+        w.inject(A1, &udp(mac(100 + i), [0xff; 6], None));
+    }
+    let out = step(&mut w, t);
+    assert_eq!(out.len(), 150, "all 50 broadcasts still flood to 3 ports");
+    let c = &w.pipeline().counters;
+    assert_eq!(c.fdb.learned, 10);
+    assert_eq!(c.fdb.quota_exceeded, 40);
+    assert_eq!(
+        w.pipeline().fdb().learned(dataplane::snapshot::TenantId(0)),
+        10
+    );
+}
+
+#[test]
+fn drops_are_counted_under_one_reason_each() {
+    let mut w = lab(100);
+    let t = Nanos::from_secs(1);
+    w.inject(A1, &udp(mac(1), mac(2), Some(200))); // tagged frame on an untagged port
+    w.inject(UP, &udp(mac(1), mac(2), None)); // untagged frame on the uplink
+    w.inject(UP, &udp(mac(1), mac(2), Some(999))); // VLAN nobody has
+    w.inject(A1, &udp([0x03, 0, 0, 0, 0, 1], mac(2), None)); // multicast source
+    w.inject(A1, &udp([0; 6], mac(2), None)); // zero source
+    w.inject(A1, &[0u8; 10]); // runt
+    let mut bad_ip = udp(mac(1), mac(2), None);
+    bad_ip[14] = 0x4f; // IHL 60 > total length
+    w.inject(A1, &bad_ip);
+    // Hairpin: mac(3) learned on a1, then a frame to it from a1.
+    w.inject(A1, &udp(mac(3), [0xff; 6], None));
+    w.inject(A1, &udp(mac(4), mac(3), None));
+    let out = step(&mut w, t);
+    assert_eq!(out.len(), 3, "only the broadcast from mac(3) leaves");
+    assert_eq!(drops(&w, DropReason::UnknownTenant), 3);
+    assert_eq!(drops(&w, DropReason::InvalidSrcMac), 2);
+    assert_eq!(drops(&w, DropReason::Malformed), 2);
+    assert_eq!(drops(&w, DropReason::Hairpin), 1);
+    assert_eq!(w.pipeline().counters.total_drops(), 8);
+    let pe = &w.pipeline().counters.parse_errors;
+    assert_eq!(
+        (
+            pe[ParseError::Ethernet.index()],
+            pe[ParseError::Ipv4.index()]
+        ),
+        (1, 1)
+    );
+    assert_eq!(w.pipeline().counters.port_rx[A1.index()].packets, 7);
+}
+
+#[test]
+fn a_tenant_with_one_attachment_has_nowhere_to_flood() {
+    let mut w = lab(100);
+    w.inject(UP, &udp(mac(9), [0xff; 6], Some(300)));
+    assert!(step(&mut w, Nanos::from_secs(1)).is_empty());
+    assert_eq!(drops(&w, DropReason::NoRoute), 1);
+}
+
+#[test]
+fn full_tx_ring_drops_are_counted_and_frames_return() {
+    let area = FrameArea::new(1024, 2048, PageSize::Normal).unwrap();
+    let ports = (0..5)
+        .map(|i| MemPort::new(if i == 2 { 4 } else { 256 }))
+        .collect();
+    let mut w = Worker::new(area, ports, Arc::new(lab_snapshot(100)));
+    for i in 0..20 {
+        w.inject(A1, &udp(mac(i), [0xff; 6], None));
+    }
+    let out = step(&mut w, Nanos::from_secs(1));
+    let to_a2 = out.iter().filter(|(p, _)| *p == A2).count();
+    assert_eq!(to_a2, 4);
+    assert_eq!(drops(&w, DropReason::TxFull), 16);
+    assert_eq!(w.double_frees(), 0);
+}
+
+#[test]
+fn snapshot_change_resets_learning() {
+    let mut w = lab(100);
+    w.inject(A2, &udp(mac(2), [0xff; 6], None));
+    step(&mut w, Nanos::from_secs(1));
+    let mut next = lab_snapshot(100);
+    next.generation = 2;
+    let old = w.install(Arc::new(next));
+    assert_eq!(old.generation, 1);
+    assert_eq!(w.pipeline().generation(), 2);
+    w.inject(A1, &udp(mac(1), mac(2), None));
+    assert_eq!(
+        step(&mut w, Nanos::from_secs(1)).len(),
+        3,
+        "mac(2) forgotten: flood"
+    );
+}
+
+/// Which (port, egress VLAN) pairs each tenant may appear on.
+fn allowed(tenant: usize) -> Vec<(PortId, Option<u16>)> {
+    let s = lab_snapshot(100);
+    s.tenants[tenant]
+        .attachments
+        .iter()
+        .map(|a| (a.port, a.vlan))
+        .collect()
+}
+
+fn ingress_tenant(port: PortId, vlan: Option<u16>) -> Option<usize> {
+    lab_snapshot(100)
+        .resolve(port, vlan)
+        .map(|(t, _)| t.index())
+}
+
+fn arb_frame() -> impl Strategy<Value = (u16, Vec<u8>)> {
+    let vid = prop_oneof![
+        Just(10u16),
+        Just(20),
+        Just(100),
+        Just(200),
+        Just(300),
+        0u16..4096
+    ];
+    let tags = proptest::collection::vec((vid, prop_oneof![Just(0x8100u16), Just(0x88a8)]), 0..3);
+    let mac = prop_oneof![(1u8..8).prop_map(mac), Just([0xff; 6]), any::<[u8; 6]>(),];
+    (
+        0u16..5,
+        mac.clone(),
+        mac,
+        tags,
+        proptest::collection::vec(any::<u8>(), 0..60),
+    )
+        .prop_map(|(port, dst, src, tags, payload)| {
+            let mut f = Vec::new();
+            f.extend_from_slice(&dst);
+            f.extend_from_slice(&src);
+            for (vid, tpid) in &tags {
+                f.extend_from_slice(&tpid.to_be_bytes());
+                f.extend_from_slice(&vid.to_be_bytes());
+            }
+            f.extend_from_slice(&[0x08, 0x00]);
+            f.extend_from_slice(&payload);
+            (port, f)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Whatever its MACs and tags (double tags included), a frame leaves only on attachments of
+    /// the tenant it entered, with that attachment's tag.
+    #[test]
+    fn a_frame_never_leaves_on_another_tenants_attachment(
+        frames in proptest::collection::vec(arb_frame(), 1..40)
+    ) {
+        let mut w = lab(100);
+        // Pre-learn hosts of every tenant everywhere, so forged destinations hit real entries.
+        for (port, vlan, i) in [(A1, None, 1), (B1, None, 2), (UP, Some(300), 3), (M, Some(20), 4)] {
+            w.inject(port, &udp(mac(i), [0xff; 6], vlan));
+        }
+        step(&mut w, Nanos::from_secs(1));
+        for (port, f) in frames {
+            let port = PortId(port);
+            let vlan = outer_vlan(&f).or_else(|| {
+                (f.len() >= 16 && f[12..14] == [0x88, 0xa8])
+                    .then(|| u16::from_be_bytes([f[14], f[15]]) & 0xfff)
+            });
+            prop_assert!(w.inject(port, &f));
+            let out = step(&mut w, Nanos::from_secs(2));
+            match ingress_tenant(port, vlan) {
+                None => prop_assert!(out.is_empty(), "no tenant, yet sent: {out:?}"),
+                Some(t) => {
+                    let ok = allowed(t);
+                    for (p, o) in &out {
+                        prop_assert!(*p != port, "sent back out of the ingress port");
+                        prop_assert!(ok.contains(&(*p, outer_vlan(o))),
+                            "tenant {t} frame left on {p:?} vlan {:?}", outer_vlan(o));
+                    }
+                }
+            }
+        }
+        prop_assert_eq!(w.double_frees(), 0);
+    }
+
+    /// Arbitrary bytes on any port never panic the pipeline and never leak a frame.
+    #[test]
+    fn arbitrary_frames_never_panic_or_leak(
+        frames in proptest::collection::vec((0u16..5, proptest::collection::vec(any::<u8>(), 0..128)), 1..64)
+    ) {
+        let mut w = lab(100);
+        for (port, f) in &frames {
+            w.inject(PortId(*port), f);
+        }
+        let _ = step(&mut w, Nanos::from_secs(1));
+        prop_assert!(w.census().balanced());
+        let c = &w.pipeline().counters;
+        let rx: u64 = c.port_rx.iter().map(|p| p.packets).sum();
+        prop_assert_eq!(rx, frames.len() as u64);
+    }
+}
