@@ -62,7 +62,7 @@ impl PacketFlags {
 }
 
 /// What the stages learn about one packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Meta {
     /// Destination MAC.
     pub dst: MacAddr,
@@ -90,6 +90,39 @@ pub struct Meta {
     pub attachment: AttachmentId,
 }
 
+impl Meta {
+    /// Nothing parsed yet. A `const`, so resetting a slot is a copy of a constant with wide
+    /// stores; building `Default::default()` on the stack field by field and copying it costs a
+    /// store-forwarding stall per packet (PERF(pipeline): about a third of the pipeline time).
+    pub const EMPTY: Meta = Meta {
+        dst: MacAddr::ZERO,
+        src: MacAddr::ZERO,
+        outer_vlan: None,
+        inner_vlan: None,
+        l3_offset: 0,
+        l4_offset: 0,
+        tcp_flags: 0,
+        flags: PacketFlags(0),
+        key: FlowKey {
+            ethertype: 0,
+            proto: 0,
+            src_ip: [0; 16],
+            dst_ip: [0; 16],
+            src_port: 0,
+            dst_port: 0,
+        },
+        parse_error: None,
+        tenant: TenantId(0),
+        attachment: AttachmentId(0),
+    };
+}
+
+impl Default for Meta {
+    fn default() -> Self {
+        Meta::EMPTY
+    }
+}
+
 /// Up to [`BATCH_SIZE`] frames from one ingress port.
 #[derive(Debug, Clone)]
 pub struct Batch {
@@ -106,7 +139,7 @@ impl Default for Batch {
             port: PortId(0),
             len: 0,
             frames: [FrameRef::default(); BATCH_SIZE],
-            meta: [Meta::default(); BATCH_SIZE],
+            meta: [Meta::EMPTY; BATCH_SIZE],
         }
     }
 }
@@ -148,14 +181,14 @@ impl Batch {
         BATCH_SIZE - self.len
     }
 
-    /// Appends a frame; returns false (and keeps the batch unchanged) when full.
+    /// Appends a frame; returns false (and keeps the batch unchanged) when full. Its metadata
+    /// slot keeps stale contents until the parse stage resets it.
     #[inline]
     pub fn push(&mut self, f: FrameRef) -> bool {
         if self.len == BATCH_SIZE {
             return false;
         }
         self.frames[self.len] = f;
-        self.meta[self.len] = Meta::default();
         self.len += 1;
         true
     }
@@ -194,10 +227,7 @@ mod tests {
         let mut b = Batch::new();
         b.reset(PortId(3));
         for i in 0..BATCH_SIZE {
-            assert!(b.push(FrameRef {
-                addr: i as u64 * 2048,
-                len: 60
-            }));
+            assert!(b.push(FrameRef { addr: i as u64 * 2048, len: 60 }));
         }
         assert!(b.is_full());
         assert!(!b.push(FrameRef::default()));

@@ -133,27 +133,17 @@ impl Snapshot {
     /// An attachment of a tenant.
     #[inline]
     pub fn attachment(&self, t: TenantId, a: AttachmentId) -> Option<Attachment> {
-        self.tenants
-            .get(t.index())?
-            .attachments
-            .get(usize::from(a.0))
-            .copied()
+        self.tenants.get(t.index())?.attachments.get(usize::from(a.0)).copied()
     }
 
     /// Looks a port up by config name.
     pub fn port_by_name(&self, name: &str) -> Option<PortId> {
-        self.ports
-            .iter()
-            .position(|p| p.name == name)
-            .map(|i| PortId(i as u16))
+        self.ports.iter().position(|p| p.name == name).map(|i| PortId(i as u16))
     }
 
     /// Looks a tenant up by config name.
     pub fn tenant_by_name(&self, name: &str) -> Option<TenantId> {
-        self.tenants
-            .iter()
-            .position(|t| t.name == name)
-            .map(|i| TenantId(i as u16))
+        self.tenants.iter().position(|t| t.name == name).map(|i| TenantId(i as u16))
     }
 }
 
@@ -230,11 +220,7 @@ pub struct SnapshotBuilder {
 impl SnapshotBuilder {
     /// An empty builder for the given generation.
     pub fn new(generation: u64) -> Self {
-        SnapshotBuilder {
-            generation,
-            fdb_capacity: 65536,
-            ..Default::default()
-        }
+        SnapshotBuilder { generation, fdb_capacity: 65536, ..Default::default() }
     }
 
     /// Sets the total MAC table capacity.
@@ -245,11 +231,7 @@ impl SnapshotBuilder {
 
     /// Adds a port; returns its id.
     pub fn port(&mut self, name: &str, interface: &str, kind: PortKind) -> PortId {
-        self.ports.push(PortSpec {
-            name: name.into(),
-            interface: interface.into(),
-            kind,
-        });
+        self.ports.push(PortSpec { name: name.into(), interface: interface.into(), kind });
         PortId((self.ports.len() - 1) as u16)
     }
 
@@ -263,24 +245,13 @@ impl SnapshotBuilder {
     pub fn build(self) -> Result<Snapshot, SnapshotError> {
         let max = usize::from(u16::MAX);
         if self.ports.len() > max {
-            return Err(SnapshotError::TooMany {
-                what: "ports",
-                n: self.ports.len(),
-                max,
-            });
+            return Err(SnapshotError::TooMany { what: "ports", n: self.ports.len(), max });
         }
         if self.tenants.len() > max {
-            return Err(SnapshotError::TooMany {
-                what: "tenants",
-                n: self.tenants.len(),
-                max,
-            });
+            return Err(SnapshotError::TooMany { what: "tenants", n: self.tenants.len(), max });
         }
-        let mut ingress: Vec<Box<[u32]>> = self
-            .ports
-            .iter()
-            .map(|_| vec![NO_TENANT; UNTAGGED + 1].into_boxed_slice())
-            .collect();
+        let mut ingress: Vec<Box<[u32]>> =
+            self.ports.iter().map(|_| vec![NO_TENANT; UNTAGGED + 1].into_boxed_slice()).collect();
         for (ti, t) in self.tenants.iter().enumerate() {
             if t.attachments.len() > max {
                 return Err(SnapshotError::TooMany {
@@ -290,19 +261,12 @@ impl SnapshotBuilder {
                 });
             }
             for (ai, a) in t.attachments.iter().enumerate() {
-                let port =
-                    self.ports
-                        .get(a.port.index())
-                        .ok_or_else(|| SnapshotError::UnknownPort {
-                            tenant: t.name.clone(),
-                            port: a.port.0,
-                        })?;
+                let port = self.ports.get(a.port.index()).ok_or_else(|| {
+                    SnapshotError::UnknownPort { tenant: t.name.clone(), port: a.port.0 }
+                })?;
                 let slot = match a.vlan {
                     Some(v) if !(1..=4094).contains(&v) => {
-                        return Err(SnapshotError::VlanRange {
-                            tenant: t.name.clone(),
-                            vlan: v,
-                        });
+                        return Err(SnapshotError::VlanRange { tenant: t.name.clone(), vlan: v });
                     }
                     Some(v) => usize::from(v),
                     None if port.kind == PortKind::Uplink => {
@@ -330,10 +294,7 @@ impl SnapshotBuilder {
                     || *mac == MacAddr::ZERO
                     || usize::from(att.0) >= t.attachments.len()
                 {
-                    return Err(SnapshotError::BadStaticMac {
-                        tenant: t.name.clone(),
-                        mac: *mac,
-                    });
+                    return Err(SnapshotError::BadStaticMac { tenant: t.name.clone(), mac: *mac });
                 }
             }
         }
@@ -370,42 +331,18 @@ mod tests {
         let a = b.port("a", "veth-a", PortKind::Tenant);
         b.tenant(TenantSpec::new(
             "red",
-            vec![
-                Attachment {
-                    port: up,
-                    vlan: Some(100),
-                },
-                Attachment {
-                    port: a,
-                    vlan: None,
-                },
-            ],
+            vec![Attachment { port: up, vlan: Some(100) }, Attachment { port: a, vlan: None }],
         ));
-        b.tenant(TenantSpec::new(
-            "blue",
-            vec![Attachment {
-                port: up,
-                vlan: Some(200),
-            }],
-        ));
+        b.tenant(TenantSpec::new("blue", vec![Attachment { port: up, vlan: Some(200) }]));
         b
     }
 
     #[test]
     fn resolves_by_port_and_vlan() {
         let s = two_tenants().build().unwrap();
-        assert_eq!(
-            s.resolve(PortId(0), Some(100)),
-            Some((TenantId(0), AttachmentId(0)))
-        );
-        assert_eq!(
-            s.resolve(PortId(0), Some(200)),
-            Some((TenantId(1), AttachmentId(0)))
-        );
-        assert_eq!(
-            s.resolve(PortId(1), None),
-            Some((TenantId(0), AttachmentId(1)))
-        );
+        assert_eq!(s.resolve(PortId(0), Some(100)), Some((TenantId(0), AttachmentId(0))));
+        assert_eq!(s.resolve(PortId(0), Some(200)), Some((TenantId(1), AttachmentId(0))));
+        assert_eq!(s.resolve(PortId(1), None), Some((TenantId(0), AttachmentId(1))));
         assert_eq!(s.resolve(PortId(0), None), None);
         assert_eq!(s.resolve(PortId(1), Some(100)), None);
         assert_eq!(s.resolve(PortId(9), None), None);
@@ -416,56 +353,23 @@ mod tests {
     #[test]
     fn rejects_overlap_and_bad_vlans() {
         let mut b = two_tenants();
-        b.tenant(TenantSpec::new(
-            "green",
-            vec![Attachment {
-                port: PortId(0),
-                vlan: Some(100),
-            }],
-        ));
+        b.tenant(TenantSpec::new("green", vec![Attachment { port: PortId(0), vlan: Some(100) }]));
         assert!(matches!(b.build(), Err(SnapshotError::Overlap { .. })));
 
         let mut b = two_tenants();
-        b.tenant(TenantSpec::new(
-            "green",
-            vec![Attachment {
-                port: PortId(0),
-                vlan: None,
-            }],
-        ));
-        assert!(matches!(
-            b.build(),
-            Err(SnapshotError::UntaggedUplink { .. })
-        ));
+        b.tenant(TenantSpec::new("green", vec![Attachment { port: PortId(0), vlan: None }]));
+        assert!(matches!(b.build(), Err(SnapshotError::UntaggedUplink { .. })));
 
         let mut b = two_tenants();
-        b.tenant(TenantSpec::new(
-            "green",
-            vec![Attachment {
-                port: PortId(0),
-                vlan: Some(4095),
-            }],
-        ));
+        b.tenant(TenantSpec::new("green", vec![Attachment { port: PortId(0), vlan: Some(4095) }]));
         assert!(matches!(b.build(), Err(SnapshotError::VlanRange { .. })));
 
         let mut b = two_tenants();
-        b.tenant(TenantSpec::new(
-            "green",
-            vec![Attachment {
-                port: PortId(7),
-                vlan: None,
-            }],
-        ));
+        b.tenant(TenantSpec::new("green", vec![Attachment { port: PortId(7), vlan: None }]));
         assert!(matches!(b.build(), Err(SnapshotError::UnknownPort { .. })));
 
         let mut b = two_tenants();
-        let mut t = TenantSpec::new(
-            "green",
-            vec![Attachment {
-                port: PortId(0),
-                vlan: Some(5),
-            }],
-        );
+        let mut t = TenantSpec::new("green", vec![Attachment { port: PortId(0), vlan: Some(5) }]);
         t.static_macs.push((MacAddr::BROADCAST, AttachmentId(0)));
         b.tenant(t);
         assert!(matches!(b.build(), Err(SnapshotError::BadStaticMac { .. })));

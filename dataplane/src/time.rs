@@ -52,9 +52,7 @@ pub struct MonotonicClock {
 impl MonotonicClock {
     /// A clock whose origin is now.
     pub fn new() -> Self {
-        MonotonicClock {
-            origin: Instant::now(),
-        }
+        MonotonicClock { origin: Instant::now() }
     }
 }
 
@@ -81,9 +79,7 @@ pub struct ManualClock {
 impl ManualClock {
     /// A clock at `start`.
     pub fn new(start: Nanos) -> Self {
-        ManualClock {
-            now: Cell::new(start.0),
-        }
+        ManualClock { now: Cell::new(start.0) }
     }
 
     /// Moves the clock forward by `d`.

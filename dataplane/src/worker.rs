@@ -92,8 +92,7 @@ impl<P: Port> Worker<P> {
                 &mut self.disp,
                 &mut self.tx,
             );
-            self.tx
-                .flush(&mut self.ports, &mut self.pool, &mut self.pipeline.counters);
+            self.tx.flush(&mut self.ports, &mut self.pool, &mut self.pipeline.counters);
         }
         for p in &mut self.ports {
             if !p.kick() {
@@ -104,11 +103,7 @@ impl<P: Port> Worker<P> {
             self.pipeline.age(now);
             self.next_age = now.add(AGE_INTERVAL);
         }
-        debug_assert!(
-            self.census().balanced(),
-            "frame accounting: {:?}",
-            self.census()
-        );
+        debug_assert!(self.census().balanced(), "frame accounting: {:?}", self.census());
         received
     }
 
@@ -130,11 +125,7 @@ impl<P: Port> Worker<P> {
             ports.tx += c.tx;
             ports.completion += c.completion;
         }
-        FrameCensus {
-            free: self.pool.len() as u32,
-            ports,
-            total: self.area.chunks(),
-        }
+        FrameCensus { free: self.pool.len() as u32, ports, total: self.area.chunks() }
     }
 
     /// The pipeline (counters, MAC table).

@@ -1,6 +1,8 @@
 //! The packet path allocates nothing: a counting global allocator watches whole poll rounds
 //! (RX, parse, tenant, learning, forwarding, flooding with copies, VLAN edits, TX, completion,
 //! aging) after warm-up, and must see zero allocations.
+// Integration tests live outside `mod tests` by nature; the lint is for unit tests in src/.
+#![allow(clippy::tests_outside_test_module)]
 #![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -53,10 +55,7 @@ fn frame(src: u8, dst: [u8; 6], vlan: Option<u16>) -> Vec<u8> {
             .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
             .udp(1, 2)
             .write(&mut out, &[0; 18]),
-        None => b
-            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
-            .udp(1, 2)
-            .write(&mut out, &[0; 18]),
+        None => b.ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64).udp(1, 2).write(&mut out, &[0; 18]),
     }
     .unwrap();
     out
@@ -71,18 +70,9 @@ fn poll_rounds_do_not_allocate() {
     let mut t = TenantSpec::new(
         "red",
         vec![
-            Attachment {
-                port: up,
-                vlan: Some(100),
-            },
-            Attachment {
-                port: p1,
-                vlan: None,
-            },
-            Attachment {
-                port: p2,
-                vlan: None,
-            },
+            Attachment { port: up, vlan: Some(100) },
+            Attachment { port: p1, vlan: None },
+            Attachment { port: p2, vlan: None },
         ],
     );
     t.fdb_quota = 64;
@@ -121,13 +111,7 @@ fn poll_rounds_do_not_allocate() {
     // Warm-up: queues and tables reach their working size.
     round(&mut w, 1);
     round(&mut w, 2);
-    let rx_before: u64 = w
-        .pipeline()
-        .counters
-        .port_rx
-        .iter()
-        .map(|p| p.packets)
-        .sum();
+    let rx_before: u64 = w.pipeline().counters.port_rx.iter().map(|p| p.packets).sum();
 
     // `inject` (the test's own traffic source) is not the packet path; it copies into frames
     // that already exist and pushes onto queues that are already sized.
@@ -137,19 +121,9 @@ fn poll_rounds_do_not_allocate() {
     }
     ARMED.store(false, Ordering::SeqCst);
 
-    let rx_after: u64 = w
-        .pipeline()
-        .counters
-        .port_rx
-        .iter()
-        .map(|p| p.packets)
-        .sum();
+    let rx_after: u64 = w.pipeline().counters.port_rx.iter().map(|p| p.packets).sum();
     assert!(rx_after - rx_before >= 47 * 800, "the rounds moved traffic");
     assert!(w.pipeline().counters.flood_copies > 0 && w.pipeline().counters.fdb.aged > 0);
-    assert_eq!(
-        ALLOCS.load(Ordering::SeqCst),
-        0,
-        "allocations on the packet path"
-    );
+    assert_eq!(ALLOCS.load(Ordering::SeqCst), 0, "allocations on the packet path");
     assert!(w.census().balanced());
 }

@@ -1,5 +1,7 @@
 //! Scenario tests of L2 switching over in-memory ports with a manual clock: "given snapshot S,
 //! at time t, frames F in → frames and counters out".
+// Integration tests live outside `mod tests` by nature; the lint is for unit tests in src/.
+#![allow(clippy::tests_outside_test_module)]
 
 use std::sync::Arc;
 
@@ -29,20 +31,12 @@ fn lab_snapshot(quota: u32) -> Snapshot {
     let att = |port, vlan| Attachment { port, vlan };
     let mut red = TenantSpec::new(
         "red",
-        vec![
-            att(up, Some(100)),
-            att(a1, None),
-            att(a2, None),
-            att(m, Some(10)),
-        ],
+        vec![att(up, Some(100)), att(a1, None), att(a2, None), att(m, Some(10))],
     );
     red.fdb_quota = quota;
     red.mac_aging = Nanos::from_secs(10);
     b.tenant(red);
-    b.tenant(TenantSpec::new(
-        "blue",
-        vec![att(up, Some(200)), att(b1, None), att(m, Some(20))],
-    ));
+    b.tenant(TenantSpec::new("blue", vec![att(up, Some(200)), att(b1, None), att(m, Some(20))]));
     b.tenant(TenantSpec::new("green", vec![att(up, Some(300))]));
     b.build().unwrap()
 }
@@ -119,11 +113,7 @@ fn broadcast_floods_the_tenant_only_and_never_back_out_of_ingress() {
     out.sort_by_key(|(p, _)| *p);
     let ports: Vec<PortId> = out.iter().map(|(p, _)| *p).collect();
     assert_eq!(ports, vec![UP, A2, M]);
-    assert_eq!(
-        outer_vlan(&out[0].1),
-        Some(100),
-        "pushed towards the uplink"
-    );
+    assert_eq!(outer_vlan(&out[0].1), Some(100), "pushed towards the uplink");
     assert_eq!(out[1].1, f, "untagged copy to a2 is the frame as sent");
     assert_eq!(outer_vlan(&out[2].1), Some(10));
     for (_, o) in &out {
@@ -185,11 +175,7 @@ fn aged_destination_floods_again() {
     w.inject(A1, &udp(mac(1), mac(2), None));
     assert_eq!(step(&mut w, Nanos::from_secs(5)).len(), 1);
     w.inject(A1, &udp(mac(1), mac(2), None));
-    assert_eq!(
-        step(&mut w, Nanos::from_secs(12)).len(),
-        3,
-        "10 s aging passed: flood"
-    );
+    assert_eq!(step(&mut w, Nanos::from_secs(12)).len(), 3, "10 s aging passed: flood");
     assert!(w.pipeline().counters.fdb.aged >= 1);
 }
 
@@ -205,10 +191,7 @@ fn quota_caps_learning_but_not_forwarding() {
     let c = &w.pipeline().counters;
     assert_eq!(c.fdb.learned, 10);
     assert_eq!(c.fdb.quota_exceeded, 40);
-    assert_eq!(
-        w.pipeline().fdb().learned(dataplane::snapshot::TenantId(0)),
-        10
-    );
+    assert_eq!(w.pipeline().fdb().learned(dataplane::snapshot::TenantId(0)), 10);
 }
 
 #[test]
@@ -235,13 +218,7 @@ fn drops_are_counted_under_one_reason_each() {
     assert_eq!(drops(&w, DropReason::Hairpin), 1);
     assert_eq!(w.pipeline().counters.total_drops(), 8);
     let pe = &w.pipeline().counters.parse_errors;
-    assert_eq!(
-        (
-            pe[ParseError::Ethernet.index()],
-            pe[ParseError::Ipv4.index()]
-        ),
-        (1, 1)
-    );
+    assert_eq!((pe[ParseError::Ethernet.index()], pe[ParseError::Ipv4.index()]), (1, 1));
     assert_eq!(w.pipeline().counters.port_rx[A1.index()].packets, 7);
 }
 
@@ -256,9 +233,7 @@ fn a_tenant_with_one_attachment_has_nowhere_to_flood() {
 #[test]
 fn full_tx_ring_drops_are_counted_and_frames_return() {
     let area = FrameArea::new(1024, 2048, PageSize::Normal).unwrap();
-    let ports = (0..5)
-        .map(|i| MemPort::new(if i == 2 { 4 } else { 256 }))
-        .collect();
+    let ports = (0..5).map(|i| MemPort::new(if i == 2 { 4 } else { 256 })).collect();
     let mut w = Worker::new(area, ports, Arc::new(lab_snapshot(100)));
     for i in 0..20 {
         w.inject(A1, &udp(mac(i), [0xff; 6], None));
@@ -281,48 +256,25 @@ fn snapshot_change_resets_learning() {
     assert_eq!(old.generation, 1);
     assert_eq!(w.pipeline().generation(), 2);
     w.inject(A1, &udp(mac(1), mac(2), None));
-    assert_eq!(
-        step(&mut w, Nanos::from_secs(1)).len(),
-        3,
-        "mac(2) forgotten: flood"
-    );
+    assert_eq!(step(&mut w, Nanos::from_secs(1)).len(), 3, "mac(2) forgotten: flood");
 }
 
 /// Which (port, egress VLAN) pairs each tenant may appear on.
 fn allowed(tenant: usize) -> Vec<(PortId, Option<u16>)> {
     let s = lab_snapshot(100);
-    s.tenants[tenant]
-        .attachments
-        .iter()
-        .map(|a| (a.port, a.vlan))
-        .collect()
+    s.tenants[tenant].attachments.iter().map(|a| (a.port, a.vlan)).collect()
 }
 
 fn ingress_tenant(port: PortId, vlan: Option<u16>) -> Option<usize> {
-    lab_snapshot(100)
-        .resolve(port, vlan)
-        .map(|(t, _)| t.index())
+    lab_snapshot(100).resolve(port, vlan).map(|(t, _)| t.index())
 }
 
 fn arb_frame() -> impl Strategy<Value = (u16, Vec<u8>)> {
-    let vid = prop_oneof![
-        Just(10u16),
-        Just(20),
-        Just(100),
-        Just(200),
-        Just(300),
-        0u16..4096
-    ];
+    let vid = prop_oneof![Just(10u16), Just(20), Just(100), Just(200), Just(300), 0u16..4096];
     let tags = proptest::collection::vec((vid, prop_oneof![Just(0x8100u16), Just(0x88a8)]), 0..3);
     let mac = prop_oneof![(1u8..8).prop_map(mac), Just([0xff; 6]), any::<[u8; 6]>(),];
-    (
-        0u16..5,
-        mac.clone(),
-        mac,
-        tags,
-        proptest::collection::vec(any::<u8>(), 0..60),
-    )
-        .prop_map(|(port, dst, src, tags, payload)| {
+    (0u16..5, mac.clone(), mac, tags, proptest::collection::vec(any::<u8>(), 0..60)).prop_map(
+        |(port, dst, src, tags, payload)| {
             let mut f = Vec::new();
             f.extend_from_slice(&dst);
             f.extend_from_slice(&src);
@@ -333,7 +285,8 @@ fn arb_frame() -> impl Strategy<Value = (u16, Vec<u8>)> {
             f.extend_from_slice(&[0x08, 0x00]);
             f.extend_from_slice(&payload);
             (port, f)
-        })
+        },
+    )
 }
 
 proptest! {

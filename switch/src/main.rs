@@ -1,1 +1,50 @@
-fn main() {}
+//! The `xswitch` binary: CLI parsing and wiring only; packet and policy logic live in the
+//! `dataplane` and `control` crates.
+
+mod cli;
+mod demo;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Demo { frames } => demo::run(frames),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xswitch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = control::config::load(file)?;
+    let snap = control::compile(&cfg, 1)?;
+    let uplinks = snap.ports.iter().filter(|p| p.kind == dataplane::snapshot::PortKind::Uplink);
+    let attachments: usize = snap.tenants.iter().map(|t| t.attachments.len()).sum();
+    println!("{}: OK", file.display());
+    println!(
+        "  ports: {} ({} uplink), tenants: {}, attachments: {}",
+        snap.ports.len(),
+        uplinks.count(),
+        snap.tenants.len(),
+        attachments
+    );
+    println!(
+        "  workers: {}, frames: {} x {} B, rings: {}, MAC table: {} entries",
+        cfg.switch.workers,
+        cfg.switch.frames,
+        cfg.switch.frame_size,
+        cfg.switch.ring_size,
+        cfg.switch.fdb_capacity
+    );
+    Ok(())
+}

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 
-use crate::snapshot::{AttachmentId, Snapshot, TenantId};
+use crate::snapshot::{Attachment, AttachmentId, Snapshot, TenantId};
 use crate::time::Nanos;
 use crate::trace::counters::FdbStats;
 use crate::wire::MacAddr;
@@ -28,6 +28,9 @@ use crate::wire::MacAddr;
 pub struct FdbEntry {
     /// The tenant attachment behind which the MAC lives.
     pub attachment: AttachmentId,
+    /// That attachment's port and VLAN, kept here so forwarding needs no second lookup in the
+    /// snapshot (the table is rebuilt whenever the snapshot changes).
+    pub at: Attachment,
     /// Configured, never aged or moved.
     pub is_static: bool,
     /// Last time a frame from this MAC was seen.
@@ -102,68 +105,62 @@ impl Fdb {
         }));
         for (ti, t) in snap.tenants.iter().enumerate() {
             for &(mac, att) in &t.static_macs {
+                let Some(&at) = t.attachments.get(usize::from(att.0)) else { continue };
                 self.map.insert(
                     key(TenantId(ti as u16), mac),
-                    FdbEntry {
-                        attachment: att,
-                        is_static: true,
-                        last_seen: Nanos::ZERO,
-                    },
+                    FdbEntry { attachment: att, at, is_static: true, last_seen: Nanos::ZERO },
                 );
             }
         }
     }
 
-    /// The attachment behind `mac` in tenant `t`, if known and not expired.
+    /// The attachment (port and VLAN) behind `mac` in tenant `t`, if known and not expired.
     #[inline]
-    pub fn lookup(&self, now: Nanos, t: TenantId, mac: MacAddr) -> Option<AttachmentId> {
-        let e = self.map.get(&key(t, mac))?;
-        if e.is_static {
-            return Some(e.attachment);
-        }
-        let aging = self.tenants.get(t.index())?.aging;
-        if now.since(e.last_seen) > aging {
-            None
-        } else {
-            Some(e.attachment)
-        }
+    pub fn lookup(&self, now: Nanos, t: TenantId, mac: MacAddr) -> Option<Attachment> {
+        self.lookup_entry(now, t, mac).map(|e| e.at)
     }
 
-    /// Records that `mac` was seen behind `att` in tenant `t`.
+    /// The whole entry behind `mac` in tenant `t`, if known and not expired.
     #[inline]
-    pub fn learn(&mut self, now: Nanos, t: TenantId, mac: MacAddr, att: AttachmentId) -> Learn {
+    pub fn lookup_entry(&self, now: Nanos, t: TenantId, mac: MacAddr) -> Option<FdbEntry> {
+        let e = self.map.get(&key(t, mac))?;
+        if e.is_static {
+            return Some(*e);
+        }
+        let aging = self.tenants.get(t.index())?.aging;
+        if now.since(e.last_seen) > aging { None } else { Some(*e) }
+    }
+
+    /// Records that `mac` was seen behind attachment `att` (which is `at`) in tenant `t`.
+    #[inline]
+    pub fn learn(
+        &mut self,
+        now: Nanos,
+        t: TenantId,
+        mac: MacAddr,
+        att: AttachmentId,
+        at: Attachment,
+    ) -> Learn {
         let k = key(t, mac);
         if let Some(e) = self.map.get_mut(&k) {
             if e.is_static {
-                return if e.attachment == att {
-                    Learn::Refreshed
-                } else {
-                    Learn::StaticConflict
-                };
+                return if e.attachment == att { Learn::Refreshed } else { Learn::StaticConflict };
             }
             e.last_seen = now;
             if e.attachment != att {
                 e.attachment = att;
+                e.at = at;
                 return Learn::Moved;
             }
             return Learn::Refreshed;
         }
-        let Some(tf) = self.tenants.get_mut(t.index()) else {
-            return Learn::QuotaExceeded;
-        };
+        let Some(tf) = self.tenants.get_mut(t.index()) else { return Learn::QuotaExceeded };
         if tf.learned >= tf.quota || self.learned >= self.capacity {
             return Learn::QuotaExceeded;
         }
         tf.learned += 1;
         self.learned += 1;
-        self.map.insert(
-            k,
-            FdbEntry {
-                attachment: att,
-                is_static: false,
-                last_seen: now,
-            },
-        );
+        self.map.insert(k, FdbEntry { attachment: att, at, is_static: false, last_seen: now });
         Learn::Learned
     }
 
@@ -231,11 +228,16 @@ impl Learn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{Attachment, PortId, PortKind, SnapshotBuilder, TenantSpec};
+    use crate::snapshot::{PortId, PortKind, SnapshotBuilder, TenantSpec};
 
     fn mac(i: u32) -> MacAddr {
         let b = i.to_be_bytes();
         MacAddr([0x02, 0, b[0], b[1], b[2], b[3]])
+    }
+
+    /// The attachments of tenant a in `snap`: 0 is port p0, 1 is port p1, both untagged.
+    fn att(i: u16) -> Attachment {
+        Attachment { port: PortId(i), vlan: None }
     }
 
     fn snap(quota: u32, capacity: u32) -> Snapshot {
@@ -246,10 +248,7 @@ mod tests {
         for (name, ports) in [("a", vec![p0, p1]), ("b", vec![p2])] {
             let mut t = TenantSpec::new(
                 name,
-                ports
-                    .into_iter()
-                    .map(|port| Attachment { port, vlan: None })
-                    .collect(),
+                ports.into_iter().map(|port| Attachment { port, vlan: None }).collect(),
             );
             t.fdb_quota = quota;
             t.mac_aging = Nanos::from_secs(10);
@@ -265,11 +264,11 @@ mod tests {
         let mut f = Fdb::new(&snap(10, 100));
         let (a, now) = (TenantId(0), Nanos::from_secs(1));
         assert_eq!(f.lookup(now, a, mac(1)), None);
-        assert_eq!(f.learn(now, a, mac(1), AttachmentId(0)), Learn::Learned);
-        assert_eq!(f.lookup(now, a, mac(1)), Some(AttachmentId(0)));
-        assert_eq!(f.learn(now, a, mac(1), AttachmentId(0)), Learn::Refreshed);
-        assert_eq!(f.learn(now, a, mac(1), AttachmentId(1)), Learn::Moved);
-        assert_eq!(f.lookup(now, a, mac(1)), Some(AttachmentId(1)));
+        assert_eq!(f.learn(now, a, mac(1), AttachmentId(0), att(0)), Learn::Learned);
+        assert_eq!(f.lookup_entry(now, a, mac(1)).map(|e| e.attachment), Some(AttachmentId(0)));
+        assert_eq!(f.learn(now, a, mac(1), AttachmentId(0), att(0)), Learn::Refreshed);
+        assert_eq!(f.learn(now, a, mac(1), AttachmentId(1), att(1)), Learn::Moved);
+        assert_eq!(f.lookup(now, a, mac(1)), Some(att(1)));
         // Tenants do not see each other's entries.
         assert_eq!(f.lookup(now, TenantId(1), mac(1)), None);
         assert_eq!(f.learned(a), 1);
@@ -280,13 +279,13 @@ mod tests {
         let mut f = Fdb::new(&snap(10, 100));
         let a = TenantId(0);
         assert_eq!(
-            f.learn(Nanos::ZERO, a, mac(999), AttachmentId(0)),
+            f.learn(Nanos::ZERO, a, mac(999), AttachmentId(0), att(0)),
             Learn::StaticConflict
         );
         let late = Nanos::from_secs(1_000_000);
-        assert_eq!(f.lookup(late, a, mac(999)), Some(AttachmentId(1)));
+        assert_eq!(f.lookup(late, a, mac(999)), Some(att(1)));
         assert_eq!(f.age(late), 0);
-        assert_eq!(f.lookup(late, a, mac(999)), Some(AttachmentId(1)));
+        assert_eq!(f.lookup(late, a, mac(999)), Some(att(1)));
     }
 
     #[test]
@@ -294,24 +293,17 @@ mod tests {
         let mut f = Fdb::new(&snap(2, 100));
         let a = TenantId(0);
         let t0 = Nanos::from_secs(1);
-        f.learn(t0, a, mac(1), AttachmentId(0));
-        f.learn(t0, a, mac(2), AttachmentId(0));
-        assert_eq!(
-            f.learn(t0, a, mac(3), AttachmentId(0)),
-            Learn::QuotaExceeded
-        );
+        f.learn(t0, a, mac(1), AttachmentId(0), att(0));
+        f.learn(t0, a, mac(2), AttachmentId(0), att(0));
+        assert_eq!(f.learn(t0, a, mac(3), AttachmentId(0), att(0)), Learn::QuotaExceeded);
         // Refresh mac(2) at 6 s; at 11.5 s mac(1) is older than 10 s, mac(2) is not.
-        f.learn(Nanos::from_secs(6), a, mac(2), AttachmentId(0));
+        f.learn(Nanos::from_secs(6), a, mac(2), AttachmentId(0), att(0));
         let t1 = Nanos::from_millis(11_500);
-        assert_eq!(
-            f.lookup(t1, a, mac(1)),
-            None,
-            "expired entries are ignored before removal"
-        );
-        assert_eq!(f.lookup(t1, a, mac(2)), Some(AttachmentId(0)));
+        assert_eq!(f.lookup(t1, a, mac(1)), None, "expired entries are ignored before removal");
+        assert_eq!(f.lookup(t1, a, mac(2)), Some(att(0)));
         assert_eq!(f.age(t1), 1);
         assert_eq!(f.learned(a), 1);
-        assert_eq!(f.learn(t1, a, mac(3), AttachmentId(0)), Learn::Learned);
+        assert_eq!(f.learn(t1, a, mac(3), AttachmentId(0), att(0)), Learn::Learned);
     }
 
     #[test]
@@ -319,29 +311,25 @@ mod tests {
         let mut f = Fdb::new(&snap(50, 60));
         let now = Nanos::from_secs(1);
         for i in 0..10_000 {
-            f.learn(now, TenantId(0), mac(i), AttachmentId(0));
+            f.learn(now, TenantId(0), mac(i), AttachmentId(0), att(0));
         }
         assert_eq!(f.learned(TenantId(0)), 50);
         for i in 0..10 {
-            assert_eq!(
-                f.learn(now, TenantId(1), mac(i), AttachmentId(0)),
-                Learn::Learned
-            );
+            assert_eq!(f.learn(now, TenantId(1), mac(i), AttachmentId(0), att(0)), Learn::Learned);
         }
         assert_eq!(f.learned(TenantId(1)), 10);
         // The global capacity still binds.
         for i in 10..100 {
-            f.learn(now, TenantId(1), mac(i), AttachmentId(0));
+            f.learn(now, TenantId(1), mac(i), AttachmentId(0), att(0));
         }
         assert_eq!(f.learned(TenantId(0)) + f.learned(TenantId(1)), 60);
-        let _ = PortId(0);
     }
 
     #[test]
     fn install_clears_learned_keeps_static() {
         let s = snap(10, 100);
         let mut f = Fdb::new(&s);
-        f.learn(Nanos::ZERO, TenantId(1), mac(5), AttachmentId(0));
+        f.learn(Nanos::ZERO, TenantId(1), mac(5), AttachmentId(0), att(0));
         f.install(&s);
         assert_eq!(f.len(), 1);
         assert_eq!(f.entries(TenantId(0)).count(), 1);

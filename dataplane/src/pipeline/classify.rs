@@ -5,33 +5,26 @@
 use crate::batch::Meta;
 use crate::flow::Fdb;
 use crate::pipeline::Disposition;
-use crate::snapshot::{PortId, Snapshot};
+use crate::snapshot::{Attachment, PortId};
 use crate::time::Nanos;
 use crate::trace::{DropReason, counters::FdbStats};
 
-/// Learns and forwards one frame.
+/// Learns the source of one frame behind its ingress attachment.
 #[inline]
-pub fn classify_one(
-    fdb: &mut Fdb,
-    stats: &mut FdbStats,
-    now: Nanos,
-    snap: &Snapshot,
-    ingress: PortId,
-    m: &Meta,
-) -> Disposition {
-    fdb.learn(now, m.tenant, m.src, m.attachment).count(stats);
+pub fn learn_one(fdb: &mut Fdb, stats: &mut FdbStats, now: Nanos, ingress: PortId, m: &Meta) {
+    let here = Attachment { port: ingress, vlan: m.outer_vlan };
+    fdb.learn(now, m.tenant, m.src, m.attachment, here).count(stats);
+}
+
+/// Where one frame goes in its tenant's domain.
+#[inline]
+pub fn forward_one(fdb: &Fdb, now: Nanos, ingress: PortId, m: &Meta) -> Disposition {
     if m.dst.is_multicast() {
         return Disposition::Flood;
     }
-    let Some(att) = fdb.lookup(now, m.tenant, m.dst) else {
-        return Disposition::Flood;
-    };
-    match snap.attachment(m.tenant, att) {
-        Some(a) if a.port == ingress => Disposition::Drop(DropReason::Hairpin),
-        Some(a) => Disposition::Tx {
-            port: a.port,
-            vlan: a.vlan,
-        },
+    match fdb.lookup(now, m.tenant, m.dst) {
         None => Disposition::Flood,
+        Some(a) if a.port == ingress => Disposition::Drop(DropReason::Hairpin),
+        Some(a) => Disposition::Tx { port: a.port, vlan: a.vlan },
     }
 }

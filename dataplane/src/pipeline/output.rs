@@ -12,6 +12,7 @@ use crate::batch::{Batch, FrameRef};
 use crate::pipeline::{Disposition, Dispositions};
 use crate::port::{FRAME_HEADROOM, FrameArea, FramePool, Port};
 use crate::snapshot::{PortId, Snapshot, TenantId};
+use crate::trace::counters::PktBytes;
 use crate::trace::{Counters, DropReason};
 
 const TPID_8021Q: [u8; 2] = [0x81, 0x00];
@@ -21,8 +22,9 @@ const TPID_8021Q: [u8; 2] = [0x81, 0x00];
 #[derive(Debug)]
 struct TxList {
     frames: Vec<FrameRef>,
-    tenants: Vec<TenantId>,
-    ingress: Vec<PortId>,
+    /// Tenant and ingress port of each frame (for the counters), parallel to `frames`, which
+    /// stays a plain slice for `Port::tx`.
+    owners: Vec<(TenantId, PortId)>,
 }
 
 /// Frames waiting to be sent, per egress port.
@@ -35,10 +37,7 @@ pub struct TxLists {
 impl TxLists {
     /// Lists for `ports` ports, each holding up to `capacity` frames.
     pub fn new(ports: usize, capacity: usize) -> Self {
-        let mut t = TxLists {
-            lists: Vec::new(),
-            capacity,
-        };
+        let mut t = TxLists { lists: Vec::new(), capacity };
         t.resize(ports);
         t
     }
@@ -48,8 +47,7 @@ impl TxLists {
         let cap = self.capacity;
         self.lists.resize_with(ports, || TxList {
             frames: Vec::with_capacity(cap),
-            tenants: Vec::with_capacity(cap),
-            ingress: Vec::with_capacity(cap),
+            owners: Vec::with_capacity(cap),
         });
     }
 
@@ -59,8 +57,7 @@ impl TxLists {
         match self.lists.get_mut(port.index()) {
             Some(l) if l.frames.len() < self.capacity => {
                 l.frames.push(f);
-                l.tenants.push(tenant);
-                l.ingress.push(ingress);
+                l.owners.push((tenant, ingress));
                 true
             }
             _ => false,
@@ -88,22 +85,23 @@ impl TxLists {
                 Some(p) => p.tx(&l.frames),
                 None => 0,
             };
-            let port = PortId(i as u16);
-            for (f, t) in l.frames.iter().zip(&l.tenants).take(sent) {
-                if let Some(pt) = c.port_tx.get_mut(port.index()) {
-                    pt.add(f.len);
-                }
+            let mut out = PktBytes::default();
+            for (f, (t, _)) in l.frames.iter().zip(&l.owners).take(sent) {
+                out.add(f.len);
                 if let Some(tt) = c.tenant_tx.get_mut(t.index()) {
                     tt.add(f.len);
                 }
             }
-            for ((f, t), ing) in l.frames.iter().zip(&l.tenants).zip(&l.ingress).skip(sent) {
+            if let Some(pt) = c.port_tx.get_mut(i) {
+                pt.packets += out.packets;
+                pt.bytes += out.bytes;
+            }
+            for (f, (t, ing)) in l.frames.iter().zip(&l.owners).skip(sent) {
                 c.drop(*ing, Some(*t), DropReason::TxFull);
                 pool.free(f.addr);
             }
             l.frames.clear();
-            l.tenants.clear();
-            l.ingress.clear();
+            l.owners.clear();
         }
     }
 }
@@ -131,10 +129,7 @@ fn retag(area: &mut FrameArea, f: FrameRef, tagged: bool, vlan: Option<u16>) -> 
             }
             let (chunk, off) = area.chunk_mut(f.addr)?;
             chunk.copy_within(off..off + 12, off + 4);
-            Some(FrameRef {
-                addr: f.addr + 4,
-                len: f.len - 4,
-            })
+            Some(FrameRef { addr: f.addr + 4, len: f.len - 4 })
         }
         (false, Some(v)) => {
             // Push: the MACs move 4 bytes back into the headroom, the tag goes after them.
@@ -145,10 +140,7 @@ fn retag(area: &mut FrameArea, f: FrameRef, tagged: bool, vlan: Option<u16>) -> 
             chunk.copy_within(off..off + 12, off - 4);
             chunk[off + 8..off + 10].copy_from_slice(&TPID_8021Q);
             chunk[off + 10..off + 12].copy_from_slice(&(v & 0x0fff).to_be_bytes());
-            Some(FrameRef {
-                addr: f.addr - 4,
-                len: f.len + 4,
-            })
+            Some(FrameRef { addr: f.addr - 4, len: f.len + 4 })
         }
     }
 }

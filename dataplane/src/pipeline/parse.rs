@@ -21,7 +21,7 @@ const PROTO_ICMPV6: u8 = 58;
 pub fn parse(area: &FrameArea, batch: &mut Batch) {
     let (frames, meta) = batch.split_mut();
     for (f, m) in frames.iter().zip(meta.iter_mut()) {
-        *m = Meta::default();
+        *m = Meta::EMPTY;
         let r = match area.frame(*f) {
             Some(bytes) => parse_one(bytes, m),
             None => Err(ParseError::Ethernet),
@@ -62,11 +62,7 @@ pub fn parse_one(b: &[u8], m: &mut Meta) -> Result<(), ParseError> {
         EtherType::Arp => parse_arp(l3, &mut m.key),
         EtherType::Unknown(len) if len <= 1500 => {
             // 802.3: the field is the payload length; padding may follow it.
-            if usize::from(len) > l3.len() {
-                Err(ParseError::Length)
-            } else {
-                Ok(())
-            }
+            if usize::from(len) > l3.len() { Err(ParseError::Length) } else { Ok(()) }
         }
         EtherType::Unknown(len) if len < 0x0600 => Err(ParseError::Length),
         _ => Ok(()),
@@ -75,9 +71,7 @@ pub fn parse_one(b: &[u8], m: &mut Meta) -> Result<(), ParseError> {
 
 #[inline]
 fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
-    ]
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]
 }
 
 fn parse_arp(l3: &[u8], key: &mut FlowKey) -> Result<(), ParseError> {
@@ -214,10 +208,7 @@ mod tests {
         assert_eq!((m.outer_vlan, m.inner_vlan), (Some(100), Some(7)));
         assert_eq!(m.l3_offset, 22);
         assert_eq!((m.key.proto, m.key.dst_port), (6, 80));
-        assert_eq!(
-            m.tcp_flags & crate::wire::tcp::flags::SYN,
-            crate::wire::tcp::flags::SYN
-        );
+        assert_eq!(m.tcp_flags & crate::wire::tcp::flags::SYN, crate::wire::tcp::flags::SYN);
     }
 
     #[test]
@@ -235,11 +226,7 @@ mod tests {
         assert_eq!((m.key.proto, m.key.src_port), (58, 128));
         assert_eq!(m.key.src_ip, src);
         let mut out = Vec::new();
-        PacketBuilder::ethernet2(A, B)
-            .ipv6(src, dst, 64)
-            .udp(5, 6)
-            .write(&mut out, &[])
-            .unwrap();
+        PacketBuilder::ethernet2(A, B).ipv6(src, dst, 64).udp(5, 6).write(&mut out, &[]).unwrap();
         let (m, r) = parse_bytes(&out);
         r.unwrap();
         assert_eq!((m.key.proto, m.key.src_port, m.key.dst_port), (17, 5, 6));
@@ -302,38 +289,20 @@ mod tests {
             (vec![0; 13], ParseError::Ethernet),
             // Three VLAN tags.
             (
-                [
-                    &A[..],
-                    &B[..],
-                    &[0x81, 0, 0, 1, 0x81, 0, 0, 2, 0x81, 0, 0, 3, 0x08, 0][..],
-                ]
-                .concat(),
+                [&A[..], &B[..], &[0x81, 0, 0, 1, 0x81, 0, 0, 2, 0x81, 0, 0, 3, 0x08, 0][..]]
+                    .concat(),
                 ParseError::Vlan,
             ),
             // Tag cut short.
-            (
-                [&A[..], &B[..], &[0x81, 0, 0][..]].concat(),
-                ParseError::Vlan,
-            ),
+            ([&A[..], &B[..], &[0x81, 0, 0][..]].concat(), ParseError::Vlan),
             // 802.3 length 100 with 10 bytes of payload.
-            (
-                [&A[..], &B[..], &[0, 100][..], &[0; 10][..]].concat(),
-                ParseError::Length,
-            ),
+            ([&A[..], &B[..], &[0, 100][..], &[0; 10][..]].concat(), ParseError::Length),
             // Ether type in the invalid 1501..1535 gap.
-            (
-                [&A[..], &B[..], &[0x05, 0xf0][..], &[0; 46][..]].concat(),
-                ParseError::Length,
-            ),
+            ([&A[..], &B[..], &[0x05, 0xf0][..], &[0; 46][..]].concat(), ParseError::Length),
             // ARP with hlen 255.
             (
-                [
-                    &A[..],
-                    &B[..],
-                    &[0x08, 0x06, 0, 1, 8, 0, 255, 4, 0, 1][..],
-                    &[0; 30][..],
-                ]
-                .concat(),
+                [&A[..], &B[..], &[0x08, 0x06, 0, 1, 8, 0, 255, 4, 0, 1][..], &[0; 30][..]]
+                    .concat(),
                 ParseError::Arp,
             ),
         ];

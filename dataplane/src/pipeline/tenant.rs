@@ -12,9 +12,7 @@ use crate::trace::DropReason;
 /// Resolves the tenant of one parsed frame.
 #[inline]
 pub fn resolve_one(snap: &Snapshot, port: PortId, m: &mut Meta) -> Result<(), DropReason> {
-    let (t, a) = snap
-        .resolve(port, m.outer_vlan)
-        .ok_or(DropReason::UnknownTenant)?;
+    let (t, a) = snap.resolve(port, m.outer_vlan).ok_or(DropReason::UnknownTenant)?;
     m.tenant = t;
     m.attachment = a;
     Ok(())

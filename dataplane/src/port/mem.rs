@@ -38,10 +38,7 @@ impl MemPort {
         let Some(base) = pool.alloc() else {
             return false;
         };
-        let f = FrameRef {
-            addr: base + FRAME_HEADROOM,
-            len: bytes.len() as u32,
-        };
+        let f = FrameRef { addr: base + FRAME_HEADROOM, len: bytes.len() as u32 };
         match area.frame_mut(f) {
             Some(dst) => dst.copy_from_slice(bytes),
             None => {
@@ -130,10 +127,7 @@ mod tests {
         for i in 0..6u8 {
             assert!(a.inject(&mut area, &mut pool, &[i; 60]));
         }
-        assert!(
-            !a.inject(&mut area, &mut pool, &[0; 2000]),
-            "larger than a chunk"
-        );
+        assert!(!a.inject(&mut area, &mut pool, &[0; 2000]), "larger than a chunk");
         let mut batch = Batch::new();
         batch.reset(PortId(0));
         assert_eq!(a.rx(&mut pool, &mut batch), 6);

@@ -90,11 +90,7 @@ impl FramePool {
         let size = u64::from(area.chunk_size());
         // Reverse, so that pops hand out low addresses first (easier to read in traces).
         let free: Vec<u64> = (0..u64::from(n)).rev().map(|i| i * size).collect();
-        FramePool {
-            free,
-            chunk_mask: !(size - 1),
-            double_frees: 0,
-        }
+        FramePool { free, chunk_mask: !(size - 1), double_frees: 0 }
     }
 
     /// Takes a free chunk (its base address).

@@ -190,10 +190,7 @@ mod tests {
             assert!(l.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{l}");
             assert!(seen.insert(l), "duplicate label {l}");
         }
-        assert_eq!(
-            DropReason::ALL[DropReason::TxFull.index()],
-            DropReason::TxFull
-        );
+        assert_eq!(DropReason::ALL[DropReason::TxFull.index()], DropReason::TxFull);
     }
 
     #[test]

@@ -96,12 +96,8 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
         let pkt = self.packet();
         let mut next = self.next_header();
         let mut off = HEADER_LEN;
-        let mut up = UpperLayer {
-            protocol: next,
-            offset: off,
-            fragment: false,
-            later_fragment: false,
-        };
+        let mut up =
+            UpperLayer { protocol: next, offset: off, fragment: false, later_fragment: false };
         for i in 0..=MAX_EXT_HEADERS {
             let len = match next {
                 HOP_BY_HOP if i == 0 => ext_len(pkt, off)?,
@@ -188,10 +184,7 @@ mod tests {
         p.extend_from_slice(&[44, 0, 0, 0, 0, 0, 0, 0]); // HBH, 8 bytes, next = fragment
         p.extend_from_slice(&[6, 0, 0, 0x09, 0, 0, 0, 1]); // fragment offset 1, next = TCP
         p.extend_from_slice(&[0; 8]);
-        let up = Ipv6Packet::new_checked(&p[..])
-            .unwrap()
-            .upper_layer()
-            .unwrap();
+        let up = Ipv6Packet::new_checked(&p[..]).unwrap().upper_layer().unwrap();
         assert!(up.fragment && up.later_fragment);
         assert_eq!(up.protocol, 6);
     }
@@ -203,24 +196,14 @@ mod tests {
         for _ in 0..n {
             p.extend_from_slice(&[60, 0, 0, 0, 0, 0, 0, 0]);
         }
-        assert!(
-            Ipv6Packet::new_checked(&p[..])
-                .unwrap()
-                .upper_layer()
-                .is_err()
-        );
+        assert!(Ipv6Packet::new_checked(&p[..]).unwrap().upper_layer().is_err());
     }
 
     #[test]
     fn ext_header_overruns_payload() {
         let mut p = header(43, 8);
         p.extend_from_slice(&[17, 4, 0, 0, 0, 0, 0, 0]); // claims 40 bytes, has 8
-        assert!(
-            Ipv6Packet::new_checked(&p[..])
-                .unwrap()
-                .upper_layer()
-                .is_err()
-        );
+        assert!(Ipv6Packet::new_checked(&p[..]).unwrap().upper_layer().is_err());
         let short = header(17, 100); // payload length beyond the buffer
         assert!(Ipv6Packet::new_checked(&short[..]).is_err());
     }
@@ -230,11 +213,6 @@ mod tests {
         let mut p = header(60, 16);
         p.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]); // dest opts, next = HBH
         p.extend_from_slice(&[17, 0, 0, 0, 0, 0, 0, 0]);
-        assert!(
-            Ipv6Packet::new_checked(&p[..])
-                .unwrap()
-                .upper_layer()
-                .is_err()
-        );
+        assert!(Ipv6Packet::new_checked(&p[..]).unwrap().upper_layer().is_err());
     }
 }

@@ -74,9 +74,8 @@ mod tests {
     use super::*;
 
     // SYN 40000 -> 80, from a capture (options stripped, data offset 5).
-    static SYN: [u8; 20] = [
-        0x9c, 0x40, 0x00, 0x50, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0,
-    ];
+    static SYN: [u8; 20] =
+        [0x9c, 0x40, 0x00, 0x50, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0];
 
     #[test]
     fn deconstruct() {

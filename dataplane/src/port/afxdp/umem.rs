@@ -58,17 +58,17 @@ impl FrameArea {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "zero frames"));
         }
         let len = chunks as usize * chunk_size as usize;
-        let base = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE;
+        let base = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
         let mut huge = false;
         let mut ptr = libc::MAP_FAILED;
-        if pages == PageSize::Huge2M && len % (2 << 20) == 0 {
+        if pages == PageSize::Huge2M && len.is_multiple_of(2 << 20) {
             // SAFETY: anonymous mapping with a null hint: no existing memory is affected.
             ptr = unsafe {
                 libc::mmap(
                     std::ptr::null_mut(),
                     len,
                     libc::PROT_READ | libc::PROT_WRITE,
-                    base | libc::MAP_HUGETLB,
+                    base | libc::MAP_HUGETLB | libc::MAP_POPULATE,
                     -1,
                     0,
                 )
@@ -87,18 +87,27 @@ impl FrameArea {
                     0,
                 )
             };
+            if ptr != libc::MAP_FAILED {
+                // Ask for transparent huge pages before the first touch, then populate: frames
+                // sit one or two per 4 KiB page, so with 4 KiB pages nearly every frame costs a
+                // TLB miss (PERF(pipeline): see docs/PERFORMANCE.md). Both calls are advice;
+                // if they fail the area keeps ordinary pages, which work the same.
+                // SAFETY: ptr/len are the mapping just created; advice does not change its
+                // contents or validity, and writing zeros to it is within bounds.
+                unsafe {
+                    libc::madvise(ptr, len, libc::MADV_HUGEPAGE);
+                    if libc::madvise(ptr, len, libc::MADV_POPULATE_WRITE) != 0 {
+                        std::ptr::write_bytes(ptr.cast::<u8>(), 0, len);
+                    }
+                }
+            }
         }
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
         let ptr =
             NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
-        Ok(FrameArea {
-            ptr,
-            len,
-            chunk_size,
-            huge,
-        })
+        Ok(FrameArea { ptr, len, chunk_size, huge })
     }
 
     /// Bytes in the area.
@@ -147,11 +156,7 @@ impl FrameArea {
         let start = usize::try_from(addr).ok()?;
         let end = start.checked_add(len)?;
         let chunk_end = (self.chunk_base(addr) + u64::from(self.chunk_size)) as usize;
-        if end <= chunk_end && chunk_end <= self.len {
-            Some(start)
-        } else {
-            None
-        }
+        if end <= chunk_end && chunk_end <= self.len { Some(start) } else { None }
     }
 
     /// The bytes of a frame, or None if it does not lie inside one chunk.
@@ -206,10 +211,7 @@ impl FrameArea {
         unsafe {
             std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(s), self.ptr.as_ptr().add(d), len);
         }
-        Some(FrameRef {
-            addr: dst_addr,
-            len: src.len,
-        })
+        Some(FrameRef { addr: dst_addr, len: src.len })
     }
 }
 
@@ -231,34 +233,13 @@ mod tests {
     fn bounds_are_per_chunk() {
         let mut a = FrameArea::new(4, 2048, PageSize::Normal).unwrap();
         assert_eq!((a.chunks(), a.len()), (4, 8192));
-        assert!(
-            a.frame(FrameRef {
-                addr: 256,
-                len: 1792
-            })
-            .is_some()
-        );
+        assert!(a.frame(FrameRef { addr: 256, len: 1792 }).is_some());
         // Crosses into the next chunk.
-        assert!(
-            a.frame(FrameRef {
-                addr: 256,
-                len: 1793
-            })
-            .is_none()
-        );
+        assert!(a.frame(FrameRef { addr: 256, len: 1793 }).is_none());
         // Past the end of the area.
         assert!(a.frame(FrameRef { addr: 8192, len: 1 }).is_none());
-        assert!(
-            a.frame(FrameRef {
-                addr: u64::MAX,
-                len: 1
-            })
-            .is_none()
-        );
-        let f = FrameRef {
-            addr: 2048 + 256,
-            len: 4,
-        };
+        assert!(a.frame(FrameRef { addr: u64::MAX, len: 1 }).is_none());
+        let f = FrameRef { addr: 2048 + 256, len: 4 };
         a.frame_mut(f).unwrap().copy_from_slice(&[1, 2, 3, 4]);
         assert_eq!(a.frame(f).unwrap(), &[1, 2, 3, 4]);
         let (chunk, off) = a.chunk_mut(2048 + 300).unwrap();

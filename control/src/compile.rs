@@ -1,0 +1,61 @@
+//! Compiling a validated [`Config`] into the dataplane's immutable [`Snapshot`]: names become
+//! dense ids in name order, so the same config always compiles to the same snapshot.
+
+use dataplane::snapshot::{
+    Attachment, AttachmentId, PortKind, Snapshot, SnapshotBuilder, SnapshotError, TenantSpec,
+};
+use dataplane::time::Nanos;
+use dataplane::wire::MacAddr;
+
+use crate::config::model::{Config, PortKindConfig};
+
+/// Why a config could not be compiled. A validated config compiles; this is the backstop.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CompileError {
+    /// The dataplane refused the result.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// A reference validation should have caught.
+    #[error("{0}")]
+    Dangling(String),
+}
+
+/// Builds the snapshot for `cfg` with the given generation.
+pub fn compile(cfg: &Config, generation: u64) -> Result<Snapshot, CompileError> {
+    let mut b = SnapshotBuilder::new(generation).fdb_capacity(cfg.switch.fdb_capacity);
+    let mut ids = std::collections::HashMap::new();
+    for (name, p) in &cfg.ports {
+        let kind = match p.kind {
+            PortKindConfig::Uplink => PortKind::Uplink,
+            PortKindConfig::Tenant => PortKind::Tenant,
+        };
+        ids.insert(name.as_str(), b.port(name, &p.interface, kind));
+    }
+    for (name, t) in &cfg.tenants {
+        let mut attachments = Vec::with_capacity(t.attach.len());
+        for a in &t.attach {
+            let port = *ids
+                .get(a.port.as_str())
+                .ok_or_else(|| CompileError::Dangling(format!("tenant {name}: port {}", a.port)))?;
+            attachments.push(Attachment { port, vlan: a.vlan });
+        }
+        let mut spec = TenantSpec::new(name, attachments);
+        spec.fdb_quota = t.fdb_quota;
+        spec.mac_aging = Nanos::from_secs(u64::from(t.mac_aging_secs));
+        for m in &t.static_macs {
+            let mac: MacAddr = m
+                .mac
+                .parse()
+                .map_err(|_| CompileError::Dangling(format!("tenant {name}: MAC {}", m.mac)))?;
+            let idx = t
+                .attach
+                .iter()
+                .position(|a| a.port == m.port && (m.vlan.is_none() || a.vlan == m.vlan))
+                .ok_or_else(|| CompileError::Dangling(format!("tenant {name}: MAC {mac}")))?;
+            spec.static_macs.push((mac, AttachmentId(idx as u16)));
+        }
+        b.tenant(spec);
+    }
+    Ok(b.build()?)
+}

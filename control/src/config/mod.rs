@@ -1,0 +1,11 @@
+//! The config file: its model (serde types), loading (file plus `XSWITCH__` environment
+//! overrides through the `config` crate) and validation (every problem, each with its field
+//! path and reason).
+
+pub mod load;
+pub mod model;
+pub mod validate;
+
+pub use load::{ConfigError, load, load_str};
+pub use model::Config;
+pub use validate::Issue;

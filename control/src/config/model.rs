@@ -1,0 +1,159 @@
+//! The config file's types: what an operator writes, before validation. Stateless and
+//! `deny_unknown_fields` everywhere, so a misspelt key is an error, not a silent default.
+//! Names are kept in `BTreeMap`s so compiling is deterministic (ids follow name order).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Process-wide settings.
+    #[serde(default)]
+    pub switch: SwitchConfig,
+    /// Ports by name.
+    #[serde(default)]
+    pub ports: BTreeMap<String, PortConfig>,
+    /// Tenants by name.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantConfig>,
+}
+
+/// What a worker does when it finds no traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdlePolicy {
+    /// Poll forever (lowest latency, one core per worker at 100 %).
+    #[default]
+    Busy,
+    /// Back off to short sleeps when idle.
+    Adaptive,
+}
+
+/// `[switch]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SwitchConfig {
+    /// Worker threads.
+    pub workers: u32,
+    /// CPU cores to pin workers to, one per worker (empty: not pinned).
+    pub cores: Vec<u32>,
+    /// Frames in the shared frame area (UMEM).
+    pub frames: u32,
+    /// Bytes per frame: 2048 or 4096.
+    pub frame_size: u32,
+    /// Entries of each AF_XDP ring (fill, completion, RX, TX); a power of two.
+    pub ring_size: u32,
+    /// Idle policy of the workers.
+    pub idle: IdlePolicy,
+    /// Total MAC table entries per worker, shared by all tenants (each also has its quota).
+    pub fdb_capacity: u32,
+}
+
+impl Default for SwitchConfig {
+    fn default() -> Self {
+        SwitchConfig {
+            workers: 1,
+            cores: Vec::new(),
+            frames: 8192,
+            frame_size: 2048,
+            ring_size: 1024,
+            idle: IdlePolicy::Busy,
+            fdb_capacity: 65536,
+        }
+    }
+}
+
+/// What a port faces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PortKindConfig {
+    /// Towards the host fabric; tenants told apart by VLAN.
+    Uplink,
+    /// A VF, veth or tap facing tenants.
+    Tenant,
+}
+
+/// AF_XDP bind mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum XdpMode {
+    /// Try zero-copy, fall back to copy.
+    #[default]
+    Auto,
+    /// Zero-copy or fail.
+    ZeroCopy,
+    /// Copy mode.
+    Copy,
+}
+
+/// `[ports.NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    /// Kernel interface name.
+    pub interface: String,
+    /// Uplink or tenant.
+    pub kind: PortKindConfig,
+    /// Queues to open (one AF_XDP socket each).
+    #[serde(default = "one")]
+    pub queues: u32,
+    /// Bind mode.
+    #[serde(default)]
+    pub mode: XdpMode,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `[tenants.NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Where the tenant is reachable.
+    pub attach: Vec<AttachConfig>,
+    /// Most MACs the tenant may have learned at once.
+    #[serde(default = "default_quota")]
+    pub fdb_quota: u32,
+    /// Seconds before an unseen learned MAC is forgotten.
+    #[serde(default = "default_aging")]
+    pub mac_aging_secs: u32,
+    /// MACs pinned to an attachment.
+    #[serde(default)]
+    pub static_macs: Vec<StaticMacConfig>,
+}
+
+fn default_quota() -> u32 {
+    1024
+}
+
+fn default_aging() -> u32 {
+    300
+}
+
+/// One attachment: a port and the VLAN the tenant's frames carry there.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachConfig {
+    /// Port name.
+    pub port: String,
+    /// VLAN id 1..=4094; absent for untagged.
+    #[serde(default)]
+    pub vlan: Option<u16>,
+}
+
+/// A static MAC entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticMacConfig {
+    /// The MAC, `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    /// Port name of the attachment.
+    pub port: String,
+    /// VLAN of the attachment, when the tenant has several on that port.
+    #[serde(default)]
+    pub vlan: Option<u16>,
+}

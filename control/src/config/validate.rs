@@ -1,0 +1,217 @@
+//! Validation: every problem in one pass, each as an [`Issue`] with the field path
+//! (`tenants.red.attach[1].vlan`) and the reason, so an operator fixes them all at once.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+use dataplane::wire::MacAddr;
+
+use super::model::{Config, PortKindConfig};
+
+/// One problem with a config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// Dotted path of the field.
+    pub path: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for Issue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)
+    }
+}
+
+/// Highest VLAN id usable for a tenant (4095 is reserved, 0 means priority-tagged).
+const VLAN_MAX: u16 = 4094;
+/// Linux interface names hold at most 15 bytes.
+const IFNAMSIZ: usize = 15;
+
+struct Issues(Vec<Issue>);
+
+impl Issues {
+    fn add(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(Issue { path: path.into(), reason: reason.into() });
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn valid_ifname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= IFNAMSIZ
+        && !s.contains(['/', ':', ' ', '\0'])
+        && s != "."
+        && s != ".."
+}
+
+/// Checks a config; an empty list means it is valid.
+pub fn validate(cfg: &Config) -> Vec<Issue> {
+    let mut is = Issues(Vec::new());
+    check_switch(cfg, &mut is);
+    check_ports(cfg, &mut is);
+    check_tenants(cfg, &mut is);
+    is.0
+}
+
+fn check_switch(cfg: &Config, is: &mut Issues) {
+    let s = &cfg.switch;
+    if !(1..=64).contains(&s.workers) {
+        is.add("switch.workers", format!("{} is out of range 1..=64", s.workers));
+    }
+    if !s.cores.is_empty() && s.cores.len() != s.workers as usize {
+        is.add(
+            "switch.cores",
+            format!("{} cores listed for {} workers (one per worker)", s.cores.len(), s.workers),
+        );
+    }
+    let mut seen = HashSet::new();
+    for (i, c) in s.cores.iter().enumerate() {
+        if !seen.insert(c) {
+            is.add(format!("switch.cores[{i}]"), format!("core {c} is listed twice"));
+        }
+    }
+    if s.frame_size != 2048 && s.frame_size != 4096 {
+        is.add("switch.frame_size", format!("{} must be 2048 or 4096", s.frame_size));
+    }
+    if !s.ring_size.is_power_of_two() || !(64..=16384).contains(&s.ring_size) {
+        is.add("switch.ring_size", format!("{} must be a power of two in 64..=16384", s.ring_size));
+    }
+    if s.fdb_capacity == 0 {
+        is.add("switch.fdb_capacity", "must be at least 1");
+    }
+    // Each socket keeps a full fill ring and may have a full TX ring in flight; the rest is
+    // the working set of batches and flood copies.
+    let sockets: u64 = cfg.ports.values().map(|p| u64::from(p.queues)).sum();
+    let need = sockets * 2 * u64::from(s.ring_size) + 1024;
+    if u64::from(s.frames) < need {
+        is.add(
+            "switch.frames",
+            format!(
+                "{} frames are too few for {sockets} socket(s) with rings of {}: need at least {need}",
+                s.frames, s.ring_size
+            ),
+        );
+    }
+    if s.frames > 1 << 22 {
+        is.add("switch.frames", format!("{} is more than 4194304", s.frames));
+    }
+}
+
+fn check_ports(cfg: &Config, is: &mut Issues) {
+    if cfg.ports.is_empty() {
+        is.add("ports", "no port is configured");
+    }
+    let mut ifnames: HashMap<&str, &str> = HashMap::new();
+    for (name, p) in &cfg.ports {
+        let at = format!("ports.{name}");
+        if !valid_name(name) {
+            is.add(&at, "name must be 1-64 characters of [A-Za-z0-9_-]");
+        }
+        if !valid_ifname(&p.interface) {
+            is.add(
+                format!("{at}.interface"),
+                format!(
+                    "{:?} is not a valid interface name (1-15 bytes, no '/', ':' or space)",
+                    p.interface
+                ),
+            );
+        }
+        if let Some(other) = ifnames.insert(&p.interface, name) {
+            is.add(
+                format!("{at}.interface"),
+                format!("interface {} is already used by port {other}", p.interface),
+            );
+        }
+        if !(1..=64).contains(&p.queues) {
+            is.add(format!("{at}.queues"), format!("{} is out of range 1..=64", p.queues));
+        }
+    }
+}
+
+fn check_tenants(cfg: &Config, is: &mut Issues) {
+    if cfg.tenants.is_empty() {
+        is.add("tenants", "no tenant is configured");
+    }
+    // (port, vlan) -> "tenants.X.attach[i]"
+    let mut owners: BTreeMap<(&str, Option<u16>), String> = BTreeMap::new();
+    for (name, t) in &cfg.tenants {
+        let at = format!("tenants.{name}");
+        if !valid_name(name) {
+            is.add(&at, "name must be 1-64 characters of [A-Za-z0-9_-]");
+        }
+        if t.attach.is_empty() {
+            is.add(format!("{at}.attach"), "a tenant needs at least one attachment");
+        }
+        if t.fdb_quota == 0 {
+            is.add(format!("{at}.fdb_quota"), "must be at least 1");
+        }
+        if t.mac_aging_secs == 0 {
+            is.add(format!("{at}.mac_aging_secs"), "must be at least 1");
+        }
+        for (i, a) in t.attach.iter().enumerate() {
+            let ap = format!("{at}.attach[{i}]");
+            let Some(port) = cfg.ports.get(&a.port) else {
+                is.add(format!("{ap}.port"), format!("unknown port {:?}", a.port));
+                continue;
+            };
+            match a.vlan {
+                Some(v) if !(1..=VLAN_MAX).contains(&v) => {
+                    is.add(format!("{ap}.vlan"), format!("VLAN {v} is out of range 1..=4094"));
+                    continue;
+                }
+                None if port.kind == PortKindConfig::Uplink => {
+                    is.add(
+                        format!("{ap}.vlan"),
+                        format!("port {} is an uplink: tenants there need a VLAN", a.port),
+                    );
+                    continue;
+                }
+                _ => {}
+            }
+            if let Some(prev) = owners.insert((a.port.as_str(), a.vlan), ap.clone()) {
+                let what = a.vlan.map_or("untagged".to_string(), |v| format!("VLAN {v}"));
+                is.add(ap, format!("port {} {what} is already attached at {prev}", a.port));
+            }
+        }
+        let mut macs = HashSet::new();
+        for (i, m) in t.static_macs.iter().enumerate() {
+            let mp = format!("{at}.static_macs[{i}]");
+            match m.mac.parse::<MacAddr>() {
+                Err(_) => is.add(format!("{mp}.mac"), format!("{:?} is not a MAC address", m.mac)),
+                Ok(mac) if mac.is_multicast() || mac == MacAddr::ZERO => {
+                    is.add(format!("{mp}.mac"), format!("{mac} is a group or zero address"))
+                }
+                Ok(mac) => {
+                    if !macs.insert(mac) {
+                        is.add(format!("{mp}.mac"), format!("duplicate MAC {mac} in this tenant"));
+                    }
+                }
+            }
+            let matches = t
+                .attach
+                .iter()
+                .filter(|a| a.port == m.port && (m.vlan.is_none() || a.vlan == m.vlan));
+            match matches.count() {
+                0 => is.add(
+                    format!("{mp}.port"),
+                    format!("tenant has no attachment on port {:?}{}", m.port, vlan_suffix(m.vlan)),
+                ),
+                1 => {}
+                _ => is.add(
+                    format!("{mp}.vlan"),
+                    format!("tenant has several attachments on port {}: give the VLAN", m.port),
+                ),
+            }
+        }
+    }
+}
+
+fn vlan_suffix(v: Option<u16>) -> String {
+    v.map_or(String::new(), |v| format!(" with VLAN {v}"))
+}

@@ -1,0 +1,197 @@
+//! Every file in `configs/` loads, validates and compiles; bad configs are rejected with a
+//! message that names the field.
+// Integration tests live outside `mod tests` by nature; the lint is for unit tests in src/.
+#![allow(clippy::tests_outside_test_module)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use control::config::{self, ConfigError, load_str};
+use control::{compile, config::load::load_str_with_env};
+use dataplane::snapshot::{PortId, PortKind};
+
+fn configs_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs")
+}
+
+#[test]
+fn every_shipped_config_loads_and_compiles() {
+    let mut n = 0;
+    for e in std::fs::read_dir(configs_dir()).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_none_or(|x| x != "toml") {
+            continue;
+        }
+        let cfg = config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let snap = compile(&cfg, 1).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(snap.ports.len(), cfg.ports.len());
+        assert_eq!(snap.tenants.len(), cfg.tenants.len());
+        n += 1;
+    }
+    assert!(n >= 2, "configs/ holds the demo and the 16-VF host");
+}
+
+#[test]
+fn the_sixteen_vf_host_has_24_tenants_on_16_vfs() {
+    let cfg = config::load(&configs_dir().join("sriov-16vf-24tenants.toml")).unwrap();
+    let snap = compile(&cfg, 1).unwrap();
+    assert_eq!(snap.tenants.len(), 24);
+    let vfs = snap.ports.iter().filter(|p| p.kind == PortKind::Tenant).count();
+    assert_eq!(vfs, 16);
+    // Two tenants share vf15, apart by VLAN.
+    let vf15 = snap.port_by_name("vf15").unwrap();
+    let a = snap.resolve(vf15, Some(10)).unwrap().0;
+    let b = snap.resolve(vf15, Some(20)).unwrap().0;
+    assert_ne!(a, b);
+    assert_eq!(snap.resolve(vf15, None), None);
+}
+
+#[test]
+fn demo_resolves_tenants_by_port_and_vlan() {
+    let cfg = config::load(&configs_dir().join("demo.toml")).unwrap();
+    let snap = compile(&cfg, 7).unwrap();
+    assert_eq!(snap.generation, 7);
+    let up = snap.port_by_name("uplink").unwrap();
+    let red = snap.tenant_by_name("red").unwrap();
+    assert_eq!(snap.resolve(up, Some(100)).unwrap().0, red);
+    assert_eq!(snap.resolve(snap.port_by_name("red2").unwrap(), None).unwrap().0, red);
+    assert_eq!(snap.resolve(PortId(99), None), None);
+}
+
+const GOOD: &str = r#"
+[ports.up]
+interface = "eth0"
+kind = "uplink"
+[ports.a]
+interface = "veth-a"
+kind = "tenant"
+[tenants.red]
+attach = [{ port = "up", vlan = 100 }, { port = "a" }]
+"#;
+
+fn err_of(text: &str) -> String {
+    match load_str("test.toml", text) {
+        Ok(c) => panic!("accepted: {c:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn good_config_and_defaults() {
+    let c = load_str("test.toml", GOOD).unwrap();
+    assert_eq!(c.switch.workers, 1);
+    assert_eq!(c.tenants["red"].fdb_quota, 1024);
+    assert_eq!(c.ports["a"].queues, 1);
+}
+
+#[test]
+fn bad_configs_name_the_field() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("unknown port in a tenant", "port = \"a\" }]", "port = \"nope\" }]"),
+        ("VLAN out of range", "vlan = 100", "vlan = 4095"),
+        ("untagged uplink attachment", "{ port = \"up\", vlan = 100 }", "{ port = \"up\" }"),
+        ("unknown key", "kind = \"tenant\"", "kind = \"tenant\"\nspeed = 10"),
+        ("bad kind", "kind = \"tenant\"", "kind = \"router\""),
+        ("interface too long", "\"veth-a\"", "\"a-very-long-interface-name\""),
+        ("wrong type", "vlan = 100", "vlan = \"hundred\""),
+    ];
+    let want_field = [
+        "tenants.red.attach[1].port",
+        "tenants.red.attach[0].vlan",
+        "tenants.red.attach[0].vlan",
+        "speed",
+        "kind",
+        "ports.a.interface",
+        "vlan",
+    ];
+    for ((what, from, to), field) in cases.iter().zip(want_field) {
+        assert!(GOOD.contains(from), "{what}: fixture");
+        let e = err_of(&GOOD.replacen(from, to, 1));
+        assert!(e.starts_with("test.toml"), "{what}: no file in {e}");
+        assert!(e.contains(field), "{what}: {field} not in {e}");
+    }
+}
+
+#[test]
+fn duplicates_are_rejected() {
+    let dup_mac = format!(
+        "{GOOD}static_macs = [{{ mac = \"02:00:00:00:00:01\", port = \"a\" }}, {{ mac = \"02:00:00:00:00:01\", port = \"a\" }}]\n"
+    );
+    let e = err_of(&dup_mac);
+    assert!(e.contains("tenants.red.static_macs[1].mac") && e.contains("duplicate"), "{e}");
+
+    let dup_att = format!("{GOOD}[tenants.blue]\nattach = [{{ port = \"up\", vlan = 100 }}]\n");
+    let e = err_of(&dup_att);
+    assert!(e.contains("tenants.red.attach[0]") && e.contains("already attached"), "{e}");
+
+    let dup_if = GOOD.replace("\"veth-a\"", "\"eth0\"");
+    let e = err_of(&dup_if);
+    assert!(e.contains("ports.up.interface") || e.contains("ports.a.interface"), "{e}");
+    assert!(e.contains("already used"), "{e}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = GOOD
+        .replace("vlan = 100", "vlan = 0")
+        .replace("port = \"a\" }", "port = \"b\" }")
+        .replace("[ports.up]", "[switch]\nworkers = 0\nframe_size = 1000\n[ports.up]");
+    match load_str("many.toml", &text) {
+        Err(ConfigError::Invalid { issues, .. }) => {
+            let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+            for p in [
+                "switch.workers",
+                "switch.frame_size",
+                "tenants.red.attach[0].vlan",
+                "tenants.red.attach[1].port",
+            ] {
+                assert!(paths.contains(&p), "{p} missing from {paths:?}");
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn too_few_frames_for_the_rings() {
+    let text = format!("[switch]\nframes = 1024\nring_size = 1024\n{GOOD}");
+    let e = err_of(&text);
+    assert!(e.contains("switch.frames") && e.contains("too few"), "{e}");
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let env = HashMap::from([
+        ("XSWITCH__SWITCH__WORKERS".to_string(), "3".to_string()),
+        ("XSWITCH__SWITCH__CORES".to_string(), "0,1,2".to_string()),
+        ("XSWITCH__TENANTS__RED__FDB_QUOTA".to_string(), "77".to_string()),
+    ]);
+    let c = load_str_with_env("test.toml", GOOD, Some(env)).unwrap();
+    assert_eq!(c.switch.workers, 3);
+    assert_eq!(c.switch.cores, vec![0, 1, 2]);
+    assert_eq!(c.tenants["red"].fdb_quota, 77);
+    let bad = HashMap::from([("XSWITCH__SWITCH__WORKERS".to_string(), "0".to_string())]);
+    let e = load_str_with_env("test.toml", GOOD, Some(bad)).unwrap_err().to_string();
+    assert!(e.contains("switch.workers"), "{e}");
+}
+
+#[test]
+fn missing_file_names_it() {
+    let e = config::load(std::path::Path::new("/nonexistent/x.toml")).unwrap_err().to_string();
+    assert!(e.contains("/nonexistent/x.toml"), "{e}");
+}
+
+#[test]
+fn names_keep_their_case() {
+    let text = GOOD.replace("[tenants.red]", "[tenants.Red]");
+    let c = load_str("test.toml", &text).unwrap();
+    assert!(c.tenants.contains_key("Red"), "{:?}", c.tenants.keys().collect::<Vec<_>>());
+}
+
+#[test]
+fn compile_is_deterministic() {
+    let cfg = config::load(&configs_dir().join("sriov-16vf-24tenants.toml")).unwrap();
+    let a = compile(&cfg, 5).unwrap();
+    let b = compile(&cfg.clone(), 5).unwrap();
+    assert_eq!(a, b);
+}
