@@ -163,7 +163,7 @@ impl Setup {
             &mut self.disp,
             &mut self.tx,
         );
-        self.tx.flush(&mut self.ports, &mut self.pool, &mut self.pipeline.counters);
+        self.tx.flush(&mut self.ports, &mut self.pipeline.counters);
     }
 
     /// Forwards prebuilt batch `i` (from port A).

@@ -1,13 +1,14 @@
 //! The poll loop body: the only place that composes clock, ports and pipeline.
 //!
 //! One [`Worker::poll`] is one "breath": for every port, return completed TX frames to the pool,
-//! receive a batch, run the pipeline on it, hand the TX lists to the ports and kick them. A new
+//! receive a batch, run the pipeline on it and hand the TX lists to the ports; then retry what
+//! full TX rings refused and kick the ports. A new
 //! snapshot is adopted only between breaths ([`Worker::install`]), so a batch is always switched
 //! against one consistent configuration.
 //!
 //! # Frame accounting
-//! Every chunk of the area is, at every breath boundary, either in the pool or held by a port
-//! (fill, RX, TX, completion). [`Worker::census`] adds them up; debug builds assert after every
+//! Every chunk of the area is, at every breath boundary, either in the pool, held by a port
+//! (fill, RX, TX, completion) or waiting in a TX list. [`Worker::census`] adds them up; debug builds assert after every
 //! breath that the sum equals the number of chunks, so a leaked or doubly-owned frame fails the
 //! first test that causes it.
 
@@ -19,6 +20,9 @@ use crate::port::{FrameArea, FramePool, Port, PortCensus};
 use crate::snapshot::{PortId, Snapshot};
 use crate::time::Nanos;
 
+/// Most batches taken from one port in one breath.
+const BATCHES_PER_VISIT: usize = 4;
+
 /// How often the MAC table is swept for expired entries.
 const AGE_INTERVAL: Nanos = Nanos::from_millis(250);
 
@@ -29,6 +33,8 @@ pub struct FrameCensus {
     pub free: u32,
     /// Held by ports, by state.
     pub ports: PortCensus,
+    /// Waiting in TX lists for room in a TX ring.
+    pub pending: u32,
     /// Chunks in the area.
     pub total: u32,
 }
@@ -36,7 +42,7 @@ pub struct FrameCensus {
 impl FrameCensus {
     /// True when every frame is accounted for exactly once.
     pub fn balanced(&self) -> bool {
-        self.free + self.ports.total() == self.total
+        self.free + self.ports.total() + self.pending == self.total
     }
 }
 
@@ -77,22 +83,33 @@ impl<P: Port> Worker<P> {
         for i in 0..self.ports.len() {
             let port = PortId(i as u16);
             self.ports[i].reclaim(&mut self.pool);
-            self.batch.reset(port);
-            let n = self.ports[i].rx(&mut self.pool, &mut self.batch);
-            if n == 0 {
-                continue;
+            // Up to a few batches per port and breath, while batches come in full: under load
+            // this drains a burst in one visit without starving the other ports.
+            for _ in 0..BATCHES_PER_VISIT {
+                self.batch.reset(port);
+                let n = self.ports[i].rx(&mut self.pool, &mut self.batch);
+                if n == 0 {
+                    break;
+                }
+                received += n;
+                self.pipeline.run(
+                    now,
+                    &self.snap,
+                    &mut self.area,
+                    &mut self.pool,
+                    &mut self.batch,
+                    &mut self.disp,
+                    &mut self.tx,
+                );
+                self.tx.flush(&mut self.ports, &mut self.pipeline.counters);
+                if n < crate::batch::BATCH_SIZE {
+                    break;
+                }
             }
-            received += n;
-            self.pipeline.run(
-                now,
-                &self.snap,
-                &mut self.area,
-                &mut self.pool,
-                &mut self.batch,
-                &mut self.disp,
-                &mut self.tx,
-            );
-            self.tx.flush(&mut self.ports, &mut self.pool, &mut self.pipeline.counters);
+        }
+        // Frames a full TX ring could not take get another chance after the completions above.
+        if self.tx.total_pending() > 0 {
+            self.tx.flush(&mut self.ports, &mut self.pipeline.counters);
         }
         for p in &mut self.ports {
             if !p.kick() {
@@ -125,7 +142,12 @@ impl<P: Port> Worker<P> {
             ports.tx += c.tx;
             ports.completion += c.completion;
         }
-        FrameCensus { free: self.pool.len() as u32, ports, total: self.area.chunks() }
+        FrameCensus {
+            free: self.pool.len() as u32,
+            ports,
+            pending: self.tx.total_pending() as u32,
+            total: self.area.chunks(),
+        }
     }
 
     /// The pipeline (counters, MAC table).

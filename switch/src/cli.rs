@@ -21,6 +21,12 @@ pub enum Command {
         /// The config file (TOML). `XSWITCH__SECTION__KEY` variables override it.
         file: PathBuf,
     },
+    /// Run the switch on the ports of a config file until SIGINT or SIGTERM (root).
+    Run {
+        /// The config file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
     /// Run the demo: the embedded demo config switching simulated tenant traffic over
     /// in-memory ports, then a per-tenant table of what passed and what was dropped.
     Demo {

@@ -3,8 +3,11 @@
 
 mod cli;
 mod demo;
+mod run;
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use clap::Parser;
 
@@ -15,6 +18,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::CheckConfig { file } => check_config(&file),
         Command::Demo { frames } => demo::run(frames),
+        Command::Run { config } => {
+            let stop = Arc::new(AtomicBool::new(false));
+            let hooked = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]
+                .iter()
+                .try_for_each(|s| signal_hook::flag::register(*s, stop.clone()).map(|_| ()));
+            match hooked {
+                Ok(()) => run::run(&config, stop),
+                Err(e) => Err(e.into()),
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

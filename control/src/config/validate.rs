@@ -85,10 +85,10 @@ fn check_switch(cfg: &Config, is: &mut Issues) {
     if s.fdb_capacity == 0 {
         is.add("switch.fdb_capacity", "must be at least 1");
     }
-    // Each socket keeps a full fill ring and may have a full TX ring in flight; the rest is
-    // the working set of batches and flood copies.
+    // Each socket keeps a full fill ring (2 x ring_size) and may have a full TX ring in flight;
+    // the rest is the working set of batches, TX lists and flood copies.
     let sockets: u64 = cfg.ports.values().map(|p| u64::from(p.queues)).sum();
-    let need = sockets * 2 * u64::from(s.ring_size) + 1024;
+    let need = sockets * 3 * u64::from(s.ring_size) + 1024;
     if u64::from(s.frames) < need {
         is.add(
             "switch.frames",

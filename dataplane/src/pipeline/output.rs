@@ -1,6 +1,7 @@
 //! Stage 5: carry out the dispositions. Rewrites, pops or pushes the VLAN tag each egress
 //! attachment wants, makes flood copies into fresh frames, and appends frames to per-port TX
-//! lists; [`TxLists::flush`] then hands them to the ports and counts what was sent.
+//! lists; [`TxLists::flush`] then hands them to the ports, counts what was sent and keeps
+//! what a full TX ring could not take yet.
 //!
 //! Edits happen in place in the frame's chunk: a pop moves the 12 MAC bytes forward by 4, a push
 //! moves them back into the headroom, a rewrite touches 2 bytes. The payload never moves.
@@ -74,9 +75,11 @@ impl TxLists {
         self.lists.iter().map(|l| l.frames.len()).sum()
     }
 
-    /// Hands each port its pending frames. What a port does not take is dropped as `tx_full`.
+    /// Hands each port its pending frames. What a port does not take yet (its TX ring is full)
+    /// stays queued, in order, for the next call: a short burst is absorbed here instead of
+    /// dropped; a list that is still full when more frames arrive drops those as `tx_full`.
     /// `ports[i]` must be the driver of `PortId(i)`.
-    pub fn flush<P: Port>(&mut self, ports: &mut [P], pool: &mut FramePool, c: &mut Counters) {
+    pub fn flush<P: Port>(&mut self, ports: &mut [P], c: &mut Counters) {
         for (i, l) in self.lists.iter_mut().enumerate() {
             if l.frames.is_empty() {
                 continue;
@@ -85,6 +88,9 @@ impl TxLists {
                 Some(p) => p.tx(&l.frames),
                 None => 0,
             };
+            if sent == 0 {
+                continue;
+            }
             let mut out = PktBytes::default();
             for (f, (t, _)) in l.frames.iter().zip(&l.owners).take(sent) {
                 out.add(f.len);
@@ -96,12 +102,9 @@ impl TxLists {
                 pt.packets += out.packets;
                 pt.bytes += out.bytes;
             }
-            for (f, (t, ing)) in l.frames.iter().zip(&l.owners).skip(sent) {
-                c.drop(*ing, Some(*t), DropReason::TxFull);
-                pool.free(f.addr);
-            }
-            l.frames.clear();
-            l.owners.clear();
+            // Shifts the unsent rest to the front; never allocates.
+            l.frames.drain(..sent);
+            l.owners.drain(..sent);
         }
     }
 }

@@ -1,0 +1,400 @@
+//! One AF_XDP socket bound to one (interface, queue), as a [`Port`].
+//!
+//! All sockets of a switch share one UMEM: the first socket registers the frame area, the
+//! others bind with `XDP_SHARED_UMEM` and bring their own fill and completion rings, so a frame
+//! received on one interface is sent on another by passing its address. The kernel requires
+//! shared sockets to inherit the bind mode (copy or zero-copy) and `need_wakeup` from the
+//! first one.
+//!
+//! It does _not_ own the XDP program: [`super::XdpAttachment`] does, per interface.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use super::ring::Ring;
+use crate::batch::{Batch, FrameRef};
+use crate::port::{FrameArea, FramePool, Port, PortCensus, PortError};
+
+/// Bind mode requested for a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindMode {
+    /// Try zero-copy, fall back to copy.
+    Auto,
+    /// Zero-copy or fail.
+    ZeroCopy,
+    /// Copy mode.
+    Copy,
+}
+
+/// The mode a socket actually got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BoundMode {
+    /// Driver zero-copy.
+    ZeroCopy,
+    /// Kernel copies frames between the driver and the UMEM.
+    Copy,
+}
+
+/// The kernel's six per-socket counters (`struct xdp_statistics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XskStats {
+    /// Dropped for other reasons (for example no fill frame after the first retry).
+    pub rx_dropped: u64,
+    /// Invalid RX (fill) descriptors.
+    pub rx_invalid_descs: u64,
+    /// Invalid TX descriptors.
+    pub tx_invalid_descs: u64,
+    /// RX ring was full.
+    pub rx_ring_full: u64,
+    /// Fill ring was empty when a frame arrived.
+    pub rx_fill_ring_empty_descs: u64,
+    /// TX ring was empty at a wakeup.
+    pub tx_ring_empty_descs: u64,
+}
+
+/// Counters of the port glue itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XskPortStats {
+    /// `sendto`/`recvfrom` wakeups that failed with something other than EAGAIN/EBUSY/ENOBUFS.
+    pub kick_errors: u64,
+    /// Wakeups issued.
+    pub kicks: u64,
+}
+
+/// Most `sendto` wakeups per kick: 8 x 32 frames covers a full TX list.
+const MAX_KICKS: u32 = 8;
+
+/// An AF_XDP socket as a switch port.
+#[derive(Debug)]
+pub struct XskPort {
+    fd: OwnedFd,
+    ifname: String,
+    queue: u32,
+    mode: BoundMode,
+    fill: Ring<u64>,
+    comp: Ring<u64>,
+    rx: Ring<libc::xdp_desc>,
+    tx: Ring<libc::xdp_desc>,
+    /// Frames given to the fill ring and not yet back on RX.
+    in_fill: u32,
+    /// Frames given to the TX ring and not yet back on completion.
+    in_tx: u32,
+    /// Keep the fill ring this full (its size).
+    fill_target: u32,
+    /// Glue counters.
+    pub stats: XskPortStats,
+}
+
+fn err(ifname: &str, queue: u32, what: &'static str, source: io::Error) -> PortError {
+    PortError { ifname: ifname.into(), queue, what, source }
+}
+
+fn setsockopt<T>(fd: RawFd, opt: libc::c_int, v: &T) -> io::Result<()> {
+    // SAFETY: `v` is a live value of the size passed; the kernel copies it.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_XDP,
+            opt,
+            (v as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// The interface index of `ifname`.
+pub fn ifindex(ifname: &str) -> io::Result<u32> {
+    let c = std::ffi::CString::new(ifname).map_err(io::Error::other)?;
+    // SAFETY: `c` is a valid NUL-terminated string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if i == 0 {
+        Err(io::Error::new(io::ErrorKind::NotFound, format!("no interface named {ifname}")))
+    } else {
+        Ok(i)
+    }
+}
+
+impl XskPort {
+    /// Opens a socket on `ifname` queue `queue` with rings of `ring_size` entries.
+    ///
+    /// `shared`: the port that registered the UMEM, or None to register `area` here.
+    pub fn open(
+        area: &FrameArea,
+        ifname: &str,
+        queue: u32,
+        ring_size: u32,
+        mode: BindMode,
+        shared: Option<&XskPort>,
+    ) -> Result<XskPort, PortError> {
+        let e = |what, source| err(ifname, queue, what, source);
+        let idx = ifindex(ifname).map_err(|s| e("interface lookup", s))?;
+        // SAFETY: plain socket creation.
+        let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(e(
+                "creating an AF_XDP socket (is this kernel built with XDP sockets, and are we root?)",
+                io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: `raw` is a new descriptor owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let f = fd.as_raw_fd();
+        if shared.is_none() {
+            let reg = libc::xdp_umem_reg {
+                addr: area.base_ptr() as u64,
+                len: area.len() as u64,
+                chunk_size: area.chunk_size(),
+                headroom: 0,
+                flags: 0,
+                tx_metadata_len: 0,
+            };
+            setsockopt(f, libc::XDP_UMEM_REG, &reg).map_err(|s| e("registering the UMEM", s))?;
+        }
+        // The fill ring is twice the RX ring so that the kernel still finds empty frames while
+        // a full RX ring waits for the worker (libxdp's default proportions).
+        let fill_size = 2 * ring_size;
+        for (opt, size, what) in [
+            (libc::XDP_UMEM_FILL_RING, fill_size, "sizing the fill ring"),
+            (libc::XDP_UMEM_COMPLETION_RING, fill_size, "sizing the completion ring"),
+            (libc::XDP_RX_RING, ring_size, "sizing the RX ring"),
+            (libc::XDP_TX_RING, ring_size, "sizing the TX ring"),
+        ] {
+            setsockopt(f, opt, &size).map_err(|s| e(what, s))?;
+        }
+        let off: libc::xdp_mmap_offsets = {
+            let mut v = std::mem::MaybeUninit::<libc::xdp_mmap_offsets>::zeroed();
+            let mut len = std::mem::size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
+            // SAFETY: `v` is writable for `len` bytes; zeroed is a valid value of this
+            // plain-integer struct.
+            let r = unsafe {
+                libc::getsockopt(
+                    f,
+                    libc::SOL_XDP,
+                    libc::XDP_MMAP_OFFSETS,
+                    v.as_mut_ptr().cast(),
+                    &mut len,
+                )
+            };
+            if r < 0 {
+                return Err(e("reading ring offsets", io::Error::last_os_error()));
+            }
+            // SAFETY: initialised (zeroed, then filled by the kernel).
+            unsafe { v.assume_init() }
+        };
+        let fill = Ring::map(f, libc::XDP_UMEM_PGOFF_FILL_RING, fill_size, &off.fr)
+            .map_err(|s| e("mapping the fill ring", s))?;
+        let comp = Ring::map(f, libc::XDP_UMEM_PGOFF_COMPLETION_RING, fill_size, &off.cr)
+            .map_err(|s| e("mapping the completion ring", s))?;
+        let rx = Ring::map(f, libc::XDP_PGOFF_RX_RING as u64, ring_size, &off.rx)
+            .map_err(|s| e("mapping the RX ring", s))?;
+        let tx = Ring::map(f, libc::XDP_PGOFF_TX_RING as u64, ring_size, &off.tx)
+            .map_err(|s| e("mapping the TX ring", s))?;
+
+        let bind = |flags: u16| -> io::Result<()> {
+            let sa = libc::sockaddr_xdp {
+                sxdp_family: libc::AF_XDP as u16,
+                sxdp_flags: flags,
+                sxdp_ifindex: idx,
+                sxdp_queue_id: queue,
+                sxdp_shared_umem_fd: shared.map_or(0, |s| s.fd.as_raw_fd() as u32),
+            };
+            // SAFETY: `sa` is a valid sockaddr_xdp of the size passed.
+            let r = unsafe {
+                libc::bind(
+                    f,
+                    (&sa as *const libc::sockaddr_xdp).cast(),
+                    std::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
+                )
+            };
+            if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+        };
+        let got = match (shared, mode) {
+            (Some(s), _) => {
+                bind(libc::XDP_SHARED_UMEM).map_err(|x| e("binding (shared UMEM)", x))?;
+                s.mode
+            }
+            (None, BindMode::Copy) => {
+                bind(libc::XDP_USE_NEED_WAKEUP | libc::XDP_COPY)
+                    .map_err(|x| e("binding (copy mode)", x))?;
+                BoundMode::Copy
+            }
+            (None, BindMode::ZeroCopy) => {
+                bind(libc::XDP_USE_NEED_WAKEUP | libc::XDP_ZEROCOPY)
+                    .map_err(|x| e("binding (zero-copy mode)", x))?;
+                BoundMode::ZeroCopy
+            }
+            (None, BindMode::Auto) => match bind(libc::XDP_USE_NEED_WAKEUP | libc::XDP_ZEROCOPY) {
+                Ok(()) => BoundMode::ZeroCopy,
+                Err(_) => {
+                    bind(libc::XDP_USE_NEED_WAKEUP | libc::XDP_COPY)
+                        .map_err(|x| e("binding (copy mode)", x))?;
+                    BoundMode::Copy
+                }
+            },
+        };
+        Ok(XskPort {
+            fd,
+            ifname: ifname.into(),
+            queue,
+            mode: got,
+            fill,
+            comp,
+            rx,
+            tx,
+            in_fill: 0,
+            in_tx: 0,
+            fill_target: fill_size,
+            stats: XskPortStats::default(),
+        })
+    }
+
+    /// The socket descriptor (for the XSKMAP).
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// The mode the socket got.
+    pub fn mode(&self) -> BoundMode {
+        self.mode
+    }
+
+    /// Interface name.
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    /// Queue id.
+    pub fn queue(&self) -> u32 {
+        self.queue
+    }
+
+    /// The kernel's counters for this socket (a syscall: call it from the control path).
+    pub fn kernel_stats(&self) -> io::Result<XskStats> {
+        let s: libc::xdp_statistics = {
+            let mut v = std::mem::MaybeUninit::<libc::xdp_statistics>::zeroed();
+            let mut len = std::mem::size_of::<libc::xdp_statistics>() as libc::socklen_t;
+            // SAFETY: writable for `len` bytes; zeroed is valid for this integer struct.
+            let r = unsafe {
+                libc::getsockopt(
+                    self.raw_fd(),
+                    libc::SOL_XDP,
+                    libc::XDP_STATISTICS,
+                    v.as_mut_ptr().cast(),
+                    &mut len,
+                )
+            };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: initialised above.
+            unsafe { v.assume_init() }
+        };
+        Ok(XskStats {
+            rx_dropped: s.rx_dropped,
+            rx_invalid_descs: s.rx_invalid_descs,
+            tx_invalid_descs: s.tx_invalid_descs,
+            rx_ring_full: s.rx_ring_full,
+            rx_fill_ring_empty_descs: s.rx_fill_ring_empty_descs,
+            tx_ring_empty_descs: s.tx_ring_empty_descs,
+        })
+    }
+
+    /// Tops the fill ring up from the pool.
+    fn refill(&mut self, pool: &mut FramePool) {
+        let want = self.fill_target.saturating_sub(self.in_fill).min(pool.len() as u32);
+        if want < 16 && self.in_fill > 0 {
+            return; // not worth touching the ring for a few frames
+        }
+        let n = self.fill.produce(std::iter::from_fn(|| pool.alloc()).take(want as usize));
+        self.in_fill += n;
+    }
+
+    fn wake(&mut self, rx: bool) -> bool {
+        self.stats.kicks += 1;
+        // SAFETY: a zero-length send/receive on our socket only wakes the kernel.
+        let r = unsafe {
+            if rx {
+                libc::recvfrom(
+                    self.raw_fd(),
+                    std::ptr::null_mut(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                )
+            } else {
+                libc::sendto(
+                    self.raw_fd(),
+                    std::ptr::null(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null(),
+                    0,
+                )
+            }
+        };
+        if r >= 0 {
+            return true;
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS | libc::ENETDOWN) => true,
+            _ => {
+                self.stats.kick_errors += 1;
+                false
+            }
+        }
+    }
+}
+
+impl Port for XskPort {
+    fn rx(&mut self, pool: &mut FramePool, batch: &mut Batch) -> usize {
+        self.refill(pool);
+        let room = batch.room() as u32;
+        let n = self.rx.consume(room, |d| {
+            batch.push(FrameRef { addr: d.addr, len: d.len });
+        });
+        self.in_fill -= n;
+        if n == 0 && self.fill.needs_wakeup() {
+            self.wake(true);
+        }
+        n as usize
+    }
+
+    fn tx(&mut self, frames: &[FrameRef]) -> usize {
+        let n = self.tx.produce(frames.iter().map(|f| libc::xdp_desc {
+            addr: f.addr,
+            len: f.len,
+            options: 0,
+        }));
+        self.in_tx += n;
+        n as usize
+    }
+
+    fn reclaim(&mut self, pool: &mut FramePool) -> usize {
+        let n = self.comp.consume(u32::MAX, |addr| pool.free(addr));
+        self.in_tx -= n;
+        n as usize
+    }
+
+    fn kick(&mut self) -> bool {
+        // In copy mode one sendto() moves at most 32 frames, so keep kicking (a few times)
+        // while the kernel has not consumed everything we produced, not only when it set
+        // need_wakeup.
+        let mut ok = true;
+        for _ in 0..MAX_KICKS {
+            if self.tx.outstanding() == 0 {
+                break;
+            }
+            if self.mode == BoundMode::ZeroCopy && !self.tx.needs_wakeup() {
+                break;
+            }
+            ok &= self.wake(false);
+        }
+        ok
+    }
+
+    fn census(&self) -> PortCensus {
+        PortCensus { fill: self.in_fill, rx: 0, tx: self.in_tx, completion: 0 }
+    }
+}

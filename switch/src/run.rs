@@ -1,0 +1,130 @@
+//! `xswitch run`: opens the configured ports through AF_XDP and switches until SIGINT or
+//! SIGTERM. Wiring only: sockets and XDP programs come from `dataplane::port::afxdp`, the
+//! snapshot from `control`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use control::config::model::XdpMode;
+use dataplane::port::afxdp::{BindMode, XdpAttachment, XskPort, require_root};
+use dataplane::port::{FrameArea, PageSize};
+use dataplane::time::{Clock, MonotonicClock};
+use dataplane::trace::DropReason;
+use dataplane::worker::Worker;
+
+/// Consecutive empty polls before an adaptive worker starts sleeping.
+const IDLE_SPIN: u32 = 256;
+/// Longest adaptive sleep.
+const IDLE_MAX_SLEEP: Duration = Duration::from_micros(500);
+
+/// Runs the switch on `file` until `stop` is set (by a signal).
+pub fn run(file: &Path, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let cfg = control::config::load(file)?;
+    let snap = control::compile(&cfg, 1)?;
+    require_root()?;
+    if cfg.switch.workers != 1 {
+        bail!(
+            "{}: switch.workers = {}: this build runs one worker",
+            file.display(),
+            cfg.switch.workers
+        );
+    }
+    if let Some((name, _)) = cfg.ports.iter().find(|(_, p)| p.queues != 1) {
+        bail!("{}: ports.{name}.queues: this build opens one queue per port", file.display());
+    }
+    if let Some(&core) = cfg.switch.cores.first() {
+        let ok = core_affinity::set_for_current(core_affinity::CoreId { id: core as usize });
+        if !ok {
+            bail!("{}: switch.cores[0]: cannot pin to core {core}", file.display());
+        }
+        eprintln!("xswitch: worker 0 pinned to core {core}");
+    }
+
+    let area = FrameArea::new(cfg.switch.frames, cfg.switch.frame_size, PageSize::Normal)
+        .context("allocating the frame area")?;
+    eprintln!(
+        "xswitch: frame area {} frames x {} B ({} MiB)",
+        area.chunks(),
+        area.chunk_size(),
+        area.len() >> 20
+    );
+    let mut attachments = Vec::new();
+    let mut ports: Vec<XskPort> = Vec::new();
+    for spec in &snap.ports {
+        let pc = &cfg.ports[&spec.name];
+        let mode = match pc.mode {
+            XdpMode::Auto => BindMode::Auto,
+            XdpMode::ZeroCopy => BindMode::ZeroCopy,
+            XdpMode::Copy => BindMode::Copy,
+        };
+        let mut xdp = XdpAttachment::new(&spec.interface, pc.queues)?;
+        let sock =
+            XskPort::open(&area, &spec.interface, 0, cfg.switch.ring_size, mode, ports.first())?;
+        xdp.register(&sock)?;
+        xdp.attach()?;
+        eprintln!(
+            "xswitch: port {} on {} queue 0: {:?} mode, {} XDP",
+            spec.name,
+            spec.interface,
+            sock.mode(),
+            if xdp.native { "native" } else { "generic" }
+        );
+        attachments.push(xdp);
+        ports.push(sock);
+    }
+    let snap = Arc::new(snap);
+    let mut w = Worker::new(area, ports, snap.clone());
+    eprintln!("xswitch: switching {} tenants; SIGINT or SIGTERM stops", snap.tenants.len());
+
+    let clock = MonotonicClock::new();
+    let adaptive = cfg.switch.idle == control::config::model::IdlePolicy::Adaptive;
+    let mut idle = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        let n = w.poll(clock.now());
+        if n > 0 {
+            idle = 0;
+        } else if adaptive {
+            idle = idle.saturating_add(1);
+            if idle > IDLE_SPIN {
+                let us = u64::from((idle - IDLE_SPIN).min(500));
+                std::thread::sleep(Duration::from_micros(us).min(IDLE_MAX_SLEEP));
+            }
+        }
+    }
+
+    let c = &w.pipeline().counters;
+    let rx: u64 = c.port_rx.iter().map(|p| p.packets).sum();
+    let tx: u64 = c.port_tx.iter().map(|p| p.packets).sum();
+    eprintln!("xswitch: stopping: {rx} frames received, {tx} sent, {} dropped", c.total_drops());
+    for r in DropReason::ALL {
+        let n = c.drops(*r);
+        if n > 0 {
+            eprintln!("xswitch:   dropped {}: {n}", r.as_label());
+        }
+    }
+    for p in w.ports_mut() {
+        if let Ok(s) = p.kernel_stats() {
+            eprintln!("xswitch:   {} kernel: {s:?}, glue: {:?}", p.ifname(), p.stats);
+        }
+    }
+    let census = w.census();
+    eprintln!(
+        "xswitch: frame accounting: {} free, {} in fill rings, {} in TX, {} total: {}",
+        census.free,
+        census.ports.fill,
+        census.ports.tx,
+        census.total,
+        if census.balanced() { "balanced" } else { "UNBALANCED" }
+    );
+    // Sockets first, then the links: dropping a link detaches its XDP program.
+    drop(w);
+    drop(attachments);
+    eprintln!("xswitch: XDP programs detached");
+    if !census.balanced() {
+        bail!("frame accounting does not balance: {census:?}");
+    }
+    Ok(())
+}
