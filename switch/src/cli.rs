@@ -27,10 +27,17 @@ pub enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
-    /// Run the demo: the embedded demo config switching simulated tenant traffic over
-    /// in-memory ports, then a per-tenant table of what passed and what was dropped.
+    /// The demo lab: network namespaces and veth pairs for the hosts of the embedded demo
+    /// config, the switch on them, real traffic (ping, iperf3, attempts across tenants), a
+    /// per-tenant table, then the lab is removed (root).
     Demo {
-        /// Frames each simulated host sends.
+        /// Leave the lab and the switch running until Ctrl-C, to explore.
+        #[arg(long)]
+        keep: bool,
+        /// Instead of the lab: simulated traffic over in-memory ports (no root needed).
+        #[arg(long)]
+        simulate: bool,
+        /// With --simulate: frames each simulated host sends.
         #[arg(long, default_value_t = 1000)]
         frames: u32,
     },

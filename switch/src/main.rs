@@ -2,8 +2,9 @@
 //! `dataplane` and `control` crates.
 
 mod cli;
-mod demo;
+mod lab;
 mod run;
+mod simulate;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -17,17 +18,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::CheckConfig { file } => check_config(&file),
-        Command::Demo { frames } => demo::run(frames),
-        Command::Run { config } => {
-            let stop = Arc::new(AtomicBool::new(false));
-            let hooked = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]
-                .iter()
-                .try_for_each(|s| signal_hook::flag::register(*s, stop.clone()).map(|_| ()));
-            match hooked {
-                Ok(()) => run::run(&config, stop),
-                Err(e) => Err(e.into()),
-            }
-        }
+        Command::Demo { simulate: true, frames, .. } => simulate::simulate(frames),
+        Command::Demo { keep, .. } => stop_flag().and_then(|stop| lab::run(keep, stop)),
+        Command::Run { config } => stop_flag().and_then(|stop| run::run(&config, stop)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -36,6 +29,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A flag set by SIGINT or SIGTERM.
+fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for s in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(s, stop.clone())?;
+    }
+    Ok(stop)
 }
 
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {

@@ -8,11 +8,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use control::config::Config;
 use control::config::model::XdpMode;
 use dataplane::port::afxdp::{BindMode, XdpAttachment, XskPort, require_root};
 use dataplane::port::{FrameArea, PageSize};
+use dataplane::snapshot::Snapshot;
 use dataplane::time::{Clock, MonotonicClock};
-use dataplane::trace::DropReason;
+use dataplane::trace::{Counters, DropReason};
 use dataplane::worker::Worker;
 
 /// Consecutive empty polls before an adaptive worker starts sleeping.
@@ -20,25 +22,40 @@ const IDLE_SPIN: u32 = 256;
 /// Longest adaptive sleep.
 const IDLE_MAX_SLEEP: Duration = Duration::from_micros(500);
 
+/// What a run leaves behind: the final counters and where every frame was.
+pub struct Report {
+    /// The snapshot the switch ran with.
+    pub snap: Arc<Snapshot>,
+    /// The worker's counters.
+    pub counters: Counters,
+}
+
 /// Runs the switch on `file` until `stop` is set (by a signal).
 pub fn run(file: &Path, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let cfg = control::config::load(file)?;
-    let snap = control::compile(&cfg, 1)?;
+    serve(&cfg, &file.display().to_string(), stop, &AtomicBool::new(false)).map(|_| ())
+}
+
+/// Runs the switch on a loaded config until `stop` is set; sets `ready` once it switches.
+/// `name` stands for the file in messages.
+pub fn serve(
+    cfg: &Config,
+    name: &str,
+    stop: Arc<AtomicBool>,
+    ready: &AtomicBool,
+) -> anyhow::Result<Report> {
+    let snap = control::compile(cfg, 1)?;
     require_root()?;
     if cfg.switch.workers != 1 {
-        bail!(
-            "{}: switch.workers = {}: this build runs one worker",
-            file.display(),
-            cfg.switch.workers
-        );
+        bail!("{}: switch.workers = {}: this build runs one worker", name, cfg.switch.workers);
     }
     if let Some((name, _)) = cfg.ports.iter().find(|(_, p)| p.queues != 1) {
-        bail!("{}: ports.{name}.queues: this build opens one queue per port", file.display());
+        bail!("{}: ports.{name}.queues: this build opens one queue per port", name);
     }
     if let Some(&core) = cfg.switch.cores.first() {
         let ok = core_affinity::set_for_current(core_affinity::CoreId { id: core as usize });
         if !ok {
-            bail!("{}: switch.cores[0]: cannot pin to core {core}", file.display());
+            bail!("{}: switch.cores[0]: cannot pin to core {core}", name);
         }
         eprintln!("xswitch: worker 0 pinned to core {core}");
     }
@@ -78,6 +95,7 @@ pub fn run(file: &Path, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let snap = Arc::new(snap);
     let mut w = Worker::new(area, ports, snap.clone());
     eprintln!("xswitch: switching {} tenants; SIGINT or SIGTERM stops", snap.tenants.len());
+    ready.store(true, Ordering::SeqCst);
 
     let clock = MonotonicClock::new();
     let adaptive = cfg.switch.idle == control::config::model::IdlePolicy::Adaptive;
@@ -95,7 +113,7 @@ pub fn run(file: &Path, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         }
     }
 
-    let c = &w.pipeline().counters;
+    let c = w.pipeline().counters.clone();
     let rx: u64 = c.port_rx.iter().map(|p| p.packets).sum();
     let tx: u64 = c.port_tx.iter().map(|p| p.packets).sum();
     eprintln!("xswitch: stopping: {rx} frames received, {tx} sent, {} dropped", c.total_drops());
@@ -126,5 +144,5 @@ pub fn run(file: &Path, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     if !census.balanced() {
         bail!("frame accounting does not balance: {census:?}");
     }
-    Ok(())
+    Ok(Report { snap, counters: c })
 }

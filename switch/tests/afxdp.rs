@@ -347,3 +347,24 @@ fn clear_errors_for_a_missing_interface_and_for_non_root() {
     assert!(!o.status.success());
     assert!(err.contains("needs root") || err.contains("Permission denied"), "{err}");
 }
+
+#[test]
+fn the_demo_lab_runs_to_completion_and_leaves_nothing_behind() {
+    if !can_run("the_demo_lab_runs_to_completion") {
+        return;
+    }
+    let o = Command::new("timeout")
+        .args(["120", env!("CARGO_BIN_EXE_xswitch"), "demo"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", String::from_utf8_lossy(&o.stderr));
+    for s in ["red", "blue", "green", "rx pkts", "all checks passed"] {
+        assert!(out.contains(s), "{s} missing:\n{out}");
+    }
+    let links = String::from_utf8_lossy(&run("ip", &["-br", "link"]).stdout).to_string();
+    let netns = String::from_utf8_lossy(&run("ip", &["netns", "list"]).stdout).to_string();
+    assert!(!links.contains("xsd-") && !netns.contains("xsd-"), "{links}\n{netns}");
+    let procs = String::from_utf8_lossy(&run("ps", &["-eo", "args"]).stdout).to_string();
+    assert!(!procs.lines().any(|l| l.contains("xsd-")), "processes left:\n{procs}");
+}

@@ -87,7 +87,7 @@ fn help_lists_the_commands() {
 
 #[test]
 fn demo_runs_and_balances_its_frames() {
-    let out = xswitch().args(["demo", "--frames", "100"]).output().unwrap();
+    let out = xswitch().args(["demo", "--simulate", "--frames", "100"]).output().unwrap();
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for t in ["red", "blue", "green", "unknown_tenant=", "balanced"] {

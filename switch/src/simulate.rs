@@ -1,7 +1,8 @@
-//! `xswitch demo`: the embedded demo config (`configs/demo.toml`) switching simulated traffic
-//! over in-memory ports. Every host of the lab sends to a peer of its own tenant, to the
-//! broadcast address and, as an attacker would, to a host of another tenant with a forged VLAN
-//! tag; the table shows per tenant what passed and what was dropped, and why.
+//! `xswitch demo --simulate`: the embedded demo config (`configs/demo.toml`) switching
+//! simulated traffic over in-memory ports, for a machine where the veth lab cannot run (no
+//! root). Every host sends to a peer of its own tenant, to the broadcast address and, as an
+//! attacker would, to a host of another tenant with a forged VLAN tag; the table shows per
+//! tenant what passed and what was dropped, and why.
 
 use std::sync::Arc;
 
@@ -13,8 +14,7 @@ use dataplane::time::Nanos;
 use dataplane::trace::DropReason;
 use dataplane::worker::Worker;
 
-/// The demo config, embedded so the demo runs from anywhere.
-pub const DEMO_CONFIG: &str = include_str!("../../configs/demo.toml");
+use crate::lab::DEMO_CONFIG;
 
 struct Host {
     tenant: &'static str,
@@ -48,8 +48,8 @@ fn frame(src: [u8; 6], dst: [u8; 6], vlan: Option<u16>, seq: u32) -> Vec<u8> {
     f
 }
 
-/// Runs the demo and prints the table.
-pub fn run(frames: u32) -> anyhow::Result<()> {
+/// Runs the simulation and prints the table.
+pub fn simulate(frames: u32) -> anyhow::Result<()> {
     let cfg = control::config::load_str("configs/demo.toml (embedded)", DEMO_CONFIG)?;
     let snap: Snapshot = control::compile(&cfg, 1)?;
     let area = FrameArea::new(cfg.switch.frames, cfg.switch.frame_size, PageSize::Normal)
