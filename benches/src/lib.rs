@@ -27,7 +27,7 @@ impl Port for LoopbackPort {
     fn reclaim(&mut self, _pool: &mut FramePool) -> usize {
         0
     }
-    fn kick(&mut self) -> bool {
+    fn kick(&mut self, _idle: bool) -> bool {
         true
     }
     fn census(&self) -> PortCensus {

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use dataplane::trace::DropReason;
 
 use crate::run::{Report, serve};
 
@@ -268,7 +267,7 @@ pub fn run(keep: bool, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         Err(_) => bail!("the switch thread panicked"),
     };
     drop(lab);
-    print_table(&report);
+    crate::table::print_tenants(&report.snap, &report.counters);
     let leftovers = Command::new("ip")
         .args(["-br", "link"])
         .output()
@@ -299,31 +298,4 @@ pub fn run(keep: bool, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     }
     println!("xswitch demo: all checks passed");
     Ok(())
-}
-
-fn print_table(r: &Report) {
-    let c = &r.counters;
-    println!();
-    println!("{:<8} {:>9} {:>9} {:>9}  drops by reason", "tenant", "rx pkts", "tx pkts", "dropped");
-    for (i, t) in r.snap.tenants.iter().enumerate() {
-        let reasons: Vec<String> = DropReason::ALL
-            .iter()
-            .filter(|x| c.tenant_drops[i][x.index()] > 0)
-            .map(|x| format!("{}={}", x.as_label(), c.tenant_drops[i][x.index()]))
-            .collect();
-        println!(
-            "{:<8} {:>9} {:>9} {:>9}  {}",
-            t.name,
-            c.tenant_rx[i].packets,
-            c.tenant_tx[i].packets,
-            c.tenant_drops[i].iter().sum::<u64>(),
-            reasons.join(" ")
-        );
-    }
-    let unknown = c.drops(DropReason::UnknownTenant) + c.drops(DropReason::Malformed);
-    println!(
-        "{:<8} {:>9} {:>9} {:>9}  frames of no tenant (unknown VLAN or malformed)",
-        "-", "", "", unknown
-    );
-    println!();
 }

@@ -5,6 +5,7 @@ mod cli;
 mod lab;
 mod run;
 mod simulate;
+mod table;
 
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -5,22 +5,29 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use control::config::Config;
-use control::config::model::XdpMode;
+use control::config::model::{IdlePolicy as IdlePolicyConfig, XdpMode};
 use dataplane::port::afxdp::{BindMode, XdpAttachment, XskPort, require_root};
 use dataplane::port::{FrameArea, PageSize};
 use dataplane::snapshot::Snapshot;
-use dataplane::time::{Clock, MonotonicClock};
+use dataplane::time::MonotonicClock;
 use dataplane::trace::{Counters, DropReason};
-use dataplane::worker::Worker;
+use dataplane::worker::{IdlePolicy, Worker};
 
-/// Consecutive empty polls before an adaptive worker starts sleeping.
-const IDLE_SPIN: u32 = 256;
-/// Longest adaptive sleep.
-const IDLE_MAX_SLEEP: Duration = Duration::from_micros(500);
+/// The CPU clock as the kernel reports it (for cycles from nanoseconds; 0 if unknown).
+fn cpu_mhz() -> f64 {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("cpu MHz"))
+                .and_then(|l| l.split(':').nth(1))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
 
 /// What a run leaves behind: the final counters and where every frame was.
 pub struct Report {
@@ -98,20 +105,11 @@ pub fn serve(
     ready.store(true, Ordering::SeqCst);
 
     let clock = MonotonicClock::new();
-    let adaptive = cfg.switch.idle == control::config::model::IdlePolicy::Adaptive;
-    let mut idle = 0u32;
-    while !stop.load(Ordering::Relaxed) {
-        let n = w.poll(clock.now());
-        if n > 0 {
-            idle = 0;
-        } else if adaptive {
-            idle = idle.saturating_add(1);
-            if idle > IDLE_SPIN {
-                let us = u64::from((idle - IDLE_SPIN).min(500));
-                std::thread::sleep(Duration::from_micros(us).min(IDLE_MAX_SLEEP));
-            }
-        }
-    }
+    let idle = match cfg.switch.idle {
+        IdlePolicyConfig::Busy => IdlePolicy::Busy,
+        IdlePolicyConfig::Adaptive => IdlePolicy::Adaptive,
+    };
+    let loops = w.run(&clock, idle, &stop);
 
     let c = w.pipeline().counters.clone();
     let rx: u64 = c.port_rx.iter().map(|p| p.packets).sum();
@@ -123,6 +121,16 @@ pub fn serve(
             eprintln!("xswitch:   dropped {}: {n}", r.as_label());
         }
     }
+    let total = loops.busy.0 + loops.idle.0;
+    eprintln!(
+        "xswitch:   worker 0: {} busy polls, {} idle polls, busy {:.1} % of the time, {:.1} ns ({:.0} cycles at {:.0} MHz) busy per packet",
+        loops.busy_polls,
+        loops.idle_polls,
+        100.0 * loops.busy.0 as f64 / total.max(1) as f64,
+        loops.busy_ns_per_packet(),
+        loops.busy_ns_per_packet() * cpu_mhz() / 1000.0,
+        cpu_mhz()
+    );
     for p in w.ports_mut() {
         if let Ok(s) = p.kernel_stats() {
             eprintln!("xswitch:   {} kernel: {s:?}, glue: {:?}", p.ifname(), p.stats);

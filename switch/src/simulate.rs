@@ -11,7 +11,6 @@ use dataplane::port::mem::MemPort;
 use dataplane::port::{FrameArea, PageSize};
 use dataplane::snapshot::{PortId, Snapshot};
 use dataplane::time::Nanos;
-use dataplane::trace::DropReason;
 use dataplane::worker::Worker;
 
 use crate::lab::DEMO_CONFIG;
@@ -98,29 +97,7 @@ pub fn simulate(frames: u32) -> anyhow::Result<()> {
     w.poll(now);
 
     let c = &w.pipeline().counters;
-    println!();
-    println!("{:<8} {:>10} {:>10} {:>10}  drops by reason", "tenant", "rx", "tx", "dropped");
-    for (i, t) in snap.tenants.iter().enumerate() {
-        let reasons: Vec<String> = DropReason::ALL
-            .iter()
-            .filter(|r| c.tenant_drops[i][r.index()] > 0)
-            .map(|r| format!("{}={}", r.as_label(), c.tenant_drops[i][r.index()]))
-            .collect();
-        println!(
-            "{:<8} {:>10} {:>10} {:>10}  {}",
-            t.name,
-            c.tenant_rx[i].packets,
-            c.tenant_tx[i].packets,
-            c.tenant_drops[i].iter().sum::<u64>(),
-            reasons.join(" ")
-        );
-    }
-    let unknown = c.drops(DropReason::UnknownTenant);
-    println!(
-        "{:<8} {:>10} {:>10} {:>10}  unknown_tenant={unknown} (forged VLAN tags)",
-        "-", "-", "-", unknown
-    );
-    println!();
+    crate::table::print_tenants(&snap, c);
     println!(
         "frames sent {sent}, frames delivered {delivered} (flood copies {}), MACs learned {}",
         c.flood_copies, c.fdb.learned

@@ -98,7 +98,7 @@ impl Port for MemPort {
         n
     }
 
-    fn kick(&mut self) -> bool {
+    fn kick(&mut self, _idle: bool) -> bool {
         true
     }
 

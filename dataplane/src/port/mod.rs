@@ -64,9 +64,10 @@ pub trait Port {
     /// Returns frames whose transmission completed to `pool`. Returns how many.
     fn reclaim(&mut self, pool: &mut FramePool) -> usize;
 
-    /// Tells the kernel about queued work if it asked to be told (`need_wakeup`). Returns
-    /// false if the wakeup failed (the caller counts it).
-    fn kick(&mut self) -> bool;
+    /// Tells the kernel about queued TX work when it needs telling. `idle` says the breath
+    /// received nothing, so there is no burst to wait for. Returns false if a wakeup failed
+    /// (the caller counts it).
+    fn kick(&mut self, idle: bool) -> bool;
 
     /// Where this port's frames are.
     fn census(&self) -> PortCensus;

@@ -63,6 +63,10 @@ pub struct XskPortStats {
 
 /// Most `sendto` wakeups per kick: 8 x 32 frames covers a full TX list.
 const MAX_KICKS: u32 = 8;
+/// Frames the kernel sends per `sendto` in copy mode (`TX_BATCH_SIZE`).
+const KICK_BURST: u32 = 32;
+/// Breaths TX frames may wait for a fuller burst before a wakeup.
+const MAX_WAIT_BREATHS: u32 = 4;
 
 /// An AF_XDP socket as a switch port.
 #[derive(Debug)]
@@ -81,6 +85,8 @@ pub struct XskPort {
     in_tx: u32,
     /// Keep the fill ring this full (its size).
     fill_target: u32,
+    /// Breaths since TX frames started waiting for a wakeup.
+    waiting: u32,
     /// Glue counters.
     pub stats: XskPortStats,
 }
@@ -245,6 +251,7 @@ impl XskPort {
             in_fill: 0,
             in_tx: 0,
             fill_target: fill_size,
+            waiting: 0,
             stats: XskPortStats::default(),
         })
     }
@@ -377,19 +384,33 @@ impl Port for XskPort {
         n as usize
     }
 
-    fn kick(&mut self) -> bool {
-        // In copy mode one sendto() moves at most 32 frames, so keep kicking (a few times)
-        // while the kernel has not consumed everything we produced, not only when it set
-        // need_wakeup.
+    fn kick(&mut self, idle: bool) -> bool {
+        let out = self.tx.outstanding();
+        if out == 0 {
+            self.waiting = 0;
+            return true;
+        }
+        if self.mode == BoundMode::ZeroCopy && !self.tx.needs_wakeup() {
+            return true; // the driver is polling the ring itself
+        }
+        // A wakeup is a syscall: batch them. Kick when a full copy-mode burst (32) waits, when
+        // the worker found nothing to receive (no reason to wait), or when frames have waited
+        // a few breaths; otherwise let the next breath add to the burst.
+        self.waiting += 1;
+        if out < KICK_BURST && !idle && self.waiting < MAX_WAIT_BREATHS {
+            return true;
+        }
+        self.waiting = 0;
+        // One sendto() moves at most 32 frames in copy mode: repeat while it makes progress.
         let mut ok = true;
+        let mut before = out;
         for _ in 0..MAX_KICKS {
-            if self.tx.outstanding() == 0 {
-                break;
-            }
-            if self.mode == BoundMode::ZeroCopy && !self.tx.needs_wakeup() {
-                break;
-            }
             ok &= self.wake(false);
+            let after = self.tx.outstanding();
+            if after == 0 || after >= before {
+                break;
+            }
+            before = after;
         }
         ok
     }
