@@ -67,13 +67,21 @@ pub fn serve(
         eprintln!("xswitch: worker 0 pinned to core {core}");
     }
 
-    let area = FrameArea::new(cfg.switch.frames, cfg.switch.frame_size, PageSize::Normal)
+    let pages = if cfg.switch.huge_pages { PageSize::Huge2M } else { PageSize::Normal };
+    let area = FrameArea::new(cfg.switch.frames, cfg.switch.frame_size, pages)
         .context("allocating the frame area")?;
+    if cfg.switch.huge_pages && !area.huge_pages() {
+        eprintln!(
+            "xswitch: warning: switch.huge_pages: no 2 MiB huge pages could be had \
+             (reserve them in /proc/sys/vm/nr_hugepages); using normal pages"
+        );
+    }
     eprintln!(
-        "xswitch: frame area {} frames x {} B ({} MiB)",
+        "xswitch: frame area {} frames x {} B ({} MiB, {} pages)",
         area.chunks(),
         area.chunk_size(),
-        area.len() >> 20
+        area.len() >> 20,
+        if area.huge_pages() { "2 MiB huge" } else { "normal" }
     );
     let mut attachments = Vec::new();
     let mut ports: Vec<XskPort> = Vec::new();
@@ -87,6 +95,16 @@ pub fn serve(
         let mut xdp = XdpAttachment::new(&spec.interface, pc.queues)?;
         let sock =
             XskPort::open(&area, &spec.interface, 0, cfg.switch.ring_size, mode, ports.first())?;
+        let busy = match cfg.switch.busy_poll_us {
+            0 => Ok(()),
+            us => sock.set_busy_poll(us, cfg.switch.busy_poll_budget),
+        };
+        if let Err(e) = busy {
+            eprintln!(
+                "xswitch: warning: {}: busy polling not accepted ({e}); polling without",
+                spec.interface
+            );
+        }
         xdp.register(&sock)?;
         xdp.attach()?;
         eprintln!(

@@ -368,3 +368,22 @@ fn the_demo_lab_runs_to_completion_and_leaves_nothing_behind() {
     let procs = String::from_utf8_lossy(&run("ps", &["-eo", "args"]).stdout).to_string();
     assert!(!procs.lines().any(|l| l.contains("xsd-")), "processes left:\n{procs}");
 }
+
+#[test]
+fn huge_page_and_busy_poll_options_start_or_fall_back_with_a_warning() {
+    if !can_run("huge_page_and_busy_poll_options") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let cfg = std::fs::read_to_string(lab.config()).unwrap();
+    let cfg = cfg.replace("[switch]\n", "[switch]\nhuge_pages = true\nbusy_poll_us = 20\n");
+    std::fs::write(lab.config(), cfg).unwrap();
+    lab.start();
+    assert!(lab.ping("h1", "10.9.1.2", "2"));
+    let (ok, log) = lab.stop();
+    assert!(ok, "{log}");
+    let huge = log.contains("2 MiB huge pages)");
+    let fell_back =
+        log.contains("no 2 MiB huge pages could be had") && log.contains("normal pages)");
+    assert!(huge || fell_back, "neither huge pages nor the fallback warning:\n{log}");
+}

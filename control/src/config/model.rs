@@ -50,6 +50,13 @@ pub struct SwitchConfig {
     pub idle: IdlePolicy,
     /// Total MAC table entries per worker, shared by all tenants (each also has its quota).
     pub fdb_capacity: u32,
+    /// Back the frame area with 2 MiB huge pages (falls back to normal pages with a warning).
+    pub huge_pages: bool,
+    /// `SO_BUSY_POLL` microseconds on every socket, with `SO_PREFER_BUSY_POLL`; 0 leaves the
+    /// kernel defaults.
+    pub busy_poll_us: u32,
+    /// `SO_BUSY_POLL_BUDGET`: frames per busy-poll round.
+    pub busy_poll_budget: u32,
 }
 
 impl Default for SwitchConfig {
@@ -62,6 +69,9 @@ impl Default for SwitchConfig {
             ring_size: 1024,
             idle: IdlePolicy::Busy,
             fdb_capacity: 65536,
+            huge_pages: false,
+            busy_poll_us: 0,
+            busy_poll_budget: 64,
         }
     }
 }

@@ -82,6 +82,15 @@ fn check_switch(cfg: &Config, is: &mut Issues) {
     if !s.ring_size.is_power_of_two() || !(64..=16384).contains(&s.ring_size) {
         is.add("switch.ring_size", format!("{} must be a power of two in 64..=16384", s.ring_size));
     }
+    if s.busy_poll_us > 1_000_000 {
+        is.add("switch.busy_poll_us", format!("{} is more than one second", s.busy_poll_us));
+    }
+    if !(1..=1024).contains(&s.busy_poll_budget) {
+        is.add(
+            "switch.busy_poll_budget",
+            format!("{} is out of range 1..=1024", s.busy_poll_budget),
+        );
+    }
     if s.fdb_capacity == 0 {
         is.add("switch.fdb_capacity", "must be at least 1");
     }

@@ -261,6 +261,35 @@ impl XskPort {
         self.fd.as_raw_fd()
     }
 
+    /// Asks the kernel to busy-poll the device for this socket: `SO_PREFER_BUSY_POLL`,
+    /// `SO_BUSY_POLL` (microseconds) and `SO_BUSY_POLL_BUDGET`. Kernels or devices that do not
+    /// support it answer with an error; the socket works the same without.
+    pub fn set_busy_poll(&self, usecs: u32, budget: u32) -> io::Result<()> {
+        // asm-generic/socket.h; not in the libc crate for this target.
+        const SO_BUSY_POLL: libc::c_int = 46;
+        const SO_PREFER_BUSY_POLL: libc::c_int = 69;
+        const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
+        for (opt, v) in
+            [(SO_PREFER_BUSY_POLL, 1), (SO_BUSY_POLL, usecs), (SO_BUSY_POLL_BUDGET, budget)]
+        {
+            let v = v as libc::c_int;
+            // SAFETY: `v` is a live c_int of the size passed; the kernel copies it.
+            let r = unsafe {
+                libc::setsockopt(
+                    self.raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&v as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
     /// The mode the socket got.
     pub fn mode(&self) -> BoundMode {
         self.mode
