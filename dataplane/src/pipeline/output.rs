@@ -65,11 +65,6 @@ impl TxLists {
         }
     }
 
-    /// Frames pending for a port.
-    pub fn pending(&self, port: PortId) -> &[FrameRef] {
-        self.lists.get(port.index()).map_or(&[], |l| &l.frames)
-    }
-
     /// Frames pending on all ports.
     pub fn total_pending(&self) -> usize {
         self.lists.iter().map(|l| l.frames.len()).sum()

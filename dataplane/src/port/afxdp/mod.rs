@@ -18,7 +18,7 @@ pub mod socket;
 pub mod umem;
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 pub use socket::{BindMode, BoundMode, XskPort, XskStats, ifindex};
 
@@ -82,11 +82,6 @@ impl XdpAttachment {
             }
         }
         Ok(())
-    }
-
-    /// The link descriptor, if attached.
-    pub fn link_fd(&self) -> Option<i32> {
-        self.link.as_ref().map(|l| l.as_raw_fd())
     }
 }
 
