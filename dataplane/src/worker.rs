@@ -235,11 +235,6 @@ impl<P: Port> Worker<P> {
         &mut self.ports
     }
 
-    /// Area, pool and ports together (to inject or collect frames in tests and benches).
-    pub fn parts_mut(&mut self) -> (&mut FrameArea, &mut FramePool, &mut [P]) {
-        (&mut self.area, &mut self.pool, &mut self.ports)
-    }
-
     /// Double frees the pool refused (always zero unless there is a bug).
     pub fn double_frees(&self) -> u64 {
         self.pool.double_frees

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 
-use crate::snapshot::{Attachment, AttachmentId, Snapshot, TenantId};
+use crate::snapshot::{Attachment, Snapshot, TenantId};
 use crate::time::Nanos;
 use crate::trace::counters::FdbStats;
 use crate::wire::MacAddr;
@@ -26,11 +26,9 @@ use crate::wire::MacAddr;
 /// Where a MAC was seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FdbEntry {
-    /// The tenant attachment behind which the MAC lives.
-    pub attachment: AttachmentId,
-    /// That attachment's port and VLAN, kept here so forwarding needs no second lookup in the
-    /// snapshot (the table is rebuilt whenever the snapshot changes).
-    pub at: Attachment,
+    /// The attachment (port and VLAN) behind which the MAC lives, held by value so forwarding
+    /// needs no second lookup in the snapshot (the table is rebuilt when the snapshot changes).
+    pub attachment: Attachment,
     /// Configured, never aged or moved.
     pub is_static: bool,
     /// Last time a frame from this MAC was seen.
@@ -108,7 +106,7 @@ impl Fdb {
                 let Some(&at) = t.attachments.get(usize::from(att.0)) else { continue };
                 self.map.insert(
                     key(TenantId(ti as u16), mac),
-                    FdbEntry { attachment: att, at, is_static: true, last_seen: Nanos::ZERO },
+                    FdbEntry { attachment: at, is_static: true, last_seen: Nanos::ZERO },
                 );
             }
         }
@@ -117,39 +115,25 @@ impl Fdb {
     /// The attachment (port and VLAN) behind `mac` in tenant `t`, if known and not expired.
     #[inline]
     pub fn lookup(&self, now: Nanos, t: TenantId, mac: MacAddr) -> Option<Attachment> {
-        self.lookup_entry(now, t, mac).map(|e| e.at)
-    }
-
-    /// The whole entry behind `mac` in tenant `t`, if known and not expired.
-    #[inline]
-    pub fn lookup_entry(&self, now: Nanos, t: TenantId, mac: MacAddr) -> Option<FdbEntry> {
         let e = self.map.get(&key(t, mac))?;
         if e.is_static {
-            return Some(*e);
+            return Some(e.attachment);
         }
         let aging = self.tenants.get(t.index())?.aging;
-        if now.since(e.last_seen) > aging { None } else { Some(*e) }
+        if now.since(e.last_seen) > aging { None } else { Some(e.attachment) }
     }
 
-    /// Records that `mac` was seen behind attachment `att` (which is `at`) in tenant `t`.
+    /// Records that `mac` was seen behind attachment `at` in tenant `t`.
     #[inline]
-    pub fn learn(
-        &mut self,
-        now: Nanos,
-        t: TenantId,
-        mac: MacAddr,
-        att: AttachmentId,
-        at: Attachment,
-    ) -> Learn {
+    pub fn learn(&mut self, now: Nanos, t: TenantId, mac: MacAddr, at: Attachment) -> Learn {
         let k = key(t, mac);
         if let Some(e) = self.map.get_mut(&k) {
             if e.is_static {
-                return if e.attachment == att { Learn::Refreshed } else { Learn::StaticConflict };
+                return if e.attachment == at { Learn::Refreshed } else { Learn::StaticConflict };
             }
             e.last_seen = now;
-            if e.attachment != att {
-                e.attachment = att;
-                e.at = at;
+            if e.attachment != at {
+                e.attachment = at;
                 return Learn::Moved;
             }
             return Learn::Refreshed;
@@ -160,7 +144,7 @@ impl Fdb {
         }
         tf.learned += 1;
         self.learned += 1;
-        self.map.insert(k, FdbEntry { attachment: att, at, is_static: false, last_seen: now });
+        self.map.insert(k, FdbEntry { attachment: at, is_static: false, last_seen: now });
         Learn::Learned
     }
 
@@ -228,7 +212,7 @@ impl Learn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{PortId, PortKind, SnapshotBuilder, TenantSpec};
+    use crate::snapshot::{AttachmentId, PortId, PortKind, SnapshotBuilder, TenantSpec};
 
     fn mac(i: u32) -> MacAddr {
         let b = i.to_be_bytes();
@@ -264,10 +248,10 @@ mod tests {
         let mut f = Fdb::new(&snap(10, 100));
         let (a, now) = (TenantId(0), Nanos::from_secs(1));
         assert_eq!(f.lookup(now, a, mac(1)), None);
-        assert_eq!(f.learn(now, a, mac(1), AttachmentId(0), att(0)), Learn::Learned);
-        assert_eq!(f.lookup_entry(now, a, mac(1)).map(|e| e.attachment), Some(AttachmentId(0)));
-        assert_eq!(f.learn(now, a, mac(1), AttachmentId(0), att(0)), Learn::Refreshed);
-        assert_eq!(f.learn(now, a, mac(1), AttachmentId(1), att(1)), Learn::Moved);
+        assert_eq!(f.learn(now, a, mac(1), att(0)), Learn::Learned);
+        assert_eq!(f.lookup(now, a, mac(1)), Some(att(0)));
+        assert_eq!(f.learn(now, a, mac(1), att(0)), Learn::Refreshed);
+        assert_eq!(f.learn(now, a, mac(1), att(1)), Learn::Moved);
         assert_eq!(f.lookup(now, a, mac(1)), Some(att(1)));
         // Tenants do not see each other's entries.
         assert_eq!(f.lookup(now, TenantId(1), mac(1)), None);
@@ -278,10 +262,7 @@ mod tests {
     fn static_entries_never_move_or_age() {
         let mut f = Fdb::new(&snap(10, 100));
         let a = TenantId(0);
-        assert_eq!(
-            f.learn(Nanos::ZERO, a, mac(999), AttachmentId(0), att(0)),
-            Learn::StaticConflict
-        );
+        assert_eq!(f.learn(Nanos::ZERO, a, mac(999), att(0)), Learn::StaticConflict);
         let late = Nanos::from_secs(1_000_000);
         assert_eq!(f.lookup(late, a, mac(999)), Some(att(1)));
         assert_eq!(f.age(late), 0);
@@ -293,17 +274,17 @@ mod tests {
         let mut f = Fdb::new(&snap(2, 100));
         let a = TenantId(0);
         let t0 = Nanos::from_secs(1);
-        f.learn(t0, a, mac(1), AttachmentId(0), att(0));
-        f.learn(t0, a, mac(2), AttachmentId(0), att(0));
-        assert_eq!(f.learn(t0, a, mac(3), AttachmentId(0), att(0)), Learn::QuotaExceeded);
+        f.learn(t0, a, mac(1), att(0));
+        f.learn(t0, a, mac(2), att(0));
+        assert_eq!(f.learn(t0, a, mac(3), att(0)), Learn::QuotaExceeded);
         // Refresh mac(2) at 6 s; at 11.5 s mac(1) is older than 10 s, mac(2) is not.
-        f.learn(Nanos::from_secs(6), a, mac(2), AttachmentId(0), att(0));
+        f.learn(Nanos::from_secs(6), a, mac(2), att(0));
         let t1 = Nanos::from_millis(11_500);
         assert_eq!(f.lookup(t1, a, mac(1)), None, "expired entries are ignored before removal");
         assert_eq!(f.lookup(t1, a, mac(2)), Some(att(0)));
         assert_eq!(f.age(t1), 1);
         assert_eq!(f.learned(a), 1);
-        assert_eq!(f.learn(t1, a, mac(3), AttachmentId(0), att(0)), Learn::Learned);
+        assert_eq!(f.learn(t1, a, mac(3), att(0)), Learn::Learned);
     }
 
     #[test]
@@ -311,16 +292,16 @@ mod tests {
         let mut f = Fdb::new(&snap(50, 60));
         let now = Nanos::from_secs(1);
         for i in 0..10_000 {
-            f.learn(now, TenantId(0), mac(i), AttachmentId(0), att(0));
+            f.learn(now, TenantId(0), mac(i), att(0));
         }
         assert_eq!(f.learned(TenantId(0)), 50);
         for i in 0..10 {
-            assert_eq!(f.learn(now, TenantId(1), mac(i), AttachmentId(0), att(0)), Learn::Learned);
+            assert_eq!(f.learn(now, TenantId(1), mac(i), att(0)), Learn::Learned);
         }
         assert_eq!(f.learned(TenantId(1)), 10);
         // The global capacity still binds.
         for i in 10..100 {
-            f.learn(now, TenantId(1), mac(i), AttachmentId(0), att(0));
+            f.learn(now, TenantId(1), mac(i), att(0));
         }
         assert_eq!(f.learned(TenantId(0)) + f.learned(TenantId(1)), 60);
     }
@@ -329,7 +310,7 @@ mod tests {
     fn install_clears_learned_keeps_static() {
         let s = snap(10, 100);
         let mut f = Fdb::new(&s);
-        f.learn(Nanos::ZERO, TenantId(1), mac(5), AttachmentId(0), att(0));
+        f.learn(Nanos::ZERO, TenantId(1), mac(5), att(0));
         f.install(&s);
         assert_eq!(f.len(), 1);
         assert_eq!(f.entries(TenantId(0)).count(), 1);

@@ -13,7 +13,7 @@ use crate::trace::{DropReason, counters::FdbStats};
 #[inline]
 pub fn learn_one(fdb: &mut Fdb, stats: &mut FdbStats, now: Nanos, ingress: PortId, m: &Meta) {
     let here = Attachment { port: ingress, vlan: m.outer_vlan };
-    fdb.learn(now, m.tenant, m.src, m.attachment, here).count(stats);
+    fdb.learn(now, m.tenant, m.src, here).count(stats);
 }
 
 /// Where one frame goes in its tenant's domain.

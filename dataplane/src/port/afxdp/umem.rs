@@ -89,9 +89,10 @@ impl FrameArea {
             };
             if ptr != libc::MAP_FAILED {
                 // Ask for transparent huge pages before the first touch, then populate: frames
-                // sit one or two per 4 KiB page, so with 4 KiB pages nearly every frame costs a
-                // TLB miss (PERF(pipeline): see docs/PERFORMANCE.md). Both calls are advice;
-                // if they fail the area keeps ordinary pages, which work the same.
+                // sit one or two per 4 KiB page, so a large area on 4 KiB pages spreads its TLB
+                // footprint thin. A precaution: the pipeline bench showed no measurable gain
+                // (docs/PERFORMANCE.md). Both calls are advice; if they fail the area keeps
+                // ordinary pages, which work the same.
                 // SAFETY: ptr/len are the mapping just created; advice does not change its
                 // contents or validity, and writing zeros to it is within bounds.
                 unsafe {
