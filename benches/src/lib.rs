@@ -8,7 +8,7 @@
 
 use dataplane::batch::{BATCH_SIZE, Batch, FrameRef};
 use dataplane::pipeline::{Dispositions, Pipeline, TxLists};
-use dataplane::port::{FRAME_HEADROOM, FrameArea, FramePool, PageSize, Port, PortCensus};
+use dataplane::port::{Breath, FRAME_HEADROOM, FrameArea, FramePool, PageSize, Port, PortCensus};
 use dataplane::snapshot::{Attachment, PortId, PortKind, Snapshot, SnapshotBuilder, TenantSpec};
 use dataplane::time::Nanos;
 
@@ -27,7 +27,7 @@ impl Port for LoopbackPort {
     fn reclaim(&mut self, _pool: &mut FramePool) -> usize {
         0
     }
-    fn kick(&mut self, _idle: bool) -> bool {
+    fn kick(&mut self, _breath: Breath) -> bool {
         true
     }
     fn census(&self) -> PortCensus {

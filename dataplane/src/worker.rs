@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::batch::Batch;
 use crate::pipeline::{Dispositions, Pipeline, TxLists};
-use crate::port::{FrameArea, FramePool, Port, PortCensus};
+use crate::port::{Breath, FrameArea, FramePool, Port, PortCensus};
 use crate::snapshot::{PortId, Snapshot};
 use crate::time::{Clock, Nanos};
 
@@ -150,8 +150,9 @@ impl<P: Port> Worker<P> {
         if self.tx.total_pending() > 0 {
             self.tx.flush(&mut self.ports, &mut self.pipeline.counters);
         }
+        let breath = if received == 0 { Breath::Idle } else { Breath::Received };
         for p in &mut self.ports {
-            if !p.kick(received == 0) {
+            if !p.kick(breath) {
                 self.pipeline.counters.kick_errors += 1;
             }
         }

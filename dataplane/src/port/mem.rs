@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 
-use super::{FRAME_HEADROOM, FrameArea, FramePool, Port, PortCensus};
+use super::{Breath, FRAME_HEADROOM, FrameArea, FramePool, Port, PortCensus};
 use crate::batch::{Batch, FrameRef};
 
 /// A port backed by queues in memory.
@@ -98,7 +98,7 @@ impl Port for MemPort {
         n
     }
 
-    fn kick(&mut self, _idle: bool) -> bool {
+    fn kick(&mut self, _breath: Breath) -> bool {
         true
     }
 

@@ -51,6 +51,15 @@ impl PortCensus {
     }
 }
 
+/// What the worker's last breath found, as a hint for batching wakeups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Breath {
+    /// Nothing was received: no burst is building up, wake the kernel now.
+    Idle,
+    /// Frames were received: more may follow, a wakeup may wait for a fuller burst.
+    Received,
+}
+
 /// Burst I/O of frame references.
 pub trait Port {
     /// Tops up the receive side from `pool`, then appends up to `batch.room()` received frames.
@@ -64,10 +73,10 @@ pub trait Port {
     /// Returns frames whose transmission completed to `pool`. Returns how many.
     fn reclaim(&mut self, pool: &mut FramePool) -> usize;
 
-    /// Tells the kernel about queued TX work when it needs telling. `idle` says the breath
-    /// received nothing, so there is no burst to wait for. Returns false if a wakeup failed
-    /// (the caller counts it).
-    fn kick(&mut self, idle: bool) -> bool;
+    /// Tells the kernel about queued TX work when it needs telling; `breath` says whether more
+    /// traffic is likely to follow at once. Returns false if a wakeup failed (the caller
+    /// counts it).
+    fn kick(&mut self, breath: Breath) -> bool;
 
     /// Where this port's frames are.
     fn census(&self) -> PortCensus;

@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use super::ring::Ring;
 use crate::batch::{Batch, FrameRef};
-use crate::port::{FrameArea, FramePool, Port, PortCensus, PortError};
+use crate::port::{Breath, FrameArea, FramePool, Port, PortCensus, PortError};
 
 /// Bind mode requested for a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +109,33 @@ fn setsockopt<T>(fd: RawFd, opt: libc::c_int, v: &T) -> io::Result<()> {
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// Reads an `SOL_XDP` option that is a plain struct.
+///
+/// # Safety
+/// `T` must be a `repr(C)` struct of integers only, so that all-zero bytes and whatever the
+/// kernel writes are valid values of it.
+unsafe fn get_struct<T>(fd: RawFd, opt: libc::c_int) -> io::Result<T> {
+    let mut v = std::mem::MaybeUninit::<T>::zeroed();
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: `v` is writable for `len` bytes; the kernel writes at most `len`.
+    let r = unsafe { libc::getsockopt(fd, libc::SOL_XDP, opt, v.as_mut_ptr().cast(), &mut len) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: zero-initialised, then (partly) overwritten by the kernel; any bytes are a valid
+    // integer-only `T` (caller's contract).
+    Ok(unsafe { v.assume_init() })
+}
+
+/// Which side of the socket a wakeup is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// `recvfrom`: the fill ring has frames again.
+    Rx,
+    /// `sendto`: the TX ring has descriptors.
+    Tx,
+}
+
 /// The interface index of `ifname`.
 pub fn ifindex(ifname: &str) -> io::Result<u32> {
     let c = std::ffi::CString::new(ifname).map_err(io::Error::other)?;
@@ -168,26 +195,9 @@ impl XskPort {
         ] {
             setsockopt(f, opt, &size).map_err(|s| e(what, s))?;
         }
-        let off: libc::xdp_mmap_offsets = {
-            let mut v = std::mem::MaybeUninit::<libc::xdp_mmap_offsets>::zeroed();
-            let mut len = std::mem::size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
-            // SAFETY: `v` is writable for `len` bytes; zeroed is a valid value of this
-            // plain-integer struct.
-            let r = unsafe {
-                libc::getsockopt(
-                    f,
-                    libc::SOL_XDP,
-                    libc::XDP_MMAP_OFFSETS,
-                    v.as_mut_ptr().cast(),
-                    &mut len,
-                )
-            };
-            if r < 0 {
-                return Err(e("reading ring offsets", io::Error::last_os_error()));
-            }
-            // SAFETY: initialised (zeroed, then filled by the kernel).
-            unsafe { v.assume_init() }
-        };
+        // SAFETY: xdp_mmap_offsets is integers only.
+        let off: libc::xdp_mmap_offsets = unsafe { get_struct(f, libc::XDP_MMAP_OFFSETS) }
+            .map_err(|s| e("reading ring offsets", s))?;
         let fill = Ring::map(f, libc::XDP_UMEM_PGOFF_FILL_RING, fill_size, &off.fr)
             .map_err(|s| e("mapping the fill ring", s))?;
         let comp = Ring::map(f, libc::XDP_UMEM_PGOFF_COMPLETION_RING, fill_size, &off.cr)
@@ -307,25 +317,8 @@ impl XskPort {
 
     /// The kernel's counters for this socket (a syscall: call it from the control path).
     pub fn kernel_stats(&self) -> io::Result<XskStats> {
-        let s: libc::xdp_statistics = {
-            let mut v = std::mem::MaybeUninit::<libc::xdp_statistics>::zeroed();
-            let mut len = std::mem::size_of::<libc::xdp_statistics>() as libc::socklen_t;
-            // SAFETY: writable for `len` bytes; zeroed is valid for this integer struct.
-            let r = unsafe {
-                libc::getsockopt(
-                    self.raw_fd(),
-                    libc::SOL_XDP,
-                    libc::XDP_STATISTICS,
-                    v.as_mut_ptr().cast(),
-                    &mut len,
-                )
-            };
-            if r < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: initialised above.
-            unsafe { v.assume_init() }
-        };
+        // SAFETY: xdp_statistics is integers only.
+        let s: libc::xdp_statistics = unsafe { get_struct(self.raw_fd(), libc::XDP_STATISTICS) }?;
         Ok(XskStats {
             rx_dropped: s.rx_dropped,
             rx_invalid_descs: s.rx_invalid_descs,
@@ -346,11 +339,11 @@ impl XskPort {
         self.in_fill += n;
     }
 
-    fn wake(&mut self, rx: bool) -> bool {
+    fn wake(&mut self, side: Wake) -> bool {
         self.stats.kicks += 1;
         // SAFETY: a zero-length send/receive on our socket only wakes the kernel.
         let r = unsafe {
-            if rx {
+            if side == Wake::Rx {
                 libc::recvfrom(
                     self.raw_fd(),
                     std::ptr::null_mut(),
@@ -392,7 +385,7 @@ impl Port for XskPort {
         });
         self.in_fill -= n;
         if n == 0 && self.fill.needs_wakeup() {
-            self.wake(true);
+            self.wake(Wake::Rx);
         }
         n as usize
     }
@@ -413,7 +406,7 @@ impl Port for XskPort {
         n as usize
     }
 
-    fn kick(&mut self, idle: bool) -> bool {
+    fn kick(&mut self, breath: Breath) -> bool {
         let out = self.tx.outstanding();
         if out == 0 {
             self.waiting = 0;
@@ -426,7 +419,7 @@ impl Port for XskPort {
         // the worker found nothing to receive (no reason to wait), or when frames have waited
         // a few breaths; otherwise let the next breath add to the burst.
         self.waiting += 1;
-        if out < KICK_BURST && !idle && self.waiting < MAX_WAIT_BREATHS {
+        if out < KICK_BURST && breath == Breath::Received && self.waiting < MAX_WAIT_BREATHS {
             return true;
         }
         self.waiting = 0;
@@ -434,7 +427,7 @@ impl Port for XskPort {
         let mut ok = true;
         let mut before = out;
         for _ in 0..MAX_KICKS {
-            ok &= self.wake(false);
+            ok &= self.wake(Wake::Tx);
             let after = self.tx.outstanding();
             if after == 0 || after >= before {
                 break;
