@@ -162,8 +162,8 @@ impl Setup {
             &mut self.batch,
             &mut self.disp,
             &mut self.tx,
+            &mut self.ports,
         );
-        self.tx.flush(&mut self.ports, &mut self.pipeline.counters);
     }
 
     /// Forwards prebuilt batch `i` (from port A).

@@ -139,8 +139,8 @@ impl<P: Port> Worker<P> {
                     &mut self.batch,
                     &mut self.disp,
                     &mut self.tx,
+                    &mut self.ports,
                 );
-                self.tx.flush(&mut self.ports, &mut self.pipeline.counters);
                 if n < crate::batch::BATCH_SIZE {
                     break;
                 }

@@ -21,7 +21,7 @@ pub mod tenant;
 
 use crate::batch::{BATCH_SIZE, Batch};
 use crate::flow::Fdb;
-use crate::port::{FrameArea, FramePool};
+use crate::port::{FrameArea, FramePool, Port};
 use crate::snapshot::{PortId, Snapshot};
 use crate::time::Nanos;
 use crate::trace::counters::PktBytes;
@@ -155,9 +155,10 @@ impl Pipeline {
         }
     }
 
-    /// `process` then `deliver`: the whole pipeline for one batch, up to the TX lists.
+    /// `process`, `deliver`, then the TX lists to the ports: the whole pipeline for one batch.
+    /// `ports[i]` is the driver of `PortId(i)`.
     #[allow(clippy::too_many_arguments)]
-    pub fn run(
+    pub fn run<P: Port>(
         &mut self,
         now: Nanos,
         snap: &Snapshot,
@@ -166,8 +167,10 @@ impl Pipeline {
         batch: &mut Batch,
         disp: &mut Dispositions,
         tx: &mut TxLists,
+        ports: &mut [P],
     ) {
         self.process(now, snap, area, batch, disp);
         output::deliver(snap, area, pool, batch, disp, tx, &mut self.counters);
+        tx.flush(ports, &mut self.counters);
     }
 }
