@@ -162,7 +162,7 @@ impl Setup {
             &mut self.batch,
             &mut self.disp,
             &mut self.tx,
-            &mut self.ports,
+            &mut self.ports[..],
         );
     }
 

@@ -94,6 +94,11 @@ fn bad_configs_name_the_field() {
         ("bad kind", "kind = \"tenant\"", "kind = \"router\""),
         ("interface too long", "\"veth-a\"", "\"a-very-long-interface-name\""),
         ("wrong type", "vlan = 100", "vlan = \"hundred\""),
+        (
+            "mixed bind modes",
+            "kind = \"tenant\"\n",
+            "kind = \"tenant\"\nmode = \"copy\"\n[ports.b]\ninterface = \"b\"\nkind = \"tenant\"\nmode = \"zero-copy\"\n",
+        ),
     ];
     let want_field = [
         "tenants.red.attach[1].port",
@@ -103,6 +108,7 @@ fn bad_configs_name_the_field() {
         "kind",
         "ports.a.interface",
         "vlan",
+        "ports.a.mode",
     ];
     for ((what, from, to), field) in cases.iter().zip(want_field) {
         assert!(GOOD.contains(from), "{what}: fixture");

@@ -7,6 +7,7 @@
 
 pub mod batch;
 pub mod flow;
+pub mod handoff;
 pub mod pipeline;
 pub mod port;
 pub mod snapshot;

@@ -11,10 +11,11 @@ use control::config::Config;
 use control::config::model::{IdlePolicy as IdlePolicyConfig, XdpMode};
 use dataplane::port::afxdp::{BindMode, XdpAttachment, XskPort, require_root};
 use dataplane::port::{FrameArea, PageSize};
-use dataplane::snapshot::Snapshot;
+use dataplane::snapshot::{PortId, Snapshot};
 use dataplane::time::MonotonicClock;
 use dataplane::trace::{Counters, DropReason};
-use dataplane::worker::{IdlePolicy, Worker};
+use dataplane::worker::mesh::mesh;
+use dataplane::worker::{FrameCensus, IdlePolicy, LoopStats, Worker};
 
 /// The CPU clock as the kernel reports it (for cycles from nanoseconds; 0 if unknown).
 fn cpu_mhz() -> f64 {
@@ -43,6 +44,34 @@ pub fn run(file: &Path, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     serve(&cfg, &file.display().to_string(), stop, &AtomicBool::new(false)).map(|_| ())
 }
 
+/// Which (port, queue) sockets each worker polls: the sockets in (queue, port) order, cut into
+/// contiguous runs, one per worker. Queue 0 of every port goes to the first worker(s), so with
+/// one queue per port a worker tends to hold both ends of a conversation and frames cross
+/// between workers only when they must.
+fn plan_sockets(snap: &Snapshot, cfg: &Config, workers: usize) -> Vec<Vec<(PortId, u32)>> {
+    let mut all = Vec::new();
+    let most = cfg.ports.values().map(|p| p.queues).max().unwrap_or(1);
+    for q in 0..most {
+        for (i, spec) in snap.ports.iter().enumerate() {
+            if q < cfg.ports[&spec.name].queues {
+                all.push((PortId(i as u16), q));
+            }
+        }
+    }
+    let mut plan = vec![Vec::new(); workers];
+    let n = all.len();
+    for (k, s) in all.into_iter().enumerate() {
+        plan[k * workers / n.max(1)].push(s);
+    }
+    plan
+}
+
+/// What a worker thread hands back when it stops.
+struct Finished {
+    worker: Worker<XskPort>,
+    loops: LoopStats,
+}
+
 /// Runs the switch on a loaded config until `stop` is set; sets `ready` once it switches.
 /// `name` stands for the file in messages.
 pub fn serve(
@@ -53,19 +82,15 @@ pub fn serve(
 ) -> anyhow::Result<Report> {
     let snap = control::compile(cfg, 1)?;
     require_root()?;
-    if cfg.switch.workers != 1 {
-        bail!("{}: switch.workers = {}: this build runs one worker", name, cfg.switch.workers);
+    let workers = cfg.switch.workers as usize;
+    let sockets: usize = cfg.ports.values().map(|p| p.queues as usize).sum();
+    if workers > sockets {
+        bail!(
+            "{name}: switch.workers = {workers} but the ports have only {sockets} queue(s) in \
+             all: a worker would have nothing to poll (lower workers or raise ports.*.queues)"
+        );
     }
-    if let Some((name, _)) = cfg.ports.iter().find(|(_, p)| p.queues != 1) {
-        bail!("{}: ports.{name}.queues: this build opens one queue per port", name);
-    }
-    if let Some(&core) = cfg.switch.cores.first() {
-        let ok = core_affinity::set_for_current(core_affinity::CoreId { id: core as usize });
-        if !ok {
-            bail!("{}: switch.cores[0]: cannot pin to core {core}", name);
-        }
-        eprintln!("xswitch: worker 0 pinned to core {core}");
-    }
+    let plan = plan_sockets(&snap, cfg, workers);
 
     let pages = if cfg.switch.huge_pages { PageSize::Huge2M } else { PageSize::Normal };
     let area = FrameArea::new(cfg.switch.frames, cfg.switch.frame_size, pages)
@@ -83,53 +108,154 @@ pub fn serve(
         area.len() >> 20,
         if area.huge_pages() { "2 MiB huge" } else { "normal" }
     );
-    let mut attachments = Vec::new();
-    let mut ports: Vec<XskPort> = Vec::new();
-    for spec in &snap.ports {
-        let pc = &cfg.ports[&spec.name];
-        let mode = match pc.mode {
-            XdpMode::Auto => BindMode::Auto,
-            XdpMode::ZeroCopy => BindMode::ZeroCopy,
-            XdpMode::Copy => BindMode::Copy,
-        };
-        let mut xdp = XdpAttachment::new(&spec.interface, pc.queues)?;
-        let sock =
-            XskPort::open(&area, &spec.interface, 0, cfg.switch.ring_size, mode, ports.first())?;
-        let busy = match cfg.switch.busy_poll_us {
-            0 => Ok(()),
-            us => sock.set_busy_poll(us, cfg.switch.busy_poll_budget),
-        };
-        if let Err(e) = busy {
-            eprintln!(
-                "xswitch: warning: {}: busy polling not accepted ({e}); polling without",
-                spec.interface
+    let links = mesh(workers, area.chunks());
+    for (w, socks) in plan.iter().enumerate() {
+        let share = links[w].shares.range(w).len() as u64;
+        let need = socks.len() as u64 * 3 * u64::from(cfg.switch.ring_size) + 256;
+        if share < need {
+            bail!(
+                "{name}: switch.frames: worker {w} gets {share} frames for {} socket(s) with rings \
+                 of {}, needs at least {need}; raise switch.frames",
+                socks.len(),
+                cfg.switch.ring_size
             );
         }
-        xdp.register(&sock)?;
-        xdp.attach()?;
-        eprintln!(
-            "xswitch: port {} on {} queue 0: {:?} mode, {} XDP",
-            spec.name,
-            spec.interface,
-            sock.mode(),
-            if xdp.native { "native" } else { "generic" }
-        );
-        attachments.push(xdp);
-        ports.push(sock);
     }
-    let snap = Arc::new(snap);
-    let mut w = Worker::new(area, ports, snap.clone());
-    eprintln!("xswitch: switching {} tenants; SIGINT or SIGTERM stops", snap.tenants.len());
-    ready.store(true, Ordering::SeqCst);
 
-    let clock = MonotonicClock::new();
+    // Sockets, in plan order; the first one registers the frame area as the UMEM.
+    let mut attachments: Vec<XdpAttachment> = Vec::new();
+    let mut by_worker: Vec<Vec<(PortId, XskPort)>> = plan.iter().map(|_| Vec::new()).collect();
+    for (w, socks) in plan.iter().enumerate() {
+        for &(port, queue) in socks {
+            let spec = &snap.ports[port.index()];
+            let pc = &cfg.ports[&spec.name];
+            let mode = match pc.mode {
+                XdpMode::Auto => BindMode::Auto,
+                XdpMode::ZeroCopy => BindMode::ZeroCopy,
+                XdpMode::Copy => BindMode::Copy,
+            };
+            let shared = by_worker.iter().flatten().next().map(|s| &s.1);
+            let sock = XskPort::open(
+                &area,
+                &spec.interface,
+                queue,
+                cfg.switch.ring_size,
+                mode,
+                shared,
+            )
+            .with_context(|| match shared {
+                Some(s) => format!(
+                    "port {}: sockets sharing the frame area are bound in the first one's mode \
+                     ({:?})",
+                    spec.name,
+                    s.mode()
+                ),
+                None => format!("port {}", spec.name),
+            })?;
+            if let Err(e) = match cfg.switch.busy_poll_us {
+                0 => Ok(()),
+                us => sock.set_busy_poll(us, cfg.switch.busy_poll_budget),
+            } {
+                eprintln!(
+                    "xswitch: warning: {} queue {queue}: busy polling not accepted ({e}); \
+                     polling without",
+                    spec.interface
+                );
+            }
+            let ai = match attachments.iter().position(|a| a.ifname() == spec.interface) {
+                Some(i) => i,
+                None => {
+                    attachments.push(XdpAttachment::new(&spec.interface, pc.queues)?);
+                    attachments.len() - 1
+                }
+            };
+            attachments[ai].register(&sock)?;
+            eprintln!(
+                "xswitch: port {} on {} queue {queue}: {:?} mode, worker {w}",
+                spec.name,
+                spec.interface,
+                sock.mode()
+            );
+            by_worker[w].push((port, sock));
+        }
+    }
+    for a in &mut attachments {
+        a.attach()?;
+        eprintln!(
+            "xswitch: XDP program on {} ({})",
+            a.ifname(),
+            if a.native { "native" } else { "generic" }
+        );
+    }
+
+    let snap = Arc::new(snap);
+    // Frames for a port go to the first worker polling one of its queues.
+    let mut owners: Vec<Option<usize>> = vec![None; snap.ports.len()];
+    for (w, socks) in plan.iter().enumerate() {
+        for &(port, _) in socks {
+            owners[port.index()].get_or_insert(w);
+        }
+    }
+    let mut ws: Vec<Worker<XskPort>> = Vec::new();
+    for (socks, l) in by_worker.into_iter().zip(links) {
+        ws.push(Worker::in_mesh(area.share(), socks, l, &owners, snap.clone()));
+    }
+    let total_chunks = area.chunks();
+    drop(area);
     let idle = match cfg.switch.idle {
         IdlePolicyConfig::Busy => IdlePolicy::Busy,
         IdlePolicyConfig::Adaptive => IdlePolicy::Adaptive,
     };
-    let loops = w.run(&clock, idle, &stop);
+    let cores = &cfg.switch.cores;
+    let finished: Vec<anyhow::Result<Finished>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = ws
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut worker)| {
+                let stop = &stop;
+                let core = cores.get(i).copied();
+                std::thread::Builder::new().name(format!("xswitch-w{i}")).spawn_scoped(
+                    scope,
+                    move || {
+                        if let Some(core) = core {
+                            let id = core_affinity::CoreId { id: core as usize };
+                            if !core_affinity::set_for_current(id) {
+                                stop.store(true, Ordering::SeqCst);
+                                bail!("switch.cores[{i}]: cannot pin worker {i} to core {core}");
+                            }
+                            eprintln!("xswitch: worker {i} pinned to core {core}");
+                        }
+                        let clock = MonotonicClock::new();
+                        let loops = worker.run(&clock, idle, stop);
+                        Ok(Finished { worker, loops })
+                    },
+                )
+            })
+            .collect();
+        eprintln!("xswitch: switching {} tenants; SIGINT or SIGTERM stops", snap.tenants.len());
+        ready.store(true, Ordering::SeqCst);
+        handles
+            .into_iter()
+            .map(|h| match h {
+                Ok(h) => h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a worker panicked"))),
+                Err(e) => {
+                    stop.store(true, Ordering::SeqCst);
+                    Err(anyhow::anyhow!("starting a worker thread: {e}"))
+                }
+            })
+            .collect()
+    });
+    let mut done = Vec::new();
+    for f in finished {
+        done.push(f?);
+    }
 
-    let c = w.pipeline().counters.clone();
+    let mut c = Counters::default();
+    let mut census = FrameCensus { total: total_chunks, ..FrameCensus::default() };
+    for f in &done {
+        c.merge(&f.worker.pipeline().counters);
+        census = census.merge(f.worker.census());
+    }
     let rx: u64 = c.port_rx.iter().map(|p| p.packets).sum();
     let tx: u64 = c.port_tx.iter().map(|p| p.packets).sum();
     eprintln!("xswitch: stopping: {rx} frames received, {tx} sent, {} dropped", c.total_drops());
@@ -139,32 +265,49 @@ pub fn serve(
             eprintln!("xswitch:   dropped {}: {n}", r.as_label());
         }
     }
-    let total = loops.busy.0 + loops.idle.0;
-    eprintln!(
-        "xswitch:   worker 0: {} busy polls, {} idle polls, busy {:.1} % of the time, {:.1} ns ({:.0} cycles at {:.0} MHz) busy per packet",
-        loops.busy_polls,
-        loops.idle_polls,
-        100.0 * loops.busy.0 as f64 / total.max(1) as f64,
-        loops.busy_ns_per_packet(),
-        loops.busy_ns_per_packet() * cpu_mhz() / 1000.0,
-        cpu_mhz()
-    );
-    for p in w.ports_mut() {
-        if let Ok(s) = p.kernel_stats() {
-            eprintln!("xswitch:   {} kernel: {s:?}, glue: {:?}", p.ifname(), p.stats);
+    if workers > 1 {
+        eprintln!(
+            "xswitch:   MAC announcements applied from other workers: {}, lost: {}",
+            c.fdb.remote, c.fdb.unannounced
+        );
+    }
+    for (i, f) in done.iter_mut().enumerate() {
+        let loops = f.loops;
+        let total = loops.busy.0 + loops.idle.0;
+        eprintln!(
+            "xswitch:   worker {i}: {} busy polls, {} idle polls, busy {:.1} % of the time, {:.1} ns ({:.0} cycles at {:.0} MHz) busy per packet",
+            loops.busy_polls,
+            loops.idle_polls,
+            100.0 * loops.busy.0 as f64 / total.max(1) as f64,
+            loops.busy_ns_per_packet(),
+            loops.busy_ns_per_packet() * cpu_mhz() / 1000.0,
+            cpu_mhz()
+        );
+        for (_, p) in f.worker.sockets_mut() {
+            if let Ok(s) = p.kernel_stats() {
+                eprintln!(
+                    "xswitch:   {} queue {} kernel: {s:?}, glue: {:?}",
+                    p.ifname(),
+                    p.queue(),
+                    p.stats
+                );
+            }
         }
     }
-    let census = w.census();
     eprintln!(
-        "xswitch: frame accounting: {} free, {} in fill rings, {} in TX, {} total: {}",
+        "xswitch: frame accounting: {} free, {} in fill rings, {} in TX, {} waiting, {} going \
+         home, {} in handoff rings, {} total: {}",
         census.free,
         census.ports.fill,
         census.ports.tx,
+        census.pending,
+        census.returning,
+        census.handoff,
         census.total,
         if census.balanced() { "balanced" } else { "UNBALANCED" }
     );
     // Sockets first, then the links: dropping a link detaches its XDP program.
-    drop(w);
+    drop(done);
     drop(attachments);
     eprintln!("xswitch: XDP programs detached");
     if !census.balanced() {

@@ -58,14 +58,20 @@ struct Lab {
     ns: Vec<String>,
     dir: PathBuf,
     switch: Option<Child>,
+    queues: u32,
 }
 
 impl Lab {
     fn new() -> Lab {
+        Lab::with_queues(1)
+    }
+
+    /// A lab whose host veths have `queues` RX and TX queues each.
+    fn with_queues(queues: u32) -> Lab {
         let tag = format!("x{}{}", std::process::id() % 10000, NEXT.fetch_add(1, Ordering::SeqCst));
         let dir = std::env::temp_dir().join(format!("xswitch-test-{tag}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut lab = Lab { tag, ns: Vec::new(), dir, switch: None };
+        let mut lab = Lab { tag, ns: Vec::new(), dir, switch: None, queues };
         for (host, ip) in [("h1", "1"), ("h2", "2"), ("h3", "3")] {
             lab.host(host, ip);
         }
@@ -112,7 +118,30 @@ impl Lab {
         let hif = self.ifname(host);
         must("ip", &["netns", "add", &ns]);
         self.ns.push(ns.clone());
-        must("ip", &["link", "add", &hif, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+        let q = self.queues.to_string();
+        must(
+            "ip",
+            &[
+                "link",
+                "add",
+                &hif,
+                "numtxqueues",
+                &q,
+                "numrxqueues",
+                &q,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "numtxqueues",
+                &q,
+                "numrxqueues",
+                &q,
+                "netns",
+                &ns,
+            ],
+        );
         must("ip", &["-n", &ns, "addr", "add", &format!("10.9.1.{ip}/24"), "dev", "eth0"]);
         must("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
         self.quiet(&ns, &hif);
@@ -134,6 +163,40 @@ impl Lab {
         let mut all = vec!["netns", "exec", ns.as_str()];
         all.extend_from_slice(args);
         run("ip", &all)
+    }
+
+    /// Rewrites the config with `f`.
+    fn edit_config(&self, f: impl FnOnce(String) -> String) {
+        let cfg = std::fs::read_to_string(self.config()).unwrap();
+        std::fs::write(self.config(), f(cfg)).unwrap();
+    }
+
+    /// iperf3 TCP from `from` to `to` (an address) for 2 s with `streams` streams; bit/s
+    /// received.
+    fn iperf(&self, from: &str, to_host: &str, to: &str, port: &str, streams: &str) -> f64 {
+        let mut server = Command::new("ip")
+            .args(["netns", "exec", &self.ns_name(to_host), "iperf3", "-s", "-1", "-p", port])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let out = self.ns_run(
+            from,
+            &["timeout", "20", "iperf3", "-c", to, "-p", port, "-t", "2", "-P", streams, "-J"],
+        );
+        let _ = server.kill();
+        let _ = server.wait();
+        let json = String::from_utf8_lossy(&out.stdout);
+        let bps = json
+            .split("\"sum_received\"")
+            .nth(1)
+            .and_then(|s| s.split("\"bits_per_second\":").nth(1))
+            .and_then(|s| s.split([',', '}']).next())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0.0);
+        assert!(out.status.success(), "iperf3 {from} -> {to} failed:\n{json}");
+        bps
     }
 
     fn ping(&self, from: &str, to: &str, count: &str) -> bool {
@@ -228,28 +291,8 @@ fn tenants_reach_their_own_hosts_only_and_tags_go_out_on_the_uplink() {
 
     // Same tenant: ping and TCP.
     assert!(lab.ping("h1", "10.9.1.2", "3"), "h1 -> h2 (red) failed");
-    let mut server = Command::new("ip")
-        .args(["netns", "exec", &lab.ns_name("h2"), "iperf3", "-s", "-1", "-p", "5301"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let out = lab.ns_run(
-        "h1",
-        &["timeout", "20", "iperf3", "-c", "10.9.1.2", "-p", "5301", "-t", "2", "-J"],
-    );
-    let _ = server.kill();
-    let _ = server.wait();
-    let json = String::from_utf8_lossy(&out.stdout);
-    let bps: f64 = json
-        .split("\"sum_received\"")
-        .nth(1)
-        .and_then(|s| s.split("\"bits_per_second\":").nth(1))
-        .and_then(|s| s.split([',', '}']).next())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0.0);
-    assert!(out.status.success() && bps > 50e6, "iperf3 h1 -> h2: {bps} bit/s\n{json}");
+    let bps = lab.iperf("h1", "h2", "10.9.1.2", "5301", "1");
+    assert!(bps > 50e6, "iperf3 h1 -> h2: {bps} bit/s");
 
     // Other tenant: nothing, both ways.
     assert!(!lab.ping("h1", "10.9.1.3", "2"), "red reached blue");
@@ -387,4 +430,82 @@ fn huge_page_and_busy_poll_options_start_or_fall_back_with_a_warning() {
     let fell_back =
         log.contains("no 2 MiB huge pages could be had") && log.contains("normal pages)");
     assert!(huge || fell_back, "neither huge pages nor the fallback warning:\n{log}");
+}
+
+/// Busy polls per worker, from the switch's exit report.
+fn busy_polls(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|l| l.split_once("worker ").map(|(_, r)| r))
+        .filter_map(|r| r.split_once(": ").map(|(_, r)| r))
+        .filter_map(|r| r.split_once(" busy polls").and_then(|(n, _)| n.parse().ok()))
+        .collect()
+}
+
+#[test]
+fn two_workers_switch_across_each_other_and_keep_every_frame() {
+    if !can_run("two_workers_switch_across_each_other") {
+        return;
+    }
+    // One queue per port: worker 0 polls the uplink and h1, worker 1 h2 and h3, so every
+    // frame between h1 and h2 crosses from one worker to the other.
+    let mut lab = Lab::new();
+    lab.edit_config(|c| c.replace("[switch]\n", "[switch]\nworkers = 2\n"));
+    lab.start();
+    assert!(lab.ping("h1", "10.9.1.2", "3"), "h1 -> h2 across workers failed");
+    let bps = lab.iperf("h1", "h2", "10.9.1.2", "5302", "1");
+    assert!(bps > 50e6, "iperf3 h1 -> h2 across workers: {bps} bit/s");
+    assert!(!lab.ping("h1", "10.9.1.3", "2"), "red reached blue");
+    assert!(!lab.ping("h3", "10.9.1.2", "2"), "blue reached red");
+    let (ok, log) = lab.stop();
+    assert!(ok, "{log}");
+    assert!(log.contains("port h1 on") && log.contains("worker 0"), "{log}");
+    assert!(log.contains("port h2 on") && log.contains("worker 1"), "{log}");
+    assert!(log.contains("balanced") && log.contains(" 0 dropped"), "{log}");
+    let polls = busy_polls(&log);
+    assert!(polls.len() == 2 && polls.iter().all(|&n| n > 0), "{polls:?}\n{log}");
+    // The MACs each worker learned reached the other (else TCP would have been flooded).
+    let applied: u64 = log
+        .split("applied from other workers: ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(applied > 0, "{log}");
+}
+
+#[test]
+fn two_queues_per_port_are_polled_by_two_workers() {
+    if !can_run("two_queues_per_port") {
+        return;
+    }
+    let mut lab = Lab::with_queues(2);
+    lab.edit_config(|c| {
+        c.replace("[switch]\n", "[switch]\nworkers = 2\n")
+            .replace("kind = \"tenant\"\n[ports.h2]", "kind = \"tenant\"\nqueues = 2\n[ports.h2]")
+    });
+    lab.edit_config(|c| {
+        c.replace("kind = \"tenant\"\n[ports.h3]", "kind = \"tenant\"\nqueues = 2\n[ports.h3]")
+    });
+    lab.start();
+    assert!(lab.ping("h1", "10.9.1.2", "3"));
+    // Eight TCP streams: their hashes spread them over both TX queues of h1's veth, whose
+    // peer receives each on the queue of the same number.
+    let bps = lab.iperf("h1", "h2", "10.9.1.2", "5303", "8");
+    assert!(bps > 50e6, "iperf3 -P 8 h1 -> h2: {bps} bit/s");
+    let (ok, log) = lab.stop();
+    assert!(ok, "{log}");
+    for q in ["h1 on", "h2 on"] {
+        for queue in ["queue 0", "queue 1"] {
+            assert!(
+                log.lines().any(|l| l.contains(q) && l.contains(queue)),
+                "no socket for {q} {queue}:\n{log}"
+            );
+        }
+    }
+    assert!(log.contains("balanced") && log.contains(" 0 dropped"), "{log}");
+    let polls = busy_polls(&log);
+    assert!(
+        polls.len() == 2 && polls.iter().all(|&n| n > 0),
+        "both workers received: {polls:?}\n{log}"
+    );
 }

@@ -6,7 +6,7 @@ use std::fmt;
 
 use dataplane::wire::MacAddr;
 
-use super::model::{Config, PortKindConfig};
+use super::model::{Config, PortKindConfig, XdpMode};
 
 /// One problem with a config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +140,19 @@ fn check_ports(cfg: &Config, is: &mut Issues) {
         if !(1..=64).contains(&p.queues) {
             is.add(format!("{at}.queues"), format!("{} is out of range 1..=64", p.queues));
         }
+    }
+    // All sockets share one UMEM, and the kernel binds every socket of a shared UMEM in the
+    // mode of the first one (xp_assign_dev_shared): zero-copy on one port and copy on another
+    // cannot both hold. `auto` follows whichever mode the first port gets.
+    let explicit = |m: XdpMode| cfg.ports.iter().find(|(_, p)| p.mode == m).map(|(n, _)| n);
+    if let (Some(zc), Some(copy)) = (explicit(XdpMode::ZeroCopy), explicit(XdpMode::Copy)) {
+        is.add(
+            format!("ports.{copy}.mode"),
+            format!(
+                "copy here but zero-copy on port {zc}: all ports share one frame area (UMEM), \
+                 whose sockets the kernel binds in one mode; use the same mode or auto"
+            ),
+        );
     }
 }
 

@@ -13,6 +13,13 @@
 //! Aging: an entry not refreshed for the tenant's `mac_aging` is ignored by lookups at once and
 //! removed by [`Fdb::age`], which the worker calls between batches a few times a second.
 //!
+//! Several workers: each worker keeps its own table (no lock, no shared cache line on the packet
+//! path). What one worker learns it announces to the others over handoff rings: a new or moved
+//! entry at once, a refreshed one again once half its aging time has passed since the last
+//! announcement ([`Learn::announce`]), so the other workers' copies neither go stale nor age out
+//! while the host keeps talking. Without this, a conversation whose two ends sit on ports of
+//! different workers would be flooded forever.
+//!
 //! It does _not_ survive a snapshot change yet: [`Fdb::install`] clears learned entries, so a
 //! reload costs a short flood while MACs are learned again.
 
@@ -33,6 +40,8 @@ pub struct FdbEntry {
     pub is_static: bool,
     /// Last time a frame from this MAC was seen.
     pub last_seen: Nanos,
+    /// Last time this entry was announced to the other workers.
+    pub announced: Nanos,
 }
 
 /// What learning a source did.
@@ -40,6 +49,8 @@ pub struct FdbEntry {
 pub enum Learn {
     /// Already known there; refreshed.
     Refreshed,
+    /// Refreshed, and the last announcement is older than half the aging time.
+    Renewed,
     /// New entry.
     Learned,
     /// Was behind another attachment; moved.
@@ -106,7 +117,12 @@ impl Fdb {
                 let Some(&at) = t.attachments.get(usize::from(att.0)) else { continue };
                 self.map.insert(
                     key(TenantId(ti as u16), mac),
-                    FdbEntry { attachment: at, is_static: true, last_seen: Nanos::ZERO },
+                    FdbEntry {
+                        attachment: at,
+                        is_static: true,
+                        last_seen: Nanos::ZERO,
+                        announced: Nanos::ZERO,
+                    },
                 );
             }
         }
@@ -134,7 +150,13 @@ impl Fdb {
             e.last_seen = now;
             if e.attachment != at {
                 e.attachment = at;
+                e.announced = now;
                 return Learn::Moved;
+            }
+            let half = self.tenants.get(t.index()).map_or(Nanos::ZERO, |tf| tf.aging).0 / 2;
+            if now.since(e.announced).0 > half {
+                e.announced = now;
+                return Learn::Renewed;
             }
             return Learn::Refreshed;
         }
@@ -144,7 +166,10 @@ impl Fdb {
         }
         tf.learned += 1;
         self.learned += 1;
-        self.map.insert(k, FdbEntry { attachment: at, is_static: false, last_seen: now });
+        self.map.insert(
+            k,
+            FdbEntry { attachment: at, is_static: false, last_seen: now, announced: now },
+        );
         Learn::Learned
     }
 
@@ -204,8 +229,14 @@ impl Learn {
             Learn::Learned => s.learned += 1,
             Learn::Moved => s.moved += 1,
             Learn::QuotaExceeded => s.quota_exceeded += 1,
-            Learn::Refreshed | Learn::StaticConflict => {}
+            Learn::Refreshed | Learn::Renewed | Learn::StaticConflict => {}
         }
+    }
+
+    /// True when the other workers must hear of this entry.
+    #[inline]
+    pub fn announce(self) -> bool {
+        matches!(self, Learn::Learned | Learn::Moved | Learn::Renewed)
     }
 }
 
@@ -256,6 +287,20 @@ mod tests {
         // Tenants do not see each other's entries.
         assert_eq!(f.lookup(now, TenantId(1), mac(1)), None);
         assert_eq!(f.learned(a), 1);
+    }
+
+    #[test]
+    fn announcements_for_new_moved_and_half_aged_entries_only() {
+        let mut f = Fdb::new(&snap(10, 100));
+        let a = TenantId(0);
+        let at = |ms| Nanos::from_millis(ms);
+        assert!(f.learn(at(0), a, mac(1), att(0)).announce());
+        assert!(!f.learn(at(4_000), a, mac(1), att(0)).announce());
+        // Aging is 10 s: past 5 s since the announcement, a refresh is announced again.
+        assert_eq!(f.learn(at(5_001), a, mac(1), att(0)), Learn::Renewed);
+        assert!(!f.learn(at(9_000), a, mac(1), att(0)).announce());
+        assert!(f.learn(at(9_001), a, mac(1), att(1)).announce(), "moved");
+        assert!(!f.learn(at(9_002), a, mac(999), att(0)).announce(), "static");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use crate::batch::Meta;
 use crate::flow::Fdb;
+use crate::flow::fdb::Learn;
 use crate::pipeline::Disposition;
 use crate::snapshot::{Attachment, PortId};
 use crate::time::Nanos;
@@ -11,9 +12,17 @@ use crate::trace::{DropReason, counters::FdbStats};
 
 /// Learns the source of one frame behind its ingress attachment.
 #[inline]
-pub fn learn_one(fdb: &mut Fdb, stats: &mut FdbStats, now: Nanos, ingress: PortId, m: &Meta) {
+pub fn learn_one(
+    fdb: &mut Fdb,
+    stats: &mut FdbStats,
+    now: Nanos,
+    ingress: PortId,
+    m: &Meta,
+) -> Learn {
     let here = Attachment { port: ingress, vlan: m.outer_vlan };
-    fdb.learn(now, m.tenant, m.src, here).count(stats);
+    let l = fdb.learn(now, m.tenant, m.src, here);
+    l.count(stats);
+    l
 }
 
 /// Where one frame goes in its tenant's domain.

@@ -21,13 +21,30 @@ pub mod tenant;
 
 use crate::batch::{BATCH_SIZE, Batch};
 use crate::flow::Fdb;
-use crate::port::{FrameArea, FramePool, Port};
+use crate::port::{FrameArea, FramePool};
 use crate::snapshot::{PortId, Snapshot};
 use crate::time::Nanos;
 use crate::trace::counters::PktBytes;
 use crate::trace::{Counters, DropReason};
 
-pub use output::TxLists;
+pub use output::{Egress, TxLists};
+
+use crate::snapshot::{Attachment, TenantId};
+use crate::wire::MacAddr;
+
+/// Announcements one worker buffers between breaths (more are counted as lost).
+const ANNOUNCE_CAPACITY: usize = 4 * BATCH_SIZE;
+
+/// A MAC learned by this worker that the other workers must hear of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Announcement {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The source MAC.
+    pub mac: MacAddr,
+    /// Where it was seen.
+    pub at: Attachment,
+}
 
 /// What happens to one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +90,8 @@ pub struct Pipeline {
     /// This worker's counters (published by the control plane).
     pub counters: Counters,
     generation: u64,
+    /// Learned MACs to announce to other workers (capacity 0 when there are none).
+    announcements: Vec<Announcement>,
 }
 
 impl Pipeline {
@@ -82,7 +101,24 @@ impl Pipeline {
             fdb: Fdb::new(snap),
             counters: Counters::new(snap.ports.len(), snap.tenants.len()),
             generation: snap.generation,
+            announcements: Vec::new(),
         }
+    }
+
+    /// Makes this pipeline buffer what it learns for other workers ([`Pipeline::announcements`]).
+    pub fn announce_to_peers(&mut self) {
+        self.announcements = Vec::with_capacity(ANNOUNCE_CAPACITY);
+    }
+
+    /// What was learned since the last call, for the other workers; the buffer is emptied.
+    pub fn announcements(&mut self) -> std::vec::Drain<'_, Announcement> {
+        self.announcements.drain(..)
+    }
+
+    /// Applies what another worker learned.
+    pub fn learn_remote(&mut self, now: Nanos, a: Announcement) {
+        self.fdb.learn(now, a.tenant, a.mac, a.at);
+        self.counters.fdb.remote += 1;
     }
 
     /// Adopts a new snapshot (between batches). Resizes counters and resets the MAC table.
@@ -145,7 +181,10 @@ impl Pipeline {
                 *d = Disposition::Drop(r);
                 continue;
             }
-            classify::learn_one(&mut self.fdb, &mut c.fdb, now, port, m);
+            let learned = classify::learn_one(&mut self.fdb, &mut c.fdb, now, port, m);
+            if learned.announce() && self.announcements.capacity() > 0 {
+                announce(&mut self.announcements, &mut c.fdb.unannounced, port, m);
+            }
             *d = classify::forward_one(&self.fdb, now, port, m);
         }
         // Counted once per batch: every frame of a batch came in on one port.
@@ -155,10 +194,9 @@ impl Pipeline {
         }
     }
 
-    /// `process`, `deliver`, then the TX lists to the ports: the whole pipeline for one batch.
-    /// `ports[i]` is the driver of `PortId(i)`.
+    /// `process`, `deliver`, then the TX lists to `out`: the whole pipeline for one batch.
     #[allow(clippy::too_many_arguments)]
-    pub fn run<P: Port>(
+    pub fn run<E: Egress + ?Sized>(
         &mut self,
         now: Nanos,
         snap: &Snapshot,
@@ -167,10 +205,21 @@ impl Pipeline {
         batch: &mut Batch,
         disp: &mut Dispositions,
         tx: &mut TxLists,
-        ports: &mut [P],
+        out: &mut E,
     ) {
         self.process(now, snap, area, batch, disp);
         output::deliver(snap, area, pool, batch, disp, tx, &mut self.counters);
-        tx.flush(ports, &mut self.counters);
+        tx.flush(out, &mut self.counters);
+    }
+}
+
+/// Buffers one announcement, or counts it lost when the buffer is full.
+#[inline]
+fn announce(buf: &mut Vec<Announcement>, lost: &mut u64, port: PortId, m: &crate::batch::Meta) {
+    if buf.len() < buf.capacity() {
+        let at = Attachment { port, vlan: m.outer_vlan };
+        buf.push(Announcement { tenant: m.tenant, mac: m.src, at });
+    } else {
+        *lost += 1;
     }
 }

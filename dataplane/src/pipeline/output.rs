@@ -65,25 +65,42 @@ impl TxLists {
         }
     }
 
+    /// Appends a frame another worker handed over for `port`; false when the list is full
+    /// (the caller drops and counts it).
+    #[inline]
+    pub fn enqueue(
+        &mut self,
+        port: PortId,
+        f: FrameRef,
+        tenant: TenantId,
+        ingress: PortId,
+    ) -> bool {
+        self.push(port, f, tenant, ingress)
+    }
+
     /// Frames pending on all ports.
     pub fn total_pending(&self) -> usize {
         self.lists.iter().map(|l| l.frames.len()).sum()
     }
 
-    /// Hands each port its pending frames. What a port does not take yet (its TX ring is full)
-    /// stays queued, in order, for the next call: a short burst is absorbed here instead of
-    /// dropped; a list that is still full when more frames arrive drops those as `tx_full`.
-    /// `ports[i]` must be the driver of `PortId(i)`.
-    pub fn flush<P: Port>(&mut self, ports: &mut [P], c: &mut Counters) {
+    /// Hands each port's pending frames to `out`. What it does not take yet (a full TX ring
+    /// or handoff ring) stays queued, in order, for the next call: a short burst is absorbed
+    /// here instead of dropped; a list that is still full when more frames arrive drops those
+    /// as `tx_full`.
+    pub fn flush<E: Egress + ?Sized>(&mut self, out: &mut E, c: &mut Counters) {
         for (i, l) in self.lists.iter_mut().enumerate() {
             if l.frames.is_empty() {
                 continue;
             }
-            let sent = match ports.get_mut(i) {
-                Some(p) => p.tx(&l.frames),
-                None => 0,
-            };
+            let port = PortId(i as u16);
+            let sent = out.send(port, &l.frames, &l.owners);
             if sent == 0 {
+                continue;
+            }
+            if !out.counts_tx(port) {
+                // Handed to the worker that owns the port; it counts them when it sends them.
+                l.frames.drain(..sent);
+                l.owners.drain(..sent);
                 continue;
             }
             let mut out = PktBytes::default();
@@ -101,6 +118,28 @@ impl TxLists {
             l.frames.drain(..sent);
             l.owners.drain(..sent);
         }
+    }
+}
+
+/// Where TX lists go: the port drivers of this worker, or another worker that owns the port.
+pub trait Egress {
+    /// Takes a prefix of `frames` (with their `(tenant, ingress port)` in `owners`) for
+    /// `port`; returns how many. The rest still belong to the caller.
+    fn send(&mut self, port: PortId, frames: &[FrameRef], owners: &[(TenantId, PortId)]) -> usize;
+
+    /// True when `send` on `port` puts frames on the wire (they count as transmitted); false
+    /// when it hands them to another worker, which counts them when it sends them.
+    fn counts_tx(&self, port: PortId) -> bool {
+        let _ = port;
+        true
+    }
+}
+
+/// Port drivers indexed by `PortId`, all owned by one worker.
+impl<P: Port> Egress for [P] {
+    #[inline]
+    fn send(&mut self, port: PortId, frames: &[FrameRef], _: &[(TenantId, PortId)]) -> usize {
+        self.get_mut(port.index()).map_or(0, |p| p.tx(frames))
     }
 }
 

@@ -111,6 +111,11 @@ pub struct FdbStats {
     pub quota_exceeded: u64,
     /// Entries removed by aging.
     pub aged: u64,
+    /// Entries learned by another worker and applied here.
+    pub remote: u64,
+    /// Announcements to other workers lost because a buffer or ring was full (the other
+    /// workers flood that MAC's traffic until the next announcement).
+    pub unannounced: u64,
 }
 
 /// One worker's counters. Indexed by dense ids; sized by [`Counters::resize`].
@@ -167,6 +172,47 @@ impl Counters {
         }
     }
 
+    /// Adds another worker's counters to these (for reports; tables grow to the larger size).
+    pub fn merge(&mut self, o: &Counters) {
+        fn sum_pb(a: &mut Vec<PktBytes>, b: &[PktBytes]) {
+            if a.len() < b.len() {
+                a.resize(b.len(), PktBytes::default());
+            }
+            for (x, y) in a.iter_mut().zip(b) {
+                x.packets += y.packets;
+                x.bytes += y.bytes;
+            }
+        }
+        fn sum_drops(a: &mut Vec<[u64; DropReason::COUNT]>, b: &[[u64; DropReason::COUNT]]) {
+            if a.len() < b.len() {
+                a.resize(b.len(), [0; DropReason::COUNT]);
+            }
+            for (x, y) in a.iter_mut().zip(b) {
+                for (u, v) in x.iter_mut().zip(y) {
+                    *u += v;
+                }
+            }
+        }
+        sum_pb(&mut self.port_rx, &o.port_rx);
+        sum_pb(&mut self.port_tx, &o.port_tx);
+        sum_drops(&mut self.port_drops, &o.port_drops);
+        sum_pb(&mut self.tenant_rx, &o.tenant_rx);
+        sum_pb(&mut self.tenant_tx, &o.tenant_tx);
+        sum_drops(&mut self.tenant_drops, &o.tenant_drops);
+        for (x, y) in self.parse_errors.iter_mut().zip(&o.parse_errors) {
+            *x += y;
+        }
+        let (f, g) = (&mut self.fdb, &o.fdb);
+        f.learned += g.learned;
+        f.moved += g.moved;
+        f.quota_exceeded += g.quota_exceeded;
+        f.aged += g.aged;
+        f.remote += g.remote;
+        f.unannounced += g.unannounced;
+        self.flood_copies += o.flood_copies;
+        self.kick_errors += o.kick_errors;
+    }
+
     /// Total drops under `reason`, summed over ports.
     pub fn drops(&self, reason: DropReason) -> u64 {
         self.port_drops.iter().map(|p| p[reason.index()]).sum()
@@ -191,6 +237,23 @@ mod tests {
             assert!(seen.insert(l), "duplicate label {l}");
         }
         assert_eq!(DropReason::ALL[DropReason::TxFull.index()], DropReason::TxFull);
+    }
+
+    #[test]
+    fn merge_adds_every_table() {
+        let mut a = Counters::new(1, 1);
+        let mut b = Counters::new(2, 1);
+        a.port_rx[0].add(100);
+        b.port_rx[0].add(60);
+        b.port_tx[1].add(60);
+        b.drop(PortId(1), Some(TenantId(0)), DropReason::TxFull);
+        b.fdb.remote = 3;
+        a.merge(&b);
+        assert_eq!((a.port_rx[0].packets, a.port_rx[0].bytes), (2, 160));
+        assert_eq!(a.port_tx[1].packets, 1);
+        assert_eq!(a.drops(DropReason::TxFull), 1);
+        assert_eq!(a.tenant_drops[0][DropReason::TxFull.index()], 1);
+        assert_eq!(a.fdb.remote, 3);
     }
 
     #[test]

@@ -36,6 +36,11 @@ pub struct XdpAttachment {
 }
 
 impl XdpAttachment {
+    /// The interface.
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
     /// Creates the map (one slot per queue) and loads the program for `ifname`.
     pub fn new(ifname: &str, queues: u32) -> Result<Self, PortError> {
         let e = |what, source| PortError { ifname: ifname.into(), queue: 0, what, source };

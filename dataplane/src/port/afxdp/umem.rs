@@ -11,9 +11,16 @@
 //!
 //! It does _not_ track ownership itself (that would be a per-packet cost); it only bounds every
 //! access to the area and to the chunk of the address.
+//!
+//! # Several workers
+//! [`FrameArea::share`] hands another worker a handle on the same memory. The mapping lives
+//! until the last handle drops. Handles on different threads may each write frames: the
+//! ownership discipline above is what keeps them apart (a frame address is held by one worker
+//! at a time and crosses to another only through a handoff ring, which orders the accesses).
 
 use std::io;
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 use crate::batch::FrameRef;
 
@@ -30,18 +37,45 @@ pub enum PageSize {
     Huge2M,
 }
 
-/// The shared frame memory.
+/// The mapping itself; unmapped when the last handle drops.
+#[derive(Debug)]
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory that no one else frees; the pointer is only dereferenced
+// through `FrameArea`, whose accessors are bounded and whose concurrent use is governed by the
+// chunk-ownership discipline (module docs).
+unsafe impl Send for Mapping {}
+// SAFETY: as above; `Mapping` itself exposes nothing but its address.
+unsafe impl Sync for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len are exactly what mmap returned, and this is the last handle (the
+        // mapping is held in an `Arc`), so no slice of it is alive. A failed munmap leaks the
+        // mapping, which is harmless at teardown.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// A handle on the shared frame memory.
 #[derive(Debug)]
 pub struct FrameArea {
+    map: Arc<Mapping>,
     ptr: NonNull<u8>,
     len: usize,
     chunk_size: u32,
     huge: bool,
 }
 
-// SAFETY: the area is plain memory owned by this value; moving it to another thread moves that
-// ownership. Concurrent access is governed by the chunk-ownership discipline above, and `&mut`
-// access requires `&mut self`.
+// SAFETY: a handle is a bounded view of a mapping that lives as long as any handle; moving it
+// to another thread moves the right to touch the frames its worker owns. Concurrent access by
+// several handles is governed by the chunk-ownership discipline above, and `&mut` access
+// requires `&mut self`.
 unsafe impl Send for FrameArea {}
 
 impl FrameArea {
@@ -108,7 +142,24 @@ impl FrameArea {
         }
         let ptr =
             NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
-        Ok(FrameArea { ptr, len, chunk_size, huge })
+        Ok(FrameArea { map: Arc::new(Mapping { ptr, len }), ptr, len, chunk_size, huge })
+    }
+
+    /// Another handle on the same memory, for another worker.
+    pub fn share(&self) -> FrameArea {
+        FrameArea {
+            map: self.map.clone(),
+            ptr: self.ptr,
+            len: self.len,
+            chunk_size: self.chunk_size,
+            huge: self.huge,
+        }
+    }
+
+    /// The chunk index of an address.
+    #[inline]
+    pub fn chunk_index(&self, addr: u64) -> u32 {
+        (addr / u64::from(self.chunk_size)) as u32
     }
 
     /// Bytes in the area.
@@ -216,16 +267,6 @@ impl FrameArea {
     }
 }
 
-impl Drop for FrameArea {
-    fn drop(&mut self) {
-        // SAFETY: ptr/len are exactly what mmap returned; no slice outlives `self` (they borrow
-        // it). A failed munmap leaks the mapping, which is harmless at teardown.
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,6 +292,17 @@ mod tests {
         assert_eq!(a.frame(c).unwrap(), &[1, 2, 3, 4]);
         assert!(a.copy_frame(f, 2048 + 1024).is_none(), "same chunk");
         assert!(a.copy_frame(f, 8190).is_none(), "out of bounds");
+    }
+
+    #[test]
+    fn shared_handles_see_one_memory_that_outlives_the_first() {
+        let mut a = FrameArea::new(4, 2048, PageSize::Normal).unwrap();
+        let b = a.share();
+        let f = FrameRef { addr: 3 * 2048 + 256, len: 3 };
+        a.frame_mut(f).unwrap().copy_from_slice(&[7, 8, 9]);
+        drop(a);
+        assert_eq!(b.frame(f).unwrap(), &[7, 8, 9]);
+        assert_eq!(b.chunk_index(f.addr), 3);
     }
 
     #[test]

@@ -1,0 +1,479 @@
+//! The poll loop body: the only place that composes clock, ports and pipeline.
+//!
+//! One [`Worker::poll`] is one "breath": take what other workers handed over, then for every
+//! socket return completed TX frames to the pool, receive a batch, run the pipeline on it and
+//! hand the TX lists out; then retry what full rings refused, tell the other workers what was
+//! learned, send their frames home, and kick the sockets. A new snapshot is adopted only
+//! between breaths ([`Worker::install`]), so a batch is always switched against one consistent
+//! configuration.
+//!
+//! # Several workers
+//! Each worker owns a set of (port, queue) sockets and a contiguous share of the frame area's
+//! chunks ([`mesh::Shares`]). A frame whose egress port has no socket on this worker crosses
+//! to a worker that has one through a [`handoff`](crate::handoff) ring, by address; after it
+//! is sent (or dropped) there its chunk goes back to its owner over a `returns` ring. MACs
+//! learned by one worker are announced to the others ([`crate::flow::fdb`]). Nothing on
+//! these paths locks, allocates or makes a syscall.
+//!
+//! # Frame accounting
+//! Every chunk of the area is, at every breath boundary, either in a pool, held by a socket
+//! (fill, RX, TX, completion), waiting in a TX list, set aside to go home, or in a handoff
+//! ring. [`Worker::census`] adds up one worker's part; with one worker debug builds assert
+//! after every breath that it equals the number of chunks, so a leaked or doubly-owned frame
+//! fails the first test that causes it. With several, the caller adds the parts up once the
+//! workers have stopped.
+
+pub mod mesh;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::batch::{BATCH_SIZE, Batch, FrameRef};
+use crate::pipeline::{Dispositions, Egress, Pipeline, TxLists};
+use crate::port::{Breath, FrameArea, FramePool, Port, PortCensus};
+use crate::snapshot::{PortId, Snapshot, TenantId};
+use crate::time::{Clock, Nanos};
+use crate::trace::DropReason;
+use mesh::{Handoff, Links, PeerOut, decode_learn, encode_learn};
+
+/// Most batches taken from one port in one breath.
+const BATCHES_PER_VISIT: usize = 4;
+
+/// How often the MAC table is swept for expired entries.
+const AGE_INTERVAL: Nanos = Nanos::from_millis(250);
+
+/// Most announcements applied from one peer per breath.
+const LEARNS_PER_BREATH: usize = 256;
+
+/// What a worker does when a breath finds no traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdlePolicy {
+    /// Poll again at once: lowest latency, one core at 100 %.
+    Busy,
+    /// After a run of empty breaths, sleep a little, longer the longer it stays idle (up to
+    /// 500 µs), so an idle switch does not burn a core.
+    Adaptive,
+}
+
+/// Empty breaths before an adaptive worker starts sleeping.
+const IDLE_SPIN: u32 = 256;
+/// Longest adaptive sleep, in microseconds.
+const IDLE_MAX_SLEEP_US: u32 = 500;
+
+/// Where the worker's time went, as Open vSwitch's `pmd-perf-show` reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoopStats {
+    /// Breaths that received at least one frame.
+    pub busy_polls: u64,
+    /// Breaths that received nothing.
+    pub idle_polls: u64,
+    /// Time spent in busy breaths.
+    pub busy: Nanos,
+    /// Time spent in idle breaths and sleeps.
+    pub idle: Nanos,
+    /// Frames received.
+    pub packets: u64,
+}
+
+impl LoopStats {
+    /// Busy nanoseconds per received frame.
+    pub fn busy_ns_per_packet(&self) -> f64 {
+        if self.packets == 0 { 0.0 } else { self.busy.0 as f64 / self.packets as f64 }
+    }
+}
+
+/// Where every frame of the area is (one worker's part, or the sum over all workers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FrameCensus {
+    /// In the free list.
+    pub free: u32,
+    /// Held by ports, by state.
+    pub ports: PortCensus,
+    /// Waiting in TX lists for room in a TX ring.
+    pub pending: u32,
+    /// Chunks of other workers set aside to go home.
+    pub returning: u32,
+    /// In handoff rings this worker wrote (frames to send elsewhere, chunks going home); exact
+    /// only when the readers are stopped.
+    pub handoff: u32,
+    /// Chunks in the area.
+    pub total: u32,
+}
+
+impl FrameCensus {
+    /// Frames accounted for.
+    pub fn counted(&self) -> u32 {
+        self.free + self.ports.total() + self.pending + self.returning + self.handoff
+    }
+
+    /// True when every frame is accounted for exactly once.
+    pub fn balanced(&self) -> bool {
+        self.counted() == self.total
+    }
+
+    /// The sum of two workers' parts (`total` is the area's, the same for both).
+    pub fn merge(self, o: FrameCensus) -> FrameCensus {
+        FrameCensus {
+            free: self.free + o.free,
+            ports: PortCensus {
+                fill: self.ports.fill + o.ports.fill,
+                rx: self.ports.rx + o.ports.rx,
+                tx: self.ports.tx + o.ports.tx,
+                completion: self.ports.completion + o.ports.completion,
+            },
+            pending: self.pending + o.pending,
+            returning: self.returning + o.returning,
+            handoff: self.handoff + o.handoff,
+            total: self.total.max(o.total),
+        }
+    }
+}
+
+/// How a worker reaches a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Through this worker's socket at this index.
+    Local(usize),
+    /// Through the worker at this index.
+    Peer(usize),
+    /// No socket anywhere (frames wait, then drop as `tx_full`).
+    Unreachable,
+}
+
+/// One (port, queue) socket and the logical port it belongs to.
+#[derive(Debug)]
+struct Socket<P> {
+    port: PortId,
+    driver: P,
+}
+
+/// The TX side of one breath: local sockets, or the rings to the workers owning a port.
+struct Out<'a, P> {
+    sockets: &'a mut [Socket<P>],
+    routes: &'a [Route],
+    peers: &'a mut [Option<PeerOut>],
+}
+
+impl<P: Port> Egress for Out<'_, P> {
+    #[inline]
+    fn send(&mut self, port: PortId, frames: &[FrameRef], owners: &[(TenantId, PortId)]) -> usize {
+        match self.routes.get(port.index()) {
+            Some(&Route::Local(s)) => self.sockets.get_mut(s).map_or(0, |s| s.driver.tx(frames)),
+            Some(&Route::Peer(w)) => {
+                let Some(Some(link)) = self.peers.get_mut(w) else { return 0 };
+                let mut n = 0;
+                for (&frame, &(tenant, ingress)) in frames.iter().zip(owners) {
+                    if !link.frames.push(Handoff { frame, port, tenant, ingress }.encode()) {
+                        break;
+                    }
+                    n += 1;
+                }
+                link.frames.publish();
+                n
+            }
+            _ => 0,
+        }
+    }
+
+    #[inline]
+    fn counts_tx(&self, port: PortId) -> bool {
+        matches!(self.routes.get(port.index()), Some(Route::Local(_)))
+    }
+}
+
+/// A worker: its sockets, its share of frames, its links to the other workers and its
+/// pipeline.
+#[derive(Debug)]
+pub struct Worker<P: Port> {
+    area: FrameArea,
+    pool: FramePool,
+    sockets: Vec<Socket<P>>,
+    routes: Vec<Route>,
+    links: Links,
+    pipeline: Pipeline,
+    snap: Arc<Snapshot>,
+    batch: Batch,
+    disp: Dispositions,
+    tx: TxLists,
+    next_age: Nanos,
+}
+
+impl<P: Port> Worker<P> {
+    /// A lone worker over `ports` (indexed by `PortId`) and every frame of `area`.
+    pub fn new(area: FrameArea, ports: Vec<P>, snap: Arc<Snapshot>) -> Self {
+        let links = Links::alone(area.chunks());
+        let sockets = ports.into_iter().enumerate().map(|(i, p)| (PortId(i as u16), p)).collect();
+        let owners: Vec<Option<usize>> = snap.ports.iter().map(|_| Some(0)).collect();
+        Self::in_mesh(area, sockets, links, &owners, snap)
+    }
+
+    /// Worker `links.me` of several: `sockets` are its (port, queue) sockets, `owners[p]` a
+    /// worker that has a socket of port `p` (frames for ports it lacks go there). It owns the
+    /// chunks `links.shares` gives it.
+    pub fn in_mesh(
+        area: FrameArea,
+        sockets: Vec<(PortId, P)>,
+        links: Links,
+        owners: &[Option<usize>],
+        snap: Arc<Snapshot>,
+    ) -> Self {
+        let pool = FramePool::range(&area, links.shares.range(links.me));
+        let sockets: Vec<Socket<P>> =
+            sockets.into_iter().map(|(port, driver)| Socket { port, driver }).collect();
+        let routes = owners
+            .iter()
+            .enumerate()
+            .map(|(p, owner)| match sockets.iter().position(|s| s.port.index() == p) {
+                Some(i) => Route::Local(i),
+                None => match owner {
+                    Some(w) if *w != links.me => Route::Peer(*w),
+                    _ => Route::Unreachable,
+                },
+            })
+            .collect();
+        let mut pipeline = Pipeline::new(&snap);
+        if links.has_peers() {
+            pipeline.announce_to_peers();
+        }
+        Worker {
+            pipeline,
+            tx: TxLists::new(snap.ports.len(), 4 * BATCH_SIZE),
+            area,
+            pool,
+            sockets,
+            routes,
+            links,
+            snap,
+            batch: Batch::new(),
+            disp: Dispositions::default(),
+            next_age: Nanos::ZERO,
+        }
+    }
+
+    /// One pass over every socket. Returns the number of frames received.
+    pub fn poll(&mut self, now: Nanos) -> usize {
+        if self.links.has_peers() {
+            self.take_inbox(now);
+        }
+        let mut received = 0;
+        for i in 0..self.sockets.len() {
+            let port = self.sockets[i].port;
+            self.sockets[i].driver.reclaim(&mut self.pool);
+            // Up to a few batches per socket and breath, while batches come in full: under load
+            // this drains a burst in one visit without starving the other sockets.
+            for _ in 0..BATCHES_PER_VISIT {
+                self.batch.reset(port);
+                let n = self.sockets[i].driver.rx(&mut self.pool, &mut self.batch);
+                if n == 0 {
+                    break;
+                }
+                received += n;
+                let mut out = Out {
+                    sockets: &mut self.sockets,
+                    routes: &self.routes,
+                    peers: &mut self.links.out,
+                };
+                self.pipeline.run(
+                    now,
+                    &self.snap,
+                    &mut self.area,
+                    &mut self.pool,
+                    &mut self.batch,
+                    &mut self.disp,
+                    &mut self.tx,
+                    &mut out,
+                );
+                if n < BATCH_SIZE {
+                    break;
+                }
+            }
+        }
+        // Frames a full ring could not take get another chance after the completions above.
+        if self.tx.total_pending() > 0 {
+            let mut out = Out {
+                sockets: &mut self.sockets,
+                routes: &self.routes,
+                peers: &mut self.links.out,
+            };
+            self.tx.flush(&mut out, &mut self.pipeline.counters);
+        }
+        if self.links.has_peers() {
+            self.tell_peers();
+        }
+        let breath = if received == 0 { Breath::Idle } else { Breath::Received };
+        for s in &mut self.sockets {
+            if !s.driver.kick(breath) {
+                self.pipeline.counters.kick_errors += 1;
+            }
+        }
+        if now >= self.next_age {
+            self.pipeline.age(now);
+            self.next_age = now.add(AGE_INTERVAL);
+        }
+        debug_assert!(
+            self.links.has_peers() || self.census().balanced(),
+            "frame accounting: {:?}",
+            self.census()
+        );
+        received
+    }
+
+    /// Takes what the other workers sent: chunks coming home, MACs they learned, frames for
+    /// this worker's sockets.
+    fn take_inbox(&mut self, now: Nanos) {
+        for inbox in self.links.inbox.iter_mut().flatten() {
+            let pool = &mut self.pool;
+            inbox.returns.pop(usize::MAX, |m| pool.free(m[0]));
+            let pipeline = &mut self.pipeline;
+            inbox.learns.pop(LEARNS_PER_BREATH, |m| pipeline.learn_remote(now, decode_learn(m)));
+            let (tx, c) = (&mut self.tx, &mut self.pipeline.counters);
+            inbox.frames.pop(usize::MAX, |m| {
+                let h = Handoff::decode(m);
+                if !tx.enqueue(h.port, h.frame, h.tenant, h.ingress) {
+                    c.drop(h.ingress, Some(h.tenant), DropReason::TxFull);
+                    pool.free(h.frame.addr);
+                }
+            });
+        }
+        let mut out =
+            Out { sockets: &mut self.sockets, routes: &self.routes, peers: &mut self.links.out };
+        self.tx.flush(&mut out, &mut self.pipeline.counters);
+    }
+
+    /// Sends this breath's announcements to every other worker and other workers' chunks home.
+    fn tell_peers(&mut self) {
+        let mut lost = 0;
+        for a in self.pipeline.announcements() {
+            let m = encode_learn(&a);
+            for link in self.links.out.iter_mut().flatten() {
+                if !link.learns.push(m) {
+                    lost += 1;
+                }
+            }
+        }
+        self.pipeline.counters.fdb.unannounced += lost;
+        let (shares, out) = (self.links.shares, &mut self.links.out);
+        let area = &self.area;
+        self.pool.take_foreign(|addr| {
+            let owner = shares.owner(area.chunk_index(addr));
+            match out.get_mut(owner) {
+                Some(Some(link)) => link.returns.push([addr, 0]),
+                // Cannot happen (only other workers' chunks are set aside); keep it rather
+                // than lose it.
+                _ => false,
+            }
+        });
+        for link in self.links.out.iter_mut().flatten() {
+            link.learns.publish();
+            link.returns.publish();
+        }
+    }
+
+    /// Breathes until `stop` is set, following `idle`; accounts busy and idle time (two clock
+    /// reads per breath, none per packet).
+    pub fn run(&mut self, clock: &impl Clock, idle: IdlePolicy, stop: &AtomicBool) -> LoopStats {
+        let mut st = LoopStats::default();
+        let mut empty = 0u32;
+        let mut t0 = clock.now();
+        while !stop.load(Ordering::Relaxed) {
+            let n = self.poll(t0);
+            if n > 0 {
+                empty = 0;
+            } else if idle == IdlePolicy::Adaptive {
+                empty = empty.saturating_add(1);
+                if empty > IDLE_SPIN {
+                    let us = (empty - IDLE_SPIN).min(IDLE_MAX_SLEEP_US);
+                    std::thread::sleep(Duration::from_micros(u64::from(us)));
+                }
+            }
+            let t1 = clock.now();
+            if n > 0 {
+                st.busy_polls += 1;
+                st.busy = st.busy.add(t1.since(t0));
+                st.packets += n as u64;
+            } else {
+                st.idle_polls += 1;
+                st.idle = st.idle.add(t1.since(t0));
+            }
+            t0 = t1;
+        }
+        st
+    }
+
+    /// Adopts a new snapshot between breaths; returns the old one so that the caller, not the
+    /// poll loop, pays for freeing it.
+    pub fn install(&mut self, snap: Arc<Snapshot>) -> Arc<Snapshot> {
+        self.pipeline.install(&snap);
+        self.tx.resize(snap.ports.len());
+        // A port added by the new snapshot has no socket yet: nothing reaches it.
+        self.routes.resize(snap.ports.len(), Route::Unreachable);
+        std::mem::replace(&mut self.snap, snap)
+    }
+
+    /// Where this worker's frames are.
+    pub fn census(&self) -> FrameCensus {
+        let mut ports = PortCensus::default();
+        for s in &self.sockets {
+            let c = s.driver.census();
+            ports.fill += c.fill;
+            ports.rx += c.rx;
+            ports.tx += c.tx;
+            ports.completion += c.completion;
+        }
+        let handoff: usize =
+            self.links.out.iter().flatten().map(|l| l.frames.len() + l.returns.len()).sum();
+        FrameCensus {
+            free: self.pool.len() as u32,
+            ports,
+            pending: self.tx.total_pending() as u32,
+            returning: self.pool.foreign_len() as u32,
+            handoff: handoff as u32,
+            total: self.area.chunks(),
+        }
+    }
+
+    /// The pipeline (counters, MAC table).
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// The installed snapshot.
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snap
+    }
+
+    /// The sockets: their port and driver.
+    pub fn sockets_mut(&mut self) -> impl Iterator<Item = (PortId, &mut P)> {
+        self.sockets.iter_mut().map(|s| (s.port, &mut s.driver))
+    }
+
+    /// How this worker reaches each port.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// Double frees the pool refused (always zero unless there is a bug).
+    pub fn double_frees(&self) -> u64 {
+        self.pool.double_frees
+    }
+}
+
+impl Worker<crate::port::mem::MemPort> {
+    /// Queues `bytes` for reception on `port`. False if no frame is free or it is too large.
+    pub fn inject(&mut self, port: PortId, bytes: &[u8]) -> bool {
+        match self.sockets.iter_mut().find(|s| s.port == port) {
+            Some(s) => s.driver.inject(&mut self.area, &mut self.pool, bytes),
+            None => false,
+        }
+    }
+
+    /// Takes what `port` sent (through this worker's sockets).
+    pub fn take_sent(&mut self, port: PortId) -> Vec<Vec<u8>> {
+        let mut sent = Vec::new();
+        for s in self.sockets.iter_mut().filter(|s| s.port == port) {
+            sent.extend(s.driver.take_sent(&self.area));
+        }
+        sent
+    }
+}

@@ -1,0 +1,209 @@
+//! Several workers over in-memory ports: frames cross between workers through handoff rings,
+//! chunks go home to the worker that owns them, MACs learned on one worker reach the others,
+//! and the frame census over all workers always balances.
+// Integration tests live outside `mod tests` by nature; the lint is for unit tests in src/.
+#![allow(clippy::tests_outside_test_module)]
+
+use std::sync::Arc;
+
+use dataplane::port::mem::MemPort;
+use dataplane::port::{FrameArea, PageSize};
+use dataplane::snapshot::{Attachment, PortId, PortKind, Snapshot, SnapshotBuilder, TenantSpec};
+use dataplane::time::Nanos;
+use dataplane::worker::mesh::mesh;
+use dataplane::worker::{FrameCensus, Route, Worker};
+use etherparse::PacketBuilder;
+
+const UP: PortId = PortId(0);
+const A1: PortId = PortId(1);
+const A2: PortId = PortId(2);
+
+/// red: uplink/100, a1, a2. Worker 0 polls the uplink and a1, worker 1 polls a2.
+fn snapshot() -> Snapshot {
+    let mut b = SnapshotBuilder::new(1).fdb_capacity(1024);
+    let up = b.port("uplink", "up0", PortKind::Uplink);
+    let a1 = b.port("a1", "a1", PortKind::Tenant);
+    let a2 = b.port("a2", "a2", PortKind::Tenant);
+    let mut red = TenantSpec::new(
+        "red",
+        vec![
+            Attachment { port: up, vlan: Some(100) },
+            Attachment { port: a1, vlan: None },
+            Attachment { port: a2, vlan: None },
+        ],
+    );
+    red.mac_aging = Nanos::from_secs(10);
+    b.tenant(red);
+    b.build().unwrap()
+}
+
+const CHUNKS: u32 = 512;
+
+fn two_workers() -> [Worker<MemPort>; 2] {
+    let area = FrameArea::new(CHUNKS, 2048, PageSize::Normal).unwrap();
+    let snap = Arc::new(snapshot());
+    let owners = [Some(0), Some(0), Some(1)];
+    let mut links = mesh(2, area.chunks()).into_iter();
+    let w0 = Worker::in_mesh(
+        area.share(),
+        vec![(UP, MemPort::new(128)), (A1, MemPort::new(128))],
+        links.next().unwrap(),
+        &owners,
+        snap.clone(),
+    );
+    let w1 =
+        Worker::in_mesh(area, vec![(A2, MemPort::new(128))], links.next().unwrap(), &owners, snap);
+    [w0, w1]
+}
+
+fn mac(i: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0, i]
+}
+
+fn udp(src: [u8; 6], dst: [u8; 6], vlan: Option<u16>) -> Vec<u8> {
+    let mut out = Vec::new();
+    let b = PacketBuilder::ethernet2(src, dst);
+    match vlan {
+        Some(v) => b
+            .single_vlan(v.try_into().unwrap())
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(1, 2)
+            .write(&mut out, &[7; 18]),
+        None => b.ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64).udp(1, 2).write(&mut out, &[7; 18]),
+    }
+    .unwrap();
+    out
+}
+
+/// A few breaths of both workers, alternating, so handoffs and returns arrive.
+fn breathe(ws: &mut [Worker<MemPort>; 2], now: Nanos) {
+    for _ in 0..3 {
+        ws[0].poll(now);
+        ws[1].poll(now);
+    }
+}
+
+fn census(ws: &[Worker<MemPort>; 2]) -> FrameCensus {
+    ws[0].census().merge(ws[1].census())
+}
+
+#[test]
+fn routes_point_at_the_worker_that_polls_the_port() {
+    let ws = two_workers();
+    assert_eq!(ws[0].routes(), &[Route::Local(0), Route::Local(1), Route::Peer(1)]);
+    assert_eq!(ws[1].routes(), &[Route::Peer(0), Route::Peer(0), Route::Local(0)]);
+}
+
+#[test]
+fn frames_cross_workers_learning_follows_and_chunks_go_home() {
+    let mut ws = two_workers();
+    let t = Nanos::from_secs(1);
+    let own0 = ws[0].census().free;
+    let own1 = ws[1].census().free;
+
+    // a2 (worker 1) broadcasts: worker 1 floods to a1 and the uplink through worker 0.
+    assert!(ws[1].inject(A2, &udp(mac(2), [0xff; 6], None)));
+    breathe(&mut ws, t);
+    let a1 = ws[0].take_sent(A1);
+    let up = ws[0].take_sent(UP);
+    assert_eq!((a1.len(), up.len()), (1, 1));
+    assert_eq!(&up[0][12..16], &[0x81, 0x00, 0, 100], "tagged for the uplink by worker 1");
+    assert_eq!(ws[1].take_sent(A2).len(), 0, "never back out of the ingress port");
+
+    // a1 (worker 0) answers: worker 0 learned mac(2) behind a2 from worker 1's announcement,
+    // so the answer is unicast to a2, through worker 1, not flooded to the uplink.
+    assert!(ws[0].inject(A1, &udp(mac(1), mac(2), None)));
+    breathe(&mut ws, t);
+    assert_eq!(ws[1].take_sent(A2).len(), 1);
+    assert_eq!(ws[0].take_sent(UP).len(), 0, "unicast, not flooded");
+    // And back: worker 1 learned mac(1) behind a1.
+    assert!(ws[1].inject(A2, &udp(mac(2), mac(1), None)));
+    breathe(&mut ws, t);
+    assert_eq!(ws[0].take_sent(A1).len(), 1);
+    assert_eq!(ws[0].take_sent(UP).len(), 0);
+
+    let c0 = &ws[0].pipeline().counters;
+    let c1 = &ws[1].pipeline().counters;
+    assert!(c0.fdb.remote >= 1 && c1.fdb.remote >= 1, "{:?} {:?}", c0.fdb, c1.fdb);
+    assert_eq!(c0.total_drops() + c1.total_drops(), 0);
+    // Frames are counted as sent by the worker that sent them: 4 in all.
+    let sent: u64 = [c0, c1].iter().flat_map(|c| c.port_tx.iter()).map(|p| p.packets).sum();
+    assert_eq!(sent, 4);
+
+    // Every chunk is back in the pool of the worker that owns it.
+    breathe(&mut ws, t);
+    let c = census(&ws);
+    assert!(c.balanced(), "{c:?}");
+    assert_eq!((ws[0].census().free, ws[1].census().free), (own0, own1), "{c:?}");
+}
+
+#[test]
+fn one_way_traffic_does_not_drain_the_senders_pool() {
+    // 10 000 frames from a2 (worker 1) to a1 (worker 0): without returns worker 1's pool, a
+    // quarter of this size, would run dry after 256 frames.
+    let mut ws = two_workers();
+    let t = Nanos::from_secs(1);
+    assert!(ws[0].inject(A1, &udp(mac(1), [0xff; 6], None)));
+    breathe(&mut ws, t);
+    ws[0].take_sent(UP);
+    ws[1].take_sent(A2);
+    let frame = udp(mac(2), mac(1), None);
+    let mut delivered = 0;
+    for _ in 0..10_000 / 50 {
+        for _ in 0..50 {
+            assert!(ws[1].inject(A2, &frame), "worker 1 ran out of frames");
+        }
+        breathe(&mut ws, t);
+        delivered += ws[0].take_sent(A1).len();
+        assert!(census(&ws).balanced(), "{:?}", census(&ws));
+    }
+    assert_eq!(delivered, 10_000);
+    breathe(&mut ws, t);
+    assert_eq!(ws[1].census().free, CHUNKS / 2);
+}
+
+#[test]
+fn workers_on_two_threads_keep_every_frame() {
+    // The real arrangement: each worker on its own thread, traffic both ways across them.
+    let [mut w0, mut w1] = two_workers();
+    let t = Nanos::from_secs(1);
+    let run = |w: &mut Worker<MemPort>, inject: PortId, frame: Vec<u8>, out: PortId| {
+        let mut got = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut sent = 0;
+        while (sent < 5_000 || got < 5_000) && std::time::Instant::now() < deadline {
+            if sent < 5_000 && w.inject(inject, &frame) {
+                sent += 1;
+            }
+            w.poll(t);
+            got += w.take_sent(out).len();
+        }
+        // Keep breathing a little so the peer's last frames and chunks are taken.
+        for _ in 0..1000 {
+            w.poll(t);
+            got += w.take_sent(out).len();
+        }
+        (sent, got)
+    };
+    // Learn both MACs first so nothing floods.
+    assert!(w0.inject(A1, &udp(mac(1), [0xff; 6], None)));
+    assert!(w1.inject(A2, &udp(mac(2), [0xff; 6], None)));
+    for _ in 0..3 {
+        w0.poll(t);
+        w1.poll(t);
+    }
+    w0.take_sent(UP);
+    w0.take_sent(A1);
+    w1.take_sent(A2);
+    let ((s0, g0), (s1, g1)) = std::thread::scope(|s| {
+        let h = s.spawn(|| run(&mut w1, A2, udp(mac(2), mac(1), None), A2));
+        let a = run(&mut w0, A1, udp(mac(1), mac(2), None), A1);
+        (a, h.join().unwrap())
+    });
+    assert_eq!((s0, s1), (5_000, 5_000));
+    // Worker 0 receives a2's frames on a1, worker 1 receives a1's frames on a2.
+    assert_eq!((g0, g1), (5_000, 5_000));
+    let ws = [w0, w1];
+    let c = census(&ws);
+    assert!(c.balanced(), "{c:?}");
+}
