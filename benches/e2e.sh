@@ -8,7 +8,11 @@
 # xswitch is started afresh for each phase (latency, TCP, UDP 1 flow, UDP 1000 flows), so the
 # busy cycles per packet it reports at exit belong to that phase's traffic alone.
 #
-# Usage (root): benches/e2e.sh            env: DUR (10 s), RUNS (3), RES, SHARED_BENCH
+# At the end the results go into docs/PERFORMANCE.md (between the e2e markers) through
+# benches/e2e-report.py; DOC= (empty) leaves the doc alone.
+#
+# Usage (root): benches/e2e.sh     env: DUR (10 s), RUNS (3), RES, SHARED_BENCH,
+#                                       CONFIG (configs/bench-two-port.toml), DOC
 # Needs: netsniff-ng iperf3 sockperf clang llvm libbpf-dev bpftool (scripts/setup installs them).
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -18,8 +22,13 @@ SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}
 # shellcheck source=/dev/null
 source "$SHARED/lib.sh"; source "$SHARED/measure.sh"; source "$SHARED/duts.sh"
 RES=${RES:-/tmp/xswitch-e2e-$(date +%Y%m%d-%H%M%S).tsv}
-DUT_CMD="$ROOT/target/release/xswitch run -c $ROOT/configs/bench-two-port.toml"
+CONFIG=${CONFIG:-$ROOT/configs/bench-two-port.toml}
+DOC=${DOC-$ROOT/docs/PERFORMANCE.md}
+DUT_CMD="$ROOT/target/release/xswitch run -c $CONFIG"
 DUT_READY_S=${DUT_READY_S:-3}
+# The per-run lines (offered and delivered of the same run) go to $RES.log too: the report takes
+# the loss of each run from there, not from medians of offered and delivered taken separately.
+exec 2> >(tee -a "$RES.log" >&2)
 
 cleanup() { wmem_restore; dut_cmd_stop >/dev/null 2>&1; dut_bridge_stop >/dev/null 2>&1
   xdp_detach - bg1; xdp_detach - bs1; topo_down; xdp_unload; }
@@ -48,3 +57,7 @@ for phase in lat tcp udp1 udpk; do
 done
 cleanup
 column -t -s $'\t' "$RES"
+if [ -n "$DOC" ]; then
+  python3 "$HERE/e2e-report.py" "$RES" "$DOC" "benches/e2e.sh (CONFIG=${CONFIG#"$ROOT"/} DUR=$DUR RUNS=$RUNS)" >/dev/null \
+    && echo "e2e.sh: results written to $DOC"
+fi
