@@ -99,6 +99,7 @@ fn bad_configs_name_the_field() {
             "kind = \"tenant\"\n",
             "kind = \"tenant\"\nmode = \"copy\"\n[ports.b]\ninterface = \"b\"\nkind = \"tenant\"\nmode = \"zero-copy\"\n",
         ),
+        ("metrics address", "[tenants.red]", "[metrics]\nlisten = \"localhost\"\n[tenants.red]"),
     ];
     let want_field = [
         "tenants.red.attach[1].port",
@@ -109,6 +110,7 @@ fn bad_configs_name_the_field() {
         "ports.a.interface",
         "vlan",
         "ports.a.mode",
+        "metrics.listen",
     ];
     for ((what, from, to), field) in cases.iter().zip(want_field) {
         assert!(GOOD.contains(from), "{what}: fixture");

@@ -3,6 +3,7 @@
 
 mod cli;
 mod lab;
+mod metrics;
 mod run;
 mod simulate;
 mod table;

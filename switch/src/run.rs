@@ -12,7 +12,7 @@ use control::config::model::{IdlePolicy as IdlePolicyConfig, XdpMode};
 use dataplane::port::afxdp::{BindMode, XdpAttachment, XskPort, require_root};
 use dataplane::port::{FrameArea, PageSize};
 use dataplane::snapshot::{PortId, Snapshot};
-use dataplane::time::MonotonicClock;
+use dataplane::time::{MonotonicClock, Nanos};
 use dataplane::trace::{Counters, DropReason};
 use dataplane::worker::mesh::mesh;
 use dataplane::worker::{FrameCensus, IdlePolicy, LoopStats, Worker};
@@ -207,12 +207,16 @@ pub fn serve(
         IdlePolicyConfig::Adaptive => IdlePolicy::Adaptive,
     };
     let cores = &cfg.switch.cores;
+    let slots: Vec<crate::metrics::Slot> = ws.iter().map(|_| Default::default()).collect();
+    let exporter = crate::metrics::start(&cfg.metrics, &snap, &slots, snap.generation)?;
+    let every = Nanos::from_millis(crate::metrics::PUBLISH_INTERVAL.as_millis() as u64);
     let finished: Vec<anyhow::Result<Finished>> = std::thread::scope(|scope| {
         let handles: Vec<_> = ws
             .into_iter()
             .enumerate()
             .map(|(i, mut worker)| {
                 let stop = &stop;
+                let slot = slots[i].clone();
                 let core = cores.get(i).copied();
                 std::thread::Builder::new().name(format!("xswitch-w{i}")).spawn_scoped(
                     scope,
@@ -226,7 +230,9 @@ pub fn serve(
                             eprintln!("xswitch: worker {i} pinned to core {core}");
                         }
                         let clock = MonotonicClock::new();
-                        let loops = worker.run(&clock, idle, stop);
+                        let loops = worker.run_reporting(&clock, idle, stop, every, |w, l| {
+                            crate::metrics::publish(&slot, w, l)
+                        });
                         Ok(Finished { worker, loops })
                     },
                 )
@@ -245,6 +251,8 @@ pub fn serve(
             })
             .collect()
     });
+    // Its last update sees the workers' final figures.
+    drop(exporter);
     let mut done = Vec::new();
     for f in finished {
         done.push(f?);

@@ -19,6 +19,25 @@ pub struct Config {
     /// Tenants by name.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantConfig>,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: the Prometheus scrape endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` at all.
+    pub enabled: bool,
+    /// Address and TCP port to listen on (loopback unless the operator says otherwise).
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { enabled: true, listen: "127.0.0.1:9724".into() }
+    }
 }
 
 /// What a worker does when it finds no traffic.

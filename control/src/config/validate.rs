@@ -56,6 +56,12 @@ pub fn validate(cfg: &Config) -> Vec<Issue> {
     check_switch(cfg, &mut is);
     check_ports(cfg, &mut is);
     check_tenants(cfg, &mut is);
+    if cfg.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+        is.add(
+            "metrics.listen",
+            format!("{:?} is not an address:port (for example 127.0.0.1:9724)", cfg.metrics.listen),
+        );
+    }
     is.0
 }
 

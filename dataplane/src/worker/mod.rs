@@ -197,6 +197,7 @@ pub struct Worker<P: Port> {
     disp: Dispositions,
     tx: TxLists,
     next_age: Nanos,
+    batch_sizes: [u64; 8],
 }
 
 impl<P: Port> Worker<P> {
@@ -248,6 +249,7 @@ impl<P: Port> Worker<P> {
             batch: Batch::new(),
             disp: Dispositions::default(),
             next_age: Nanos::ZERO,
+            batch_sizes: [0; 8],
         }
     }
 
@@ -269,6 +271,8 @@ impl<P: Port> Worker<P> {
                     break;
                 }
                 received += n;
+                // Batch sizes by power of two: 1, 2-3, 4-7, ... 64.
+                self.batch_sizes[(usize::BITS - 1 - n.leading_zeros()) as usize & 7] += 1;
                 let mut out = Out {
                     sockets: &mut self.sockets,
                     routes: &self.routes,
@@ -373,7 +377,22 @@ impl<P: Port> Worker<P> {
     /// Breathes until `stop` is set, following `idle`; accounts busy and idle time (two clock
     /// reads per breath, none per packet).
     pub fn run(&mut self, clock: &impl Clock, idle: IdlePolicy, stop: &AtomicBool) -> LoopStats {
+        self.run_reporting(clock, idle, stop, Nanos::from_secs(3600), |_, _| {})
+    }
+
+    /// [`Worker::run`], calling `report` between breaths every `every` (and once at the end)
+    /// so the caller can publish this worker's figures. Whatever `report` does (a lock, a
+    /// syscall for socket statistics) happens a few times a second, never per packet.
+    pub fn run_reporting(
+        &mut self,
+        clock: &impl Clock,
+        idle: IdlePolicy,
+        stop: &AtomicBool,
+        every: Nanos,
+        mut report: impl FnMut(&mut Self, &LoopStats),
+    ) -> LoopStats {
         let mut st = LoopStats::default();
+        let mut next_report = clock.now().add(every);
         let mut empty = 0u32;
         let mut t0 = clock.now();
         while !stop.load(Ordering::Relaxed) {
@@ -397,7 +416,13 @@ impl<P: Port> Worker<P> {
                 st.idle = st.idle.add(t1.since(t0));
             }
             t0 = t1;
+            if t1 >= next_report {
+                report(self, &st);
+                next_report = t1.add(every);
+                t0 = clock.now();
+            }
         }
+        report(self, &st);
         st
     }
 
@@ -431,6 +456,11 @@ impl<P: Port> Worker<P> {
             handoff: handoff as u32,
             total: self.area.chunks(),
         }
+    }
+
+    /// Received batches by size: entry `i` counts batches of `2^i ..= 2^(i+1) - 1` frames.
+    pub fn batch_sizes(&self) -> &[u64; 8] {
+        &self.batch_sizes
     }
 
     /// The pipeline (counters, MAC table).

@@ -1,0 +1,452 @@
+//! The Prometheus endpoint: workers publish, an exporter thread sums and sets the metrics.
+//!
+//! Each worker copies its figures (counters, frame census, loop statistics, batch sizes, the
+//! kernel's per-socket XDP statistics) into its own [`Slot`] a few times a second, between
+//! breaths, with `try_lock`: if the exporter holds the slot the worker skips that round rather
+//! than wait. Nothing is shared on the packet path. The exporter thread sums the slots every
+//! [`EXPORT_INTERVAL`] and sets the metrics; `metrics-exporter-prometheus` serves them.
+//!
+//! Names follow Prometheus conventions: `xswitch_` prefix, base units, `_total` on counters,
+//! a HELP text on every family (`promtool check metrics` is run by the tests).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context;
+use control::config::model::MetricsConfig;
+use dataplane::port::afxdp::{XskPort, XskStats};
+use dataplane::snapshot::{PortId, Snapshot};
+use dataplane::trace::{Counters, DropReason, ParseError};
+use dataplane::worker::{FrameCensus, LoopStats, Worker};
+use metrics::{Counter, Gauge, Histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+/// How often workers publish their figures.
+pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the exporter sums them into the metrics.
+pub const EXPORT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The upper bounds of the batch-size buckets a worker keeps (powers of two, see
+/// `Worker::batch_sizes`).
+const BATCH_BOUNDS: [f64; 8] = [1.0, 3.0, 7.0, 15.0, 31.0, 63.0, 64.0, 64.0];
+
+/// One socket's figures.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SocketFigures {
+    /// Its port.
+    pub port: PortId,
+    /// Its queue.
+    pub queue: u32,
+    /// The kernel's counters.
+    pub kernel: XskStats,
+    /// Wakeups issued.
+    pub wakeups: u64,
+}
+
+/// What a worker last published.
+#[derive(Debug, Default)]
+pub struct WorkerFigures {
+    /// Pipeline counters.
+    pub counters: Counters,
+    /// This worker's part of the frame census.
+    pub census: FrameCensus,
+    /// Busy and idle polls and time.
+    pub loops: LoopStats,
+    /// Batches by size bucket.
+    pub batch_sizes: [u64; 8],
+    /// Per socket.
+    pub sockets: Vec<SocketFigures>,
+}
+
+/// Where one worker publishes.
+pub type Slot = Arc<Mutex<WorkerFigures>>;
+
+/// Copies a worker's figures into its slot, unless the exporter is reading it right now.
+/// Called between breaths; copies into buffers that keep their size, so after the first call it
+/// does not allocate.
+pub fn publish(slot: &Slot, w: &mut Worker<XskPort>, loops: &LoopStats) {
+    let Ok(mut f) = slot.try_lock() else { return };
+    f.counters.clone_from(&w.pipeline().counters);
+    f.census = w.census();
+    f.loops = *loops;
+    f.batch_sizes = *w.batch_sizes();
+    f.sockets.clear();
+    for (port, s) in w.sockets_mut() {
+        f.sockets.push(SocketFigures {
+            port,
+            queue: s.queue(),
+            kernel: s.kernel_stats().unwrap_or_default(),
+            wakeups: s.stats.kicks,
+        });
+    }
+}
+
+/// The running exporter; stops its thread when dropped.
+pub struct Exporter {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the endpoint (if enabled) and the thread that feeds it from `slots`.
+pub fn start(
+    cfg: &MetricsConfig,
+    snap: &Arc<Snapshot>,
+    slots: &[Slot],
+    generation: u64,
+) -> anyhow::Result<Option<Exporter>> {
+    if !cfg.enabled {
+        return Ok(None);
+    }
+    let addr: SocketAddr =
+        cfg.listen.parse().with_context(|| format!("metrics.listen: {:?}", cfg.listen))?;
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(
+            Matcher::Full("xswitch_worker_batch_size".into()),
+            &BATCH_BOUNDS[..7],
+        )
+        .context("metrics: histogram buckets")?
+        .install()
+        .with_context(|| format!("metrics.listen: cannot serve metrics on {addr}"))?;
+    describe();
+    let mut families = Families::new(snap, slots.len());
+    families.generation.set(generation as f64);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (slots, stop2) = (slots.to_vec(), stop.clone());
+    let thread = std::thread::Builder::new()
+        .name("xswitch-metrics".into())
+        .spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                families.update(&slots);
+                std::thread::sleep(EXPORT_INTERVAL);
+            }
+            families.update(&slots);
+        })
+        .context("starting the metrics thread")?;
+    eprintln!("xswitch: metrics on http://{addr}/metrics");
+    Ok(Some(Exporter { stop, thread: Some(thread) }))
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    let c = |n: &'static str, u: Unit, h: &'static str| describe_counter!(n, u, h);
+    c("xswitch_port_received_packets_total", Unit::Count, "Frames received on a port.");
+    c("xswitch_port_received_bytes_total", Unit::Bytes, "Bytes received on a port.");
+    c("xswitch_port_sent_packets_total", Unit::Count, "Frames sent on a port.");
+    c("xswitch_port_sent_bytes_total", Unit::Bytes, "Bytes sent on a port.");
+    c(
+        "xswitch_port_dropped_packets_total",
+        Unit::Count,
+        "Frames dropped, by ingress port and reason (exactly one reason per drop).",
+    );
+    c("xswitch_tenant_received_packets_total", Unit::Count, "Frames received from a tenant.");
+    c("xswitch_tenant_received_bytes_total", Unit::Bytes, "Bytes received from a tenant.");
+    c("xswitch_tenant_sent_packets_total", Unit::Count, "Frames of a tenant sent on any port.");
+    c("xswitch_tenant_sent_bytes_total", Unit::Bytes, "Bytes of a tenant sent on any port.");
+    c(
+        "xswitch_tenant_dropped_packets_total",
+        Unit::Count,
+        "Frames of a tenant dropped, by reason (the same drops as the port view).",
+    );
+    c("xswitch_parse_errors_total", Unit::Count, "Malformed frames, by the check they failed.");
+    c("xswitch_fdb_events_total", Unit::Count, "MAC learning events, by kind.");
+    c("xswitch_flood_copies_total", Unit::Count, "Flood copies made beyond the original frame.");
+    c("xswitch_worker_polls_total", Unit::Count, "Worker poll rounds, busy (received) or idle.");
+    c("xswitch_worker_received_packets_total", Unit::Count, "Frames a worker received.");
+    for (n, h) in XSK_HELP {
+        c(n, Unit::Count, h);
+    }
+    c("xswitch_xsk_wakeups_total", Unit::Count, "sendto/recvfrom wakeups issued on a socket.");
+    c(
+        "xswitch_config_reloads_total",
+        Unit::Count,
+        "Config reloads, by result (applied or rejected).",
+    );
+    describe_gauge!("xswitch_umem_frames", Unit::Count, "Frames of the UMEM, by where they are.");
+    describe_gauge!("xswitch_config_generation", "Generation of the running config.");
+    describe_gauge!(
+        "xswitch_worker_busy_ratio",
+        "Share of the last export interval a worker spent in polls that received frames."
+    );
+    describe_gauge!(
+        "xswitch_worker_busy_seconds_per_packet",
+        Unit::Seconds,
+        "Busy poll time per received frame since start (times the CPU clock: busy cycles per \
+         packet)."
+    );
+    describe_histogram!(
+        "xswitch_worker_batch_size",
+        Unit::Count,
+        "Frames per received batch (bucketed by powers of two; the sum counts each batch at \
+         its bucket's upper bound)."
+    );
+}
+
+const XSK_HELP: [(&str, &str); 6] = [
+    ("xswitch_xsk_rx_dropped_total", "Kernel XDP socket: frames dropped for other reasons."),
+    ("xswitch_xsk_rx_invalid_descs_total", "Kernel XDP socket: invalid fill descriptors."),
+    ("xswitch_xsk_tx_invalid_descs_total", "Kernel XDP socket: invalid TX descriptors."),
+    ("xswitch_xsk_rx_ring_full_total", "Kernel XDP socket: frames dropped on a full RX ring."),
+    (
+        "xswitch_xsk_rx_fill_ring_empty_descs_total",
+        "Kernel XDP socket: frames that found the fill ring empty.",
+    ),
+    ("xswitch_xsk_tx_ring_empty_descs_total", "Kernel XDP socket: wakeups with an empty TX ring."),
+];
+
+fn xsk_fields(s: &XskStats) -> [u64; 6] {
+    [
+        s.rx_dropped,
+        s.rx_invalid_descs,
+        s.tx_invalid_descs,
+        s.rx_ring_full,
+        s.rx_fill_ring_empty_descs,
+        s.tx_ring_empty_descs,
+    ]
+}
+
+/// Both directions of a packet-and-byte counter pair.
+struct PktBytesPair {
+    packets: Counter,
+    bytes: Counter,
+}
+
+/// Registered metric handles, so an update is a loop over handles and no lookups by name.
+struct Families {
+    port_rx: Vec<PktBytesPair>,
+    port_tx: Vec<PktBytesPair>,
+    port_drops: Vec<Vec<Counter>>,
+    tenant_rx: Vec<PktBytesPair>,
+    tenant_tx: Vec<PktBytesPair>,
+    tenant_drops: Vec<Vec<Counter>>,
+    parse_errors: Vec<Counter>,
+    fdb: [Counter; 6],
+    flood_copies: Counter,
+    umem: [Gauge; 9],
+    workers: Vec<WorkerFamilies>,
+    /// Per (port, queue): the six kernel counters and wakeups.
+    sockets: Vec<((PortId, u32), [Counter; 7])>,
+    port_names: Vec<String>,
+    generation: Gauge,
+}
+
+struct WorkerFamilies {
+    busy_polls: Counter,
+    idle_polls: Counter,
+    busy_ratio: Gauge,
+    per_packet: Gauge,
+    packets: Counter,
+    last_loops: LoopStats,
+    batch: Histogram,
+    last_batches: [u64; 8],
+}
+
+fn pair(prefix: &str, dir: &str, label: &'static str, value: &str) -> PktBytesPair {
+    PktBytesPair {
+        packets: metrics::counter!(format!("{prefix}_{dir}_packets_total"), label => value.to_owned()),
+        bytes: metrics::counter!(format!("{prefix}_{dir}_bytes_total"), label => value.to_owned()),
+    }
+}
+
+impl Families {
+    fn new(snap: &Snapshot, workers: usize) -> Self {
+        let ports: Vec<&str> = snap.ports.iter().map(|p| p.name.as_str()).collect();
+        let tenants: Vec<&str> = snap.tenants.iter().map(|t| t.name.as_str()).collect();
+        let drops = |metric: &'static str, label: &'static str, v: &str| -> Vec<Counter> {
+            DropReason::ALL
+                .iter()
+                .map(|r| metrics::counter!(metric, label => v.to_owned(), "reason" => r.as_label()))
+                .collect()
+        };
+        let fdb = ["learned", "moved", "quota_exceeded", "aged", "remote", "unannounced"]
+            .map(|e| metrics::counter!("xswitch_fdb_events_total", "event" => e));
+        let umem = [
+            "free",
+            "fill",
+            "rx",
+            "tx",
+            "completion",
+            "pending",
+            "returning",
+            "handoff",
+            "unaccounted",
+        ]
+        .map(|s| metrics::gauge!("xswitch_umem_frames", "state" => s));
+        let reloads = ["applied", "rejected"]
+            .map(|r| metrics::counter!("xswitch_config_reloads_total", "result" => r));
+        for r in &reloads {
+            r.absolute(0);
+        }
+        Families {
+            port_rx: ports.iter().map(|p| pair("xswitch_port", "received", "port", p)).collect(),
+            port_tx: ports.iter().map(|p| pair("xswitch_port", "sent", "port", p)).collect(),
+            port_drops: ports
+                .iter()
+                .map(|p| drops("xswitch_port_dropped_packets_total", "port", p))
+                .collect(),
+            tenant_rx: tenants
+                .iter()
+                .map(|t| pair("xswitch_tenant", "received", "tenant", t))
+                .collect(),
+            tenant_tx: tenants.iter().map(|t| pair("xswitch_tenant", "sent", "tenant", t)).collect(),
+            tenant_drops: tenants
+                .iter()
+                .map(|t| drops("xswitch_tenant_dropped_packets_total", "tenant", t))
+                .collect(),
+            parse_errors: ParseError::ALL
+                .iter()
+                .map(|e| metrics::counter!("xswitch_parse_errors_total", "error" => e.as_label()))
+                .collect(),
+            fdb,
+            flood_copies: metrics::counter!("xswitch_flood_copies_total"),
+            umem,
+            workers: (0..workers)
+                .map(|w| {
+                    let w = w.to_string();
+                    WorkerFamilies {
+                        busy_polls: metrics::counter!("xswitch_worker_polls_total", "worker" => w.clone(), "result" => "busy"),
+                        idle_polls: metrics::counter!("xswitch_worker_polls_total", "worker" => w.clone(), "result" => "idle"),
+                        busy_ratio: metrics::gauge!("xswitch_worker_busy_ratio", "worker" => w.clone()),
+                        per_packet: metrics::gauge!("xswitch_worker_busy_seconds_per_packet", "worker" => w.clone()),
+                        last_loops: LoopStats::default(),
+                        packets: metrics::counter!("xswitch_worker_received_packets_total", "worker" => w.clone()),
+                        batch: metrics::histogram!("xswitch_worker_batch_size", "worker" => w),
+                        last_batches: [0; 8],
+                    }
+                })
+                .collect(),
+            sockets: Vec::new(),
+            port_names: ports.iter().map(|p| (*p).to_owned()).collect(),
+            generation: metrics::gauge!("xswitch_config_generation"),
+        }
+    }
+
+    /// Counter handles of one socket, registered the first time it is seen.
+    fn socket(&mut self, port: PortId, queue: u32) -> &[Counter; 7] {
+        let i = match self.sockets.iter().position(|(k, _)| *k == (port, queue)) {
+            Some(i) => i,
+            None => {
+                let name = self.port_names.get(port.index()).cloned().unwrap_or_default();
+                let q = queue.to_string();
+                let mk = |n: &'static str| metrics::counter!(n, "port" => name.clone(), "queue" => q.clone());
+                let c = [
+                    mk(XSK_HELP[0].0),
+                    mk(XSK_HELP[1].0),
+                    mk(XSK_HELP[2].0),
+                    mk(XSK_HELP[3].0),
+                    mk(XSK_HELP[4].0),
+                    mk(XSK_HELP[5].0),
+                    mk("xswitch_xsk_wakeups_total"),
+                ];
+                self.sockets.push(((port, queue), c));
+                self.sockets.len() - 1
+            }
+        };
+        &self.sockets[i].1
+    }
+
+    fn update(&mut self, slots: &[Slot]) {
+        let mut sum = Counters::new(self.port_rx.len(), self.tenant_rx.len());
+        let mut census = FrameCensus::default();
+        for (w, slot) in slots.iter().enumerate() {
+            let Ok(f) = slot.lock() else { continue };
+            sum.merge(&f.counters);
+            census = census.merge(f.census);
+            if let Some(wf) = self.workers.get_mut(w) {
+                let l = &f.loops;
+                wf.busy_polls.absolute(l.busy_polls);
+                wf.idle_polls.absolute(l.idle_polls);
+                let (busy, idle) = (
+                    l.busy.0.saturating_sub(wf.last_loops.busy.0),
+                    l.idle.0.saturating_sub(wf.last_loops.idle.0),
+                );
+                if busy + idle > 0 {
+                    wf.busy_ratio.set(busy as f64 / (busy + idle) as f64);
+                }
+                wf.per_packet.set(l.busy_ns_per_packet() * 1e-9);
+                wf.last_loops = *l;
+                wf.packets.absolute(l.packets);
+                for (i, (&now, last)) in
+                    f.batch_sizes.iter().zip(wf.last_batches.iter_mut()).enumerate()
+                {
+                    if now > *last {
+                        wf.batch.record_many(BATCH_BOUNDS[i], (now - *last) as usize);
+                        *last = now;
+                    }
+                }
+            }
+            let sockets = f.sockets.clone();
+            drop(f);
+            for s in sockets {
+                let c = self.socket(s.port, s.queue);
+                for (h, v) in c.iter().zip(xsk_fields(&s.kernel).iter().chain([&s.wakeups])) {
+                    h.absolute(*v);
+                }
+            }
+        }
+        let set = |h: &[PktBytesPair], v: &[dataplane::trace::counters::PktBytes]| {
+            for (h, v) in h.iter().zip(v) {
+                h.packets.absolute(v.packets);
+                h.bytes.absolute(v.bytes);
+            }
+        };
+        set(&self.port_rx, &sum.port_rx);
+        set(&self.port_tx, &sum.port_tx);
+        set(&self.tenant_rx, &sum.tenant_rx);
+        set(&self.tenant_tx, &sum.tenant_tx);
+        for (hs, vs) in self.port_drops.iter().zip(&sum.port_drops) {
+            for (h, v) in hs.iter().zip(vs) {
+                h.absolute(*v);
+            }
+        }
+        for (hs, vs) in self.tenant_drops.iter().zip(&sum.tenant_drops) {
+            for (h, v) in hs.iter().zip(vs) {
+                h.absolute(*v);
+            }
+        }
+        for (h, v) in self.parse_errors.iter().zip(&sum.parse_errors) {
+            h.absolute(*v);
+        }
+        let f = &sum.fdb;
+        for (h, v) in self.fdb.iter().zip([
+            f.learned,
+            f.moved,
+            f.quota_exceeded,
+            f.aged,
+            f.remote,
+            f.unannounced,
+        ]) {
+            h.absolute(v);
+        }
+        self.flood_copies.absolute(sum.flood_copies);
+        let c = &census;
+        let unaccounted = i64::from(c.total) - i64::from(c.counted());
+        for (h, v) in self.umem.iter().zip([
+            c.free,
+            c.ports.fill,
+            c.ports.rx,
+            c.ports.tx,
+            c.ports.completion,
+            c.pending,
+            c.returning,
+            c.handoff,
+        ]) {
+            h.set(f64::from(v));
+        }
+        // Workers publish at different moments, so frames in flight between them can show
+        // here for a moment; a value that stays non-zero is a leak.
+        self.umem[8].set(unaccounted as f64);
+    }
+}
