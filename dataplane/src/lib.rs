@@ -9,6 +9,7 @@ pub mod batch;
 pub mod flow;
 pub mod handoff;
 pub mod pipeline;
+pub mod policy;
 pub mod port;
 pub mod snapshot;
 pub mod time;

@@ -1,0 +1,399 @@
+//! Stateful security groups: allow rules per direction, and a connection table per worker so
+//! that the return traffic of an allowed connection passes without a rule.
+//!
+//! A packet of a known connection passes (and moves its TCP state along). A packet that would
+//! open a connection passes only if, for every direction it crosses (see [`super`]), some rule
+//! of the group allows it; then an entry is created, unless the tenant's quota or the table is
+//! full (dropped as `conntrack_full`: one tenant flooding new connections cannot push out
+//! another's entries, because nothing is ever evicted to make room). TCP opens only with a SYN;
+//! any other TCP packet of no known connection is dropped.
+//!
+//! Connections are keyed by (tenant, protocol, the two endpoints in a fixed order), so both
+//! directions find the same entry. ICMP echo is tracked by its identifier; other ICMP messages
+//! are judged one by one against the rules.
+//!
+//! It does _not_ track TCP sequence numbers or reassemble fragments: a non-first fragment
+//! (no ports) of a tenant with a group is dropped as `policy`.
+
+use std::collections::HashMap;
+
+use super::{Direction, Prefix};
+use crate::batch::{Meta, PacketFlags};
+use crate::snapshot::TenantId;
+use crate::time::Nanos;
+
+const ETH_IPV4: u16 = 0x0800;
+const ETH_IPV6: u16 = 0x86dd;
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const ICMP: u8 = 1;
+const ICMPV6: u8 = 58;
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+
+/// One allow rule of a security group.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SgRule {
+    /// Name for traces.
+    pub name: String,
+    /// Which traffic it opens: from the tenant (egress) or to it (ingress).
+    pub dir: Option<Direction>,
+    /// IPv4 or IPv6 only (`None`: both).
+    pub ethertype: Option<u16>,
+    /// IP protocol (`None`: any).
+    pub proto: Option<u8>,
+    /// Destination port range of the opening packet (TCP, UDP); ICMP type for ICMP.
+    pub ports: Option<(u16, u16)>,
+    /// The other end: source prefix for to-tenant rules, destination for from-tenant ones.
+    pub remote: Option<Prefix>,
+}
+
+impl SgRule {
+    /// True when this rule opens a connection whose first packet is `m`, crossing `dir`.
+    pub fn allows(&self, dir: Direction, m: &Meta) -> bool {
+        let k = &m.key;
+        self.dir.is_none_or(|d| d == dir)
+            && self.ethertype.is_none_or(|e| e == k.ethertype)
+            && self.proto.is_none_or(|p| p == k.proto)
+            && self.ports.is_none_or(|(lo, hi)| {
+                let p = if matches!(k.proto, ICMP | ICMPV6) { k.src_port } else { k.dst_port };
+                (lo..=hi).contains(&p)
+            })
+            && self.remote.is_none_or(|r| {
+                r.contains(if dir == Direction::ToTenant { &k.src_ip } else { &k.dst_ip })
+            })
+    }
+}
+
+/// Idle timeouts by protocol and TCP phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP before the handshake completes.
+    pub tcp_handshake: Nanos,
+    /// TCP established.
+    pub tcp_established: Nanos,
+    /// TCP after a FIN or RST.
+    pub tcp_closing: Nanos,
+    /// UDP.
+    pub udp: Nanos,
+    /// ICMP echo.
+    pub icmp: Nanos,
+    /// Any other protocol.
+    pub other: Nanos,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp_handshake: Nanos::from_secs(30),
+            tcp_established: Nanos::from_secs(3600),
+            tcp_closing: Nanos::from_secs(30),
+            udp: Nanos::from_secs(60),
+            icmp: Nanos::from_secs(30),
+            other: Nanos::from_secs(60),
+        }
+    }
+}
+
+/// A tenant's security group.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SecurityGroup {
+    /// Allow rules.
+    pub rules: Vec<SgRule>,
+    /// Most tracked connections of this tenant at once.
+    pub quota: u32,
+    /// Idle timeouts.
+    pub timeouts: Timeouts,
+}
+
+impl SecurityGroup {
+    /// The first rule that opens `m` in `dir`.
+    pub fn rule_for(&self, dir: Direction, m: &Meta) -> Option<usize> {
+        self.rules.iter().position(|r| r.allows(dir, m))
+    }
+}
+
+/// TCP phase (or, for other protocols, just `Open`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Not TCP: a flow in both directions.
+    Open,
+    /// SYN seen from the originator.
+    SynSent,
+    /// SYN+ACK seen from the responder.
+    SynAcked,
+    /// Handshake complete.
+    Established,
+    /// A FIN seen (from either side).
+    Closing,
+    /// A RST seen: only a new SYN revives it.
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct CtKey {
+    tenant: u16,
+    proto: u8,
+    a: [u8; 16],
+    b: [u8; 16],
+    pa: u16,
+    pb: u16,
+}
+
+/// One tracked connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conn {
+    /// TCP phase.
+    pub state: State,
+    /// Last packet.
+    pub last_seen: Nanos,
+    /// True when the originator is the key's `a` end.
+    origin_a: bool,
+}
+
+/// What the table decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Part of a known connection.
+    Established,
+    /// Opened a new connection (rule index of the first direction checked).
+    Opened,
+    /// Not allowed: no rule opens it, or TCP without SYN, or after a RST.
+    Denied,
+    /// Allowed, but the tenant's quota or the table is full.
+    Full,
+    /// Not tracked (not IP, or neighbour discovery): passes.
+    Untracked,
+}
+
+/// Table events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnStats {
+    /// Connections opened.
+    pub opened: u64,
+    /// Removed after their idle timeout.
+    pub expired: u64,
+    /// Refused for a full quota or table.
+    pub full: u64,
+}
+
+/// One worker's connection table.
+#[derive(Debug)]
+pub struct ConnTable {
+    map: HashMap<CtKey, Conn, ahash::RandomState>,
+    per_tenant: Vec<u32>,
+    quotas: Vec<u32>,
+    timeouts: Vec<Timeouts>,
+    capacity: usize,
+    /// Events.
+    pub stats: ConnStats,
+}
+
+impl ConnTable {
+    /// A table of at most `capacity` connections. Allocates room for twice that once, so
+    /// inserts never grow it.
+    pub fn new(capacity: usize) -> Self {
+        let mut map = HashMap::with_hasher(ahash::RandomState::new());
+        map.reserve(2 * capacity);
+        ConnTable {
+            map,
+            per_tenant: Vec::new(),
+            quotas: Vec::new(),
+            timeouts: Vec::new(),
+            capacity,
+            stats: ConnStats::default(),
+        }
+    }
+
+    /// Adopts the groups of a new snapshot (index = tenant id). Connections of tenants whose
+    /// group is gone are dropped; the others are kept (a rules change does not cut live
+    /// connections, like a cloud security group).
+    pub fn install(&mut self, groups: &[Option<&SecurityGroup>]) {
+        self.quotas = groups.iter().map(|g| g.map_or(0, |g| g.quota)).collect();
+        self.timeouts =
+            groups.iter().map(|g| g.map_or_else(Timeouts::default, |g| g.timeouts)).collect();
+        let quotas = &self.quotas;
+        self.map.retain(|k, _| quotas.get(usize::from(k.tenant)).is_some_and(|&q| q > 0));
+        self.per_tenant = vec![0; groups.len()];
+        for k in self.map.keys() {
+            self.per_tenant[usize::from(k.tenant)] += 1;
+        }
+    }
+
+    /// Connections of a tenant.
+    pub fn entries_of(&self, t: TenantId) -> u32 {
+        self.per_tenant.get(t.index()).copied().unwrap_or(0)
+    }
+
+    /// Connections in all.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when nothing is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    fn timeout(&self, t: u16, proto: u8, s: State) -> Nanos {
+        limit(&self.timeouts.get(usize::from(t)).copied().unwrap_or_default(), proto, s)
+    }
+
+    /// The connection `m` belongs to, if tracked and not expired.
+    pub fn lookup(&self, now: Nanos, m: &Meta, frame: &[u8]) -> Option<Conn> {
+        let (k, _) = key(m, frame)?;
+        let c = self.map.get(&k)?;
+        (now.since(c.last_seen) <= self.timeout(k.tenant, k.proto, c.state)).then_some(*c)
+    }
+
+    /// Judges one IP packet of a tenant with `group`, crossing the directions in `dirs`.
+    #[inline]
+    pub fn check(
+        &mut self,
+        now: Nanos,
+        group: &SecurityGroup,
+        dirs: &[Direction],
+        m: &Meta,
+        frame: &[u8],
+    ) -> Verdict {
+        let ip = matches!(m.key.ethertype, ETH_IPV4 | ETH_IPV6);
+        if !ip || is_neighbour_discovery(m) {
+            return Verdict::Untracked;
+        }
+        let Some((k, a_sends)) = key(m, frame) else {
+            // ICMP other than echo is judged alone; a later fragment cannot be.
+            if m.flags.has(PacketFlags::LATER_FRAGMENT) {
+                return Verdict::Denied;
+            }
+            return if dirs.iter().all(|&d| group.rule_for(d, m).is_some()) {
+                Verdict::Untracked
+            } else {
+                Verdict::Denied
+            };
+        };
+        let flags = m.tcp_flags;
+        let syn_only = flags & (SYN | ACK) == SYN;
+        if let Some(c) = self.map.get_mut(&k) {
+            let to = self.timeouts.get(usize::from(k.tenant)).copied().unwrap_or_default();
+            let live = now.since(c.last_seen) <= limit(&to, k.proto, c.state);
+            if live && !(k.proto == TCP && c.state == State::Closed) {
+                c.last_seen = now;
+                if k.proto == TCP {
+                    let from_origin = a_sends == c.origin_a;
+                    c.state = advance(c.state, flags, from_origin);
+                }
+                return Verdict::Established;
+            }
+            if k.proto == TCP && !syn_only {
+                return Verdict::Denied;
+            }
+            // Expired or closed: judged afresh as a new connection, in place.
+            if !dirs.iter().all(|&d| group.rule_for(d, m).is_some()) {
+                return Verdict::Denied;
+            }
+            *c = Conn { state: first_state(k.proto), last_seen: now, origin_a: a_sends };
+            self.stats.opened += 1;
+            return Verdict::Opened;
+        }
+        if k.proto == TCP && !syn_only {
+            return Verdict::Denied;
+        }
+        if !dirs.iter().all(|&d| group.rule_for(d, m).is_some()) {
+            return Verdict::Denied;
+        }
+        let t = usize::from(k.tenant);
+        let held = self.per_tenant.get(t).copied().unwrap_or(u32::MAX);
+        let quota = self.quotas.get(t).copied().unwrap_or(0);
+        if held >= quota || self.map.len() >= self.capacity {
+            self.stats.full += 1;
+            return Verdict::Full;
+        }
+        self.per_tenant[t] += 1;
+        self.map.insert(k, Conn { state: first_state(k.proto), last_seen: now, origin_a: a_sends });
+        self.stats.opened += 1;
+        Verdict::Opened
+    }
+
+    /// Removes connections idle past their timeout. Returns how many. Between batches.
+    pub fn expire(&mut self, now: Nanos) -> usize {
+        let (timeouts, per_tenant) = (&self.timeouts, &mut self.per_tenant);
+        let mut gone = 0;
+        self.map.retain(|k, c| {
+            let to = timeouts.get(usize::from(k.tenant)).copied().unwrap_or_default();
+            let keep = now.since(c.last_seen) <= limit(&to, k.proto, c.state);
+            if !keep {
+                gone += 1;
+                if let Some(n) = per_tenant.get_mut(usize::from(k.tenant)) {
+                    *n -= 1;
+                }
+            }
+            keep
+        });
+        self.stats.expired += gone as u64;
+        gone
+    }
+}
+
+/// The idle timeout of a connection of `proto` in state `s`.
+fn limit(to: &Timeouts, proto: u8, s: State) -> Nanos {
+    match (proto, s) {
+        (TCP, State::SynSent | State::SynAcked) => to.tcp_handshake,
+        (TCP, State::Established) => to.tcp_established,
+        (TCP, _) => to.tcp_closing,
+        (UDP, _) => to.udp,
+        (ICMP | ICMPV6, _) => to.icmp,
+        _ => to.other,
+    }
+}
+
+fn first_state(proto: u8) -> State {
+    if proto == TCP { State::SynSent } else { State::Open }
+}
+
+/// The TCP state after a packet with `flags`, from the originator or not.
+fn advance(s: State, flags: u8, from_origin: bool) -> State {
+    if flags & RST != 0 {
+        return State::Closed;
+    }
+    if flags & FIN != 0 {
+        return State::Closing;
+    }
+    match s {
+        State::SynSent if !from_origin && flags & (SYN | ACK) == SYN | ACK => State::SynAcked,
+        State::SynAcked if from_origin && flags & ACK != 0 => State::Established,
+        other => other,
+    }
+}
+
+fn is_neighbour_discovery(m: &Meta) -> bool {
+    m.key.proto == ICMPV6 && m.l4_offset != 0 && (133..=137).contains(&m.key.src_port)
+}
+
+/// The connection key of `m` and whether `m` travels from the key's `a` end.
+fn key(m: &Meta, frame: &[u8]) -> Option<(CtKey, bool)> {
+    let k = &m.key;
+    if m.flags.has(PacketFlags::LATER_FRAGMENT) {
+        return None;
+    }
+    let (sp, dp) = match k.proto {
+        TCP | UDP => (k.src_port, k.dst_port),
+        ICMP | ICMPV6 => {
+            let echo = matches!((k.proto, k.src_port), (ICMP, 0 | 8) | (ICMPV6, 128 | 129));
+            if !echo || m.l4_offset == 0 {
+                return None;
+            }
+            // Echo identifier: bytes 4-5 of the ICMP message; both ends use it.
+            let at = usize::from(m.l4_offset) + 4;
+            let id = u16::from_be_bytes(frame.get(at..at + 2)?.try_into().ok()?);
+            (id, id)
+        }
+        _ => (0, 0),
+    };
+    let src = (k.src_ip, sp);
+    let dst = (k.dst_ip, dp);
+    let a_sends = src <= dst;
+    let ((a, pa), (b, pb)) = if a_sends { (src, dst) } else { (dst, src) };
+    Some((CtKey { tenant: m.tenant.0, proto: k.proto, a, b, pa, pb }, a_sends))
+}

@@ -1,0 +1,201 @@
+//! Anti-spoofing: what a tenant attachment may claim to be.
+//!
+//! A [`Guard`] on an attachment lists the source MACs and IP prefixes the hosts behind it own.
+//! An empty list does not restrict (an attachment with no guard checks nothing). Checked:
+//! - the Ethernet source MAC, and the ARP sender hardware address;
+//! - the IPv4 and IPv6 source address, and the ARP sender protocol address;
+//! - the target address of an IPv6 neighbour advertisement (a host may only advertise an
+//!   address it owns).
+//!
+//! Let through without an owned address, as address configuration needs them: a DHCP client's
+//! `0.0.0.0:68 → :67` request, an ARP probe (sender address 0.0.0.0), and duplicate address
+//! detection from `::` (neighbour solicitation, MLD report).
+
+use super::{Prefix, mac_in};
+use crate::batch::Meta;
+use crate::wire::MacAddr;
+
+const ETH_IPV4: u16 = 0x0800;
+const ETH_ARP: u16 = 0x0806;
+const ETH_IPV6: u16 = 0x86dd;
+const PROTO_UDP: u8 = 17;
+const PROTO_ICMPV6: u8 = 58;
+const ND_NEIGHBOR_SOLICIT: u16 = 135;
+const ND_NEIGHBOR_ADVERT: u16 = 136;
+const MLDV2_REPORT: u16 = 143;
+const V4_ZERO: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
+const V6_ZERO: [u8; 16] = [0; 16];
+
+/// What the hosts behind one attachment own.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Guard {
+    /// Allowed source MACs (empty: any).
+    pub macs: Vec<MacAddr>,
+    /// Allowed source addresses (empty: any).
+    pub ips: Vec<Prefix>,
+}
+
+impl Guard {
+    #[inline]
+    fn owns_ip(&self, ip: &[u8; 16]) -> bool {
+        self.ips.is_empty() || self.ips.iter().any(|p| p.contains(ip))
+    }
+
+    #[inline]
+    fn owns_mac(&self, mac: MacAddr) -> bool {
+        self.macs.is_empty() || mac_in(&self.macs, mac)
+    }
+
+    /// True when the parsed frame `m` (bytes `frame`) claims only what this attachment owns.
+    #[inline]
+    pub fn allows(&self, m: &Meta, frame: &[u8]) -> bool {
+        if !self.owns_mac(m.src) {
+            return false;
+        }
+        let k = &m.key;
+        match k.ethertype {
+            ETH_IPV4 => {
+                let dhcp = k.src_ip == V4_ZERO
+                    && k.proto == PROTO_UDP
+                    && k.src_port == 68
+                    && k.dst_port == 67;
+                dhcp || self.owns_ip(&k.src_ip)
+            }
+            ETH_IPV6 => {
+                let icmp = k.proto == PROTO_ICMPV6 && m.l4_offset != 0;
+                if k.src_ip == V6_ZERO {
+                    return icmp && matches!(k.src_port, ND_NEIGHBOR_SOLICIT | MLDV2_REPORT);
+                }
+                if !self.owns_ip(&k.src_ip) {
+                    return false;
+                }
+                if icmp && k.src_port == ND_NEIGHBOR_ADVERT && !self.ips.is_empty() {
+                    // Target address: 8 bytes into the ICMPv6 message.
+                    let at = usize::from(m.l4_offset) + 8;
+                    return match frame.get(at..at + 16).and_then(|t| <[u8; 16]>::try_from(t).ok()) {
+                        Some(target) => self.owns_ip(&target),
+                        None => false,
+                    };
+                }
+                true
+            }
+            ETH_ARP => {
+                // Ethernet/IPv4 ARP: sender hardware address at 8, protocol address at 14.
+                let l3 = usize::from(m.l3_offset);
+                let sha = frame.get(l3 + 8..l3 + 14).and_then(|b| <[u8; 6]>::try_from(b).ok());
+                let Some(sha) = sha else { return self.macs.is_empty() && self.ips.is_empty() };
+                if !self.owns_mac(MacAddr(sha)) {
+                    return false;
+                }
+                // The parser fills the sender address only for Ethernet/IPv4 ARP; anything else
+                // cannot be checked and passes only an attachment with no address list.
+                let eth_ipv4 = k.src_ip[10..12] == [0xff, 0xff];
+                if !eth_ipv4 {
+                    return self.ips.is_empty();
+                }
+                k.src_ip == V4_ZERO || self.owns_ip(&k.src_ip)
+            }
+            _ => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use etherparse::{Icmpv6Type, PacketBuilder};
+
+    use super::*;
+    use crate::pipeline::parse::parse_one;
+
+    const MINE: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const OTHER: [u8; 6] = [2, 0, 0, 0, 0, 9];
+
+    fn guard() -> Guard {
+        Guard {
+            macs: vec![MacAddr(MINE)],
+            ips: vec!["10.0.0.1".parse().unwrap(), "fd00::1/128".parse().unwrap()],
+        }
+    }
+
+    fn check(g: &Guard, frame: &[u8]) -> bool {
+        let mut m = Meta::EMPTY;
+        parse_one(frame, &mut m).unwrap();
+        g.allows(&m, frame)
+    }
+
+    fn udp4(src: [u8; 6], ip: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2(src, [0xff; 6])
+            .ipv4(ip, [10, 0, 0, 2], 64)
+            .udp(sport, dport)
+            .write(&mut out, &[0; 8])
+            .unwrap();
+        out
+    }
+
+    fn arp(sha: [u8; 6], spa: [u8; 4], src: [u8; 6]) -> Vec<u8> {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2]);
+        f.extend_from_slice(&sha);
+        f.extend_from_slice(&spa);
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&[10, 0, 0, 2]);
+        f
+    }
+
+    fn na(src_ip: [u8; 16], target: [u8; 16]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut payload = target.to_vec();
+        payload.extend_from_slice(&[2, 1, MINE[0], MINE[1], MINE[2], MINE[3], MINE[4], MINE[5]]);
+        PacketBuilder::ethernet2(MINE, [0x33, 0x33, 0, 0, 0, 1])
+            .ipv6(
+                src_ip,
+                [0xff02, 0, 0, 0, 0, 0, 0, 1].map(u16::to_be_bytes).concat().try_into().unwrap(),
+                255,
+            )
+            .icmpv6(Icmpv6Type::Unknown { type_u8: 136, code_u8: 0, bytes5to8: [0x20, 0, 0, 0] })
+            .write(&mut out, &payload)
+            .unwrap();
+        out
+    }
+
+    fn v6(s: &str) -> [u8; 16] {
+        s.parse::<std::net::Ipv6Addr>().unwrap().octets()
+    }
+
+    #[test]
+    fn source_mac_and_ip_must_be_owned() {
+        let g = guard();
+        assert!(check(&g, &udp4(MINE, [10, 0, 0, 1], 1000, 53)));
+        assert!(!check(&g, &udp4(OTHER, [10, 0, 0, 1], 1000, 53)), "spoofed MAC");
+        assert!(!check(&g, &udp4(MINE, [10, 0, 0, 7], 1000, 53)), "spoofed IP");
+        // DHCP discovery from 0.0.0.0 passes; other traffic from 0.0.0.0 does not.
+        assert!(check(&g, &udp4(MINE, [0; 4], 68, 67)));
+        assert!(!check(&g, &udp4(MINE, [0; 4], 1000, 67)));
+        // An empty guard checks nothing.
+        assert!(check(&Guard::default(), &udp4(OTHER, [1, 2, 3, 4], 1, 2)));
+        // MACs only: any address.
+        let macs = Guard { macs: vec![MacAddr(MINE)], ips: vec![] };
+        assert!(check(&macs, &udp4(MINE, [1, 2, 3, 4], 1, 2)));
+    }
+
+    #[test]
+    fn arp_must_claim_owned_addresses_only() {
+        let g = guard();
+        assert!(check(&g, &arp(MINE, [10, 0, 0, 1], MINE)));
+        assert!(!check(&g, &arp(MINE, [10, 0, 0, 2], MINE)), "claims another IP");
+        assert!(!check(&g, &arp(OTHER, [10, 0, 0, 1], MINE)), "claims another MAC");
+        assert!(check(&g, &arp(MINE, [0; 4], MINE)), "ARP probe");
+    }
+
+    #[test]
+    fn neighbour_advertisements_must_target_owned_addresses() {
+        let g = guard();
+        let ll = v6("fd00::1");
+        assert!(check(&g, &na(ll, v6("fd00::1"))));
+        assert!(!check(&g, &na(ll, v6("fd00::2"))), "advertises another host's address");
+        assert!(!check(&g, &na(v6("fd00::5"), v6("fd00::5"))), "from an address not owned");
+        assert!(!check(&g, &na(V6_ZERO, v6("fd00::1"))), "an advertisement from ::");
+    }
+}

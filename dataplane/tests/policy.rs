@@ -1,0 +1,415 @@
+//! Policy units over real parsed frames: every ACL match field, priorities, the default action,
+//! count rules, the classifier against a one-by-one reference, and the connection-state machine
+//! with its timeouts and quotas.
+// Integration tests live outside `mod tests` by nature; the lint is for unit tests in src/.
+#![allow(clippy::tests_outside_test_module)]
+
+use dataplane::batch::Meta;
+use dataplane::pipeline::parse::parse_one;
+use dataplane::policy::acl::{AclSet, key_of, matches_entries};
+use dataplane::policy::conntrack::{ConnTable, SecurityGroup, SgRule, State, Timeouts, Verdict};
+use dataplane::policy::{Action, Direction, Match, Prefix, Rule};
+use dataplane::snapshot::{PortId, TenantId};
+use dataplane::time::Nanos;
+use dataplane::wire::MacAddr;
+use etherparse::PacketBuilder;
+use proptest::prelude::*;
+
+const A: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const B: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+/// A TCP frame 10.0.0.1:sport -> 10.0.0.2:dport with `flags` (FIN 1, SYN 2, RST 4, ACK 16).
+fn tcp(sport: u16, dport: u16, flags: u8, vlan: Option<u16>) -> Vec<u8> {
+    tcp_between([10, 0, 0, 1], [10, 0, 0, 2], sport, dport, flags, vlan)
+}
+
+fn tcp_between(
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    vlan: Option<u16>,
+) -> Vec<u8> {
+    let eth = PacketBuilder::ethernet2(A, B);
+    let mut b = match vlan {
+        Some(v) => {
+            eth.single_vlan(v.try_into().unwrap()).ipv4(src, dst, 64).tcp(sport, dport, 1, 1000)
+        }
+        None => eth.ipv4(src, dst, 64).tcp(sport, dport, 1, 1000),
+    };
+    if flags & 1 != 0 {
+        b = b.fin();
+    }
+    if flags & 2 != 0 {
+        b = b.syn();
+    }
+    if flags & 4 != 0 {
+        b = b.rst();
+    }
+    if flags & 16 != 0 {
+        b = b.ack(1);
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, &[]).unwrap();
+    out
+}
+
+fn udp6(sport: u16, dport: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    let s: std::net::Ipv6Addr = "fd00::1".parse().unwrap();
+    let d: std::net::Ipv6Addr = "fd00:1::2".parse().unwrap();
+    PacketBuilder::ethernet2(A, B)
+        .ipv6(s.octets(), d.octets(), 64)
+        .udp(sport, dport)
+        .write(&mut out, &[0; 4])
+        .unwrap();
+    out
+}
+
+fn icmp4(src: [u8; 4], dst: [u8; 4], request: bool, id: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    let b = PacketBuilder::ethernet2(A, B).ipv4(src, dst, 64);
+    let b = if request { b.icmpv4_echo_request(id, 1) } else { b.icmpv4_echo_reply(id, 1) };
+    b.write(&mut out, &[0; 8]).unwrap();
+    out
+}
+
+fn meta(frame: &[u8]) -> Meta {
+    let mut m = Meta::EMPTY;
+    parse_one(frame, &mut m).unwrap();
+    m
+}
+
+fn rule(priority: u32, action: Action, m: Match) -> Rule {
+    Rule { name: format!("r{priority}"), priority, action, m }
+}
+
+/// The verdict of a set with one deny rule and default allow, for `frame` on port 1.
+fn denied_by(m: Match, frame: &[u8]) -> bool {
+    let set = AclSet::new(vec![rule(10, Action::Deny, m)], Action::Allow);
+    set.decide(&key_of(&meta(frame), PortId(1)), |_| {}).action == Action::Deny
+}
+
+#[test]
+fn every_match_field_matches_and_misses() {
+    let f = tcp(1234, 22, 2, Some(100));
+    let fields: Vec<(&str, Match, Match)> = vec![
+        (
+            "in_port",
+            Match { in_port: Some(PortId(1)), ..Match::default() },
+            Match { in_port: Some(PortId(2)), ..Match::default() },
+        ),
+        (
+            "src_mac",
+            Match { src_mac: Some(MacAddr(A)), ..Match::default() },
+            Match { src_mac: Some(MacAddr(B)), ..Match::default() },
+        ),
+        (
+            "dst_mac",
+            Match { dst_mac: Some(MacAddr(B)), ..Match::default() },
+            Match { dst_mac: Some(MacAddr(A)), ..Match::default() },
+        ),
+        (
+            "ethertype",
+            Match { ethertype: Some(0x0800), ..Match::default() },
+            Match { ethertype: Some(0x86dd), ..Match::default() },
+        ),
+        (
+            "vlan",
+            Match { vlan: Some(Some(100)), ..Match::default() },
+            Match { vlan: Some(None), ..Match::default() },
+        ),
+        (
+            "src",
+            Match { src: Some("10.0.0.0/24".parse().unwrap()), ..Match::default() },
+            Match { src: Some("10.0.1.0/24".parse().unwrap()), ..Match::default() },
+        ),
+        (
+            "dst",
+            Match { dst: Some("10.0.0.2".parse().unwrap()), ..Match::default() },
+            Match { dst: Some("10.0.0.3".parse().unwrap()), ..Match::default() },
+        ),
+        (
+            "proto",
+            Match { proto: Some(6), ..Match::default() },
+            Match { proto: Some(17), ..Match::default() },
+        ),
+        (
+            "src_ports",
+            Match { src_ports: Some((1000, 2000)), ..Match::default() },
+            Match { src_ports: Some((2000, 3000)), ..Match::default() },
+        ),
+        (
+            "dst_ports",
+            Match { dst_ports: Some((22, 22)), ..Match::default() },
+            Match { dst_ports: Some((23, 1024)), ..Match::default() },
+        ),
+        (
+            "tcp_flags",
+            Match { tcp_flags: Some((0x02, 0x12)), ..Match::default() },
+            Match { tcp_flags: Some((0x12, 0x12)), ..Match::default() },
+        ),
+    ];
+    for (name, hit, miss) in fields {
+        assert!(denied_by(hit, &f), "{name} should match");
+        assert!(!denied_by(miss, &f), "{name} should not match");
+    }
+    // ICMP type and code.
+    let echo = icmp4([10, 0, 0, 1], [10, 0, 0, 2], true, 7);
+    assert!(denied_by(
+        Match { proto: Some(1), icmp_type: Some(8), icmp_code: Some(0), ..Match::default() },
+        &echo
+    ));
+    assert!(!denied_by(Match { proto: Some(1), icmp_type: Some(0), ..Match::default() }, &echo));
+    assert!(!denied_by(Match { proto: Some(1), icmp_code: Some(3), ..Match::default() }, &echo));
+    // IPv6 prefixes and ports.
+    let u = udp6(5000, 53);
+    assert!(denied_by(
+        Match {
+            src: Some("fd00::/16".parse().unwrap()),
+            dst_ports: Some((53, 53)),
+            ..Match::default()
+        },
+        &u
+    ));
+    assert!(!denied_by(Match { src: Some("10.0.0.0/8".parse().unwrap()), ..Match::default() }, &u));
+    assert!(!denied_by(Match { dst: Some("fd00::/32".parse().unwrap()), ..Match::default() }, &u));
+}
+
+#[test]
+fn lowest_priority_number_decides_then_the_default() {
+    let ssh = Match { proto: Some(6), dst_ports: Some((22, 22)), ..Match::default() };
+    let tcp_any = Match { proto: Some(6), ..Match::default() };
+    let rules = vec![rule(20, Action::Deny, tcp_any.clone()), rule(10, Action::Allow, ssh.clone())];
+    let set = AclSet::new(rules, Action::Deny);
+    let v = |f: &[u8]| set.decide(&key_of(&meta(f), PortId(0)), |_| {});
+    assert_eq!(v(&tcp(1, 22, 2, None)).action, Action::Allow, "priority 10 before 20");
+    assert_eq!(v(&tcp(1, 22, 2, None)).rule, Some(1));
+    assert_eq!(v(&tcp(1, 80, 2, None)).action, Action::Deny);
+    assert_eq!(v(&tcp(1, 80, 2, None)).rule, Some(0));
+    // No rule matches UDP: the default.
+    let d = v(&udp6(1, 2));
+    assert_eq!((d.action, d.rule), (Action::Deny, None));
+    let open = AclSet::new(vec![], Action::Allow);
+    assert!(open.is_open());
+    assert_eq!(open.decide(&key_of(&meta(&udp6(1, 2)), PortId(0)), |_| {}).action, Action::Allow);
+}
+
+#[test]
+fn count_rules_count_every_match_and_decide_nothing() {
+    let rules = vec![
+        rule(1, Action::Count, Match { proto: Some(6), ..Match::default() }),
+        rule(1, Action::Count, Match { proto: Some(6), ..Match::default() }),
+        rule(5, Action::Count, Match { dst_ports: Some((80, 80)), ..Match::default() }),
+        rule(9, Action::Deny, Match { dst_ports: Some((80, 80)), ..Match::default() }),
+    ];
+    let set = AclSet::new(rules, Action::Allow);
+    let mut counted = Vec::new();
+    let v = set.decide(&key_of(&meta(&tcp(1, 80, 2, None)), PortId(0)), |r| counted.push(r));
+    counted.sort();
+    assert_eq!(counted, [0, 1, 2], "both identical count rules and the port rule");
+    assert_eq!(v.action, Action::Deny);
+    counted.clear();
+    let v = set.decide(&key_of(&meta(&tcp(1, 81, 2, None)), PortId(0)), |r| counted.push(r));
+    assert_eq!((counted.as_slice(), v.action), (&[0, 1][..], Action::Allow));
+}
+
+fn arb_match() -> impl Strategy<Value = Match> {
+    (
+        proptest::option::of(0u16..3),
+        proptest::option::of(prop_oneof![Just(6u8), Just(17u8)]),
+        proptest::option::of((0u16..300, 0u16..300).prop_map(|(a, b)| (a.min(b), a.max(b)))),
+        proptest::option::of((0u16..300, 0u16..300).prop_map(|(a, b)| (a.min(b), a.max(b)))),
+        proptest::option::of((0u8..4, 0u8..=32).prop_map(|(x, l)| Prefix::v4([10, x, 0, 0], l))),
+        proptest::option::of((0u8..4, 8u8..=32).prop_map(|(x, l)| Prefix::v4([10, 0, x, 0], l))),
+    )
+        .prop_map(|(port, proto, sp, dp, src, dst)| Match {
+            in_port: port.map(PortId),
+            proto,
+            src_ports: sp,
+            dst_ports: dp,
+            src,
+            dst,
+            ..Match::default()
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    /// The classifier decides exactly as evaluating the rules one by one in priority order.
+    #[test]
+    fn classifier_equals_linear_evaluation(
+        rules in proptest::collection::vec((0u32..50, any::<bool>(), arb_match()), 0..40),
+        packets in proptest::collection::vec((0u16..3, 0u8..4, 0u8..4, 0u16..300, 0u16..300, any::<bool>()), 1..40),
+    ) {
+        let rules: Vec<Rule> = rules
+            .into_iter()
+            .map(|(p, allow, m)| rule(p, if allow { Action::Allow } else { Action::Deny }, m))
+            .collect();
+        let set = AclSet::new(rules.clone(), Action::Deny);
+        for (port, s, d, sp, dp, is_tcp) in packets {
+            let f = if is_tcp {
+                tcp_between([10, s, 0, 1], [10, 0, d, 2], sp, dp, 2, None)
+            } else {
+                let mut out = Vec::new();
+                PacketBuilder::ethernet2(A, B).ipv4([10, s, 0, 1], [10, 0, d, 2], 64).udp(sp, dp).write(&mut out, &[]).unwrap();
+                out
+            };
+            let key = key_of(&meta(&f), PortId(port));
+            let mut order: Vec<usize> = (0..rules.len()).collect();
+            order.sort_by_key(|&i| (rules[i].priority, i));
+            let linear = order.into_iter().find(|&i| matches_entries(&rules[i].m.entries(), &key));
+            let got = set.decide(&key, |_| {});
+            prop_assert_eq!(got.rule.map(|r| r as usize), linear);
+            let want = linear.map_or(Action::Deny, |i| rules[i].action);
+            prop_assert_eq!(got.action, want);
+        }
+    }
+}
+
+// --- Connection tracking ---
+
+fn group(quota: u32) -> SecurityGroup {
+    SecurityGroup {
+        rules: vec![
+            // The tenant may open anything outwards; inwards only SSH from 10.0.0.0/8.
+            SgRule { name: "out".into(), dir: Some(Direction::FromTenant), ..SgRule::default() },
+            SgRule {
+                name: "ssh".into(),
+                dir: Some(Direction::ToTenant),
+                proto: Some(6),
+                ports: Some((22, 22)),
+                remote: Some("10.0.0.0/8".parse().unwrap()),
+                ..SgRule::default()
+            },
+        ],
+        quota,
+        timeouts: Timeouts { tcp_established: Nanos::from_secs(100), ..Timeouts::default() },
+    }
+}
+
+struct Ct {
+    table: ConnTable,
+    g: SecurityGroup,
+}
+
+impl Ct {
+    fn new(quota: u32) -> Ct {
+        let g = group(quota);
+        let mut table = ConnTable::new(1000);
+        table.install(&[Some(&g), Some(&g)]);
+        Ct { table, g }
+    }
+
+    fn check(&mut self, secs: u64, dir: Direction, frame: &[u8]) -> Verdict {
+        self.check_as(TenantId(0), secs, dir, frame)
+    }
+
+    fn check_as(&mut self, t: TenantId, secs: u64, dir: Direction, frame: &[u8]) -> Verdict {
+        let mut m = meta(frame);
+        m.tenant = t;
+        self.table.check(Nanos::from_secs(secs), &self.g, &[dir], &m, frame)
+    }
+}
+
+const OUT: Direction = Direction::FromTenant;
+const IN: Direction = Direction::ToTenant;
+const FIN: u8 = 1;
+const SYN: u8 = 2;
+const RST: u8 = 4;
+const ACK: u8 = 16;
+
+/// Host 10.0.0.1 in the tenant talks to 10.0.0.2 outside: `out` frames go 1 -> 2.
+fn out_tcp(flags: u8) -> Vec<u8> {
+    tcp_between([10, 0, 0, 1], [10, 0, 0, 2], 40000, 80, flags, None)
+}
+
+fn back_tcp(flags: u8) -> Vec<u8> {
+    tcp_between([10, 0, 0, 2], [10, 0, 0, 1], 80, 40000, flags, None)
+}
+
+#[test]
+fn return_traffic_of_an_outbound_connection_passes_and_unsolicited_does_not() {
+    let mut ct = Ct::new(10);
+    assert_eq!(ct.check(1, IN, &back_tcp(SYN)), Verdict::Denied, "no inbound rule for port 40000");
+    assert_eq!(ct.check(1, OUT, &out_tcp(SYN)), Verdict::Opened);
+    assert_eq!(ct.check(1, IN, &back_tcp(SYN | ACK)), Verdict::Established);
+    assert_eq!(ct.check(1, OUT, &out_tcp(ACK)), Verdict::Established);
+    let m = meta(&out_tcp(ACK));
+    assert_eq!(
+        ct.table.lookup(Nanos::from_secs(1), &m, &out_tcp(ACK)).unwrap().state,
+        State::Established
+    );
+    // TCP that does not start with a SYN opens nothing.
+    assert_eq!(
+        ct.check(1, OUT, &tcp_between([10, 0, 0, 1], [10, 0, 0, 9], 1, 2, ACK, None)),
+        Verdict::Denied
+    );
+    // Inbound SSH from 10/8 opens a connection; from elsewhere it does not.
+    assert_eq!(
+        ct.check(1, IN, &tcp_between([10, 9, 9, 9], [10, 0, 0, 1], 5555, 22, SYN, None)),
+        Verdict::Opened
+    );
+    assert_eq!(
+        ct.check(1, IN, &tcp_between([192, 168, 0, 1], [10, 0, 0, 1], 5555, 22, SYN, None)),
+        Verdict::Denied
+    );
+    // ICMP echo: the reply follows the request by identifier.
+    assert_eq!(ct.check(1, IN, &icmp4([10, 0, 0, 2], [10, 0, 0, 1], false, 77)), Verdict::Denied);
+    assert_eq!(ct.check(1, OUT, &icmp4([10, 0, 0, 1], [10, 0, 0, 2], true, 77)), Verdict::Opened);
+    assert_eq!(
+        ct.check(1, IN, &icmp4([10, 0, 0, 2], [10, 0, 0, 1], false, 77)),
+        Verdict::Established
+    );
+    assert_eq!(ct.check(1, IN, &icmp4([10, 0, 0, 2], [10, 0, 0, 1], false, 78)), Verdict::Denied);
+}
+
+#[test]
+fn rst_closes_fin_closes_and_timeouts_expire() {
+    let mut ct = Ct::new(10);
+    ct.check(1, OUT, &out_tcp(SYN));
+    ct.check(1, IN, &back_tcp(SYN | ACK));
+    ct.check(1, OUT, &out_tcp(ACK));
+    // RST: the connection is closed; later segments are refused, a new SYN reopens it.
+    assert_eq!(ct.check(2, IN, &back_tcp(RST)), Verdict::Established);
+    assert_eq!(ct.check(2, IN, &back_tcp(ACK)), Verdict::Denied);
+    assert_eq!(ct.check(2, OUT, &out_tcp(ACK)), Verdict::Denied);
+    assert_eq!(ct.check(3, OUT, &out_tcp(SYN)), Verdict::Opened);
+    ct.check(3, IN, &back_tcp(SYN | ACK));
+    ct.check(3, OUT, &out_tcp(ACK));
+    // FIN: closing, with the short closing timeout (30 s by default).
+    assert_eq!(ct.check(4, OUT, &out_tcp(FIN | ACK)), Verdict::Established);
+    let m = meta(&out_tcp(ACK));
+    assert_eq!(
+        ct.table.lookup(Nanos::from_secs(4), &m, &out_tcp(ACK)).unwrap().state,
+        State::Closing
+    );
+    assert_eq!(ct.check(5, IN, &back_tcp(FIN | ACK)), Verdict::Established);
+    assert_eq!(ct.check(40, IN, &back_tcp(ACK)), Verdict::Denied, "closing timed out");
+    // Established idles out after its timeout (100 s here); the sweep removes it.
+    ct.check(50, OUT, &out_tcp(SYN));
+    ct.check(50, IN, &back_tcp(SYN | ACK));
+    ct.check(50, OUT, &out_tcp(ACK));
+    assert_eq!(ct.check(149, IN, &back_tcp(ACK)), Verdict::Established);
+    assert_eq!(ct.table.expire(Nanos::from_secs(200)), 0, "idle 51 s of 100");
+    assert_eq!(ct.check(250, IN, &back_tcp(ACK)), Verdict::Denied, "idle 101 s");
+    assert_eq!(ct.table.expire(Nanos::from_secs(260)), 1);
+    assert_eq!(ct.table.entries_of(TenantId(0)), 0);
+}
+
+#[test]
+fn a_tenant_flooding_connections_fills_its_quota_only() {
+    let mut ct = Ct::new(50);
+    for p in 0..500u16 {
+        let f = tcp_between([10, 0, 0, 1], [10, 0, 0, 2], 1000 + p, 80, SYN, None);
+        let v = ct.check_as(TenantId(1), 1, OUT, &f);
+        assert_eq!(v, if p < 50 { Verdict::Opened } else { Verdict::Full }, "{p}");
+    }
+    assert_eq!(ct.table.entries_of(TenantId(1)), 50);
+    assert_eq!(ct.table.stats.full, 450);
+    // The other tenant still opens connections, and tenant 1's entries were never evicted.
+    assert_eq!(ct.check(1, OUT, &out_tcp(SYN)), Verdict::Opened);
+    let first = tcp_between([10, 0, 0, 2], [10, 0, 0, 1], 80, 1000, SYN | ACK, None);
+    assert_eq!(ct.check_as(TenantId(1), 2, IN, &first), Verdict::Established);
+}
