@@ -2,7 +2,8 @@
 //! dense ids in name order, so the same config always compiles to the same snapshot.
 
 use dataplane::snapshot::{
-    Attachment, AttachmentId, PortKind, Snapshot, SnapshotBuilder, SnapshotError, TenantSpec,
+    Attachment, AttachmentId, PolicyLimits, PortKind, Snapshot, SnapshotBuilder, SnapshotError,
+    TenantSpec,
 };
 use dataplane::time::Nanos;
 use dataplane::wire::MacAddr;
@@ -23,7 +24,13 @@ pub enum CompileError {
 
 /// Builds the snapshot for `cfg` with the given generation.
 pub fn compile(cfg: &Config, generation: u64) -> Result<Snapshot, CompileError> {
-    let mut b = SnapshotBuilder::new(generation).fdb_capacity(cfg.switch.fdb_capacity);
+    let limits = PolicyLimits {
+        flow_cache_entries: cfg.switch.flow_cache_entries,
+        flow_cache_share_percent: cfg.switch.flow_cache_tenant_share,
+        conntrack_capacity: cfg.switch.conntrack_capacity,
+    };
+    let mut b =
+        SnapshotBuilder::new(generation).fdb_capacity(cfg.switch.fdb_capacity).limits(limits);
     let mut ids = std::collections::HashMap::new();
     for (name, p) in &cfg.ports {
         let kind = match p.kind {
@@ -54,6 +61,15 @@ pub fn compile(cfg: &Config, generation: u64) -> Result<Snapshot, CompileError> 
                 .position(|a| a.port == m.port && (m.vlan.is_none() || a.vlan == m.vlan))
                 .ok_or_else(|| CompileError::Dangling(format!("tenant {name}: MAC {mac}")))?;
             spec.static_macs.push((mac, AttachmentId(idx as u16)));
+        }
+        let port_id = |p: &str| ids.get(p).copied();
+        let built = crate::config::policy::build(name, t, &port_id);
+        if let Some(i) = built.issues.first() {
+            return Err(CompileError::Dangling(i.to_string()));
+        }
+        spec.policy = built.policy;
+        if built.guards.iter().any(|g| !g.is_empty()) {
+            spec.guards = built.guards;
         }
         b.tenant(spec);
     }

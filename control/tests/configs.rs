@@ -203,3 +203,111 @@ fn compile_is_deterministic() {
     let b = compile(&cfg.clone(), 5).unwrap();
     assert_eq!(a, b);
 }
+
+const POLICY: &str = r#"
+[ports.up]
+interface = "eth0"
+kind = "uplink"
+[ports.a]
+interface = "veth-a"
+kind = "tenant"
+[tenants.red]
+attach = [{ port = "up", vlan = 100 }, { port = "a", macs = ["02:00:00:00:00:01"], ips = ["10.0.0.1", "fd00::1/128"] }]
+acl_default = "deny"
+[[tenants.red.acl]]
+name = "ssh-in"
+priority = 10
+direction = "to-tenant"
+action = "allow"
+proto = "tcp"
+dst_port = 22
+src = "10.0.0.0/8"
+[[tenants.red.acl]]
+priority = 20
+direction = "to-tenant"
+action = "allow"
+proto = "udp"
+dst_port = "1000-2000"
+[[tenants.red.acl]]
+priority = 5
+direction = "from-tenant"
+action = "count"
+in_port = "a"
+proto = 6
+tcp_flags = "syn,!ack"
+[[tenants.red.acl]]
+priority = 6
+direction = "from-tenant"
+action = "allow"
+ethertype = "arp"
+[tenants.red.security_group]
+max_connections = 100
+rules = [{ direction = "from-tenant" }, { direction = "to-tenant", proto = "icmp", remote = "10.0.0.0/8" }]
+timeouts = { tcp = 600 }
+"#;
+
+#[test]
+fn policy_config_compiles_into_rules_guards_and_a_group() {
+    let cfg = load_str("policy.toml", POLICY).unwrap_or_else(|e| panic!("{e}"));
+    let snap = compile(&cfg, 1).unwrap();
+    let red = &snap.tenants[snap.tenant_by_name("red").unwrap().index()];
+    let [from, to] = &red.policy.acl;
+    assert_eq!((from.rules.len(), to.rules.len()), (2, 2));
+    assert_eq!(to.rules[0].name, "ssh-in");
+    assert_eq!(to.rules[1].m.dst_ports, Some((1000, 2000)));
+    assert_eq!(from.rules[0].m.tcp_flags, Some((0x02, 0x12)));
+    assert_eq!(from.rules[1].name, "acl[3]");
+    assert_eq!(to.default, dataplane::policy::Action::Deny);
+    let g = red.policy.group.as_ref().unwrap();
+    assert_eq!((g.rules.len(), g.quota), (2, 100));
+    assert_eq!(g.timeouts.tcp_established, dataplane::time::Nanos::from_secs(600));
+    assert_eq!(red.guards.len(), 2);
+    assert!(red.guards[0].macs.is_empty() && red.guards[1].ips.len() == 2);
+}
+
+#[test]
+fn bad_rules_are_named() {
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("bad prefix", "src = \"10.0.0.0/8\"", "src = \"10.0.0.0/40\"", "tenants.red.acl[0].src"),
+        ("reversed range", "\"1000-2000\"", "\"2000-1000\"", "tenants.red.acl[1].dst_port"),
+        ("unknown protocol", "proto = \"udp\"", "proto = \"udpp\"", "tenants.red.acl[1].proto"),
+        ("duplicate priority", "priority = 20", "priority = 10", "tenants.red.acl[1].priority"),
+        ("port without protocol", "proto = \"udp\"\n", "", "tenants.red.acl[1].dst_port"),
+        ("flags without tcp", "proto = 6", "proto = 17", "tenants.red.acl[2].tcp_flags"),
+        ("unknown flag", "syn,!ack", "syn,!ackk", "tenants.red.acl[2].tcp_flags"),
+        ("unknown in_port", "in_port = \"a\"", "in_port = \"b\"", "tenants.red.acl[2].in_port"),
+        ("bad guard ip", "\"fd00::1/128\"", "\"fd00::1/129\"", "tenants.red.attach[1].ips[1]"),
+        (
+            "group MAC in guard",
+            "02:00:00:00:00:01",
+            "01:00:5e:00:00:01",
+            "tenants.red.attach[1].macs[0]",
+        ),
+        (
+            "bad remote",
+            "remote = \"10.0.0.0/8\"",
+            "remote = \"ten\"",
+            "security_group.rules[1].remote",
+        ),
+        ("zero timeout", "tcp = 600", "tcp = 0", "security_group.timeouts.tcp"),
+        ("unknown rule key", "action = \"count\"", "action = \"count\"\nports = 1", "ports"),
+        ("bad action", "action = \"count\"", "action = \"log\"", "action"),
+        (
+            "bad direction",
+            "direction = \"to-tenant\"\naction = \"allow\"\nproto = \"tcp\"",
+            "direction = \"in\"\naction = \"allow\"\nproto = \"tcp\"",
+            "direction",
+        ),
+        (
+            "several workers with a group",
+            "[ports.up]",
+            "[switch]\nworkers = 2\n[ports.up]",
+            "tenants.red.security_group",
+        ),
+    ];
+    for (what, from, to, field) in cases {
+        assert!(POLICY.contains(from), "{what}: fixture");
+        let e = err_of(&POLICY.replacen(from, to, 1));
+        assert!(e.contains(field), "{what}: {field} not in {e}");
+    }
+}

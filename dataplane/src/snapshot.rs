@@ -8,6 +8,7 @@
 
 use std::fmt;
 
+use crate::policy::{Guard, TenantPolicy};
 use crate::time::Nanos;
 use crate::wire::MacAddr;
 
@@ -81,6 +82,31 @@ pub struct TenantSpec {
     pub mac_aging: Nanos,
     /// MACs pinned to an attachment; never aged, never moved by learning.
     pub static_macs: Vec<(MacAddr, AttachmentId)>,
+    /// Anti-spoofing per attachment (same index as `attachments`; missing or empty: none).
+    pub guards: Vec<Guard>,
+    /// ACLs and security group.
+    pub policy: TenantPolicy,
+}
+
+/// Sizes of each worker's flow cache and connection table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyLimits {
+    /// Flow cache entries.
+    pub flow_cache_entries: u32,
+    /// Share of the flow cache one tenant may hold, in percent.
+    pub flow_cache_share_percent: u32,
+    /// Tracked connections, all tenants together (each also capped by its quota).
+    pub conntrack_capacity: u32,
+}
+
+impl Default for PolicyLimits {
+    fn default() -> Self {
+        PolicyLimits {
+            flow_cache_entries: 65536,
+            flow_cache_share_percent: 25,
+            conntrack_capacity: 65_536,
+        }
+    }
 }
 
 /// Marker in the ingress map for "no tenant here".
@@ -99,6 +125,8 @@ pub struct Snapshot {
     pub tenants: Vec<TenantSpec>,
     /// Total MAC table capacity shared by all tenants (each also capped by its quota).
     pub fdb_capacity: u32,
+    /// Sizes of the per-worker policy state.
+    pub limits: PolicyLimits,
     /// Per port, 4097 slots (VLAN id, then [`UNTAGGED`]): tenant id << 16 | attachment id.
     ingress: Vec<Box<[u32]>>,
 }
@@ -110,6 +138,7 @@ impl fmt::Debug for Snapshot {
             .field("ports", &self.ports)
             .field("tenants", &self.tenants)
             .field("fdb_capacity", &self.fdb_capacity)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -215,12 +244,19 @@ pub struct SnapshotBuilder {
     ports: Vec<PortSpec>,
     tenants: Vec<TenantSpec>,
     fdb_capacity: u32,
+    limits: PolicyLimits,
 }
 
 impl SnapshotBuilder {
     /// An empty builder for the given generation.
     pub fn new(generation: u64) -> Self {
         SnapshotBuilder { generation, fdb_capacity: 65536, ..Default::default() }
+    }
+
+    /// Sets the sizes of the per-worker policy state.
+    pub fn limits(mut self, l: PolicyLimits) -> Self {
+        self.limits = l;
+        self
     }
 
     /// Sets the total MAC table capacity.
@@ -303,6 +339,7 @@ impl SnapshotBuilder {
             ports: self.ports,
             tenants: self.tenants,
             fdb_capacity: self.fdb_capacity,
+            limits: self.limits,
             ingress,
         })
     }
@@ -317,6 +354,8 @@ impl TenantSpec {
             fdb_quota: 1024,
             mac_aging: Nanos::from_secs(300),
             static_macs: Vec::new(),
+            guards: Vec::new(),
+            policy: TenantPolicy::default(),
         }
     }
 }

@@ -9,10 +9,17 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use dataplane::policy::acl::AclSet;
+use dataplane::policy::conntrack::{SecurityGroup, SgRule, Timeouts};
+use dataplane::policy::{Action, Direction, Guard, Match, Prefix, Rule, TenantPolicy};
 use dataplane::port::mem::MemPort;
 use dataplane::port::{FrameArea, PageSize};
-use dataplane::snapshot::{Attachment, PortKind, SnapshotBuilder, TenantSpec};
+use dataplane::snapshot::{
+    Attachment, PolicyLimits, PortId, PortKind, SnapshotBuilder, TenantSpec,
+};
 use dataplane::time::Nanos;
+use dataplane::trace::DropReason;
+use dataplane::wire::MacAddr;
 use dataplane::worker::Worker;
 use etherparse::PacketBuilder;
 
@@ -126,4 +133,112 @@ fn poll_rounds_do_not_allocate() {
     assert!(w.pipeline().counters.flood_copies > 0 && w.pipeline().counters.fdb.aged > 0);
     assert_eq!(ALLOCS.load(Ordering::SeqCst), 0, "allocations on the packet path");
     assert!(w.census().balanced());
+
+    // The same with the policy stages busy: guards, ACLs with a count rule through a cache
+    // too small for the flows (puts and evictions every round), and a security group whose
+    // 1-second UDP timeout makes every round expire and open the connections again.
+    let policy = policed_snapshot();
+    let area = FrameArea::new(4096, 2048, PageSize::Normal).unwrap();
+    let ports = (0..3).map(|_| MemPort::new(4096)).collect();
+    let mut w = Worker::new(area, ports, Arc::new(policy));
+    let mut frames = Vec::new();
+    for i in 0..200u16 {
+        frames.push((PortId(1), udp_from(1, 1000 + i, 53)));
+        frames.push((PortId(1), udp_from(1, 1000 + i, 9))); // denied
+        frames.push((PortId(1), udp_from(7, 1000 + i, 53))); // spoofed MAC
+    }
+    let round = |w: &mut Worker<MemPort>, t: u64| {
+        for (port, f) in &frames {
+            w.inject(*port, f);
+            if w.sockets_mut().any(|(p, d)| p == *port && d.rx_pending() >= 64) {
+                w.poll(Nanos::from_millis(t));
+            }
+        }
+        w.poll(Nanos::from_millis(t));
+        for (_, p) in w.sockets_mut() {
+            p.discard_sent();
+        }
+        w.poll(Nanos::from_millis(t));
+    };
+    round(&mut w, 1);
+    round(&mut w, 2_000);
+    ALLOCS.store(0, Ordering::SeqCst);
+    ARMED.store(true, Ordering::SeqCst);
+    for t in 3..30 {
+        round(&mut w, t * 2_000);
+    }
+    ARMED.store(false, Ordering::SeqCst);
+    let c = &w.pipeline().counters;
+    let st = &w.pipeline().policy;
+    assert!(c.drops(DropReason::Policy) >= 27 * 200, "{:?}", c.port_drops);
+    assert!(c.drops(DropReason::Spoof) >= 27 * 200, "{:?}", c.port_drops);
+    assert!(
+        st.cache.stats.evictions > 0
+            && st.conns.stats.expired > 0
+            && st.conns.stats.opened > 27 * 100,
+        "{:?} {:?}",
+        st.cache.stats,
+        st.conns.stats
+    );
+    assert!(c.acl_hits[0][0] > 0, "count rule");
+    assert_eq!(ALLOCS.load(Ordering::SeqCst), 0, "allocations on the policy path");
+    assert!(w.census().balanced());
+}
+
+fn udp_from(src: u8, sport: u16, dport: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, src], [2, 0, 0, 0, 0, 0xee])
+        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        .udp(sport, dport)
+        .write(&mut out, &[0; 18])
+        .unwrap();
+    out
+}
+
+fn policed_snapshot() -> dataplane::snapshot::Snapshot {
+    let limits = PolicyLimits {
+        flow_cache_entries: 64,
+        flow_cache_share_percent: 100,
+        conntrack_capacity: 4096,
+    };
+    let mut b = SnapshotBuilder::new(1).fdb_capacity(1024).limits(limits);
+    let up = b.port("up", "up", PortKind::Uplink);
+    let p1 = b.port("p1", "p1", PortKind::Tenant);
+    let mut t = TenantSpec::new(
+        "red",
+        vec![Attachment { port: up, vlan: Some(100) }, Attachment { port: p1, vlan: None }],
+    );
+    t.guards = vec![
+        Guard::default(),
+        Guard { macs: vec![MacAddr([2, 0, 0, 0, 0, 1])], ips: vec![Prefix::v4([10, 0, 0, 0], 24)] },
+    ];
+    let rules = vec![
+        Rule {
+            name: "count-udp".into(),
+            priority: 1,
+            action: Action::Count,
+            m: Match { proto: Some(17), ..Match::default() },
+        },
+        Rule {
+            name: "no-discard".into(),
+            priority: 2,
+            action: Action::Deny,
+            m: Match {
+                proto: Some(17),
+                src_ports: Some((1000, 1300)),
+                dst_ports: Some((9, 9)),
+                ..Match::default()
+            },
+        },
+    ];
+    t.policy = TenantPolicy {
+        acl: [AclSet::new(rules, Action::Allow), AclSet::default()],
+        group: Some(SecurityGroup {
+            rules: vec![SgRule { dir: Some(Direction::FromTenant), ..SgRule::default() }],
+            quota: 1000,
+            timeouts: Timeouts { udp: Nanos::from_secs(1), ..Timeouts::default() },
+        }),
+    };
+    b.tenant(t);
+    b.build().unwrap()
 }

@@ -413,3 +413,189 @@ fn a_tenant_flooding_connections_fills_its_quota_only() {
     let first = tcp_between([10, 0, 0, 2], [10, 0, 0, 1], 80, 1000, SYN | ACK, None);
     assert_eq!(ct.check_as(TenantId(1), 2, IN, &first), Verdict::Established);
 }
+
+// --- The pipeline with policy, over in-memory ports ---
+
+mod pipeline {
+    use std::sync::Arc;
+
+    use dataplane::policy::acl::AclSet;
+    use dataplane::policy::conntrack::{SecurityGroup, SgRule};
+    use dataplane::policy::{Action, Direction, Guard, Match, Rule, TenantPolicy};
+    use dataplane::port::mem::MemPort;
+    use dataplane::port::{FrameArea, PageSize};
+    use dataplane::snapshot::{
+        Attachment, PortId, PortKind, Snapshot, SnapshotBuilder, TenantSpec,
+    };
+    use dataplane::time::Nanos;
+    use dataplane::trace::DropReason;
+    use dataplane::wire::MacAddr;
+    use dataplane::worker::Worker;
+
+    use super::{A, ACK, B, SYN, tcp_between};
+
+    const UP: PortId = PortId(0);
+    const A1: PortId = PortId(1);
+    const A2: PortId = PortId(2);
+
+    /// red: uplink/100, a1 (host A, 10.0.0.1, guarded), a2 (host B, 10.0.0.2).
+    fn snapshot(generation: u64, policy: TenantPolicy) -> Snapshot {
+        let mut b = SnapshotBuilder::new(generation);
+        let up = b.port("uplink", "up0", PortKind::Uplink);
+        let a1 = b.port("a1", "a1", PortKind::Tenant);
+        let a2 = b.port("a2", "a2", PortKind::Tenant);
+        let mut red = TenantSpec::new(
+            "red",
+            vec![
+                Attachment { port: up, vlan: Some(100) },
+                Attachment { port: a1, vlan: None },
+                Attachment { port: a2, vlan: None },
+            ],
+        );
+        red.guards = vec![
+            Guard::default(),
+            Guard { macs: vec![MacAddr(A)], ips: vec!["10.0.0.1".parse().unwrap()] },
+            Guard::default(),
+        ];
+        red.policy = policy;
+        b.tenant(red);
+        b.build().unwrap()
+    }
+
+    fn deny_telnet_to_tenant() -> TenantPolicy {
+        let telnet = Rule {
+            name: "no-telnet".into(),
+            priority: 10,
+            action: Action::Deny,
+            m: Match { proto: Some(6), dst_ports: Some((23, 23)), ..Match::default() },
+        };
+        TenantPolicy {
+            acl: [AclSet::new(vec![], Action::Allow), AclSet::new(vec![telnet], Action::Allow)],
+            group: None,
+        }
+    }
+
+    fn worker(policy: TenantPolicy) -> Worker<MemPort> {
+        let area = FrameArea::new(1024, 2048, PageSize::Normal).unwrap();
+        let ports = (0..3).map(|_| MemPort::new(256)).collect();
+        Worker::new(area, ports, Arc::new(snapshot(1, policy)))
+    }
+
+    fn drops(w: &Worker<MemPort>, r: DropReason) -> u64 {
+        w.pipeline().counters.drops(r)
+    }
+
+    /// Sends `frame` in on `port` and returns what came out on `out`.
+    fn send(w: &mut Worker<MemPort>, port: PortId, frame: &[u8], out: PortId) -> usize {
+        assert!(w.inject(port, frame));
+        w.poll(Nanos::from_secs(1));
+        let n = w.take_sent(out).len();
+        for p in [UP, A1, A2] {
+            w.take_sent(p);
+        }
+        n
+    }
+
+    fn from_a(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+        tcp_between([10, 0, 0, 1], [10, 0, 0, 2], sport, dport, flags, None)
+    }
+
+    fn from_b(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+        let mut f = tcp_between([10, 0, 0, 2], [10, 0, 0, 1], sport, dport, flags, None);
+        f[0..6].copy_from_slice(&A);
+        f[6..12].copy_from_slice(&B);
+        f
+    }
+
+    #[test]
+    fn spoofed_sources_are_dropped_as_spoof_and_not_learned() {
+        let mut w = worker(TenantPolicy::default());
+        // Teach the switch where B lives.
+        send(&mut w, A2, &from_b(80, 1000, SYN), A1);
+        assert_eq!(send(&mut w, A1, &from_a(1000, 80, SYN), A2), 1);
+        // Another source IP from a1.
+        let ip = tcp_between([10, 0, 0, 9], [10, 0, 0, 2], 1, 80, SYN, None);
+        assert_eq!(send(&mut w, A1, &ip, A2), 0);
+        // Another source MAC from a1.
+        let mut mac = from_a(1000, 80, SYN);
+        mac[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0x66]);
+        assert_eq!(send(&mut w, A1, &mac, A2), 0);
+        assert_eq!(drops(&w, DropReason::Spoof), 2);
+        assert!(
+            w.pipeline()
+                .fdb()
+                .lookup(
+                    Nanos::from_secs(1),
+                    dataplane::snapshot::TenantId(0),
+                    MacAddr([2, 0, 0, 0, 0, 0x66])
+                )
+                .is_none(),
+            "a spoofed MAC is never learned"
+        );
+        // a2 has no guard: anything goes.
+        let mut any = tcp_between([1, 2, 3, 4], [10, 0, 0, 1], 1, 2, SYN, None);
+        any[0..6].copy_from_slice(&A);
+        any[6..12].copy_from_slice(&B);
+        assert_eq!(send(&mut w, A2, &any, A1), 1);
+    }
+
+    #[test]
+    fn acl_denies_to_the_tenant_and_the_cache_forgets_on_a_rules_change() {
+        let mut w = worker(deny_telnet_to_tenant());
+        send(&mut w, A2, &from_b(80, 1000, SYN), A1);
+        assert_eq!(send(&mut w, A1, &from_a(1000, 23, SYN), A2), 0, "telnet to a tenant host");
+        assert_eq!(send(&mut w, A1, &from_a(1000, 23, SYN), A2), 0, "again, from the cache");
+        assert_eq!(send(&mut w, A1, &from_a(1000, 22, SYN), A2), 1);
+        assert_eq!(drops(&w, DropReason::Policy), 2);
+        assert_eq!(w.pipeline().counters.acl_hits[0], [2], "the rule decided twice");
+        assert!(w.pipeline().policy.cache.stats.hits >= 1);
+        // New rules (telnet allowed, ssh denied): the cached verdicts must not survive.
+        let mut ssh = deny_telnet_to_tenant();
+        ssh.acl[1] = AclSet::new(
+            vec![Rule {
+                name: "no-ssh".into(),
+                priority: 1,
+                action: Action::Deny,
+                m: Match { proto: Some(6), dst_ports: Some((22, 22)), ..Match::default() },
+            }],
+            Action::Allow,
+        );
+        w.install(Arc::new(snapshot(2, ssh)));
+        send(&mut w, A2, &from_b(80, 1000, SYN), A1);
+        assert_eq!(send(&mut w, A1, &from_a(1000, 23, SYN), A2), 1, "telnet now allowed");
+        assert_eq!(send(&mut w, A1, &from_a(1000, 22, SYN), A2), 0, "ssh now denied");
+    }
+
+    #[test]
+    fn a_security_group_passes_return_traffic_only() {
+        // a1's host may open anything; nothing may open connections to the tenant.
+        let group = SecurityGroup {
+            rules: vec![SgRule { dir: Some(Direction::FromTenant), ..SgRule::default() }],
+            quota: 100,
+            ..SecurityGroup::default()
+        };
+        let mut w = worker(TenantPolicy { group: Some(group), ..TenantPolicy::default() });
+        // Outbound from a1 to the uplink: from-tenant only; opens a connection.
+        let out = from_a(40000, 443, SYN);
+        send(
+            &mut w,
+            UP,
+            &[&[0xff; 6][..], &[2, 0, 0, 0, 0, 0x55], &[0x81, 0, 0, 100, 0x08, 0x06], &[0; 28]]
+                .concat(),
+            A1,
+        );
+        assert_eq!(send(&mut w, A1, &out, UP), 1);
+        // The reply comes back from the uplink (tagged 100): to-tenant, part of the connection.
+        let mut reply = tcp_between([10, 0, 0, 2], [10, 0, 0, 1], 443, 40000, SYN | ACK, Some(100));
+        reply[0..6].copy_from_slice(&A);
+        reply[6..12].copy_from_slice(&B);
+        assert_eq!(send(&mut w, UP, &reply, A1), 1);
+        // An unsolicited SYN from the uplink: no rule opens it.
+        let mut syn = tcp_between([10, 0, 0, 2], [10, 0, 0, 1], 5555, 22, SYN, Some(100));
+        syn[0..6].copy_from_slice(&A);
+        syn[6..12].copy_from_slice(&B);
+        assert_eq!(send(&mut w, UP, &syn, A1), 0);
+        assert_eq!(drops(&w, DropReason::Policy), 1);
+        assert_eq!(w.pipeline().policy.conns.len(), 1);
+    }
+}

@@ -4,6 +4,7 @@
 
 pub mod load;
 pub mod model;
+pub mod policy;
 pub mod validate;
 
 pub use load::{ConfigError, load, load_str};

@@ -76,6 +76,12 @@ pub struct SwitchConfig {
     pub busy_poll_us: u32,
     /// `SO_BUSY_POLL_BUDGET`: frames per busy-poll round.
     pub busy_poll_budget: u32,
+    /// Entries of each worker's flow cache (ACL verdicts by flow).
+    pub flow_cache_entries: u32,
+    /// Percent of the flow cache one tenant may hold.
+    pub flow_cache_tenant_share: u32,
+    /// Connections each worker tracks for security groups, all tenants together.
+    pub conntrack_capacity: u32,
 }
 
 impl Default for SwitchConfig {
@@ -91,6 +97,9 @@ impl Default for SwitchConfig {
             huge_pages: false,
             busy_poll_us: 0,
             busy_poll_budget: 64,
+            flow_cache_entries: 65536,
+            flow_cache_tenant_share: 25,
+            conntrack_capacity: 65_536,
         }
     }
 }
@@ -153,6 +162,185 @@ pub struct TenantConfig {
     /// MACs pinned to an attachment.
     #[serde(default)]
     pub static_macs: Vec<StaticMacConfig>,
+    /// What the ACLs do when no allow or deny rule matches.
+    #[serde(default)]
+    pub acl_default: AclDefault,
+    /// Stateless rules.
+    #[serde(default)]
+    pub acl: Vec<AclRuleConfig>,
+    /// Stateful security group (absent: every connection passes).
+    #[serde(default)]
+    pub security_group: Option<SecurityGroupConfig>,
+}
+
+/// A number, or a name for it (`"tcp"`, `"ipv6"`, `"1000-2000"`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum NumOrName {
+    /// A number.
+    Num(u64),
+    /// A name or a range.
+    Name(String),
+}
+
+/// The ACL default action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum AclDefault {
+    /// Let through.
+    #[default]
+    Allow,
+    /// Drop (counted under `policy`).
+    Deny,
+}
+
+/// What an ACL rule does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AclActionConfig {
+    /// Let through.
+    Allow,
+    /// Drop.
+    Deny,
+    /// Count and go on.
+    Count,
+}
+
+/// Which way traffic crosses the tenant boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DirectionConfig {
+    /// Sent by the tenant (cloud "egress").
+    FromTenant,
+    /// Delivered to the tenant (cloud "ingress").
+    ToTenant,
+}
+
+/// `[[tenants.NAME.acl]]`: one stateless rule. Fields left out match anything.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclRuleConfig {
+    /// Name for counters and traces (default `acl[i]`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Lower is evaluated first.
+    pub priority: u32,
+    /// Which traffic the rule sees.
+    pub direction: DirectionConfig,
+    /// What it does.
+    pub action: AclActionConfig,
+    /// Ingress port name.
+    #[serde(default)]
+    pub in_port: Option<String>,
+    /// Source MAC.
+    #[serde(default)]
+    pub src_mac: Option<String>,
+    /// Destination MAC.
+    #[serde(default)]
+    pub dst_mac: Option<String>,
+    /// `"ipv4"`, `"ipv6"`, `"arp"` or a number.
+    #[serde(default)]
+    pub ethertype: Option<NumOrName>,
+    /// Outer VLAN the frame arrived with.
+    #[serde(default)]
+    pub vlan: Option<u16>,
+    /// Source prefix.
+    #[serde(default)]
+    pub src: Option<String>,
+    /// Destination prefix.
+    #[serde(default)]
+    pub dst: Option<String>,
+    /// `"tcp"`, `"udp"`, `"icmp"`, `"icmpv6"` or a number.
+    #[serde(default)]
+    pub proto: Option<NumOrName>,
+    /// Source port or `"lo-hi"`.
+    #[serde(default)]
+    pub src_port: Option<NumOrName>,
+    /// Destination port or `"lo-hi"`.
+    #[serde(default)]
+    pub dst_port: Option<NumOrName>,
+    /// Flags that must be set or clear: `"syn,!ack"`.
+    #[serde(default)]
+    pub tcp_flags: Option<String>,
+    /// ICMP type.
+    #[serde(default)]
+    pub icmp_type: Option<u8>,
+    /// ICMP code.
+    #[serde(default)]
+    pub icmp_code: Option<u8>,
+}
+
+/// `[tenants.NAME.security_group]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityGroupConfig {
+    /// Allow rules.
+    #[serde(default)]
+    pub rules: Vec<SgRuleConfig>,
+    /// Most connections tracked for this tenant at once, per worker.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Idle timeouts in seconds.
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+}
+
+fn default_max_connections() -> u32 {
+    4096
+}
+
+/// One allow rule of a security group.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SgRuleConfig {
+    /// Name for traces (default `rules[i]`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Which connections it opens: from the tenant or to it.
+    pub direction: DirectionConfig,
+    /// `"ipv4"` or `"ipv6"` (default both).
+    #[serde(default)]
+    pub ethertype: Option<NumOrName>,
+    /// Protocol (default any).
+    #[serde(default)]
+    pub proto: Option<NumOrName>,
+    /// Destination port or `"lo-hi"` (ICMP: the type).
+    #[serde(default)]
+    pub ports: Option<NumOrName>,
+    /// The other end's prefix.
+    #[serde(default)]
+    pub remote: Option<String>,
+}
+
+/// Connection idle timeouts, seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsConfig {
+    /// Established TCP.
+    pub tcp: u32,
+    /// TCP before the handshake completes.
+    pub tcp_handshake: u32,
+    /// TCP after FIN or RST.
+    pub tcp_closing: u32,
+    /// UDP.
+    pub udp: u32,
+    /// ICMP echo.
+    pub icmp: u32,
+    /// Other protocols.
+    pub other: u32,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig {
+            tcp: 3600,
+            tcp_handshake: 30,
+            tcp_closing: 30,
+            udp: 60,
+            icmp: 30,
+            other: 60,
+        }
+    }
 }
 
 fn default_quota() -> u32 {
@@ -172,6 +360,12 @@ pub struct AttachConfig {
     /// VLAN id 1..=4094; absent for untagged.
     #[serde(default)]
     pub vlan: Option<u16>,
+    /// Anti-spoofing: the source MACs hosts behind this attachment own (empty: any).
+    #[serde(default)]
+    pub macs: Vec<String>,
+    /// Anti-spoofing: the source addresses (prefixes) they own (empty: any).
+    #[serde(default)]
+    pub ips: Vec<String>,
 }
 
 /// A static MAC entry.

@@ -100,6 +100,24 @@ fn check_switch(cfg: &Config, is: &mut Issues) {
     if s.fdb_capacity == 0 {
         is.add("switch.fdb_capacity", "must be at least 1");
     }
+    if !(64..=1 << 24).contains(&s.flow_cache_entries) {
+        is.add(
+            "switch.flow_cache_entries",
+            format!("{} is out of range 64..=16777216", s.flow_cache_entries),
+        );
+    }
+    if !(1..=100).contains(&s.flow_cache_tenant_share) {
+        is.add(
+            "switch.flow_cache_tenant_share",
+            format!("{} % is out of range 1..=100", s.flow_cache_tenant_share),
+        );
+    }
+    if !(1..=1 << 24).contains(&s.conntrack_capacity) {
+        is.add(
+            "switch.conntrack_capacity",
+            format!("{} is out of range 1..=16777216", s.conntrack_capacity),
+        );
+    }
     // Each socket keeps a full fill ring (2 x ring_size) and may have a full TX ring in flight;
     // the rest is the working set of batches, TX lists and flood copies.
     let sockets: u64 = cfg.ports.values().map(|p| u64::from(p.queues)).sum();
@@ -206,6 +224,24 @@ fn check_tenants(cfg: &Config, is: &mut Issues) {
                 let what = a.vlan.map_or("untagged".to_string(), |v| format!("VLAN {v}"));
                 is.add(ap, format!("port {} {what} is already attached at {prev}", a.port));
             }
+        }
+        let ids: Vec<&String> = cfg.ports.keys().collect();
+        let port_id = |p: &str| {
+            ids.iter().position(|n| n.as_str() == p).map(|i| dataplane::snapshot::PortId(i as u16))
+        };
+        is.0.extend(super::policy::build(name, t, &port_id).issues);
+        if t.security_group.is_some() && cfg.switch.workers > 1 {
+            // Each worker tracks the connections it sees; with several workers the two
+            // directions of a connection may be seen by different ones, and the return
+            // traffic would be refused. Until workers share connection entries: refused here.
+            is.add(
+                format!("{at}.security_group"),
+                format!(
+                    "security groups need switch.workers = 1 in this version (it is {}): \
+                     connection entries are not yet shared between workers",
+                    cfg.switch.workers
+                ),
+            );
         }
         let mut macs = HashSet::new();
         for (i, m) in t.static_macs.iter().enumerate() {

@@ -1,7 +1,8 @@
 //! The batch pipeline: one pure call per batch that decides, for every frame, where it goes.
 //!
 //! ```text
-//! parse ─► tenant ─► ingress ─► classify (learn + FDB) ─► output (retag, flood, TX lists)
+//! parse ─► tenant ─► ingress + guard ─► classify (learn + FDB) ─► policy ─► output
+//!                                                                         (retag, flood, TX lists)
 //! ```
 //!
 //! [`Pipeline::process`] takes the time, the snapshot, the frame area and a batch, and writes
@@ -17,6 +18,7 @@ pub mod classify;
 pub mod ingress;
 pub mod output;
 pub mod parse;
+pub mod policy;
 pub mod tenant;
 
 use crate::batch::{BATCH_SIZE, Batch};
@@ -87,6 +89,8 @@ impl Dispositions {
 #[derive(Debug)]
 pub struct Pipeline {
     fdb: Fdb,
+    /// Flow cache and connection table.
+    pub policy: policy::PolicyState,
     /// This worker's counters (published by the control plane).
     pub counters: Counters,
     generation: u64,
@@ -97,12 +101,15 @@ pub struct Pipeline {
 impl Pipeline {
     /// A pipeline for `snap`.
     pub fn new(snap: &Snapshot) -> Self {
-        Pipeline {
+        let mut p = Pipeline {
             fdb: Fdb::new(snap),
+            policy: policy::PolicyState::new(snap),
             counters: Counters::new(snap.ports.len(), snap.tenants.len()),
             generation: snap.generation,
             announcements: Vec::new(),
-        }
+        };
+        p.size_rule_counters(snap);
+        p
     }
 
     /// Makes this pipeline buffer what it learns for other workers ([`Pipeline::announcements`]).
@@ -129,6 +136,18 @@ impl Pipeline {
         self.generation = snap.generation;
         self.counters.resize(snap.ports.len(), snap.tenants.len());
         self.fdb.install(snap);
+        self.policy.install(snap);
+        self.size_rule_counters(snap);
+    }
+
+    /// One counter per ACL rule of each tenant (rules change with the snapshot, so do they).
+    fn size_rule_counters(&mut self, snap: &Snapshot) {
+        let hits = &mut self.counters.acl_hits;
+        hits.resize(snap.tenants.len(), Vec::new());
+        for (h, t) in hits.iter_mut().zip(&snap.tenants) {
+            h.clear();
+            h.resize(t.policy.acl[0].rules.len() + t.policy.acl[1].rules.len(), 0);
+        }
     }
 
     /// The generation of the installed snapshot.
@@ -141,10 +160,13 @@ impl Pipeline {
         &self.fdb
     }
 
-    /// Housekeeping between batches: ages the MAC table.
+    /// Housekeeping between batches: ages the MAC table, expires idle connections.
     pub fn age(&mut self, now: Nanos) {
         let n = self.fdb.age(now);
         self.counters.fdb.aged += n as u64;
+        if !self.policy.conns.is_empty() {
+            self.policy.conns.expire(now);
+        }
     }
 
     /// Decides the fate of every frame in `batch`.
@@ -181,11 +203,34 @@ impl Pipeline {
                 *d = Disposition::Drop(r);
                 continue;
             }
+            let Some(t) = snap.tenants.get(m.tenant.index()) else {
+                *d = Disposition::Drop(DropReason::UnknownTenant);
+                continue;
+            };
+            let guarded = !t.guards.is_empty();
+            let open = t.policy.is_open();
+            let frame = if guarded || !open { area.frame(*f).unwrap_or(&[]) } else { &[] };
+            if guarded && let Err(r) = policy::guard_one(t, m, frame) {
+                *d = Disposition::Drop(r);
+                continue;
+            }
             let learned = classify::learn_one(&mut self.fdb, &mut c.fdb, now, port, m);
             if learned.announce() && self.announcements.capacity() > 0 {
                 announce(&mut self.announcements, &mut c.fdb.unannounced, port, m);
             }
             *d = classify::forward_one(&self.fdb, now, port, m);
+            if !open && !matches!(*d, Disposition::Drop(_)) {
+                let hits = match c.acl_hits.get_mut(m.tenant.index()) {
+                    Some(h) => h.as_mut_slice(),
+                    None => &mut [],
+                };
+                let st = &mut self.policy;
+                if let Err(r) =
+                    policy::check_one(st, snap, t, m.tenant, now, port, m, frame, *d, hits)
+                {
+                    *d = Disposition::Drop(r);
+                }
+            }
         }
         // Counted once per batch: every frame of a batch came in on one port.
         if let Some(pr) = c.port_rx.get_mut(port.index()) {

@@ -238,12 +238,25 @@ impl AclSet {
 
     /// Decides a key; calls `counted` with every matching `count` rule.
     #[inline]
-    pub fn decide(&self, key: &Key, mut counted: impl FnMut(u32)) -> AclVerdict {
+    pub fn decide(&self, key: &Key, counted: impl FnMut(u32)) -> AclVerdict {
+        self.count(key, counted);
+        self.classify(key)
+    }
+
+    /// Calls `counted` with every `count` rule matching `key` (a flow cache cannot hold these:
+    /// they are counted per packet).
+    #[inline]
+    pub fn count(&self, key: &Key, mut counted: impl FnMut(u32)) {
         for (rule, entries) in &self.count {
             if matches_entries(entries, key) {
                 counted(*rule);
             }
         }
+    }
+
+    /// The deciding rule for `key` (`allow` or `deny`), or the default.
+    #[inline]
+    pub fn classify(&self, key: &Key) -> AclVerdict {
         match self.decide.lookup(key) {
             Some(h) => {
                 AclVerdict { action: self.rules[h.rule as usize].action, rule: Some(h.rule) }

@@ -59,7 +59,9 @@ pub struct CacheStats {
 /// One worker's flow cache.
 #[derive(Debug)]
 pub struct FlowCache {
+    /// Empty until some tenant has rules (then allocated once, at its full size).
     slots: Vec<Slot>,
+    size: usize,
     set_mask: usize,
     generation: u32,
     per_tenant: Vec<u32>,
@@ -85,7 +87,8 @@ impl FlowCache {
     pub fn new(entries: usize, share_percent: u32) -> Self {
         let n = entries.max(WAYS).next_power_of_two();
         FlowCache {
-            slots: vec![EMPTY; n],
+            slots: Vec::new(),
+            size: n,
             set_mask: n / WAYS - 1,
             // Generation 0 marks never-written slots.
             generation: 1,
@@ -97,7 +100,11 @@ impl FlowCache {
     }
 
     /// Forgets every entry (lazily) and sizes the per-tenant counts; call when the rules change.
-    pub fn install(&mut self, tenants: usize) {
+    /// `needed`: some tenant has rules (the table is allocated the first time it is).
+    pub fn install(&mut self, tenants: usize, needed: bool) {
+        if needed && self.slots.is_empty() {
+            self.slots = vec![EMPTY; self.size];
+        }
         self.generation = self.generation.wrapping_add(1).max(1);
         self.per_tenant.clear();
         self.per_tenant.resize(tenants, 0);
@@ -131,6 +138,9 @@ impl FlowCache {
     /// The cached verdict for a flow.
     #[inline]
     pub fn get(&mut self, t: TenantId, dir: Direction, key: &Key) -> Option<AclVerdict> {
+        if self.slots.is_empty() {
+            return None;
+        }
         let base = self.set(hash(t, dir, key));
         self.tick = self.tick.wrapping_add(1);
         for s in &mut self.slots[base..base + WAYS] {
@@ -152,6 +162,9 @@ impl FlowCache {
     #[inline]
     pub fn put(&mut self, t: TenantId, dir: Direction, key: &Key, verdict: AclVerdict) {
         let Some(&held) = self.per_tenant.get(t.index()) else { return };
+        if self.slots.is_empty() {
+            return;
+        }
         let base = self.set(hash(t, dir, key));
         let gen_now = self.generation;
         let set = &self.slots[base..base + WAYS];
@@ -207,7 +220,7 @@ mod tests {
     #[test]
     fn hits_after_put_and_misses_after_a_rules_change() {
         let mut c = FlowCache::new(64, 100);
-        c.install(2);
+        c.install(2, true);
         let (a, b) = (TenantId(0), TenantId(1));
         assert_eq!(c.get(a, Direction::FromTenant, &key(1)), None);
         c.put(a, Direction::FromTenant, &key(1), ALLOW);
@@ -219,7 +232,7 @@ mod tests {
         assert_eq!(c.get(b, Direction::FromTenant, &key(1)), Some(DENY));
         assert_eq!(c.len(), 2);
         // New rules: everything cached before is gone.
-        c.install(2);
+        c.install(2, true);
         assert_eq!(c.get(a, Direction::FromTenant, &key(1)), None);
         assert_eq!(c.len(), 0);
         assert_eq!(c.stats.hits, 2);
@@ -228,7 +241,7 @@ mod tests {
     #[test]
     fn a_flooding_tenant_keeps_to_its_share() {
         let mut c = FlowCache::new(1024, 25);
-        c.install(2);
+        c.install(2, true);
         let (quiet, loud) = (TenantId(0), TenantId(1));
         for i in 0..200 {
             c.put(quiet, Direction::FromTenant, &key(i), ALLOW);
@@ -252,7 +265,7 @@ mod tests {
     fn least_recently_used_goes_first() {
         // One set of four ways.
         let mut c = FlowCache::new(4, 100);
-        c.install(1);
+        c.install(1, true);
         let t = TenantId(0);
         for i in 0..4 {
             c.put(t, Direction::FromTenant, &key(i), ALLOW);

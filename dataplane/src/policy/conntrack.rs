@@ -192,13 +192,11 @@ pub struct ConnTable {
 }
 
 impl ConnTable {
-    /// A table of at most `capacity` connections. Allocates room for twice that once, so
-    /// inserts never grow it.
+    /// A table of at most `capacity` connections. Room for twice that is allocated once, when
+    /// the first group is installed, so inserts never grow it.
     pub fn new(capacity: usize) -> Self {
-        let mut map = HashMap::with_hasher(ahash::RandomState::new());
-        map.reserve(2 * capacity);
         ConnTable {
-            map,
+            map: HashMap::with_hasher(ahash::RandomState::new()),
             per_tenant: Vec::new(),
             quotas: Vec::new(),
             timeouts: Vec::new(),
@@ -211,6 +209,9 @@ impl ConnTable {
     /// group is gone are dropped; the others are kept (a rules change does not cut live
     /// connections, like a cloud security group).
     pub fn install(&mut self, groups: &[Option<&SecurityGroup>]) {
+        if groups.iter().any(Option::is_some) && self.map.capacity() < 2 * self.capacity {
+            self.map.reserve(2 * self.capacity - self.map.len());
+        }
         self.quotas = groups.iter().map(|g| g.map_or(0, |g| g.quota)).collect();
         self.timeouts =
             groups.iter().map(|g| g.map_or_else(Timeouts::default, |g| g.timeouts)).collect();

@@ -9,7 +9,9 @@
 //! leaves on a tenant-kind port (or is flooded, which reaches the tenant's ports) is *to the
 //! tenant*. A frame between two hosts of one tenant is both, and passes both checks, as a
 //! cloud's egress rules of the sender and ingress rules of the receiver would apply. Frames
-//! from the uplink are only to the tenant; frames to the uplink only from it.
+//! from the uplink are only to the tenant; frames to the uplink only from it. A flood (unknown
+//! or group destination) from a tenant port is judged as from the tenant only; a flood from the
+//! uplink as to the tenant.
 //!
 //! Everything here is compiled once per snapshot; the packet path only reads it (and, for the
 //! connection table and the flow cache, updates per-worker state).

@@ -36,6 +36,12 @@ pub struct Guard {
 }
 
 impl Guard {
+    /// True when the guard restricts nothing.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.macs.is_empty() && self.ips.is_empty()
+    }
+
     #[inline]
     fn owns_ip(&self, ip: &[u8; 16]) -> bool {
         self.ips.is_empty() || self.ips.iter().any(|p| p.contains(ip))

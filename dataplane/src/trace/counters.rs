@@ -55,6 +55,13 @@ labelled_enum! {
         NoFrame => "no_frame",
         /// The egress port's TX ring (or pending list) was full.
         TxFull => "tx_full",
+        /// The source (MAC, IP, ARP or neighbour advertisement) is not one the attachment owns.
+        Spoof => "spoof",
+        /// An ACL rule (or the default action) denied it, or no security-group rule opens it.
+        Policy => "policy",
+        /// A security group would open the connection, but the tenant's connection quota or
+        /// the table is full.
+        ConntrackFull => "conntrack_full",
     }
 }
 
@@ -141,6 +148,9 @@ pub struct Counters {
     pub flood_copies: u64,
     /// Port wakeups (`sendto`/`poll` kicks) that failed.
     pub kick_errors: u64,
+    /// Per tenant, matches of each ACL rule: the from-tenant set's rules, then the to-tenant
+    /// set's (count rules every time they match, deciding rules when they decide).
+    pub acl_hits: Vec<Vec<u64>>,
 }
 
 impl Counters {
@@ -211,6 +221,17 @@ impl Counters {
         f.unannounced += g.unannounced;
         self.flood_copies += o.flood_copies;
         self.kick_errors += o.kick_errors;
+        if self.acl_hits.len() < o.acl_hits.len() {
+            self.acl_hits.resize(o.acl_hits.len(), Vec::new());
+        }
+        for (a, b) in self.acl_hits.iter_mut().zip(&o.acl_hits) {
+            if a.len() < b.len() {
+                a.resize(b.len(), 0);
+            }
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
     }
 
     /// Total drops under `reason`, summed over ports.
