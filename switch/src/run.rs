@@ -273,6 +273,19 @@ pub fn serve(
             eprintln!("xswitch:   dropped {}: {n}", r.as_label());
         }
     }
+    for (t, hits) in snap.tenants.iter().zip(&c.acl_hits) {
+        let [from, to] = &t.policy.acl;
+        let named = from
+            .rules
+            .iter()
+            .map(|r| ("from-tenant", r))
+            .chain(to.rules.iter().map(|r| ("to-tenant", r)));
+        for ((dir, r), n) in named.zip(hits) {
+            if *n > 0 {
+                eprintln!("xswitch:   acl {} {dir} {}: {n} matches", t.name, r.name);
+            }
+        }
+    }
     if workers > 1 {
         eprintln!(
             "xswitch:   MAC announcements applied from other workers: {}, lost: {}",
