@@ -8,8 +8,12 @@
 
 use dataplane::batch::{BATCH_SIZE, Batch, FrameRef};
 use dataplane::pipeline::{Dispositions, Pipeline, TxLists};
+use dataplane::policy::acl::AclSet;
+use dataplane::policy::{Action, Match, Prefix, Rule, TenantPolicy};
 use dataplane::port::{Breath, FRAME_HEADROOM, FrameArea, FramePool, PageSize, Port, PortCensus};
-use dataplane::snapshot::{Attachment, PortId, PortKind, Snapshot, SnapshotBuilder, TenantSpec};
+use dataplane::snapshot::{
+    Attachment, PolicyLimits, PortId, PortKind, Snapshot, SnapshotBuilder, TenantSpec,
+};
 use dataplane::time::Nanos;
 
 /// A port that takes every frame and completes it at once without returning it to the pool:
@@ -84,9 +88,76 @@ pub fn frame(src: [u8; 6], dst: [u8; 6], vlan: u16) -> [u8; 64] {
 /// Builds a switch with `tenants` tenants and `macs` learned destination MACs spread evenly
 /// over them (at least one per tenant), plus one source host per tenant.
 pub fn setup(tenants: u32, macs: u32) -> Setup {
+    setup_with(tenants, macs, None)
+}
+
+/// `n` ACL rules of a realistic mix (source /24 networks with a destination port, single hosts,
+/// /16 networks with a port range, protocol-and-port rules), alternately allow and deny. They
+/// use 4 + (port-range prefixes) distinct masks, whatever `n`.
+pub fn bench_rules(n: usize) -> Vec<Rule> {
+    (0..n)
+        .map(|i| {
+            let (a, b) = ((i >> 8) as u8, i as u8);
+            let m = match i % 10 {
+                0..=5 => Match {
+                    src: Some(Prefix::v4([10, a, b, 0], 24)),
+                    proto: Some(17),
+                    dst_ports: Some((1000 + (i % 500) as u16, 1000 + (i % 500) as u16)),
+                    ..Match::default()
+                },
+                6 | 7 => Match {
+                    src: Some(Prefix::v4([10, a, b, (i % 251) as u8], 32)),
+                    proto: Some(17),
+                    ..Match::default()
+                },
+                8 => Match {
+                    src: Some(Prefix::v4([172, (i % 16) as u8, 0, 0], 16)),
+                    proto: Some(17),
+                    dst_ports: Some((2000, 2999)),
+                    ..Match::default()
+                },
+                _ => Match {
+                    proto: Some(6),
+                    dst_ports: Some((i as u16, i as u16)),
+                    ..Match::default()
+                },
+            };
+            let action = if i % 2 == 0 { Action::Deny } else { Action::Allow };
+            Rule { name: format!("r{i}"), priority: i as u32, action, m }
+        })
+        .collect()
+}
+
+/// Number of distinct flows the policy benches cycle through (100 000, or
+/// `XSWITCH_BENCH_FLOWS`).
+pub fn flows() -> u32 {
+    std::env::var("XSWITCH_BENCH_FLOWS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000)
+}
+
+/// Stamps flow `k` (source address 10.k.k.k, source port) into a bench frame.
+#[inline]
+pub fn stamp_flow(area: &mut FrameArea, f: FrameRef, k: u32) {
+    if let Some(b) = area.frame_mut(f) {
+        let [_, x, y, z] = k.to_be_bytes();
+        b[30..34].copy_from_slice(&[10, x, y, z]);
+        b[38..40].copy_from_slice(&(1024 + (k % 50_000) as u16).to_be_bytes());
+    }
+}
+
+/// [`setup`] with every tenant's from-tenant ACL holding `rules` (and a flow cache large
+/// enough for [`FLOWS`] flows), or no policy at all for `None`.
+pub fn setup_with(tenants: u32, macs: u32, rules: Option<Vec<Rule>>) -> Setup {
     let macs = macs.max(tenants);
     let per_tenant = macs.div_ceil(tenants);
-    let mut b = SnapshotBuilder::new(1).fdb_capacity(macs + tenants + 1024);
+    let limits = PolicyLimits {
+        flow_cache_entries: std::env::var("XSWITCH_BENCH_CACHE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(262_144),
+        flow_cache_share_percent: 100,
+        ..PolicyLimits::default()
+    };
+    let mut b = SnapshotBuilder::new(1).fdb_capacity(macs + tenants + 1024).limits(limits);
     let pa = b.port("a", "a", PortKind::Tenant);
     let pb = b.port("b", "b", PortKind::Tenant);
     for t in 0..tenants {
@@ -97,6 +168,12 @@ pub fn setup(tenants: u32, macs: u32) -> Setup {
         );
         spec.fdb_quota = per_tenant + 16;
         spec.mac_aging = Nanos::from_secs(3600);
+        if let Some(r) = &rules {
+            spec.policy = TenantPolicy {
+                acl: [AclSet::new(r.clone(), Action::Allow), AclSet::default()],
+                group: None,
+            };
+        }
         b.tenant(spec);
     }
     let snap = b.build().expect("bench snapshot");

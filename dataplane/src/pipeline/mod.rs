@@ -91,6 +91,7 @@ pub struct Pipeline {
     fdb: Fdb,
     /// Flow cache and connection table.
     pub policy: policy::PolicyState,
+    scratch: Box<policy::Scratch>,
     /// This worker's counters (published by the control plane).
     pub counters: Counters,
     generation: u64,
@@ -104,6 +105,7 @@ impl Pipeline {
         let mut p = Pipeline {
             fdb: Fdb::new(snap),
             policy: policy::PolicyState::new(snap),
+            scratch: Box::default(),
             counters: Counters::new(snap.ports.len(), snap.tenants.len()),
             generation: snap.generation,
             announcements: Vec::new(),
@@ -183,9 +185,12 @@ impl Pipeline {
         let port = batch.port;
         let (frames, meta) = batch.split_mut();
         out.len = frames.len();
+        self.scratch.reset();
         let c = &mut self.counters;
         let mut rx = PktBytes::default();
-        for ((f, m), d) in frames.iter().zip(meta.iter_mut()).zip(out.d.iter_mut()) {
+        for (i, ((f, m), d)) in frames.iter().zip(meta.iter_mut()).zip(out.d.iter_mut()).enumerate()
+        {
+            self.scratch.at(i);
             rx.add(f.len);
             if let Some(e) = m.parse_error {
                 c.parse_errors[e.index()] += 1;
@@ -207,10 +212,9 @@ impl Pipeline {
                 *d = Disposition::Drop(DropReason::UnknownTenant);
                 continue;
             };
-            let guarded = !t.guards.is_empty();
-            let open = t.policy.is_open();
-            let frame = if guarded || !open { area.frame(*f).unwrap_or(&[]) } else { &[] };
-            if guarded && let Err(r) = policy::guard_one(t, m, frame) {
+            if !t.guards.is_empty()
+                && let Err(r) = policy::guard_one(t, m, area.frame(*f).unwrap_or(&[]))
+            {
                 *d = Disposition::Drop(r);
                 continue;
             }
@@ -219,18 +223,23 @@ impl Pipeline {
                 announce(&mut self.announcements, &mut c.fdb.unannounced, port, m);
             }
             *d = classify::forward_one(&self.fdb, now, port, m);
-            if !open && !matches!(*d, Disposition::Drop(_)) {
-                let hits = match c.acl_hits.get_mut(m.tenant.index()) {
-                    Some(h) => h.as_mut_slice(),
-                    None => &mut [],
-                };
-                let st = &mut self.policy;
-                if let Err(r) =
-                    policy::check_one(st, snap, t, m.tenant, now, port, m, frame, *d, hits)
-                {
-                    *d = Disposition::Drop(r);
-                }
+            if !t.policy.is_open() && !matches!(*d, Disposition::Drop(_)) {
+                self.scratch.mark();
             }
+        }
+        if self.scratch.any() {
+            policy::check_batch(
+                &mut self.policy,
+                &mut self.scratch,
+                snap,
+                now,
+                port,
+                area,
+                frames,
+                meta,
+                &mut out.d[..frames.len()],
+                &mut c.acl_hits,
+            );
         }
         // Counted once per batch: every frame of a batch came in on one port.
         if let Some(pr) = c.port_rx.get_mut(port.index()) {
