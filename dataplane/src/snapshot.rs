@@ -129,7 +129,15 @@ pub struct Snapshot {
     pub limits: PolicyLimits,
     /// Per port, 4097 slots (VLAN id, then [`UNTAGGED`]): tenant id << 16 | attachment id.
     ingress: Vec<Box<[u32]>>,
+    /// Per tenant, which optional stages apply ([`CHECK_GUARD`], [`CHECK_POLICY`]): one byte
+    /// from a small array, so tenants without policy pay one load for it per packet.
+    checks: Vec<u8>,
 }
+
+/// Some attachment of the tenant has an anti-spoofing guard.
+pub const CHECK_GUARD: u8 = 1;
+/// The tenant has ACL rules, a deny default or a security group.
+pub const CHECK_POLICY: u8 = 2;
 
 impl fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -157,6 +165,12 @@ impl Snapshot {
         } else {
             Some((TenantId((v >> 16) as u16), AttachmentId(v as u16)))
         }
+    }
+
+    /// Which optional stages apply to tenant `t` (`CHECK_*` bits; 0 for an unknown tenant).
+    #[inline]
+    pub fn checks(&self, t: TenantId) -> u8 {
+        self.checks.get(t.index()).copied().unwrap_or(0)
     }
 
     /// An attachment of a tenant.
@@ -334,7 +348,16 @@ impl SnapshotBuilder {
                 }
             }
         }
+        let checks = self
+            .tenants
+            .iter()
+            .map(|t| {
+                let guard = if t.guards.iter().any(|g| !g.is_empty()) { CHECK_GUARD } else { 0 };
+                guard | if t.policy.is_open() { 0 } else { CHECK_POLICY }
+            })
+            .collect();
         Ok(Snapshot {
+            checks,
             generation: self.generation,
             ports: self.ports,
             tenants: self.tenants,

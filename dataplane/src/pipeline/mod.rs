@@ -24,7 +24,7 @@ pub mod tenant;
 use crate::batch::{BATCH_SIZE, Batch};
 use crate::flow::Fdb;
 use crate::port::{FrameArea, FramePool};
-use crate::snapshot::{PortId, Snapshot};
+use crate::snapshot::{CHECK_GUARD, CHECK_POLICY, PortId, Snapshot};
 use crate::time::Nanos;
 use crate::trace::counters::PktBytes;
 use crate::trace::{Counters, DropReason};
@@ -190,7 +190,6 @@ impl Pipeline {
         let mut rx = PktBytes::default();
         for (i, ((f, m), d)) in frames.iter().zip(meta.iter_mut()).zip(out.d.iter_mut()).enumerate()
         {
-            self.scratch.at(i);
             rx.add(f.len);
             if let Some(e) = m.parse_error {
                 c.parse_errors[e.index()] += 1;
@@ -208,11 +207,9 @@ impl Pipeline {
                 *d = Disposition::Drop(r);
                 continue;
             }
-            let Some(t) = snap.tenants.get(m.tenant.index()) else {
-                *d = Disposition::Drop(DropReason::UnknownTenant);
-                continue;
-            };
-            if !t.guards.is_empty()
+            let checks = snap.checks(m.tenant);
+            if checks & CHECK_GUARD != 0
+                && let Some(t) = snap.tenants.get(m.tenant.index())
                 && let Err(r) = policy::guard_one(t, m, area.frame(*f).unwrap_or(&[]))
             {
                 *d = Disposition::Drop(r);
@@ -223,8 +220,8 @@ impl Pipeline {
                 announce(&mut self.announcements, &mut c.fdb.unannounced, port, m);
             }
             *d = classify::forward_one(&self.fdb, now, port, m);
-            if !t.policy.is_open() && !matches!(*d, Disposition::Drop(_)) {
-                self.scratch.mark();
+            if checks & CHECK_POLICY != 0 && !matches!(*d, Disposition::Drop(_)) {
+                self.scratch.mark(i);
             }
         }
         if self.scratch.any() {

@@ -95,8 +95,6 @@ pub struct Scratch {
     /// Batch indexes of the frames to check, in order.
     idx: [u8; BATCH_SIZE],
     n: usize,
-    /// The index `mark` applies to (set by `at`).
-    cur: usize,
     /// Per marked frame: the directions, then the masked key and the hash per direction.
     dirs: [([Direction; 2], u8); BATCH_SIZE],
     keys: [[Key; 2]; BATCH_SIZE],
@@ -108,7 +106,6 @@ impl Default for Scratch {
         Scratch {
             idx: [0; BATCH_SIZE],
             n: 0,
-            cur: 0,
             dirs: [([Direction::FromTenant; 2], 0); BATCH_SIZE],
             keys: [[[0; 8]; 2]; BATCH_SIZE],
             hashes: [[0; 2]; BATCH_SIZE],
@@ -123,17 +120,11 @@ impl Scratch {
         self.n = 0;
     }
 
-    /// The frame the next `mark` refers to.
+    /// Marks frame `i` of the batch for the policy stage.
     #[inline]
-    pub fn at(&mut self, i: usize) {
-        self.cur = i;
-    }
-
-    /// Marks the current frame for the policy stage.
-    #[inline]
-    pub fn mark(&mut self) {
+    pub fn mark(&mut self, i: usize) {
         if self.n < BATCH_SIZE {
-            self.idx[self.n] = self.cur as u8;
+            self.idx[self.n] = i as u8;
             self.n += 1;
         }
     }
