@@ -17,8 +17,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use control::config::model::MetricsConfig;
+use dataplane::policy::cache::CacheStats;
+use dataplane::policy::conntrack::ConnStats;
 use dataplane::port::afxdp::{XskPort, XskStats};
-use dataplane::snapshot::{PortId, Snapshot};
+use dataplane::snapshot::{PortId, Snapshot, TenantId};
 use dataplane::trace::{Counters, DropReason, ParseError};
 use dataplane::worker::{FrameCensus, LoopStats, Worker};
 use metrics::{Counter, Gauge, Histogram, Unit};
@@ -59,6 +61,14 @@ pub struct WorkerFigures {
     pub batch_sizes: [u64; 8],
     /// Per socket.
     pub sockets: Vec<SocketFigures>,
+    /// Flow cache events and live entries.
+    pub cache: CacheStats,
+    /// Live flow-cache entries.
+    pub cache_entries: u32,
+    /// Connection table events.
+    pub conns: ConnStats,
+    /// Tracked connections per tenant.
+    pub conn_entries: Vec<u32>,
 }
 
 /// Where one worker publishes.
@@ -73,6 +83,13 @@ pub fn publish(slot: &Slot, w: &mut Worker<XskPort>, loops: &LoopStats) {
     f.census = w.census();
     f.loops = *loops;
     f.batch_sizes = *w.batch_sizes();
+    let p = &w.pipeline().policy;
+    f.cache = p.cache.stats;
+    f.cache_entries = p.cache.len();
+    f.conns = p.conns.stats;
+    let tenants = w.snapshot().tenants.len();
+    f.conn_entries.clear();
+    f.conn_entries.extend((0..tenants).map(|t| p.conns.entries_of(TenantId(t as u16))));
     f.sockets.clear();
     for (port, s) in w.sockets_mut() {
         f.sockets.push(SocketFigures {
@@ -174,6 +191,20 @@ fn describe() {
         Unit::Count,
         "Config reloads, by result (applied or rejected).",
     );
+    c(
+        "xswitch_acl_rule_matches_total",
+        Unit::Count,
+        "Packets an ACL rule decided (allow, deny) or counted (count).",
+    );
+    c("xswitch_flow_cache_lookups_total", Unit::Count, "Flow-cache lookups, by result.");
+    c("xswitch_flow_cache_evictions_total", Unit::Count, "Flow-cache entries replaced.");
+    c(
+        "xswitch_conntrack_events_total",
+        Unit::Count,
+        "Connections opened, expired or refused (full).",
+    );
+    describe_gauge!("xswitch_flow_cache_entries", Unit::Count, "Live flow-cache entries.");
+    describe_gauge!("xswitch_conntrack_entries", Unit::Count, "Tracked connections, per tenant.");
     describe_gauge!("xswitch_umem_frames", Unit::Count, "Frames of the UMEM, by where they are.");
     describe_gauge!("xswitch_config_generation", "Generation of the running config.");
     describe_gauge!(
@@ -240,6 +271,13 @@ struct Families {
     sockets: Vec<((PortId, u32), [Counter; 7])>,
     port_names: Vec<String>,
     generation: Gauge,
+    /// Per tenant, per ACL rule (from-tenant rules first).
+    acl: Vec<Vec<Counter>>,
+    cache_lookups: [Counter; 2],
+    cache_evictions: Counter,
+    cache_entries: Gauge,
+    conn_events: [Counter; 3],
+    conn_entries: Vec<Gauge>,
 }
 
 struct WorkerFamilies {
@@ -330,6 +368,38 @@ impl Families {
             sockets: Vec::new(),
             port_names: ports.iter().map(|p| (*p).to_owned()).collect(),
             generation: metrics::gauge!("xswitch_config_generation"),
+            acl: snap
+                .tenants
+                .iter()
+                .map(|t| {
+                    let [from, to] = &t.policy.acl;
+                    let named = from
+                        .rules
+                        .iter()
+                        .map(|r| ("from-tenant", r))
+                        .chain(to.rules.iter().map(|r| ("to-tenant", r)));
+                    named
+                        .map(|(dir, r)| {
+                            metrics::counter!(
+                                "xswitch_acl_rule_matches_total",
+                                "tenant" => t.name.clone(),
+                                "direction" => dir,
+                                "rule" => r.name.clone()
+                            )
+                        })
+                        .collect()
+                })
+                .collect(),
+            cache_lookups: ["hit", "miss"]
+                .map(|r| metrics::counter!("xswitch_flow_cache_lookups_total", "result" => r)),
+            cache_evictions: metrics::counter!("xswitch_flow_cache_evictions_total"),
+            cache_entries: metrics::gauge!("xswitch_flow_cache_entries"),
+            conn_events: ["opened", "expired", "full"]
+                .map(|e| metrics::counter!("xswitch_conntrack_events_total", "event" => e)),
+            conn_entries: tenants
+                .iter()
+                .map(|t| metrics::gauge!("xswitch_conntrack_entries", "tenant" => (*t).to_owned()))
+                .collect(),
         }
     }
 
@@ -360,10 +430,23 @@ impl Families {
     fn update(&mut self, slots: &[Slot]) {
         let mut sum = Counters::new(self.port_rx.len(), self.tenant_rx.len());
         let mut census = FrameCensus::default();
+        let (mut cache, mut cache_entries, mut conns) =
+            (CacheStats::default(), 0u32, ConnStats::default());
+        let mut conn_entries = vec![0u32; self.conn_entries.len()];
         for (w, slot) in slots.iter().enumerate() {
             let Ok(f) = slot.lock() else { continue };
             sum.merge(&f.counters);
             census = census.merge(f.census);
+            cache.hits += f.cache.hits;
+            cache.misses += f.cache.misses;
+            cache.evictions += f.cache.evictions;
+            cache_entries += f.cache_entries;
+            conns.opened += f.conns.opened;
+            conns.expired += f.conns.expired;
+            conns.full += f.conns.full;
+            for (a, b) in conn_entries.iter_mut().zip(&f.conn_entries) {
+                *a += b;
+            }
             if let Some(wf) = self.workers.get_mut(w) {
                 let l = &f.loops;
                 wf.busy_polls.absolute(l.busy_polls);
@@ -431,6 +514,21 @@ impl Families {
             h.absolute(v);
         }
         self.flood_copies.absolute(sum.flood_copies);
+        for (hs, vs) in self.acl.iter().zip(&sum.acl_hits) {
+            for (h, v) in hs.iter().zip(vs) {
+                h.absolute(*v);
+            }
+        }
+        self.cache_lookups[0].absolute(cache.hits);
+        self.cache_lookups[1].absolute(cache.misses);
+        self.cache_evictions.absolute(cache.evictions);
+        self.cache_entries.set(f64::from(cache_entries));
+        for (h, v) in self.conn_events.iter().zip([conns.opened, conns.expired, conns.full]) {
+            h.absolute(v);
+        }
+        for (h, v) in self.conn_entries.iter().zip(&conn_entries) {
+            h.set(f64::from(*v));
+        }
         let c = &census;
         let unaccounted = i64::from(c.total) - i64::from(c.counted());
         for (h, v) in self.umem.iter().zip([

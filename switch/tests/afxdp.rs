@@ -547,6 +547,8 @@ fn prometheus_scrapes_per_tenant_counters_that_match_the_traffic() {
     let (metrics, prom) = (format!("127.0.0.1:{base}"), format!("127.0.0.1:{}", base + 10_000));
     lab.edit_config(|c| {
         c.replace("[metrics]\nenabled = false\n", &format!("[metrics]\nlisten = \"{metrics}\"\n"))
+            + "[[tenants.red.acl]]\nname = \"icmp\"\npriority = 1\ndirection = \"from-tenant\"\n\
+               action = \"count\"\nproto = \"icmp\"\n"
     });
     lab.start();
 
@@ -626,6 +628,9 @@ fn prometheus_scrapes_per_tenant_counters_that_match_the_traffic() {
     let sent =
         prom_query(&prom, "xswitch_tenant_sent_packets_total{tenant=\"red\"}").unwrap_or(0.0);
     assert!(sent >= 40.0, "red sent {sent}");
+    // The count rule saw exactly the 20 requests and 20 replies (both from tenant ports).
+    let icmp = "xswitch_acl_rule_matches_total{tenant=\"red\",rule=\"icmp\"}";
+    assert_eq!(prom_query(&prom, icmp), Some(40.0));
     let leak = prom_query(&prom, "xswitch_umem_frames{state=\"unaccounted\"}");
     assert_eq!(leak, Some(0.0));
 
