@@ -298,12 +298,6 @@ fn bad_rules_are_named() {
             "direction = \"in\"\naction = \"allow\"\nproto = \"tcp\"",
             "direction",
         ),
-        (
-            "several workers with a group",
-            "[ports.up]",
-            "[switch]\nworkers = 2\n[ports.up]",
-            "tenants.red.security_group",
-        ),
     ];
     for (what, from, to, field) in cases {
         assert!(POLICY.contains(from), "{what}: fixture");

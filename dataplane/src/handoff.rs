@@ -15,8 +15,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-/// A message: two words whose meaning belongs to the ring's user.
-pub type Message = [u64; 2];
+/// A message of `N` words (two by default) whose meaning belongs to the ring's user.
+pub type Message<const N: usize = 2> = [u64; N];
 
 /// An index on its own cache line, so the writer's and the reader's do not share one.
 #[derive(Debug, Default)]
@@ -24,8 +24,8 @@ pub type Message = [u64; 2];
 struct Padded(AtomicUsize);
 
 #[derive(Debug)]
-struct Ring {
-    slots: Box<[[AtomicU64; 2]]>,
+struct Ring<const N: usize> {
+    slots: Box<[[AtomicU64; N]]>,
     mask: usize,
     /// Next slot the reader takes (written by the reader only).
     head: Padded,
@@ -35,8 +35,8 @@ struct Ring {
 
 /// The writing end.
 #[derive(Debug)]
-pub struct Sender {
-    ring: Arc<Ring>,
+pub struct Sender<const N: usize = 2> {
+    ring: Arc<Ring<N>>,
     /// Slots written, published or not.
     tail: usize,
     /// The reader's head as last seen (refreshed only when the ring looks full).
@@ -45,25 +45,25 @@ pub struct Sender {
 
 /// The reading end.
 #[derive(Debug)]
-pub struct Receiver {
-    ring: Arc<Ring>,
+pub struct Receiver<const N: usize = 2> {
+    ring: Arc<Ring<N>>,
     head: usize,
 }
 
 /// A ring with room for at least `capacity` messages (rounded up to a power of two).
-pub fn ring(capacity: usize) -> (Sender, Receiver) {
+pub fn ring<const N: usize>(capacity: usize) -> (Sender<N>, Receiver<N>) {
     let size = capacity.max(2).next_power_of_two();
-    let slots = (0..size).map(|_| [AtomicU64::new(0), AtomicU64::new(0)]).collect();
+    let slots = (0..size).map(|_| std::array::from_fn(|_| AtomicU64::new(0))).collect();
     let ring =
         Arc::new(Ring { slots, mask: size - 1, head: Padded::default(), tail: Padded::default() });
     (Sender { ring: ring.clone(), tail: 0, head: 0 }, Receiver { ring, head: 0 })
 }
 
-impl Sender {
+impl<const N: usize> Sender<N> {
     /// Writes a message; the reader sees it after the next [`Sender::publish`]. False when the
     /// ring is full (the message was not written).
     #[inline]
-    pub fn push(&mut self, m: Message) -> bool {
+    pub fn push(&mut self, m: Message<N>) -> bool {
         let size = self.ring.mask + 1;
         if self.tail.wrapping_sub(self.head) == size {
             self.head = self.ring.head.0.load(Ordering::Acquire);
@@ -72,8 +72,9 @@ impl Sender {
             }
         }
         let slot = &self.ring.slots[self.tail & self.ring.mask];
-        slot[0].store(m[0], Ordering::Relaxed);
-        slot[1].store(m[1], Ordering::Relaxed);
+        for (s, v) in slot.iter().zip(m) {
+            s.store(v, Ordering::Relaxed);
+        }
         self.tail = self.tail.wrapping_add(1);
         true
     }
@@ -100,15 +101,15 @@ impl Sender {
     }
 }
 
-impl Receiver {
+impl<const N: usize> Receiver<N> {
     /// Hands up to `max` published messages to `f`, in order. Returns how many.
     #[inline]
-    pub fn pop(&mut self, max: usize, mut f: impl FnMut(Message)) -> usize {
+    pub fn pop(&mut self, max: usize, mut f: impl FnMut(Message<N>)) -> usize {
         let tail = self.ring.tail.0.load(Ordering::Acquire);
         let n = tail.wrapping_sub(self.head).min(max);
         for _ in 0..n {
             let slot = &self.ring.slots[self.head & self.ring.mask];
-            f([slot[0].load(Ordering::Relaxed), slot[1].load(Ordering::Relaxed)]);
+            f(std::array::from_fn(|i| slot[i].load(Ordering::Relaxed)));
             self.head = self.head.wrapping_add(1);
         }
         if n > 0 {
@@ -134,7 +135,7 @@ mod tests {
 
     #[test]
     fn messages_arrive_in_order_after_publish_and_a_full_ring_refuses() {
-        let (mut tx, mut rx) = ring(3);
+        let (mut tx, mut rx) = ring::<2>(3);
         assert_eq!(tx.capacity(), 4);
         for i in 0..4 {
             assert!(tx.push([i, i * 10]));
@@ -158,7 +159,7 @@ mod tests {
     #[test]
     fn a_million_messages_cross_threads_intact() {
         const N: u64 = 1_000_000;
-        let (mut tx, mut rx) = ring(256);
+        let (mut tx, mut rx) = ring::<2>(256);
         let writer = std::thread::spawn(move || {
             let mut i = 0;
             // Bounded: the reader drains continuously, so this ends long before the limit.

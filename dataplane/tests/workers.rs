@@ -6,10 +6,13 @@
 
 use std::sync::Arc;
 
+use dataplane::policy::conntrack::{SecurityGroup, SgRule};
+use dataplane::policy::{Direction, TenantPolicy};
 use dataplane::port::mem::MemPort;
 use dataplane::port::{FrameArea, PageSize};
 use dataplane::snapshot::{Attachment, PortId, PortKind, Snapshot, SnapshotBuilder, TenantSpec};
 use dataplane::time::Nanos;
+use dataplane::trace::DropReason;
 use dataplane::worker::mesh::mesh;
 use dataplane::worker::{FrameCensus, Route, Worker};
 use etherparse::PacketBuilder;
@@ -20,6 +23,10 @@ const A2: PortId = PortId(2);
 
 /// red: uplink/100, a1, a2. Worker 0 polls the uplink and a1, worker 1 polls a2.
 fn snapshot() -> Snapshot {
+    snapshot_with(TenantPolicy::default())
+}
+
+fn snapshot_with(policy: TenantPolicy) -> Snapshot {
     let mut b = SnapshotBuilder::new(1).fdb_capacity(1024);
     let up = b.port("uplink", "up0", PortKind::Uplink);
     let a1 = b.port("a1", "a1", PortKind::Tenant);
@@ -33,6 +40,7 @@ fn snapshot() -> Snapshot {
         ],
     );
     red.mac_aging = Nanos::from_secs(10);
+    red.policy = policy;
     b.tenant(red);
     b.build().unwrap()
 }
@@ -40,8 +48,12 @@ fn snapshot() -> Snapshot {
 const CHUNKS: u32 = 512;
 
 fn two_workers() -> [Worker<MemPort>; 2] {
+    two_workers_with(snapshot())
+}
+
+fn two_workers_with(snap: Snapshot) -> [Worker<MemPort>; 2] {
     let area = FrameArea::new(CHUNKS, 2048, PageSize::Normal).unwrap();
-    let snap = Arc::new(snapshot());
+    let snap = Arc::new(snap);
     let owners = [Some(0), Some(0), Some(1)];
     let mut links = mesh(2, area.chunks()).into_iter();
     let w0 = Worker::in_mesh(
@@ -206,4 +218,73 @@ fn workers_on_two_threads_keep_every_frame() {
     let ws = [w0, w1];
     let c = census(&ws);
     assert!(c.balanced(), "{c:?}");
+}
+
+/// TCP with `flags` (SYN 2, ACK 16) between 10.0.0.1:1000 (a tenant host) and 10.0.0.9:443
+/// (behind the uplink); `out` picks the direction.
+fn tcp(src: [u8; 6], dst: [u8; 6], vlan: Option<u16>, out: bool, flags: u8) -> Vec<u8> {
+    let (sa, da, sp, dp) = if out {
+        ([10, 0, 0, 1], [10, 0, 0, 9], 1000, 443)
+    } else {
+        ([10, 0, 0, 9], [10, 0, 0, 1], 443, 1000)
+    };
+    let eth = PacketBuilder::ethernet2(src, dst);
+    let mut b = match vlan {
+        Some(v) => eth.single_vlan(v.try_into().unwrap()).ipv4(sa, da, 64).tcp(sp, dp, 1, 1000),
+        None => eth.ipv4(sa, da, 64).tcp(sp, dp, 1, 1000),
+    };
+    if flags & 2 != 0 {
+        b = b.syn();
+    }
+    if flags & 16 != 0 {
+        b = b.ack(1);
+    }
+    let mut v = Vec::new();
+    b.write(&mut v, &[]).unwrap();
+    v
+}
+
+#[test]
+fn return_traffic_passes_on_the_worker_that_did_not_open_the_connection() {
+    // Anything may leave the tenant; nothing may open a connection into it.
+    let group = SecurityGroup {
+        rules: vec![SgRule { dir: Some(Direction::FromTenant), ..SgRule::default() }],
+        quota: 100,
+        ..SecurityGroup::default()
+    };
+    let mut ws = two_workers_with(snapshot_with(TenantPolicy {
+        group: Some(group),
+        ..TenantPolicy::default()
+    }));
+    let t = Nanos::from_secs(1);
+    let far = mac(9);
+    // The far host behind the uplink (worker 0) makes itself known with a broadcast that is
+    // not IP (security groups track IP only).
+    let hello = [&[0xff; 6][..], &far, &[0x81, 0x00, 0, 100, 0x88, 0xb5], &[0; 46]].concat();
+    assert!(ws[0].inject(UP, &hello));
+    breathe(&mut ws, t);
+    for p in [UP, A1] {
+        ws[0].take_sent(p);
+    }
+    ws[1].take_sent(A2);
+    // a2's host (worker 1) opens a connection to it: from the tenant only, so it is opened on
+    // worker 1, and leaves on the uplink through worker 0.
+    assert!(ws[1].inject(A2, &tcp(mac(2), far, None, true, 2)));
+    breathe(&mut ws, t);
+    assert_eq!(ws[0].take_sent(UP).len(), 1);
+    // The answer arrives on the uplink, polled by worker 0, which never saw the opening
+    // packet's connection check: it must know the connection from worker 1's announcement.
+    assert!(ws[0].inject(UP, &tcp(far, mac(2), Some(100), false, 2 | 16)));
+    breathe(&mut ws, t);
+    assert_eq!(ws[1].take_sent(A2).len(), 1, "the SYN-ACK was refused");
+    // An unsolicited connection from the far host is refused.
+    let mut syn = tcp(far, mac(2), Some(100), false, 2);
+    syn[40..42].copy_from_slice(&22u16.to_be_bytes()); // another destination port
+    assert!(ws[0].inject(UP, &syn));
+    breathe(&mut ws, t);
+    assert_eq!(ws[1].take_sent(A2).len(), 0);
+    let c0 = &ws[0].pipeline();
+    assert_eq!(c0.counters.drops(DropReason::Policy), 1);
+    assert_eq!(c0.policy.conns.stats.remote, 1);
+    assert!(census(&ws).balanced());
 }

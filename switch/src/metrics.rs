@@ -276,7 +276,7 @@ struct Families {
     cache_lookups: [Counter; 2],
     cache_evictions: Counter,
     cache_entries: Gauge,
-    conn_events: [Counter; 3],
+    conn_events: [Counter; 5],
     conn_entries: Vec<Gauge>,
 }
 
@@ -394,7 +394,7 @@ impl Families {
                 .map(|r| metrics::counter!("xswitch_flow_cache_lookups_total", "result" => r)),
             cache_evictions: metrics::counter!("xswitch_flow_cache_evictions_total"),
             cache_entries: metrics::gauge!("xswitch_flow_cache_entries"),
-            conn_events: ["opened", "expired", "full"]
+            conn_events: ["opened", "expired", "full", "remote", "unannounced"]
                 .map(|e| metrics::counter!("xswitch_conntrack_events_total", "event" => e)),
             conn_entries: tenants
                 .iter()
@@ -444,6 +444,8 @@ impl Families {
             conns.opened += f.conns.opened;
             conns.expired += f.conns.expired;
             conns.full += f.conns.full;
+            conns.remote += f.conns.remote;
+            conns.unannounced += f.conns.unannounced;
             for (a, b) in conn_entries.iter_mut().zip(&f.conn_entries) {
                 *a += b;
             }
@@ -523,7 +525,8 @@ impl Families {
         self.cache_lookups[1].absolute(cache.misses);
         self.cache_evictions.absolute(cache.evictions);
         self.cache_entries.set(f64::from(cache_entries));
-        for (h, v) in self.conn_events.iter().zip([conns.opened, conns.expired, conns.full]) {
+        let events = [conns.opened, conns.expired, conns.full, conns.remote, conns.unannounced];
+        for (h, v) in self.conn_events.iter().zip(events) {
             h.absolute(v);
         }
         for (h, v) in self.conn_entries.iter().zip(&conn_entries) {

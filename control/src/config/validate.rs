@@ -230,19 +230,6 @@ fn check_tenants(cfg: &Config, is: &mut Issues) {
             ids.iter().position(|n| n.as_str() == p).map(|i| dataplane::snapshot::PortId(i as u16))
         };
         is.0.extend(super::policy::build(name, t, &port_id).issues);
-        if t.security_group.is_some() && cfg.switch.workers > 1 {
-            // Each worker tracks the connections it sees; with several workers the two
-            // directions of a connection may be seen by different ones, and the return
-            // traffic would be refused. Until workers share connection entries: refused here.
-            is.add(
-                format!("{at}.security_group"),
-                format!(
-                    "security groups need switch.workers = 1 in this version (it is {}): \
-                     connection entries are not yet shared between workers",
-                    cfg.switch.workers
-                ),
-            );
-        }
         let mut macs = HashSet::new();
         for (i, m) in t.static_macs.iter().enumerate() {
             let mp = format!("{at}.static_macs[{i}]");

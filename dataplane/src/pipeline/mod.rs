@@ -117,6 +117,7 @@ impl Pipeline {
     /// Makes this pipeline buffer what it learns for other workers ([`Pipeline::announcements`]).
     pub fn announce_to_peers(&mut self) {
         self.announcements = Vec::with_capacity(ANNOUNCE_CAPACITY);
+        self.policy.conns.share_with_peers();
     }
 
     /// What was learned since the last call, for the other workers; the buffer is emptied.

@@ -12,6 +12,16 @@
 //! directions find the same entry. ICMP echo is tracked by its identifier; other ICMP messages
 //! are judged one by one against the rules.
 //!
+//! Several workers: each keeps its own table. A worker that opens a connection also puts it in
+//! an outbox ([`ConnTable::share_with_peers`]); the worker sends it to the others between
+//! breaths, before it kicks the sockets, and they [`ConnTable::apply`] it. So the return
+//! traffic passes whichever worker's queue it arrives on. The opening packet leaves in the same
+//! breath as its announcement, and an answer needs at least a round trip through the peer's
+//! stack, so the announcement is normally there first; if an answer ever overtook it, it
+//! would be dropped like unsolicited traffic and the peer's retransmission would pass. Later
+//! state changes (FIN, RST) are not announced: each worker moves its copy along with the
+//! packets it sees, and a copy that sees none of the connection's packets times out.
+//!
 //! It does _not_ track TCP sequence numbers or reassemble fragments: a non-first fragment
 //! (no ports) of a tenant with a group is dropped as `policy`.
 
@@ -177,7 +187,17 @@ pub struct ConnStats {
     pub expired: u64,
     /// Refused for a full quota or table.
     pub full: u64,
+    /// Opened by another worker and applied here.
+    pub remote: u64,
+    /// Openings not announced to other workers because the outbox was full.
+    pub unannounced: u64,
 }
+
+/// A connection opened by one worker, for the others: five words on a handoff ring.
+pub type ConnMessage = [u64; 5];
+
+/// Openings one worker buffers between breaths.
+const OUTBOX: usize = 256;
 
 /// One worker's connection table.
 #[derive(Debug)]
@@ -187,6 +207,8 @@ pub struct ConnTable {
     quotas: Vec<u32>,
     timeouts: Vec<Timeouts>,
     capacity: usize,
+    /// Openings for the other workers (capacity 0 when there are none).
+    outbox: Vec<ConnMessage>,
     /// Events.
     pub stats: ConnStats,
 }
@@ -201,8 +223,78 @@ impl ConnTable {
             quotas: Vec::new(),
             timeouts: Vec::new(),
             capacity,
+            outbox: Vec::new(),
             stats: ConnStats::default(),
         }
+    }
+
+    /// Makes this table put every connection it opens in an outbox for the other workers.
+    pub fn share_with_peers(&mut self) {
+        self.outbox = Vec::with_capacity(OUTBOX);
+    }
+
+    /// The connections opened since the last call, as messages; the outbox is emptied.
+    pub fn take_outbox(&mut self) -> std::vec::Drain<'_, ConnMessage> {
+        self.outbox.drain(..)
+    }
+
+    fn announce(&mut self, k: &CtKey, c: &Conn) {
+        if self.outbox.capacity() == 0 {
+            return;
+        }
+        if self.outbox.len() == self.outbox.capacity() {
+            self.stats.unannounced += 1;
+            return;
+        }
+        let (a, b) = (u128::from_be_bytes(k.a), u128::from_be_bytes(k.b));
+        self.outbox.push([
+            u64::from(k.tenant)
+                | u64::from(k.proto) << 16
+                | u64::from(k.pa) << 24
+                | u64::from(k.pb) << 40
+                | (c.state as u64) << 56
+                | u64::from(c.origin_a) << 63,
+            (a >> 64) as u64,
+            a as u64,
+            (b >> 64) as u64,
+            b as u64,
+        ]);
+    }
+
+    /// Applies a connection another worker opened (between batches): inserted, or replacing
+    /// this worker's copy, within the same quota and capacity as a local opening.
+    pub fn apply(&mut self, now: Nanos, m: ConnMessage) {
+        let w = m[0];
+        let k = CtKey {
+            tenant: w as u16,
+            proto: (w >> 16) as u8,
+            pa: (w >> 24) as u16,
+            pb: (w >> 40) as u16,
+            a: (u128::from(m[1]) << 64 | u128::from(m[2])).to_be_bytes(),
+            b: (u128::from(m[3]) << 64 | u128::from(m[4])).to_be_bytes(),
+        };
+        let state = match (w >> 56) & 0x7f {
+            0 => State::Open,
+            1 => State::SynSent,
+            2 => State::SynAcked,
+            3 => State::Established,
+            4 => State::Closing,
+            _ => State::Closed,
+        };
+        let c = Conn { state, last_seen: now, origin_a: w >> 63 != 0 };
+        self.stats.remote += 1;
+        if let Some(old) = self.map.get_mut(&k) {
+            *old = c;
+            return;
+        }
+        let t = usize::from(k.tenant);
+        let held = self.per_tenant.get(t).copied().unwrap_or(u32::MAX);
+        if held >= self.quotas.get(t).copied().unwrap_or(0) || self.map.len() >= self.capacity {
+            self.stats.full += 1;
+            return;
+        }
+        self.per_tenant[t] += 1;
+        self.map.insert(k, c);
     }
 
     /// Adopts the groups of a new snapshot (index = tenant id). Connections of tenants whose
@@ -295,7 +387,9 @@ impl ConnTable {
                 return Verdict::Denied;
             }
             *c = Conn { state: first_state(k.proto), last_seen: now, origin_a: a_sends };
+            let c = *c;
             self.stats.opened += 1;
+            self.announce(&k, &c);
             return Verdict::Opened;
         }
         if k.proto == TCP && !syn_only {
@@ -312,8 +406,10 @@ impl ConnTable {
             return Verdict::Full;
         }
         self.per_tenant[t] += 1;
-        self.map.insert(k, Conn { state: first_state(k.proto), last_seen: now, origin_a: a_sends });
+        let c = Conn { state: first_state(k.proto), last_seen: now, origin_a: a_sends };
+        self.map.insert(k, c);
         self.stats.opened += 1;
+        self.announce(&k, &c);
         Verdict::Opened
     }
 

@@ -5,7 +5,8 @@
 //!   for that port by the sender);
 //! - `returns`: a chunk of the receiver's pool, coming home after the sender sent or dropped
 //!   it, so that every pool keeps its share of frames whatever the traffic pattern;
-//! - `learns`: a MAC the sender learned ([`Announcement`]).
+//! - `learns`: a MAC the sender learned ([`Announcement`]);
+//! - `conns`: a connection the sender's security-group table opened (five words).
 //!
 //! A `returns` ring has room for every chunk its receiver owns, so it can never refuse one:
 //! a frame is never lost on the way home.
@@ -22,6 +23,8 @@ use crate::wire::MacAddr;
 pub const FRAME_RING: usize = 2048;
 /// Announcements one worker may have in flight towards another.
 pub const LEARN_RING: usize = 1024;
+/// Connection openings one worker may have in flight towards another.
+pub const CONN_RING: usize = 1024;
 
 /// This worker's writing ends towards one other worker.
 #[derive(Debug)]
@@ -32,6 +35,8 @@ pub struct PeerOut {
     pub returns: Sender,
     /// MACs learned here.
     pub learns: Sender,
+    /// Connections opened here.
+    pub conns: Sender<5>,
 }
 
 /// This worker's reading ends from one other worker.
@@ -43,6 +48,8 @@ pub struct PeerIn {
     pub returns: Receiver,
     /// MACs the other worker learned.
     pub learns: Receiver,
+    /// Connections the other worker opened.
+    pub conns: Receiver<5>,
 }
 
 /// One worker's place in the mesh.
@@ -123,9 +130,14 @@ pub fn mesh(workers: usize, chunks: u32) -> Vec<Links> {
             let (frames, frames_rx) = handoff::ring(FRAME_RING);
             let (returns, returns_rx) = handoff::ring((home.end - home.start) as usize);
             let (learns, learns_rx) = handoff::ring(LEARN_RING);
-            links[from].out[to] = Some(PeerOut { frames, returns, learns });
-            links[to].inbox[from] =
-                Some(PeerIn { frames: frames_rx, returns: returns_rx, learns: learns_rx });
+            let (conns, conns_rx) = handoff::ring(CONN_RING);
+            links[from].out[to] = Some(PeerOut { frames, returns, learns, conns });
+            links[to].inbox[from] = Some(PeerIn {
+                frames: frames_rx,
+                returns: returns_rx,
+                learns: learns_rx,
+                conns: conns_rx,
+            });
         }
     }
     links

@@ -331,6 +331,7 @@ impl<P: Port> Worker<P> {
             inbox.returns.pop(usize::MAX, |m| pool.free(m[0]));
             let pipeline = &mut self.pipeline;
             inbox.learns.pop(LEARNS_PER_BREATH, |m| pipeline.learn_remote(now, decode_learn(m)));
+            inbox.conns.pop(LEARNS_PER_BREATH, |m| pipeline.policy.conns.apply(now, m));
             let (tx, c) = (&mut self.tx, &mut self.pipeline.counters);
             inbox.frames.pop(usize::MAX, |m| {
                 let h = Handoff::decode(m);
@@ -357,6 +358,15 @@ impl<P: Port> Worker<P> {
             }
         }
         self.pipeline.counters.fdb.unannounced += lost;
+        let mut lost = 0;
+        for m in self.pipeline.policy.conns.take_outbox() {
+            for link in self.links.out.iter_mut().flatten() {
+                if !link.conns.push(m) {
+                    lost += 1;
+                }
+            }
+        }
+        self.pipeline.policy.conns.stats.unannounced += lost;
         let (shares, out) = (self.links.shares, &mut self.links.out);
         let area = &self.area;
         self.pool.take_foreign(|addr| {
@@ -370,6 +380,7 @@ impl<P: Port> Worker<P> {
         });
         for link in self.links.out.iter_mut().flatten() {
             link.learns.publish();
+            link.conns.publish();
             link.returns.publish();
         }
     }
