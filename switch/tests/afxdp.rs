@@ -718,7 +718,22 @@ fn policy_allows_denies_tracks_and_stops_spoofing_on_real_traffic() {
     if !can_run("policy_allows_denies_tracks_and_stops_spoofing") {
         return;
     }
+    policy_scenario(1);
+}
+
+#[test]
+fn policy_holds_with_two_workers_where_replies_arrive_on_the_other_worker() {
+    if !can_run("policy_holds_with_two_workers") {
+        return;
+    }
+    // h1 is polled by worker 0, h2 by worker 1: a connection opened by worker 0 is answered
+    // on worker 1, which knows it only from worker 0's announcement.
+    policy_scenario(2);
+}
+
+fn policy_scenario(workers: u32) {
     let mut lab = Lab::new();
+    lab.edit_config(|c| c.replace("[switch]\n", &format!("[switch]\nworkers = {workers}\n")));
     const H1_MAC: &str = "02:00:00:09:01:01";
     must("ip", &["-n", &lab.ns_name("h1"), "link", "set", "eth0", "address", H1_MAC]);
     lab.edit_config(|c| {
