@@ -118,6 +118,27 @@ impl<const N: usize> Receiver<N> {
         n
     }
 
+    /// Like [`Receiver::pop`], but stops before the first message `f` refuses (returns
+    /// false for); that message stays in the ring for the next call.
+    #[inline]
+    pub fn pop_while(&mut self, max: usize, mut f: impl FnMut(Message<N>) -> bool) -> usize {
+        let tail = self.ring.tail.0.load(Ordering::Acquire);
+        let avail = tail.wrapping_sub(self.head).min(max);
+        let mut n = 0;
+        while n < avail {
+            let slot = &self.ring.slots[self.head & self.ring.mask];
+            if !f(std::array::from_fn(|i| slot[i].load(Ordering::Relaxed))) {
+                break;
+            }
+            self.head = self.head.wrapping_add(1);
+            n += 1;
+        }
+        if n > 0 {
+            self.ring.head.0.store(self.head, Ordering::Release);
+        }
+        n
+    }
+
     /// Published messages not yet taken.
     pub fn len(&self) -> usize {
         self.ring.tail.0.load(Ordering::Acquire).wrapping_sub(self.head)
@@ -154,6 +175,12 @@ mod tests {
         assert_eq!(rx.pop(usize::MAX, |m| got.push(m)), 4);
         assert_eq!(got, [[3, 30], [4, 40], [5, 50], [6, 60]]);
         assert!(tx.is_empty() && rx.is_empty());
+        // pop_while leaves the refused message in place.
+        assert!(tx.push([7, 0]) && tx.push([8, 0]));
+        tx.publish();
+        assert_eq!(rx.pop_while(9, |m| m[0] == 7), 1);
+        assert_eq!(rx.len(), 1);
+        assert_eq!(rx.pop_while(9, |m| m[0] == 8), 1);
     }
 
     #[test]

@@ -231,7 +231,7 @@ fn a_tenant_with_one_attachment_has_nowhere_to_flood() {
 }
 
 #[test]
-fn a_slow_port_queues_a_burst_then_drops_what_does_not_fit() {
+fn a_slow_port_holds_reception_back_and_loses_nothing() {
     let area = FrameArea::new(1024, 2048, PageSize::Normal).unwrap();
     // a2's TX ring takes 4 frames; its TX list holds 4 x 64 = 256 more.
     let ports = (0..5).map(|i| MemPort::new(if i == 2 { 4 } else { 1024 })).collect();
@@ -247,18 +247,53 @@ fn a_slow_port_queues_a_burst_then_drops_what_does_not_fit() {
         }
         assert!(w.census().balanced(), "{:?}", w.census());
     }
-    // 384 frames for a2: 4 in its ring, 256 queued, the rest dropped as tx_full.
-    assert_eq!(drops(&w, DropReason::TxFull), 384 - 4 - 256);
-    assert_eq!(w.census().pending, 256);
-    // As a2 drains, the queue empties in order and nothing is lost.
+    // 384 frames for a2: 4 in its ring and 60 queued per round until the list was three
+    // quarters full after round 4 (252 queued); then the worker stopped receiving, so the last
+    // 128 still wait on a1's receive side.
+    assert_eq!(drops(&w, DropReason::TxFull), 0);
+    assert_eq!(w.census().pending, 252);
+    assert_eq!(w.census().ports.rx, 128);
+    // As a2 drains, reception resumes and everything arrives, in order, nothing lost.
     let mut got = w.take_sent(A2).len();
-    for _ in 0..200 {
+    for _ in 0..400 {
         w.poll(t);
+        for p in [UP, M] {
+            w.take_sent(p);
+        }
         got += w.take_sent(A2).len();
     }
-    assert_eq!(got, 4 + 256);
+    assert_eq!(got, 384, "{:?} {:?}", w.pipeline().counters.port_drops, w.census());
+    assert_eq!(drops(&w, DropReason::TxFull), 0);
     assert_eq!(w.census().pending, 0);
     assert_eq!(w.double_frees(), 0);
+}
+
+#[test]
+fn a_stuck_port_cannot_stop_the_others() {
+    let area = FrameArea::new(2048, 2048, PageSize::Normal).unwrap();
+    // a2 never sends anything (a TX ring of 4 that nobody drains).
+    let ports = (0..5).map(|i| MemPort::new(if i == 2 { 4 } else { 1024 })).collect();
+    let mut w = Worker::new(area, ports, Arc::new(lab_snapshot(100)));
+    let t = Nanos::from_secs(1);
+    for _ in 0..5 {
+        for i in 0..64u8 {
+            assert!(w.inject(A1, &udp(mac(i), [0xff; 6], None)));
+        }
+        w.poll(t);
+    }
+    // a2's list is full; blue's traffic on b1 must still get through within a bounded number
+    // of breaths (the backpressure pause gives up after 64).
+    assert!(w.inject(B1, &udp(mac(200), [0xff; 6], None)));
+    let mut breaths = 0;
+    while w.take_sent(UP).iter().all(|f| outer_vlan(f) != Some(200)) {
+        w.poll(t);
+        breaths += 1;
+        assert!(breaths <= 200, "blue never got through");
+    }
+    assert!(breaths >= 2, "the worker did pause ({breaths} breaths)");
+    // Red's frames for the stuck port are dropped as tx_full once reception resumes.
+    assert!(drops(&w, DropReason::TxFull) > 0);
+    assert!(w.census().balanced());
 }
 
 #[test]

@@ -433,6 +433,21 @@ fn huge_page_and_busy_poll_options_start_or_fall_back_with_a_warning() {
     assert!(huge || fell_back, "neither huge pages nor the fallback warning:\n{log}");
 }
 
+/// Renames port h2 to z2. With one queue per port the sockets are cut into contiguous runs in
+/// port-name order (h1, h3, up, z2), so worker 0 polls h1 and h3 and worker 1 the uplink and
+/// z2: every frame between h1 and h2's host then crosses from one worker to the other.
+fn split_h1_h2(lab: &Lab) {
+    lab.edit_config(|c| {
+        c.replace("[ports.h2]", "[ports.z2]").replace("port = \"h2\"", "port = \"z2\"")
+    });
+}
+
+/// The worker that polls queue 0 of `port`, from the switch's start log.
+fn worker_of(log: &str, port: &str) -> Option<u32> {
+    let line = log.lines().find(|l| l.starts_with(&format!("xswitch: port {port} on ")))?;
+    line.rsplit("worker ").next()?.trim().parse().ok()
+}
+
 /// Busy polls per worker, from the switch's exit report.
 fn busy_polls(log: &str) -> Vec<u64> {
     log.lines()
@@ -447,10 +462,9 @@ fn two_workers_switch_across_each_other_and_keep_every_frame() {
     if !can_run("two_workers_switch_across_each_other") {
         return;
     }
-    // One queue per port: worker 0 polls the uplink and h1, worker 1 h2 and h3, so every
-    // frame between h1 and h2 crosses from one worker to the other.
     let mut lab = Lab::new();
     lab.edit_config(|c| c.replace("[switch]\n", "[switch]\nworkers = 2\n"));
+    split_h1_h2(&lab);
     lab.start();
     assert!(lab.ping("h1", "10.9.1.2", "3"), "h1 -> h2 across workers failed");
     let bps = lab.iperf("h1", "h2", "10.9.1.2", "5302", "1");
@@ -459,8 +473,8 @@ fn two_workers_switch_across_each_other_and_keep_every_frame() {
     assert!(!lab.ping("h3", "10.9.1.2", "2"), "blue reached red");
     let (ok, log) = lab.stop();
     assert!(ok, "{log}");
-    assert!(log.contains("port h1 on") && log.contains("worker 0"), "{log}");
-    assert!(log.contains("port h2 on") && log.contains("worker 1"), "{log}");
+    assert_eq!(worker_of(&log, "h1"), Some(0), "{log}");
+    assert_eq!(worker_of(&log, "z2"), Some(1), "{log}");
     assert!(log.contains("balanced") && log.contains(" 0 dropped"), "{log}");
     let polls = busy_polls(&log);
     assert!(polls.len() == 2 && polls.iter().all(|&n| n > 0), "{polls:?}\n{log}");
@@ -734,6 +748,7 @@ fn policy_holds_with_two_workers_where_replies_arrive_on_the_other_worker() {
 fn policy_scenario(workers: u32) {
     let mut lab = Lab::new();
     lab.edit_config(|c| c.replace("[switch]\n", &format!("[switch]\nworkers = {workers}\n")));
+    split_h1_h2(&lab);
     const H1_MAC: &str = "02:00:00:09:01:01";
     must("ip", &["-n", &lab.ns_name("h1"), "link", "set", "eth0", "address", H1_MAC]);
     lab.edit_config(|c| {
@@ -842,4 +857,7 @@ rules = [
         "the ACL rule, not the group, denied 5402:\n{log}"
     );
     assert!(log.contains("balanced"), "{log}");
+    if workers == 2 {
+        assert_eq!((worker_of(&log, "h1"), worker_of(&log, "z2")), (Some(0), Some(1)), "{log}");
+    }
 }

@@ -78,6 +78,18 @@ impl TxLists {
         self.push(port, f, tenant, ingress)
     }
 
+    /// True when `port`'s list can take another frame.
+    #[inline]
+    pub fn has_room(&self, port: PortId) -> bool {
+        self.lists.get(port.index()).is_some_and(|l| l.frames.len() < self.capacity)
+    }
+
+    /// The most frames pending on any one port, and the capacity of a list.
+    #[inline]
+    pub fn fullest(&self) -> (usize, usize) {
+        (self.lists.iter().map(|l| l.frames.len()).max().unwrap_or(0), self.capacity)
+    }
+
     /// Frames pending on all ports.
     pub fn total_pending(&self) -> usize {
         self.lists.iter().map(|l| l.frames.len()).sum()

@@ -43,6 +43,9 @@ const BATCHES_PER_VISIT: usize = 4;
 /// How often the MAC table is swept for expired entries.
 const AGE_INTERVAL: Nanos = Nanos::from_millis(250);
 
+/// Most consecutive breaths a worker skips RX while its TX lists are nearly full.
+const MAX_PAUSED_BREATHS: u32 = 64;
+
 /// Most announcements applied from one peer per breath.
 const LEARNS_PER_BREATH: usize = 256;
 
@@ -198,6 +201,8 @@ pub struct Worker<P: Port> {
     tx: TxLists,
     next_age: Nanos,
     batch_sizes: [u64; 8],
+    /// Consecutive breaths without RX because of backpressure.
+    paused: u32,
 }
 
 impl<P: Port> Worker<P> {
@@ -250,6 +255,7 @@ impl<P: Port> Worker<P> {
             disp: Dispositions::default(),
             next_age: Nanos::ZERO,
             batch_sizes: [0; 8],
+            paused: 0,
         }
     }
 
@@ -259,12 +265,23 @@ impl<P: Port> Worker<P> {
             self.take_inbox(now);
         }
         let mut received = 0;
+        let mut held_back = false;
         for i in 0..self.sockets.len() {
             let port = self.sockets[i].port;
             self.sockets[i].driver.reclaim(&mut self.pool);
             // Up to a few batches per socket and breath, while batches come in full: under load
             // this drains a burst in one visit without starving the other sockets.
             for _ in 0..BATCHES_PER_VISIT {
+                // Backpressure: while some egress list is three quarters full (less room than
+                // one batch could add to it), receive nothing more; the kernel's RX rings hold
+                // or drop the excess, counted in their statistics, rather than the switch taking
+                // frames only to drop them as `tx_full`. For a bounded number of breaths, so one
+                // port that never drains cannot stop the others.
+                let (fullest, cap) = self.tx.fullest();
+                if fullest + BATCH_SIZE > cap && self.paused < MAX_PAUSED_BREATHS {
+                    held_back = true;
+                    break;
+                }
                 self.batch.reset(port);
                 let n = self.sockets[i].driver.rx(&mut self.pool, &mut self.batch);
                 if n == 0 {
@@ -293,6 +310,7 @@ impl<P: Port> Worker<P> {
                 }
             }
         }
+        self.paused = if held_back { self.paused + 1 } else { 0 };
         // Frames a full ring could not take get another chance after the completions above.
         if self.tx.total_pending() > 0 {
             let mut out = Out {
@@ -333,12 +351,18 @@ impl<P: Port> Worker<P> {
             inbox.learns.pop(LEARNS_PER_BREATH, |m| pipeline.learn_remote(now, decode_learn(m)));
             inbox.conns.pop(LEARNS_PER_BREATH, |m| pipeline.policy.conns.apply(now, m));
             let (tx, c) = (&mut self.tx, &mut self.pipeline.counters);
-            inbox.frames.pop(usize::MAX, |m| {
+            // Only as many as the TX lists take: the rest wait in the ring (and, when it is
+            // full, in the sender's lists), instead of being dropped here.
+            inbox.frames.pop_while(usize::MAX, |m| {
                 let h = Handoff::decode(m);
+                if !tx.has_room(h.port) {
+                    return false;
+                }
                 if !tx.enqueue(h.port, h.frame, h.tenant, h.ingress) {
                     c.drop(h.ingress, Some(h.tenant), DropReason::TxFull);
                     pool.free(h.frame.addr);
                 }
+                true
             });
         }
         let mut out =
