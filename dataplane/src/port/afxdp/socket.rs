@@ -184,13 +184,17 @@ impl XskPort {
             };
             setsockopt(f, libc::XDP_UMEM_REG, &reg).map_err(|s| e("registering the UMEM", s))?;
         }
-        // The fill ring is twice the RX ring so that the kernel still finds empty frames while
-        // a full RX ring waits for the worker (libxdp's default proportions).
+        // The fill ring is twice `ring_size` so that the kernel still finds empty frames while
+        // received ones wait for the worker (libxdp's default proportions), and the RX ring is
+        // as large as the fill ring: when the worker is descheduled for a moment, every frame
+        // the fill ring provides can wait in the RX ring instead of being dropped as
+        // `rx_ring_full` (PERF(rx-ring) in docs/PERFORMANCE.md). This adds no frames in
+        // circulation, unlike a larger `ring_size`.
         let fill_size = 2 * ring_size;
         for (opt, size, what) in [
             (libc::XDP_UMEM_FILL_RING, fill_size, "sizing the fill ring"),
             (libc::XDP_UMEM_COMPLETION_RING, fill_size, "sizing the completion ring"),
-            (libc::XDP_RX_RING, ring_size, "sizing the RX ring"),
+            (libc::XDP_RX_RING, fill_size, "sizing the RX ring"),
             (libc::XDP_TX_RING, ring_size, "sizing the TX ring"),
         ] {
             setsockopt(f, opt, &size).map_err(|s| e(what, s))?;
@@ -202,7 +206,7 @@ impl XskPort {
             .map_err(|s| e("mapping the fill ring", s))?;
         let comp = Ring::map(f, libc::XDP_UMEM_PGOFF_COMPLETION_RING, fill_size, &off.cr)
             .map_err(|s| e("mapping the completion ring", s))?;
-        let rx = Ring::map(f, libc::XDP_PGOFF_RX_RING as u64, ring_size, &off.rx)
+        let rx = Ring::map(f, libc::XDP_PGOFF_RX_RING as u64, fill_size, &off.rx)
             .map_err(|s| e("mapping the RX ring", s))?;
         let tx = Ring::map(f, libc::XDP_PGOFF_TX_RING as u64, ring_size, &off.tx)
             .map_err(|s| e("mapping the TX ring", s))?;
