@@ -27,6 +27,18 @@ pub enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Ask a running switch (through its control socket; root).
+    Ctl {
+        /// The control socket.
+        #[arg(long, default_value = control::config::model::DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// What to ask.
+        #[command(subcommand)]
+        what: CtlCommand,
+    },
     /// The demo lab: network namespaces and veth pairs for the hosts of the embedded demo
     /// config, the switch on them, real traffic (ping, iperf3, attempts across tenants), a
     /// per-tenant table, then the lab is removed (root).
@@ -41,4 +53,32 @@ pub enum Command {
         #[arg(long, default_value_t = 1000)]
         frames: u32,
     },
+}
+
+/// `xswitch ctl` commands.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum CtlCommand {
+    /// Config, generation, uptime, workers, reloads, frame accounting.
+    Status,
+    /// Ports: interface, queues and their workers, traffic, drops by reason.
+    Ports,
+    /// Tenants: attachments, rules, connections, traffic, drops by reason.
+    Tenants,
+    /// Totals: traffic, drops by reason, MAC learning.
+    Counters,
+    /// Re-read the config file and apply it (as SIGHUP does); prints the new generation.
+    Reload,
+}
+
+impl CtlCommand {
+    /// The API's name of the command.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CtlCommand::Status => "status",
+            CtlCommand::Ports => "ports",
+            CtlCommand::Tenants => "tenants",
+            CtlCommand::Counters => "counters",
+            CtlCommand::Reload => "reload",
+        }
+    }
 }

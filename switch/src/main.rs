@@ -2,6 +2,8 @@
 //! `dataplane` and `control` crates.
 
 mod cli;
+mod control_api;
+mod ctl;
 mod lab;
 mod metrics;
 mod run;
@@ -23,6 +25,7 @@ fn main() -> ExitCode {
         Command::Demo { simulate: true, frames, .. } => simulate::simulate(frames),
         Command::Demo { keep, .. } => stop_flag().and_then(|stop| lab::run(keep, stop)),
         Command::Run { config } => stop_flag().and_then(|stop| run::run(&config, stop)),
+        Command::Ctl { socket, json, what } => ctl::run(&socket, what.as_str(), json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -69,6 +69,8 @@ pub struct WorkerFigures {
     pub conns: ConnStats,
     /// Tracked connections per tenant.
     pub conn_entries: Vec<u32>,
+    /// Generation of the snapshot the worker runs.
+    pub generation: u64,
 }
 
 /// Where one worker publishes.
@@ -83,6 +85,7 @@ pub fn publish(slot: &Slot, w: &mut Worker<XskPort>, loops: &LoopStats) {
     f.census = w.census();
     f.loops = *loops;
     f.batch_sizes = *w.batch_sizes();
+    f.generation = w.pipeline().generation();
     let p = &w.pipeline().policy;
     f.cache = p.cache.stats;
     f.cache_entries = p.cache.len();
@@ -98,6 +101,15 @@ pub fn publish(slot: &Slot, w: &mut Worker<XskPort>, loops: &LoopStats) {
             kernel: s.kernel_stats().unwrap_or_default(),
             wakeups: s.stats.kicks,
         });
+    }
+}
+
+/// Counts a reload and, when applied, the new generation.
+pub fn record_reload(applied: bool, result: &Result<u64, String>) {
+    let r = if applied { "applied" } else { "rejected" };
+    metrics::counter!("xswitch_config_reloads_total", "result" => r).increment(1);
+    if let Ok(g) = result {
+        metrics::gauge!("xswitch_config_generation").set(*g as f64);
     }
 }
 

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use control::config::Config;
@@ -41,7 +42,7 @@ pub struct Report {
 /// Runs the switch on `file` until `stop` is set (by a signal).
 pub fn run(file: &Path, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let cfg = control::config::load(file)?;
-    serve(&cfg, &file.display().to_string(), stop, &AtomicBool::new(false)).map(|_| ())
+    serve(&cfg, Some(file), stop, &AtomicBool::new(false)).map(|_| ())
 }
 
 /// Which (port, queue) sockets each worker polls: the sockets in (queue, port) order, cut into
@@ -73,13 +74,17 @@ struct Finished {
 }
 
 /// Runs the switch on a loaded config until `stop` is set; sets `ready` once it switches.
-/// `name` stands for the file in messages.
+/// `file` is where the config came from (reloads read it again); `None` for the demo's
+/// embedded config.
 pub fn serve(
     cfg: &Config,
-    name: &str,
+    file: Option<&Path>,
     stop: Arc<AtomicBool>,
     ready: &AtomicBool,
 ) -> anyhow::Result<Report> {
+    let name_owned = file
+        .map_or_else(|| "configs/demo.toml (embedded)".to_string(), |f| f.display().to_string());
+    let name = name_owned.as_str();
     let snap = control::compile(cfg, 1)?;
     require_root()?;
     let workers = cfg.switch.workers as usize;
@@ -125,6 +130,7 @@ pub fn serve(
     // Sockets, in plan order; the first one registers the frame area as the UMEM.
     let mut attachments: Vec<XdpAttachment> = Vec::new();
     let mut by_worker: Vec<Vec<(PortId, XskPort)>> = plan.iter().map(|_| Vec::new()).collect();
+    let mut placement = Vec::new();
     for (w, socks) in plan.iter().enumerate() {
         for &(port, queue) in socks {
             let spec = &snap.ports[port.index()];
@@ -176,6 +182,12 @@ pub fn serve(
                 spec.interface,
                 sock.mode()
             );
+            placement.push(crate::control_api::Placement {
+                port: spec.name.clone(),
+                queue,
+                worker: w,
+                mode: format!("{:?}", sock.mode()),
+            });
             by_worker[w].push((port, sock));
         }
     }
@@ -210,11 +222,31 @@ pub fn serve(
     let slots: Vec<crate::metrics::Slot> = ws.iter().map(|_| Default::default()).collect();
     let exporter = crate::metrics::start(&cfg.metrics, &snap, &slots, snap.generation)?;
     let every = Nanos::from_millis(crate::metrics::PUBLISH_INTERVAL.as_millis() as u64);
+    let (to_workers, from_control): (Vec<_>, Vec<_>) =
+        ws.iter().map(|_| crossbeam_channel::bounded::<Arc<Snapshot>>(8)).unzip();
+    let shared = Arc::new(crate::control_api::Shared::new(
+        file.map(Path::to_path_buf),
+        cfg.clone(),
+        snap.clone(),
+        to_workers,
+        slots.clone(),
+        placement,
+        total_chunks,
+    ));
+    let server = if cfg.control.enabled {
+        Some(crate::control_api::serve(Path::new(&cfg.control.socket), shared.clone())?)
+    } else {
+        None
+    };
+    let hup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
+        .context("registering SIGHUP")?;
     let finished: Vec<anyhow::Result<Finished>> = std::thread::scope(|scope| {
         let handles: Vec<_> = ws
             .into_iter()
             .enumerate()
-            .map(|(i, mut worker)| {
+            .zip(from_control)
+            .map(|((i, mut worker), snaps)| {
                 let stop = &stop;
                 let slot = slots[i].clone();
                 let core = cores.get(i).copied();
@@ -231,6 +263,12 @@ pub fn serve(
                         }
                         let clock = MonotonicClock::new();
                         let loops = worker.run_reporting(&clock, idle, stop, every, |w, l| {
+                            // New snapshots from a reload, adopted between breaths. The
+                            // previous one stays alive in the control state, so dropping
+                            // this reference frees nothing here.
+                            while let Ok(s) = snaps.try_recv() {
+                                drop(w.install(s));
+                            }
                             crate::metrics::publish(&slot, w, l)
                         });
                         Ok(Finished { worker, loops })
@@ -240,6 +278,16 @@ pub fn serve(
             .collect();
         eprintln!("xswitch: switching {} tenants; SIGINT or SIGTERM stops", snap.tenants.len());
         ready.store(true, Ordering::SeqCst);
+        // Until stopped: SIGHUP reloads. (A worker that ends early sets `stop` itself.)
+        while !stop.load(Ordering::Relaxed)
+            && handles.iter().all(|h| h.as_ref().is_ok_and(|h| !h.is_finished()))
+        {
+            if hup.swap(false, Ordering::SeqCst) {
+                let _ = crate::control_api::reload(&shared);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop.store(true, Ordering::SeqCst);
         handles
             .into_iter()
             .map(|h| match h {
@@ -253,6 +301,8 @@ pub fn serve(
     });
     // Its last update sees the workers' final figures.
     drop(exporter);
+    drop(server);
+    let snap = shared.snapshot();
     let mut done = Vec::new();
     for f in finished {
         done.push(f?);

@@ -22,7 +22,29 @@ pub struct Config {
     /// The Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The control socket.
+    #[serde(default)]
+    pub control: ControlConfig,
 }
+
+/// `[control]`: the control API's Unix socket.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Serve the control API at all.
+    pub enabled: bool,
+    /// Path of the socket (created mode 0600, owned by the user running the switch: root).
+    pub socket: String,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig { enabled: true, socket: DEFAULT_CONTROL_SOCKET.into() }
+    }
+}
+
+/// Where `xswitch run` listens and `xswitch ctl` connects unless told otherwise.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/xswitch/xswitch.sock";
 
 /// `[metrics]`: the Prometheus scrape endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

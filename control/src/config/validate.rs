@@ -56,6 +56,9 @@ pub fn validate(cfg: &Config) -> Vec<Issue> {
     check_switch(cfg, &mut is);
     check_ports(cfg, &mut is);
     check_tenants(cfg, &mut is);
+    if cfg.control.socket.is_empty() || !cfg.control.socket.starts_with('/') {
+        is.add("control.socket", format!("{:?} is not an absolute path", cfg.control.socket));
+    }
     if cfg.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
         is.add(
             "metrics.listen",

@@ -1,0 +1,419 @@
+//! The control plane of a running switch: hot reload and the control API.
+//!
+//! # Reload
+//! [`reload`] loads, validates and compiles the config file off the dataplane, then hands the
+//! new snapshot to every worker over a channel; each worker adopts it between breaths (within
+//! one publishing interval, 250 ms). A bad file, or a change that cannot be applied live, is
+//! rejected with the reason, counted, and the running config stays. Live: everything about
+//! tenants (attachments, rules, groups, guards, quotas). Not live, rejected with a message that
+//! says a restart is needed: ports, the `[switch]` section, `[metrics]`, `[control]`, and the
+//! set of tenant names (tenant ids index the workers' counters and tables; a tenant added or
+//! removed would shift them).
+//!
+//! # Control API
+//! A Unix socket (mode 0600, so only root reaches it) speaking one JSON object per line: a
+//! request `{"cmd": "status"}` gets one response `{"ok": true, "data": ...}` or
+//! `{"ok": false, "error": "..."}`. Documented in `docs/CONTROL.md`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use control::config::Config;
+use crossbeam_channel::Sender;
+use dataplane::snapshot::{PortKind, Snapshot};
+use dataplane::trace::{Counters, DropReason};
+use dataplane::worker::FrameCensus;
+use serde_json::{Value, json};
+
+use crate::metrics::Slot;
+
+/// One socket of the plan, for `ports`.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// Port name.
+    pub port: String,
+    /// Queue.
+    pub queue: u32,
+    /// Worker polling it.
+    pub worker: usize,
+    /// Bind mode it got.
+    pub mode: String,
+}
+
+/// Reload outcomes.
+#[derive(Debug, Default, Clone)]
+pub struct ReloadState {
+    /// Reloads applied.
+    pub applied: u64,
+    /// Reloads rejected.
+    pub rejected: u64,
+    /// Why the last rejected one was rejected.
+    pub last_error: Option<String>,
+}
+
+/// What the control thread, the signal handling and the exit report share.
+pub struct Shared {
+    /// The config file reloads read (`None`: the demo's embedded config).
+    pub path: Option<PathBuf>,
+    /// The running config and its snapshot.
+    pub running: Mutex<(Config, Arc<Snapshot>)>,
+    /// The snapshot before the last reload, kept so that a worker dropping its reference does
+    /// not free it on the packet thread.
+    previous: Mutex<Option<Arc<Snapshot>>>,
+    /// Reload outcomes.
+    pub reloads: Mutex<ReloadState>,
+    /// One channel per worker for new snapshots.
+    pub to_workers: Vec<Sender<Arc<Snapshot>>>,
+    /// What the workers publish.
+    pub slots: Vec<Slot>,
+    /// Which worker polls which socket.
+    pub placement: Vec<Placement>,
+    /// Frames in the area.
+    pub chunks: u32,
+    /// When the switch started.
+    pub started: Instant,
+}
+
+impl Shared {
+    /// The state of a switch that has just started.
+    pub fn new(
+        path: Option<PathBuf>,
+        cfg: Config,
+        snap: Arc<Snapshot>,
+        to_workers: Vec<Sender<Arc<Snapshot>>>,
+        slots: Vec<Slot>,
+        placement: Vec<Placement>,
+        chunks: u32,
+    ) -> Self {
+        Shared {
+            path,
+            running: Mutex::new((cfg, snap)),
+            previous: Mutex::new(None),
+            reloads: Mutex::new(ReloadState::default()),
+            to_workers,
+            slots,
+            placement,
+            chunks,
+            started: Instant::now(),
+        }
+    }
+
+    /// The config file, for messages.
+    pub fn name(&self) -> String {
+        self.path
+            .as_ref()
+            .map_or_else(|| "the embedded demo config".into(), |p| p.display().to_string())
+    }
+
+    /// The running snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.running.lock().map(|r| r.1.clone()).unwrap_or_else(|p| p.into_inner().1.clone())
+    }
+}
+
+/// What of `new` differs from `old` in a way that needs a restart, if anything.
+fn not_live(old: &Config, new: &Config) -> Option<String> {
+    if old.ports != new.ports {
+        return Some("ports changed: the sockets and workers would have to be re-planned".into());
+    }
+    if old.switch != new.switch {
+        return Some("[switch] changed: frames, rings and workers are set at start".into());
+    }
+    if old.metrics != new.metrics || old.control != new.control {
+        return Some("[metrics] or [control] changed: listeners are set up at start".into());
+    }
+    let names = |c: &Config| c.tenants.keys().cloned().collect::<Vec<_>>();
+    if names(old) != names(new) {
+        let added: Vec<_> = new.tenants.keys().filter(|k| !old.tenants.contains_key(*k)).collect();
+        let gone: Vec<_> = old.tenants.keys().filter(|k| !new.tenants.contains_key(*k)).collect();
+        return Some(format!(
+            "tenants added {added:?} or removed {gone:?}: this version applies those at a restart"
+        ));
+    }
+    None
+}
+
+/// Re-reads the config file and applies it live, or says why not (the running config stays).
+pub fn reload(shared: &Shared) -> Result<u64, String> {
+    let result = (|| {
+        let Some(path) = &shared.path else {
+            return Err("the demo runs its embedded config: there is no file to reload".into());
+        };
+        let new = control::config::load(path).map_err(|e| format!("{e}"))?;
+        let mut running = shared.running.lock().map_err(|_| "state lock poisoned".to_string())?;
+        if let Some(why) = not_live(&running.0, &new) {
+            return Err(format!("{}: {why}; nothing was applied", path.display()));
+        }
+        let generation = running.1.generation + 1;
+        let snap = Arc::new(control::compile(&new, generation).map_err(|e| format!("{e}"))?);
+        for tx in &shared.to_workers {
+            // Bounded with room for several: a worker takes them every 250 ms at most.
+            tx.send(snap.clone()).map_err(|_| "a worker has stopped".to_string())?;
+        }
+        let old = std::mem::replace(&mut *running, (new, snap));
+        if let Ok(mut p) = shared.previous.lock() {
+            *p = Some(old.1);
+        }
+        Ok(generation)
+    })();
+    let mut st = shared.reloads.lock().unwrap_or_else(|p| p.into_inner());
+    match &result {
+        Ok(g) => {
+            st.applied += 1;
+            st.last_error = None;
+            eprintln!("xswitch: reloaded {}: generation {g}", shared.name());
+        }
+        Err(e) => {
+            st.rejected += 1;
+            st.last_error = Some(e.clone());
+            eprintln!("xswitch: reload rejected: {e}");
+        }
+    }
+    crate::metrics::record_reload(result.is_ok(), &result);
+    result
+}
+
+/// The running control server; stops its thread and removes the socket when dropped.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    path: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds the control socket (refusing to replace one a running switch answers on) and serves
+/// it from a thread.
+pub fn serve(path: &Path, shared: Arc<Shared>) -> anyhow::Result<Server> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("control.socket: creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            bail!("control.socket: {} is in use: is another xswitch running?", path.display());
+        }
+        // Left behind by a switch that was killed: nobody answers on it.
+        std::fs::remove_file(path)
+            .with_context(|| format!("control.socket: removing stale {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("control.socket: cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("control.socket: chmod 0600 {}", path.display()))?;
+    listener.set_nonblocking(true)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let thread = std::thread::Builder::new().name("xswitch-control".into()).spawn(move || {
+        while !stop2.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((conn, _)) => {
+                    if let Err(e) = handle(conn, &shared) {
+                        eprintln!("xswitch: control: {e}");
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => {
+                    eprintln!("xswitch: control: accept: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    })?;
+    eprintln!("xswitch: control socket {}", path.display());
+    Ok(Server { stop, thread: Some(thread), path: path.to_path_buf() })
+}
+
+/// One request, one response.
+fn handle(conn: UnixStream, shared: &Shared) -> std::io::Result<()> {
+    conn.set_nonblocking(false)?;
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut line = String::new();
+    // Bounded: a request is a short JSON object.
+    BufReader::new(std::io::Read::take(&conn, 64 * 1024)).read_line(&mut line)?;
+    let reply = match serde_json::from_str::<Value>(&line) {
+        Ok(req) => match answer(&req, shared) {
+            Ok(data) => json!({ "ok": true, "data": data }),
+            Err(e) => json!({ "ok": false, "error": e }),
+        },
+        Err(e) => json!({ "ok": false, "error": format!("request is not JSON: {e}") }),
+    };
+    let mut w = &conn;
+    writeln!(w, "{reply}")
+}
+
+fn answer(req: &Value, shared: &Shared) -> Result<Value, String> {
+    let cmd = req.get("cmd").and_then(Value::as_str).ok_or("missing \"cmd\"")?;
+    match cmd {
+        "status" => Ok(status(shared)),
+        "ports" => Ok(ports(shared)),
+        "tenants" => Ok(tenants(shared)),
+        "counters" => Ok(counters(shared)),
+        "reload" => reload(shared).map(|g| json!({ "generation": g })),
+        other => {
+            Err(format!("unknown command {other:?} (status, ports, tenants, counters, reload)"))
+        }
+    }
+}
+
+/// The workers' counters summed, their census summed, and per worker (generation, loops).
+fn gather(shared: &Shared) -> (Counters, FrameCensus, Vec<Value>) {
+    let mut c = Counters::default();
+    let mut census = FrameCensus { total: shared.chunks, ..FrameCensus::default() };
+    let mut workers = Vec::new();
+    for (i, slot) in shared.slots.iter().enumerate() {
+        let Ok(f) = slot.lock() else { continue };
+        c.merge(&f.counters);
+        census = census.merge(f.census);
+        workers.push(json!({
+            "worker": i,
+            "generation": f.generation,
+            "busy_polls": f.loops.busy_polls,
+            "idle_polls": f.loops.idle_polls,
+            "packets": f.loops.packets,
+            "busy_ns_per_packet": f.loops.busy_ns_per_packet(),
+        }));
+    }
+    (c, census, workers)
+}
+
+fn drops(row: &[u64; DropReason::COUNT]) -> Value {
+    let m: serde_json::Map<String, Value> = DropReason::ALL
+        .iter()
+        .filter(|r| row[r.index()] > 0)
+        .map(|r| (r.as_label().to_string(), json!(row[r.index()])))
+        .collect();
+    Value::Object(m)
+}
+
+fn status(shared: &Shared) -> Value {
+    let snap = shared.snapshot();
+    let (_, census, workers) = gather(shared);
+    let st = shared.reloads.lock().map(|s| s.clone()).unwrap_or_default();
+    json!({
+        "config": shared.name(),
+        "generation": snap.generation,
+        "uptime_secs": shared.started.elapsed().as_secs(),
+        "ports": snap.ports.len(),
+        "tenants": snap.tenants.len(),
+        "workers": workers,
+        "reloads": { "applied": st.applied, "rejected": st.rejected, "last_error": st.last_error },
+        "frames": {
+            "total": census.total,
+            "free": census.free,
+            "fill": census.ports.fill,
+            "rx": census.ports.rx,
+            "tx": census.ports.tx,
+            "completion": census.ports.completion,
+            "pending": census.pending,
+            "in_flight_between_workers": census.returning + census.handoff,
+        },
+    })
+}
+
+fn ports(shared: &Shared) -> Value {
+    let snap = shared.snapshot();
+    let (c, _, _) = gather(shared);
+    let list: Vec<Value> = snap
+        .ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let queues: Vec<Value> = shared
+                .placement
+                .iter()
+                .filter(|q| q.port == p.name)
+                .map(|q| json!({ "queue": q.queue, "worker": q.worker, "mode": q.mode }))
+                .collect();
+            json!({
+                "name": p.name,
+                "interface": p.interface,
+                "kind": if p.kind == PortKind::Uplink { "uplink" } else { "tenant" },
+                "queues": queues,
+                "rx_packets": c.port_rx.get(i).map_or(0, |x| x.packets),
+                "rx_bytes": c.port_rx.get(i).map_or(0, |x| x.bytes),
+                "tx_packets": c.port_tx.get(i).map_or(0, |x| x.packets),
+                "tx_bytes": c.port_tx.get(i).map_or(0, |x| x.bytes),
+                "drops": c.port_drops.get(i).map_or(json!({}), drops),
+            })
+        })
+        .collect();
+    Value::Array(list)
+}
+
+fn tenants(shared: &Shared) -> Value {
+    let snap = shared.snapshot();
+    let (c, _, _) = gather(shared);
+    let conns: Vec<u32> = shared.slots.iter().fold(vec![0; snap.tenants.len()], |mut acc, s| {
+        if let Ok(f) = s.lock() {
+            for (a, b) in acc.iter_mut().zip(&f.conn_entries) {
+                *a += b;
+            }
+        }
+        acc
+    });
+    let list: Vec<Value> = snap
+        .tenants
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let attach: Vec<Value> = t
+                .attachments
+                .iter()
+                .map(|a| {
+                    json!({
+                        "port": snap.ports.get(a.port.index()).map_or("?", |p| p.name.as_str()),
+                        "vlan": a.vlan,
+                    })
+                })
+                .collect();
+            json!({
+                "name": t.name,
+                "attachments": attach,
+                "acl_rules": t.policy.acl[0].rules.len() + t.policy.acl[1].rules.len(),
+                "security_group": t.policy.group.is_some(),
+                "connections": conns.get(i).copied().unwrap_or(0),
+                "rx_packets": c.tenant_rx.get(i).map_or(0, |x| x.packets),
+                "rx_bytes": c.tenant_rx.get(i).map_or(0, |x| x.bytes),
+                "tx_packets": c.tenant_tx.get(i).map_or(0, |x| x.packets),
+                "tx_bytes": c.tenant_tx.get(i).map_or(0, |x| x.bytes),
+                "drops": c.tenant_drops.get(i).map_or(json!({}), drops),
+            })
+        })
+        .collect();
+    Value::Array(list)
+}
+
+fn counters(shared: &Shared) -> Value {
+    let (c, _, _) = gather(shared);
+    let by_reason: serde_json::Map<String, Value> =
+        DropReason::ALL.iter().map(|r| (r.as_label().to_string(), json!(c.drops(*r)))).collect();
+    let f = &c.fdb;
+    json!({
+        "rx_packets": c.port_rx.iter().map(|p| p.packets).sum::<u64>(),
+        "tx_packets": c.port_tx.iter().map(|p| p.packets).sum::<u64>(),
+        "drops": by_reason,
+        "fdb": {
+            "learned": f.learned, "moved": f.moved, "quota_exceeded": f.quota_exceeded,
+            "aged": f.aged, "remote": f.remote, "unannounced": f.unannounced,
+        },
+        "flood_copies": c.flood_copies,
+    })
+}

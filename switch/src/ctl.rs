@@ -1,0 +1,141 @@
+//! `xswitch ctl`: a client of the control socket. Tables for people by default, the API's JSON
+//! with `--json`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+/// Sends `{"cmd": cmd}` and returns the response's `data`, or the switch's error.
+pub fn request(socket: &Path, cmd: &str) -> anyhow::Result<Value> {
+    let conn = UnixStream::connect(socket).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => anyhow::anyhow!(
+            "xswitch is not running (no control socket answers at {}; start it with \
+             `xswitch run -c FILE`, or give --socket)",
+            socket.display()
+        ),
+        std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
+            "permission denied on {}: the control socket is for root",
+            socket.display()
+        ),
+        _ => anyhow::anyhow!("connecting to {}: {e}", socket.display()),
+    })?;
+    // A reload compiles the config; give it time.
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    writeln!(&conn, "{}", json!({ "cmd": cmd }))?;
+    let mut line = String::new();
+    BufReader::new(&conn).read_line(&mut line).context("reading the switch's answer")?;
+    let reply: Value = serde_json::from_str(&line).context("the switch's answer is not JSON")?;
+    if reply.get("ok") == Some(&Value::Bool(true)) {
+        Ok(reply.get("data").cloned().unwrap_or(Value::Null))
+    } else {
+        let e = reply.get("error").and_then(Value::as_str).unwrap_or("unknown error");
+        bail!("{e}")
+    }
+}
+
+/// Runs one ctl command and prints its answer.
+pub fn run(socket: &Path, cmd: &str, as_json: bool) -> anyhow::Result<()> {
+    let data = request(socket, cmd)?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&data)?);
+        return Ok(());
+    }
+    match cmd {
+        "status" => print_status(&data),
+        "ports" => print_rows(
+            &data,
+            &["name", "interface", "kind", "rx_packets", "tx_packets", "drops"],
+            |row, col| match col {
+                "drops" => drops(row),
+                _ => cell(&row[col]),
+            },
+        ),
+        "tenants" => print_rows(
+            &data,
+            &["name", "acl_rules", "connections", "rx_packets", "tx_packets", "drops"],
+            |row, col| match col {
+                "drops" => drops(row),
+                _ => cell(&row[col]),
+            },
+        ),
+        "counters" => {
+            println!("received {}  sent {}", data["rx_packets"], data["tx_packets"]);
+            if let Some(m) = data["drops"].as_object() {
+                for (reason, n) in m.iter().filter(|(_, n)| n.as_u64() != Some(0)) {
+                    println!("  dropped {reason}: {n}");
+                }
+            }
+            println!("fdb: {}", data["fdb"]);
+        }
+        "reload" => println!("reloaded: generation {}", data["generation"]),
+        _ => println!("{data}"),
+    }
+    Ok(())
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn drops(row: &Value) -> String {
+    match row["drops"].as_object() {
+        Some(m) if !m.is_empty() => {
+            m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+        }
+        _ => "0".into(),
+    }
+}
+
+fn print_rows(data: &Value, cols: &[&str], get: impl Fn(&Value, &str) -> String) {
+    let rows: Vec<Vec<String>> = data
+        .as_array()
+        .map(|a| a.iter().map(|r| cols.iter().map(|c| get(r, c)).collect()).collect())
+        .unwrap_or_default();
+    let widths: Vec<usize> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| rows.iter().map(|r| r[i].len()).chain([c.len()]).max().unwrap_or(0))
+        .collect();
+    let line = |cells: &[String]| {
+        let parts: Vec<String> =
+            cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(&cols.iter().map(|c| c.to_string()).collect::<Vec<_>>());
+    for r in &rows {
+        line(r);
+    }
+}
+
+fn print_status(d: &Value) {
+    println!("config      {}", cell(&d["config"]));
+    println!("generation  {}", d["generation"]);
+    println!("uptime      {} s", d["uptime_secs"]);
+    println!("ports       {}, tenants {}", d["ports"], d["tenants"]);
+    let r = &d["reloads"];
+    println!("reloads     {} applied, {} rejected", r["applied"], r["rejected"]);
+    if let Some(e) = r["last_error"].as_str() {
+        println!("last error  {e}");
+    }
+    let f = &d["frames"];
+    println!(
+        "frames      {} total: {} free, {} fill, {} rx, {} tx, {} completion, {} pending",
+        f["total"], f["free"], f["fill"], f["rx"], f["tx"], f["completion"], f["pending"]
+    );
+    if let Some(ws) = d["workers"].as_array() {
+        for w in ws {
+            println!(
+                "worker {}    generation {}, {} packets, {} busy / {} idle polls",
+                w["worker"], w["generation"], w["packets"], w["busy_polls"], w["idle_polls"]
+            );
+        }
+    }
+}
