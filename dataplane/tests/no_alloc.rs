@@ -101,30 +101,16 @@ fn poll_rounds_do_not_allocate() {
         frames.push((p1, vec![0u8; 9]));
     }
 
-    let round = |w: &mut Worker<MemPort>, t: u64| {
-        for (port, f) in &frames {
-            w.inject(*port, f);
-            if w.sockets_mut().any(|(p, d)| p == *port && d.rx_pending() >= 64) {
-                w.poll(Nanos::from_millis(t));
-            }
-        }
-        w.poll(Nanos::from_millis(t));
-        for (_, p) in w.sockets_mut() {
-            p.discard_sent();
-        }
-        w.poll(Nanos::from_millis(t));
-    };
-
     // Warm-up: queues and tables reach their working size.
-    round(&mut w, 1);
-    round(&mut w, 2);
+    play_round(&mut w, &frames, 1);
+    play_round(&mut w, &frames, 2);
     let rx_before: u64 = w.pipeline().counters.port_rx.iter().map(|p| p.packets).sum();
 
     // `inject` (the test's own traffic source) is not the packet path; it copies into frames
     // that already exist and pushes onto queues that are already sized.
     ARMED.store(true, Ordering::SeqCst);
     for t in 3..50 {
-        round(&mut w, t * 1000); // 1 s apart: every round ages out the last one's MACs
+        play_round(&mut w, &frames, t * 1000); // 1 s apart: every round ages out the last one's MACs
     }
     ARMED.store(false, Ordering::SeqCst);
 
@@ -147,25 +133,12 @@ fn poll_rounds_do_not_allocate() {
         frames.push((PortId(1), udp_from(1, 1000 + i, 9))); // denied
         frames.push((PortId(1), udp_from(7, 1000 + i, 53))); // spoofed MAC
     }
-    let round = |w: &mut Worker<MemPort>, t: u64| {
-        for (port, f) in &frames {
-            w.inject(*port, f);
-            if w.sockets_mut().any(|(p, d)| p == *port && d.rx_pending() >= 64) {
-                w.poll(Nanos::from_millis(t));
-            }
-        }
-        w.poll(Nanos::from_millis(t));
-        for (_, p) in w.sockets_mut() {
-            p.discard_sent();
-        }
-        w.poll(Nanos::from_millis(t));
-    };
-    round(&mut w, 1);
-    round(&mut w, 2_000);
+    play_round(&mut w, &frames, 1);
+    play_round(&mut w, &frames, 2_000);
     ALLOCS.store(0, Ordering::SeqCst);
     ARMED.store(true, Ordering::SeqCst);
     for t in 3..30 {
-        round(&mut w, t * 2_000);
+        play_round(&mut w, &frames, t * 2_000);
     }
     ARMED.store(false, Ordering::SeqCst);
     let c = &w.pipeline().counters;
@@ -183,6 +156,22 @@ fn poll_rounds_do_not_allocate() {
     assert!(c.acl_hits[0][0] > 0, "count rule");
     assert_eq!(ALLOCS.load(Ordering::SeqCst), 0, "allocations on the policy path");
     assert!(w.census().balanced());
+}
+
+/// Injects `frames` (polling whenever a port has a batch waiting), then completes what was
+/// sent: one round of traffic at time `t` ms.
+fn play_round(w: &mut Worker<MemPort>, frames: &[(PortId, Vec<u8>)], t: u64) {
+    for (port, f) in frames {
+        w.inject(*port, f);
+        if w.sockets_mut().any(|(p, d)| p == *port && d.rx_pending() >= 64) {
+            w.poll(Nanos::from_millis(t));
+        }
+    }
+    w.poll(Nanos::from_millis(t));
+    for (_, p) in w.sockets_mut() {
+        p.discard_sent();
+    }
+    w.poll(Nanos::from_millis(t));
 }
 
 fn udp_from(src: u8, sport: u16, dport: u16) -> Vec<u8> {

@@ -44,23 +44,21 @@ pub fn run(socket: &Path, cmd: &str, as_json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&data)?);
         return Ok(());
     }
+    let column = |row: &Value, col: &str| match col {
+        "drops" => drops(row),
+        _ => cell(&row[col]),
+    };
     match cmd {
         "status" => print_status(&data),
         "ports" => print_rows(
             &data,
             &["name", "interface", "kind", "rx_packets", "tx_packets", "drops"],
-            |row, col| match col {
-                "drops" => drops(row),
-                _ => cell(&row[col]),
-            },
+            column,
         ),
         "tenants" => print_rows(
             &data,
             &["name", "acl_rules", "connections", "rx_packets", "tx_packets", "drops"],
-            |row, col| match col {
-                "drops" => drops(row),
-                _ => cell(&row[col]),
-            },
+            column,
         ),
         "counters" => {
             println!("received {}  sent {}", data["rx_packets"], data["tx_packets"]);

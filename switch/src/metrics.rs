@@ -384,18 +384,13 @@ impl Families {
                 .tenants
                 .iter()
                 .map(|t| {
-                    let [from, to] = &t.policy.acl;
-                    let named = from
-                        .rules
-                        .iter()
-                        .map(|r| ("from-tenant", r))
-                        .chain(to.rules.iter().map(|r| ("to-tenant", r)));
-                    named
+                    t.policy
+                        .rules()
                         .map(|(dir, r)| {
                             metrics::counter!(
                                 "xswitch_acl_rule_matches_total",
                                 "tenant" => t.name.clone(),
-                                "direction" => dir,
+                                "direction" => dir.as_str(),
                                 "rule" => r.name.clone()
                             )
                         })

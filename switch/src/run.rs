@@ -324,15 +324,9 @@ pub fn serve(
         }
     }
     for (t, hits) in snap.tenants.iter().zip(&c.acl_hits) {
-        let [from, to] = &t.policy.acl;
-        let named = from
-            .rules
-            .iter()
-            .map(|r| ("from-tenant", r))
-            .chain(to.rules.iter().map(|r| ("to-tenant", r)));
-        for ((dir, r), n) in named.zip(hits) {
+        for ((dir, r), n) in t.policy.rules().zip(hits) {
             if *n > 0 {
-                eprintln!("xswitch:   acl {} {dir} {}: {n} matches", t.name, r.name);
+                eprintln!("xswitch:   acl {} {} {}: {n} matches", t.name, dir.as_str(), r.name);
             }
         }
     }

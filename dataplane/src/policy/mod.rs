@@ -133,6 +133,16 @@ pub struct TenantPolicy {
 }
 
 impl TenantPolicy {
+    /// Every ACL rule with its direction, from-tenant rules first: the order of the rule
+    /// counters (`Counters::acl_hits`).
+    pub fn rules(&self) -> impl Iterator<Item = (Direction, &Rule)> {
+        let [from, to] = &self.acl;
+        from.rules
+            .iter()
+            .map(|r| (Direction::FromTenant, r))
+            .chain(to.rules.iter().map(|r| (Direction::ToTenant, r)))
+    }
+
     /// True when nothing is configured (no rule, no group): the fast path skips every check.
     pub fn is_open(&self) -> bool {
         self.acl.iter().all(acl::AclSet::is_open) && self.group.is_none()
