@@ -56,7 +56,7 @@ pub enum Command {
 }
 
 /// `xswitch ctl` commands.
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum CtlCommand {
     /// Config, generation, uptime, workers, reloads, frame accounting.
     Status,
@@ -68,17 +68,37 @@ pub enum CtlCommand {
     Counters,
     /// Re-read the config file and apply it (as SIGHUP does); prints the new generation.
     Reload,
+    /// The MAC table of a tenant (every worker's entries).
+    Fdb {
+        /// Tenant name.
+        tenant: String,
+    },
+    /// The connections tracked for a tenant's security group.
+    Connections {
+        /// Tenant name.
+        tenant: String,
+    },
 }
 
 impl CtlCommand {
     /// The API's name of the command.
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             CtlCommand::Status => "status",
             CtlCommand::Ports => "ports",
             CtlCommand::Tenants => "tenants",
             CtlCommand::Counters => "counters",
             CtlCommand::Reload => "reload",
+            CtlCommand::Fdb { .. } => "fdb",
+            CtlCommand::Connections { .. } => "connections",
+        }
+    }
+
+    /// The tenant the command is about, if any.
+    pub fn tenant(&self) -> Option<&str> {
+        match self {
+            CtlCommand::Fdb { tenant } | CtlCommand::Connections { tenant } => Some(tenant),
+            _ => None,
         }
     }
 }

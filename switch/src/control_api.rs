@@ -27,9 +27,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use control::config::Config;
 use crossbeam_channel::Sender;
-use dataplane::snapshot::{PortKind, Snapshot};
+use dataplane::port::afxdp::XskPort;
+use dataplane::snapshot::{PortId, PortKind, Snapshot, TenantId};
+use dataplane::time::Nanos;
 use dataplane::trace::{Counters, DropReason};
 use dataplane::worker::FrameCensus;
+use dataplane::worker::Worker;
 use serde_json::{Value, json};
 
 use crate::metrics::Slot;
@@ -45,6 +48,76 @@ pub struct Placement {
     pub worker: usize,
     /// Bind mode it got.
     pub mode: String,
+}
+
+/// A question for the workers, answered between breaths (within 250 ms) by each of them.
+pub enum Query {
+    /// The MAC table entries of a tenant.
+    Fdb(TenantId, Sender<Vec<Value>>),
+    /// The tracked connections of a tenant.
+    Connections(TenantId, Sender<Vec<Value>>),
+}
+
+/// Answers `q` from worker `w`'s tables at time `now`. Runs on the worker thread between
+/// breaths, only when asked (it allocates the answer).
+pub fn answer_query(w: &Worker<XskPort>, worker: usize, now: Nanos, q: Query) {
+    let snap = w.snapshot();
+    let port_name = |p: PortId| snap.ports.get(p.index()).map_or("?".into(), |s| s.name.clone());
+    let secs = |t: Nanos| now.since(t).0 as f64 / 1e9;
+    match q {
+        Query::Fdb(t, reply) => {
+            let rows = w
+                .pipeline()
+                .fdb()
+                .entries(t)
+                .map(|(mac, e)| {
+                    json!({
+                        "mac": mac.to_string(),
+                        "port": port_name(e.attachment.port),
+                        "vlan": e.attachment.vlan,
+                        "static": e.is_static,
+                        "age_secs": if e.is_static { 0.0 } else { secs(e.last_seen) },
+                        "worker": worker,
+                    })
+                })
+                .collect();
+            let _ = reply.send(rows);
+        }
+        Query::Connections(t, reply) => {
+            let ip = |a: [u8; 16]| {
+                let v6 = std::net::Ipv6Addr::from(a);
+                v6.to_ipv4_mapped().map_or_else(|| v6.to_string(), |v4| v4.to_string())
+            };
+            let rows = w
+                .pipeline()
+                .policy
+                .conns
+                .connections(t)
+                .map(|c| {
+                    json!({
+                        "proto": c.proto,
+                        "from": format!("{}:{}", ip(c.from.0), c.from.1),
+                        "to": format!("{}:{}", ip(c.to.0), c.to.1),
+                        "state": format!("{:?}", c.conn.state),
+                        "idle_secs": secs(c.conn.last_seen),
+                        "worker": worker,
+                    })
+                })
+                .collect();
+            let _ = reply.send(rows);
+        }
+    }
+}
+
+/// How the control plane reaches the workers: per worker, a channel for new snapshots, one
+/// for questions, and the slot it publishes its figures in.
+pub struct WorkerLinks {
+    /// New snapshots.
+    pub snapshots: Vec<Sender<Arc<Snapshot>>>,
+    /// Questions.
+    pub queries: Vec<Sender<Query>>,
+    /// Published figures.
+    pub slots: Vec<Slot>,
 }
 
 /// Reload outcomes.
@@ -69,10 +142,8 @@ pub struct Shared {
     previous: Mutex<Option<Arc<Snapshot>>>,
     /// Reload outcomes.
     pub reloads: Mutex<ReloadState>,
-    /// One channel per worker for new snapshots.
-    pub to_workers: Vec<Sender<Arc<Snapshot>>>,
-    /// What the workers publish.
-    pub slots: Vec<Slot>,
+    /// The workers.
+    pub workers: WorkerLinks,
     /// Which worker polls which socket.
     pub placement: Vec<Placement>,
     /// Frames in the area.
@@ -87,8 +158,7 @@ impl Shared {
         path: Option<PathBuf>,
         cfg: Config,
         snap: Arc<Snapshot>,
-        to_workers: Vec<Sender<Arc<Snapshot>>>,
-        slots: Vec<Slot>,
+        workers: WorkerLinks,
         placement: Vec<Placement>,
         chunks: u32,
     ) -> Self {
@@ -97,8 +167,7 @@ impl Shared {
             running: Mutex::new((cfg, snap)),
             previous: Mutex::new(None),
             reloads: Mutex::new(ReloadState::default()),
-            to_workers,
-            slots,
+            workers,
             placement,
             chunks,
             started: Instant::now(),
@@ -153,7 +222,7 @@ pub fn reload(shared: &Shared) -> Result<u64, String> {
         }
         let generation = running.1.generation + 1;
         let snap = Arc::new(control::compile(&new, generation).map_err(|e| format!("{e}"))?);
-        for tx in &shared.to_workers {
+        for tx in &shared.workers.snapshots {
             // Bounded with room for several: a worker takes them every 250 ms at most.
             tx.send(snap.clone()).map_err(|_| "a worker has stopped".to_string())?;
         }
@@ -267,10 +336,37 @@ fn answer(req: &Value, shared: &Shared) -> Result<Value, String> {
         "tenants" => Ok(tenants(shared)),
         "counters" => Ok(counters(shared)),
         "reload" => reload(shared).map(|g| json!({ "generation": g })),
-        other => {
-            Err(format!("unknown command {other:?} (status, ports, tenants, counters, reload)"))
+        "fdb" | "connections" => {
+            let name = req.get("tenant").and_then(Value::as_str).ok_or("missing \"tenant\"")?;
+            let t = shared.snapshot().tenant_by_name(name).ok_or(format!("no tenant {name:?}"))?;
+            ask(shared, |reply| match cmd {
+                "fdb" => Query::Fdb(t, reply),
+                _ => Query::Connections(t, reply),
+            })
+        }
+        other => Err(format!(
+            "unknown command {other:?} (status, ports, tenants, counters, fdb, connections, \
+             reload)"
+        )),
+    }
+}
+
+/// Asks every worker and concatenates their answers (each worker has its own tables).
+fn ask(shared: &Shared, q: impl Fn(Sender<Vec<Value>>) -> Query) -> Result<Value, String> {
+    let queries = &shared.workers.queries;
+    let (tx, rx) = crossbeam_channel::bounded(queries.len());
+    for w in queries {
+        w.send(q(tx.clone())).map_err(|_| "a worker has stopped".to_string())?;
+    }
+    drop(tx);
+    let mut rows = Vec::new();
+    for _ in 0..queries.len() {
+        match rx.recv_timeout(Duration::from_secs(3)) {
+            Ok(r) => rows.extend(r),
+            Err(_) => return Err("a worker did not answer within 3 s".into()),
         }
     }
+    Ok(Value::Array(rows))
 }
 
 /// The workers' counters summed, their census summed, and per worker (generation, loops).
@@ -278,7 +374,7 @@ fn gather(shared: &Shared) -> (Counters, FrameCensus, Vec<Value>) {
     let mut c = Counters::default();
     let mut census = FrameCensus { total: shared.chunks, ..FrameCensus::default() };
     let mut workers = Vec::new();
-    for (i, slot) in shared.slots.iter().enumerate() {
+    for (i, slot) in shared.workers.slots.iter().enumerate() {
         let Ok(f) = slot.lock() else { continue };
         c.merge(&f.counters);
         census = census.merge(f.census);
@@ -361,14 +457,15 @@ fn ports(shared: &Shared) -> Value {
 fn tenants(shared: &Shared) -> Value {
     let snap = shared.snapshot();
     let (c, _, _) = gather(shared);
-    let conns: Vec<u32> = shared.slots.iter().fold(vec![0; snap.tenants.len()], |mut acc, s| {
-        if let Ok(f) = s.lock() {
-            for (a, b) in acc.iter_mut().zip(&f.conn_entries) {
-                *a += b;
+    let conns: Vec<u32> =
+        shared.workers.slots.iter().fold(vec![0; snap.tenants.len()], |mut acc, s| {
+            if let Ok(f) = s.lock() {
+                for (a, b) in acc.iter_mut().zip(&f.conn_entries) {
+                    *a += b;
+                }
             }
-        }
-        acc
-    });
+            acc
+        });
     let list: Vec<Value> = snap
         .tenants
         .iter()

@@ -9,8 +9,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-/// Sends `{"cmd": cmd}` and returns the response's `data`, or the switch's error.
-pub fn request(socket: &Path, cmd: &str) -> anyhow::Result<Value> {
+/// Sends `{"cmd": cmd}` (with `"tenant"` when given) and returns the response's `data`, or
+/// the switch's error.
+pub fn request(socket: &Path, cmd: &str, tenant: Option<&str>) -> anyhow::Result<Value> {
     let conn = UnixStream::connect(socket).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => anyhow::anyhow!(
             "xswitch is not running (no control socket answers at {}; start it with \
@@ -25,7 +26,11 @@ pub fn request(socket: &Path, cmd: &str) -> anyhow::Result<Value> {
     })?;
     // A reload compiles the config; give it time.
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
-    writeln!(&conn, "{}", json!({ "cmd": cmd }))?;
+    let req = match tenant {
+        Some(t) => json!({ "cmd": cmd, "tenant": t }),
+        None => json!({ "cmd": cmd }),
+    };
+    writeln!(&conn, "{req}")?;
     let mut line = String::new();
     BufReader::new(&conn).read_line(&mut line).context("reading the switch's answer")?;
     let reply: Value = serde_json::from_str(&line).context("the switch's answer is not JSON")?;
@@ -38,8 +43,9 @@ pub fn request(socket: &Path, cmd: &str) -> anyhow::Result<Value> {
 }
 
 /// Runs one ctl command and prints its answer.
-pub fn run(socket: &Path, cmd: &str, as_json: bool) -> anyhow::Result<()> {
-    let data = request(socket, cmd)?;
+pub fn run(socket: &Path, what: &crate::cli::CtlCommand, as_json: bool) -> anyhow::Result<()> {
+    let cmd = what.as_str();
+    let data = request(socket, cmd, what.tenant())?;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&data)?);
         return Ok(());
@@ -70,6 +76,12 @@ pub fn run(socket: &Path, cmd: &str, as_json: bool) -> anyhow::Result<()> {
             println!("fdb: {}", data["fdb"]);
         }
         "reload" => println!("reloaded: generation {}", data["generation"]),
+        "fdb" => {
+            print_rows(&data, &["mac", "port", "vlan", "static", "age_secs", "worker"], column)
+        }
+        "connections" => {
+            print_rows(&data, &["proto", "from", "to", "state", "idle_secs", "worker"], column)
+        }
         _ => println!("{data}"),
     }
     Ok(())

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         Command::Demo { simulate: true, frames, .. } => simulate::simulate(frames),
         Command::Demo { keep, .. } => stop_flag().and_then(|stop| lab::run(keep, stop)),
         Command::Run { config } => stop_flag().and_then(|stop| run::run(&config, stop)),
-        Command::Ctl { socket, json, what } => ctl::run(&socket, what.as_str(), json),
+        Command::Ctl { socket, json, what } => ctl::run(&socket, &what, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,7 +13,7 @@ use control::config::model::{IdlePolicy as IdlePolicyConfig, XdpMode};
 use dataplane::port::afxdp::{BindMode, XdpAttachment, XskPort, require_root};
 use dataplane::port::{FrameArea, PageSize};
 use dataplane::snapshot::{PortId, Snapshot};
-use dataplane::time::{MonotonicClock, Nanos};
+use dataplane::time::{Clock, MonotonicClock, Nanos};
 use dataplane::trace::{Counters, DropReason};
 use dataplane::worker::mesh::mesh;
 use dataplane::worker::{FrameCensus, IdlePolicy, LoopStats, Worker};
@@ -224,12 +224,13 @@ pub fn serve(
     let every = Nanos::from_millis(crate::metrics::PUBLISH_INTERVAL.as_millis() as u64);
     let (to_workers, from_control): (Vec<_>, Vec<_>) =
         ws.iter().map(|_| crossbeam_channel::bounded::<Arc<Snapshot>>(8)).unzip();
+    let (queries, questions): (Vec<_>, Vec<_>) =
+        ws.iter().map(|_| crossbeam_channel::bounded::<crate::control_api::Query>(4)).unzip();
     let shared = Arc::new(crate::control_api::Shared::new(
         file.map(Path::to_path_buf),
         cfg.clone(),
         snap.clone(),
-        to_workers,
-        slots.clone(),
+        crate::control_api::WorkerLinks { snapshots: to_workers, queries, slots: slots.clone() },
         placement,
         total_chunks,
     ));
@@ -245,8 +246,8 @@ pub fn serve(
         let handles: Vec<_> = ws
             .into_iter()
             .enumerate()
-            .zip(from_control)
-            .map(|((i, mut worker), snaps)| {
+            .zip(from_control.into_iter().zip(questions))
+            .map(|((i, mut worker), (snaps, questions))| {
                 let stop = &stop;
                 let slot = slots[i].clone();
                 let core = cores.get(i).copied();
@@ -268,6 +269,9 @@ pub fn serve(
                             // this reference frees nothing here.
                             while let Ok(s) = snaps.try_recv() {
                                 drop(w.install(s));
+                            }
+                            while let Ok(q) = questions.try_recv() {
+                                crate::control_api::answer_query(w, i, clock.now(), q);
                             }
                             crate::metrics::publish(&slot, w, l)
                         });

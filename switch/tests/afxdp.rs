@@ -813,6 +813,14 @@ rules = [
         !out.status.success()
     };
     assert!(denied("h1", "h2", "10.9.1.2", "5402"), "the ACL let port 5402 through");
+    // The connections of the allowed iperf3 run are tracked (by the worker(s) that saw them).
+    let (ok, out, err) = ctl(&lab, true, &["connections", "red"]);
+    assert!(ok, "{err}");
+    let conns: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        conns.as_array().unwrap().iter().any(|c| c["proto"] == 6 && c["to"] == "10.9.1.2:5401"),
+        "{conns}"
+    );
     // Unsolicited inbound: h2 -> h1:5403 is opened by no rule (h1's outbound connections to
     // h2 were answered above only because they were tracked).
     assert!(denied("h2", "h1", "10.9.1.1", "5403"), "an unsolicited connection got through");
@@ -930,6 +938,16 @@ fn every_ctl_command_answers_a_running_switch() {
     assert!(counters["rx_packets"].as_u64().unwrap() >= 6);
     assert_eq!(counters["drops"]["spoof"], 0);
     assert!(counters["fdb"]["learned"].as_u64().unwrap() >= 2);
+
+    // The MAC table of red holds both hosts, behind their ports.
+    let (ok, out, err) = ctl(&lab, true, &["fdb", "red"]);
+    assert!(ok, "{err}");
+    let fdb: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ports: Vec<&str> =
+        fdb.as_array().unwrap().iter().filter_map(|e| e["port"].as_str()).collect();
+    assert!(ports.contains(&"h1") && ports.contains(&"h2"), "{fdb}");
+    let (ok, _, err) = ctl(&lab, false, &["fdb", "nobody"]);
+    assert!(!ok && err.contains("no tenant \"nobody\""), "{err}");
 
     let reload = ctl_json(&lab, "reload");
     assert_eq!(reload["generation"], 2);

@@ -163,6 +163,19 @@ pub struct Conn {
     origin_a: bool,
 }
 
+/// A tracked connection as the control API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnView {
+    /// IP protocol.
+    pub proto: u8,
+    /// Originator address (v4-mapped for IPv4) and port (ICMP: echo identifier).
+    pub from: ([u8; 16], u16),
+    /// Responder address and port.
+    pub to: ([u8; 16], u16),
+    /// State and last packet.
+    pub conn: Conn,
+}
+
 /// What the table decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -313,6 +326,16 @@ impl ConnTable {
         for k in self.map.keys() {
             self.per_tenant[usize::from(k.tenant)] += 1;
         }
+    }
+
+    /// The connections of tenant `t`, for the control API (not the packet path): originator
+    /// address and port, responder address and port, protocol, and the entry.
+    pub fn connections(&self, t: TenantId) -> impl Iterator<Item = ConnView> + '_ {
+        self.map.iter().filter(move |(k, _)| k.tenant == t.0).map(|(k, c)| {
+            let (a, b) = ((k.a, k.pa), (k.b, k.pb));
+            let (from, to) = if c.origin_a { (a, b) } else { (b, a) };
+            ConnView { proto: k.proto, from, to, conn: *c }
+        })
     }
 
     /// Connections of a tenant.
