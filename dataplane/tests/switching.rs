@@ -269,6 +269,31 @@ fn a_slow_port_holds_reception_back_and_loses_nothing() {
 }
 
 #[test]
+fn drain_sends_what_is_queued_without_receiving_more() {
+    let area = FrameArea::new(1024, 2048, PageSize::Normal).unwrap();
+    let ports = (0..5).map(|i| MemPort::new(if i == 2 { 4 } else { 1024 })).collect();
+    let mut w = Worker::new(area, ports, Arc::new(lab_snapshot(100)));
+    let clock = dataplane::time::ManualClock::new(Nanos::from_secs(1));
+    for i in 0..64u8 {
+        assert!(w.inject(A1, &udp(mac(i), [0xff; 6], None)));
+    }
+    w.poll(Nanos::from_secs(1));
+    assert_eq!(w.census().pending, 60, "a2 took 4, the rest waits");
+    for p in [UP, M] {
+        assert_eq!(w.take_sent(p).len(), 64);
+    }
+    for i in 0..10u8 {
+        assert!(w.inject(A1, &udp(mac(i), [0xff; 6], None)));
+    }
+    // a2 never completes anything here: the drain gives up (the clock does not move, the
+    // breath bound ends it) and reports what is left; nothing new was received.
+    let left = w.drain(&clock, std::time::Duration::from_millis(10));
+    assert_eq!(left, 60 + 4, "{:?}", w.census());
+    assert_eq!(w.census().ports.rx, 10, "no reception while draining");
+    assert!(w.census().balanced());
+}
+
+#[test]
 fn a_stuck_port_cannot_stop_the_others() {
     let area = FrameArea::new(2048, 2048, PageSize::Normal).unwrap();
     // a2 never sends anything (a TX ring of 4 that nobody drains).

@@ -275,6 +275,12 @@ pub fn serve(
                             }
                             crate::metrics::publish(&slot, w, l)
                         });
+                        // A clean stop sends what was already accepted.
+                        let left = worker.drain(&clock, Duration::from_millis(200));
+                        if left > 0 {
+                            eprintln!("xswitch: worker {i}: {left} frames still queued at stop");
+                        }
+                        crate::metrics::publish(&slot, &mut worker, &loops);
                         Ok(Finished { worker, loops })
                     },
                 )

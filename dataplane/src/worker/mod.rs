@@ -46,6 +46,9 @@ const AGE_INTERVAL: Nanos = Nanos::from_millis(250);
 /// Most consecutive breaths a worker skips RX while its TX lists are nearly full.
 const MAX_PAUSED_BREATHS: u32 = 64;
 
+/// Most breaths [`Worker::drain`] takes.
+const MAX_DRAIN_BREATHS: u32 = 100_000;
+
 /// Most announcements applied from one peer per breath.
 const LEARNS_PER_BREATH: usize = 256;
 
@@ -203,6 +206,8 @@ pub struct Worker<P: Port> {
     batch_sizes: [u64; 8],
     /// Consecutive breaths without RX because of backpressure.
     paused: u32,
+    /// Stopping: breathe without receiving, to send what is queued.
+    draining: bool,
 }
 
 impl<P: Port> Worker<P> {
@@ -256,6 +261,7 @@ impl<P: Port> Worker<P> {
             next_age: Nanos::ZERO,
             batch_sizes: [0; 8],
             paused: 0,
+            draining: false,
         }
     }
 
@@ -278,6 +284,9 @@ impl<P: Port> Worker<P> {
                 // frames only to drop them as `tx_full`. For a bounded number of breaths, so one
                 // port that never drains cannot stop the others.
                 let (fullest, cap) = self.tx.fullest();
+                if self.draining {
+                    break;
+                }
                 if fullest + BATCH_SIZE > cap && self.paused < MAX_PAUSED_BREATHS {
                     held_back = true;
                     break;
@@ -459,6 +468,28 @@ impl<P: Port> Worker<P> {
         }
         report(self, &st);
         st
+    }
+
+    /// After [`Worker::run`]: keeps breathing without receiving until everything queued has been
+    /// sent and completed (TX lists, handoffs, TX rings) or `limit` has passed, so a clean stop
+    /// does not throw away frames the switch already accepted. Returns what is still queued.
+    pub fn drain(&mut self, clock: &impl Clock, limit: Duration) -> usize {
+        self.draining = true;
+        let end = clock.now().add(Nanos(limit.as_nanos() as u64));
+        let queued = |w: &Self| {
+            let c = w.census();
+            c.pending as usize + (c.ports.tx + c.ports.completion) as usize + c.handoff as usize
+        };
+        // Also bounded in breaths, so a clock that does not move cannot keep it here.
+        for _ in 0..MAX_DRAIN_BREATHS {
+            let now = clock.now();
+            self.poll(now);
+            if queued(self) == 0 || now >= end {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        queued(self)
     }
 
     /// Adopts a new snapshot between breaths; returns the old one so that the caller, not the
