@@ -78,6 +78,44 @@ pub enum CtlCommand {
         /// Tenant name.
         tenant: String,
     },
+    /// Every pipeline stage's verdict for a packet described here, as if it arrived on
+    /// `--port` now (nothing is learned, cached or opened).
+    Trace(TraceArgs),
+}
+
+/// The packet `xswitch ctl trace` asks about.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TraceArgs {
+    /// Ingress port name.
+    #[arg(long)]
+    pub port: String,
+    /// Source address (IPv4 or IPv6).
+    #[arg(long)]
+    pub src: String,
+    /// Destination address.
+    #[arg(long)]
+    pub dst: String,
+    /// tcp, udp or icmp.
+    #[arg(long, default_value = "tcp")]
+    pub proto: String,
+    /// Source port.
+    #[arg(long, default_value_t = 40000)]
+    pub sport: u16,
+    /// Destination port.
+    #[arg(long, default_value_t = 80)]
+    pub dport: u16,
+    /// TCP flags, comma-separated.
+    #[arg(long, default_value = "syn")]
+    pub flags: String,
+    /// Outer VLAN the packet arrives with.
+    #[arg(long)]
+    pub vlan: Option<u16>,
+    /// Source MAC.
+    #[arg(long)]
+    pub src_mac: Option<String>,
+    /// Destination MAC (default broadcast; give a host's MAC to see the FDB forward it).
+    #[arg(long)]
+    pub dst_mac: Option<String>,
 }
 
 impl CtlCommand {
@@ -91,6 +129,7 @@ impl CtlCommand {
             CtlCommand::Reload => "reload",
             CtlCommand::Fdb { .. } => "fdb",
             CtlCommand::Connections { .. } => "connections",
+            CtlCommand::Trace(_) => "trace",
         }
     }
 

@@ -56,6 +56,8 @@ pub enum Query {
     Fdb(TenantId, Sender<Vec<Value>>),
     /// The tracked connections of a tenant.
     Connections(TenantId, Sender<Vec<Value>>),
+    /// The decision trace of a frame arriving on a port.
+    Trace(PortId, Vec<u8>, Sender<Vec<Value>>),
 }
 
 /// Answers `q` from worker `w`'s tables at time `now`. Runs on the worker thread between
@@ -82,6 +84,13 @@ pub fn answer_query(w: &Worker<XskPort>, worker: usize, now: Nanos, q: Query) {
                 })
                 .collect();
             let _ = reply.send(rows);
+        }
+        Query::Trace(port, frame, reply) => {
+            let steps = dataplane::pipeline::trace::trace(w.pipeline(), snap, now, port, &frame)
+                .into_iter()
+                .map(|s| json!({ "stage": s.stage, "outcome": s.outcome, "dropped": s.dropped }))
+                .collect();
+            let _ = reply.send(steps);
         }
         Query::Connections(t, reply) => {
             let ip = |a: [u8; 16]| {
@@ -344,11 +353,101 @@ fn answer(req: &Value, shared: &Shared) -> Result<Value, String> {
                 _ => Query::Connections(t, reply),
             })
         }
+        "trace" => {
+            let snap = shared.snapshot();
+            let name = req.get("port").and_then(Value::as_str).ok_or("missing \"port\"")?;
+            let port = snap.port_by_name(name).ok_or(format!("no port {name:?}"))?;
+            let frame = trace_frame(req)?;
+            // The worker that polls the port's first queue: its tables are the ones the frame
+            // would meet.
+            let w = shared.placement.iter().find(|p| p.port == name).map_or(0, |p| p.worker);
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let q = shared.workers.queries.get(w).ok_or("no such worker")?;
+            q.send(Query::Trace(port, frame, tx)).map_err(|_| "the worker has stopped")?;
+            let steps = rx
+                .recv_timeout(Duration::from_secs(3))
+                .map_err(|_| "the worker did not answer within 3 s")?;
+            Ok(json!({ "worker": w, "steps": steps }))
+        }
         other => Err(format!(
             "unknown command {other:?} (status, ports, tenants, counters, fdb, connections, \
-             reload)"
+             trace, reload)"
         )),
     }
+}
+
+/// The frame a `trace` request describes: `src`, `dst` (IPv4 or IPv6), `proto` (tcp, udp or
+/// icmp; default tcp), `sport`, `dport`, `flags` (TCP, default "syn"), `vlan`, `src_mac`,
+/// `dst_mac` (default broadcast: set it to a known host's MAC to see the FDB forward it).
+fn trace_frame(req: &Value) -> Result<Vec<u8>, String> {
+    use etherparse::PacketBuilder;
+    let s = |k: &str| req.get(k).and_then(Value::as_str);
+    let n = |k: &str, d: u64| req.get(k).and_then(Value::as_u64).unwrap_or(d);
+    let mac = |k: &str, d: [u8; 6]| -> Result<[u8; 6], String> {
+        match s(k) {
+            Some(m) => m
+                .parse::<dataplane::wire::MacAddr>()
+                .map(|m| m.0)
+                .map_err(|_| format!("{k}: {m:?} is not a MAC address")),
+            None => Ok(d),
+        }
+    };
+    let ip = |k: &str| -> Result<std::net::IpAddr, String> {
+        let v = s(k).ok_or(format!("missing \"{k}\""))?;
+        v.parse().map_err(|_| format!("{k}: {v:?} is not an address"))
+    };
+    let (src_mac, dst_mac) = (mac("src_mac", [2, 0, 0, 0, 0, 1])?, mac("dst_mac", [0xff; 6])?);
+    let (src, dst) = (ip("src")?, ip("dst")?);
+    let eth = PacketBuilder::ethernet2(src_mac, dst_mac);
+    let (sport, dport) = (n("sport", 40000) as u16, n("dport", 80) as u16);
+    let proto = s("proto").unwrap_or("tcp");
+    let mut out = Vec::new();
+    let payload = [0u8; 8];
+    // One arm per (family, tagged) below; the transport part is the same for all of them.
+    macro_rules! l4 {
+        ($b:expr, $echo:ident) => {
+            match proto {
+                "tcp" => {
+                    let mut t = $b.tcp(sport, dport, 1, 1000);
+                    for f in s("flags").unwrap_or("syn").split(',').map(str::trim) {
+                        t = match f {
+                            "syn" => t.syn(),
+                            "ack" => t.ack(1),
+                            "fin" => t.fin(),
+                            "rst" => t.rst(),
+                            "psh" => t.psh(),
+                            "" => t,
+                            other => return Err(format!("flags: unknown TCP flag {other:?}")),
+                        };
+                    }
+                    t.write(&mut out, &payload)
+                }
+                "udp" => $b.udp(sport, dport).write(&mut out, &payload),
+                "icmp" => $b.$echo(1, 1).write(&mut out, &payload),
+                other => return Err(format!("proto: {other:?} (tcp, udp or icmp)")),
+            }
+        };
+    }
+    let vlan = req.get("vlan").and_then(Value::as_u64);
+    let r = match (src, dst, vlan) {
+        (std::net::IpAddr::V4(a), std::net::IpAddr::V4(b), None) => {
+            l4!(eth.ipv4(a.octets(), b.octets(), 64), icmpv4_echo_request)
+        }
+        (std::net::IpAddr::V4(a), std::net::IpAddr::V4(b), Some(v)) => {
+            let v: etherparse::VlanId = (v as u16).try_into().map_err(|_| "vlan: 1..=4094")?;
+            l4!(eth.single_vlan(v).ipv4(a.octets(), b.octets(), 64), icmpv4_echo_request)
+        }
+        (std::net::IpAddr::V6(a), std::net::IpAddr::V6(b), None) => {
+            l4!(eth.ipv6(a.octets(), b.octets(), 64), icmpv6_echo_request)
+        }
+        (std::net::IpAddr::V6(a), std::net::IpAddr::V6(b), Some(v)) => {
+            let v: etherparse::VlanId = (v as u16).try_into().map_err(|_| "vlan: 1..=4094")?;
+            l4!(eth.single_vlan(v).ipv6(a.octets(), b.octets(), 64), icmpv6_echo_request)
+        }
+        _ => return Err("src and dst must both be IPv4 or both IPv6".into()),
+    };
+    r.map_err(|e| format!("building the frame: {e}"))?;
+    Ok(out)
 }
 
 /// Asks every worker and concatenates their answers (each worker has its own tables).

@@ -9,9 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-/// Sends `{"cmd": cmd}` (with `"tenant"` when given) and returns the response's `data`, or
-/// the switch's error.
-pub fn request(socket: &Path, cmd: &str, tenant: Option<&str>) -> anyhow::Result<Value> {
+/// Sends a request and returns the response's `data`, or the switch's error.
+pub fn request(socket: &Path, req: &Value) -> anyhow::Result<Value> {
     let conn = UnixStream::connect(socket).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => anyhow::anyhow!(
             "xswitch is not running (no control socket answers at {}; start it with \
@@ -26,10 +25,6 @@ pub fn request(socket: &Path, cmd: &str, tenant: Option<&str>) -> anyhow::Result
     })?;
     // A reload compiles the config; give it time.
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let req = match tenant {
-        Some(t) => json!({ "cmd": cmd, "tenant": t }),
-        None => json!({ "cmd": cmd }),
-    };
     writeln!(&conn, "{req}")?;
     let mut line = String::new();
     BufReader::new(&conn).read_line(&mut line).context("reading the switch's answer")?;
@@ -45,7 +40,18 @@ pub fn request(socket: &Path, cmd: &str, tenant: Option<&str>) -> anyhow::Result
 /// Runs one ctl command and prints its answer.
 pub fn run(socket: &Path, what: &crate::cli::CtlCommand, as_json: bool) -> anyhow::Result<()> {
     let cmd = what.as_str();
-    let data = request(socket, cmd, what.tenant())?;
+    let req = match what {
+        crate::cli::CtlCommand::Trace(t) => json!({
+            "cmd": cmd, "port": t.port, "src": t.src, "dst": t.dst, "proto": t.proto,
+            "sport": t.sport, "dport": t.dport, "flags": t.flags, "vlan": t.vlan,
+            "src_mac": t.src_mac, "dst_mac": t.dst_mac,
+        }),
+        _ => match what.tenant() {
+            Some(t) => json!({ "cmd": cmd, "tenant": t }),
+            None => json!({ "cmd": cmd }),
+        },
+    };
+    let data = request(socket, &req)?;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&data)?);
         return Ok(());
@@ -76,6 +82,11 @@ pub fn run(socket: &Path, what: &crate::cli::CtlCommand, as_json: bool) -> anyho
             println!("fdb: {}", data["fdb"]);
         }
         "reload" => println!("reloaded: generation {}", data["generation"]),
+        "trace" => {
+            for s in data["steps"].as_array().into_iter().flatten() {
+                println!("{:<16} {}", cell(&s["stage"]), cell(&s["outcome"]));
+            }
+        }
         "fdb" => {
             print_rows(&data, &["mac", "port", "vlan", "static", "age_secs", "worker"], column)
         }

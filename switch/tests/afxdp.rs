@@ -813,6 +813,82 @@ rules = [
         !out.status.success()
     };
     assert!(denied("h1", "h2", "10.9.1.2", "5402"), "the ACL let port 5402 through");
+    // Decision traces: an allowed packet, one the ACL denies, a spoofed one.
+    let h2_mac =
+        String::from_utf8_lossy(&lab.ns_run("h2", &["cat", "/sys/class/net/eth0/address"]).stdout)
+            .trim()
+            .to_string();
+    let trace = |dport: &str, src: &str| {
+        let (ok, out, err) = ctl(
+            &lab,
+            true,
+            &[
+                "trace",
+                "--port",
+                "h1",
+                "--src",
+                src,
+                "--dst",
+                "10.9.1.2",
+                "--dport",
+                dport,
+                "--src-mac",
+                H1_MAC,
+                "--dst-mac",
+                &h2_mac,
+            ],
+        );
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                format!("{}: {}", s["stage"].as_str().unwrap(), s["outcome"].as_str().unwrap())
+            })
+            .collect::<Vec<_>>()
+    };
+    let ok_steps = trace("5401", "10.9.1.1");
+    let text = ok_steps.join("\n");
+    assert!(text.contains("tenant: red") && text.contains("spoof check: sources owned"), "{text}");
+    assert!(
+        text.contains("behind z2") && text.contains("by iperf-in") && text.contains("output: z2"),
+        "{text}"
+    );
+    let denied_steps = trace("5402", "10.9.1.1").join("\n");
+    assert!(
+        denied_steps.contains("ACL to-tenant: drop (policy): denied by rule no-5402"),
+        "{denied_steps}"
+    );
+    assert!(!denied_steps.contains("output:"), "{denied_steps}");
+    let spoofed = trace("5401", "10.9.1.99").join("\n");
+    assert!(spoofed.contains("spoof check: drop (spoof)"), "{spoofed}");
+    // The human form: one line per stage.
+    let (ok, out, _) = ctl(
+        &lab,
+        false,
+        &[
+            "trace",
+            "--port",
+            "h1",
+            "--src",
+            "10.9.1.1",
+            "--dst",
+            "10.9.1.2",
+            "--dport",
+            "5402",
+            "--src-mac",
+            H1_MAC,
+            "--dst-mac",
+            &h2_mac,
+        ],
+    );
+    assert!(
+        ok && out.lines().any(|l| l.starts_with("ACL to-tenant") && l.contains("no-5402")),
+        "{out}"
+    );
+
     // The connections of the allowed iperf3 run are tracked (by the worker(s) that saw them).
     let (ok, out, err) = ctl(&lab, true, &["connections", "red"]);
     assert!(ok, "{err}");

@@ -20,6 +20,7 @@ pub mod output;
 pub mod parse;
 pub mod policy;
 pub mod tenant;
+pub mod trace;
 
 use crate::batch::{BATCH_SIZE, Batch};
 use crate::flow::Fdb;

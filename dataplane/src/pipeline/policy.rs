@@ -56,7 +56,11 @@ pub fn guard_one(t: &TenantSpec, m: &Meta, frame: &[u8]) -> Result<(), DropReaso
 
 /// Which directions a frame crosses, given where the FDB sends it.
 #[inline]
-fn directions(snap: &Snapshot, ingress: PortId, d: Disposition) -> ([Direction; 2], usize) {
+pub(crate) fn directions(
+    snap: &Snapshot,
+    ingress: PortId,
+    d: Disposition,
+) -> ([Direction; 2], usize) {
     let tenant_port =
         |p: PortId| snap.ports.get(p.index()).is_some_and(|s| s.kind == PortKind::Tenant);
     let mut dirs = [Direction::FromTenant; 2];
@@ -81,7 +85,7 @@ fn directions(snap: &Snapshot, ingress: PortId, d: Disposition) -> ([Direction; 
 }
 
 #[inline]
-fn masked(k: &Key, m: &Key) -> Key {
+pub(crate) fn masked(k: &Key, m: &Key) -> Key {
     let mut out = *k;
     for (o, w) in out.iter_mut().zip(m) {
         *o &= w;

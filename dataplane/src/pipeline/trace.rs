@@ -1,0 +1,169 @@
+//! The decision trace: every stage's verdict for one frame, without changing anything.
+//!
+//! It runs the same stage functions as [`super::Pipeline::process`] on a frame the operator
+//! describes, against a worker's current snapshot and tables, but only reads them: nothing is
+//! learned, cached, counted or opened. Where the real pipeline would change state (learning
+//! the source, opening a connection) the trace says what would happen.
+
+use super::{Disposition, Pipeline, classify, ingress, parse, policy, tenant};
+use crate::batch::Meta;
+use crate::policy::acl::key_of;
+use crate::policy::conntrack::State;
+use crate::policy::{Action, Direction};
+use crate::snapshot::{PortId, Snapshot};
+use crate::time::Nanos;
+
+/// One stage and what it decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// The stage.
+    pub stage: &'static str,
+    /// Its verdict, for people.
+    pub outcome: String,
+    /// True when the frame is dropped here (the last step then).
+    pub dropped: bool,
+}
+
+fn step(stage: &'static str, outcome: impl Into<String>) -> Step {
+    Step { stage, outcome: outcome.into(), dropped: false }
+}
+
+fn drop_at(stage: &'static str, reason: &str, why: impl Into<String>) -> Step {
+    Step { stage, outcome: format!("drop ({reason}): {}", why.into()), dropped: true }
+}
+
+/// Traces `frame` arriving on `port` at `now` through `p`'s tables under `snap`.
+pub fn trace(p: &Pipeline, snap: &Snapshot, now: Nanos, port: PortId, frame: &[u8]) -> Vec<Step> {
+    let mut out = Vec::new();
+    let port_name =
+        |id: PortId| snap.ports.get(id.index()).map_or("?".to_string(), |s| s.name.clone());
+    out.push(step("ingress port", port_name(port)));
+    let mut m = Meta::EMPTY;
+    if let Err(e) = parse::parse_one(frame, &mut m) {
+        out.push(drop_at("parse", "malformed", format!("{e:?}")));
+        return out;
+    }
+    out.push(step(
+        "parse",
+        format!(
+            "vlan {:?}, ethertype {:#06x}, proto {}, ports {} -> {}",
+            m.outer_vlan, m.key.ethertype, m.key.proto, m.key.src_port, m.key.dst_port
+        ),
+    ));
+    if let Err(r) = tenant::resolve_one(snap, port, &mut m) {
+        out.push(drop_at("tenant", r.as_label(), "no tenant on this port and VLAN"));
+        return out;
+    }
+    let Some(t) = snap.tenants.get(m.tenant.index()) else {
+        out.push(drop_at("tenant", "unknown_tenant", "tenant id out of range"));
+        return out;
+    };
+    out.push(step("tenant", t.name.clone()));
+    if let Err(r) = ingress::check_one(&m) {
+        out.push(drop_at("source MAC", r.as_label(), "group or zero source"));
+        return out;
+    }
+    let guarded = t.guards.get(usize::from(m.attachment.0)).is_some_and(|g| !g.is_empty());
+    if guarded {
+        if let Err(r) = policy::guard_one(t, &m, frame) {
+            out.push(drop_at("spoof check", r.as_label(), "a source the attachment does not own"));
+            return out;
+        }
+        out.push(step("spoof check", "sources owned by the attachment"));
+    } else {
+        out.push(step("spoof check", "none configured for this attachment"));
+    }
+    let d = classify::forward_one(p.fdb(), now, port, &m);
+    let fdb = match d {
+        Disposition::Tx { port: e, vlan } => {
+            format!("{} is behind {} vlan {vlan:?}", m.dst, port_name(e))
+        }
+        Disposition::Flood => format!("{} unknown or a group address: flood", m.dst),
+        Disposition::Drop(r) => {
+            out.push(drop_at("FDB", r.as_label(), format!("{} is behind the ingress port", m.dst)));
+            return out;
+        }
+    };
+    out.push(step("FDB", fdb));
+    let (dirs, n) = policy::directions(snap, port, d);
+    let dirs = &dirs[..n];
+    let names: Vec<&str> = dirs.iter().map(|d| d.as_str()).collect();
+    out.push(step(
+        "directions",
+        if names.is_empty() { "none".to_string() } else { names.join(", ") },
+    ));
+    let mut key = None;
+    for &dir in dirs {
+        let set = &t.policy.acl[dir.index()];
+        let stage = if dir == Direction::FromTenant { "ACL from-tenant" } else { "ACL to-tenant" };
+        if set.is_open() {
+            out.push(step(stage, "no rules: allow"));
+            continue;
+        }
+        let k = policy::masked(key.get_or_insert_with(|| key_of(&m, port)), set.used_fields());
+        let mut counted = Vec::new();
+        set.count(&k, |r| counted.push(set.rules[r as usize].name.clone()));
+        let v = set.classify(&k);
+        let by = v
+            .rule
+            .map_or("the default".to_string(), |r| format!("rule {}", set.rules[r as usize].name));
+        let counts = if counted.is_empty() {
+            String::new()
+        } else {
+            format!(" (counted by {})", counted.join(", "))
+        };
+        if v.action == Action::Deny {
+            out.push(drop_at(stage, "policy", format!("denied by {by}{counts}")));
+            return out;
+        }
+        out.push(step(stage, format!("allowed by {by}{counts}")));
+    }
+    if let Some(g) = &t.policy.group {
+        let ip = matches!(m.key.ethertype, 0x0800 | 0x86dd);
+        let verdict = if !ip {
+            "not IP: not tracked".to_string()
+        } else if let Some(c) = p.policy.conns.lookup(now, &m, frame) {
+            if c.state == State::Closed && m.tcp_flags & 0x12 != 0x02 {
+                out.push(drop_at("security group", "policy", "connection closed by a RST"));
+                return out;
+            }
+            format!("part of a tracked connection ({:?})", c.state)
+        } else if m.key.proto == 6 && m.tcp_flags & 0x12 != 0x02 {
+            out.push(drop_at("security group", "policy", "TCP without SYN and no connection"));
+            return out;
+        } else {
+            let mut opened = Vec::new();
+            for &dir in dirs {
+                match g.rule_for(dir, &m) {
+                    Some(i) => opened.push(format!("{} by {}", dir.as_str(), g.rules[i].name)),
+                    None => {
+                        out.push(drop_at(
+                            "security group",
+                            "policy",
+                            format!("no rule opens it {}", dir.as_str()),
+                        ));
+                        return out;
+                    }
+                }
+            }
+            format!("would open a connection: {}", opened.join(", "))
+        };
+        out.push(step("security group", verdict));
+    } else {
+        out.push(step("security group", "none: every connection passes"));
+    }
+    let output = match d {
+        Disposition::Tx { port: e, vlan } => format!("{} vlan {vlan:?}", port_name(e)),
+        _ => {
+            let targets: Vec<String> = t
+                .attachments
+                .iter()
+                .filter(|a| a.port != port)
+                .map(|a| format!("{} vlan {:?}", port_name(a.port), a.vlan))
+                .collect();
+            format!("flood to {}", targets.join(", "))
+        }
+    };
+    out.push(step("output", output));
+    out
+}
