@@ -268,6 +268,8 @@ pub struct Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        // Wakes the blocking accept; if the connect fails the thread is not waiting there.
+        let _ = UnixStream::connect(&self.path);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -294,19 +296,22 @@ pub fn serve(path: &Path, shared: Arc<Shared>) -> anyhow::Result<Server> {
         .with_context(|| format!("control.socket: cannot listen on {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("control.socket: chmod 0600 {}", path.display()))?;
-    listener.set_nonblocking(true)?;
+    // A blocking accept: the thread sleeps in the kernel until a client comes, and takes no
+    // CPU from the workers otherwise (the switch may be pinned to the workers' cores; a
+    // polling loop here showed up in their latency). `Server::drop` wakes it with a connection
+    // of its own after setting `stop`.
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let thread = std::thread::Builder::new().name("xswitch-control".into()).spawn(move || {
-        while !stop2.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((conn, _)) => {
+        for conn in listener.incoming() {
+            if stop2.load(Ordering::SeqCst) {
+                break;
+            }
+            match conn {
+                Ok(conn) => {
                     if let Err(e) = handle(conn, &shared) {
                         eprintln!("xswitch: control: {e}");
                     }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(e) => {
                     eprintln!("xswitch: control: accept: {e}");
@@ -321,7 +326,6 @@ pub fn serve(path: &Path, shared: Arc<Shared>) -> anyhow::Result<Server> {
 
 /// One request, one response.
 fn handle(conn: UnixStream, shared: &Shared) -> std::io::Result<()> {
-    conn.set_nonblocking(false)?;
     conn.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut line = String::new();
     // Bounded: a request is a short JSON object.

@@ -29,7 +29,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 /// How often workers publish their figures.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
 /// How often the exporter sums them into the metrics.
-pub const EXPORT_INTERVAL: Duration = Duration::from_millis(500);
+pub const EXPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The upper bounds of the batch-size buckets a worker keeps (powers of two, see
 /// `Worker::batch_sizes`).

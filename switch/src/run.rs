@@ -295,7 +295,8 @@ pub fn serve(
             if hup.swap(false, Ordering::SeqCst) {
                 let _ = crate::control_api::reload(&shared);
             }
-            std::thread::sleep(Duration::from_millis(50));
+            // Rarely: this thread may share a core with a busy-polling worker.
+            std::thread::sleep(Duration::from_millis(200));
         }
         stop.store(true, Ordering::SeqCst);
         handles
