@@ -305,3 +305,55 @@ fn bad_rules_are_named() {
         assert!(e.contains(field), "{what}: {field} not in {e}");
     }
 }
+
+/// Every key of the config model (all optional parts filled in) is documented in
+/// docs/CONFIG.md, so the reference cannot silently fall behind the code.
+#[test]
+fn every_config_field_is_in_the_reference() {
+    let full = POLICY.to_string()
+        + "[metrics]\nlisten = \"127.0.0.1:9\"\n[control]\nsocket = \"/run/x.sock\"\n"
+        + "[[tenants.red.static_macs]]\nmac = \"02:00:00:00:00:09\"\nport = \"a\"\n";
+    let full = full.replace(
+        "action = \"count\"\nin_port = \"a\"",
+        "action = \"count\"\nin_port = \"a\"\nsrc_mac = \"02:00:00:00:00:01\"\n\
+         dst_mac = \"02:00:00:00:00:02\"\nvlan = 7\ndst = \"10.0.0.0/8\"\nsrc_port = 1\n",
+    ) + "[[tenants.red.acl]]\npriority = 30\ndirection = \"from-tenant\"\naction = \"deny\"\n\
+         proto = \"icmp\"\nicmp_type = 8\nicmp_code = 0\n";
+    let cfg = load_str("full.toml", &full).unwrap_or_else(|e| panic!("{e}"));
+    let doc = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/CONFIG.md"),
+    )
+    .unwrap();
+    let mut keys = std::collections::BTreeSet::new();
+    fn walk(
+        v: &serde_json::Value,
+        named_children: bool,
+        keys: &mut std::collections::BTreeSet<String>,
+    ) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, child) in m {
+                    if named_children {
+                        walk(child, false, keys);
+                    } else {
+                        keys.insert(k.clone());
+                        walk(child, k == "ports" || k == "tenants", keys);
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, false, keys)),
+            _ => {}
+        }
+    }
+    walk(&serde_json::to_value(&cfg).unwrap(), false, &mut keys);
+    // A field is documented as `name` in a table, a section as [name] or [x.name], a key of
+    // an inline table in an example as `name = `.
+    let documented = |k: &str| {
+        [format!("`{k}`"), format!("{k}]"), format!("[{k}."), format!("{k} = ")]
+            .iter()
+            .any(|p| doc.contains(p.as_str()))
+    };
+    let missing: Vec<_> = keys.iter().filter(|k| !documented(k)).collect();
+    assert!(keys.len() > 40, "the walk found too few keys: {keys:?}");
+    assert!(missing.is_empty(), "fields not in docs/CONFIG.md: {missing:?}");
+}
