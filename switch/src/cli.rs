@@ -14,6 +14,8 @@ pub struct Cli {
 }
 
 /// Subcommands.
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load, validate and compile a config file; print a summary or every error.
@@ -81,6 +83,52 @@ pub enum CtlCommand {
     /// Every pipeline stage's verdict for a packet described here, as if it arrived on
     /// `--port` now (nothing is learned, cached or opened).
     Trace(TraceArgs),
+    /// Live capture of one tenant's frames into a pcap file (tcpdump, tshark, Wireshark).
+    #[command(subcommand)]
+    Capture(CaptureCommand),
+}
+
+/// `xswitch ctl capture`.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, Subcommand)]
+pub enum CaptureCommand {
+    /// Start capturing (one capture at a time).
+    Start {
+        /// Tenant name.
+        tenant: String,
+        /// The pcap file to write (on the switch's host).
+        #[arg(long)]
+        file: String,
+        /// Only frames from or to this address.
+        #[arg(long)]
+        host: Option<String>,
+        /// Only frames from or to this prefix.
+        #[arg(long)]
+        net: Option<String>,
+        /// Only frames with this L4 source or destination port.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Only this protocol (tcp, udp, icmp, icmpv6 or a number).
+        #[arg(long)]
+        proto: Option<String>,
+        /// Only from-tenant or to-tenant frames.
+        #[arg(long)]
+        direction: Option<String>,
+        /// Stop after this many frames.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this many bytes.
+        #[arg(long)]
+        bytes: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Bytes kept of each frame.
+        #[arg(long)]
+        snaplen: Option<u64>,
+    },
+    /// Stop the capture and close the file; prints what was written.
+    Stop,
 }
 
 /// The packet `xswitch ctl trace` asks about.
@@ -130,6 +178,8 @@ impl CtlCommand {
             CtlCommand::Fdb { .. } => "fdb",
             CtlCommand::Connections { .. } => "connections",
             CtlCommand::Trace(_) => "trace",
+            CtlCommand::Capture(CaptureCommand::Start { .. }) => "capture_start",
+            CtlCommand::Capture(CaptureCommand::Stop) => "capture_stop",
         }
     }
 

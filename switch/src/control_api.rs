@@ -36,6 +36,7 @@ use dataplane::worker::Worker;
 use serde_json::{Value, json};
 
 use crate::metrics::Slot;
+use dataplane::trace::capture::{CaptureFilter, MAX_SNAPLEN, Tap};
 
 /// One socket of the plan, for `ports`.
 #[derive(Debug, Clone)]
@@ -58,6 +59,10 @@ pub enum Query {
     Connections(TenantId, Sender<Vec<Value>>),
     /// The decision trace of a frame arriving on a port.
     Trace(PortId, Vec<u8>, Sender<Vec<Value>>),
+    /// Start tapping frames for a capture; acknowledge once tapping.
+    CaptureStart(Tap, Sender<()>),
+    /// Stop tapping; answer (frames copied, copies skipped).
+    CaptureStop(Sender<(u64, u64)>),
 }
 
 /// Answers `q` from worker `w`'s tables at time `now`. Runs on the worker thread between
@@ -92,6 +97,8 @@ pub fn answer_query(w: &Worker<XskPort>, worker: usize, now: Nanos, q: Query) {
                 .collect();
             let _ = reply.send(steps);
         }
+        // Only `answer_query_mut` may change the taps; it never passes these here.
+        Query::CaptureStart(..) | Query::CaptureStop(_) => {}
         Query::Connections(t, reply) => {
             let ip = |a: [u8; 16]| {
                 let v6 = std::net::Ipv6Addr::from(a);
@@ -116,6 +123,29 @@ pub fn answer_query(w: &Worker<XskPort>, worker: usize, now: Nanos, q: Query) {
             let _ = reply.send(rows);
         }
     }
+}
+
+/// Like [`answer_query`], for the questions that change what the worker taps.
+pub fn answer_query_mut(w: &mut Worker<XskPort>, worker: usize, now: Nanos, q: Query) {
+    match q {
+        Query::CaptureStart(tap, ack) => {
+            w.pipeline_mut().capture = Some(tap);
+            let _ = ack.send(());
+        }
+        Query::CaptureStop(reply) => {
+            let stats = w.pipeline_mut().capture.take().map_or((0, 0), |t| (t.copied, t.skipped));
+            let _ = reply.send(stats);
+        }
+        other => answer_query(w, worker, now, other),
+    }
+}
+
+/// A capture in progress (one at a time).
+pub struct CaptureRun {
+    tenant: String,
+    file: PathBuf,
+    stop: Arc<AtomicBool>,
+    writer: JoinHandle<Result<(u64, u64), String>>,
 }
 
 /// How the control plane reaches the workers: per worker, a channel for new snapshots, one
@@ -157,6 +187,8 @@ pub struct Shared {
     pub placement: Vec<Placement>,
     /// Frames in the area.
     pub chunks: u32,
+    /// The capture running, if any.
+    capture: Mutex<Option<CaptureRun>>,
     /// When the switch started.
     pub started: Instant,
 }
@@ -179,6 +211,7 @@ impl Shared {
             workers,
             placement,
             chunks,
+            capture: Mutex::new(None),
             started: Instant::now(),
         }
     }
@@ -325,7 +358,7 @@ pub fn serve(path: &Path, shared: Arc<Shared>) -> anyhow::Result<Server> {
 }
 
 /// One request, one response.
-fn handle(conn: UnixStream, shared: &Shared) -> std::io::Result<()> {
+fn handle(conn: UnixStream, shared: &Arc<Shared>) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut line = String::new();
     // Bounded: a request is a short JSON object.
@@ -341,7 +374,7 @@ fn handle(conn: UnixStream, shared: &Shared) -> std::io::Result<()> {
     writeln!(w, "{reply}")
 }
 
-fn answer(req: &Value, shared: &Shared) -> Result<Value, String> {
+fn answer(req: &Value, shared: &Arc<Shared>) -> Result<Value, String> {
     let cmd = req.get("cmd").and_then(Value::as_str).ok_or("missing \"cmd\"")?;
     match cmd {
         "status" => Ok(status(shared)),
@@ -357,6 +390,8 @@ fn answer(req: &Value, shared: &Shared) -> Result<Value, String> {
                 _ => Query::Connections(t, reply),
             })
         }
+        "capture_start" => capture_start(req, shared),
+        "capture_stop" => capture_stop(shared),
         "trace" => {
             let snap = shared.snapshot();
             let name = req.get("port").and_then(Value::as_str).ok_or("missing \"port\"")?;
@@ -378,6 +413,159 @@ fn answer(req: &Value, shared: &Shared) -> Result<Value, String> {
              trace, reload)"
         )),
     }
+}
+
+/// Buffers in flight between the workers and the capture writer.
+const CAPTURE_BUFFERS: usize = 4096;
+
+/// `capture_start`: `tenant`, `file`, optional filter (`host`, `net`, `port`, `proto`,
+/// `direction` from-tenant or to-tenant) and limits (`count`, `bytes`, `duration_secs`,
+/// `snaplen`).
+fn capture_start(req: &Value, shared: &Arc<Shared>) -> Result<Value, String> {
+    let s = |k: &str| req.get(k).and_then(Value::as_str);
+    let mut slot = shared.capture.lock().map_err(|_| "capture lock poisoned")?;
+    if let Some(run) = slot.as_ref()
+        && !run.writer.is_finished()
+    {
+        return Err(format!("a capture of {} into {} is running", run.tenant, run.file.display()));
+    }
+    let name = s("tenant").ok_or("missing \"tenant\"")?;
+    let tenant = shared.snapshot().tenant_by_name(name).ok_or(format!("no tenant {name:?}"))?;
+    let file = PathBuf::from(s("file").ok_or("missing \"file\"")?);
+    let mut filter = CaptureFilter::default();
+    if let Some(h) = s("host").or(s("net")) {
+        filter.net = Some(h.parse().map_err(|e| format!("host/net: {e}"))?);
+    }
+    if let Some(p) = req.get("port").and_then(Value::as_u64) {
+        filter.port = Some(u16::try_from(p).map_err(|_| "port: 0..=65535")?);
+    }
+    if let Some(p) = s("proto") {
+        let v = control::config::model::NumOrName::Name(p.into());
+        filter.proto = Some(control::config::policy::proto(&v)?);
+    }
+    filter.from_tenant = match s("direction") {
+        None => None,
+        Some("from-tenant") => Some(true),
+        Some("to-tenant") => Some(false),
+        Some(other) => return Err(format!("direction: {other:?} (from-tenant or to-tenant)")),
+    };
+    let snaplen = req.get("snaplen").and_then(Value::as_u64).unwrap_or(MAX_SNAPLEN as u64) as usize;
+    if !(14..=MAX_SNAPLEN).contains(&snaplen) {
+        return Err(format!("snaplen: 14..={MAX_SNAPLEN}"));
+    }
+    let count = req.get("count").and_then(Value::as_u64).unwrap_or(u64::MAX);
+    let bytes = req.get("bytes").and_then(Value::as_u64).unwrap_or(u64::MAX);
+    let duration = req.get("duration_secs").and_then(Value::as_f64).map(Duration::from_secs_f64);
+    let out = std::fs::File::create(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut pcap = pcap_file::pcap::PcapWriter::new(std::io::BufWriter::new(out))
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    let (free_rx, filled_tx, filled_rx, free_tx) =
+        dataplane::trace::capture::channels(CAPTURE_BUFFERS);
+    let (ack_tx, ack_rx) = crossbeam_channel::bounded(shared.workers.queries.len());
+    for q in &shared.workers.queries {
+        let tap = Tap {
+            tenant,
+            filter: filter.clone(),
+            snaplen,
+            free: free_rx.clone(),
+            filled: filled_tx.clone(),
+            skipped: 0,
+            copied: 0,
+        };
+        q.send(Query::CaptureStart(tap, ack_tx.clone())).map_err(|_| "a worker has stopped")?;
+    }
+    drop(filled_tx);
+    // Answer only once every worker taps, so traffic sent after the answer is captured.
+    for _ in 0..shared.workers.queries.len() {
+        ack_rx
+            .recv_timeout(Duration::from_secs(3))
+            .map_err(|_| "a worker did not start tapping within 3 s")?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (stop2, shared2) = (stop.clone(), shared.clone());
+    // Worker timestamps are monotonic; pcap wants wall time.
+    let wall0 =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let mono0 = dataplane::time::MonotonicClock::new();
+    let mono0 = dataplane::time::Clock::now(&mono0).0;
+    let started = Instant::now();
+    let writer = std::thread::Builder::new()
+        .name("xswitch-capture".into())
+        .spawn(move || {
+            let (mut written, mut written_bytes) = (0u64, 0u64);
+            let mut limited = false;
+            loop {
+                let timed_out = duration.is_some_and(|d| started.elapsed() >= d);
+                if !limited && (written >= count || written_bytes >= bytes || timed_out) {
+                    limited = true;
+                    // The limit is reached: the workers stop tapping (their figures are
+                    // collected by capture_stop, which finds the run finished).
+                    for q in &shared2.workers.queries {
+                        let (tx, _rx) = crossbeam_channel::bounded(1);
+                        let _ = q.send(Query::CaptureStop(tx));
+                    }
+                }
+                match filled_rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(b) => {
+                        if !limited {
+                            let at = wall0 + Duration::from_nanos(b.at_ns.saturating_sub(mono0));
+                            let data = &b.data[..b.len as usize];
+                            pcap.write_packet(&pcap_file::pcap::PcapPacket::new(
+                                at, b.orig_len, data,
+                            ))
+                            .map_err(|e| format!("writing the capture: {e}"))?;
+                            written += 1;
+                            written_bytes += u64::from(b.len);
+                        }
+                        let _ = free_tx.try_send(b);
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        if stop2.load(Ordering::SeqCst) || limited && filled_rx.is_empty() {
+                            break;
+                        }
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            drop(pcap);
+            Ok((written, written_bytes))
+        })
+        .map_err(|e| format!("starting the capture writer: {e}"))?;
+    *slot = Some(CaptureRun { tenant: name.into(), file: file.clone(), stop, writer });
+    eprintln!("xswitch: capturing tenant {name} into {}", file.display());
+    Ok(json!({ "tenant": name, "file": file.display().to_string() }))
+}
+
+/// `capture_stop`: the workers stop tapping, the writer writes what is in flight and closes
+/// the file. Answers the frames written, bytes, and copies the workers skipped.
+fn capture_stop(shared: &Shared) -> Result<Value, String> {
+    let run = shared.capture.lock().map_err(|_| "capture lock poisoned")?.take();
+    let run = run.ok_or("no capture is running")?;
+    let (tx, rx) = crossbeam_channel::bounded(shared.workers.queries.len());
+    for q in &shared.workers.queries {
+        let _ = q.send(Query::CaptureStop(tx.clone()));
+    }
+    drop(tx);
+    let (mut copied, mut skipped) = (0, 0);
+    for _ in 0..shared.workers.queries.len() {
+        if let Ok((c, s)) = rx.recv_timeout(Duration::from_secs(3)) {
+            copied += c;
+            skipped += s;
+        }
+    }
+    // Give the writer the buffers still in flight, then stop it.
+    std::thread::sleep(Duration::from_millis(300));
+    run.stop.store(true, Ordering::SeqCst);
+    let (written, bytes) = run.writer.join().map_err(|_| "the capture writer panicked")??;
+    eprintln!("xswitch: capture of {} into {}: {written} frames", run.tenant, run.file.display());
+    Ok(json!({
+        "tenant": run.tenant,
+        "file": run.file.display().to_string(),
+        "frames": written,
+        "bytes": bytes,
+        "copied": copied,
+        "skipped": skipped,
+    }))
 }
 
 /// The frame a `trace` request describes: `src`, `dst` (IPv4 or IPv6), `proto` (tcp, udp or

@@ -46,6 +46,27 @@ pub fn run(socket: &Path, what: &crate::cli::CtlCommand, as_json: bool) -> anyho
             "sport": t.sport, "dport": t.dport, "flags": t.flags, "vlan": t.vlan,
             "src_mac": t.src_mac, "dst_mac": t.dst_mac,
         }),
+        crate::cli::CtlCommand::Capture(crate::cli::CaptureCommand::Start {
+            tenant,
+            file,
+            host,
+            net,
+            port,
+            proto,
+            direction,
+            count,
+            bytes,
+            duration,
+            snaplen,
+        }) => {
+            // The switch opens the file: make a relative path absolute here, where the user is.
+            let file = std::path::absolute(file).unwrap_or_else(|_| file.into());
+            json!({
+                "cmd": cmd, "tenant": tenant, "file": file, "host": host, "net": net,
+                "port": port, "proto": proto, "direction": direction, "count": count,
+                "bytes": bytes, "duration_secs": duration, "snaplen": snaplen,
+            })
+        }
         _ => match what.tenant() {
             Some(t) => json!({ "cmd": cmd, "tenant": t }),
             None => json!({ "cmd": cmd }),
@@ -82,6 +103,16 @@ pub fn run(socket: &Path, what: &crate::cli::CtlCommand, as_json: bool) -> anyho
             println!("fdb: {}", data["fdb"]);
         }
         "reload" => println!("reloaded: generation {}", data["generation"]),
+        "capture_start" => {
+            println!("capturing {} into {}", cell(&data["tenant"]), cell(&data["file"]))
+        }
+        "capture_stop" => println!(
+            "{}: {} frames, {} bytes written ({} copies skipped: no buffer free)",
+            cell(&data["file"]),
+            data["frames"],
+            data["bytes"],
+            data["skipped"]
+        ),
         "trace" => {
             for s in data["steps"].as_array().into_iter().flatten() {
                 println!("{:<16} {}", cell(&s["stage"]), cell(&s["outcome"]));

@@ -271,7 +271,7 @@ pub fn serve(
                                 drop(w.install(s));
                             }
                             while let Ok(q) = questions.try_recv() {
-                                crate::control_api::answer_query(w, i, clock.now(), q);
+                                crate::control_api::answer_query_mut(w, i, clock.now(), q);
                             }
                             crate::metrics::publish(&slot, w, l)
                         });

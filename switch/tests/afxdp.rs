@@ -1183,3 +1183,68 @@ fn twenty_reloads_under_load_lose_nothing_and_a_bad_one_changes_nothing() {
     assert!(ok, "{log}");
     assert!(log.contains("balanced"), "{log}");
 }
+
+/// Sends `n` UDP datagrams to `dst`:`port` from the namespace it runs in.
+const UDP_SEND: &str = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(int(sys.argv[3])):
+    s.sendto(b"capture-me", (sys.argv[1], int(sys.argv[2])))
+    time.sleep(0.02)
+"#;
+
+#[test]
+fn a_capture_of_one_tenant_holds_exactly_its_matching_frames() {
+    if !can_run("a_capture_of_one_tenant") {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.start();
+    // Teach the switch where the hosts are, so the traffic below is unicast.
+    assert!(lab.ping("h1", "10.9.1.2", "1"));
+    let file = lab.dir.join("red.pcap");
+    let f = file.display().to_string();
+    let (ok, out, err) = ctl(
+        &lab,
+        true,
+        &["capture", "start", "red", "--file", &f, "--proto", "udp", "--port", "9999"],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("red.pcap"), "{out}");
+    // A second capture is refused while one runs.
+    let (ok, _, err) = ctl(&lab, false, &["capture", "start", "blue", "--file", &f]);
+    assert!(!ok && err.contains("is running"), "{err}");
+    // Red: 5 matching datagrams, pings and another port that do not match. Blue: datagrams to
+    // the same port, another tenant's.
+    for (host, dst, port, n) in [
+        ("h1", "10.9.1.2", "9999", "5"),
+        ("h1", "10.9.1.2", "9998", "3"),
+        ("h3", "10.9.1.1", "9999", "4"),
+    ] {
+        let o = lab.ns_run(host, &["python3", "-c", UDP_SEND, dst, port, n]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert!(lab.ping("h2", "10.9.1.1", "2"));
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, out, err) = ctl(&lab, true, &["capture", "stop"]);
+    assert!(ok, "{err}");
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (stats["frames"].as_u64(), stats["skipped"].as_u64()),
+        (Some(5), Some(0)),
+        "{stats}"
+    );
+    // tshark reads the file: exactly the five red datagrams to port 9999 from h1.
+    let o = Command::new("tshark")
+        .args(["-r", &f, "-T", "fields", "-e", "ip.src", "-e", "udp.dstport"])
+        .output()
+        .expect("tshark (apt-get install tshark)");
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(rows.len(), 5, "{text}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(rows.iter().all(|r| *r == "10.9.1.1\t9999"), "{text}");
+    let (ok, _, err) = ctl(&lab, false, &["capture", "stop"]);
+    assert!(!ok && err.contains("no capture"), "{err}");
+    let (ok, log) = lab.stop();
+    assert!(ok, "{log}");
+}

@@ -93,6 +93,8 @@ pub struct Pipeline {
     /// Flow cache and connection table.
     pub policy: policy::PolicyState,
     scratch: Box<policy::Scratch>,
+    /// A live capture of one tenant, if one runs.
+    pub capture: Option<crate::trace::capture::Tap>,
     /// This worker's counters (published by the control plane).
     pub counters: Counters,
     generation: u64,
@@ -107,6 +109,7 @@ impl Pipeline {
             fdb: Fdb::new(snap),
             policy: policy::PolicyState::new(snap),
             scratch: Box::default(),
+            capture: None,
             counters: Counters::new(snap.ports.len(), snap.tenants.len()),
             generation: snap.generation,
             announcements: Vec::new(),
@@ -239,6 +242,19 @@ impl Pipeline {
                 &mut out.d[..frames.len()],
                 &mut c.acl_hits,
             );
+        }
+        if let Some(tap) = &mut self.capture {
+            let from_tenant = snap
+                .ports
+                .get(port.index())
+                .is_some_and(|p| p.kind == crate::snapshot::PortKind::Tenant);
+            for ((f, m), d) in frames.iter().zip(meta.iter()).zip(&out.d[..frames.len()]) {
+                if matches!(d, Disposition::Drop(DropReason::Malformed | DropReason::UnknownTenant))
+                {
+                    continue;
+                }
+                tap.offer(now.0, m, from_tenant, area.frame(*f).unwrap_or(&[]));
+            }
         }
         // Counted once per batch: every frame of a batch came in on one port.
         if let Some(pr) = c.port_rx.get_mut(port.index()) {

@@ -3,6 +3,7 @@
 //! publishes. Nothing here is shared between threads or touched atomically per packet.
 #![forbid(unsafe_code)]
 
+pub mod capture;
 pub mod counters;
 
 pub use counters::{Counters, DropReason, ParseError};

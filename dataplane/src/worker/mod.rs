@@ -534,6 +534,11 @@ impl<P: Port> Worker<P> {
         &self.pipeline
     }
 
+    /// The pipeline, to change what it taps (capture); not for the packet path.
+    pub fn pipeline_mut(&mut self) -> &mut Pipeline {
+        &mut self.pipeline
+    }
+
     /// The installed snapshot.
     pub fn snapshot(&self) -> &Arc<Snapshot> {
         &self.snap
