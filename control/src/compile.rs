@@ -68,6 +68,7 @@ pub fn compile(cfg: &Config, generation: u64) -> Result<Snapshot, CompileError> 
             return Err(CompileError::Dangling(i.to_string()));
         }
         spec.policy = built.policy;
+        spec.flow_log = t.flow_log.is_some();
         if built.guards.iter().any(|g| !g.is_empty()) {
             spec.guards = built.guards;
         }

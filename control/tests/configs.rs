@@ -312,7 +312,8 @@ fn bad_rules_are_named() {
 fn every_config_field_is_in_the_reference() {
     let full = POLICY.to_string()
         + "[metrics]\nlisten = \"127.0.0.1:9\"\n[control]\nsocket = \"/run/x.sock\"\n"
-        + "[[tenants.red.static_macs]]\nmac = \"02:00:00:00:00:09\"\nport = \"a\"\n";
+        + "[[tenants.red.static_macs]]\nmac = \"02:00:00:00:00:09\"\nport = \"a\"\n"
+        + "[tenants.red.flow_log]\nfile = \"/var/log/red.jsonl\"\n";
     let full = full.replace(
         "action = \"count\"\nin_port = \"a\"",
         "action = \"count\"\nin_port = \"a\"\nsrc_mac = \"02:00:00:00:00:01\"\n\

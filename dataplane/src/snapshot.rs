@@ -86,6 +86,8 @@ pub struct TenantSpec {
     pub guards: Vec<Guard>,
     /// ACLs and security group.
     pub policy: TenantPolicy,
+    /// Log this tenant's flows.
+    pub flow_log: bool,
 }
 
 /// Sizes of each worker's flow cache and connection table.
@@ -138,6 +140,8 @@ pub struct Snapshot {
 pub const CHECK_GUARD: u8 = 1;
 /// The tenant has ACL rules, a deny default or a security group.
 pub const CHECK_POLICY: u8 = 2;
+/// The tenant's flows are logged.
+pub const CHECK_FLOWLOG: u8 = 4;
 
 impl fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -353,7 +357,8 @@ impl SnapshotBuilder {
             .iter()
             .map(|t| {
                 let guard = if t.guards.iter().any(|g| !g.is_empty()) { CHECK_GUARD } else { 0 };
-                guard | if t.policy.is_open() { 0 } else { CHECK_POLICY }
+                let log = if t.flow_log { CHECK_FLOWLOG } else { 0 };
+                guard | log | if t.policy.is_open() { 0 } else { CHECK_POLICY }
             })
             .collect();
         Ok(Snapshot {
@@ -379,6 +384,7 @@ impl TenantSpec {
             static_macs: Vec::new(),
             guards: Vec::new(),
             policy: TenantPolicy::default(),
+            flow_log: false,
         }
     }
 }

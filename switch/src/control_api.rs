@@ -240,6 +240,10 @@ fn not_live(old: &Config, new: &Config) -> Option<String> {
     if old.metrics != new.metrics || old.control != new.control {
         return Some("[metrics] or [control] changed: listeners are set up at start".into());
     }
+    let logs = |c: &Config| c.tenants.values().map(|t| t.flow_log.clone()).collect::<Vec<_>>();
+    if logs(old) != logs(new) {
+        return Some("flow_log changed: the flow-log files are opened at start".into());
+    }
     let names = |c: &Config| c.tenants.keys().cloned().collect::<Vec<_>>();
     if names(old) != names(new) {
         let added: Vec<_> = new.tenants.keys().filter(|k| !old.tenants.contains_key(*k)).collect();

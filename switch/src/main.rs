@@ -4,6 +4,7 @@
 mod cli;
 mod control_api;
 mod ctl;
+mod flowlogs;
 mod lab;
 mod metrics;
 mod run;

@@ -212,6 +212,12 @@ pub fn serve(
     for (socks, l) in by_worker.into_iter().zip(links) {
         ws.push(Worker::in_mesh(area.share(), socks, l, &owners, snap.clone()));
     }
+    let flowlog = crate::flowlogs::start(cfg, &snap)?;
+    if let Some(fl) = &flowlog {
+        for w in &mut ws {
+            w.pipeline_mut().flowlog = Some(fl.table(cfg));
+        }
+    }
     let total_chunks = area.chunks();
     drop(area);
     let idle = match cfg.switch.idle {
@@ -279,6 +285,9 @@ pub fn serve(
                         let left = worker.drain(&clock, Duration::from_millis(200));
                         if left > 0 {
                             eprintln!("xswitch: worker {i}: {left} frames still queued at stop");
+                        }
+                        if let Some(log) = worker.pipeline_mut().flowlog.as_mut() {
+                            log.flush();
                         }
                         crate::metrics::publish(&slot, &mut worker, &loops);
                         Ok(Finished { worker, loops })
@@ -382,8 +391,17 @@ pub fn serve(
         census.total,
         if census.balanced() { "balanced" } else { "UNBALANCED" }
     );
+    // The flow tables go with the workers; then the writer has every record.
+    let flowlog_stats: Vec<_> =
+        done.iter().filter_map(|f| f.worker.pipeline().flowlog.as_ref().map(|l| l.stats)).collect();
     // Sockets first, then the links: dropping a link detaches its XDP program.
     drop(done);
+    if let Some(fl) = flowlog {
+        fl.finish();
+        let exported: u64 = flowlog_stats.iter().map(|s| s.exported).sum();
+        let lost: u64 = flowlog_stats.iter().map(|s| s.lost + s.full).sum();
+        eprintln!("xswitch: flow logs: {exported} records written, {lost} lost or untracked");
+    }
     drop(attachments);
     eprintln!("xswitch: XDP programs detached");
     if !census.balanced() {

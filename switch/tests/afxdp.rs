@@ -1252,3 +1252,102 @@ fn a_capture_of_one_tenant_holds_exactly_its_matching_frames() {
     let (ok, log) = lab.stop();
     assert!(ok, "{log}");
 }
+
+/// Serves one TCP connection on `port`: reads until the peer closes, then closes.
+const TCP_SINK: &str = r#"
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(1); s.settimeout(20)
+c, _ = s.accept()
+while c.recv(65536):
+    pass
+c.close()
+"#;
+
+/// Connects to `dst`:`port`, sends `n` bytes, closes.
+const TCP_SEND: &str = r#"
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+c.sendall(b"x" * int(sys.argv[3]))
+c.close()
+"#;
+
+#[test]
+fn a_closed_tcp_connection_leaves_one_flow_record_per_direction_with_its_counts() {
+    if !can_run("a_closed_tcp_connection_leaves_one_flow_record") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let log = lab.dir.join("red-flows.jsonl");
+    let section = format!("[tenants.red.flow_log]\nfile = \"{}\"\n", log.display());
+    lab.edit_config(|c| c.replace("[tenants.blue]", &(section + "[tenants.blue]")));
+    lab.start();
+    // What h2 sees of the connection, to compare with: frames and bytes per direction.
+    let dump = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns_name("h2"),
+            "timeout",
+            "8",
+            "tcpdump",
+            "-i",
+            "eth0",
+            "-nn",
+            "-l",
+            "-e",
+            "tcp port 7777",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sink = Command::new("ip")
+        .args(["netns", "exec", &lab.ns_name("h2"), "python3", "-c", TCP_SINK, "7777"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let o = lab.ns_run("h1", &["python3", "-c", TCP_SEND, "10.9.1.2", "7777", "50000"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut sink = sink;
+    assert!(sink.wait().unwrap().success());
+    let seen = String::from_utf8_lossy(&dump.wait_with_output().unwrap().stdout).to_string();
+    // "... length 66: 10.9.1.1.40000 > 10.9.1.2.7777: ..."
+    let count = |from: &str| -> (u64, u64) {
+        seen.lines()
+            .filter(|l| l.contains(&format!(": {from}.")))
+            .filter_map(|l| l.split("length ").nth(1)?.split(':').next()?.parse::<u64>().ok())
+            .fold((0, 0), |(p, b), len| (p + 1, b + len))
+    };
+    let (to_h2, from_h2) = (count("10.9.1.1"), count("10.9.1.2"));
+    assert!(to_h2.0 >= 4 && from_h2.0 >= 3, "{seen}");
+    // The flow ended (FIN) more than a second ago: its records are out, before any stop.
+    std::thread::sleep(Duration::from_millis(2000));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let records: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let of = |src: &str, sport: Option<u64>, dport: Option<u64>| -> Vec<&serde_json::Value> {
+        records
+            .iter()
+            .filter(|r| r["src"] == src && r["proto"] == 6)
+            .filter(|r| {
+                sport.is_none_or(|p| r["sport"] == p) && dport.is_none_or(|p| r["dport"] == p)
+            })
+            .collect()
+    };
+    let up = of("10.9.1.1", None, Some(7777));
+    let down = of("10.9.1.2", Some(7777), None);
+    assert_eq!((up.len(), down.len()), (1, 1), "one record per direction:\n{text}");
+    for (r, (p, b)) in [(up[0], to_h2), (down[0], from_h2)] {
+        assert_eq!(
+            (r["packets"].as_u64(), r["bytes"].as_u64()),
+            (Some(p), Some(b)),
+            "{r} vs tcpdump\n{seen}"
+        );
+        assert_eq!(r["action"], "accept");
+        assert_eq!(r["ended"], true);
+        assert_eq!(r["tenant"], "red");
+    }
+    let (ok, out) = lab.stop();
+    assert!(ok, "{out}");
+}

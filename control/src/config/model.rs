@@ -104,6 +104,12 @@ pub struct SwitchConfig {
     pub flow_cache_tenant_share: u32,
     /// Connections each worker tracks for security groups, all tenants together.
     pub conntrack_capacity: u32,
+    /// Flows each worker tracks for flow logs, all tenants together.
+    pub flow_log_capacity: u32,
+    /// Seconds between records of a flow that goes on.
+    pub flow_log_interval_secs: u32,
+    /// Seconds without a packet after which a flow's record is written and the flow forgotten.
+    pub flow_log_idle_secs: u32,
 }
 
 impl Default for SwitchConfig {
@@ -122,6 +128,9 @@ impl Default for SwitchConfig {
             flow_cache_entries: 65536,
             flow_cache_tenant_share: 25,
             conntrack_capacity: 65_536,
+            flow_log_capacity: 65_536,
+            flow_log_interval_secs: 60,
+            flow_log_idle_secs: 15,
         }
     }
 }
@@ -193,6 +202,24 @@ pub struct TenantConfig {
     /// Stateful security group (absent: every connection passes).
     #[serde(default)]
     pub security_group: Option<SecurityGroupConfig>,
+    /// Flow logs (absent: none).
+    #[serde(default)]
+    pub flow_log: Option<FlowLogConfig>,
+}
+
+/// `[tenants.NAME.flow_log]`: where the tenant's flow records go.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowLogConfig {
+    /// The JSON-lines file (absolute path); rotated to `FILE.1` when it grows past `max_bytes`.
+    pub file: String,
+    /// Size at which the file is rotated.
+    #[serde(default = "default_flow_log_max")]
+    pub max_bytes: u64,
+}
+
+fn default_flow_log_max() -> u64 {
+    64 << 20
 }
 
 /// A number, or a name for it (`"tcp"`, `"ipv6"`, `"1000-2000"`).

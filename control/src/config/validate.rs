@@ -115,6 +115,15 @@ fn check_switch(cfg: &Config, is: &mut Issues) {
             format!("{} % is out of range 1..=100", s.flow_cache_tenant_share),
         );
     }
+    for (f, v) in [
+        ("flow_log_capacity", s.flow_log_capacity),
+        ("flow_log_interval_secs", s.flow_log_interval_secs),
+        ("flow_log_idle_secs", s.flow_log_idle_secs),
+    ] {
+        if v == 0 {
+            is.add(format!("switch.{f}"), "must be at least 1");
+        }
+    }
     if !(1..=1 << 24).contains(&s.conntrack_capacity) {
         is.add(
             "switch.conntrack_capacity",
@@ -226,6 +235,17 @@ fn check_tenants(cfg: &Config, is: &mut Issues) {
             if let Some(prev) = owners.insert((a.port.as_str(), a.vlan), ap.clone()) {
                 let what = a.vlan.map_or("untagged".to_string(), |v| format!("VLAN {v}"));
                 is.add(ap, format!("port {} {what} is already attached at {prev}", a.port));
+            }
+        }
+        if let Some(f) = &t.flow_log {
+            if !f.file.starts_with('/') {
+                is.add(
+                    format!("{at}.flow_log.file"),
+                    format!("{:?} is not an absolute path", f.file),
+                );
+            }
+            if f.max_bytes < 4096 {
+                is.add(format!("{at}.flow_log.max_bytes"), "must be at least 4096");
             }
         }
         let ids: Vec<&String> = cfg.ports.keys().collect();

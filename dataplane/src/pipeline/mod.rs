@@ -95,6 +95,8 @@ pub struct Pipeline {
     scratch: Box<policy::Scratch>,
     /// A live capture of one tenant, if one runs.
     pub capture: Option<crate::trace::capture::Tap>,
+    /// The flow table, when some tenant logs flows.
+    pub flowlog: Option<crate::trace::flowlog::FlowLog>,
     /// This worker's counters (published by the control plane).
     pub counters: Counters,
     generation: u64,
@@ -110,6 +112,7 @@ impl Pipeline {
             policy: policy::PolicyState::new(snap),
             scratch: Box::default(),
             capture: None,
+            flowlog: None,
             counters: Counters::new(snap.ports.len(), snap.tenants.len()),
             generation: snap.generation,
             announcements: Vec::new(),
@@ -173,6 +176,9 @@ impl Pipeline {
         self.counters.fdb.aged += n as u64;
         if !self.policy.conns.is_empty() {
             self.policy.conns.expire(now);
+        }
+        if let Some(log) = &mut self.flowlog {
+            log.sweep(now);
         }
     }
 
@@ -242,6 +248,17 @@ impl Pipeline {
                 &mut out.d[..frames.len()],
                 &mut c.acl_hits,
             );
+        }
+        if let Some(log) = &mut self.flowlog {
+            for ((f, m), d) in frames.iter().zip(meta.iter()).zip(&out.d[..frames.len()]) {
+                if !matches!(
+                    d,
+                    Disposition::Drop(DropReason::Malformed | DropReason::UnknownTenant)
+                ) && snap.checks(m.tenant) & crate::snapshot::CHECK_FLOWLOG != 0
+                {
+                    log.record(now, m, f.len, d);
+                }
+            }
         }
         if let Some(tap) = &mut self.capture {
             let from_tenant = snap

@@ -5,5 +5,6 @@
 
 pub mod capture;
 pub mod counters;
+pub mod flowlog;
 
 pub use counters::{Counters, DropReason, ParseError};

@@ -1,0 +1,129 @@
+//! The flow-log writer: records from the workers to one JSON-lines file per tenant, rotated
+//! to `FILE.1` when it grows past its size.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use control::config::Config;
+use crossbeam_channel::{Receiver, Sender};
+use dataplane::snapshot::Snapshot;
+use dataplane::time::{Clock, MonotonicClock, Nanos};
+use dataplane::trace::flowlog::{FlowLog, FlowRecord};
+use serde_json::json;
+
+/// Records in flight between the workers and the writer.
+const CHANNEL: usize = 65_536;
+
+struct Sink {
+    tenant: String,
+    path: PathBuf,
+    max: u64,
+    file: Option<std::fs::File>,
+    written: u64,
+}
+
+impl Sink {
+    fn write(&mut self, line: &str) -> std::io::Result<()> {
+        if self.file.is_none() || self.written + line.len() as u64 > self.max {
+            if self.file.take().is_some() {
+                let mut rotated = self.path.clone().into_os_string();
+                rotated.push(".1");
+                std::fs::rename(&self.path, rotated)?;
+            }
+            let f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
+            self.written = f.metadata().map(|m| m.len()).unwrap_or(0);
+            self.file = Some(f);
+        }
+        if let Some(f) = self.file.as_mut() {
+            f.write_all(line.as_bytes())?;
+            self.written += line.len() as u64;
+        }
+        Ok(())
+    }
+}
+
+/// The writer and the channel the workers' tables report to.
+pub struct Writer {
+    tx: Sender<FlowRecord>,
+    thread: JoinHandle<()>,
+}
+
+impl Writer {
+    /// A flow table for one worker, reporting to this writer.
+    pub fn table(&self, cfg: &Config) -> FlowLog {
+        let s = &cfg.switch;
+        FlowLog::new(
+            s.flow_log_capacity as usize,
+            Nanos::from_secs(u64::from(s.flow_log_interval_secs)),
+            Nanos::from_secs(u64::from(s.flow_log_idle_secs)),
+            self.tx.clone(),
+        )
+    }
+
+    /// Waits until every table has been dropped and every record written.
+    pub fn finish(self) {
+        drop(self.tx);
+        let _ = self.thread.join();
+    }
+}
+
+/// Starts the writer if some tenant logs flows.
+pub fn start(cfg: &Config, snap: &Snapshot) -> anyhow::Result<Option<Writer>> {
+    let sinks: Vec<Option<Sink>> = snap
+        .tenants
+        .iter()
+        .map(|t| {
+            cfg.tenants.get(&t.name).and_then(|tc| tc.flow_log.as_ref()).map(|f| Sink {
+                tenant: t.name.clone(),
+                path: PathBuf::from(&f.file),
+                max: f.max_bytes,
+                file: None,
+                written: 0,
+            })
+        })
+        .collect();
+    if sinks.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    let (tx, rx) = crossbeam_channel::bounded(CHANNEL);
+    let thread = std::thread::Builder::new()
+        .name("xswitch-flowlog".into())
+        .spawn(move || write_all(rx, sinks))
+        .context("starting the flow-log writer")?;
+    Ok(Some(Writer { tx, thread }))
+}
+
+fn write_all(rx: Receiver<FlowRecord>, mut sinks: Vec<Option<Sink>>) {
+    // Record times are the workers' monotonic clock; files want wall time.
+    let wall0 = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let mono0 = MonotonicClock::new().now();
+    let wall = |t: Nanos| (wall0 + Duration::from_nanos(t.0.saturating_sub(mono0.0))).as_secs_f64();
+    let ip = |a: [u8; 16]| {
+        let v6 = std::net::Ipv6Addr::from(a);
+        v6.to_ipv4_mapped().map_or_else(|| v6.to_string(), |v4| v4.to_string())
+    };
+    for r in rx {
+        let Some(Some(sink)) = sinks.get_mut(r.tenant.index()) else { continue };
+        let line = json!({
+            "tenant": sink.tenant,
+            "proto": r.proto,
+            "src": ip(r.src.0), "sport": r.src.1,
+            "dst": ip(r.dst.0), "dport": r.dst.1,
+            "packets": r.packets,
+            "bytes": r.bytes,
+            "start": wall(r.start),
+            "end": wall(r.end),
+            "action": if r.accepted { "accept" } else { "reject" },
+            "reason": r.reason.map(|x| x.as_label()),
+            "ended": r.ended,
+        })
+        .to_string()
+            + "\n";
+        if let Err(e) = sink.write(&line) {
+            eprintln!("xswitch: flow log {}: {e}", sink.path.display());
+        }
+    }
+}
