@@ -19,6 +19,7 @@ use dataplane::snapshot::{
 };
 use dataplane::time::Nanos;
 use dataplane::trace::DropReason;
+use dataplane::trace::flowlog::FlowLog;
 use dataplane::wire::MacAddr;
 use dataplane::worker::Worker;
 use etherparse::PacketBuilder;
@@ -127,6 +128,11 @@ fn poll_rounds_do_not_allocate() {
     let area = FrameArea::new(4096, 2048, PageSize::Normal).unwrap();
     let ports = (0..3).map(|_| MemPort::new(4096)).collect();
     let mut w = Worker::new(area, ports, Arc::new(policy));
+    // Flow logs on too: records go to a channel nobody reads (when it is full they are lost
+    // and counted, which is also a path that must not allocate).
+    let (records, _reader) = crossbeam_channel::bounded(1024);
+    w.pipeline_mut().flowlog =
+        Some(FlowLog::new(4096, Nanos::from_secs(1), Nanos::from_secs(1), records));
     let mut frames = Vec::new();
     for i in 0..200u16 {
         frames.push((PortId(1), udp_from(1, 1000 + i, 53)));
@@ -154,6 +160,8 @@ fn poll_rounds_do_not_allocate() {
         st.conns.stats
     );
     assert!(c.acl_hits[0][0] > 0, "count rule");
+    let fl = w.pipeline().flowlog.as_ref().unwrap().stats;
+    assert!(fl.exported > 0 && fl.lost > 0, "{fl:?}");
     assert_eq!(ALLOCS.load(Ordering::SeqCst), 0, "allocations on the policy path");
     assert!(w.census().balanced());
 }
@@ -228,6 +236,7 @@ fn policed_snapshot() -> dataplane::snapshot::Snapshot {
             timeouts: Timeouts { udp: Nanos::from_secs(1), ..Timeouts::default() },
         }),
     };
+    t.flow_log = true;
     b.tenant(t);
     b.build().unwrap()
 }
