@@ -147,6 +147,15 @@ pub fn stamp_flow(area: &mut FrameArea, f: FrameRef, k: u32) {
 /// [`setup`] with every tenant's from-tenant ACL holding `rules` (and a flow cache large
 /// enough for [`FLOWS`] flows), or no policy at all for `None`.
 pub fn setup_with(tenants: u32, macs: u32, rules: Option<Vec<Rule>>) -> Setup {
+    build(tenants, macs, rules, false)
+}
+
+/// [`setup`] with every tenant's flows logged (the flow table itself is the caller's to add).
+pub fn setup_logged(tenants: u32, macs: u32) -> Setup {
+    build(tenants, macs, None, true)
+}
+
+fn build(tenants: u32, macs: u32, rules: Option<Vec<Rule>>, flow_log: bool) -> Setup {
     let macs = macs.max(tenants);
     let per_tenant = macs.div_ceil(tenants);
     let limits = PolicyLimits {
@@ -168,6 +177,7 @@ pub fn setup_with(tenants: u32, macs: u32, rules: Option<Vec<Rule>>) -> Setup {
         );
         spec.fdb_quota = per_tenant + 16;
         spec.mac_aging = Nanos::from_secs(3600);
+        spec.flow_log = flow_log;
         if let Some(r) = &rules {
             spec.policy = TenantPolicy {
                 acl: [AclSet::new(r.clone(), Action::Allow), AclSet::default()],

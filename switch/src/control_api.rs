@@ -509,7 +509,9 @@ fn capture_start(req: &Value, shared: &Arc<Shared>) -> Result<Value, String> {
                         let _ = q.send(Query::CaptureStop(tx));
                     }
                 }
-                match filled_rx.recv_timeout(Duration::from_millis(100)) {
+                // Polled, never a blocking receive: a worker sending to a blocked receiver
+                // wakes it with a syscall, per captured frame (trace::capture).
+                match filled_rx.try_recv() {
                     Ok(b) => {
                         if !limited {
                             let at = wall0 + Duration::from_nanos(b.at_ns.saturating_sub(mono0));
@@ -523,12 +525,13 @@ fn capture_start(req: &Value, shared: &Arc<Shared>) -> Result<Value, String> {
                         }
                         let _ = free_tx.try_send(b);
                     }
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                        if stop2.load(Ordering::SeqCst) || limited && filled_rx.is_empty() {
+                    Err(crossbeam_channel::TryRecvError::Empty) => {
+                        if stop2.load(Ordering::SeqCst) || limited {
                             break;
                         }
+                        std::thread::sleep(Duration::from_millis(2));
                     }
-                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => break,
                 }
             }
             drop(pcap);

@@ -105,7 +105,17 @@ fn write_all(rx: Receiver<FlowRecord>, mut sinks: Vec<Option<Sink>>) {
         let v6 = std::net::Ipv6Addr::from(a);
         v6.to_ipv4_mapped().map_or_else(|| v6.to_string(), |v4| v4.to_string())
     };
-    for r in rx {
+    // Polled rather than a blocking receive, so that a worker's send never has to wake this
+    // thread with a syscall.
+    loop {
+        let r = match rx.try_recv() {
+            Ok(r) => r,
+            Err(crossbeam_channel::TryRecvError::Empty) => {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            Err(crossbeam_channel::TryRecvError::Disconnected) => break,
+        };
         let Some(Some(sink)) = sinks.get_mut(r.tenant.index()) else { continue };
         let line = json!({
             "tenant": sink.tenant,

@@ -5,7 +5,9 @@
 //! the worker takes a free one, copies up to `snaplen` bytes of the frame into it and sends it
 //! to the writer; the writer writes it to the file and sends it back. When no buffer is free
 //! (the writer is behind) the copy is skipped and counted; the frame itself is never held
-//! back or dropped. Only frames the tenant's own pipeline stages saw are offered, so a capture
+//! back or dropped. The writer must poll its channel (`try_recv` and short sleeps), never
+//! block in `recv`: a worker sending to a blocked receiver would wake it with a futex call,
+//! a syscall per captured frame. Only frames the tenant's own pipeline stages saw are offered, so a capture
 //! of one tenant never holds another tenant's frames.
 
 use crossbeam_channel::{Receiver, Sender};
