@@ -52,8 +52,16 @@ pub struct FlowRecord {
 /// A flow in five words (tenant | proto | ports, then the two addresses): hashing five `u64`s
 /// costs a fraction of hashing the fields one by one (the derived `Hash` of two byte arrays
 /// hashes their lengths and bytes separately).
-#[derive(Debug, Clone, Copy, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Eq)]
 struct Key([u64; 5]);
+
+impl std::hash::Hash for Key {
+    /// The five words, consistent with `eq` (equal words, equal keys).
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.0.hash(h);
+    }
+}
 
 impl PartialEq for Key {
     /// Without a `memcmp` call (the derived comparison of the array makes one).
