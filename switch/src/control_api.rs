@@ -216,6 +216,22 @@ impl Shared {
         }
     }
 
+    /// At a stop, after the workers are gone: lets a running capture's writer write what is
+    /// in flight and close its file.
+    pub fn end_capture(&self) {
+        let run = self.capture.lock().ok().and_then(|mut c| c.take());
+        if let Some(run) = run {
+            run.stop.store(true, Ordering::SeqCst);
+            match run.writer.join() {
+                Ok(Ok((n, _))) => {
+                    eprintln!("xswitch: capture into {} closed: {n} frames", run.file.display())
+                }
+                Ok(Err(e)) => eprintln!("xswitch: capture into {}: {e}", run.file.display()),
+                Err(_) => eprintln!("xswitch: the capture writer panicked"),
+            }
+        }
+    }
+
     /// The config file, for messages.
     pub fn name(&self) -> String {
         self.path

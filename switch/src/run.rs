@@ -396,6 +396,7 @@ pub fn serve(
         done.iter().filter_map(|f| f.worker.pipeline().flowlog.as_ref().map(|l| l.stats)).collect();
     // Sockets first, then the links: dropping a link detaches its XDP program.
     drop(done);
+    shared.end_capture();
     if let Some(fl) = flowlog {
         fl.finish();
         let exported: u64 = flowlog_stats.iter().map(|s| s.exported).sum();

@@ -1249,8 +1249,21 @@ fn a_capture_of_one_tenant_holds_exactly_its_matching_frames() {
     assert!(rows.iter().all(|r| *r == "10.9.1.1\t9999"), "{text}");
     let (ok, _, err) = ctl(&lab, false, &["capture", "stop"]);
     assert!(!ok && err.contains("no capture"), "{err}");
+    // A capture still running at SIGTERM is written out and closed by the stop.
+    let f2 = lab.dir.join("red2.pcap").display().to_string();
+    let (ok, _, err) =
+        ctl(&lab, false, &["capture", "start", "red", "--file", &f2, "--proto", "icmp"]);
+    assert!(ok, "{err}");
+    assert!(lab.ping("h1", "10.9.1.2", "2"));
     let (ok, log) = lab.stop();
     assert!(ok, "{log}");
+    let o = Command::new("tshark")
+        .args(["-r", &f2, "-T", "fields", "-e", "icmp.type"])
+        .output()
+        .unwrap();
+    let types = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(types.lines().filter(|t| *t == "8").count(), 2, "{types}\n{log}");
+    assert_eq!(types.lines().filter(|t| *t == "0").count(), 2, "{types}");
 }
 
 /// Serves one TCP connection on `port`: reads until the peer closes, then closes.
