@@ -7,7 +7,9 @@
 use dataplane::batch::Meta;
 use dataplane::pipeline::parse::parse_one;
 use dataplane::policy::acl::{AclSet, key_of, matches_entries};
-use dataplane::policy::conntrack::{ConnTable, SecurityGroup, SgRule, State, Timeouts, Verdict};
+use dataplane::policy::conntrack::{
+    ConnTable, Judgement, SecurityGroup, SgRule, State, Timeouts, Verdict,
+};
 use dataplane::policy::{Action, Direction, Match, Prefix, Rule};
 use dataplane::snapshot::{PortId, TenantId};
 use dataplane::time::Nanos;
@@ -333,7 +335,17 @@ fn back_tcp(flags: u8) -> Vec<u8> {
 fn return_traffic_of_an_outbound_connection_passes_and_unsolicited_does_not() {
     let mut ct = Ct::new(10);
     assert_eq!(ct.check(1, IN, &back_tcp(SYN)), Verdict::Denied, "no inbound rule for port 40000");
+    // The judgement the trace shows is the one the packet path carries out, and changes nothing.
+    let judge =
+        |ct: &Ct, dir, f: &[u8]| ct.table.judge(Nanos::from_secs(1), &ct.g, &[dir], &meta(f), f);
+    assert_eq!(judge(&ct, OUT, &out_tcp(SYN)), Judgement::Open);
+    assert_eq!(
+        judge(&ct, OUT, &out_tcp(ACK)),
+        Judgement::Denied("TCP without SYN and no open connection")
+    );
+    assert_eq!(ct.table.len(), 0);
     assert_eq!(ct.check(1, OUT, &out_tcp(SYN)), Verdict::Opened);
+    assert_eq!(judge(&ct, IN, &back_tcp(SYN | ACK)), Judgement::Known(State::SynSent));
     assert_eq!(ct.check(1, IN, &back_tcp(SYN | ACK)), Verdict::Established);
     assert_eq!(ct.check(1, OUT, &out_tcp(ACK)), Verdict::Established);
     let m = meta(&out_tcp(ACK));

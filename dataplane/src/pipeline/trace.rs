@@ -8,7 +8,7 @@
 use super::{Disposition, Pipeline, classify, ingress, parse, policy, tenant};
 use crate::batch::Meta;
 use crate::policy::acl::key_of;
-use crate::policy::conntrack::State;
+use crate::policy::conntrack::Judgement;
 use crate::policy::{Action, Direction};
 use crate::snapshot::{PortId, Snapshot};
 use crate::time::Nanos;
@@ -119,34 +119,32 @@ pub fn trace(p: &Pipeline, snap: &Snapshot, now: Nanos, port: PortId, frame: &[u
         out.push(step(stage, format!("allowed by {by}{counts}")));
     }
     if let Some(g) = &t.policy.group {
-        let ip = matches!(m.key.ethertype, 0x0800 | 0x86dd);
-        let verdict = if !ip {
-            "not IP: not tracked".to_string()
-        } else if let Some(c) = p.policy.conns.lookup(now, &m, frame) {
-            if c.state == State::Closed && m.tcp_flags & 0x12 != 0x02 {
-                out.push(drop_at("security group", "policy", "connection closed by a RST"));
+        let opens = || {
+            let rules: Vec<String> = dirs
+                .iter()
+                .filter_map(|&d| {
+                    g.rule_for(d, &m).map(|i| format!("{} by {}", d.as_str(), g.rules[i].name))
+                })
+                .collect();
+            rules.join(", ")
+        };
+        // The same judgement the packet path makes, without its side effects.
+        let verdict = match p.policy.conns.judge(now, g, dirs, &m, frame) {
+            Judgement::Untracked => "not tracked".to_string(),
+            Judgement::Known(state) => format!("part of a tracked connection ({state:?})"),
+            Judgement::Open | Judgement::Reopen => format!("would open a connection: {}", opens()),
+            Judgement::Full => {
+                out.push(drop_at(
+                    "security group",
+                    "conntrack_full",
+                    "the connection quota is full",
+                ));
                 return out;
             }
-            format!("part of a tracked connection ({:?})", c.state)
-        } else if m.key.proto == 6 && m.tcp_flags & 0x12 != 0x02 {
-            out.push(drop_at("security group", "policy", "TCP without SYN and no connection"));
-            return out;
-        } else {
-            let mut opened = Vec::new();
-            for &dir in dirs {
-                match g.rule_for(dir, &m) {
-                    Some(i) => opened.push(format!("{} by {}", dir.as_str(), g.rules[i].name)),
-                    None => {
-                        out.push(drop_at(
-                            "security group",
-                            "policy",
-                            format!("no rule opens it {}", dir.as_str()),
-                        ));
-                        return out;
-                    }
-                }
+            Judgement::Denied(why) => {
+                out.push(drop_at("security group", "policy", why));
+                return out;
             }
-            format!("would open a connection: {}", opened.join(", "))
         };
         out.push(step("security group", verdict));
     } else {

@@ -111,16 +111,6 @@ impl Classifier {
         best
     }
 
-    /// Calls `f` with every rule whose entry matches `key` (for count-only rules; probes every
-    /// table).
-    pub fn for_each_match(&self, key: &Key, mut f: impl FnMut(Hit)) {
-        for t in &self.tables {
-            if let Some(h) = t.map.get(&masked(key, &t.mask)) {
-                f(*h);
-            }
-        }
-    }
-
     /// Distinct masks (tables).
     pub fn tables(&self) -> usize {
         self.tables.len()
@@ -198,10 +188,6 @@ mod tests {
         assert_eq!(c.lookup(&key(6, 22)).map(|h| h.rule), Some(1));
         assert_eq!(c.lookup(&key(17, 53)).map(|h| h.rule), Some(2));
         assert_eq!(c.lookup(&key(17, 54)), None);
-        let mut all = Vec::new();
-        c.for_each_match(&key(6, 22), |h| all.push(h.rule));
-        all.sort();
-        assert_eq!(all, [0, 1]);
         assert_eq!(c.used_fields(), exact);
     }
 

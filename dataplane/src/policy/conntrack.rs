@@ -176,6 +176,23 @@ pub struct ConnView {
     pub conn: Conn,
 }
 
+/// What the table would decide, before anything changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judgement {
+    /// Not tracked (not IP, neighbour discovery, or ICMP other than echo that a rule allows).
+    Untracked,
+    /// Part of a live connection in this state.
+    Known(State),
+    /// A rule opens it again over an expired or closed entry.
+    Reopen,
+    /// A rule opens a new connection.
+    Open,
+    /// A rule would open it, but the tenant's quota or the table is full.
+    Full,
+    /// Refused, and why.
+    Denied(&'static str),
+}
+
 /// What the table decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -364,7 +381,73 @@ impl ConnTable {
         (now.since(c.last_seen) <= self.timeout(k.tenant, k.proto, c.state)).then_some(*c)
     }
 
-    /// Judges one IP packet of a tenant with `group`, crossing the directions in `dirs`.
+    /// What [`ConnTable::check`] would decide for `m`, without changing anything (for the
+    /// decision trace).
+    pub fn judge(
+        &self,
+        now: Nanos,
+        group: &SecurityGroup,
+        dirs: &[Direction],
+        m: &Meta,
+        frame: &[u8],
+    ) -> Judgement {
+        self.judge_key(now, group, dirs, m, key(m, frame))
+    }
+
+    fn judge_key(
+        &self,
+        now: Nanos,
+        group: &SecurityGroup,
+        dirs: &[Direction],
+        m: &Meta,
+        k: Option<(CtKey, bool)>,
+    ) -> Judgement {
+        let ip = matches!(m.key.ethertype, ETH_IPV4 | ETH_IPV6);
+        if !ip || is_neighbour_discovery(m) {
+            return Judgement::Untracked;
+        }
+        let opens = || dirs.iter().all(|&d| group.rule_for(d, m).is_some());
+        let Some((k, _)) = k else {
+            // ICMP other than echo is judged alone; a later fragment cannot be.
+            if m.flags.has(PacketFlags::LATER_FRAGMENT) {
+                return Judgement::Denied("a later fragment cannot be matched to a connection");
+            }
+            return if opens() {
+                Judgement::Untracked
+            } else {
+                Judgement::Denied("no rule allows it")
+            };
+        };
+        let syn_only = m.tcp_flags & (SYN | ACK) == SYN;
+        let existing = self.map.get(&k);
+        if let Some(c) = existing {
+            let to = self.timeouts.get(usize::from(k.tenant)).copied().unwrap_or_default();
+            let live = now.since(c.last_seen) <= limit(&to, k.proto, c.state);
+            if live && !(k.proto == TCP && c.state == State::Closed) {
+                return Judgement::Known(c.state);
+            }
+        }
+        if k.proto == TCP && !syn_only {
+            return Judgement::Denied("TCP without SYN and no open connection");
+        }
+        if !opens() {
+            return Judgement::Denied("no rule opens it");
+        }
+        if existing.is_some() {
+            // Expired or closed: opened afresh, in place.
+            return Judgement::Reopen;
+        }
+        let t = usize::from(k.tenant);
+        let held = self.per_tenant.get(t).copied().unwrap_or(u32::MAX);
+        let quota = self.quotas.get(t).copied().unwrap_or(0);
+        if held >= quota || self.map.len() >= self.capacity {
+            return Judgement::Full;
+        }
+        Judgement::Open
+    }
+
+    /// Judges one IP packet of a tenant with `group`, crossing the directions in `dirs`, and
+    /// carries the judgement out (state moved along, connection opened).
     #[inline]
     pub fn check(
         &mut self,
@@ -374,66 +457,41 @@ impl ConnTable {
         m: &Meta,
         frame: &[u8],
     ) -> Verdict {
-        let ip = matches!(m.key.ethertype, ETH_IPV4 | ETH_IPV6);
-        if !ip || is_neighbour_discovery(m) {
-            return Verdict::Untracked;
-        }
-        let Some((k, a_sends)) = key(m, frame) else {
-            // ICMP other than echo is judged alone; a later fragment cannot be.
-            if m.flags.has(PacketFlags::LATER_FRAGMENT) {
-                return Verdict::Denied;
-            }
-            return if dirs.iter().all(|&d| group.rule_for(d, m).is_some()) {
+        let k = key(m, frame);
+        let j = self.judge_key(now, group, dirs, m, k);
+        let Some((k, a_sends)) = k else {
+            return if matches!(j, Judgement::Untracked) {
                 Verdict::Untracked
             } else {
                 Verdict::Denied
             };
         };
-        let flags = m.tcp_flags;
-        let syn_only = flags & (SYN | ACK) == SYN;
-        if let Some(c) = self.map.get_mut(&k) {
-            let to = self.timeouts.get(usize::from(k.tenant)).copied().unwrap_or_default();
-            let live = now.since(c.last_seen) <= limit(&to, k.proto, c.state);
-            if live && !(k.proto == TCP && c.state == State::Closed) {
-                c.last_seen = now;
-                if k.proto == TCP {
-                    let from_origin = a_sends == c.origin_a;
-                    c.state = advance(c.state, flags, from_origin);
+        match j {
+            Judgement::Untracked => Verdict::Untracked,
+            Judgement::Denied(_) => Verdict::Denied,
+            Judgement::Full => {
+                self.stats.full += 1;
+                Verdict::Full
+            }
+            Judgement::Known(_) => {
+                if let Some(c) = self.map.get_mut(&k) {
+                    c.last_seen = now;
+                    if k.proto == TCP {
+                        c.state = advance(c.state, m.tcp_flags, a_sends == c.origin_a);
+                    }
                 }
-                return Verdict::Established;
+                Verdict::Established
             }
-            if k.proto == TCP && !syn_only {
-                return Verdict::Denied;
+            Judgement::Reopen | Judgement::Open => {
+                let c = Conn { state: first_state(k.proto), last_seen: now, origin_a: a_sends };
+                if self.map.insert(k, c).is_none() {
+                    self.per_tenant[usize::from(k.tenant)] += 1;
+                }
+                self.stats.opened += 1;
+                self.announce(&k, &c);
+                Verdict::Opened
             }
-            // Expired or closed: judged afresh as a new connection, in place.
-            if !dirs.iter().all(|&d| group.rule_for(d, m).is_some()) {
-                return Verdict::Denied;
-            }
-            *c = Conn { state: first_state(k.proto), last_seen: now, origin_a: a_sends };
-            let c = *c;
-            self.stats.opened += 1;
-            self.announce(&k, &c);
-            return Verdict::Opened;
         }
-        if k.proto == TCP && !syn_only {
-            return Verdict::Denied;
-        }
-        if !dirs.iter().all(|&d| group.rule_for(d, m).is_some()) {
-            return Verdict::Denied;
-        }
-        let t = usize::from(k.tenant);
-        let held = self.per_tenant.get(t).copied().unwrap_or(u32::MAX);
-        let quota = self.quotas.get(t).copied().unwrap_or(0);
-        if held >= quota || self.map.len() >= self.capacity {
-            self.stats.full += 1;
-            return Verdict::Full;
-        }
-        self.per_tenant[t] += 1;
-        let c = Conn { state: first_state(k.proto), last_seen: now, origin_a: a_sends };
-        self.map.insert(k, c);
-        self.stats.opened += 1;
-        self.announce(&k, &c);
-        Verdict::Opened
     }
 
     /// Removes connections idle past their timeout. Returns how many. Between batches.
