@@ -134,10 +134,12 @@ pub fn flows() -> u32 {
     std::env::var("XSWITCH_BENCH_FLOWS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000)
 }
 
-/// Stamps flow `k` (source address 10.k.k.k, source port) into a bench frame.
+/// Stamps flow `k` into a bench frame of tenant 0: source address 10.k.k.k, source port, and
+/// one of the `macs` learned destinations (a flow keeps its destination, as a real one does).
 #[inline]
-pub fn stamp_flow(area: &mut FrameArea, f: FrameRef, k: u32) {
+pub fn stamp_flow(area: &mut FrameArea, f: FrameRef, k: u32, macs: u32) {
     if let Some(b) = area.frame_mut(f) {
+        b[0..6].copy_from_slice(&mac(0xb, k % macs.max(1)));
         let [_, x, y, z] = k.to_be_bytes();
         b[30..34].copy_from_slice(&[10, x, y, z]);
         b[38..40].copy_from_slice(&(1024 + (k % 50_000) as u16).to_be_bytes());
@@ -147,15 +149,16 @@ pub fn stamp_flow(area: &mut FrameArea, f: FrameRef, k: u32) {
 /// [`setup`] with every tenant's from-tenant ACL holding `rules` (and a flow cache large
 /// enough for [`FLOWS`] flows), or no policy at all for `None`.
 pub fn setup_with(tenants: u32, macs: u32, rules: Option<Vec<Rule>>) -> Setup {
-    build(tenants, macs, rules, false)
+    build(tenants, macs, rules, 0)
 }
 
-/// [`setup`] with every tenant's flows logged (the flow table itself is the caller's to add).
-pub fn setup_logged(tenants: u32, macs: u32) -> Setup {
-    build(tenants, macs, None, true)
+/// [`setup`] with the flows of the first `logged` tenants logged (the export is the caller's
+/// to add).
+pub fn setup_logged(tenants: u32, macs: u32, logged: u32) -> Setup {
+    build(tenants, macs, None, logged)
 }
 
-fn build(tenants: u32, macs: u32, rules: Option<Vec<Rule>>, flow_log: bool) -> Setup {
+fn build(tenants: u32, macs: u32, rules: Option<Vec<Rule>>, logged: u32) -> Setup {
     let macs = macs.max(tenants);
     let per_tenant = macs.div_ceil(tenants);
     let limits = PolicyLimits {
@@ -177,7 +180,7 @@ fn build(tenants: u32, macs: u32, rules: Option<Vec<Rule>>, flow_log: bool) -> S
         );
         spec.fdb_quota = per_tenant + 16;
         spec.mac_aging = Nanos::from_secs(3600);
-        spec.flow_log = flow_log;
+        spec.flow_log = t < logged;
         if let Some(r) = &rules {
             spec.policy = TenantPolicy {
                 acl: [AclSet::new(r.clone(), Action::Allow), AclSet::default()],
@@ -264,9 +267,66 @@ impl Setup {
     }
 }
 
+/// What [`paired`] measured: medians over the rounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Paired {
+    /// Median time of one call of `a`, in nanoseconds.
+    pub a_ns: f64,
+    /// Median time of one call of `b`.
+    pub b_ns: f64,
+    /// Median over the rounds of (time of b) / (time of a) in the same round.
+    pub ratio: f64,
+}
+
+/// Times `a` and `b` side by side: `rounds` rounds, each `iters` calls of one then `iters` of
+/// the other (the order alternating), and reports the medians of the per-round times and of
+/// the per-round ratios. On a shared machine whose speed drifts over seconds, a ratio taken
+/// within one round of a few milliseconds is far steadier than two criterion runs taken one
+/// after the other (docs/PERFORMANCE.md).
+pub fn paired(rounds: usize, iters: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> Paired {
+    let time = |f: &mut dyn FnMut()| {
+        let t0 = std::time::Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        t0.elapsed().as_nanos() as f64 / iters as f64
+    };
+    let (mut ta, mut tb, mut r) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let (x, y) = if round % 2 == 0 {
+            let x = time(&mut a);
+            (x, time(&mut b))
+        } else {
+            let y = time(&mut b);
+            (time(&mut a), y)
+        };
+        ta.push(x);
+        tb.push(y);
+        r.push(y / x);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Paired { a_ns: median(&mut ta), b_ns: median(&mut tb), ratio: median(&mut r) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paired_reports_the_slower_side_as_a_larger_ratio() {
+        let spin = |n: u64| {
+            let mut x = 0u64;
+            for i in 0..n {
+                x = std::hint::black_box(x.wrapping_add(i));
+            }
+        };
+        let p = paired(9, 20, || spin(1_000), || spin(4_000));
+        assert!(p.ratio > 1.5, "{p:?}");
+        assert!(p.b_ns > p.a_ns);
+    }
 
     #[test]
     fn bench_traffic_is_forwarded_not_flooded_or_dropped() {

@@ -79,6 +79,17 @@ impl<const N: usize> Sender<N> {
         true
     }
 
+    /// True when `k` more messages fit (the reader's position is read again only when the
+    /// last one seen leaves too little room).
+    #[inline]
+    pub fn has_room(&mut self, k: usize) -> bool {
+        let size = self.ring.mask + 1;
+        if size - self.tail.wrapping_sub(self.head) < k {
+            self.head = self.ring.head.0.load(Ordering::Acquire);
+        }
+        size - self.tail.wrapping_sub(self.head) >= k
+    }
+
     /// Makes every message pushed so far visible to the reader.
     #[inline]
     pub fn publish(&mut self) {

@@ -3,11 +3,13 @@
 //!
 //! The dataplane never reads files, parses config text or talks HTTP: it consumes an immutable
 //! [`snapshot::Snapshot`] compiled by `control`. Everything on the packet path is sans-IO and
-//! allocation-free; the only `unsafe` lives in [`port::afxdp`].
+//! allocation-free; `unsafe` lives only in [`port::afxdp`] (the AF_XDP and memory boundary)
+//! and [`mem`] (prefetch hints).
 
 pub mod batch;
 pub mod flow;
 pub mod handoff;
+pub mod mem;
 pub mod pipeline;
 pub mod policy;
 pub mod port;

@@ -142,6 +142,8 @@ pub const CHECK_GUARD: u8 = 1;
 pub const CHECK_POLICY: u8 = 2;
 /// The tenant's flows are logged.
 pub const CHECK_FLOWLOG: u8 = 4;
+/// The tenant's frames go through the flow cache.
+pub const CHECK_FLOW: u8 = CHECK_POLICY | CHECK_FLOWLOG;
 
 impl fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -175,6 +177,12 @@ impl Snapshot {
     #[inline]
     pub fn checks(&self, t: TenantId) -> u8 {
         self.checks.get(t.index()).copied().unwrap_or(0)
+    }
+
+    /// True when tenant `t`'s frames go through the flow cache (it has policy or logs flows).
+    #[inline]
+    pub fn uses_flows(&self, t: TenantId) -> bool {
+        self.checks(t) & CHECK_FLOW != 0
     }
 
     /// An attachment of a tenant.

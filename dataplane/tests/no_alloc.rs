@@ -19,7 +19,7 @@ use dataplane::snapshot::{
 };
 use dataplane::time::Nanos;
 use dataplane::trace::DropReason;
-use dataplane::trace::flowlog::FlowLog;
+use dataplane::trace::flowlog::FlowExport;
 use dataplane::wire::MacAddr;
 use dataplane::worker::Worker;
 use etherparse::PacketBuilder;
@@ -131,8 +131,11 @@ fn poll_rounds_do_not_allocate() {
     // Flow logs on too: records go to a channel nobody reads (when it is full they are lost
     // and counted, which is also a path that must not allocate).
     let (records, _reader) = crossbeam_channel::bounded(1024);
-    w.pipeline_mut().flowlog =
-        Some(FlowLog::new(4096, Nanos::from_secs(1), Nanos::from_secs(1), records));
+    w.pipeline_mut().flows.log_flows(FlowExport::new(
+        Nanos::from_secs(1),
+        Nanos::from_secs(1),
+        records,
+    ));
     let mut frames = Vec::new();
     for i in 0..200u16 {
         frames.push((PortId(1), udp_from(1, 1000 + i, 53)));
@@ -148,19 +151,17 @@ fn poll_rounds_do_not_allocate() {
     }
     ARMED.store(false, Ordering::SeqCst);
     let c = &w.pipeline().counters;
-    let st = &w.pipeline().policy;
+    let (st, flows) = (&w.pipeline().policy, &w.pipeline().flows);
     assert!(c.drops(DropReason::Policy) >= 27 * 200, "{:?}", c.port_drops);
     assert!(c.drops(DropReason::Spoof) >= 27 * 200, "{:?}", c.port_drops);
     assert!(
-        st.cache.stats.evictions > 0
-            && st.conns.stats.expired > 0
-            && st.conns.stats.opened > 27 * 100,
+        flows.stats.evictions > 0 && st.conns.stats.expired > 0 && st.conns.stats.opened > 27 * 100,
         "{:?} {:?}",
-        st.cache.stats,
+        flows.stats,
         st.conns.stats
     );
     assert!(c.acl_hits[0][0] > 0, "count rule");
-    let fl = w.pipeline().flowlog.as_ref().unwrap().stats;
+    let fl = flows.log_stats().unwrap();
     assert!(fl.exported > 0 && fl.lost > 0, "{fl:?}");
     assert_eq!(ALLOCS.load(Ordering::SeqCst), 0, "allocations on the policy path");
     assert!(w.census().balanced());

@@ -519,6 +519,40 @@ mod pipeline {
         f
     }
 
+    /// Sends `frame` in on `port` and returns how many frames left on each of up, a1, a2.
+    fn send_all(w: &mut Worker<MemPort>, port: PortId, frame: &[u8]) -> [usize; 3] {
+        assert!(w.inject(port, frame));
+        w.poll(Nanos::from_secs(1));
+        [UP, A1, A2].map(|p| w.take_sent(p).len())
+    }
+
+    #[test]
+    fn a_cached_flow_follows_the_mac_table_learning_and_moves() {
+        let mut w = worker(deny_telnet_to_tenant());
+        let a_to_b = from_a(1000, 80, ACK);
+        // B is unknown: the flow is flooded (to the uplink and a2), and cached so.
+        assert_eq!(send_all(&mut w, A1, &a_to_b), [1, 0, 1]);
+        assert_eq!(send_all(&mut w, A1, &a_to_b), [1, 0, 1], "the cached flood");
+        let hits = w.pipeline().flows.stats.hits;
+        assert!(hits >= 1);
+        // B speaks on a2: learned there, so the cached flood must end.
+        send_all(&mut w, A2, &from_b(80, 1000, ACK));
+        assert_eq!(send_all(&mut w, A1, &a_to_b), [0, 0, 1], "to a2 only");
+        assert_eq!(send_all(&mut w, A1, &a_to_b), [0, 0, 1], "again, from the cache");
+        assert!(w.pipeline().flows.stats.hits > hits);
+        // B moves behind the uplink (VLAN 100): the cached port must follow.
+        let mut b_up = tcp_between([10, 0, 0, 2], [10, 0, 0, 1], 80, 1000, ACK, Some(100));
+        b_up[0..6].copy_from_slice(&A);
+        b_up[6..12].copy_from_slice(&B);
+        send_all(&mut w, UP, &b_up);
+        assert_eq!(send_all(&mut w, A1, &a_to_b), [1, 0, 0], "to the uplink now");
+        assert_eq!(drops(&w, DropReason::Policy), 0);
+        // One entry per flow: A->B (still one after two re-decisions), B->A from a2 and from
+        // the uplink (another ingress port, another flow).
+        assert_eq!(w.pipeline().flows.len(), 3);
+        assert!(w.pipeline().flows.stats.stale >= 2, "{:?}", w.pipeline().flows.stats);
+    }
+
     #[test]
     fn spoofed_sources_are_dropped_as_spoof_and_not_learned() {
         let mut w = worker(TenantPolicy::default());
@@ -560,7 +594,7 @@ mod pipeline {
         assert_eq!(send(&mut w, A1, &from_a(1000, 22, SYN), A2), 1);
         assert_eq!(drops(&w, DropReason::Policy), 2);
         assert_eq!(w.pipeline().counters.acl_hits[0], [2], "the rule decided twice");
-        assert!(w.pipeline().policy.cache.stats.hits >= 1);
+        assert!(w.pipeline().flows.stats.hits >= 1);
         // New rules (telnet allowed, ssh denied): the cached verdicts must not survive.
         let mut ssh = deny_telnet_to_tenant();
         ssh.acl[1] = AclSet::new(

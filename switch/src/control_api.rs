@@ -57,12 +57,29 @@ pub enum Query {
     Fdb(TenantId, Sender<Vec<Value>>),
     /// The tracked connections of a tenant.
     Connections(TenantId, Sender<Vec<Value>>),
+    /// A tenant's flows with the most packets or bytes: at most this many, by this count.
+    Flows(TenantId, usize, FlowOrder, Sender<Vec<Value>>),
     /// The decision trace of a frame arriving on a port.
     Trace(PortId, Vec<u8>, Sender<Vec<Value>>),
     /// Start tapping frames for a capture; acknowledge once tapping.
     CaptureStart(Tap, Sender<()>),
     /// Stop tapping; answer (frames copied, copies skipped).
     CaptureStop(Sender<(u64, u64)>),
+}
+
+/// What `flows` ranks by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowOrder {
+    /// Bytes.
+    Bytes,
+    /// Packets.
+    Packets,
+}
+
+/// An address as people write it (IPv4 unmapped).
+fn ip_str(a: [u8; 16]) -> String {
+    let v6 = std::net::Ipv6Addr::from(a);
+    v6.to_ipv4_mapped().map_or_else(|| v6.to_string(), |v4| v4.to_string())
 }
 
 /// Answers `q` from worker `w`'s tables at time `now`. Runs on the worker thread between
@@ -99,11 +116,41 @@ pub fn answer_query(w: &Worker<XskPort>, worker: usize, now: Nanos, q: Query) {
         }
         // Only `answer_query_mut` may change the taps; it never passes these here.
         Query::CaptureStart(..) | Query::CaptureStop(_) => {}
-        Query::Connections(t, reply) => {
-            let ip = |a: [u8; 16]| {
-                let v6 = std::net::Ipv6Addr::from(a);
-                v6.to_ipv4_mapped().map_or_else(|| v6.to_string(), |v4| v4.to_string())
+        Query::Flows(t, top, order, reply) => {
+            let mut flows: Vec<_> = w.pipeline().flows.flows(t).collect();
+            let rank = |f: &dataplane::flow::cache::FlowView| match order {
+                FlowOrder::Bytes => f.bytes,
+                FlowOrder::Packets => f.packets,
             };
+            flows.sort_unstable_by_key(|f| std::cmp::Reverse(rank(f)));
+            flows.truncate(top);
+            let rows = flows
+                .iter()
+                .map(|f| {
+                    let ports = f.proto == 6 || f.proto == 17;
+                    let end = |(a, p): ([u8; 16], u16)| {
+                        if ports { format!("{}:{p}", ip_str(a)) } else { ip_str(a) }
+                    };
+                    json!({
+                        "in_port": port_name(f.in_port),
+                        "proto": f.proto,
+                        "ethertype": format!("{:#06x}", f.ethertype),
+                        "from": end(f.src),
+                        "to": end(f.dst),
+                        "packets": f.packets,
+                        "bytes": f.bytes,
+                        "secs": f.last.since(f.start).0 as f64 / 1e9,
+                        "idle_secs": secs(f.last),
+                        "action": if f.accepted { "accept" } else { "reject" },
+                        "reason": f.reason.map(|r| r.as_label()),
+                        "worker": worker,
+                    })
+                })
+                .collect();
+            let _ = reply.send(rows);
+        }
+        Query::Connections(t, reply) => {
+            let ip = ip_str;
             let rows = w
                 .pipeline()
                 .policy
@@ -402,6 +449,32 @@ fn answer(req: &Value, shared: &Arc<Shared>) -> Result<Value, String> {
         "tenants" => Ok(tenants(shared)),
         "counters" => Ok(counters(shared)),
         "reload" => reload(shared).map(|g| json!({ "generation": g })),
+        "flows" => {
+            let snap = shared.snapshot();
+            let name = req.get("tenant").and_then(Value::as_str).ok_or("missing \"tenant\"")?;
+            let t = snap.tenant_by_name(name).ok_or(format!("no tenant {name:?}"))?;
+            if !snap.uses_flows(t) {
+                return Err(format!(
+                    "tenant {name:?} has no per-flow counters: they are kept for tenants with \
+                     ACL rules, a security group or a flow log"
+                ));
+            }
+            let top = req.get("top").and_then(Value::as_u64).unwrap_or(20).clamp(1, 10_000);
+            let order = match req.get("by").and_then(Value::as_str).unwrap_or("bytes") {
+                "bytes" => FlowOrder::Bytes,
+                "packets" => FlowOrder::Packets,
+                other => return Err(format!("by: {other:?} (bytes or packets)")),
+            };
+            let mut rows = match ask(shared, |reply| Query::Flows(t, top as usize, order, reply))? {
+                Value::Array(rows) => rows,
+                _ => Vec::new(),
+            };
+            // Each worker sent its own top; the switch's top is among them.
+            let key = if order == FlowOrder::Bytes { "bytes" } else { "packets" };
+            rows.sort_by_key(|r| std::cmp::Reverse(r[key].as_u64().unwrap_or(0)));
+            rows.truncate(top as usize);
+            Ok(Value::Array(rows))
+        }
         "fdb" | "connections" => {
             let name = req.get("tenant").and_then(Value::as_str).ok_or("missing \"tenant\"")?;
             let t = shared.snapshot().tenant_by_name(name).ok_or(format!("no tenant {name:?}"))?;
@@ -430,13 +503,13 @@ fn answer(req: &Value, shared: &Arc<Shared>) -> Result<Value, String> {
         }
         other => Err(format!(
             "unknown command {other:?} (status, ports, tenants, counters, fdb, connections, \
-             trace, reload)"
+             flows, trace, capture_start, capture_stop, reload)"
         )),
     }
 }
 
-/// Buffers in flight between the workers and the capture writer.
-const CAPTURE_BUFFERS: usize = 4096;
+/// Ring messages (128 frame bytes each) between each worker and the capture writer.
+const CAPTURE_RING: usize = 16_384;
 
 /// `capture_start`: `tenant`, `file`, optional filter (`host`, `net`, `port`, `proto`,
 /// `direction` from-tenant or to-tenant) and limits (`count`, `bytes`, `duration_secs`,
@@ -479,22 +552,14 @@ fn capture_start(req: &Value, shared: &Arc<Shared>) -> Result<Value, String> {
     let out = std::fs::File::create(&file).map_err(|e| format!("{}: {e}", file.display()))?;
     let mut pcap = pcap_file::pcap::PcapWriter::new(std::io::BufWriter::new(out))
         .map_err(|e| format!("{}: {e}", file.display()))?;
-    let (free_rx, filled_tx, filled_rx, free_tx) =
-        dataplane::trace::capture::channels(CAPTURE_BUFFERS);
     let (ack_tx, ack_rx) = crossbeam_channel::bounded(shared.workers.queries.len());
+    let mut readers = Vec::new();
     for q in &shared.workers.queries {
-        let tap = Tap {
-            tenant,
-            filter: filter.clone(),
-            snaplen,
-            free: free_rx.clone(),
-            filled: filled_tx.clone(),
-            skipped: 0,
-            copied: 0,
-        };
+        let (ring, reader) = dataplane::trace::capture::ring(CAPTURE_RING);
+        readers.push(reader);
+        let tap = Tap::new(tenant, filter.clone(), snaplen, ring);
         q.send(Query::CaptureStart(tap, ack_tx.clone())).map_err(|_| "a worker has stopped")?;
     }
-    drop(filled_tx);
     // Answer only once every worker taps, so traffic sent after the answer is captured.
     for _ in 0..shared.workers.queries.len() {
         ack_rx
@@ -514,6 +579,7 @@ fn capture_start(req: &Value, shared: &Arc<Shared>) -> Result<Value, String> {
         .spawn(move || {
             let (mut written, mut written_bytes) = (0u64, 0u64);
             let mut limited = false;
+            let mut error = None;
             loop {
                 let timed_out = duration.is_some_and(|d| started.elapsed() >= d);
                 if !limited && (written >= count || written_bytes >= bytes || timed_out) {
@@ -525,29 +591,32 @@ fn capture_start(req: &Value, shared: &Arc<Shared>) -> Result<Value, String> {
                         let _ = q.send(Query::CaptureStop(tx));
                     }
                 }
-                // Polled, never a blocking receive: a worker sending to a blocked receiver
-                // wakes it with a syscall, per captured frame (trace::capture).
-                match filled_rx.try_recv() {
-                    Ok(b) => {
-                        if !limited {
-                            let at = wall0 + Duration::from_nanos(b.at_ns.saturating_sub(mono0));
-                            let data = &b.data[..b.len as usize];
-                            pcap.write_packet(&pcap_file::pcap::PcapPacket::new(
-                                at, b.orig_len, data,
-                            ))
-                            .map_err(|e| format!("writing the capture: {e}"))?;
-                            written += 1;
-                            written_bytes += u64::from(b.len);
+                // Polled, never blocking: the workers only publish into their rings.
+                let mut got = 0;
+                for r in &mut readers {
+                    got += r.drain(|c| {
+                        if limited || error.is_some() {
+                            return;
                         }
-                        let _ = free_tx.try_send(b);
-                    }
-                    Err(crossbeam_channel::TryRecvError::Empty) => {
-                        if stop2.load(Ordering::SeqCst) || limited {
-                            break;
+                        let at = wall0 + Duration::from_nanos(c.at_ns.saturating_sub(mono0));
+                        let p = pcap_file::pcap::PcapPacket::new(at, c.orig_len, c.data);
+                        match pcap.write_packet(&p) {
+                            Ok(_) => {
+                                written += 1;
+                                written_bytes += c.data.len() as u64;
+                            }
+                            Err(e) => error = Some(format!("writing the capture: {e}")),
                         }
-                        std::thread::sleep(Duration::from_millis(2));
+                    });
+                }
+                if let Some(e) = error {
+                    return Err(e);
+                }
+                if got == 0 {
+                    if stop2.load(Ordering::SeqCst) || limited {
+                        break;
                     }
-                    Err(crossbeam_channel::TryRecvError::Disconnected) => break,
+                    std::thread::sleep(Duration::from_millis(2));
                 }
             }
             drop(pcap);

@@ -11,7 +11,7 @@ use control::config::Config;
 use crossbeam_channel::{Receiver, Sender};
 use dataplane::snapshot::Snapshot;
 use dataplane::time::{Clock, MonotonicClock, Nanos};
-use dataplane::trace::flowlog::{FlowLog, FlowRecord};
+use dataplane::trace::flowlog::{FlowExport, FlowRecord};
 use serde_json::json;
 
 /// Records in flight between the workers and the writer.
@@ -52,11 +52,10 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// A flow table for one worker, reporting to this writer.
-    pub fn table(&self, cfg: &Config) -> FlowLog {
+    /// Where one worker's flow cache reports, through this writer.
+    pub fn export(&self, cfg: &Config) -> FlowExport {
         let s = &cfg.switch;
-        FlowLog::new(
-            s.flow_log_capacity as usize,
+        FlowExport::new(
             Nanos::from_secs(u64::from(s.flow_log_interval_secs)),
             Nanos::from_secs(u64::from(s.flow_log_idle_secs)),
             self.tx.clone(),

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use control::config::model::MetricsConfig;
-use dataplane::policy::cache::CacheStats;
+use dataplane::flow::cache::CacheStats;
 use dataplane::policy::conntrack::ConnStats;
 use dataplane::port::afxdp::{XskPort, XskStats};
 use dataplane::snapshot::{PortId, Snapshot, TenantId};
@@ -86,9 +86,9 @@ pub fn publish(slot: &Slot, w: &mut Worker<XskPort>, loops: &LoopStats) {
     f.loops = *loops;
     f.batch_sizes = *w.batch_sizes();
     f.generation = w.pipeline().generation();
+    f.cache = w.pipeline().flows.stats;
+    f.cache_entries = w.pipeline().flows.len();
     let p = &w.pipeline().policy;
-    f.cache = p.cache.stats;
-    f.cache_entries = p.cache.len();
     f.conns = p.conns.stats;
     let tenants = w.snapshot().tenants.len();
     f.conn_entries.clear();

@@ -215,7 +215,7 @@ pub fn serve(
     let flowlog = crate::flowlogs::start(cfg, &snap)?;
     if let Some(fl) = &flowlog {
         for w in &mut ws {
-            w.pipeline_mut().flowlog = Some(fl.table(cfg));
+            w.pipeline_mut().flows.log_flows(fl.export(cfg));
         }
     }
     let total_chunks = area.chunks();
@@ -286,9 +286,7 @@ pub fn serve(
                         if left > 0 {
                             eprintln!("xswitch: worker {i}: {left} frames still queued at stop");
                         }
-                        if let Some(log) = worker.pipeline_mut().flowlog.as_mut() {
-                            log.flush();
-                        }
+                        worker.pipeline_mut().flows.flush();
                         crate::metrics::publish(&slot, &mut worker, &loops);
                         Ok(Finished { worker, loops })
                     },
@@ -393,7 +391,7 @@ pub fn serve(
     );
     // The flow tables go with the workers; then the writer has every record.
     let flowlog_stats: Vec<_> =
-        done.iter().filter_map(|f| f.worker.pipeline().flowlog.as_ref().map(|l| l.stats)).collect();
+        done.iter().filter_map(|f| f.worker.pipeline().flows.log_stats()).collect();
     // Sockets first, then the links: dropping a link detaches its XDP program.
     drop(done);
     shared.end_capture();

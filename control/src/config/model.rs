@@ -104,11 +104,9 @@ pub struct SwitchConfig {
     pub flow_cache_tenant_share: u32,
     /// Connections each worker tracks for security groups, all tenants together.
     pub conntrack_capacity: u32,
-    /// Flows each worker tracks for flow logs, all tenants together.
-    pub flow_log_capacity: u32,
     /// Seconds between records of a flow that goes on.
     pub flow_log_interval_secs: u32,
-    /// Seconds without a packet after which a flow's record is written and the flow forgotten.
+    /// Seconds without a packet after which a flow's record is written.
     pub flow_log_idle_secs: u32,
 }
 
@@ -128,7 +126,6 @@ impl Default for SwitchConfig {
             flow_cache_entries: 65536,
             flow_cache_tenant_share: 25,
             conntrack_capacity: 65_536,
-            flow_log_capacity: 65_536,
             flow_log_interval_secs: 60,
             flow_log_idle_secs: 15,
         }

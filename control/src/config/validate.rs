@@ -103,10 +103,11 @@ fn check_switch(cfg: &Config, is: &mut Issues) {
     if s.fdb_capacity == 0 {
         is.add("switch.fdb_capacity", "must be at least 1");
     }
-    if !(64..=1 << 24).contains(&s.flow_cache_entries) {
+    // 128 bytes an entry: 2^21 entries are 256 MiB per worker.
+    if !(64..=1 << 21).contains(&s.flow_cache_entries) {
         is.add(
             "switch.flow_cache_entries",
-            format!("{} is out of range 64..=16777216", s.flow_cache_entries),
+            format!("{} is out of range 64..=2097152", s.flow_cache_entries),
         );
     }
     if !(1..=100).contains(&s.flow_cache_tenant_share) {
@@ -116,7 +117,6 @@ fn check_switch(cfg: &Config, is: &mut Issues) {
         );
     }
     for (f, v) in [
-        ("flow_log_capacity", s.flow_log_capacity),
         ("flow_log_interval_secs", s.flow_log_interval_secs),
         ("flow_log_idle_secs", s.flow_log_idle_secs),
     ] {

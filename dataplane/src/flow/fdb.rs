@@ -20,6 +20,12 @@
 //! while the host keeps talking. Without this, a conversation whose two ends sit on ports of
 //! different workers would be flooded forever.
 //!
+//! Generations: each tenant has a counter that moves whenever one of its entries appears,
+//! moves or goes ([`Fdb::generation`]). The flow cache stores it beside every forwarding
+//! decision it caches and takes a decision whose generation is behind for a miss, so a cached
+//! "flood" ends when the destination is learned and a cached port when the host moves or
+//! ages out. Refreshes do not move it.
+//!
 //! It does _not_ survive a snapshot change yet: [`Fdb::install`] clears learned entries, so a
 //! reload costs a short flood while MACs are learned again.
 
@@ -66,6 +72,8 @@ struct TenantFdb {
     learned: u32,
     quota: u32,
     aging: Nanos,
+    /// Moves with every entry learned, moved or removed (never with a refresh).
+    generation: u32,
 }
 
 /// The MAC table of one worker.
@@ -106,11 +114,15 @@ impl Fdb {
             self.map.reserve(room);
         }
         self.learned = 0;
+        // Generations keep counting across snapshots: a decision cached before the change
+        // must not match one made after it.
+        let next = self.tenants.iter().map(|t| t.generation).max().unwrap_or(0).wrapping_add(1);
         self.tenants.clear();
         self.tenants.extend(snap.tenants.iter().map(|t| TenantFdb {
             learned: 0,
             quota: t.fdb_quota,
             aging: t.mac_aging,
+            generation: next,
         }));
         for (ti, t) in snap.tenants.iter().enumerate() {
             for &(mac, att) in &t.static_macs {
@@ -151,6 +163,9 @@ impl Fdb {
             if e.attachment != at {
                 e.attachment = at;
                 e.announced = now;
+                if let Some(tf) = self.tenants.get_mut(t.index()) {
+                    tf.generation = tf.generation.wrapping_add(1);
+                }
                 return Learn::Moved;
             }
             let half = self.tenants.get(t.index()).map_or(Nanos::ZERO, |tf| tf.aging).0 / 2;
@@ -165,6 +180,7 @@ impl Fdb {
             return Learn::QuotaExceeded;
         }
         tf.learned += 1;
+        tf.generation = tf.generation.wrapping_add(1);
         self.learned += 1;
         self.map.insert(
             k,
@@ -187,6 +203,7 @@ impl Fdb {
             };
             if now.since(e.last_seen) > tf.aging {
                 tf.learned -= 1;
+                tf.generation = tf.generation.wrapping_add(1);
                 removed += 1;
                 false
             } else {
@@ -195,6 +212,13 @@ impl Fdb {
         });
         self.learned -= removed;
         removed
+    }
+
+    /// Tenant `t`'s generation: it changes whenever an entry of `t` is learned, moves or is
+    /// removed, so a forwarding decision cached under an older one may be wrong.
+    #[inline]
+    pub fn generation(&self, t: TenantId) -> u32 {
+        self.tenants.get(t.index()).map_or(0, |tf| tf.generation)
     }
 
     /// Learned entries of tenant `t`.
@@ -349,6 +373,29 @@ mod tests {
             f.learn(now, TenantId(1), mac(i), att(0));
         }
         assert_eq!(f.learned(TenantId(0)) + f.learned(TenantId(1)), 60);
+    }
+
+    #[test]
+    fn generations_move_with_learning_moves_and_aging_not_refreshes() {
+        let s = snap(10, 100);
+        let mut f = Fdb::new(&s);
+        let (a, b) = (TenantId(0), TenantId(1));
+        let g0 = f.generation(a);
+        f.learn(Nanos::ZERO, a, mac(1), att(0));
+        let g1 = f.generation(a);
+        assert_ne!(g1, g0, "learned");
+        f.learn(Nanos::from_secs(1), a, mac(1), att(0));
+        assert_eq!(f.generation(a), g1, "a refresh changes no decision");
+        f.learn(Nanos::from_secs(1), a, mac(1), att(1));
+        let g2 = f.generation(a);
+        assert_ne!(g2, g1, "moved");
+        let gb = f.generation(b);
+        assert_eq!(f.age(Nanos::from_secs(100)), 1);
+        assert_ne!(f.generation(a), g2, "aged out");
+        assert_eq!(f.generation(b), gb, "another tenant's generation is its own");
+        let before = f.generation(a);
+        f.install(&s);
+        assert_ne!(f.generation(a), before, "a new snapshot starts a new generation");
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The batch pipeline: one pure call per batch that decides, for every frame, where it goes.
 //!
 //! ```text
-//! parse ─► tenant ─► ingress + guard ─► classify (learn + FDB) ─► policy ─► output
-//!                                                                         (retag, flood, TX lists)
+//! parse ─► tenant ─► ingress + guard ─┬─► classify (learn + FDB) ───────────────────┬─► output
+//!                                     └─► flow cache ─miss─► learn + FDB + ACLs ─┬─┘  (retag,
+//!                                          (tenants with policy  ─hit──────────────┘   flood,
+//!                                           or flow logs)        then security group    TX lists)
 //! ```
 //!
 //! [`Pipeline::process`] takes the time, the snapshot, the frame area and a batch, and writes
@@ -15,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod classify;
+pub mod flow_cache;
 pub mod ingress;
 pub mod output;
 pub mod parse;
@@ -23,11 +26,11 @@ pub mod tenant;
 pub mod trace;
 
 use crate::batch::{BATCH_SIZE, Batch};
-use crate::flow::Fdb;
+use crate::flow::{Fdb, FlowCache};
 use crate::port::{FrameArea, FramePool};
-use crate::snapshot::{CHECK_GUARD, CHECK_POLICY, PortId, Snapshot};
+use crate::snapshot::{CHECK_FLOW, CHECK_FLOWLOG, CHECK_GUARD, PortId, Snapshot};
 use crate::time::Nanos;
-use crate::trace::counters::PktBytes;
+use crate::trace::counters::{PktBytes, TenantRun};
 use crate::trace::{Counters, DropReason};
 
 pub use output::{Egress, TxLists};
@@ -86,17 +89,17 @@ impl Dispositions {
     }
 }
 
-/// One worker's switching state: its MAC table and its counters.
+/// One worker's switching state: its MAC table, flow cache, connections and counters.
 #[derive(Debug)]
 pub struct Pipeline {
     fdb: Fdb,
-    /// Flow cache and connection table.
+    /// The flow cache (decisions and per-flow counters of tenants with policy or flow logs).
+    pub flows: FlowCache,
+    /// The connection table.
     pub policy: policy::PolicyState,
-    scratch: Box<policy::Scratch>,
+    scratch: Box<flow_cache::Scratch>,
     /// A live capture of one tenant, if one runs.
     pub capture: Option<crate::trace::capture::Tap>,
-    /// The flow table, when some tenant logs flows.
-    pub flowlog: Option<crate::trace::flowlog::FlowLog>,
     /// This worker's counters (published by the control plane).
     pub counters: Counters,
     generation: u64,
@@ -107,12 +110,15 @@ pub struct Pipeline {
 impl Pipeline {
     /// A pipeline for `snap`.
     pub fn new(snap: &Snapshot) -> Self {
+        let l = snap.limits;
+        let mut flows = FlowCache::new(l.flow_cache_entries as usize, l.flow_cache_share_percent);
+        flows.install(snap);
         let mut p = Pipeline {
             fdb: Fdb::new(snap),
+            flows,
             policy: policy::PolicyState::new(snap),
             scratch: Box::default(),
             capture: None,
-            flowlog: None,
             counters: Counters::new(snap.ports.len(), snap.tenants.len()),
             generation: snap.generation,
             announcements: Vec::new(),
@@ -146,6 +152,7 @@ impl Pipeline {
         self.generation = snap.generation;
         self.counters.resize(snap.ports.len(), snap.tenants.len());
         self.fdb.install(snap);
+        self.flows.install(snap);
         self.policy.install(snap);
         self.size_rule_counters(snap);
     }
@@ -177,9 +184,13 @@ impl Pipeline {
         if !self.policy.conns.is_empty() {
             self.policy.conns.expire(now);
         }
-        if let Some(log) = &mut self.flowlog {
-            log.sweep(now);
-        }
+    }
+
+    /// Between breaths: reports the flows due a flow-log record (a slice of the flow cache per
+    /// call; nothing when no tenant logs flows).
+    #[inline]
+    pub fn sweep_flows(&mut self, now: Nanos) {
+        self.flows.sweep(now);
     }
 
     /// Decides the fate of every frame in `batch`.
@@ -199,6 +210,7 @@ impl Pipeline {
         self.scratch.reset();
         let c = &mut self.counters;
         let mut rx = PktBytes::default();
+        let mut tenant_rx = TenantRun::default();
         for (i, ((f, m), d)) in frames.iter().zip(meta.iter_mut()).zip(out.d.iter_mut()).enumerate()
         {
             rx.add(f.len);
@@ -211,9 +223,7 @@ impl Pipeline {
                 *d = Disposition::Drop(r);
                 continue;
             }
-            if let Some(tr) = c.tenant_rx.get_mut(m.tenant.index()) {
-                tr.add(f.len);
-            }
+            tenant_rx.add(&mut c.tenant_rx, m.tenant, f.len);
             if let Err(r) = ingress::check_one(m) {
                 *d = Disposition::Drop(r);
                 continue;
@@ -224,41 +234,25 @@ impl Pipeline {
                 && let Err(r) = policy::guard_one(t, m, area.frame(*f).unwrap_or(&[]))
             {
                 *d = Disposition::Drop(r);
+                if checks & CHECK_FLOWLOG != 0 {
+                    // Counted in its flow's log record.
+                    self.scratch.mark(&self.flows, i, m, port);
+                }
                 continue;
             }
-            let learned = classify::learn_one(&mut self.fdb, &mut c.fdb, now, port, m);
-            if learned.announce() && self.announcements.capacity() > 0 {
-                announce(&mut self.announcements, &mut c.fdb.unannounced, port, m);
+            if checks & CHECK_FLOW != 0 {
+                // Decided by the flow-cache stage (which tells this frame from one dropped
+                // above by its disposition: anything but a drop).
+                *d = Disposition::Flood;
+                self.scratch.mark(&self.flows, i, m, port);
+                continue;
             }
+            learn(&mut self.fdb, c, &mut self.announcements, now, port, m);
             *d = classify::forward_one(&self.fdb, now, port, m);
-            if checks & CHECK_POLICY != 0 && !matches!(*d, Disposition::Drop(_)) {
-                self.scratch.mark(i);
-            }
         }
+        tenant_rx.flush(&mut c.tenant_rx);
         if self.scratch.any() {
-            policy::check_batch(
-                &mut self.policy,
-                &mut self.scratch,
-                snap,
-                now,
-                port,
-                area,
-                frames,
-                meta,
-                &mut out.d[..frames.len()],
-                &mut c.acl_hits,
-            );
-        }
-        if let Some(log) = &mut self.flowlog {
-            for ((f, m), d) in frames.iter().zip(meta.iter()).zip(&out.d[..frames.len()]) {
-                if !matches!(
-                    d,
-                    Disposition::Drop(DropReason::Malformed | DropReason::UnknownTenant)
-                ) && snap.checks(m.tenant) & crate::snapshot::CHECK_FLOWLOG != 0
-                {
-                    log.record(now, m, f.len, d);
-                }
-            }
+            flow_cache::run(self, snap, now, port, area, frames, meta, &mut out.d[..frames.len()]);
         }
         if let Some(tap) = &mut self.capture {
             let from_tenant = snap
@@ -266,13 +260,20 @@ impl Pipeline {
                 .get(port.index())
                 .is_some_and(|p| p.kind == crate::snapshot::PortKind::Tenant);
             for ((f, m), d) in frames.iter().zip(meta.iter()).zip(&out.d[..frames.len()]) {
-                if matches!(d, Disposition::Drop(DropReason::Malformed | DropReason::UnknownTenant))
+                // Cheapest test first: most frames belong to other tenants.
+                if m.tenant != tap.tenant
+                    || matches!(
+                        d,
+                        Disposition::Drop(DropReason::Malformed | DropReason::UnknownTenant)
+                    )
                 {
                     continue;
                 }
                 tap.offer(now.0, m, from_tenant, area.frame(*f).unwrap_or(&[]));
             }
+            tap.publish();
         }
+        let c = &mut self.counters;
         // Counted once per batch: every frame of a batch came in on one port.
         if let Some(pr) = c.port_rx.get_mut(port.index()) {
             pr.packets += rx.packets;
@@ -296,6 +297,22 @@ impl Pipeline {
         self.process(now, snap, area, batch, disp);
         output::deliver(snap, area, pool, batch, disp, tx, &mut self.counters);
         tx.flush(out, &mut self.counters);
+    }
+}
+
+/// Learns the source of `m` and buffers the announcement the other workers need.
+#[inline]
+fn learn(
+    fdb: &mut Fdb,
+    c: &mut Counters,
+    announcements: &mut Vec<Announcement>,
+    now: Nanos,
+    port: PortId,
+    m: &crate::batch::Meta,
+) {
+    let learned = classify::learn_one(fdb, &mut c.fdb, now, port, m);
+    if learned.announce() && announcements.capacity() > 0 {
+        announce(announcements, &mut c.fdb.unannounced, port, m);
     }
 }
 

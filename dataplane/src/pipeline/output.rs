@@ -13,7 +13,7 @@ use crate::batch::{Batch, FrameRef};
 use crate::pipeline::{Disposition, Dispositions};
 use crate::port::{FRAME_HEADROOM, FrameArea, FramePool, Port};
 use crate::snapshot::{PortId, Snapshot, TenantId};
-use crate::trace::counters::PktBytes;
+use crate::trace::counters::{PktBytes, TenantRun};
 use crate::trace::{Counters, DropReason};
 
 const TPID_8021Q: [u8; 2] = [0x81, 0x00];
@@ -116,12 +116,12 @@ impl TxLists {
                 continue;
             }
             let mut out = PktBytes::default();
+            let mut tenant_tx = TenantRun::default();
             for (f, (t, _)) in l.frames.iter().zip(&l.owners).take(sent) {
                 out.add(f.len);
-                if let Some(tt) = c.tenant_tx.get_mut(t.index()) {
-                    tt.add(f.len);
-                }
+                tenant_tx.add(&mut c.tenant_tx, *t, f.len);
             }
+            tenant_tx.flush(&mut c.tenant_tx);
             if let Some(pt) = c.port_tx.get_mut(i) {
                 pt.packets += out.packets;
                 pt.bytes += out.bytes;

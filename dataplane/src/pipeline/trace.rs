@@ -73,6 +73,15 @@ pub fn trace(p: &Pipeline, snap: &Snapshot, now: Nanos, port: PortId, frame: &[u
     } else {
         out.push(step("spoof check", "none configured for this attachment"));
     }
+    if snap.uses_flows(m.tenant) {
+        let key = crate::flow::cache::key_of(&m, port);
+        let cached = match p.flows.peek(m.tenant, &key, p.fdb().generation(m.tenant)) {
+            None => "miss: decided below, then cached",
+            Some(true) => "hit: the decision below is cached (MAC table and ACLs skipped)",
+            Some(false) => "stale entry (rules or MAC table changed): decided again below",
+        };
+        out.push(step("flow cache", cached));
+    }
     let d = classify::forward_one(p.fdb(), now, port, &m);
     let fdb = match d {
         Disposition::Tx { port: e, vlan } => {

@@ -236,6 +236,12 @@ impl AclSet {
         &self.used
     }
 
+    /// True when some rule looks at TCP flags: its verdict may change within a connection, so
+    /// it cannot be cached per flow.
+    pub fn uses_tcp_flags(&self) -> bool {
+        self.used[0] >> W0_FLAGS_SHIFT != 0
+    }
+
     /// Decides a key; calls `counted` with every matching `count` rule.
     #[inline]
     pub fn decide(&self, key: &Key, counted: impl FnMut(u32)) -> AclVerdict {

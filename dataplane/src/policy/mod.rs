@@ -1,5 +1,5 @@
-//! Per-tenant policy: anti-spoofing guards, stateless ACLs, stateful security groups, and the
-//! flow cache in front of classification.
+//! Per-tenant policy: anti-spoofing guards, stateless ACLs and stateful security groups (the
+//! flow cache in front of classification is [`crate::flow::cache`]).
 //!
 //! ```text
 //! ingress ─► guard (spoof) ─► ... FDB ... ─► ACL from-tenant ─► ACL to-tenant ─► security group
@@ -14,11 +14,10 @@
 //! uplink as to the tenant.
 //!
 //! Everything here is compiled once per snapshot; the packet path only reads it (and, for the
-//! connection table and the flow cache, updates per-worker state).
+//! connection table, updates per-worker state).
 #![forbid(unsafe_code)]
 
 pub mod acl;
-pub mod cache;
 pub mod classifier;
 pub mod conntrack;
 pub mod spoof;

@@ -1,16 +1,15 @@
-//! Live capture of one tenant's frames: a filter, and a tap that copies matching frames into
-//! buffers that circulate between the worker and a writer thread.
+//! Live capture of one tenant's frames: a filter, and a tap that copies matching frames into a
+//! ring that a writer thread drains.
 //!
-//! The buffers are allocated once, when the capture starts, and go round two bounded channels:
-//! the worker takes a free one, copies up to `snaplen` bytes of the frame into it and sends it
-//! to the writer; the writer writes it to the file and sends it back. When no buffer is free
-//! (the writer is behind) the copy is skipped and counted; the frame itself is never held
-//! back or dropped. The writer must poll its channel (`try_recv` and short sleeps), never
-//! block in `recv`: a worker sending to a blocked receiver would wake it with a futex call,
-//! a syscall per captured frame. Only frames the tenant's own pipeline stages saw are offered, so a capture
-//! of one tenant never holds another tenant's frames.
-
-use crossbeam_channel::{Receiver, Sender};
+//! Each worker has its own single-producer ring ([`crate::handoff`]), allocated when the
+//! capture starts: the tap copies up to `snaplen` bytes of a frame into one or more messages
+//! of 128 bytes and publishes them once per batch, with one release store; the writer polls
+//! the rings and reassembles the frames. No lock, allocation, system call or per-frame
+//! compare-and-swap on the worker (a channel of buffers, the first version, cost 10-15 % of
+//! the pipeline with 1 % of the frames copied: PERF(tracing)). When the ring is full (the
+//! writer is behind) the copy is skipped and counted; the frame itself is never held back or
+//! dropped. Only frames the tenant's own pipeline stages saw are offered, so a capture of one
+//! tenant never holds another tenant's frames.
 
 use crate::batch::Meta;
 use crate::policy::Prefix;
@@ -45,18 +44,14 @@ impl CaptureFilter {
     }
 }
 
-/// One captured frame on its way to the writer.
-#[derive(Debug)]
-pub struct Captured {
-    /// When it was seen, on the worker's monotonic clock (the writer maps it to wall time).
-    pub at_ns: u64,
-    /// The frame's length on the wire.
-    pub orig_len: u32,
-    /// Bytes copied (the first `len` of `data`).
-    pub len: u32,
-    /// The buffer.
-    pub data: Box<[u8; MAX_SNAPLEN]>,
-}
+/// Frame bytes one ring message carries.
+pub const CHUNK: usize = 128;
+/// Words in a ring message: a header (length, original length, time) and 128 frame bytes.
+pub const MESSAGE_WORDS: usize = 2 + CHUNK / 8;
+/// A ring message.
+pub type Message = crate::handoff::Message<MESSAGE_WORDS>;
+/// Marks the first message of a frame.
+const FIRST: u64 = 1 << 63;
 
 /// The worker's end of a capture.
 #[derive(Debug)]
@@ -67,55 +62,163 @@ pub struct Tap {
     pub filter: CaptureFilter,
     /// Bytes kept of each frame.
     pub snaplen: usize,
-    /// Free buffers.
-    pub free: Receiver<Captured>,
-    /// Filled buffers, to the writer.
-    pub filled: Sender<Captured>,
-    /// Copies skipped because no buffer was free.
+    /// Copies to the writer.
+    pub out: crate::handoff::Sender<MESSAGE_WORDS>,
+    /// Copies skipped because the ring was full.
     pub skipped: u64,
     /// Frames copied.
     pub copied: u64,
+    /// Copied since the last publish.
+    unpublished: bool,
 }
 
 impl Tap {
-    /// Offers a frame of the tap's tenant; copies it if it passes the filter and a buffer is
-    /// free. No allocation: the buffers circulate.
+    /// A tap for `tenant`'s frames that pass `filter`, `snaplen` bytes of each, into `out`.
+    pub fn new(
+        tenant: TenantId,
+        filter: CaptureFilter,
+        snaplen: usize,
+        out: crate::handoff::Sender<MESSAGE_WORDS>,
+    ) -> Tap {
+        Tap { tenant, filter, snaplen, out, skipped: 0, copied: 0, unpublished: false }
+    }
+
+    /// Offers a frame of the tap's tenant; copies it into the ring if it passes the filter and
+    /// the ring has room. No allocation, no system call, no lock: the copy becomes visible to
+    /// the writer at the next [`Tap::publish`].
     #[inline]
     pub fn offer(&mut self, now_ns: u64, m: &Meta, from_tenant: bool, frame: &[u8]) {
         if m.tenant != self.tenant || !self.filter.matches(m, from_tenant) {
             return;
         }
-        let Ok(mut b) = self.free.try_recv() else {
+        let n = frame.len().min(self.snaplen).min(MAX_SNAPLEN);
+        let chunks = n.div_ceil(CHUNK).max(1);
+        if !self.out.has_room(chunks) {
             self.skipped += 1;
             return;
-        };
-        let n = frame.len().min(self.snaplen).min(MAX_SNAPLEN);
-        b.data[..n].copy_from_slice(&frame[..n]);
-        b.len = n as u32;
-        b.orig_len = frame.len() as u32;
-        b.at_ns = now_ns;
-        match self.filled.try_send(b) {
-            Ok(()) => self.copied += 1,
-            // The writer is gone (capture ending): the buffer is dropped with the channel.
-            Err(_) => self.skipped += 1,
+        }
+        for (c, bytes) in frame[..n].chunks(CHUNK).chain((n == 0).then_some(&[][..])).enumerate() {
+            let mut msg: Message = [0; MESSAGE_WORDS];
+            if c == 0 {
+                msg[0] = FIRST | (frame.len() as u64) << 32 | n as u64;
+                msg[1] = now_ns;
+            }
+            for (w, b) in msg[2..].iter_mut().zip(bytes.chunks(8)) {
+                let mut word = [0u8; 8];
+                word[..b.len()].copy_from_slice(b);
+                *w = u64::from_le_bytes(word);
+            }
+            // Cannot fail: the room was checked above and only this tap writes.
+            self.out.push(msg);
+        }
+        self.copied += 1;
+        self.unpublished = true;
+    }
+
+    /// Makes the copies of this batch visible to the writer (one store per batch).
+    #[inline]
+    pub fn publish(&mut self) {
+        if self.unpublished {
+            self.out.publish();
+            self.unpublished = false;
         }
     }
 }
 
-/// Buffers and channels for a capture of `buffers` frames in flight: the tap's two ends and
-/// the writer's two ends (filled in, free out).
-pub fn channels(
-    buffers: usize,
-) -> (Receiver<Captured>, Sender<Captured>, Receiver<Captured>, Sender<Captured>) {
-    let (free_tx, free_rx) = crossbeam_channel::bounded(buffers);
-    let (filled_tx, filled_rx) = crossbeam_channel::bounded(buffers);
-    for _ in 0..buffers {
-        let _ = free_tx.send(Captured {
+/// One captured frame, as the writer gets it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Captured<'a> {
+    /// When it was seen, on the worker's monotonic clock (the writer maps it to wall time).
+    pub at_ns: u64,
+    /// The frame's length on the wire.
+    pub orig_len: u32,
+    /// The bytes kept.
+    pub data: &'a [u8],
+}
+
+/// The writer's end of one worker's ring: reassembles frames from their messages.
+#[derive(Debug)]
+pub struct Reader {
+    rx: crate::handoff::Receiver<MESSAGE_WORDS>,
+    buf: Vec<u8>,
+    want: usize,
+    at_ns: u64,
+    orig_len: u32,
+}
+
+impl Reader {
+    /// Hands every whole frame published so far to `f`. Returns how many.
+    pub fn drain(&mut self, mut f: impl FnMut(Captured<'_>)) -> usize {
+        let mut frames = 0;
+        let Reader { rx, buf, want, at_ns, orig_len } = self;
+        rx.pop(usize::MAX, |msg| {
+            if msg[0] & FIRST != 0 {
+                *want = (msg[0] & 0xffff_ffff) as usize;
+                *orig_len = ((msg[0] >> 32) & 0x7fff_ffff) as u32;
+                *at_ns = msg[1];
+                buf.clear();
+            }
+            for w in &msg[2..] {
+                buf.extend_from_slice(&w.to_le_bytes());
+            }
+            if buf.len() >= *want {
+                buf.truncate(*want);
+                f(Captured { at_ns: *at_ns, orig_len: *orig_len, data: buf });
+                frames += 1;
+                *want = usize::MAX;
+            }
+        });
+        frames
+    }
+}
+
+/// A ring for one worker's tap with room for `messages` messages of [`CHUNK`] bytes: the
+/// tap's end and the writer's.
+pub fn ring(messages: usize) -> (crate::handoff::Sender<MESSAGE_WORDS>, Reader) {
+    let (tx, rx) = crate::handoff::ring::<MESSAGE_WORDS>(messages);
+    (
+        tx,
+        Reader {
+            rx,
+            buf: Vec::with_capacity(MAX_SNAPLEN + CHUNK),
+            want: usize::MAX,
             at_ns: 0,
             orig_len: 0,
-            len: 0,
-            data: Box::new([0; MAX_SNAPLEN]),
-        });
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::Meta;
+
+    #[test]
+    fn frames_cross_the_ring_whole_and_a_full_ring_skips() {
+        let (tx, mut rd) = ring(8);
+        let mut tap = Tap::new(TenantId(1), CaptureFilter::default(), 300, tx);
+        let mut m = Meta::EMPTY;
+        m.tenant = TenantId(1);
+        let big: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        let small = [7u8; 60];
+        tap.offer(5, &m, true, &big); // 300 bytes kept: 3 messages
+        tap.offer(6, &m, true, &small); // 1 message
+        m.tenant = TenantId(2);
+        tap.offer(7, &m, true, &small); // another tenant: not offered
+        assert_eq!(rd.drain(|_| panic!("not published yet")), 0);
+        tap.publish();
+        let mut got = Vec::new();
+        rd.drain(|c| got.push((c.at_ns, c.orig_len, c.data.to_vec())));
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].0, got[0].1, &got[0].2[..]), (5, 1000, &big[..300]));
+        assert_eq!((got[1].0, got[1].1, &got[1].2[..]), (6, 60, &small[..]));
+        // Eight messages of room: two 3-message frames fit, the third is skipped.
+        m.tenant = TenantId(1);
+        for t in 0..3 {
+            tap.offer(t, &m, false, &big);
+        }
+        assert_eq!((tap.copied, tap.skipped), (4, 1));
+        tap.publish();
+        assert_eq!(rd.drain(|c| assert_eq!(c.data, &big[..300])), 2);
     }
-    (free_rx, filled_tx, filled_rx, free_tx)
 }

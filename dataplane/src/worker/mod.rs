@@ -342,6 +342,7 @@ impl<P: Port> Worker<P> {
             self.pipeline.age(now);
             self.next_age = now.add(AGE_INTERVAL);
         }
+        self.pipeline.sweep_flows(now);
         debug_assert!(
             self.links.has_peers() || self.census().balanced(),
             "frame accounting: {:?}",

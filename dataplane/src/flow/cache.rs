@@ -1,0 +1,1009 @@
+//! The exact-match flow cache in front of forwarding and policy, which also counts every
+//! flow's packets and bytes (flow logs, `xswitch ctl flows`).
+//!
+//! # What it holds
+//! One entry per flow of the tenants that have policy or log their flows (the others forward
+//! through the MAC table alone, which is cheaper for them). The key is everything the cached
+//! decision depends on: ingress port, outer VLAN, ether type, protocol, both MACs, both
+//! addresses and both ports (ICMP type and code), in seven words ([`key_of`]); TCP flags are
+//! never part of it, so a connection is one flow. The entry holds
+//! - the decision: where the MAC table sends the frame (port and VLAN, flood, or hairpin),
+//!   which directions it crosses, and each direction's ACL verdict and deciding rule;
+//! - the flow's counters since its current span began: packets, bytes, first and last frame,
+//!   whether any frame was accepted, the last drop reason, and whether TCP said FIN or RST.
+//!
+//! A hit therefore skips the MAC learning probe, the MAC lookup and ACL classification; the
+//! stage still runs the security group (stateful) and `count` rules per packet. The source
+//! MAC is refreshed in the MAC table once every quarter of the tenant's aging time
+//! ([`FlowCache::refresh_due`]), so a host that talks keeps its entry and its announcements.
+//!
+//! # When a decision is stale
+//! A decision is used only if it was made under the current snapshot (the cache's generation,
+//! bumped by [`FlowCache::install`]) and the tenant's current MAC-table generation
+//! ([`crate::flow::Fdb::generation`], which moves when one of the tenant's MACs is learned,
+//! moves or ages out). A stale entry keeps its counters; only its decision is made again. So
+//! one tenant's MAC churn re-decides only that tenant's flows.
+//!
+//! # Layout
+//! Sets of eight ways, allocated once at full size (no allocation, no rehash on the packet
+//! path). Each set has a line of 32-bit signatures beside the entries; an entry is two cache
+//! lines, aligned: the first holds what a lookup compares (key, tenant), the second what a hit
+//! uses (decision, counters). The pipeline hashes a whole batch and prefetches each set's
+//! signatures, then each candidate entry, then looks up ([`FlowCache::prefetch_set`],
+//! [`FlowCache::prefetch_entry`]): with 100 000 flows the table is far larger than L2 and the
+//! waits overlap (PERF(flow-cache) in docs/PERFORMANCE.md).
+//!
+//! # Fairness
+//! A tenant holds at most `share` entries. Below its share a new flow may evict the least
+//! recently used entry of its set, whoever owns it; at its share only one of its own. A flow
+//! that finds no room is decided without caching and its counters are not kept (counted as
+//! `refused`, and as `full` in the flow-log figures when the tenant logs flows).
+//!
+//! # Flow logs
+//! [`FlowCache::sweep`] walks the table a slice at a time between breaths (the whole table
+//! every [`SWEEP_PERIOD`]) and reports, for tenants that log, flows that ended (FIN or RST,
+//! then a second of quiet), went idle, or have run for a whole interval; an evicted entry is
+//! reported before it is reused. Reports leave through [`FlowExport`]; one the writer cannot
+//! take is counted lost, never a reason to hold a packet.
+//!
+//! The hash is a multiply-rotate fold over the key words, written here rather than taken from
+//! a crate because it runs once per packet on 7 words and needs no DoS resistance: colliding
+//! flows only compete within one set, bounded by the tenant's share.
+
+use crate::batch::Meta;
+use crate::mem::{HugeSlice, prefetch};
+use crate::pipeline::Disposition;
+use crate::policy::Direction;
+use crate::snapshot::{CHECK_FLOWLOG, PortId, Snapshot, TenantId};
+use crate::time::Nanos;
+use crate::trace::DropReason;
+use crate::trace::flowlog::{FlowExport, FlowLogStats, FlowRecord};
+
+/// A flow: seven words (see [`key_of`]).
+pub type Key = [u64; 7];
+
+const WAYS: usize = 8;
+/// A TCP FIN or RST.
+const FIN_RST: u8 = 0x01 | 0x04;
+/// Quiet after a FIN or RST before an ended TCP flow is reported.
+const ENDED_QUIET: Nanos = Nanos::from_secs(1);
+/// The sweep visits every entry once per period.
+pub const SWEEP_PERIOD: Nanos = Nanos::from_millis(500);
+
+/// The flow key of a parsed frame that came in on `in_port`. Words: 0 in_port | (outer VLAN +
+/// 1, 0 untagged) << 16 | ether type << 32 | protocol << 48; 1 source MAC | source port (ICMP
+/// type) << 48; 2 destination MAC | destination port (ICMP code) << 48; 3-4 source address;
+/// 5-6 destination address (IPv4 v4-mapped; ARP: sender and target protocol addresses).
+#[inline]
+pub fn key_of(m: &Meta, in_port: PortId) -> Key {
+    let vlan = m.outer_vlan.map_or(0, |v| u64::from(v) + 1);
+    let k = &m.key;
+    let s = u128::from_be_bytes(k.src_ip);
+    let d = u128::from_be_bytes(k.dst_ip);
+    [
+        u64::from(in_port.0) | vlan << 16 | u64::from(k.ethertype) << 32 | u64::from(k.proto) << 48,
+        m.src.to_u64() | u64::from(k.src_port) << 48,
+        m.dst.to_u64() | u64::from(k.dst_port) << 48,
+        (s >> 64) as u64,
+        s as u64,
+        (d >> 64) as u64,
+        d as u64,
+    ]
+}
+
+/// The hash of a flow: the seven words and the tenant folded into four, each multiplied by
+/// its own odd constant (the four multiplies run in parallel), then one mixing step. Words
+/// that are often zero (the upper halves of IPv4 addresses) are folded into busy ones rather
+/// than given a multiply of their own. A collision costs only a key compare.
+#[inline]
+pub fn hash(t: TenantId, k: &Key) -> u64 {
+    const K: [u64; 5] = [
+        0x9e37_79b9_7f4a_7c15,
+        0xc2b2_ae3d_27d4_eb4f,
+        0x1656_67b1_9e37_79f9,
+        0x85eb_ca77_c2b2_ae63,
+        0xff51_afd7_ed55_8ccd,
+    ];
+    let a = (k[0] ^ k[3].rotate_left(23)).wrapping_mul(K[0]);
+    let b = (k[1] ^ k[4].rotate_left(41)).wrapping_mul(K[1]);
+    let c = (k[2] ^ k[5].rotate_left(13)).wrapping_mul(K[2]);
+    let d = (k[6] ^ u64::from(t.0) << 48).wrapping_mul(K[3]);
+    let h = a ^ b.rotate_left(16) ^ c.rotate_left(32) ^ d.rotate_left(48);
+    let h = (h ^ (h >> 31)).wrapping_mul(K[4]);
+    h ^ (h >> 29)
+}
+
+/// Key equality without a `memcmp` call: one pass of xors folded together.
+#[inline]
+fn same(a: &Key, b: &Key) -> bool {
+    a.iter().zip(b).fold(0u64, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// One direction's ACL outcome as cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AclOutcome {
+    /// Allowed: by this rule, or by the default (`None`); also when the set has no rules.
+    Allow(Option<u32>),
+    /// Denied: by this rule, or by the default.
+    Deny(Option<u32>),
+    /// The set looks at TCP flags, which are not part of the flow: classify every packet.
+    PerPacket,
+}
+
+/// Where a flow goes and what the ACLs say of it, packed as an entry holds it: a hit copies
+/// 16 bytes, and the accessors decode only what the packet needs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    kind: u8,
+    /// Per direction k (bits shifted by k): present, to-tenant, denied, per packet.
+    dirs: u8,
+    port: u16,
+    vlan: u16,
+    rules: [u32; 2],
+}
+
+const KIND_TX: u8 = 0;
+const KIND_FLOOD: u8 = 1;
+const KIND_HAIRPIN: u8 = 2;
+const NO_RULE: u32 = u32::MAX;
+const NO_VLAN: u16 = u16::MAX;
+const D_PRESENT: u8 = 0x01;
+const D_TO_TENANT: u8 = 0x04;
+const D_DENY: u8 = 0x10;
+const D_PER_PACKET: u8 = 0x40;
+// Counter flags.
+const S_ACCEPTED: u8 = 1;
+const S_CLOSING: u8 = 2;
+
+impl Decision {
+    /// Packs what the MAC table said (`Tx`, `Flood` or `Drop(Hairpin)`), the directions crossed
+    /// (at most two) and each one's ACL outcome.
+    pub fn new(out: Disposition, dirs: &[Direction], acl: &[AclOutcome]) -> Decision {
+        let (kind, port, vlan) = match out {
+            Disposition::Tx { port, vlan } => (KIND_TX, port.0, vlan.unwrap_or(NO_VLAN)),
+            Disposition::Drop(_) => (KIND_HAIRPIN, 0, NO_VLAN),
+            Disposition::Flood => (KIND_FLOOD, 0, NO_VLAN),
+        };
+        let mut d = Decision { kind, dirs: 0, port, vlan, rules: [NO_RULE; 2] };
+        for (k, (dir, a)) in dirs.iter().zip(acl).take(2).enumerate() {
+            let mut bits = D_PRESENT;
+            if *dir == Direction::ToTenant {
+                bits |= D_TO_TENANT;
+            }
+            match *a {
+                AclOutcome::Allow(r) => d.rules[k] = r.unwrap_or(NO_RULE),
+                AclOutcome::Deny(r) => {
+                    bits |= D_DENY;
+                    d.rules[k] = r.unwrap_or(NO_RULE);
+                }
+                AclOutcome::PerPacket => bits |= D_PER_PACKET,
+            }
+            d.dirs |= bits << k;
+        }
+        d
+    }
+
+    /// What the MAC table said: `Tx`, `Flood`, or `Drop(Hairpin)`.
+    #[inline]
+    pub fn out(&self) -> Disposition {
+        match self.kind {
+            KIND_TX => Disposition::Tx {
+                port: PortId(self.port),
+                vlan: (self.vlan != NO_VLAN).then_some(self.vlan),
+            },
+            KIND_HAIRPIN => Disposition::Drop(DropReason::Hairpin),
+            _ => Disposition::Flood,
+        }
+    }
+
+    /// The directions the flow crosses (the first `n`), in the order they are checked.
+    #[inline]
+    pub fn dirs(&self) -> ([Direction; 2], usize) {
+        let mut out = [Direction::FromTenant; 2];
+        let mut n = 0;
+        for (k, o) in out.iter_mut().enumerate() {
+            let bits = self.dirs >> k;
+            if bits & D_PRESENT == 0 {
+                break;
+            }
+            if bits & D_TO_TENANT != 0 {
+                *o = Direction::ToTenant;
+            }
+            n += 1;
+        }
+        (out, n)
+    }
+
+    /// The ACL outcome of direction `k` (of [`Decision::dirs`]).
+    #[inline]
+    pub fn acl(&self, k: usize) -> AclOutcome {
+        let bits = self.dirs >> k;
+        let rule = self.rules.get(k).copied().filter(|&r| r != NO_RULE);
+        if bits & D_PER_PACKET != 0 {
+            AclOutcome::PerPacket
+        } else if bits & D_DENY != 0 {
+            AclOutcome::Deny(rule)
+        } else {
+            AclOutcome::Allow(rule)
+        }
+    }
+
+    /// True when every direction is allowed by a cached verdict (nothing to classify per
+    /// packet, nothing denied): the common case, decided without decoding.
+    #[inline]
+    pub fn allowed(&self) -> bool {
+        self.dirs & (D_DENY | D_DENY << 1 | D_PER_PACKET | D_PER_PACKET << 1) == 0
+    }
+
+    /// The deciding rules of both directions (`None`: the default, or no direction).
+    #[inline]
+    pub fn rules(&self) -> [Option<u32>; 2] {
+        self.rules.map(|r| (r != NO_RULE).then_some(r))
+    }
+}
+
+impl core::fmt::Debug for Decision {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let (dirs, n) = self.dirs();
+        let acl: Vec<AclOutcome> = (0..n).map(|k| self.acl(k)).collect();
+        f.debug_struct("Decision")
+            .field("out", &self.out())
+            .field("dirs", &&dirs[..n])
+            .field("acl", &acl)
+            .finish()
+    }
+}
+
+/// One flow, two cache lines.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct Entry {
+    // Line 1: what a lookup compares.
+    key: Key,
+    /// Cache generation of the decision (0: none made).
+    generation: u32,
+    tenant: u16,
+    occupied: bool,
+    _pad: u8,
+    // Line 2: what a hit uses.
+    fdb_generation: u32,
+    decision: Decision,
+    flags: u8,
+    reason: Option<DropReason>,
+    refresh_at: Nanos,
+    packets: u64,
+    bytes: u64,
+    start: Nanos,
+    last: Nanos,
+}
+
+const _: () = assert!(core::mem::size_of::<Entry>() == 128, "an entry is two cache lines");
+
+const EMPTY: Entry = Entry {
+    key: [0; 7],
+    generation: 0,
+    tenant: 0,
+    occupied: false,
+    _pad: 0,
+    fdb_generation: 0,
+    decision: Decision { kind: KIND_FLOOD, dirs: 0, port: 0, vlan: NO_VLAN, rules: [NO_RULE; 2] },
+    flags: 0,
+    reason: None,
+    refresh_at: Nanos::ZERO,
+    packets: 0,
+    bytes: 0,
+    start: Nanos::ZERO,
+    last: Nanos::ZERO,
+};
+
+/// Cache events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Lookups that found a valid decision.
+    pub hits: u64,
+    /// Lookups that did not (no entry, or a stale decision).
+    pub misses: u64,
+    /// Of the misses: an entry was there, but its decision was stale.
+    pub stale: u64,
+    /// Entries written for new flows.
+    pub inserts: u64,
+    /// Live entries replaced by another flow.
+    pub evictions: u64,
+    /// New flows not cached because their tenant was at its share with no own entry in the set.
+    pub refused: u64,
+}
+
+/// A cached flow, for the control API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowView {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// Ingress port.
+    pub in_port: PortId,
+    /// Ether type.
+    pub ethertype: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Source address (v4-mapped for IPv4) and port.
+    pub src: ([u8; 16], u16),
+    /// Destination address and port.
+    pub dst: ([u8; 16], u16),
+    /// Frames since the span began.
+    pub packets: u64,
+    /// Bytes since the span began.
+    pub bytes: u64,
+    /// First frame of the span.
+    pub start: Nanos,
+    /// Last frame.
+    pub last: Nanos,
+    /// Some frame of the span was accepted.
+    pub accepted: bool,
+    /// The last drop reason.
+    pub reason: Option<DropReason>,
+}
+
+/// Where a flow sits in the cache (valid until the next insert).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot(usize);
+
+/// One worker's flow cache.
+#[derive(Debug)]
+pub struct FlowCache {
+    /// Empty until some tenant needs it (then allocated once, at its full size, on huge pages
+    /// where the kernel has them: PERF(flow-cache)).
+    entries: HugeSlice<Entry>,
+    /// Signature of each entry (0: never written), `WAYS` per set.
+    sigs: HugeSlice<u32>,
+    /// Where the table starts in the padded allocations (hot paths index those directly).
+    ent0: usize,
+    sig0: usize,
+    size: usize,
+    set_mask: usize,
+    generation: u32,
+    per_tenant: Vec<u32>,
+    /// Per tenant: its flows are logged.
+    logs: Vec<bool>,
+    share: u32,
+    share_percent: u32,
+    export: Option<FlowExport>,
+    cursor: usize,
+    swept_at: Nanos,
+    /// Events.
+    pub stats: CacheStats,
+}
+
+impl FlowCache {
+    /// A cache of at least `entries` entries (rounded up to a power of two, at least one set),
+    /// where one tenant may hold at most `share_percent` % of them.
+    pub fn new(entries: usize, share_percent: u32) -> Self {
+        let n = entries.max(WAYS).next_power_of_two();
+        let pct = share_percent.clamp(1, 100);
+        FlowCache {
+            entries: HugeSlice::default(),
+            sigs: HugeSlice::default(),
+            ent0: 0,
+            sig0: 0,
+            size: n,
+            set_mask: n / WAYS - 1,
+            // Generation 0 marks "no decision".
+            generation: 1,
+            per_tenant: Vec::new(),
+            logs: Vec::new(),
+            share: ((n as u64 * u64::from(pct)) / 100).max(1) as u32,
+            share_percent: pct,
+            export: None,
+            cursor: 0,
+            swept_at: Nanos::ZERO,
+            stats: CacheStats::default(),
+        }
+    }
+
+    /// Adopts a snapshot: every cached decision becomes stale (counters are kept), and the
+    /// table is allocated the first time some tenant needs it (`CHECK_FLOW`).
+    pub fn install(&mut self, snap: &Snapshot) {
+        let needed = (0..snap.tenants.len()).any(|t| snap.uses_flows(TenantId(t as u16)));
+        if needed && self.entries.is_empty() {
+            self.entries = HugeSlice::new(self.size, EMPTY);
+            self.sigs = HugeSlice::new(self.size, 0);
+            (self.ent0, self.sig0) = (self.entries.start(), self.sigs.start());
+        }
+        self.generation = self.generation.wrapping_add(1).max(1);
+        self.per_tenant.resize(snap.tenants.len(), 0);
+        self.logs.clear();
+        self.logs.extend(
+            (0..snap.tenants.len()).map(|t| snap.checks(TenantId(t as u16)) & CHECK_FLOWLOG != 0),
+        );
+    }
+
+    /// Reports the flows of logging tenants through `export` from now on.
+    pub fn log_flows(&mut self, export: FlowExport) {
+        self.export = Some(export);
+    }
+
+    /// The flow-log figures, when flows are logged.
+    pub fn log_stats(&self) -> Option<FlowLogStats> {
+        self.export.as_ref().map(|e| e.stats)
+    }
+
+    /// Entries one tenant may hold.
+    pub fn share(&self) -> u32 {
+        self.share
+    }
+
+    /// Size in entries.
+    pub fn capacity(&self) -> usize {
+        self.size
+    }
+
+    /// Live entries of a tenant.
+    pub fn entries_of(&self, t: TenantId) -> u32 {
+        self.per_tenant.get(t.index()).copied().unwrap_or(0)
+    }
+
+    /// Live entries in all.
+    pub fn len(&self) -> u32 {
+        self.per_tenant.iter().sum()
+    }
+
+    /// True when no entry is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    #[inline]
+    fn set(&self, h: u64) -> usize {
+        (h as usize & self.set_mask) * WAYS
+    }
+
+    /// Asks for the signature line of `h`'s set (first of the three batch passes).
+    #[inline]
+    pub fn prefetch_set(&self, h: u64) {
+        if let Some(s) = self.sigs.padded().get(self.sig0 + self.set(h)) {
+            prefetch(s);
+        }
+    }
+
+    /// The ways of the set at `base` whose signature is `sg`, as a bit mask (branch-free: the
+    /// way a flow sits in is random, and a mispredicted early exit would cost more than the
+    /// eight compares).
+    #[inline]
+    fn matches(&self, base: usize, sg: u32) -> u32 {
+        let base = self.sig0 + base;
+        match self.sigs.padded().get(base..base + WAYS) {
+            Some(sigs) => sigs.iter().enumerate().fold(0, |m, (w, &s)| m | u32::from(s == sg) << w),
+            None => 0,
+        }
+    }
+
+    /// Asks for both lines of the first entry whose signature matches `h` (after
+    /// [`FlowCache::prefetch_set`]); returns the matching ways for [`FlowCache::find_in`].
+    #[inline]
+    pub fn prefetch_entry(&self, h: u64) -> u32 {
+        let base = self.set(h);
+        let ways = self.matches(base, sig(h));
+        if ways != 0
+            && let Some(e) =
+                self.entries.padded().get(self.ent0 + base + ways.trailing_zeros() as usize)
+        {
+            prefetch(e);
+        }
+        ways
+    }
+
+    /// The entry of flow `key` of tenant `t`, if cached.
+    #[inline]
+    pub fn find(&self, h: u64, t: TenantId, key: &Key) -> Option<Slot> {
+        let ways = self.matches(self.set(h), sig(h));
+        self.find_in(h, ways, t, key)
+    }
+
+    /// [`FlowCache::find`] among the ways [`FlowCache::prefetch_entry`] returned (valid until
+    /// the next insert).
+    #[inline]
+    pub fn find_in(&self, h: u64, ways: u32, t: TenantId, key: &Key) -> Option<Slot> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        let base = self.set(h);
+        let mut ways = ways & ((1 << WAYS) - 1);
+        while ways != 0 {
+            let w = ways.trailing_zeros() as usize;
+            ways &= ways - 1;
+            let Some(e) = self.entries.padded().get(self.ent0 + base + w) else { break };
+            if e.occupied && e.tenant == t.0 && same(&e.key, key) {
+                return Some(Slot(base + w));
+            }
+        }
+        None
+    }
+
+    /// The decision cached in `s`, if it was made under the current snapshot and MAC-table
+    /// generation `fdb_generation`, and whether the flow's source MAC is due a refresh in the
+    /// MAC table (then call [`FlowCache::refreshed`]); counts the lookup.
+    #[inline]
+    pub fn decision(
+        &mut self,
+        s: Option<Slot>,
+        fdb_generation: u32,
+        now: Nanos,
+    ) -> Option<(Decision, bool)> {
+        let Some(e) = s.and_then(|s| self.entries.padded().get(self.ent0 + s.0)) else {
+            self.stats.misses += 1;
+            return None;
+        };
+        if e.generation == self.generation && e.fdb_generation == fdb_generation {
+            self.stats.hits += 1;
+            Some((e.decision, now >= e.refresh_at))
+        } else {
+            self.stats.misses += 1;
+            self.stats.stale += 1;
+            None
+        }
+    }
+
+    /// The flow's source MAC was refreshed; the next refresh is due at `next`.
+    #[inline]
+    pub fn refreshed(&mut self, s: Slot, next: Nanos) {
+        if let Some(e) = self.entries.get_mut(s.0) {
+            e.refresh_at = next;
+        }
+    }
+
+    /// Caches `d` for the flow: in its entry `s` if it has one, else in a new entry; its source
+    /// is due a refresh at `refresh_at`. `None` when the tenant is at its share and the set has
+    /// no entry of its own to give.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn store(
+        &mut self,
+        h: u64,
+        t: TenantId,
+        key: &Key,
+        s: Option<Slot>,
+        d: Option<&Decision>,
+        fdb_generation: u32,
+        refresh_at: Nanos,
+    ) -> Option<Slot> {
+        let s = match s {
+            Some(s) => s,
+            None => self.insert(h, t, key)?,
+        };
+        let generation = self.generation;
+        let e = self.entries.get_mut(s.0)?;
+        // Without a decision (a frame dropped before one was made, e.g. spoofed) only the
+        // counters are wanted: a new entry stays undecided (generation 0), an old one keeps its
+        // decision.
+        if let Some(d) = d {
+            e.decision = *d;
+            e.generation = generation;
+            e.fdb_generation = fdb_generation;
+            e.refresh_at = refresh_at;
+        }
+        Some(s)
+    }
+
+    /// A new entry for `key` (evicting the least recently used one the share rule allows).
+    fn insert(&mut self, h: u64, t: TenantId, key: &Key) -> Option<Slot> {
+        let held = *self.per_tenant.get(t.index())?;
+        if self.entries.is_empty() {
+            return None;
+        }
+        let base = self.set(h);
+        let set = &self.entries[base..base + WAYS];
+        let free = set.iter().position(|e| !e.occupied);
+        let victim = match free {
+            Some(i) if held < self.share => Some(i),
+            _ if held < self.share => lru(set, |_| true),
+            // At its share: only one of its own entries may go.
+            _ => lru(set, |e| e.occupied && e.tenant == t.0),
+        };
+        let Some(i) = victim else {
+            self.stats.refused += 1;
+            if self.logs.get(t.index()).copied().unwrap_or(false)
+                && let Some(x) = &mut self.export
+            {
+                x.stats.full += 1;
+            }
+            return None;
+        };
+        let old = self.entries[base + i];
+        if old.occupied {
+            self.stats.evictions += 1;
+            if let Some(c) = self.per_tenant.get_mut(usize::from(old.tenant)) {
+                *c -= 1;
+            }
+            self.report(&old, false);
+        }
+        self.per_tenant[t.index()] += 1;
+        self.stats.inserts += 1;
+        self.sigs[base + i] = sig(h);
+        self.entries[base + i] = Entry { key: *key, tenant: t.0, occupied: true, ..EMPTY };
+        Some(Slot(base + i))
+    }
+
+    /// Counts one frame of the flow and what became of it.
+    #[inline]
+    pub fn record(&mut self, s: Slot, now: Nanos, len: u32, d: &Disposition, tcp_flags: u8) {
+        let Some(e) = self.entries.padded_mut().get_mut(self.ent0 + s.0) else { return };
+        if e.packets == 0 {
+            e.start = now;
+            e.bytes = 0;
+            e.flags = 0;
+            e.reason = None;
+        }
+        e.packets += 1;
+        e.bytes += u64::from(len);
+        e.last = now;
+        match d {
+            Disposition::Drop(r) => e.reason = Some(*r),
+            _ => e.flags |= S_ACCEPTED,
+        }
+        // Only TCP frames carry flags (the parser leaves 0 for everything else).
+        if tcp_flags & FIN_RST != 0 {
+            e.flags |= S_CLOSING;
+        }
+    }
+
+    /// Reports `e`'s span if its tenant logs flows and it counted something.
+    fn report(&mut self, e: &Entry, ended: bool) {
+        if e.packets == 0 || !self.logs.get(usize::from(e.tenant)).copied().unwrap_or(false) {
+            return;
+        }
+        if !matches!((e.key[0] >> 32) as u16, 0x0800 | 0x86dd) {
+            return;
+        }
+        if let Some(x) = &mut self.export {
+            x.emit(FlowRecord {
+                tenant: TenantId(e.tenant),
+                proto: (e.key[0] >> 48) as u8,
+                src: (addr(e.key[3], e.key[4]), (e.key[1] >> 48) as u16),
+                dst: (addr(e.key[5], e.key[6]), (e.key[2] >> 48) as u16),
+                packets: e.packets,
+                bytes: e.bytes,
+                start: e.start,
+                end: e.last,
+                accepted: e.flags & S_ACCEPTED != 0,
+                reason: e.reason,
+                ended,
+            });
+        }
+    }
+
+    /// Between breaths, when flows are logged: visits the next slice of the table (the whole
+    /// table once per [`SWEEP_PERIOD`]) and reports ended, idle and long-running flows of
+    /// logging tenants, starting their next span.
+    pub fn sweep(&mut self, now: Nanos) {
+        let Some(x) = &self.export else { return };
+        let (interval, idle) = (x.interval, x.idle);
+        if self.entries.is_empty() {
+            return;
+        }
+        let due =
+            self.size as u128 * u128::from(now.since(self.swept_at).0) / u128::from(SWEEP_PERIOD.0);
+        if due == 0 {
+            // Less than one entry's worth of time: let it add up.
+            return;
+        }
+        self.swept_at = now;
+        for _ in 0..due.min(self.size as u128) as usize {
+            let i = self.cursor;
+            self.cursor = (i + 1) & (self.size - 1);
+            if self.sigs[i] == 0 {
+                continue;
+            }
+            let e = self.entries[i];
+            if !e.occupied || e.packets == 0 {
+                continue;
+            }
+            let quiet = now.since(e.last);
+            let ended = e.flags & S_CLOSING != 0 && quiet >= ENDED_QUIET;
+            if ended || quiet >= idle || now.since(e.start) >= interval {
+                self.report(&e, ended);
+                self.entries[i].packets = 0;
+            }
+        }
+    }
+
+    /// Reports every counted flow of logging tenants (at a clean stop).
+    pub fn flush(&mut self) {
+        for i in 0..self.entries.len() {
+            let e = self.entries[i];
+            if e.occupied && e.packets > 0 {
+                self.report(&e, e.flags & S_CLOSING != 0);
+                self.entries[i].packets = 0;
+            }
+        }
+    }
+
+    /// The cached flows of tenant `t` that counted something (for the control API; walks the
+    /// whole table).
+    pub fn flows(&self, t: TenantId) -> impl Iterator<Item = FlowView> + '_ {
+        self.entries.iter().filter(move |e| e.occupied && e.tenant == t.0 && e.packets > 0).map(
+            |e| FlowView {
+                tenant: TenantId(e.tenant),
+                in_port: PortId(e.key[0] as u16),
+                ethertype: (e.key[0] >> 32) as u16,
+                proto: (e.key[0] >> 48) as u8,
+                src: (addr(e.key[3], e.key[4]), (e.key[1] >> 48) as u16),
+                dst: (addr(e.key[5], e.key[6]), (e.key[2] >> 48) as u16),
+                packets: e.packets,
+                bytes: e.bytes,
+                start: e.start,
+                last: e.last,
+                accepted: e.flags & S_ACCEPTED != 0,
+                reason: e.reason,
+            },
+        )
+    }
+
+    /// What the cache holds for a flow, without counting or changing anything (the decision
+    /// trace): `None` when not cached, else whether its decision is current.
+    pub fn peek(&self, t: TenantId, key: &Key, fdb_generation: u32) -> Option<bool> {
+        let s = self.find(hash(t, key), t, key)?;
+        let e = &self.entries[s.0];
+        Some(e.generation == self.generation && e.fdb_generation == fdb_generation)
+    }
+
+    /// The configured share, in percent.
+    pub fn share_percent(&self) -> u32 {
+        self.share_percent
+    }
+}
+
+/// An address from its two key words.
+#[inline]
+fn addr(hi: u64, lo: u64) -> [u8; 16] {
+    (u128::from(hi) << 64 | u128::from(lo)).to_be_bytes()
+}
+
+/// The signature of a hash: bits the set index does not use; never 0 (an empty slot).
+#[inline]
+fn sig(h: u64) -> u32 {
+    (h >> 32) as u32 | 1
+}
+
+/// The least recently used entry among those `eligible` (free ones first).
+#[inline]
+fn lru(set: &[Entry], eligible: impl Fn(&Entry) -> bool) -> Option<usize> {
+    set.iter()
+        .enumerate()
+        .filter(|(_, e)| eligible(e))
+        .min_by_key(|(_, e)| (e.occupied, e.last))
+        .map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{Attachment, PortKind, SnapshotBuilder, TenantSpec};
+    use crossbeam_channel::Receiver;
+
+    fn snap(tenants: usize, logged: bool) -> Snapshot {
+        let mut b = SnapshotBuilder::new(1);
+        let p = b.port("p", "p", PortKind::Uplink);
+        for i in 0..tenants {
+            let mut t = TenantSpec::new(
+                &format!("t{i}"),
+                vec![Attachment { port: p, vlan: Some(i as u16 + 1) }],
+            );
+            t.flow_log = logged;
+            b.tenant(t);
+        }
+        b.build().unwrap()
+    }
+
+    fn key(i: u64) -> Key {
+        [0x0800 << 32 | 6 << 48, 1 | 40_000 << 48, 2 | 80 << 48, 0, 0xffff_0a00_0001, 0, i]
+    }
+
+    fn tx(port: u16) -> Decision {
+        Decision::new(
+            Disposition::Tx { port: PortId(port), vlan: Some(7) },
+            &[Direction::FromTenant, Direction::ToTenant],
+            &[AclOutcome::Allow(Some(3)), AclOutcome::Deny(None)],
+        )
+    }
+
+    fn cache(entries: usize, share: u32, tenants: usize) -> FlowCache {
+        let mut c = FlowCache::new(entries, share);
+        // Tenants that log flows (without an export here): the table is allocated.
+        c.install(&snap(tenants, true));
+        c
+    }
+
+    /// Looks a flow up as the pipeline does; caches `d` on a miss.
+    fn lookup(c: &mut FlowCache, t: TenantId, k: &Key, fdb: u32, d: &Decision) -> Option<Decision> {
+        let h = hash(t, k);
+        let s = c.find(h, t, k);
+        let hit = c.decision(s, fdb, Nanos::ZERO).map(|(d, _)| d);
+        if hit.is_none() {
+            c.store(h, t, k, s, Some(d), fdb, Nanos::from_secs(1));
+        }
+        hit
+    }
+
+    #[test]
+    fn nothing_is_allocated_until_a_tenant_needs_flows() {
+        let mut c = FlowCache::new(64, 100);
+        c.install(&snap(2, false));
+        let (t, k) = (TenantId(0), key(1));
+        assert_eq!(c.store(hash(t, &k), t, &k, None, Some(&tx(1)), 1, Nanos::ZERO), None);
+        c.install(&snap(2, true));
+        assert!(c.store(hash(t, &k), t, &k, None, Some(&tx(1)), 1, Nanos::ZERO).is_some());
+    }
+
+    #[test]
+    fn decisions_pack_and_unpack() {
+        use Direction::{FromTenant as F, ToTenant as T};
+        let cases: [(Disposition, &[Direction], &[AclOutcome]); 4] = [
+            (
+                Disposition::Tx { port: PortId(3), vlan: Some(7) },
+                &[F, T],
+                &[AclOutcome::Allow(Some(3)), AclOutcome::Deny(None)],
+            ),
+            (Disposition::Flood, &[T], &[AclOutcome::PerPacket]),
+            (Disposition::Drop(DropReason::Hairpin), &[], &[]),
+            (
+                Disposition::Tx { port: PortId(9), vlan: None },
+                &[F],
+                &[AclOutcome::Allow(Some(70_000))],
+            ),
+        ];
+        for (out, dirs, acl) in cases {
+            let d = Decision::new(out, dirs, acl);
+            assert_eq!(d.out(), out);
+            let (ds, n) = d.dirs();
+            assert_eq!(&ds[..n], dirs);
+            assert_eq!((0..n).map(|k| d.acl(k)).collect::<Vec<_>>(), acl);
+            assert_eq!(d.allowed(), acl.iter().all(|a| matches!(a, AclOutcome::Allow(_))));
+        }
+    }
+
+    #[test]
+    fn hits_after_store_and_stale_after_a_snapshot_or_mac_change() {
+        let mut c = cache(64, 100, 2);
+        let (a, b) = (TenantId(0), TenantId(1));
+        assert_eq!(lookup(&mut c, a, &key(1), 5, &tx(1)), None);
+        assert_eq!(lookup(&mut c, a, &key(1), 5, &tx(2)), Some(tx(1)));
+        // Another tenant is another entry.
+        assert_eq!(lookup(&mut c, b, &key(1), 5, &tx(2)), None);
+        assert_eq!(c.len(), 2);
+        // The tenant's MAC table moved on: re-decided in place, no new entry.
+        assert_eq!(lookup(&mut c, a, &key(1), 6, &tx(4)), None);
+        assert_eq!(lookup(&mut c, a, &key(1), 6, &tx(2)), Some(tx(4)));
+        assert_eq!(c.len(), 2);
+        // A new snapshot: every decision is stale, the entries (and their counters) stay.
+        c.install(&snap(2, true));
+        assert_eq!(lookup(&mut c, b, &key(1), 5, &tx(5)), None);
+        assert_eq!(lookup(&mut c, b, &key(1), 5, &tx(2)), Some(tx(5)));
+        assert_eq!(c.len(), 2);
+        assert_eq!((c.stats.hits, c.stats.stale, c.stats.inserts), (3, 2, 2));
+    }
+
+    #[test]
+    fn a_flooding_tenant_keeps_to_its_share() {
+        let mut c = cache(1024, 25, 2);
+        let (quiet, loud) = (TenantId(0), TenantId(1));
+        for i in 0..200 {
+            lookup(&mut c, quiet, &key(i), 1, &tx(1));
+        }
+        let quiet_held = c.entries_of(quiet);
+        assert!(quiet_held >= 190, "{quiet_held}");
+        for i in 0..100_000 {
+            lookup(&mut c, loud, &key(1_000_000 + i), 1, &tx(1));
+        }
+        assert_eq!(c.entries_of(loud), c.share());
+        assert_eq!(c.share(), 256);
+        let kept = (0..200).filter(|&i| c.find(hash(quiet, &key(i)), quiet, &key(i)).is_some());
+        let kept = kept.count() as u32;
+        assert!(kept + c.share() >= quiet_held, "kept {kept} of {quiet_held}");
+        assert!(kept >= 100, "kept {kept}");
+        assert!(c.stats.refused > 0);
+    }
+
+    #[test]
+    fn least_recently_used_goes_first() {
+        // One set of eight ways.
+        let mut c = cache(8, 100, 1);
+        let t = TenantId(0);
+        let mut at = 0;
+        let mut touch = |c: &mut FlowCache, i: u64| {
+            at += 1;
+            let (h, k) = (hash(t, &key(i)), key(i));
+            let s =
+                c.find(h, t, &k).or_else(|| c.store(h, t, &k, None, Some(&tx(1)), 1, Nanos::ZERO));
+            c.record(s.unwrap(), Nanos(at), 64, &Disposition::Flood, 0);
+        };
+        for i in 0..8 {
+            touch(&mut c, i);
+        }
+        for i in [0, 2, 3, 4, 5, 6, 7] {
+            touch(&mut c, i);
+        }
+        touch(&mut c, 9);
+        assert!(c.find(hash(t, &key(1)), t, &key(1)).is_none(), "key 1 was the LRU");
+        assert!(c.find(hash(t, &key(0)), t, &key(0)).is_some());
+        assert_eq!(c.len(), 8);
+    }
+
+    fn logged(entries: usize) -> (FlowCache, Receiver<FlowRecord>) {
+        let (tx, rx) = crossbeam_channel::bounded(1024);
+        let mut c = FlowCache::new(entries, 100);
+        c.install(&snap(1, true));
+        c.log_flows(FlowExport::new(Nanos::from_secs(60), Nanos::from_secs(10), tx));
+        (c, rx)
+    }
+
+    fn count(c: &mut FlowCache, k: &Key, at: Nanos, flags: u8, d: Disposition) {
+        let t = TenantId(0);
+        let h = hash(t, k);
+        let s = c.find(h, t, k);
+        let s = c.store(h, t, k, s, Some(&tx(1)), 1, at.add(Nanos::from_secs(1))).unwrap();
+        c.record(s, at, 100, &d, flags);
+    }
+
+    #[test]
+    fn flows_are_reported_when_they_end_go_idle_or_run_long() {
+        let (mut c, rx) = logged(64);
+        let ok = Disposition::Flood;
+        // A TCP flow of three frames ending with a FIN at 2 s.
+        for (i, f) in [(0, 0x02), (1, 0x10), (2, 0x11)] {
+            count(&mut c, &key(1), Nanos::from_secs(i), f, ok);
+        }
+        // A flow that goes quiet at 1 s, one dropped frame.
+        count(&mut c, &key(2), Nanos::from_secs(1), 0, Disposition::Drop(DropReason::Policy));
+        // Not reported before a second of quiet after the FIN.
+        c.sweep(Nanos::from_millis(2_900));
+        assert!(rx.try_recv().is_err());
+        c.sweep(Nanos::from_millis(3_500));
+        let r = rx.try_recv().expect("the ended flow");
+        assert!(r.ended && r.accepted);
+        assert_eq!(
+            (r.packets, r.bytes, r.start, r.end),
+            (3, 300, Nanos::ZERO, Nanos::from_secs(2))
+        );
+        assert_eq!((r.proto, r.src.1, r.dst.1), (6, 40_000, 80));
+        assert!(rx.try_recv().is_err(), "the other flow is not idle yet");
+        c.sweep(Nanos::from_secs(12));
+        let r = rx.try_recv().expect("the idle flow");
+        assert!(!r.ended && !r.accepted);
+        assert_eq!(r.reason, Some(DropReason::Policy));
+        // Nothing new: nothing more is reported.
+        c.sweep(Nanos::from_secs(30));
+        assert!(rx.try_recv().is_err());
+        // A long flow is reported every interval, each span with its own counts.
+        for s in 0..130 {
+            count(&mut c, &key(3), Nanos::from_secs(100 + s), 0, ok);
+            c.sweep(Nanos::from_secs(100 + s));
+        }
+        let spans: Vec<u64> = rx.try_iter().map(|r| r.packets).collect();
+        assert_eq!(spans, vec![61, 61], "spans of the long flow");
+        c.flush();
+        assert_eq!(rx.try_iter().map(|r| r.packets).collect::<Vec<_>>(), vec![8]);
+        assert_eq!(c.log_stats().unwrap().exported, 5);
+    }
+
+    #[test]
+    fn an_evicted_flow_is_reported_before_its_entry_is_reused() {
+        let (mut c, rx) = logged(8);
+        for i in 0..8 {
+            count(&mut c, &key(i), Nanos::from_secs(i), 0, Disposition::Flood);
+        }
+        assert!(rx.try_recv().is_err());
+        count(&mut c, &key(99), Nanos::from_secs(20), 0, Disposition::Flood);
+        let r = rx.try_recv().expect("the evicted flow");
+        assert_eq!((r.packets, r.start), (1, Nanos::ZERO), "key 0 was the oldest");
+    }
+
+    #[test]
+    fn flows_of_a_tenant_are_listed_with_their_counts() {
+        let (mut c, _rx) = logged(64);
+        count(&mut c, &key(1), Nanos::from_secs(1), 0, Disposition::Flood);
+        count(&mut c, &key(1), Nanos::from_secs(2), 0, Disposition::Flood);
+        let v: Vec<FlowView> = c.flows(TenantId(0)).collect();
+        assert_eq!(v.len(), 1);
+        assert_eq!((v[0].packets, v[0].bytes, v[0].ethertype), (2, 200, 0x0800));
+        assert_eq!(v[0].dst.0[15], 1, "address words round-trip");
+        assert_eq!(c.flows(TenantId(1)).count(), 0);
+    }
+}
