@@ -80,6 +80,17 @@ pub enum CtlCommand {
         /// Tenant name.
         tenant: String,
     },
+    /// A tenant's busiest flows (tenants with policy or flow logs keep per-flow counters).
+    Flows {
+        /// Tenant name.
+        tenant: String,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        top: u64,
+        /// Rank by bytes or packets.
+        #[arg(long, default_value = "bytes")]
+        by: String,
+    },
     /// Every pipeline stage's verdict for a packet described here, as if it arrived on
     /// `--port` now (nothing is learned, cached or opened).
     Trace(TraceArgs),
@@ -177,6 +188,7 @@ impl CtlCommand {
             CtlCommand::Reload => "reload",
             CtlCommand::Fdb { .. } => "fdb",
             CtlCommand::Connections { .. } => "connections",
+            CtlCommand::Flows { .. } => "flows",
             CtlCommand::Trace(_) => "trace",
             CtlCommand::Capture(CaptureCommand::Start { .. }) => "capture_start",
             CtlCommand::Capture(CaptureCommand::Stop) => "capture_stop",
@@ -186,7 +198,9 @@ impl CtlCommand {
     /// The tenant the command is about, if any.
     pub fn tenant(&self) -> Option<&str> {
         match self {
-            CtlCommand::Fdb { tenant } | CtlCommand::Connections { tenant } => Some(tenant),
+            CtlCommand::Fdb { tenant }
+            | CtlCommand::Connections { tenant }
+            | CtlCommand::Flows { tenant, .. } => Some(tenant),
             _ => None,
         }
     }

@@ -67,6 +67,9 @@ pub fn run(socket: &Path, what: &crate::cli::CtlCommand, as_json: bool) -> anyho
                 "bytes": bytes, "duration_secs": duration, "snaplen": snaplen,
             })
         }
+        crate::cli::CtlCommand::Flows { tenant, top, by } => {
+            json!({ "cmd": cmd, "tenant": tenant, "top": top, "by": by })
+        }
         _ => match what.tenant() {
             Some(t) => json!({ "cmd": cmd, "tenant": t }),
             None => json!({ "cmd": cmd }),
@@ -124,6 +127,11 @@ pub fn run(socket: &Path, what: &crate::cli::CtlCommand, as_json: bool) -> anyho
         "connections" => {
             print_rows(&data, &["proto", "from", "to", "state", "idle_secs", "worker"], column)
         }
+        "flows" => print_rows(
+            &data,
+            &["proto", "from", "to", "in_port", "packets", "bytes", "secs", "action", "worker"],
+            column,
+        ),
         _ => println!("{data}"),
     }
     Ok(())

@@ -901,6 +901,33 @@ rules = [
         conns.as_array().unwrap().iter().any(|c| c["proto"] == 6 && c["to"] == "10.9.1.2:5401"),
         "{conns}"
     );
+    // The busiest flows of red: the iperf3 data connection h1 -> h2:5401 leads by bytes.
+    let (ok, out, err) = ctl(&lab, true, &["flows", "red", "--top", "5", "--by", "bytes"]);
+    assert!(ok, "{err}");
+    let flows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = flows.as_array().unwrap();
+    assert!(!rows.is_empty() && rows.len() <= 5, "{flows}");
+    let top = &rows[0];
+    assert!(
+        top["proto"] == 6
+            && top["to"] == "10.9.1.2:5401"
+            && top["from"].as_str().unwrap().starts_with("10.9.1.1:")
+            && top["action"] == "accept",
+        "{flows}"
+    );
+    // At least 10 Mbit/s for a second went that way (iperf3 said so above).
+    assert!(top["bytes"].as_u64().unwrap() > 1_000_000, "{flows}");
+    let bytes: Vec<u64> = rows.iter().map(|r| r["bytes"].as_u64().unwrap()).collect();
+    assert!(bytes.windows(2).all(|w| w[0] >= w[1]), "sorted by bytes: {bytes:?}");
+    let (ok, out, _) = ctl(&lab, true, &["flows", "red", "--top", "1", "--by", "packets"]);
+    let by_packets: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(ok && by_packets.as_array().unwrap().len() == 1, "{by_packets}");
+    let (ok, out, _) = ctl(&lab, false, &["flows", "red"]);
+    assert!(ok && out.lines().any(|l| l.contains("10.9.1.2:5401")), "{out}");
+    // Blue has no policy and no flow log: no per-flow counters, and the error says why.
+    let (ok, _, err) = ctl(&lab, false, &["flows", "blue"]);
+    assert!(!ok && err.contains("no per-flow counters"), "{err}");
+
     // Unsolicited inbound: h2 -> h1:5403 is opened by no rule (h1's outbound connections to
     // h2 were answered above only because they were tracked).
     assert!(denied("h2", "h1", "10.9.1.1", "5403"), "an unsolicited connection got through");
