@@ -144,6 +144,9 @@ fn poll_rounds_do_not_allocate() {
     }
     play_round(&mut w, &frames, 1);
     play_round(&mut w, &frames, 2_000);
+    // A live trace samples one frame in 50 into buffers it was given when installed.
+    w.pipeline_mut().sampler =
+        Some(dataplane::trace::sample::Sampler::new(dataplane::snapshot::TenantId(0), 100, 50));
     ALLOCS.store(0, Ordering::SeqCst);
     ARMED.store(true, Ordering::SeqCst);
     for t in 3..30 {
@@ -162,6 +165,7 @@ fn poll_rounds_do_not_allocate() {
     );
     assert!(c.acl_hits[0][0] > 0, "count rule");
     let fl = flows.log_stats().unwrap();
+    assert!(w.pipeline().sampler.as_ref().is_some_and(|s| s.is_full()), "the sampler filled");
     assert!(fl.exported > 0 && fl.lost > 0, "{fl:?}");
     assert_eq!(ALLOCS.load(Ordering::SeqCst), 0, "allocations on the policy path");
     assert!(w.census().balanced());

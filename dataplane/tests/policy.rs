@@ -554,6 +554,33 @@ mod pipeline {
     }
 
     #[test]
+    fn a_live_trace_samples_real_frames_with_their_outcome_and_cache_path() {
+        use dataplane::pipeline::Disposition;
+        use dataplane::trace::sample::{FlowPath, Sampler};
+        let mut w = worker(deny_telnet_to_tenant());
+        send(&mut w, A2, &from_b(80, 1000, SYN), A1);
+        w.pipeline_mut().sampler = Some(Sampler::new(dataplane::snapshot::TenantId(0), 3, 1));
+        let ok = from_a(1000, 80, ACK);
+        assert_eq!(send(&mut w, A1, &ok, A2), 1);
+        assert_eq!(send(&mut w, A1, &ok, A2), 1);
+        assert_eq!(send(&mut w, A1, &from_a(1000, 23, SYN), A2), 0);
+        let s = w.pipeline_mut().sampler.take().unwrap();
+        assert!(s.is_full());
+        let v = s.into_samples();
+        let tx = Disposition::Tx { port: A2, vlan: None };
+        let got: Vec<_> = v.iter().map(|x| (x.port, x.disposition, x.flow)).collect();
+        assert_eq!(
+            got,
+            [
+                (A1, tx, FlowPath::Miss),
+                (A1, tx, FlowPath::Hit),
+                (A1, Disposition::Drop(DropReason::Policy), FlowPath::Miss)
+            ]
+        );
+        assert_eq!(v[0].bytes, ok);
+    }
+
+    #[test]
     fn spoofed_sources_are_dropped_as_spoof_and_not_learned() {
         let mut w = worker(TenantPolicy::default());
         // Teach the switch where B lives.

@@ -97,6 +97,21 @@ pub enum CtlCommand {
     /// Live capture of one tenant's frames into a pcap file (tcpdump, tshark, Wireshark).
     #[command(subcommand)]
     Capture(CaptureCommand),
+    /// A sampled live trace: real frames of a tenant, what the pipeline did with each, and
+    /// every stage's verdict.
+    TraceLive {
+        /// Tenant name.
+        tenant: String,
+        /// How many frames (1..=100).
+        #[arg(long, default_value_t = 10)]
+        count: u64,
+        /// One frame in this many.
+        #[arg(long, default_value_t = 1)]
+        every: u64,
+        /// Give up after this many seconds (answering with what was sampled).
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+    },
 }
 
 /// `xswitch ctl capture`.
@@ -190,6 +205,7 @@ impl CtlCommand {
             CtlCommand::Connections { .. } => "connections",
             CtlCommand::Flows { .. } => "flows",
             CtlCommand::Trace(_) => "trace",
+            CtlCommand::TraceLive { .. } => "trace_live",
             CtlCommand::Capture(CaptureCommand::Start { .. }) => "capture_start",
             CtlCommand::Capture(CaptureCommand::Stop) => "capture_stop",
         }

@@ -65,6 +65,76 @@ pub enum Query {
     CaptureStart(Tap, Sender<()>),
     /// Stop tapping; answer (frames copied, copies skipped).
     CaptureStop(Sender<(u64, u64)>),
+    /// Sample one in `every` real frames of a tenant, at most `count`, until `until`; answer
+    /// the samples with their outcome and a per-stage explanation.
+    LiveTrace {
+        tenant: TenantId,
+        count: usize,
+        every: u32,
+        until: Instant,
+        reply: Sender<Vec<Value>>,
+    },
+}
+
+/// A live trace a worker is taking: where its answer goes, and until when.
+pub struct PendingTrace {
+    reply: Sender<Vec<Value>>,
+    until: Instant,
+}
+
+/// Between breaths on a worker: answers a live trace once its sampler is full or its time is
+/// up (the explanations are built here, off the packet path).
+pub fn finish_live_trace(
+    w: &mut Worker<XskPort>,
+    worker: usize,
+    now: Nanos,
+    pending: &mut Option<PendingTrace>,
+) {
+    let Some(p) = pending.as_ref() else { return };
+    let full = w.pipeline().sampler.as_ref().is_none_or(|s| s.is_full());
+    if !full && Instant::now() < p.until {
+        return;
+    }
+    let samples = w.pipeline_mut().sampler.take().map(|s| s.into_samples()).unwrap_or_default();
+    let snap = w.snapshot().clone();
+    let port_name = |p: PortId| snap.ports.get(p.index()).map_or("?".into(), |s| s.name.clone());
+    let rows = samples
+        .iter()
+        .map(|s| {
+            let steps: Vec<Value> =
+                dataplane::pipeline::trace::trace(w.pipeline(), &snap, s.at, s.port, &s.bytes)
+                    .into_iter()
+                    // The cache's part as it happened, not as the cache looks now.
+                    .map(|st| {
+                        let outcome = if st.stage == "flow cache" {
+                            s.flow.as_str().into()
+                        } else {
+                            st.outcome
+                        };
+                        json!({ "stage": st.stage, "outcome": outcome, "dropped": st.dropped })
+                    })
+                    .collect();
+            let outcome = match s.disposition {
+                dataplane::pipeline::Disposition::Tx { port, vlan } => {
+                    format!("tx on {} vlan {vlan:?}", port_name(port))
+                }
+                dataplane::pipeline::Disposition::Flood => "flood".into(),
+                dataplane::pipeline::Disposition::Drop(r) => format!("drop ({})", r.as_label()),
+            };
+            json!({
+                "worker": worker,
+                "port": port_name(s.port),
+                "len": s.len,
+                "ago_ms": now.since(s.at).0 as f64 / 1e6,
+                "outcome": outcome,
+                "flow_cache": s.flow.as_str(),
+                "steps": steps,
+            })
+        })
+        .collect();
+    if let Some(p) = pending.take() {
+        let _ = p.reply.send(rows);
+    }
 }
 
 /// What `flows` ranks by.
@@ -115,7 +185,7 @@ pub fn answer_query(w: &Worker<XskPort>, worker: usize, now: Nanos, q: Query) {
             let _ = reply.send(steps);
         }
         // Only `answer_query_mut` may change the taps; it never passes these here.
-        Query::CaptureStart(..) | Query::CaptureStop(_) => {}
+        Query::CaptureStart(..) | Query::CaptureStop(_) | Query::LiveTrace { .. } => {}
         Query::Flows(t, top, order, reply) => {
             let mut flows: Vec<_> = w.pipeline().flows.flows(t).collect();
             let rank = |f: &dataplane::flow::cache::FlowView| match order {
@@ -172,9 +242,21 @@ pub fn answer_query(w: &Worker<XskPort>, worker: usize, now: Nanos, q: Query) {
     }
 }
 
-/// Like [`answer_query`], for the questions that change what the worker taps.
-pub fn answer_query_mut(w: &mut Worker<XskPort>, worker: usize, now: Nanos, q: Query) {
+/// Like [`answer_query`], for the questions that change what the worker taps; a live trace
+/// is answered later by [`finish_live_trace`].
+pub fn answer_query_mut(
+    w: &mut Worker<XskPort>,
+    worker: usize,
+    now: Nanos,
+    q: Query,
+    pending: &mut Option<PendingTrace>,
+) {
     match q {
+        Query::LiveTrace { tenant, count, every, until, reply } => {
+            w.pipeline_mut().sampler =
+                Some(dataplane::trace::sample::Sampler::new(tenant, count, every));
+            *pending = Some(PendingTrace { reply, until });
+        }
         Query::CaptureStart(tap, ack) => {
             w.pipeline_mut().capture = Some(tap);
             let _ = ack.send(());
@@ -185,6 +267,46 @@ pub fn answer_query_mut(w: &mut Worker<XskPort>, worker: usize, now: Nanos, q: Q
         }
         other => answer_query(w, worker, now, other),
     }
+}
+
+/// `trace_live`: `tenant`; optional `count` (1..=100, default 10), `every` (default 1) and
+/// `timeout_secs` (default 10, at most 60). Every worker samples the tenant's frames it sees;
+/// the answer comes when they are full or the time is up.
+fn trace_live(req: &Value, shared: &Shared) -> Result<Value, String> {
+    use dataplane::trace::sample::MAX_SAMPLES;
+    let name = req.get("tenant").and_then(Value::as_str).ok_or("missing \"tenant\"")?;
+    let tenant = shared.snapshot().tenant_by_name(name).ok_or(format!("no tenant {name:?}"))?;
+    let count = req.get("count").and_then(Value::as_u64).unwrap_or(10) as usize;
+    if !(1..=MAX_SAMPLES).contains(&count) {
+        return Err(format!("count: 1..={MAX_SAMPLES}"));
+    }
+    let every = req.get("every").and_then(Value::as_u64).unwrap_or(1);
+    let every = u32::try_from(every).ok().filter(|&e| e >= 1).ok_or("every: at least 1")?;
+    let secs = req.get("timeout_secs").and_then(Value::as_f64).unwrap_or(10.0);
+    if !(0.1..=60.0).contains(&secs) {
+        return Err("timeout_secs: 0.1..=60".into());
+    }
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    let queries = &shared.workers.queries;
+    let (tx, rx) = crossbeam_channel::bounded(queries.len());
+    for q in queries {
+        let reply = tx.clone();
+        q.send(Query::LiveTrace { tenant, count, every, until, reply })
+            .map_err(|_| "a worker has stopped")?;
+    }
+    drop(tx);
+    let mut samples = Vec::new();
+    for _ in 0..queries.len() {
+        // A worker answers between breaths, at most a publishing interval after its time.
+        let left = until.saturating_duration_since(Instant::now()) + Duration::from_secs(2);
+        samples.extend(rx.recv_timeout(left).map_err(|_| "a worker did not answer in time")?);
+    }
+    // The oldest first, across workers.
+    samples.sort_by(|a, b| {
+        b["ago_ms"].as_f64().partial_cmp(&a["ago_ms"].as_f64()).unwrap_or(std::cmp::Ordering::Equal)
+    });
+    samples.truncate(count);
+    Ok(json!({ "tenant": name, "samples": samples }))
 }
 
 /// A capture in progress (one at a time).
@@ -484,6 +606,7 @@ fn answer(req: &Value, shared: &Arc<Shared>) -> Result<Value, String> {
             })
         }
         "capture_start" => capture_start(req, shared),
+        "trace_live" => trace_live(req, shared),
         "capture_stop" => capture_stop(shared),
         "trace" => {
             let snap = shared.snapshot();
@@ -503,7 +626,7 @@ fn answer(req: &Value, shared: &Arc<Shared>) -> Result<Value, String> {
         }
         other => Err(format!(
             "unknown command {other:?} (status, ports, tenants, counters, fdb, connections, \
-             flows, trace, capture_start, capture_stop, reload)"
+             flows, trace, trace_live, capture_start, capture_stop, reload)"
         )),
     }
 }

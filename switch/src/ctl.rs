@@ -67,6 +67,9 @@ pub fn run(socket: &Path, what: &crate::cli::CtlCommand, as_json: bool) -> anyho
                 "bytes": bytes, "duration_secs": duration, "snaplen": snaplen,
             })
         }
+        crate::cli::CtlCommand::TraceLive { tenant, count, every, timeout } => json!({
+            "cmd": cmd, "tenant": tenant, "count": count, "every": every, "timeout_secs": timeout,
+        }),
         crate::cli::CtlCommand::Flows { tenant, top, by } => {
             json!({ "cmd": cmd, "tenant": tenant, "top": top, "by": by })
         }
@@ -119,6 +122,27 @@ pub fn run(socket: &Path, what: &crate::cli::CtlCommand, as_json: bool) -> anyho
         "trace" => {
             for s in data["steps"].as_array().into_iter().flatten() {
                 println!("{:<16} {}", cell(&s["stage"]), cell(&s["outcome"]));
+            }
+        }
+        "trace_live" => {
+            let samples = data["samples"].as_array().cloned().unwrap_or_default();
+            if samples.is_empty() {
+                println!("no frame of {} seen in time", cell(&data["tenant"]));
+            }
+            for (k, x) in samples.iter().enumerate() {
+                println!(
+                    "frame {} ({} bytes on {}, worker {}, {:.0} ms ago): {}; flow cache: {}",
+                    k + 1,
+                    x["len"],
+                    cell(&x["port"]),
+                    x["worker"],
+                    x["ago_ms"].as_f64().unwrap_or(0.0),
+                    cell(&x["outcome"]),
+                    cell(&x["flow_cache"]),
+                );
+                for s in x["steps"].as_array().into_iter().flatten() {
+                    println!("  {:<16} {}", cell(&s["stage"]), cell(&s["outcome"]));
+                }
             }
         }
         "fdb" => {

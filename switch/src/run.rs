@@ -269,6 +269,7 @@ pub fn serve(
                             eprintln!("xswitch: worker {i} pinned to core {core}");
                         }
                         let clock = MonotonicClock::new();
+                        let mut live = None;
                         let loops = worker.run_reporting(&clock, idle, stop, every, |w, l| {
                             // New snapshots from a reload, adopted between breaths. The
                             // previous one stays alive in the control state, so dropping
@@ -277,8 +278,10 @@ pub fn serve(
                                 drop(w.install(s));
                             }
                             while let Ok(q) = questions.try_recv() {
-                                crate::control_api::answer_query_mut(w, i, clock.now(), q);
+                                let now = clock.now();
+                                crate::control_api::answer_query_mut(w, i, now, q, &mut live);
                             }
+                            crate::control_api::finish_live_trace(w, i, clock.now(), &mut live);
                             crate::metrics::publish(&slot, w, l)
                         });
                         // A clean stop sends what was already accepted.

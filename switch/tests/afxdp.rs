@@ -901,6 +901,47 @@ rules = [
         conns.as_array().unwrap().iter().any(|c| c["proto"] == 6 && c["to"] == "10.9.1.2:5401"),
         "{conns}"
     );
+    // A sampled live trace of red while h1 pings h2: real frames, their outcome, the cache's
+    // part and every stage's verdict. The first echo request decides the flow; the next ones
+    // hit the cache.
+    let sock = lab.dir.join("ctl.sock");
+    let live = Command::new(env!("CARGO_BIN_EXE_xswitch"))
+        .args(["ctl", "--socket"])
+        .arg(&sock)
+        .args(["--json", "trace-live", "red", "--count", "6", "--timeout", "8"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(lab.ping("h1", "10.9.1.2", "4"));
+    let o = live.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let samples = v["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 6, "{v}");
+    for x in samples {
+        let steps = x["steps"].as_array().unwrap();
+        assert!(steps.iter().any(|s| s["stage"] == "tenant" && s["outcome"] == "red"), "{x}");
+        assert!(x["outcome"].as_str().unwrap().starts_with("tx on "), "{x}");
+    }
+    assert!(samples.iter().any(|x| x["flow_cache"] == "hit"), "{v}");
+    // A denied frame shows as a drop, with the rule in its steps.
+    let live = Command::new(env!("CARGO_BIN_EXE_xswitch"))
+        .args(["ctl", "--socket"])
+        .arg(&sock)
+        .args(["--json", "trace-live", "red", "--count", "1", "--timeout", "8"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(denied("h1", "h2", "10.9.1.2", "5402"));
+    let o = live.wait_with_output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let x = &v["samples"][0];
+    assert_eq!(x["outcome"], "drop (policy)", "{v}");
+    assert!(x.to_string().contains("no-5402"), "{v}");
+
     // The busiest flows of red: the iperf3 data connection h1 -> h2:5401 leads by bytes.
     let (ok, out, err) = ctl(&lab, true, &["flows", "red", "--top", "5", "--by", "bytes"]);
     assert!(ok, "{err}");

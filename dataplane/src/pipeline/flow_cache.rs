@@ -28,6 +28,7 @@ use crate::port::FrameArea;
 use crate::snapshot::{CHECK_POLICY, PortId, Snapshot, TenantSpec};
 use crate::time::Nanos;
 use crate::trace::DropReason;
+use crate::trace::sample::FlowPath;
 
 /// The frames of one batch that go through the flow cache, and their keys and hashes.
 #[derive(Debug)]
@@ -38,6 +39,9 @@ pub struct Scratch {
     hashes: [u64; BATCH_SIZE],
     /// The ways of each frame's set whose signature matched.
     ways: [u32; BATCH_SIZE],
+    /// Batch indexes (bits) of the frames marked, and of those the cache decided.
+    marked: u64,
+    hits: u64,
 }
 
 impl Default for Scratch {
@@ -48,6 +52,8 @@ impl Default for Scratch {
             keys: [[0; 7]; BATCH_SIZE],
             hashes: [0; BATCH_SIZE],
             ways: [0; BATCH_SIZE],
+            marked: 0,
+            hits: 0,
         }
     }
 }
@@ -57,6 +63,20 @@ impl Scratch {
     #[inline]
     pub fn reset(&mut self) {
         self.n = 0;
+        self.marked = 0;
+        self.hits = 0;
+    }
+
+    /// How the flow cache took part in frame `i`'s decision (for live traces).
+    #[inline]
+    pub fn path(&self, i: usize) -> FlowPath {
+        if self.marked >> i & 1 == 0 {
+            FlowPath::NotCached
+        } else if self.hits >> i & 1 != 0 {
+            FlowPath::Hit
+        } else {
+            FlowPath::Miss
+        }
     }
 
     /// Marks frame `i` (`m`, from `port`) of the batch for this stage, and asks for its flow's
@@ -66,6 +86,7 @@ impl Scratch {
         if self.n < BATCH_SIZE {
             let j = self.n;
             self.idx[j] = i as u8;
+            self.marked |= 1 << i;
             self.keys[j] = key_of(m, port);
             self.hashes[j] = hash(m.tenant, &self.keys[j]);
             flows.prefetch_set(self.hashes[j]);
@@ -128,6 +149,7 @@ pub(super) fn run(
         let refresh = || now.add(Nanos(spec.mac_aging.0 / 4));
         let (dec, slot) = match flows.decision(found, fdb.generation(t), now) {
             Some((d, due)) => {
+                sc.hits |= 1 << i;
                 if due && let Some(s) = found {
                     learn(fdb, counters, announcements, now, port, m);
                     flows.refreshed(s, refresh());

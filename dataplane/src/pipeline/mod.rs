@@ -100,6 +100,8 @@ pub struct Pipeline {
     scratch: Box<flow_cache::Scratch>,
     /// A live capture of one tenant, if one runs.
     pub capture: Option<crate::trace::capture::Tap>,
+    /// A sampled live trace of one tenant, if one runs.
+    pub sampler: Option<crate::trace::sample::Sampler>,
     /// This worker's counters (published by the control plane).
     pub counters: Counters,
     generation: u64,
@@ -119,6 +121,7 @@ impl Pipeline {
             policy: policy::PolicyState::new(snap),
             scratch: Box::default(),
             capture: None,
+            sampler: None,
             counters: Counters::new(snap.ports.len(), snap.tenants.len()),
             generation: snap.generation,
             announcements: Vec::new(),
@@ -253,6 +256,21 @@ impl Pipeline {
         tenant_rx.flush(&mut c.tenant_rx);
         if self.scratch.any() {
             flow_cache::run(self, snap, now, port, area, frames, meta, &mut out.d[..frames.len()]);
+        }
+        if let Some(s) = &mut self.sampler
+            && !s.is_full()
+        {
+            for (i, ((f, m), d)) in frames.iter().zip(meta.iter()).zip(&out.d).enumerate() {
+                if m.tenant == s.tenant
+                    && !matches!(
+                        d,
+                        Disposition::Drop(DropReason::Malformed | DropReason::UnknownTenant)
+                    )
+                {
+                    let frame = area.frame(*f).unwrap_or(&[]);
+                    s.offer(now, port, frame, *d, self.scratch.path(i));
+                }
+            }
         }
         if let Some(tap) = &mut self.capture {
             let from_tenant = snap
