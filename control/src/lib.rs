@@ -6,5 +6,6 @@
 
 pub mod compile;
 pub mod config;
+pub mod ipfix;
 
 pub use compile::{CompileError, compile};

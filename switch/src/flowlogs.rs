@@ -1,5 +1,6 @@
 //! The flow-log writer: records from the workers to one JSON-lines file per tenant, rotated
-//! to `FILE.1` when it grows past its size.
+//! to `FILE.1` when it grows past its size, and as IPFIX over UDP to a collector for the
+//! tenants that ask (`control::ipfix`, one observation domain per tenant).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -19,21 +20,27 @@ const CHANNEL: usize = 65_536;
 
 struct Sink {
     tenant: String,
-    path: PathBuf,
+    /// The JSON-lines file, if the tenant has one.
+    path: Option<PathBuf>,
     max: u64,
     file: Option<std::fs::File>,
     written: u64,
+    /// Also export as IPFIX.
+    ipfix: bool,
+    /// IPFIX records waiting for the next message.
+    pending: Vec<control::ipfix::Record>,
 }
 
 impl Sink {
     fn write(&mut self, line: &str) -> std::io::Result<()> {
+        let Some(path) = &self.path else { return Ok(()) };
         if self.file.is_none() || self.written + line.len() as u64 > self.max {
             if self.file.take().is_some() {
-                let mut rotated = self.path.clone().into_os_string();
+                let mut rotated = path.clone().into_os_string();
                 rotated.push(".1");
-                std::fs::rename(&self.path, rotated)?;
+                std::fs::rename(path, rotated)?;
             }
-            let f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
+            let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
             self.written = f.metadata().map(|m| m.len()).unwrap_or(0);
             self.file = Some(f);
         }
@@ -77,25 +84,68 @@ pub fn start(cfg: &Config, snap: &Snapshot) -> anyhow::Result<Option<Writer>> {
         .map(|t| {
             cfg.tenants.get(&t.name).and_then(|tc| tc.flow_log.as_ref()).map(|f| Sink {
                 tenant: t.name.clone(),
-                path: PathBuf::from(&f.file),
+                path: f.file.as_ref().map(PathBuf::from),
                 max: f.max_bytes,
                 file: None,
                 written: 0,
+                ipfix: f.ipfix,
+                pending: Vec::new(),
             })
         })
         .collect();
     if sinks.iter().all(Option::is_none) {
         return Ok(None);
     }
+    let ipfix = match &cfg.switch.flow_log_ipfix {
+        Some(addr) => {
+            let to: std::net::SocketAddr =
+                addr.parse().with_context(|| format!("switch.flow_log_ipfix: {addr:?}"))?;
+            let any: std::net::SocketAddr =
+                if to.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+            let sock = std::net::UdpSocket::bind(any)
+                .and_then(|s| s.connect(to).map(|()| s))
+                .with_context(|| format!("switch.flow_log_ipfix: cannot send to {to}"))?;
+            eprintln!("xswitch: flow records as IPFIX to {to}");
+            Some(sock)
+        }
+        None => None,
+    };
     let (tx, rx) = crossbeam_channel::bounded(CHANNEL);
     let thread = std::thread::Builder::new()
         .name("xswitch-flowlog".into())
-        .spawn(move || write_all(rx, sinks))
+        .spawn(move || write_all(rx, sinks, ipfix))
         .context("starting the flow-log writer")?;
     Ok(Some(Writer { tx, thread }))
 }
 
-fn write_all(rx: Receiver<FlowRecord>, mut sinks: Vec<Option<Sink>>) {
+/// Sends the IPFIX records every sink has waiting.
+fn send_ipfix(
+    sinks: &mut [Option<Sink>],
+    sock: &std::net::UdpSocket,
+    exporter: &mut control::ipfix::Exporter,
+) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as u32;
+    for (t, sink) in sinks.iter_mut().enumerate() {
+        let Some(sink) = sink else { continue };
+        if sink.pending.is_empty() {
+            continue;
+        }
+        for m in exporter.encode(t as u32 + 1, now, &sink.pending) {
+            // UDP: a lost datagram is lost (counted by the collector's sequence numbers).
+            if let Err(e) = sock.send(&m) {
+                eprintln!("xswitch: IPFIX export: {e}");
+            }
+        }
+        sink.pending.clear();
+    }
+}
+
+fn write_all(
+    rx: Receiver<FlowRecord>,
+    mut sinks: Vec<Option<Sink>>,
+    ipfix: Option<std::net::UdpSocket>,
+) {
+    let mut exporter = control::ipfix::Exporter::default();
     // Record times are the workers' monotonic clock; files want wall time.
     let wall0 = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let mono0 = MonotonicClock::new().now();
@@ -110,12 +160,39 @@ fn write_all(rx: Receiver<FlowRecord>, mut sinks: Vec<Option<Sink>>) {
         let r = match rx.try_recv() {
             Ok(r) => r,
             Err(crossbeam_channel::TryRecvError::Empty) => {
+                if let Some(sock) = &ipfix {
+                    send_ipfix(&mut sinks, sock, &mut exporter);
+                }
                 std::thread::sleep(Duration::from_millis(20));
                 continue;
             }
             Err(crossbeam_channel::TryRecvError::Disconnected) => break,
         };
         let Some(Some(sink)) = sinks.get_mut(r.tenant.index()) else { continue };
+        if sink.ipfix {
+            use control::ipfix::EndReason;
+            use dataplane::trace::flowlog::RecordReason;
+            let ms = |t: Nanos| (wall(t) * 1000.0) as u64;
+            sink.pending.push(control::ipfix::Record {
+                src: r.src,
+                dst: r.dst,
+                proto: r.proto,
+                packets: r.packets,
+                bytes: r.bytes,
+                start_ms: ms(r.start),
+                end_ms: ms(r.end),
+                reason: match r.why {
+                    RecordReason::Ended => EndReason::EndOfFlow,
+                    RecordReason::Idle => EndReason::Idle,
+                    RecordReason::Interval | RecordReason::Evicted => EndReason::Active,
+                    RecordReason::Flushed => EndReason::Forced,
+                },
+                forwarded: r.accepted,
+            });
+        }
+        if sink.path.is_none() {
+            continue;
+        }
         let line = json!({
             "tenant": sink.tenant,
             "proto": r.proto,
@@ -127,12 +204,17 @@ fn write_all(rx: Receiver<FlowRecord>, mut sinks: Vec<Option<Sink>>) {
             "end": wall(r.end),
             "action": if r.accepted { "accept" } else { "reject" },
             "reason": r.reason.map(|x| x.as_label()),
-            "ended": r.ended,
+            "ended": r.ended(),
         })
         .to_string()
             + "\n";
         if let Err(e) = sink.write(&line) {
-            eprintln!("xswitch: flow log {}: {e}", sink.path.display());
+            let file = sink.path.as_ref().map_or(String::new(), |p| p.display().to_string());
+            eprintln!("xswitch: flow log {file}: {e}");
         }
+    }
+    // Records flushed at the stop.
+    if let Some(sock) = &ipfix {
+        send_ipfix(&mut sinks, sock, &mut exporter);
     }
 }

@@ -1360,8 +1360,22 @@ fn a_closed_tcp_connection_leaves_one_flow_record_per_direction_with_its_counts(
     }
     let mut lab = Lab::new();
     let log = lab.dir.join("red-flows.jsonl");
-    let section = format!("[tenants.red.flow_log]\nfile = \"{}\"\n", log.display());
-    lab.edit_config(|c| c.replace("[tenants.blue]", &(section + "[tenants.blue]")));
+    // The same records as IPFIX to a collector on loopback: tshark decodes them.
+    let port = 20_000 + std::process::id() % 20_000;
+    let section = format!("[tenants.red.flow_log]\nfile = \"{}\"\nipfix = true\n", log.display());
+    lab.edit_config(|c| {
+        c.replace("[tenants.blue]", &(section + "[tenants.blue]"))
+            .replace("[switch]\n", &format!("[switch]\nflow_log_ipfix = \"127.0.0.1:{port}\"\n"))
+    });
+    let collector = Command::new("tshark")
+        .args(["-i", "lo", "-f", &format!("udp port {port}"), "-a", "duration:20", "-l", "-n"])
+        .args(["-d", &format!("udp.port=={port},cflow"), "-T", "fields", "-E", "aggregator=;"])
+        .args(["-e", "cflow.od_id", "-e", "cflow.srcaddr", "-e", "cflow.dstport"])
+        .args(["-e", "cflow.packets", "-e", "cflow.octets", "-e", "cflow.forwarding_status"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     lab.start();
     // What h2 sees of the connection, to compare with: frames and bytes per direction.
     let dump = Command::new("ip")
@@ -1431,4 +1445,36 @@ fn a_closed_tcp_connection_leaves_one_flow_record_per_direction_with_its_counts(
     }
     let (ok, out) = lab.stop();
     assert!(ok, "{out}");
+    // The collector saw the data connection h1 -> h2:7777 with tcpdump's counts, forwarded, in
+    // red's observation domain (tenant ids follow the names: blue 0, red 1; domain = id + 1).
+    let _ = Command::new("kill").arg(collector.id().to_string()).status();
+    let seen_ipfix =
+        String::from_utf8_lossy(&collector.wait_with_output().unwrap().stdout).to_string();
+    // One line per message, a column per field, the records' values joined by ';'.
+    let records: Vec<Vec<String>> = seen_ipfix
+        .lines()
+        .flat_map(|l| {
+            let cols: Vec<Vec<&str>> = l.split('\t').map(|c| c.split(';').collect()).collect();
+            let n = cols.get(1).map_or(0, Vec::len);
+            (0..n)
+                .map(|i| {
+                    cols.iter()
+                        .enumerate()
+                        // The domain is one per message.
+                        .map(|(c, v)| v.get(if c == 0 { 0 } else { i }).unwrap_or(&"").to_string())
+                        .collect()
+                })
+                .collect::<Vec<Vec<String>>>()
+        })
+        .collect();
+    let expect: Vec<String> = ["2", "10.9.1.1", "7777"]
+        .into_iter()
+        .map(String::from)
+        .chain([to_h2.0.to_string(), to_h2.1.to_string(), "1".into()])
+        .collect();
+    assert!(
+        records.contains(&expect),
+        "IPFIX records (domain, src, dport, packets, octets, forwarded), wanted {expect:?}:\n\
+         {seen_ipfix}"
+    );
 }

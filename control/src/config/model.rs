@@ -98,7 +98,7 @@ pub struct SwitchConfig {
     pub busy_poll_us: u32,
     /// `SO_BUSY_POLL_BUDGET`: frames per busy-poll round.
     pub busy_poll_budget: u32,
-    /// Entries of each worker's flow cache (ACL verdicts by flow).
+    /// Entries of each worker's flow cache (decisions and counters by flow).
     pub flow_cache_entries: u32,
     /// Percent of the flow cache one tenant may hold.
     pub flow_cache_tenant_share: u32,
@@ -108,6 +108,9 @@ pub struct SwitchConfig {
     pub flow_log_interval_secs: u32,
     /// Seconds without a packet after which a flow's record is written.
     pub flow_log_idle_secs: u32,
+    /// An IPFIX collector (`host:port`, UDP) for the flow records of tenants whose flow log
+    /// says `ipfix = true`.
+    pub flow_log_ipfix: Option<String>,
 }
 
 impl Default for SwitchConfig {
@@ -128,6 +131,7 @@ impl Default for SwitchConfig {
             conntrack_capacity: 65_536,
             flow_log_interval_secs: 60,
             flow_log_idle_secs: 15,
+            flow_log_ipfix: None,
         }
     }
 }
@@ -209,10 +213,14 @@ pub struct TenantConfig {
 #[serde(deny_unknown_fields)]
 pub struct FlowLogConfig {
     /// The JSON-lines file (absolute path); rotated to `FILE.1` when it grows past `max_bytes`.
-    pub file: String,
+    #[serde(default)]
+    pub file: Option<String>,
     /// Size at which the file is rotated.
     #[serde(default = "default_flow_log_max")]
     pub max_bytes: u64,
+    /// Also export the records as IPFIX to `switch.flow_log_ipfix`.
+    #[serde(default)]
+    pub ipfix: bool,
 }
 
 fn default_flow_log_max() -> u64 {

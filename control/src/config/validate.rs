@@ -103,6 +103,14 @@ fn check_switch(cfg: &Config, is: &mut Issues) {
     if s.fdb_capacity == 0 {
         is.add("switch.fdb_capacity", "must be at least 1");
     }
+    if let Some(c) = &s.flow_log_ipfix
+        && c.parse::<std::net::SocketAddr>().is_err()
+    {
+        is.add(
+            "switch.flow_log_ipfix",
+            format!("{c:?} is not an address and port (10.0.0.9:4739)"),
+        );
+    }
     // 128 bytes an entry: 2^21 entries are 256 MiB per worker.
     if !(64..=1 << 21).contains(&s.flow_cache_entries) {
         is.add(
@@ -238,10 +246,18 @@ fn check_tenants(cfg: &Config, is: &mut Issues) {
             }
         }
         if let Some(f) = &t.flow_log {
-            if !f.file.starts_with('/') {
+            if let Some(file) = &f.file
+                && !file.starts_with('/')
+            {
+                is.add(format!("{at}.flow_log.file"), format!("{file:?} is not an absolute path"));
+            }
+            if f.file.is_none() && !f.ipfix {
+                is.add(format!("{at}.flow_log"), "needs a file, ipfix = true, or both");
+            }
+            if f.ipfix && cfg.switch.flow_log_ipfix.is_none() {
                 is.add(
-                    format!("{at}.flow_log.file"),
-                    format!("{:?} is not an absolute path", f.file),
+                    format!("{at}.flow_log.ipfix"),
+                    "needs switch.flow_log_ipfix, the collector's address",
                 );
             }
             if f.max_bytes < 4096 {

@@ -57,7 +57,7 @@ use crate::policy::Direction;
 use crate::snapshot::{CHECK_FLOWLOG, PortId, Snapshot, TenantId};
 use crate::time::Nanos;
 use crate::trace::DropReason;
-use crate::trace::flowlog::{FlowExport, FlowLogStats, FlowRecord};
+use crate::trace::flowlog::{FlowExport, FlowLogStats, FlowRecord, RecordReason};
 
 /// A flow: seven words (see [`key_of`]).
 pub type Key = [u64; 7];
@@ -612,7 +612,7 @@ impl FlowCache {
             if let Some(c) = self.per_tenant.get_mut(usize::from(old.tenant)) {
                 *c -= 1;
             }
-            self.report(&old, false);
+            self.report(&old, RecordReason::Evicted);
         }
         self.per_tenant[t.index()] += 1;
         self.stats.inserts += 1;
@@ -645,7 +645,7 @@ impl FlowCache {
     }
 
     /// Reports `e`'s span if its tenant logs flows and it counted something.
-    fn report(&mut self, e: &Entry, ended: bool) {
+    fn report(&mut self, e: &Entry, why: RecordReason) {
         if e.packets == 0 || !self.logs.get(usize::from(e.tenant)).copied().unwrap_or(false) {
             return;
         }
@@ -664,7 +664,7 @@ impl FlowCache {
                 end: e.last,
                 accepted: e.flags & S_ACCEPTED != 0,
                 reason: e.reason,
-                ended,
+                why,
             });
         }
     }
@@ -696,11 +696,17 @@ impl FlowCache {
                 continue;
             }
             let quiet = now.since(e.last);
-            let ended = e.flags & S_CLOSING != 0 && quiet >= ENDED_QUIET;
-            if ended || quiet >= idle || now.since(e.start) >= interval {
-                self.report(&e, ended);
-                self.entries[i].packets = 0;
-            }
+            let why = if e.flags & S_CLOSING != 0 && quiet >= ENDED_QUIET {
+                RecordReason::Ended
+            } else if quiet >= idle {
+                RecordReason::Idle
+            } else if now.since(e.start) >= interval {
+                RecordReason::Interval
+            } else {
+                continue;
+            };
+            self.report(&e, why);
+            self.entries[i].packets = 0;
         }
     }
 
@@ -709,7 +715,7 @@ impl FlowCache {
         for i in 0..self.entries.len() {
             let e = self.entries[i];
             if e.occupied && e.packets > 0 {
-                self.report(&e, e.flags & S_CLOSING != 0);
+                self.report(&e, RecordReason::Flushed);
                 self.entries[i].packets = 0;
             }
         }
@@ -957,7 +963,7 @@ mod tests {
         assert!(rx.try_recv().is_err());
         c.sweep(Nanos::from_millis(3_500));
         let r = rx.try_recv().expect("the ended flow");
-        assert!(r.ended && r.accepted);
+        assert!(r.ended() && r.accepted);
         assert_eq!(
             (r.packets, r.bytes, r.start, r.end),
             (3, 300, Nanos::ZERO, Nanos::from_secs(2))
@@ -966,7 +972,8 @@ mod tests {
         assert!(rx.try_recv().is_err(), "the other flow is not idle yet");
         c.sweep(Nanos::from_secs(12));
         let r = rx.try_recv().expect("the idle flow");
-        assert!(!r.ended && !r.accepted);
+        assert_eq!(r.why, RecordReason::Idle);
+        assert!(!r.accepted);
         assert_eq!(r.reason, Some(DropReason::Policy));
         // Nothing new: nothing more is reported.
         c.sweep(Nanos::from_secs(30));

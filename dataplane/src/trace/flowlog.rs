@@ -37,8 +37,30 @@ pub struct FlowRecord {
     pub accepted: bool,
     /// Why the last dropped frame was dropped.
     pub reason: Option<DropReason>,
-    /// The flow ended (TCP FIN or RST) rather than being reported while active or idle.
-    pub ended: bool,
+    /// Why the record was sent.
+    pub why: RecordReason,
+}
+
+/// Why a flow's record was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordReason {
+    /// The flow ended: TCP FIN or RST, then a second of quiet.
+    Ended,
+    /// No frame for the idle time.
+    Idle,
+    /// It goes on: one record per interval.
+    Interval,
+    /// Its cache entry was taken by another flow.
+    Evicted,
+    /// The switch stopped.
+    Flushed,
+}
+
+impl FlowRecord {
+    /// True when the flow ended (FIN or RST).
+    pub fn ended(&self) -> bool {
+        self.why == RecordReason::Ended
+    }
 }
 
 /// Flow-log counters.
