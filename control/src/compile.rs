@@ -37,7 +37,13 @@ pub fn compile(cfg: &Config, generation: u64) -> Result<Snapshot, CompileError> 
             PortKindConfig::Uplink => PortKind::Uplink,
             PortKindConfig::Tenant => PortKind::Tenant,
         };
-        ids.insert(name.as_str(), b.port(name, &p.interface, kind));
+        let id = b.port(name, &p.interface, kind);
+        let mut issues = Vec::new();
+        b.port_rate(id, crate::config::shaping::port(name, cfg, &mut issues));
+        if let Some(i) = issues.first() {
+            return Err(CompileError::Dangling(i.to_string()));
+        }
+        ids.insert(name.as_str(), id);
     }
     for (name, t) in &cfg.tenants {
         let mut attachments = Vec::with_capacity(t.attach.len());
@@ -69,6 +75,13 @@ pub fn compile(cfg: &Config, generation: u64) -> Result<Snapshot, CompileError> 
         }
         spec.policy = built.policy;
         spec.flow_log = t.flow_log.is_some();
+        if let Some(s) = &t.shaping {
+            let mut issues = Vec::new();
+            spec.shaping = crate::config::shaping::tenant(name, s, cfg, &mut issues);
+            if let Some(i) = issues.first() {
+                return Err(CompileError::Dangling(i.to_string()));
+            }
+        }
         if built.guards.iter().any(|g| !g.is_empty()) {
             spec.guards = built.guards;
         }

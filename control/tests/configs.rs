@@ -358,3 +358,54 @@ fn every_config_field_is_in_the_reference() {
     assert!(keys.len() > 40, "the walk found too few keys: {keys:?}");
     assert!(missing.is_empty(), "fields not in docs/CONFIG.md: {missing:?}");
 }
+
+#[test]
+fn shaping_compiles_and_impossible_values_name_the_field() {
+    let good = GOOD.replace("kind = \"uplink\"", "kind = \"uplink\"\nrate = \"100Mbit\"")
+        + r#"
+[tenants.red.shaping]
+ingress = { rate = "50Mbit", burst = "64KiB" }
+to_uplink = { rate = "10kpps", burst = "32" }
+weight = 3
+min_rate = "20Mbit"
+queue = 128
+[tenants.blue]
+attach = [{ port = "up", vlan = 200 }]
+shaping = { min_rate = "30Mbit" }
+"#;
+    let cfg = load_str("test.toml", &good).unwrap();
+    let snap = control::compile(&cfg, 1).unwrap();
+    let red = &snap.tenants[snap.tenant_by_name("red").unwrap().index()].shaping;
+    use dataplane::shaping::Unit;
+    let police = red.police.unwrap();
+    assert_eq!((police.per_sec, police.burst, police.unit), (6_250_000, 65_536, Unit::Bytes));
+    let up = red.to_uplink.unwrap();
+    assert_eq!((up.per_sec, up.burst, up.unit), (10_000, 32, Unit::Packets));
+    assert_eq!((red.weight, red.queue, red.min_rate.unwrap().per_sec), (3, 128, 2_500_000));
+    let up_port = snap.port_by_name("up").unwrap();
+    assert_eq!(snap.ports[up_port.index()].rate.unwrap().per_sec, 12_500_000);
+    let cases: &[(&str, &str, &str)] = &[
+        ("burst below a frame", "burst = \"64KiB\"", "burst = \"1000B\""),
+        ("unknown unit", "\"50Mbit\"", "\"50 megabits\""),
+        ("minimums above the port rate", "min_rate = \"30Mbit\"", "min_rate = \"90Mbit\""),
+        ("frame-rate minimum", "min_rate = \"20Mbit\"", "min_rate = \"20kpps\""),
+        ("weight", "weight = 3", "weight = 0"),
+        ("huge queue", "queue = 128", "queue = 100000"),
+    ];
+    let want = [
+        ("tenants.red.shaping.ingress.burst", "smaller than one full-size frame"),
+        ("tenants.red.shaping.ingress.rate", "is not a rate"),
+        (
+            "ports.up.rate",
+            "add up to 110.000 Mbit/s, more than its 100.000 Mbit/s (blue 90.000 Mbit/s, red 20.000 Mbit/s)",
+        ),
+        ("tenants.red.shaping.min_rate", "not a frame rate"),
+        ("tenants.red.shaping.weight", "out of range"),
+        ("tenants.red.shaping.queue", "a quarter of switch.frames"),
+    ];
+    for ((what, from, to), (field, reason)) in cases.iter().zip(want) {
+        assert!(good.contains(from), "{what}: fixture");
+        let e = err_of(&good.replacen(from, to, 1));
+        assert!(e.contains(field) && e.contains(reason), "{what}: {field} / {reason} not in {e}");
+    }
+}

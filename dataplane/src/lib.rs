@@ -13,6 +13,7 @@ pub mod mem;
 pub mod pipeline;
 pub mod policy;
 pub mod port;
+pub mod shaping;
 pub mod snapshot;
 pub mod time;
 pub mod trace;

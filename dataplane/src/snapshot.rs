@@ -58,6 +58,8 @@ pub struct PortSpec {
     pub interface: String,
     /// What it faces.
     pub kind: PortKind,
+    /// The rate its egress scheduler shares among the tenants (`None`: line rate).
+    pub rate: Option<crate::shaping::Rate>,
 }
 
 /// One place a tenant is reachable: a port, and the VLAN its frames carry there (None: untagged).
@@ -88,6 +90,8 @@ pub struct TenantSpec {
     pub policy: TenantPolicy,
     /// Log this tenant's flows.
     pub flow_log: bool,
+    /// Policer, egress shapers, weight, guarantee and queue size.
+    pub shaping: crate::shaping::TenantShaping,
 }
 
 /// Sizes of each worker's flow cache and connection table.
@@ -144,6 +148,8 @@ pub const CHECK_POLICY: u8 = 2;
 pub const CHECK_FLOWLOG: u8 = 4;
 /// The tenant's frames go through the flow cache.
 pub const CHECK_FLOW: u8 = CHECK_POLICY | CHECK_FLOWLOG;
+/// The tenant's frames from its tenant-facing ports are policed.
+pub const CHECK_POLICE: u8 = 8;
 
 impl fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -293,8 +299,20 @@ impl SnapshotBuilder {
 
     /// Adds a port; returns its id.
     pub fn port(&mut self, name: &str, interface: &str, kind: PortKind) -> PortId {
-        self.ports.push(PortSpec { name: name.into(), interface: interface.into(), kind });
+        self.ports.push(PortSpec {
+            name: name.into(),
+            interface: interface.into(),
+            kind,
+            rate: None,
+        });
         PortId((self.ports.len() - 1) as u16)
+    }
+
+    /// Sets the rate a port's egress scheduler shares among its tenants.
+    pub fn port_rate(&mut self, port: PortId, rate: Option<crate::shaping::Rate>) {
+        if let Some(p) = self.ports.get_mut(port.index()) {
+            p.rate = rate;
+        }
     }
 
     /// Adds a tenant; returns its id.
@@ -366,7 +384,8 @@ impl SnapshotBuilder {
             .map(|t| {
                 let guard = if t.guards.iter().any(|g| !g.is_empty()) { CHECK_GUARD } else { 0 };
                 let log = if t.flow_log { CHECK_FLOWLOG } else { 0 };
-                guard | log | if t.policy.is_open() { 0 } else { CHECK_POLICY }
+                let police = if t.shaping.police.is_some() { CHECK_POLICE } else { 0 };
+                guard | log | police | if t.policy.is_open() { 0 } else { CHECK_POLICY }
             })
             .collect();
         Ok(Snapshot {
@@ -393,6 +412,7 @@ impl TenantSpec {
             guards: Vec::new(),
             policy: TenantPolicy::default(),
             flow_log: false,
+            shaping: crate::shaping::TenantShaping::default(),
         }
     }
 }

@@ -5,7 +5,7 @@
 //! new snapshot to every worker over a channel; each worker adopts it between breaths (within
 //! one publishing interval, 250 ms). A bad file, or a change that cannot be applied live, is
 //! rejected with the reason, counted, and the running config stays. Live: everything about
-//! tenants (attachments, rules, groups, guards, quotas). Not live, rejected with a message that
+//! tenants (attachments, rules, groups, guards, quotas, shaping) and the ports' rates. Not live, rejected with a message that
 //! says a restart is needed: ports, the `[switch]` section, `[metrics]`, `[control]`, and the
 //! set of tenant names (tenant ids index the workers' counters and tables; a tenant added or
 //! removed would shift them).
@@ -416,7 +416,15 @@ impl Shared {
 
 /// What of `new` differs from `old` in a way that needs a restart, if anything.
 fn not_live(old: &Config, new: &Config) -> Option<String> {
-    if old.ports != new.ports {
+    // A port's rate and burst are applied live (the schedulers are rebuilt); the rest of a
+    // port is its sockets.
+    let sockets = |c: &Config| {
+        c.ports
+            .iter()
+            .map(|(n, p)| (n.clone(), p.interface.clone(), p.kind, p.queues, p.mode))
+            .collect::<Vec<_>>()
+    };
+    if sockets(old) != sockets(new) {
         return Some("ports changed: the sockets and workers would have to be re-planned".into());
     }
     if old.switch != new.switch {

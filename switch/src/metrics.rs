@@ -69,6 +69,8 @@ pub struct WorkerFigures {
     pub conns: ConnStats,
     /// Tracked connections per tenant.
     pub conn_entries: Vec<u32>,
+    /// Frames waiting in each tenant's egress queues.
+    pub queue_depth: Vec<u32>,
     /// Generation of the snapshot the worker runs.
     pub generation: u64,
 }
@@ -93,6 +95,8 @@ pub fn publish(slot: &Slot, w: &mut Worker<XskPort>, loops: &LoopStats) {
     let tenants = w.snapshot().tenants.len();
     f.conn_entries.clear();
     f.conn_entries.extend((0..tenants).map(|t| p.conns.entries_of(TenantId(t as u16))));
+    f.queue_depth.clear();
+    f.queue_depth.extend((0..tenants).map(|t| w.tx_queue_depth(TenantId(t as u16)).0 as u32));
     f.sockets.clear();
     for (port, s) in w.sockets_mut() {
         f.sockets.push(SocketFigures {
@@ -189,6 +193,21 @@ fn describe() {
         Unit::Count,
         "Frames of a tenant dropped, by reason (the same drops as the port view).",
     );
+    c(
+        "xswitch_tenant_queued_packets_total",
+        Unit::Count,
+        "Frames of a tenant put into an egress scheduler's queue.",
+    );
+    c(
+        "xswitch_tenant_queued_bytes_total",
+        Unit::Bytes,
+        "Bytes of a tenant put into an egress scheduler's queue.",
+    );
+    describe_gauge!(
+        "xswitch_tenant_queue_frames",
+        Unit::Count,
+        "Frames waiting in a tenant's egress queues, all ports."
+    );
     c("xswitch_parse_errors_total", Unit::Count, "Malformed frames, by the check they failed.");
     c("xswitch_fdb_events_total", Unit::Count, "MAC learning events, by kind.");
     c("xswitch_flood_copies_total", Unit::Count, "Flood copies made beyond the original frame.");
@@ -273,6 +292,8 @@ struct Families {
     port_drops: Vec<Vec<Counter>>,
     tenant_rx: Vec<PktBytesPair>,
     tenant_tx: Vec<PktBytesPair>,
+    tenant_queued: Vec<PktBytesPair>,
+    queue_depth: Vec<Gauge>,
     tenant_drops: Vec<Vec<Counter>>,
     parse_errors: Vec<Counter>,
     fdb: [Counter; 6],
@@ -351,6 +372,14 @@ impl Families {
                 .map(|t| pair("xswitch_tenant", "received", "tenant", t))
                 .collect(),
             tenant_tx: tenants.iter().map(|t| pair("xswitch_tenant", "sent", "tenant", t)).collect(),
+            tenant_queued: tenants
+                .iter()
+                .map(|t| pair("xswitch_tenant", "queued", "tenant", t))
+                .collect(),
+            queue_depth: tenants
+                .iter()
+                .map(|t| metrics::gauge!("xswitch_tenant_queue_frames", "tenant" => (*t).to_owned()))
+                .collect(),
             tenant_drops: tenants
                 .iter()
                 .map(|t| drops("xswitch_tenant_dropped_packets_total", "tenant", t))
@@ -440,6 +469,7 @@ impl Families {
         let (mut cache, mut cache_entries, mut conns) =
             (CacheStats::default(), 0u32, ConnStats::default());
         let mut conn_entries = vec![0u32; self.conn_entries.len()];
+        let mut queue_depth = vec![0u32; self.queue_depth.len()];
         for (w, slot) in slots.iter().enumerate() {
             let Ok(f) = slot.lock() else { continue };
             sum.merge(&f.counters);
@@ -454,6 +484,9 @@ impl Families {
             conns.remote += f.conns.remote;
             conns.unannounced += f.conns.unannounced;
             for (a, b) in conn_entries.iter_mut().zip(&f.conn_entries) {
+                *a += b;
+            }
+            for (a, b) in queue_depth.iter_mut().zip(&f.queue_depth) {
                 *a += b;
             }
             if let Some(wf) = self.workers.get_mut(w) {
@@ -498,6 +531,10 @@ impl Families {
         set(&self.port_tx, &sum.port_tx);
         set(&self.tenant_rx, &sum.tenant_rx);
         set(&self.tenant_tx, &sum.tenant_tx);
+        set(&self.tenant_queued, &sum.tenant_queued);
+        for (h, v) in self.queue_depth.iter().zip(&queue_depth) {
+            h.set(f64::from(*v));
+        }
         for (hs, vs) in self.port_drops.iter().zip(&sum.port_drops) {
             for (h, v) in hs.iter().zip(vs) {
                 h.absolute(*v);

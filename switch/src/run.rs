@@ -208,9 +208,21 @@ pub fn serve(
             owners[port.index()].get_or_insert(w);
         }
     }
+    // Rates are enforced by each worker for its part: per port, how many workers poll it.
+    let mut workers_per_port = vec![0u64; snap.ports.len()];
+    for socks in &plan {
+        let mut seen: Vec<PortId> = socks.iter().map(|&(p, _)| p).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        for p in seen {
+            workers_per_port[p.index()] += 1;
+        }
+    }
     let mut ws: Vec<Worker<XskPort>> = Vec::new();
     for (socks, l) in by_worker.into_iter().zip(links) {
-        ws.push(Worker::in_mesh(area.share(), socks, l, &owners, snap.clone()));
+        let mut w = Worker::in_mesh(area.share(), socks, l, &owners, snap.clone());
+        w.share_rates(workers_per_port.iter().map(|&n| n.max(1)).collect());
+        ws.push(w);
     }
     let flowlog = crate::flowlogs::start(cfg, &snap)?;
     if let Some(fl) = &flowlog {

@@ -5,6 +5,7 @@
 pub mod load;
 pub mod model;
 pub mod policy;
+pub mod shaping;
 pub mod validate;
 
 pub use load::{ConfigError, load, load_str};

@@ -173,6 +173,13 @@ pub struct PortConfig {
     /// Bind mode.
     #[serde(default)]
     pub mode: XdpMode,
+    /// The rate the port's egress scheduler shares among its tenants (`"1Gbit"`; none: line
+    /// rate, the TX ring is the only limit).
+    #[serde(default)]
+    pub rate: Option<String>,
+    /// The port rate's burst (`"32KiB"`; default 10 ms at the rate).
+    #[serde(default)]
+    pub burst: Option<String>,
 }
 
 fn one() -> u32 {
@@ -206,6 +213,48 @@ pub struct TenantConfig {
     /// Flow logs (absent: none).
     #[serde(default)]
     pub flow_log: Option<FlowLogConfig>,
+    /// Policer, egress shapers, weight, guarantee and queue size (absent: none, weight 1).
+    #[serde(default)]
+    pub shaping: Option<ShapingConfig>,
+}
+
+/// `[tenants.NAME.shaping]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShapingConfig {
+    /// Policer on what the tenant sends (from its tenant-facing ports); the excess is dropped.
+    #[serde(default)]
+    pub ingress: Option<RateConfig>,
+    /// Shaper of the tenant's queue on uplink ports.
+    #[serde(default)]
+    pub to_uplink: Option<RateConfig>,
+    /// Shaper of the tenant's queue on its tenant-facing ports.
+    #[serde(default)]
+    pub to_tenant: Option<RateConfig>,
+    /// Share of a congested port, by weight against the other tenants' (1..=1000).
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Guaranteed rate on every port with a rate (`"10Mbit"`), before the weights.
+    #[serde(default)]
+    pub min_rate: Option<String>,
+    /// Frames the tenant's queue on one port holds.
+    #[serde(default = "default_queue")]
+    pub queue: u32,
+}
+
+fn default_queue() -> u32 {
+    256
+}
+
+/// A rate and its burst.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateConfig {
+    /// `"100Mbit"`, `"1Gbit"`, `"10kpps"`.
+    pub rate: String,
+    /// Bytes (`"64KiB"`) for a bit rate, frames for a frame rate; default 10 ms at the rate.
+    #[serde(default)]
+    pub burst: Option<String>,
 }
 
 /// `[tenants.NAME.flow_log]`: where the tenant's flow records go.

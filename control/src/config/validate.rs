@@ -17,6 +17,13 @@ pub struct Issue {
     pub reason: String,
 }
 
+impl Issue {
+    /// An issue at `path`.
+    pub fn new(path: impl Into<String>, reason: impl Into<String>) -> Issue {
+        Issue { path: path.into(), reason: reason.into() }
+    }
+}
+
 impl fmt::Display for Issue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.path, self.reason)
@@ -50,12 +57,24 @@ fn valid_ifname(s: &str) -> bool {
         && s != ".."
 }
 
+fn check_shaping(cfg: &Config, is: &mut Issues) {
+    for name in cfg.ports.keys() {
+        super::shaping::port(name, cfg, &mut is.0);
+    }
+    for (name, t) in &cfg.tenants {
+        if let Some(s) = &t.shaping {
+            super::shaping::tenant(name, s, cfg, &mut is.0);
+        }
+    }
+}
+
 /// Checks a config; an empty list means it is valid.
 pub fn validate(cfg: &Config) -> Vec<Issue> {
     let mut is = Issues(Vec::new());
     check_switch(cfg, &mut is);
     check_ports(cfg, &mut is);
     check_tenants(cfg, &mut is);
+    check_shaping(cfg, &mut is);
     if cfg.control.socket.is_empty() || !cfg.control.socket.starts_with('/') {
         is.add("control.socket", format!("{:?} is not an absolute path", cfg.control.socket));
     }

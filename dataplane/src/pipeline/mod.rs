@@ -21,6 +21,7 @@ pub mod flow_cache;
 pub mod ingress;
 pub mod output;
 pub mod parse;
+pub mod police;
 pub mod policy;
 pub mod tenant;
 pub mod trace;
@@ -28,7 +29,7 @@ pub mod trace;
 use crate::batch::{BATCH_SIZE, Batch};
 use crate::flow::{Fdb, FlowCache};
 use crate::port::{FrameArea, FramePool};
-use crate::snapshot::{CHECK_FLOW, CHECK_FLOWLOG, CHECK_GUARD, PortId, Snapshot};
+use crate::snapshot::{CHECK_FLOW, CHECK_FLOWLOG, CHECK_GUARD, CHECK_POLICE, PortId, Snapshot};
 use crate::time::Nanos;
 use crate::trace::counters::{PktBytes, TenantRun};
 use crate::trace::{Counters, DropReason};
@@ -97,6 +98,10 @@ pub struct Pipeline {
     pub flows: FlowCache,
     /// The connection table.
     pub policy: policy::PolicyState,
+    /// Ingress policers, per tenant.
+    pub police: police::Policers,
+    /// Per port, how many workers receive and send on it (rates are divided among them).
+    rate_shares: Vec<u64>,
     scratch: Box<flow_cache::Scratch>,
     /// A live capture of one tenant, if one runs.
     pub capture: Option<crate::trace::capture::Tap>,
@@ -119,6 +124,8 @@ impl Pipeline {
             fdb: Fdb::new(snap),
             flows,
             policy: policy::PolicyState::new(snap),
+            police: police::Policers::default(),
+            rate_shares: Vec::new(),
             scratch: Box::default(),
             capture: None,
             sampler: None,
@@ -127,7 +134,19 @@ impl Pipeline {
             announcements: Vec::new(),
         };
         p.size_rule_counters(snap);
+        p.police.install(snap, &p.rate_shares, Nanos::ZERO);
         p
+    }
+
+    /// How many workers receive and send on each port: each enforces its part of the rates.
+    pub fn share_rates(&mut self, snap: &Snapshot, workers_per_port: Vec<u64>) {
+        self.rate_shares = workers_per_port;
+        self.police.install(snap, &self.rate_shares, Nanos::ZERO);
+    }
+
+    /// Per port, how many workers the rates are divided among (empty: one).
+    pub fn rate_shares(&self) -> &[u64] {
+        &self.rate_shares
     }
 
     /// Makes this pipeline buffer what it learns for other workers ([`Pipeline::announcements`]).
@@ -157,6 +176,7 @@ impl Pipeline {
         self.fdb.install(snap);
         self.flows.install(snap);
         self.policy.install(snap);
+        self.police.install(snap, &self.rate_shares, Nanos::ZERO);
         self.size_rule_counters(snap);
     }
 
@@ -214,6 +234,10 @@ impl Pipeline {
         let c = &mut self.counters;
         let mut rx = PktBytes::default();
         let mut tenant_rx = TenantRun::default();
+        let from_tenant = snap
+            .ports
+            .get(port.index())
+            .is_some_and(|p| p.kind == crate::snapshot::PortKind::Tenant);
         for (i, ((f, m), d)) in frames.iter().zip(meta.iter_mut()).zip(out.d.iter_mut()).enumerate()
         {
             rx.add(f.len);
@@ -239,6 +263,14 @@ impl Pipeline {
                 *d = Disposition::Drop(r);
                 if checks & CHECK_FLOWLOG != 0 {
                     // Counted in its flow's log record.
+                    self.scratch.mark(&self.flows, i, m, port);
+                }
+                continue;
+            }
+            if checks & CHECK_POLICE != 0 && from_tenant && !self.police.admit(m.tenant, now, f.len)
+            {
+                *d = Disposition::Drop(DropReason::RateLimit);
+                if checks & CHECK_FLOWLOG != 0 {
                     self.scratch.mark(&self.flows, i, m, port);
                 }
                 continue;
@@ -313,8 +345,8 @@ impl Pipeline {
         out: &mut E,
     ) {
         self.process(now, snap, area, batch, disp);
-        output::deliver(snap, area, pool, batch, disp, tx, &mut self.counters);
-        tx.flush(out, &mut self.counters);
+        output::deliver(now, snap, area, pool, batch, disp, tx, &mut self.counters);
+        tx.flush(out, &mut self.counters, now);
     }
 }
 

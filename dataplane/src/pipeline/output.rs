@@ -12,7 +12,9 @@
 use crate::batch::{Batch, FrameRef};
 use crate::pipeline::{Disposition, Dispositions};
 use crate::port::{FRAME_HEADROOM, FrameArea, FramePool, Port};
+use crate::shaping::PortSched;
 use crate::snapshot::{PortId, Snapshot, TenantId};
+use crate::time::Nanos;
 use crate::trace::counters::{PktBytes, TenantRun};
 use crate::trace::{Counters, DropReason};
 
@@ -33,14 +35,82 @@ struct TxList {
 pub struct TxLists {
     lists: Vec<TxList>,
     capacity: usize,
+    /// Per port this worker sends on: its egress scheduler, when it has one. Frames for such a
+    /// port wait in their tenant's queue; the scheduler moves them to the port's list (its
+    /// ready list) a few at a time.
+    scheds: Vec<Option<PortSched>>,
+}
+
+/// Most frames a scheduled port's list holds: frames wait in the tenants' queues, where the
+/// scheduler can still order them, not here.
+const READY: usize = 32;
+
+/// Where [`TxLists::push`] put a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// In the port's list, to be sent at the next flush.
+    Ready,
+    /// In its tenant's queue of the port's scheduler.
+    Scheduled,
+}
+
+impl Queued {
+    /// Counts a frame of `tenant` that went into a scheduler's queue.
+    #[inline]
+    pub fn count(self, c: &mut Counters, tenant: TenantId, len: u32) {
+        if self == Queued::Scheduled
+            && let Some(q) = c.tenant_queued.get_mut(tenant.index())
+        {
+            q.add(len);
+        }
+    }
 }
 
 impl TxLists {
     /// Lists for `ports` ports, each holding up to `capacity` frames.
     pub fn new(ports: usize, capacity: usize) -> Self {
-        let mut t = TxLists { lists: Vec::new(), capacity };
+        let mut t = TxLists { lists: Vec::new(), capacity, scheds: Vec::new() };
         t.resize(ports);
         t
+    }
+
+    /// Sets up the egress schedulers of `snap` on the ports `local` says this worker sends on,
+    /// each rate divided by `share(port)` (the workers sending on it). Frames queued in the
+    /// previous schedulers move to the new ones; those that find no room are returned, for
+    /// the caller to drop (`queue_full`) and free.
+    pub fn schedule(
+        &mut self,
+        snap: &Snapshot,
+        local: impl Fn(PortId) -> bool,
+        share: impl Fn(PortId) -> u64,
+        now: Nanos,
+    ) -> Vec<(FrameRef, TenantId, PortId)> {
+        let old = std::mem::take(&mut self.scheds);
+        self.scheds = (0..snap.ports.len())
+            .map(|p| {
+                let p = PortId(p as u16);
+                if local(p) { PortSched::new(snap, p, share(p), now) } else { None }
+            })
+            .collect();
+        let mut left = Vec::new();
+        for (p, s) in old.into_iter().enumerate() {
+            let Some(mut s) = s else { continue };
+            let port = PortId(p as u16);
+            s.take_all(|f, t, ingress| {
+                if self.push(port, f, t, ingress, now).is_err() {
+                    left.push((f, t, ingress));
+                }
+            });
+        }
+        left
+    }
+
+    /// Frames waiting in `tenant`'s queues (all ports) and the room those queues have.
+    pub fn queue_depth(&self, tenant: TenantId) -> (usize, usize) {
+        self.scheds
+            .iter()
+            .flatten()
+            .fold((0, 0), |(d, l), s| (d + s.depth(tenant), l + s.limit(tenant)))
     }
 
     /// Adapts to a new number of ports (snapshot change).
@@ -52,36 +122,52 @@ impl TxLists {
         });
     }
 
-    /// Appends a frame; false when the port's list is full or the port does not exist.
+    /// Appends a frame to the port's list, or to its tenant's queue when the port has a
+    /// scheduler (unless nothing is queued there and the rates allow it at `now`: then it goes
+    /// to the list at once); the reason to drop it when the list (`tx_full`) or the queue
+    /// (`queue_full`) is full, or the port does not exist.
     #[inline]
-    fn push(&mut self, port: PortId, f: FrameRef, tenant: TenantId, ingress: PortId) -> bool {
-        match self.lists.get_mut(port.index()) {
-            Some(l) if l.frames.len() < self.capacity => {
-                l.frames.push(f);
-                l.owners.push((tenant, ingress));
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Appends a frame another worker handed over for `port`; false when the list is full
-    /// (the caller drops and counts it).
-    #[inline]
-    pub fn enqueue(
+    pub fn push(
         &mut self,
         port: PortId,
         f: FrameRef,
         tenant: TenantId,
         ingress: PortId,
-    ) -> bool {
-        self.push(port, f, tenant, ingress)
+        now: Nanos,
+    ) -> Result<Queued, DropReason> {
+        if let Some(Some(s)) = self.scheds.get_mut(port.index()) {
+            // Frames that cut through do not pass others (nothing is queued), so the list's
+            // whole room may take them.
+            if let Some(l) = self.lists.get_mut(port.index())
+                && l.frames.len() < self.capacity
+                && s.cut_through(tenant, f.len, now)
+            {
+                l.frames.push(f);
+                l.owners.push((tenant, ingress));
+                return Ok(Queued::Ready);
+            }
+            return if s.enqueue(tenant, f, ingress) {
+                Ok(Queued::Scheduled)
+            } else {
+                Err(DropReason::QueueFull)
+            };
+        }
+        match self.lists.get_mut(port.index()) {
+            Some(l) if l.frames.len() < self.capacity => {
+                l.frames.push(f);
+                l.owners.push((tenant, ingress));
+                Ok(Queued::Ready)
+            }
+            _ => Err(DropReason::TxFull),
+        }
     }
 
-    /// True when `port`'s list can take another frame.
+    /// True when `port` can take another frame (a scheduled port always can: its queues say
+    /// for themselves).
     #[inline]
     pub fn has_room(&self, port: PortId) -> bool {
-        self.lists.get(port.index()).is_some_and(|l| l.frames.len() < self.capacity)
+        matches!(self.scheds.get(port.index()), Some(Some(_)))
+            || self.lists.get(port.index()).is_some_and(|l| l.frames.len() < self.capacity)
     }
 
     /// The most frames pending on any one port, and the capacity of a list.
@@ -90,47 +176,74 @@ impl TxLists {
         (self.lists.iter().map(|l| l.frames.len()).max().unwrap_or(0), self.capacity)
     }
 
-    /// Frames pending on all ports.
+    /// Frames pending on all ports (in lists and in schedulers' queues).
     pub fn total_pending(&self) -> usize {
-        self.lists.iter().map(|l| l.frames.len()).sum()
+        self.lists.iter().map(|l| l.frames.len()).sum::<usize>()
+            + self.scheds.iter().flatten().map(PortSched::len).sum::<usize>()
     }
 
     /// Hands each port's pending frames to `out`. What it does not take yet (a full TX ring
     /// or handoff ring) stays queued, in order, for the next call: a short burst is absorbed
     /// here instead of dropped; a list that is still full when more frames arrive drops those
     /// as `tx_full`.
-    pub fn flush<E: Egress + ?Sized>(&mut self, out: &mut E, c: &mut Counters) {
+    pub fn flush<E: Egress + ?Sized>(&mut self, out: &mut E, c: &mut Counters, now: Nanos) {
         for (i, l) in self.lists.iter_mut().enumerate() {
-            if l.frames.is_empty() {
-                continue;
-            }
             let port = PortId(i as u16);
-            let sent = out.send(port, &l.frames, &l.owners);
-            if sent == 0 {
+            let Some(Some(s)) = self.scheds.get_mut(i) else {
+                send_list(out, port, l, c);
                 continue;
+            };
+            // The scheduler fills the ready list as far as rates and weights allow, a few
+            // frames at a time, for as long as the port takes them: the frames wait in the
+            // tenants' queues, where the order can still change, not in the TX ring.
+            loop {
+                let room = READY.saturating_sub(l.frames.len());
+                let got = s.schedule(now, room, |f, t, ingress| {
+                    l.frames.push(f);
+                    l.owners.push((t, ingress));
+                });
+                let offered = l.frames.len();
+                if offered == 0 || send_list(out, port, l, c) < offered || got.frames < room {
+                    break;
+                }
             }
-            if !out.counts_tx(port) {
-                // Handed to the worker that owns the port; it counts them when it sends them.
-                l.frames.drain(..sent);
-                l.owners.drain(..sent);
-                continue;
-            }
-            let mut out = PktBytes::default();
-            let mut tenant_tx = TenantRun::default();
-            for (f, (t, _)) in l.frames.iter().zip(&l.owners).take(sent) {
-                out.add(f.len);
-                tenant_tx.add(&mut c.tenant_tx, *t, f.len);
-            }
-            tenant_tx.flush(&mut c.tenant_tx);
-            if let Some(pt) = c.port_tx.get_mut(i) {
-                pt.packets += out.packets;
-                pt.bytes += out.bytes;
-            }
-            // Shifts the unsent rest to the front; never allocates.
-            l.frames.drain(..sent);
-            l.owners.drain(..sent);
         }
     }
+}
+
+/// Hands one port's pending frames to `out` and counts what it took; the rest stays in the
+/// list, in order. Returns how many it took.
+fn send_list<E: Egress + ?Sized>(
+    out: &mut E,
+    port: PortId,
+    l: &mut TxList,
+    c: &mut Counters,
+) -> usize {
+    if l.frames.is_empty() {
+        return 0;
+    }
+    let sent = out.send(port, &l.frames, &l.owners);
+    if sent == 0 {
+        return 0;
+    }
+    if out.counts_tx(port) {
+        let mut total = PktBytes::default();
+        let mut tenant_tx = TenantRun::default();
+        for (f, (t, _)) in l.frames.iter().zip(&l.owners).take(sent) {
+            total.add(f.len);
+            tenant_tx.add(&mut c.tenant_tx, *t, f.len);
+        }
+        tenant_tx.flush(&mut c.tenant_tx);
+        if let Some(pt) = c.port_tx.get_mut(port.index()) {
+            pt.packets += total.packets;
+            pt.bytes += total.bytes;
+        }
+    }
+    // Handed to another worker (not counted here: it counts them when it sends them), or
+    // sent. Shifts the unsent rest to the front; never allocates.
+    l.frames.drain(..sent);
+    l.owners.drain(..sent);
+    sent
 }
 
 /// Where TX lists go: the port drivers of this worker, or another worker that owns the port.
@@ -194,8 +307,11 @@ fn retag(area: &mut FrameArea, f: FrameRef, tagged: bool, vlan: Option<u16>) -> 
     }
 }
 
-/// Applies every disposition of the batch. Each frame ends up in a TX list or back in the pool.
+/// Applies every disposition of the batch at `now`. Each frame ends up in a TX list, a
+/// scheduler's queue, or back in the pool.
+#[allow(clippy::too_many_arguments)]
 pub fn deliver(
+    now: Nanos,
     snap: &Snapshot,
     area: &mut FrameArea,
     pool: &mut FramePool,
@@ -219,17 +335,19 @@ pub fn deliver(
                 pool.free(f.addr);
             }
             Disposition::Tx { port, vlan } => match retag(area, *f, tagged, vlan) {
-                Some(out) if tx.push(port, out, m.tenant, ingress) => {}
-                Some(out) => {
-                    c.drop(ingress, tenant, DropReason::TxFull);
-                    pool.free(out.addr);
-                }
+                Some(out) => match tx.push(port, out, m.tenant, ingress, now) {
+                    Ok(q) => q.count(c, m.tenant, out.len),
+                    Err(r) => {
+                        c.drop(ingress, tenant, r);
+                        pool.free(out.addr);
+                    }
+                },
                 None => {
                     c.drop(ingress, tenant, DropReason::NoHeadroom);
                     pool.free(f.addr);
                 }
             },
-            Disposition::Flood => flood(snap, area, pool, ingress, *f, m, tx, c),
+            Disposition::Flood => flood(now, snap, area, pool, ingress, *f, m, tx, c),
         }
     }
 }
@@ -238,6 +356,7 @@ pub fn deliver(
 /// original frame goes to the last target, copies to the others.
 #[allow(clippy::too_many_arguments)]
 fn flood(
+    now: Nanos,
     snap: &Snapshot,
     area: &mut FrameArea,
     pool: &mut FramePool,
@@ -266,11 +385,16 @@ fn flood(
             Some(base) => {
                 let copied = area.copy_frame(f, base + FRAME_HEADROOM);
                 match copied.and_then(|cf| retag(area, cf, tagged, cur.vlan)) {
-                    Some(out) if tx.push(cur.port, out, m.tenant, ingress) => c.flood_copies += 1,
-                    Some(_) => {
-                        c.drop(ingress, tenant, DropReason::TxFull);
-                        pool.free(base);
-                    }
+                    Some(out) => match tx.push(cur.port, out, m.tenant, ingress, now) {
+                        Ok(q) => {
+                            q.count(c, m.tenant, out.len);
+                            c.flood_copies += 1;
+                        }
+                        Err(r) => {
+                            c.drop(ingress, tenant, r);
+                            pool.free(base);
+                        }
+                    },
                     None => {
                         c.drop(ingress, tenant, DropReason::NoHeadroom);
                         pool.free(base);
@@ -282,11 +406,13 @@ fn flood(
         cur = next;
     }
     match retag(area, f, tagged, cur.vlan) {
-        Some(out) if tx.push(cur.port, out, m.tenant, ingress) => {}
-        Some(out) => {
-            c.drop(ingress, tenant, DropReason::TxFull);
-            pool.free(out.addr);
-        }
+        Some(out) => match tx.push(cur.port, out, m.tenant, ingress, now) {
+            Ok(q) => q.count(c, m.tenant, out.len),
+            Err(r) => {
+                c.drop(ingress, tenant, r);
+                pool.free(out.addr);
+            }
+        },
         None => {
             c.drop(ingress, tenant, DropReason::NoHeadroom);
             pool.free(f.addr);

@@ -10,7 +10,8 @@ use crate::batch::Meta;
 use crate::policy::acl::key_of;
 use crate::policy::conntrack::Judgement;
 use crate::policy::{Action, Direction};
-use crate::snapshot::{PortId, Snapshot};
+use crate::shaping::Unit;
+use crate::snapshot::{PortId, PortKind, Snapshot};
 use crate::time::Nanos;
 
 /// One stage and what it decided.
@@ -72,6 +73,22 @@ pub fn trace(p: &Pipeline, snap: &Snapshot, now: Nanos, port: PortId, frame: &[u
         out.push(step("spoof check", "sources owned by the attachment"));
     } else {
         out.push(step("spoof check", "none configured for this attachment"));
+    }
+    let from_tenant = snap.ports.get(port.index()).is_some_and(|p| p.kind == PortKind::Tenant);
+    match (t.shaping.police, p.police.bucket(m.tenant)) {
+        (Some(r), Some((b, _))) if from_tenant => {
+            let cost = r.cost(frame.len() as u32).min(b.size());
+            let what = if r.unit == Unit::Bytes { "bytes" } else { "frames" };
+            let (per_sec, tokens) = (b.rate(), b.tokens());
+            let verdict = format!("{per_sec} {what}/s here, {tokens} {what} of tokens now");
+            if b.has(cost) {
+                out.push(step("policer", format!("pass: {verdict}")));
+            } else {
+                out.push(drop_at("policer", "rate_limit", verdict));
+                return out;
+            }
+        }
+        _ => out.push(step("policer", "none for this frame")),
     }
     if snap.uses_flows(m.tenant) {
         let key = crate::flow::cache::key_of(&m, port);
@@ -172,5 +189,34 @@ pub fn trace(p: &Pipeline, snap: &Snapshot, now: Nanos, port: PortId, frame: &[u
         }
     };
     out.push(step("output", output));
+    if let Disposition::Tx { port: e, .. } = d
+        && let Some(ps) = snap.ports.get(e.index())
+    {
+        let shaper = match ps.kind {
+            PortKind::Uplink => t.shaping.to_uplink,
+            PortKind::Tenant => t.shaping.to_tenant,
+        };
+        let show = |r: crate::shaping::Rate| match r.unit {
+            Unit::Bytes => format!("{} bit/s", r.per_sec * 8),
+            Unit::Packets => format!("{} frames/s", r.per_sec),
+        };
+        let mut parts = Vec::new();
+        if let Some(r) = ps.rate {
+            parts.push(format!("port rate {}", show(r)));
+        }
+        if let Some(r) = shaper {
+            parts.push(format!("tenant shaper {}", show(r)));
+        }
+        if let Some(r) = t.shaping.min_rate {
+            parts.push(format!("guaranteed {}", show(r)));
+        }
+        let outcome = if parts.is_empty() {
+            "none: straight to the TX ring".to_string()
+        } else {
+            parts.push(format!("weight {}, queue of {} frames", t.shaping.weight, t.shaping.queue));
+            format!("tenant's queue on {}: {}", ps.name, parts.join(", "))
+        };
+        out.push(step("egress scheduler", outcome));
+    }
     out
 }

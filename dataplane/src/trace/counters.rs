@@ -62,6 +62,10 @@ labelled_enum! {
         /// A security group would open the connection, but the tenant's connection quota or
         /// the table is full.
         ConntrackFull => "conntrack_full",
+        /// The tenant's ingress policer had no tokens for it.
+        RateLimit => "rate_limit",
+        /// The tenant's egress queue on the port was full.
+        QueueFull => "queue_full",
     }
 }
 
@@ -175,6 +179,8 @@ pub struct Counters {
     pub tenant_rx: Vec<PktBytes>,
     /// From the switch to the tenant, per tenant.
     pub tenant_tx: Vec<PktBytes>,
+    /// Put into an egress scheduler's queue, per tenant.
+    pub tenant_queued: Vec<PktBytes>,
     /// Drops per tenant and reason (only where the tenant was resolved).
     pub tenant_drops: Vec<[u64; DropReason::COUNT]>,
     /// Malformed frames by parse check.
@@ -205,6 +211,7 @@ impl Counters {
         self.port_drops.resize(ports, [0; DropReason::COUNT]);
         self.tenant_rx.resize(tenants, PktBytes::default());
         self.tenant_tx.resize(tenants, PktBytes::default());
+        self.tenant_queued.resize(tenants, PktBytes::default());
         self.tenant_drops.resize(tenants, [0; DropReason::COUNT]);
     }
 
@@ -245,6 +252,7 @@ impl Counters {
         sum_drops(&mut self.port_drops, &o.port_drops);
         sum_pb(&mut self.tenant_rx, &o.tenant_rx);
         sum_pb(&mut self.tenant_tx, &o.tenant_tx);
+        sum_pb(&mut self.tenant_queued, &o.tenant_queued);
         sum_drops(&mut self.tenant_drops, &o.tenant_drops);
         for (x, y) in self.parse_errors.iter_mut().zip(&o.parse_errors) {
             *x += y;

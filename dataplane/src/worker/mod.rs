@@ -247,7 +247,7 @@ impl<P: Port> Worker<P> {
         if links.has_peers() {
             pipeline.announce_to_peers();
         }
-        Worker {
+        let mut w = Worker {
             pipeline,
             tx: TxLists::new(snap.ports.len(), 4 * BATCH_SIZE),
             area,
@@ -262,7 +262,9 @@ impl<P: Port> Worker<P> {
             batch_sizes: [0; 8],
             paused: 0,
             draining: false,
-        }
+        };
+        w.schedule_ports();
+        w
     }
 
     /// One pass over every socket. Returns the number of frames received.
@@ -327,7 +329,7 @@ impl<P: Port> Worker<P> {
                 routes: &self.routes,
                 peers: &mut self.links.out,
             };
-            self.tx.flush(&mut out, &mut self.pipeline.counters);
+            self.tx.flush(&mut out, &mut self.pipeline.counters, now);
         }
         if self.links.has_peers() {
             self.tell_peers();
@@ -368,16 +370,19 @@ impl<P: Port> Worker<P> {
                 if !tx.has_room(h.port) {
                     return false;
                 }
-                if !tx.enqueue(h.port, h.frame, h.tenant, h.ingress) {
-                    c.drop(h.ingress, Some(h.tenant), DropReason::TxFull);
-                    pool.free(h.frame.addr);
+                match tx.push(h.port, h.frame, h.tenant, h.ingress, now) {
+                    Ok(q) => q.count(c, h.tenant, h.frame.len),
+                    Err(r) => {
+                        c.drop(h.ingress, Some(h.tenant), r);
+                        pool.free(h.frame.addr);
+                    }
                 }
                 true
             });
         }
         let mut out =
             Out { sockets: &mut self.sockets, routes: &self.routes, peers: &mut self.links.out };
-        self.tx.flush(&mut out, &mut self.pipeline.counters);
+        self.tx.flush(&mut out, &mut self.pipeline.counters, now);
     }
 
     /// Sends this breath's announcements to every other worker and other workers' chunks home.
@@ -500,7 +505,28 @@ impl<P: Port> Worker<P> {
         self.tx.resize(snap.ports.len());
         // A port added by the new snapshot has no socket yet: nothing reaches it.
         self.routes.resize(snap.ports.len(), Route::Unreachable);
-        std::mem::replace(&mut self.snap, snap)
+        let old = std::mem::replace(&mut self.snap, snap);
+        self.schedule_ports();
+        old
+    }
+
+    /// Tells the worker how many workers send on each port (a port with several queues is
+    /// polled by several): each enforces that part of the port's and its tenants' rates.
+    pub fn share_rates(&mut self, workers_per_port: Vec<u64>) {
+        self.pipeline.share_rates(&self.snap, workers_per_port);
+        self.schedule_ports();
+    }
+
+    /// (Re)builds the egress schedulers of the ports this worker sends on; frames queued in
+    /// the old ones that the new ones cannot take are dropped as `queue_full`.
+    fn schedule_ports(&mut self) {
+        let (routes, shares) = (&self.routes, self.pipeline.rate_shares());
+        let local = |p: PortId| matches!(routes.get(p.index()), Some(Route::Local(_)));
+        let share = |p: PortId| shares.get(p.index()).copied().unwrap_or(1);
+        for (f, t, ingress) in self.tx.schedule(&self.snap, local, share, Nanos::ZERO) {
+            self.pipeline.counters.drop(ingress, Some(t), DropReason::QueueFull);
+            self.pool.free(f.addr);
+        }
     }
 
     /// Where this worker's frames are.
@@ -523,6 +549,11 @@ impl<P: Port> Worker<P> {
             handoff: handoff as u32,
             total: self.area.chunks(),
         }
+    }
+
+    /// Frames waiting in `tenant`'s egress queues on this worker's ports, and their room.
+    pub fn tx_queue_depth(&self, tenant: TenantId) -> (usize, usize) {
+        self.tx.queue_depth(tenant)
     }
 
     /// Received batches by size: entry `i` counts batches of `2^i ..= 2^(i+1) - 1` frames.

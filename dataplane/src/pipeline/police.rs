@@ -1,0 +1,67 @@
+//! Stage 3c: the ingress policer. A frame a tenant sends (that arrives on one of its
+//! tenant-facing ports) takes its cost from the tenant's token bucket; without enough tokens it
+//! is dropped under `rate_limit`. Frames from the uplink are the tenant's incoming traffic and
+//! are shaped on the way out instead ([`crate::shaping::drr`]).
+//!
+//! Runs before learning, so a frame dropped here teaches the MAC table nothing.
+
+use crate::shaping::{TokenBucket, Unit};
+use crate::snapshot::{PortKind, Snapshot, TenantId};
+use crate::time::Nanos;
+
+/// One bucket per policed tenant.
+#[derive(Debug, Default)]
+pub struct Policers {
+    buckets: Vec<Option<(TokenBucket, Unit)>>,
+}
+
+impl Policers {
+    /// Buckets for `snap`'s policers, each rate divided by the most workers receiving on one of
+    /// the tenant's tenant-facing ports (`shares`, per port). A tenant whose policer is
+    /// unchanged keeps its bucket's tokens; a changed one is retuned keeping what fits.
+    pub fn install(&mut self, snap: &Snapshot, shares: &[u64], now: Nanos) {
+        let old = std::mem::take(&mut self.buckets);
+        self.buckets = snap
+            .tenants
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let r = t.shaping.police?;
+                let share = t
+                    .attachments
+                    .iter()
+                    .filter(|a| {
+                        snap.ports.get(a.port.index()).is_some_and(|p| p.kind == PortKind::Tenant)
+                    })
+                    .map(|a| shares.get(a.port.index()).copied().unwrap_or(1))
+                    .max()
+                    .unwrap_or(1)
+                    .max(1);
+                let per_sec = r.per_sec / share;
+                let b = match old.get(i) {
+                    Some(Some((b, u))) if *u == r.unit => b.retuned(per_sec, r.burst),
+                    _ => TokenBucket::new(per_sec, r.burst, now),
+                };
+                Some((b, r.unit))
+            })
+            .collect();
+    }
+
+    /// True when tenant `t` may send a frame of `len` bytes now (its tokens are taken).
+    #[inline]
+    pub fn admit(&mut self, t: TenantId, now: Nanos, len: u32) -> bool {
+        let Some(Some((b, unit))) = self.buckets.get_mut(t.index()) else { return true };
+        b.refill(now);
+        let cost = match unit {
+            Unit::Bytes => u64::from(len),
+            Unit::Packets => 1,
+        };
+        // A frame larger than the whole burst passes when the bucket is full, and empties it.
+        b.try_take(cost.min(b.size()))
+    }
+
+    /// Tenant `t`'s bucket, if it is policed (for traces).
+    pub fn bucket(&self, t: TenantId) -> Option<(TokenBucket, Unit)> {
+        self.buckets.get(t.index()).copied().flatten()
+    }
+}

@@ -1,0 +1,290 @@
+//! The test lab shared by the AF_XDP integration tests: network namespaces and veth pairs
+//! built per test (unique names, torn down in `Drop` even when a test fails), `xswitch run` on
+//! the host ends. Needs root; CI runs as root.
+// Each test binary uses a different part of it.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+}
+
+/// Returns false (after saying so loudly) when the test cannot run here. Without root the
+/// tests fail unless XSWITCH_SKIP_ROOT_TESTS=1 is set, so CI can never skip them silently.
+pub fn can_run(name: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var("XSWITCH_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
+        eprintln!("\n!!! SKIPPED {name}: needs root for namespaces and AF_XDP !!!\n");
+        return false;
+    }
+    panic!("{name} needs root (namespaces, AF_XDP); set XSWITCH_SKIP_ROOT_TESTS=1 to skip");
+}
+
+pub fn run(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"))
+}
+
+pub fn must(cmd: &str, args: &[&str]) {
+    let o = run(cmd, args);
+    assert!(o.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// The demo topology in miniature: tenant red has hosts h1, h2 and VLAN 100 on the uplink
+/// (whose peer is namespace `fab`: this kernel has no 8021q module, so the fabric side sends
+/// and captures tagged frames raw); tenant blue has host h3 and VLAN 200. All hosts share one
+/// subnet, so only the switch keeps red and blue apart.
+pub struct Lab {
+    pub tag: String,
+    pub ns: Vec<String>,
+    pub dir: PathBuf,
+    pub switch: Option<Child>,
+    pub queues: u32,
+    /// Hosts added (their host-side interfaces are removed at the end).
+    pub hosts: Vec<String>,
+}
+
+impl Lab {
+    pub fn new() -> Lab {
+        Lab::with_queues(1)
+    }
+
+    /// A lab whose host veths have `queues` RX and TX queues each.
+    pub fn with_queues(queues: u32) -> Lab {
+        let tag = format!("x{}{}", std::process::id() % 10000, NEXT.fetch_add(1, Ordering::SeqCst));
+        let dir = std::env::temp_dir().join(format!("xswitch-test-{tag}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut lab = Lab { tag, ns: Vec::new(), dir, switch: None, queues, hosts: Vec::new() };
+        for (host, ip) in [("h1", "1"), ("h2", "2"), ("h3", "3")] {
+            lab.host(host, ip);
+        }
+        // The fabric: uplink peer with a VLAN 100 interface.
+        let ns = lab.ns_name("fab");
+        let hif = lab.ifname("up");
+        must("ip", &["netns", "add", &ns]);
+        lab.ns.push(ns.clone());
+        must("ip", &["link", "add", &hif, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+        must("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
+        lab.quiet(&ns, &hif);
+        let cfg = format!(
+            "[switch]\nframes = 8192\nring_size = 256\nidle = \"adaptive\"\n\
+             [metrics]\nenabled = false\n\
+             [control]\nsocket = \"{ctl}\"\n\
+             [ports.up]\ninterface = \"{up}\"\nkind = \"uplink\"\n\
+             [ports.h1]\ninterface = \"{h1}\"\nkind = \"tenant\"\n\
+             [ports.h2]\ninterface = \"{h2}\"\nkind = \"tenant\"\n\
+             [ports.h3]\ninterface = \"{h3}\"\nkind = \"tenant\"\n\
+             [tenants.red]\nattach = [{{ port = \"up\", vlan = 100 }}, {{ port = \"h1\" }}, {{ port = \"h2\" }}]\n\
+             [tenants.blue]\nattach = [{{ port = \"up\", vlan = 200 }}, {{ port = \"h3\" }}]\n",
+            up = lab.ifname("up"),
+            h1 = lab.ifname("h1"),
+            h2 = lab.ifname("h2"),
+            h3 = lab.ifname("h3"),
+            ctl = lab.dir.join("ctl.sock").display(),
+        );
+        std::fs::write(lab.config(), cfg).unwrap();
+        lab
+    }
+
+    pub fn ns_name(&self, host: &str) -> String {
+        format!("{}-{host}", self.tag)
+    }
+
+    /// Host-side interface name (at most 15 bytes).
+    pub fn ifname(&self, host: &str) -> String {
+        format!("{}{host}", self.tag)
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("lab.toml")
+    }
+
+    pub fn host(&mut self, host: &str, ip: &str) {
+        let ns = self.ns_name(host);
+        let hif = self.ifname(host);
+        must("ip", &["netns", "add", &ns]);
+        self.ns.push(ns.clone());
+        self.hosts.push(host.to_string());
+        let q = self.queues.to_string();
+        must(
+            "ip",
+            &[
+                "link",
+                "add",
+                &hif,
+                "numtxqueues",
+                &q,
+                "numrxqueues",
+                &q,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "numtxqueues",
+                &q,
+                "numrxqueues",
+                &q,
+                "netns",
+                &ns,
+            ],
+        );
+        must("ip", &["-n", &ns, "addr", "add", &format!("10.9.1.{ip}/24"), "dev", "eth0"]);
+        must("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
+        self.quiet(&ns, &hif);
+    }
+
+    /// Loopback up, TX checksum offload off (AF_XDP does not complete partial checksums), no
+    /// IPv6 chatter, host end up.
+    pub fn quiet(&self, ns: &str, hif: &str) {
+        must("ip", &["-n", ns, "link", "set", "lo", "up"]);
+        must("ip", &["netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off"]);
+        let _ =
+            run("ip", &["netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+        let _ = run("sysctl", &["-qw", &format!("net.ipv6.conf.{hif}.disable_ipv6=1")]);
+        must("ip", &["link", "set", hif, "up"]);
+    }
+
+    pub fn ns_run(&self, host: &str, args: &[&str]) -> Output {
+        let ns = self.ns_name(host);
+        let mut all = vec!["netns", "exec", ns.as_str()];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// Rewrites the config with `f`.
+    pub fn edit_config(&self, f: impl FnOnce(String) -> String) {
+        let cfg = std::fs::read_to_string(self.config()).unwrap();
+        std::fs::write(self.config(), f(cfg)).unwrap();
+    }
+
+    /// iperf3 TCP from `from` to `to` (an address) for 2 s with `streams` streams; bit/s
+    /// received.
+    pub fn iperf(&self, from: &str, to_host: &str, to: &str, port: &str, streams: &str) -> f64 {
+        self.iperf_with(from, to_host, to, port, &["-t", "2", "-P", streams])
+    }
+
+    /// iperf3 TCP with extra client arguments; bit/s received.
+    pub fn iperf_with(
+        &self,
+        from: &str,
+        to_host: &str,
+        to: &str,
+        port: &str,
+        extra: &[&str],
+    ) -> f64 {
+        let mut server = Command::new("ip")
+            .args(["netns", "exec", &self.ns_name(to_host), "iperf3", "-s", "-1", "-p", port])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let mut args = vec!["timeout", "30", "iperf3", "-c", to, "-p", port, "-J"];
+        args.extend_from_slice(extra);
+        let out = self.ns_run(from, &args);
+        let _ = server.kill();
+        let _ = server.wait();
+        let json = String::from_utf8_lossy(&out.stdout);
+        let bps = json
+            .split("\"sum_received\"")
+            .nth(1)
+            .and_then(|s| s.split("\"bits_per_second\":").nth(1))
+            .and_then(|s| s.split([',', '}']).next())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0.0);
+        assert!(out.status.success(), "iperf3 {from} -> {to} failed:\n{json}");
+        bps
+    }
+
+    pub fn ping(&self, from: &str, to: &str, count: &str) -> bool {
+        self.ns_run(from, &["ping", "-c", count, "-i", "0.2", "-W", "1", to]).status.success()
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("switch.log")
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::File::create(self.log()).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_xswitch"))
+            .args(["run", "-c"])
+            .arg(self.config())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.switch = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let text = std::fs::read_to_string(self.log()).unwrap_or_default();
+            if text.contains("switching") {
+                return;
+            }
+            if let Some(Ok(Some(st))) = self.switch.as_mut().map(|c| c.try_wait()) {
+                panic!("switch exited ({st}) while starting:\n{text}");
+            }
+            assert!(Instant::now() < deadline, "switch did not start:\n{text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, wait (bounded), return the log.
+    pub fn stop(&mut self) -> (bool, String) {
+        let mut child = self.switch.take().expect("switch running");
+        must("kill", &["-TERM", &child.id().to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("switch did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (status.success(), std::fs::read_to_string(self.log()).unwrap_or_default())
+    }
+
+    pub fn kill9(&mut self) {
+        let mut child = self.switch.take().expect("switch running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    pub fn host_ifs(&self) -> Vec<String> {
+        std::iter::once("up")
+            .chain(self.hosts.iter().map(String::as_str))
+            .map(|h| self.ifname(h))
+            .collect()
+    }
+
+    pub fn xdp_attached(&self, hif: &str) -> bool {
+        let o = run("ip", &["-d", "link", "show", "dev", hif]);
+        String::from_utf8_lossy(&o.stdout).contains("prog/xdp")
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.switch.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for hif in self.host_ifs() {
+            let _ = run("ip", &["link", "del", &hif]);
+        }
+        for ns in &self.ns {
+            let _ = run("ip", &["netns", "del", ns]);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
