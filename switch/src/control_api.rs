@@ -51,6 +51,18 @@ pub struct Placement {
     pub mode: String,
 }
 
+/// What the host gave the switch at start: the ports' devices, where the workers run, the
+/// pages of the frame area.
+#[derive(Debug, Clone, Default)]
+pub struct HostInfo {
+    /// Per port (config order): interface, VF, NUMA node.
+    pub ports: Vec<control::sriov::PortHost>,
+    /// Per worker: its ports' NUMA node and the CPU it is pinned to.
+    pub workers: Vec<(Option<u32>, Option<u32>)>,
+    /// The pages backing the frame area ("2 MiB", "4 KiB").
+    pub pages: String,
+}
+
 /// A question for the workers, answered between breaths (within 250 ms) by each of them.
 pub enum Query {
     /// The MAC table entries of a tenant.
@@ -356,6 +368,8 @@ pub struct Shared {
     pub placement: Vec<Placement>,
     /// Frames in the area.
     pub chunks: u32,
+    /// Ports' devices, workers' placement, frame-area pages.
+    pub host: HostInfo,
     /// The capture running, if any.
     capture: Mutex<Option<CaptureRun>>,
     /// When the switch started.
@@ -371,8 +385,10 @@ impl Shared {
         workers: WorkerLinks,
         placement: Vec<Placement>,
         chunks: u32,
+        host: HostInfo,
     ) -> Self {
         Shared {
+            host,
             path,
             running: Mutex::new((cfg, snap)),
             previous: Mutex::new(None),
@@ -430,6 +446,9 @@ fn not_live(old: &Config, new: &Config) -> Option<String> {
     if old.switch != new.switch {
         return Some("[switch] changed: frames, rings and workers are set at start".into());
     }
+    if old.sriov != new.sriov {
+        return Some("[sriov] changed: VFs are provisioned and set up at start".into());
+    }
     if old.metrics != new.metrics || old.control != new.control {
         return Some("[metrics] or [control] changed: listeners are set up at start".into());
     }
@@ -455,6 +474,9 @@ pub fn reload(shared: &Shared) -> Result<u64, String> {
             return Err("the demo runs its embedded config: there is no file to reload".into());
         };
         let new = control::config::load(path).map_err(|e| format!("{e}"))?;
+        // VF ports get their interfaces, as at start (nothing is provisioned now).
+        let (new, _) = crate::host::prepare(&new, control::sriov::Resolve::Look)
+            .map_err(|e| format!("{e:#}"))?;
         let mut running = shared.running.lock().map_err(|_| "state lock poisoned".to_string())?;
         if let Some(why) = not_live(&running.0, &new) {
             return Err(format!("{}: {why}; nothing was applied", path.display()));
@@ -925,6 +947,9 @@ fn status(shared: &Shared) -> Value {
         "tenants": snap.tenants.len(),
         "workers": workers,
         "reloads": { "applied": st.applied, "rejected": st.rejected, "last_error": st.last_error },
+        "placement": shared.host.workers.iter().enumerate().map(|(w, (node, core))| {
+            json!({ "worker": w, "numa_node": node, "core": core })
+        }).collect::<Vec<_>>(),
         "frames": {
             "total": census.total,
             "free": census.free,
@@ -933,6 +958,7 @@ fn status(shared: &Shared) -> Value {
             "tx": census.ports.tx,
             "completion": census.ports.completion,
             "pending": census.pending,
+            "pages": shared.host.pages,
             "in_flight_between_workers": census.returning + census.handoff,
         },
     })
@@ -952,9 +978,13 @@ fn ports(shared: &Shared) -> Value {
                 .filter(|q| q.port == p.name)
                 .map(|q| json!({ "queue": q.queue, "worker": q.worker, "mode": q.mode }))
                 .collect();
+            let host = shared.host.ports.iter().find(|h| h.port == p.name);
             json!({
                 "name": p.name,
                 "interface": p.interface,
+                "pf": host.and_then(|h| h.vf.as_ref()).map(|v| v.0.clone()),
+                "vf": host.and_then(|h| h.vf.as_ref()).map(|v| v.1),
+                "numa_node": host.and_then(|h| h.numa_node),
                 "kind": if p.kind == PortKind::Uplink { "uplink" } else { "tenant" },
                 "queues": queues,
                 "rx_packets": c.port_rx.get(i).map_or(0, |x| x.packets),

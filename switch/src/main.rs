@@ -5,6 +5,7 @@ mod cli;
 mod control_api;
 mod ctl;
 mod flowlogs;
+mod host;
 mod lab;
 mod metrics;
 mod run;

@@ -108,6 +108,17 @@ pub fn publish(slot: &Slot, w: &mut Worker<XskPort>, loops: &LoopStats) {
     }
 }
 
+/// The placement found at start: each worker's and each port's NUMA node (-1: unknown).
+pub fn record_host(host: &crate::control_api::HostInfo) {
+    let node = |n: Option<u32>| n.map_or(-1.0, f64::from);
+    for (w, (n, _)) in host.workers.iter().enumerate() {
+        metrics::gauge!("xswitch_worker_numa_node", "worker" => w.to_string()).set(node(*n));
+    }
+    for p in &host.ports {
+        metrics::gauge!("xswitch_port_numa_node", "port" => p.port.clone()).set(node(p.numa_node));
+    }
+}
+
 /// Counts a reload and, when applied, the new generation.
 pub fn record_reload(applied: bool, result: &Result<u64, String>) {
     let r = if applied { "applied" } else { "rejected" };
@@ -238,6 +249,11 @@ fn describe() {
     describe_gauge!("xswitch_conntrack_entries", Unit::Count, "Tracked connections, per tenant.");
     describe_gauge!("xswitch_umem_frames", Unit::Count, "Frames of the UMEM, by where they are.");
     describe_gauge!("xswitch_config_generation", "Generation of the running config.");
+    describe_gauge!(
+        "xswitch_worker_numa_node",
+        "NUMA node of the ports a worker polls (-1: unknown)."
+    );
+    describe_gauge!("xswitch_port_numa_node", "NUMA node of a port's device (-1: unknown).");
     describe_gauge!(
         "xswitch_worker_busy_ratio",
         "Share of the last export interval a worker spent in polls that received frames."

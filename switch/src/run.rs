@@ -85,8 +85,12 @@ pub fn serve(
     let name_owned = file
         .map_or_else(|| "configs/demo.toml (embedded)".to_string(), |f| f.display().to_string());
     let name = name_owned.as_str();
-    let snap = control::compile(cfg, 1)?;
     require_root()?;
+    // VFs provisioned and resolved to interfaces: from here on every port has one.
+    let (resolved, hosts) = crate::host::prepare(cfg, control::sriov::Resolve::Provision)
+        .with_context(|| format!("{name}: preparing the ports"))?;
+    let cfg = &resolved;
+    let snap = control::compile(cfg, 1)?;
     let workers = cfg.switch.workers as usize;
     let sockets: usize = cfg.ports.values().map(|p| p.queues as usize).sum();
     if workers > sockets {
@@ -97,13 +101,24 @@ pub fn serve(
     }
     let plan = plan_sockets(&snap, cfg, workers);
 
-    let pages = if cfg.switch.huge_pages { PageSize::Huge2M } else { PageSize::Normal };
+    let pages = match (cfg.switch.huge_pages, cfg.switch.huge_page_size.as_str()) {
+        (false, _) => PageSize::Normal,
+        (true, "1G") => PageSize::Huge1G,
+        (true, _) => PageSize::Huge2M,
+    };
     let area = FrameArea::new(cfg.switch.frames, cfg.switch.frame_size, pages)
         .context("allocating the frame area")?;
-    if cfg.switch.huge_pages && !area.huge_pages() {
+    if pages != PageSize::Normal && !area.huge_pages() {
+        let (size, dir) = if pages == PageSize::Huge1G {
+            ("1 GiB", "/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages")
+        } else {
+            ("2 MiB", "/proc/sys/vm/nr_hugepages")
+        };
         eprintln!(
-            "xswitch: warning: switch.huge_pages: no 2 MiB huge pages could be had \
-             (reserve them in /proc/sys/vm/nr_hugepages); using normal pages"
+            "xswitch: warning: switch.huge_pages: no {size} huge pages could be had for {} MiB \
+             (reserve them in {dir}; the area must be a multiple of the page size); using normal \
+             pages",
+            area.len() >> 20
         );
     }
     eprintln!(
@@ -111,9 +126,39 @@ pub fn serve(
         area.chunks(),
         area.chunk_size(),
         area.len() >> 20,
-        if area.huge_pages() { "2 MiB huge" } else { "normal" }
+        area.page_size().as_str()
     );
     let links = mesh(workers, area.chunks());
+    // Where the workers run: by their ports' NUMA nodes (switch.numa), or as configured.
+    let sys = crate::host::sysfs();
+    let ports_of: Vec<Vec<String>> = plan
+        .iter()
+        .map(|socks| socks.iter().map(|&(p, _)| snap.ports[p.index()].interface.clone()).collect())
+        .collect();
+    let numa = match cfg.switch.numa {
+        control::config::model::NumaPolicy::Auto => {
+            control::sriov::place(&sys, &ports_of, &cfg.switch.cores)
+        }
+        control::config::model::NumaPolicy::Off => control::sriov::Placement {
+            nodes: vec![None; workers],
+            cores: (0..workers).map(|w| cfg.switch.cores.get(w).copied()).collect(),
+            warnings: Vec::new(),
+        },
+    };
+    for w in &numa.warnings {
+        eprintln!("xswitch: warning: {w}");
+    }
+    if sys.nodes().len() > 1 {
+        for (w, node) in numa.nodes.iter().enumerate() {
+            if let Some(n) = node {
+                if let Err(e) = area.prefer_node(links[w].shares.range(w), *n) {
+                    eprintln!("xswitch: warning: worker {w}'s frames on NUMA node {n}: {e}");
+                } else {
+                    eprintln!("xswitch: worker {w}'s frames kept on NUMA node {n}");
+                }
+            }
+        }
+    }
     for (w, socks) in plan.iter().enumerate() {
         let share = links[w].shares.range(w).len() as u64;
         let need = socks.len() as u64 * 3 * u64::from(cfg.switch.ring_size) + 256;
@@ -231,12 +276,13 @@ pub fn serve(
         }
     }
     let total_chunks = area.chunks();
+    let pages_got = area.page_size();
     drop(area);
     let idle = match cfg.switch.idle {
         IdlePolicyConfig::Busy => IdlePolicy::Busy,
         IdlePolicyConfig::Adaptive => IdlePolicy::Adaptive,
     };
-    let cores = &cfg.switch.cores;
+    let cores = &numa.cores;
     let slots: Vec<crate::metrics::Slot> = ws.iter().map(|_| Default::default()).collect();
     let exporter = crate::metrics::start(&cfg.metrics, &snap, &slots, snap.generation)?;
     let every = Nanos::from_millis(crate::metrics::PUBLISH_INTERVAL.as_millis() as u64);
@@ -251,7 +297,13 @@ pub fn serve(
         crate::control_api::WorkerLinks { snapshots: to_workers, queries, slots: slots.clone() },
         placement,
         total_chunks,
+        crate::control_api::HostInfo {
+            ports: hosts,
+            workers: numa.nodes.iter().copied().zip(numa.cores.iter().copied()).collect(),
+            pages: pages_got.as_str().to_string(),
+        },
     ));
+    crate::metrics::record_host(&shared.host);
     let server = if cfg.control.enabled {
         Some(crate::control_api::serve(Path::new(&cfg.control.socket), shared.clone())?)
     } else {
@@ -268,7 +320,7 @@ pub fn serve(
             .map(|((i, mut worker), (snaps, questions))| {
                 let stop = &stop;
                 let slot = slots[i].clone();
-                let core = cores.get(i).copied();
+                let core = cores.get(i).copied().flatten();
                 std::thread::Builder::new().name(format!("xswitch-w{i}")).spawn_scoped(
                     scope,
                     move || {
@@ -276,7 +328,7 @@ pub fn serve(
                             let id = core_affinity::CoreId { id: core as usize };
                             if !core_affinity::set_for_current(id) {
                                 stop.store(true, Ordering::SeqCst);
-                                bail!("switch.cores[{i}]: cannot pin worker {i} to core {core}");
+                                bail!("cannot pin worker {i} to core {core}");
                             }
                             eprintln!("xswitch: worker {i} pinned to core {core}");
                         }

@@ -169,9 +169,9 @@ fn huge_page_and_busy_poll_options_start_or_fall_back_with_a_warning() {
     assert!(lab.ping("h1", "10.9.1.2", "2"));
     let (ok, log) = lab.stop();
     assert!(ok, "{log}");
-    let huge = log.contains("2 MiB huge pages)");
+    let huge = log.contains("2 MiB pages)");
     let fell_back =
-        log.contains("no 2 MiB huge pages could be had") && log.contains("normal pages)");
+        log.contains("no 2 MiB huge pages could be had") && log.contains("4 KiB pages)");
     assert!(huge || fell_back, "neither huge pages nor the fallback warning:\n{log}");
 }
 

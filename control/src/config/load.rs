@@ -64,6 +64,44 @@ pub fn load_str_with_env(
     finish(Path::new(name), built)
 }
 
+/// Replaces every port that names a range of VFs (`vfs`) by one port per VF, named after the
+/// port and the index (`vf` with `vfs = "0-3"`: `vf0` .. `vf3`).
+fn expand_vf_ranges(cfg: &mut Config) -> Vec<Issue> {
+    let mut issues = Vec::new();
+    let ranged: Vec<String> =
+        cfg.ports.iter().filter(|(_, p)| p.vfs.is_some()).map(|(n, _)| n.clone()).collect();
+    for name in ranged {
+        let Some(p) = cfg.ports.remove(&name) else { continue };
+        let at = format!("ports.{name}.vfs");
+        let spec = p.vfs.clone().unwrap_or_default();
+        let list = crate::sriov::parse_cpulist(&spec);
+        if list.is_empty() || p.pf.is_none() || p.vf.is_some() {
+            issues.push(Issue::new(
+                at,
+                format!(
+                    "{spec:?}: give a pf and VF indexes such as \"0-7\" or \"0,2,4\" (not with vf)"
+                ),
+            ));
+            continue;
+        }
+        for i in list {
+            let port = format!("{name}{i}");
+            if cfg.ports.contains_key(&port) {
+                issues.push(Issue::new(
+                    &at,
+                    format!("VF {i} makes a port {port}, which exists already"),
+                ));
+                continue;
+            }
+            let mut one = p.clone();
+            one.vfs = None;
+            one.vf = Some(i);
+            cfg.ports.insert(port, one);
+        }
+    }
+    issues
+}
+
 fn env_source(vars: Option<HashMap<String, String>>) -> Environment {
     Environment::with_prefix("XSWITCH")
         .source(vars)
@@ -79,9 +117,10 @@ fn finish(
     built: Result<config::Config, config::ConfigError>,
 ) -> Result<Config, ConfigError> {
     let file = path.to_path_buf();
-    let cfg: Config = built
+    let mut cfg: Config = built
         .and_then(|c| c.try_deserialize())
         .map_err(|cause| ConfigError::Load { file: file.clone(), cause })?;
-    let issues = validate(&cfg);
+    let mut issues = expand_vf_ranges(&mut cfg);
+    issues.extend(validate(&cfg));
     if issues.is_empty() { Ok(cfg) } else { Err(ConfigError::Invalid { file, issues }) }
 }

@@ -25,6 +25,42 @@ pub struct Config {
     /// The control socket.
     #[serde(default)]
     pub control: ControlConfig,
+    /// SR-IOV physical functions by interface name: VFs to provision, per-VF attributes.
+    #[serde(default)]
+    pub sriov: BTreeMap<String, SriovConfig>,
+}
+
+/// `[sriov.PF]`: a physical function whose VFs serve as ports.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SriovConfig {
+    /// VFs to have enabled (written to `sriov_numvfs` at start when it differs; absent: leave
+    /// the count as it is).
+    #[serde(default)]
+    pub numvfs: Option<u32>,
+    /// Attributes of single VFs, set on the PF through rtnetlink at start.
+    #[serde(default)]
+    pub vf: Vec<VfConfig>,
+}
+
+/// `[[sriov.PF.vf]]`: what the NIC enforces for one VF.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VfConfig {
+    /// The VF.
+    pub index: u32,
+    /// Its MAC address.
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// A VLAN the NIC tags its frames with (0: none).
+    #[serde(default)]
+    pub vlan: Option<u16>,
+    /// The NIC drops frames whose source MAC is not the VF's.
+    #[serde(default)]
+    pub spoofchk: Option<bool>,
+    /// The VF may change its MAC and enter promiscuous mode.
+    #[serde(default)]
+    pub trust: Option<bool>,
 }
 
 /// `[control]`: the control API's Unix socket.
@@ -111,6 +147,23 @@ pub struct SwitchConfig {
     /// An IPFIX collector (`host:port`, UDP) for the flow records of tenants whose flow log
     /// says `ipfix = true`.
     pub flow_log_ipfix: Option<String>,
+    /// Size of the huge pages `huge_pages` asks for: `"2M"` or `"1G"`.
+    pub huge_page_size: String,
+    /// Worker placement by the ports' NUMA nodes.
+    pub numa: NumaPolicy,
+}
+
+/// `switch.numa`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NumaPolicy {
+    /// On a machine with several NUMA nodes, pin each worker to a CPU of its ports' node and
+    /// move its frames there (unless `cores` says otherwise, which is warned about when it
+    /// crosses nodes).
+    #[default]
+    Auto,
+    /// Place nothing.
+    Off,
 }
 
 impl Default for SwitchConfig {
@@ -132,6 +185,8 @@ impl Default for SwitchConfig {
             flow_log_interval_secs: 60,
             flow_log_idle_secs: 15,
             flow_log_ipfix: None,
+            huge_page_size: "2M".into(),
+            numa: NumaPolicy::Auto,
         }
     }
 }
@@ -163,8 +218,19 @@ pub enum XdpMode {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortConfig {
-    /// Kernel interface name.
+    /// Kernel interface name (or `pf` with `vf` or `vfs`).
+    #[serde(default)]
     pub interface: String,
+    /// A physical function: this port is its VF `vf` (or its VFs `vfs`).
+    #[serde(default)]
+    pub pf: Option<String>,
+    /// The VF index on `pf`.
+    #[serde(default)]
+    pub vf: Option<u32>,
+    /// VF indexes on `pf` (`"0-7"`, `"0,2,4"`): one port per VF, named NAME0, NAME1, ... after
+    /// their index.
+    #[serde(default)]
+    pub vfs: Option<String>,
     /// Uplink or tenant.
     pub kind: PortKindConfig,
     /// Queues to open (one AF_XDP socket each).

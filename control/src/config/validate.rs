@@ -57,6 +57,48 @@ fn valid_ifname(s: &str) -> bool {
         && s != ".."
 }
 
+fn check_sriov(cfg: &Config, is: &mut Issues) {
+    for (pf, s) in &cfg.sriov {
+        let at = format!("sriov.{pf}");
+        if !valid_ifname(pf) {
+            is.add(&at, format!("{pf:?} is not a valid interface name"));
+        }
+        if s.numvfs.is_some_and(|n| n > 256) {
+            is.add(format!("{at}.numvfs"), "at most 256 (PCIe SR-IOV offers no more per function)");
+        }
+        let mut seen = HashSet::new();
+        for (i, v) in s.vf.iter().enumerate() {
+            let vat = format!("{at}.vf[{i}]");
+            if !seen.insert(v.index) {
+                is.add(format!("{vat}.index"), format!("VF {} is listed twice", v.index));
+            }
+            if let Some(n) = s.numvfs
+                && v.index >= n
+            {
+                is.add(format!("{vat}.index"), format!("VF {}, but numvfs is {n}", v.index));
+            }
+            if let Some(m) = &v.mac {
+                match m.parse::<MacAddr>() {
+                    Ok(mac) if mac.is_multicast() || mac == MacAddr::ZERO => {
+                        is.add(format!("{vat}.mac"), format!("{m} is not a unicast address"));
+                    }
+                    Ok(_) => {}
+                    Err(_) => is.add(format!("{vat}.mac"), format!("{m:?} is not a MAC address")),
+                }
+            }
+            if v.vlan.is_some_and(|vl| vl > VLAN_MAX) {
+                is.add(format!("{vat}.vlan"), format!("out of range 0..={VLAN_MAX}"));
+            }
+        }
+    }
+    if !matches!(cfg.switch.huge_page_size.as_str(), "2M" | "1G") {
+        is.add(
+            "switch.huge_page_size",
+            format!("{:?}: \"2M\" or \"1G\"", cfg.switch.huge_page_size),
+        );
+    }
+}
+
 fn check_shaping(cfg: &Config, is: &mut Issues) {
     for name in cfg.ports.keys() {
         super::shaping::port(name, cfg, &mut is.0);
@@ -75,6 +117,7 @@ pub fn validate(cfg: &Config) -> Vec<Issue> {
     check_ports(cfg, &mut is);
     check_tenants(cfg, &mut is);
     check_shaping(cfg, &mut is);
+    check_sriov(cfg, &mut is);
     if cfg.control.socket.is_empty() || !cfg.control.socket.starts_with('/') {
         is.add("control.socket", format!("{:?} is not an absolute path", cfg.control.socket));
     }
@@ -180,25 +223,50 @@ fn check_ports(cfg: &Config, is: &mut Issues) {
         is.add("ports", "no port is configured");
     }
     let mut ifnames: HashMap<&str, &str> = HashMap::new();
+    let mut vfs: HashMap<(&str, u32), &str> = HashMap::new();
     for (name, p) in &cfg.ports {
         let at = format!("ports.{name}");
         if !valid_name(name) {
             is.add(&at, "name must be 1-64 characters of [A-Za-z0-9_-]");
         }
-        if !valid_ifname(&p.interface) {
-            is.add(
-                format!("{at}.interface"),
-                format!(
-                    "{:?} is not a valid interface name (1-15 bytes, no '/', ':' or space)",
-                    p.interface
-                ),
-            );
-        }
-        if let Some(other) = ifnames.insert(&p.interface, name) {
-            is.add(
-                format!("{at}.interface"),
-                format!("interface {} is already used by port {other}", p.interface),
-            );
+        match (&p.pf, p.vf, p.interface.is_empty()) {
+            // A VF: its interface is found at start (control::sriov).
+            (Some(pf), Some(vf), true) => {
+                if !valid_ifname(pf) {
+                    is.add(format!("{at}.pf"), format!("{pf:?} is not a valid interface name"));
+                }
+                if let Some(other) = vfs.insert((pf.as_str(), vf), name) {
+                    is.add(format!("{at}.vf"), format!("VF {vf} of {pf} is already port {other}"));
+                }
+                if let Some(n) = cfg.sriov.get(pf).and_then(|s| s.numvfs)
+                    && vf >= n
+                {
+                    is.add(
+                        format!("{at}.vf"),
+                        format!("VF {vf}, but sriov.{pf}.numvfs provisions VFs 0..{n}"),
+                    );
+                }
+            }
+            (None, None, false) => {
+                if !valid_ifname(&p.interface) {
+                    is.add(
+                        format!("{at}.interface"),
+                        format!(
+                            "{:?} is not a valid interface name (1-15 bytes, no '/', ':' or space)",
+                            p.interface
+                        ),
+                    );
+                }
+                if let Some(other) = ifnames.insert(&p.interface, name) {
+                    is.add(
+                        format!("{at}.interface"),
+                        format!("interface {} is already used by port {other}", p.interface),
+                    );
+                }
+            }
+            _ => {
+                is.add(&at, "give either interface, or pf with vf (one VF) or vfs (a range of VFs)")
+            }
         }
         if !(1..=64).contains(&p.queues) {
             is.add(format!("{at}.queues"), format!("{} is out of range 1..=64", p.queues));

@@ -49,6 +49,8 @@ pub struct Lab {
     pub queues: u32,
     /// Hosts added (their host-side interfaces are removed at the end).
     pub hosts: Vec<String>,
+    /// Environment of the switch process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Lab {
@@ -61,7 +63,15 @@ impl Lab {
         let tag = format!("x{}{}", std::process::id() % 10000, NEXT.fetch_add(1, Ordering::SeqCst));
         let dir = std::env::temp_dir().join(format!("xswitch-test-{tag}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut lab = Lab { tag, ns: Vec::new(), dir, switch: None, queues, hosts: Vec::new() };
+        let mut lab = Lab {
+            tag,
+            ns: Vec::new(),
+            dir,
+            switch: None,
+            queues,
+            hosts: Vec::new(),
+            env: Vec::new(),
+        };
         for (host, ip) in [("h1", "1"), ("h2", "2"), ("h3", "3")] {
             lab.host(host, ip);
         }
@@ -217,6 +227,7 @@ impl Lab {
         let child = Command::new(env!("CARGO_BIN_EXE_xswitch"))
             .args(["run", "-c"])
             .arg(self.config())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -234,6 +245,35 @@ impl Lab {
             assert!(Instant::now() < deadline, "switch did not start:\n{text}");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Starts the switch expecting it to give up: its exit status and log (bounded wait).
+    pub fn start_and_fail(&mut self) -> (std::process::ExitStatus, String) {
+        let log = std::fs::File::create(self.log()).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_xswitch"))
+            .args(["run", "-c"])
+            .arg(self.config())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let st = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the switch kept running:\n{}",
+                    std::fs::read_to_string(self.log()).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        (st, std::fs::read_to_string(self.log()).unwrap_or_default())
     }
 
     /// SIGTERM, wait (bounded), return the log.

@@ -33,8 +33,30 @@ pub const FRAME_HEADROOM: u64 = 256;
 pub enum PageSize {
     /// Ordinary 4 KiB pages.
     Normal,
-    /// 2 MiB huge pages, falling back to normal pages (reported by [`FrameArea::huge_pages`]).
+    /// 2 MiB huge pages, falling back to normal pages (reported by [`FrameArea::page_size`]).
     Huge2M,
+    /// 1 GiB huge pages, falling back to normal pages.
+    Huge1G,
+}
+
+impl PageSize {
+    /// Bytes per page.
+    pub const fn bytes(self) -> usize {
+        match self {
+            PageSize::Normal => 4096,
+            PageSize::Huge2M => 2 << 20,
+            PageSize::Huge1G => 1 << 30,
+        }
+    }
+
+    /// For people.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PageSize::Normal => "4 KiB",
+            PageSize::Huge2M => "2 MiB",
+            PageSize::Huge1G => "1 GiB",
+        }
+    }
 }
 
 /// The mapping itself; unmapped when the last handle drops.
@@ -69,7 +91,7 @@ pub struct FrameArea {
     ptr: NonNull<u8>,
     len: usize,
     chunk_size: u32,
-    huge: bool,
+    pages: PageSize,
 }
 
 // SAFETY: a handle is a bounded view of a mapping that lives as long as any handle; moving it
@@ -93,21 +115,25 @@ impl FrameArea {
         }
         let len = chunks as usize * chunk_size as usize;
         let base = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
-        let mut huge = false;
+        let mut got = PageSize::Normal;
         let mut ptr = libc::MAP_FAILED;
-        if pages == PageSize::Huge2M && len.is_multiple_of(2 << 20) {
+        if pages != PageSize::Normal && len.is_multiple_of(pages.bytes()) {
+            let size =
+                if pages == PageSize::Huge1G { libc::MAP_HUGE_1GB } else { libc::MAP_HUGE_2MB };
             // SAFETY: anonymous mapping with a null hint: no existing memory is affected.
             ptr = unsafe {
                 libc::mmap(
                     std::ptr::null_mut(),
                     len,
                     libc::PROT_READ | libc::PROT_WRITE,
-                    base | libc::MAP_HUGETLB | libc::MAP_POPULATE,
+                    base | libc::MAP_HUGETLB | size | libc::MAP_POPULATE,
                     -1,
                     0,
                 )
             };
-            huge = ptr != libc::MAP_FAILED;
+            if ptr != libc::MAP_FAILED {
+                got = pages;
+            }
         }
         if ptr == libc::MAP_FAILED {
             // SAFETY: as above.
@@ -142,7 +168,7 @@ impl FrameArea {
         }
         let ptr =
             NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
-        Ok(FrameArea { map: Arc::new(Mapping { ptr, len }), ptr, len, chunk_size, huge })
+        Ok(FrameArea { map: Arc::new(Mapping { ptr, len }), ptr, len, chunk_size, pages: got })
     }
 
     /// Another handle on the same memory, for another worker.
@@ -152,7 +178,7 @@ impl FrameArea {
             ptr: self.ptr,
             len: self.len,
             chunk_size: self.chunk_size,
-            huge: self.huge,
+            pages: self.pages,
         }
     }
 
@@ -188,7 +214,46 @@ impl FrameArea {
 
     /// True when the huge-page mapping succeeded.
     pub fn huge_pages(&self) -> bool {
-        self.huge
+        self.pages != PageSize::Normal
+    }
+
+    /// The pages that back the area (explicit huge pages, or ordinary ones).
+    pub fn page_size(&self) -> PageSize {
+        self.pages
+    }
+
+    /// Asks the kernel to keep chunks `chunks` of the area on NUMA node `node` (moving what is
+    /// there already): a worker's frames next to its ports and its CPU. Advice: with the node
+    /// full the kernel uses another.
+    pub fn prefer_node(&self, chunks: std::ops::Range<u32>, node: u32) -> io::Result<()> {
+        const MPOL_PREFERRED: libc::c_long = 1;
+        const MPOL_MF_MOVE: libc::c_long = 1 << 1;
+        if node >= 64 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "node beyond 63"));
+        }
+        let page = 4096usize;
+        let start = (chunks.start as usize * self.chunk_size as usize) / page * page;
+        let end = (chunks.end as usize * self.chunk_size as usize).min(self.len);
+        if end <= start {
+            return Ok(());
+        }
+        let mask: libc::c_ulong = 1 << node;
+        // SAFETY: the range lies inside this mapping (start rounded down to a page, which is
+        // still inside it because the mapping is page aligned; end clamped to its length), the
+        // node mask is a live local of 64 bits and maxnode says so. mbind changes where pages
+        // live, never their contents or validity.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mbind,
+                self.ptr.as_ptr().add(start),
+                end - start,
+                MPOL_PREFERRED,
+                &mask as *const libc::c_ulong,
+                64 as libc::c_ulong,
+                MPOL_MF_MOVE,
+            )
+        };
+        if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
     }
 
     /// Start of the mapping (for UMEM registration).
@@ -317,5 +382,20 @@ mod tests {
         // Whether or not huge pages are reserved here, the area must come up.
         let a = FrameArea::new(1024, 2048, PageSize::Huge2M).unwrap();
         assert_eq!(a.len(), 2 << 20);
+        assert_eq!(a.huge_pages(), a.page_size() == PageSize::Huge2M);
+        // 2 MiB is no multiple of 1 GiB: ordinary pages.
+        let b = FrameArea::new(1024, 2048, PageSize::Huge1G).unwrap();
+        assert_eq!(b.page_size(), PageSize::Normal);
+    }
+
+    #[test]
+    fn chunks_can_be_kept_on_node_zero() {
+        // Every machine has a node 0; the call must be accepted and change nothing visible.
+        let mut a = FrameArea::new(64, 2048, PageSize::Normal).unwrap();
+        let f = FrameRef { addr: 10 * 2048 + FRAME_HEADROOM, len: 4 };
+        a.frame_mut(f).unwrap().copy_from_slice(&[1, 2, 3, 4]);
+        a.prefer_node(8..16, 0).unwrap();
+        assert_eq!(a.frame(f).unwrap(), &[1, 2, 3, 4]);
+        assert!(a.prefer_node(0..4, 64).is_err());
     }
 }
