@@ -102,11 +102,13 @@ pub fn start(cfg: &Config, snap: &Snapshot) -> anyhow::Result<Option<Writer>> {
                 addr.parse().with_context(|| format!("switch.flow_log_ipfix: {addr:?}"))?;
             let any: std::net::SocketAddr =
                 if to.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+            // Not connected: on a connected UDP socket the ICMP "port unreachable" of one
+            // datagram (a collector restarting) fails the next send, losing a message that the
+            // collector, back by then, would have taken.
             let sock = std::net::UdpSocket::bind(any)
-                .and_then(|s| s.connect(to).map(|()| s))
                 .with_context(|| format!("switch.flow_log_ipfix: cannot send to {to}"))?;
             eprintln!("xswitch: flow records as IPFIX to {to}");
-            Some(sock)
+            Some((sock, to))
         }
         None => None,
     };
@@ -121,7 +123,7 @@ pub fn start(cfg: &Config, snap: &Snapshot) -> anyhow::Result<Option<Writer>> {
 /// Sends the IPFIX records every sink has waiting.
 fn send_ipfix(
     sinks: &mut [Option<Sink>],
-    sock: &std::net::UdpSocket,
+    (sock, to): &(std::net::UdpSocket, std::net::SocketAddr),
     exporter: &mut control::ipfix::Exporter,
 ) {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as u32;
@@ -132,7 +134,7 @@ fn send_ipfix(
         }
         for m in exporter.encode(t as u32 + 1, now, &sink.pending) {
             // UDP: a lost datagram is lost (counted by the collector's sequence numbers).
-            if let Err(e) = sock.send(&m) {
+            if let Err(e) = sock.send_to(&m, to) {
                 eprintln!("xswitch: IPFIX export: {e}");
             }
         }
@@ -143,7 +145,7 @@ fn send_ipfix(
 fn write_all(
     rx: Receiver<FlowRecord>,
     mut sinks: Vec<Option<Sink>>,
-    ipfix: Option<std::net::UdpSocket>,
+    ipfix: Option<(std::net::UdpSocket, std::net::SocketAddr)>,
 ) {
     let mut exporter = control::ipfix::Exporter::default();
     // Record times are the workers' monotonic clock; files want wall time.
