@@ -342,6 +342,47 @@ pub struct FlowView {
     pub reason: Option<DropReason>,
 }
 
+impl FlowView {
+    /// The flow log's record of this span.
+    pub fn record(self, why: RecordReason) -> FlowRecord {
+        FlowRecord {
+            tenant: self.tenant,
+            proto: self.proto,
+            src: self.src,
+            dst: self.dst,
+            packets: self.packets,
+            bytes: self.bytes,
+            start: self.start,
+            end: self.last,
+            accepted: self.accepted,
+            reason: self.reason,
+            why,
+        }
+    }
+}
+
+impl Entry {
+    /// The flow this entry holds, decoded from its key (the one place that reads the key's
+    /// layout back).
+    fn view(&self) -> FlowView {
+        let k = &self.key;
+        FlowView {
+            tenant: TenantId(self.tenant),
+            in_port: PortId(k[0] as u16),
+            ethertype: (k[0] >> 32) as u16,
+            proto: (k[0] >> 48) as u8,
+            src: (addr(k[3], k[4]), (k[1] >> 48) as u16),
+            dst: (addr(k[5], k[6]), (k[2] >> 48) as u16),
+            packets: self.packets,
+            bytes: self.bytes,
+            start: self.start,
+            last: self.last,
+            accepted: self.flags & S_ACCEPTED != 0,
+            reason: self.reason,
+        }
+    }
+}
+
 /// Where a flow sits in the cache (valid until the next insert).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Slot(usize);
@@ -653,19 +694,7 @@ impl FlowCache {
             return;
         }
         if let Some(x) = &mut self.export {
-            x.emit(FlowRecord {
-                tenant: TenantId(e.tenant),
-                proto: (e.key[0] >> 48) as u8,
-                src: (addr(e.key[3], e.key[4]), (e.key[1] >> 48) as u16),
-                dst: (addr(e.key[5], e.key[6]), (e.key[2] >> 48) as u16),
-                packets: e.packets,
-                bytes: e.bytes,
-                start: e.start,
-                end: e.last,
-                accepted: e.flags & S_ACCEPTED != 0,
-                reason: e.reason,
-                why,
-            });
+            x.emit(e.view().record(why));
         }
     }
 
@@ -724,22 +753,10 @@ impl FlowCache {
     /// The cached flows of tenant `t` that counted something (for the control API; walks the
     /// whole table).
     pub fn flows(&self, t: TenantId) -> impl Iterator<Item = FlowView> + '_ {
-        self.entries.iter().filter(move |e| e.occupied && e.tenant == t.0 && e.packets > 0).map(
-            |e| FlowView {
-                tenant: TenantId(e.tenant),
-                in_port: PortId(e.key[0] as u16),
-                ethertype: (e.key[0] >> 32) as u16,
-                proto: (e.key[0] >> 48) as u8,
-                src: (addr(e.key[3], e.key[4]), (e.key[1] >> 48) as u16),
-                dst: (addr(e.key[5], e.key[6]), (e.key[2] >> 48) as u16),
-                packets: e.packets,
-                bytes: e.bytes,
-                start: e.start,
-                last: e.last,
-                accepted: e.flags & S_ACCEPTED != 0,
-                reason: e.reason,
-            },
-        )
+        self.entries
+            .iter()
+            .filter(move |e| e.occupied && e.tenant == t.0 && e.packets > 0)
+            .map(Entry::view)
     }
 
     /// What the cache holds for a flow, without counting or changing anything (the decision

@@ -222,17 +222,21 @@ impl Lab {
         self.dir.join("switch.log")
     }
 
-    pub fn start(&mut self) {
+    /// `xswitch run` on the lab's config and environment, its stderr into the log.
+    fn spawn(&self) -> std::process::Child {
         let log = std::fs::File::create(self.log()).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_xswitch"))
+        Command::new(env!("CARGO_BIN_EXE_xswitch"))
             .args(["run", "-c"])
             .arg(self.config())
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap();
-        self.switch = Some(child);
+            .unwrap()
+    }
+
+    pub fn start(&mut self) {
+        self.switch = Some(self.spawn());
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let text = std::fs::read_to_string(self.log()).unwrap_or_default();
@@ -249,15 +253,7 @@ impl Lab {
 
     /// Starts the switch expecting it to give up: its exit status and log (bounded wait).
     pub fn start_and_fail(&mut self) -> (std::process::ExitStatus, String) {
-        let log = std::fs::File::create(self.log()).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_xswitch"))
-            .args(["run", "-c"])
-            .arg(self.config())
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let mut child = self.spawn();
         let deadline = Instant::now() + Duration::from_secs(20);
         let st = loop {
             if let Some(st) = child.try_wait().unwrap() {
