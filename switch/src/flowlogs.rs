@@ -170,26 +170,26 @@ fn write_all(
             }
             Err(crossbeam_channel::TryRecvError::Disconnected) => break,
         };
-        let Some(Some(sink)) = sinks.get_mut(r.tenant.index()) else { continue };
+        let Some(Some(sink)) = sinks.get_mut(r.flow.tenant.index()) else { continue };
         if sink.ipfix {
             use control::ipfix::EndReason;
             use dataplane::trace::flowlog::RecordReason;
             let ms = |t: Nanos| (wall(t) * 1000.0) as u64;
             sink.pending.push(control::ipfix::Record {
-                src: r.src,
-                dst: r.dst,
-                proto: r.proto,
-                packets: r.packets,
-                bytes: r.bytes,
-                start_ms: ms(r.start),
-                end_ms: ms(r.end),
+                src: r.flow.src,
+                dst: r.flow.dst,
+                proto: r.flow.proto,
+                packets: r.flow.packets,
+                bytes: r.flow.bytes,
+                start_ms: ms(r.flow.start),
+                end_ms: ms(r.flow.last),
                 reason: match r.why {
                     RecordReason::Ended => EndReason::EndOfFlow,
                     RecordReason::Idle => EndReason::Idle,
                     RecordReason::Interval | RecordReason::Evicted => EndReason::Active,
                     RecordReason::Flushed => EndReason::Forced,
                 },
-                forwarded: r.accepted,
+                forwarded: r.flow.accepted,
             });
         }
         if sink.path.is_none() {
@@ -197,15 +197,15 @@ fn write_all(
         }
         let line = json!({
             "tenant": sink.tenant,
-            "proto": r.proto,
-            "src": ip(r.src.0), "sport": r.src.1,
-            "dst": ip(r.dst.0), "dport": r.dst.1,
-            "packets": r.packets,
-            "bytes": r.bytes,
-            "start": wall(r.start),
-            "end": wall(r.end),
-            "action": if r.accepted { "accept" } else { "reject" },
-            "reason": r.reason.map(|x| x.as_label()),
+            "proto": r.flow.proto,
+            "src": ip(r.flow.src.0), "sport": r.flow.src.1,
+            "dst": ip(r.flow.dst.0), "dport": r.flow.dst.1,
+            "packets": r.flow.packets,
+            "bytes": r.flow.bytes,
+            "start": wall(r.flow.start),
+            "end": wall(r.flow.last),
+            "action": if r.flow.accepted { "accept" } else { "reject" },
+            "reason": r.flow.reason.map(|x| x.as_label()),
             "ended": r.ended(),
         })
         .to_string()

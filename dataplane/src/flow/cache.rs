@@ -345,19 +345,7 @@ pub struct FlowView {
 impl FlowView {
     /// The flow log's record of this span.
     pub fn record(self, why: RecordReason) -> FlowRecord {
-        FlowRecord {
-            tenant: self.tenant,
-            proto: self.proto,
-            src: self.src,
-            dst: self.dst,
-            packets: self.packets,
-            bytes: self.bytes,
-            start: self.start,
-            end: self.last,
-            accepted: self.accepted,
-            reason: self.reason,
-            why,
-        }
+        FlowRecord { flow: self, why }
     }
 }
 
@@ -980,18 +968,18 @@ mod tests {
         assert!(rx.try_recv().is_err());
         c.sweep(Nanos::from_millis(3_500));
         let r = rx.try_recv().expect("the ended flow");
-        assert!(r.ended() && r.accepted);
+        assert!(r.ended() && r.flow.accepted);
         assert_eq!(
-            (r.packets, r.bytes, r.start, r.end),
+            (r.flow.packets, r.flow.bytes, r.flow.start, r.flow.last),
             (3, 300, Nanos::ZERO, Nanos::from_secs(2))
         );
-        assert_eq!((r.proto, r.src.1, r.dst.1), (6, 40_000, 80));
+        assert_eq!((r.flow.proto, r.flow.src.1, r.flow.dst.1), (6, 40_000, 80));
         assert!(rx.try_recv().is_err(), "the other flow is not idle yet");
         c.sweep(Nanos::from_secs(12));
         let r = rx.try_recv().expect("the idle flow");
         assert_eq!(r.why, RecordReason::Idle);
-        assert!(!r.accepted);
-        assert_eq!(r.reason, Some(DropReason::Policy));
+        assert!(!r.flow.accepted);
+        assert_eq!(r.flow.reason, Some(DropReason::Policy));
         // Nothing new: nothing more is reported.
         c.sweep(Nanos::from_secs(30));
         assert!(rx.try_recv().is_err());
@@ -1000,10 +988,10 @@ mod tests {
             count(&mut c, &key(3), Nanos::from_secs(100 + s), 0, ok);
             c.sweep(Nanos::from_secs(100 + s));
         }
-        let spans: Vec<u64> = rx.try_iter().map(|r| r.packets).collect();
+        let spans: Vec<u64> = rx.try_iter().map(|r| r.flow.packets).collect();
         assert_eq!(spans, vec![61, 61], "spans of the long flow");
         c.flush();
-        assert_eq!(rx.try_iter().map(|r| r.packets).collect::<Vec<_>>(), vec![8]);
+        assert_eq!(rx.try_iter().map(|r| r.flow.packets).collect::<Vec<_>>(), vec![8]);
         assert_eq!(c.log_stats().unwrap().exported, 5);
     }
 
@@ -1016,7 +1004,7 @@ mod tests {
         assert!(rx.try_recv().is_err());
         count(&mut c, &key(99), Nanos::from_secs(20), 0, Disposition::Flood);
         let r = rx.try_recv().expect("the evicted flow");
-        assert_eq!((r.packets, r.start), (1, Nanos::ZERO), "key 0 was the oldest");
+        assert_eq!((r.flow.packets, r.flow.start), (1, Nanos::ZERO), "key 0 was the oldest");
     }
 
     #[test]

@@ -10,33 +10,15 @@
 
 use crossbeam_channel::Sender;
 
-use crate::snapshot::TenantId;
+use crate::flow::cache::FlowView;
 use crate::time::Nanos;
-use crate::trace::DropReason;
 
-/// One flow's record.
+/// One flow's record: the flow as the cache holds it, over the span since its last record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowRecord {
-    /// The tenant.
-    pub tenant: TenantId,
-    /// IP protocol.
-    pub proto: u8,
-    /// Source address (v4-mapped for IPv4) and port.
-    pub src: ([u8; 16], u16),
-    /// Destination address and port.
-    pub dst: ([u8; 16], u16),
-    /// Frames in this record's span.
-    pub packets: u64,
-    /// Frame bytes in this record's span.
-    pub bytes: u64,
-    /// First and last frame of the span (worker's monotonic clock).
-    pub start: Nanos,
-    /// Last frame.
-    pub end: Nanos,
-    /// Accepted (false: every frame of the span was dropped).
-    pub accepted: bool,
-    /// Why the last dropped frame was dropped.
-    pub reason: Option<DropReason>,
+    /// The flow and its counts in this record's span (start and last frame on the worker's
+    /// monotonic clock).
+    pub flow: FlowView,
     /// Why the record was sent.
     pub why: RecordReason,
 }
