@@ -154,13 +154,20 @@ fn the_frame_area_is_on_huge_pages_when_reserved_and_falls_back_otherwise() {
     const PATH: &str = "/proc/sys/vm/nr_hugepages";
     let before: u64 =
         std::fs::read_to_string(PATH).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    // Given back even when an assertion below fails.
+    struct Restore(u64);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::fs::write(PATH, self.0.to_string());
+        }
+    }
+    let _restore = Restore(before);
     let reserved = std::fs::write(PATH, (before + 8).to_string()).is_ok() && hugepages_free() >= 8;
     eprintln!("huge pages reserved for the test: {reserved} (free: {})", hugepages_free());
     lab.start();
     assert!(lab.ping("h1", "10.9.1.2", "2"));
     let pages = ctl_json(&lab, "status")["frames"]["pages"].as_str().unwrap_or("").to_string();
     let (ok, log) = lab.stop();
-    let _ = std::fs::write(PATH, before.to_string());
     assert!(ok, "{log}");
     if reserved {
         assert_eq!(pages, "2 MiB", "{log}");
