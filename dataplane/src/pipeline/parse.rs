@@ -331,6 +331,39 @@ mod tests {
         assert_eq!(m.key.ethertype, 0x88cc);
     }
 
+    // Regression (fuzz/parse, 2026-11-26): etherparse walks through an IPv6 authentication
+    // header to the TCP inside; the switch stops there, as it does at ESP, so policy sees
+    // protocol 51 and no ports (a TCP rule does not open it).
+    #[test]
+    fn ipv6_authentication_header_is_the_upper_layer() {
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2(A, B)
+            .ipv6([1; 16], [2; 16], 64)
+            .tcp(1, 22, 0, 1024)
+            .write(&mut out, &[])
+            .unwrap();
+        // Put an AH (next header TCP, 12 bytes of ICV: length field 4) between IPv6 and TCP.
+        let ah = [6u8, 4, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        out.splice(54..54, ah);
+        out[20] = 51;
+        let plen = u16::from_be_bytes([out[18], out[19]]) + ah.len() as u16;
+        out[18..20].copy_from_slice(&plen.to_be_bytes());
+        let (m, r) = parse_bytes(&out);
+        r.unwrap();
+        assert_eq!((m.key.proto, m.key.src_port, m.key.dst_port), (51, 0, 0));
+    }
+
+    // Regression (fuzz/parse): 0x9100, the old pre-standard QinQ type, is not a tag here (as
+    // on Linux without a VLAN device for it): the frame is switched as that ether type.
+    #[test]
+    fn ethertype_9100_is_not_a_tag() {
+        let f = [&A[..], &B[..], &[0x81, 0, 0, 100, 0x91, 0, 0, 200, 0x08, 0][..], &[0x45; 30][..]]
+            .concat();
+        let (m, r) = parse_bytes(&f);
+        r.unwrap();
+        assert_eq!((m.outer_vlan, m.inner_vlan, m.key.ethertype), (Some(100), None, 0x9100));
+    }
+
     mod prop {
         use proptest::prelude::*;
 
