@@ -30,7 +30,7 @@ use crossbeam_channel::Sender;
 use dataplane::port::afxdp::XskPort;
 use dataplane::snapshot::{PortId, PortKind, Snapshot, TenantId};
 use dataplane::time::Nanos;
-use dataplane::trace::{Counters, DropReason};
+use dataplane::trace::{Counters, DropReason, ParseError};
 use dataplane::worker::FrameCensus;
 use dataplane::worker::Worker;
 use serde_json::{Value, json};
@@ -967,6 +967,26 @@ fn status(shared: &Shared) -> Value {
 fn ports(shared: &Shared) -> Value {
     let snap = shared.snapshot();
     let (c, _, _) = gather(shared);
+    let sockets: Vec<crate::metrics::SocketFigures> = shared
+        .workers
+        .slots
+        .iter()
+        .filter_map(|s| s.lock().ok().map(|f| f.sockets.clone()))
+        .flatten()
+        .collect();
+    // What the kernel dropped before the switch saw it (a full RX ring: the switch fell behind).
+    let kernel = |port: usize, queue: u32| {
+        let k = sockets
+            .iter()
+            .find(|s| s.port.index() == port && s.queue == queue)
+            .map(|s| s.kernel)
+            .unwrap_or_default();
+        json!({
+            "rx_ring_full": k.rx_ring_full,
+            "rx_dropped": k.rx_dropped,
+            "rx_fill_ring_empty_descs": k.rx_fill_ring_empty_descs,
+        })
+    };
     let list: Vec<Value> = snap
         .ports
         .iter()
@@ -976,7 +996,12 @@ fn ports(shared: &Shared) -> Value {
                 .placement
                 .iter()
                 .filter(|q| q.port == p.name)
-                .map(|q| json!({ "queue": q.queue, "worker": q.worker, "mode": q.mode }))
+                .map(|q| {
+                    json!({
+                        "queue": q.queue, "worker": q.worker, "mode": q.mode,
+                        "kernel": kernel(i, q.queue),
+                    })
+                })
                 .collect();
             let host = shared.host.ports.iter().find(|h| h.port == p.name);
             json!({
@@ -1046,11 +1071,16 @@ fn counters(shared: &Shared) -> Value {
     let (c, _, _) = gather(shared);
     let by_reason: serde_json::Map<String, Value> =
         DropReason::ALL.iter().map(|r| (r.as_label().to_string(), json!(c.drops(*r)))).collect();
+    let malformed: serde_json::Map<String, Value> = ParseError::ALL
+        .iter()
+        .map(|e| (e.as_label().to_string(), json!(c.parse_errors[e.index()])))
+        .collect();
     let f = &c.fdb;
     json!({
         "rx_packets": c.port_rx.iter().map(|p| p.packets).sum::<u64>(),
         "tx_packets": c.port_tx.iter().map(|p| p.packets).sum::<u64>(),
         "drops": by_reason,
+        "malformed": malformed,
         "fdb": {
             "learned": f.learned, "moved": f.moved, "quota_exceeded": f.quota_exceeded,
             "aged": f.aged, "remote": f.remote, "unannounced": f.unannounced,

@@ -559,8 +559,7 @@ rules = [
             .trim()
             .to_string();
     let trace = |dport: &str, src: &str| {
-        let (ok, out, err) = ctl(
-            &lab,
+        let (ok, out, err) = lab.ctl(
             true,
             &[
                 "trace",
@@ -605,8 +604,7 @@ rules = [
     let spoofed = trace("5401", "10.9.1.99").join("\n");
     assert!(spoofed.contains("spoof check: drop (spoof)"), "{spoofed}");
     // The human form: one line per stage.
-    let (ok, out, _) = ctl(
-        &lab,
+    let (ok, out, _) = lab.ctl(
         false,
         &[
             "trace",
@@ -630,7 +628,7 @@ rules = [
     );
 
     // The connections of the allowed iperf3 run are tracked (by the worker(s) that saw them).
-    let (ok, out, err) = ctl(&lab, true, &["connections", "red"]);
+    let (ok, out, err) = lab.ctl(true, &["connections", "red"]);
     assert!(ok, "{err}");
     let conns: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(
@@ -679,7 +677,7 @@ rules = [
     assert!(x.to_string().contains("no-5402"), "{v}");
 
     // The busiest flows of red: the iperf3 data connection h1 -> h2:5401 leads by bytes.
-    let (ok, out, err) = ctl(&lab, true, &["flows", "red", "--top", "5", "--by", "bytes"]);
+    let (ok, out, err) = lab.ctl(true, &["flows", "red", "--top", "5", "--by", "bytes"]);
     assert!(ok, "{err}");
     let flows: serde_json::Value = serde_json::from_str(&out).unwrap();
     let rows = flows.as_array().unwrap();
@@ -696,13 +694,13 @@ rules = [
     assert!(top["bytes"].as_u64().unwrap() > 1_000_000, "{flows}");
     let bytes: Vec<u64> = rows.iter().map(|r| r["bytes"].as_u64().unwrap()).collect();
     assert!(bytes.windows(2).all(|w| w[0] >= w[1]), "sorted by bytes: {bytes:?}");
-    let (ok, out, _) = ctl(&lab, true, &["flows", "red", "--top", "1", "--by", "packets"]);
+    let (ok, out, _) = lab.ctl(true, &["flows", "red", "--top", "1", "--by", "packets"]);
     let by_packets: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(ok && by_packets.as_array().unwrap().len() == 1, "{by_packets}");
-    let (ok, out, _) = ctl(&lab, false, &["flows", "red"]);
+    let (ok, out, _) = lab.ctl(false, &["flows", "red"]);
     assert!(ok && out.lines().any(|l| l.contains("10.9.1.2:5401")), "{out}");
     // Blue has no policy and no flow log: no per-flow counters, and the error says why.
-    let (ok, _, err) = ctl(&lab, false, &["flows", "blue"]);
+    let (ok, _, err) = lab.ctl(false, &["flows", "blue"]);
     assert!(!ok && err.contains("no per-flow counters"), "{err}");
 
     // Unsolicited inbound: h2 -> h1:5403 is opened by no rule (h1's outbound connections to
@@ -761,27 +759,6 @@ rules = [
 }
 
 /// `xswitch ctl --socket SOCK [--json] ARGS` as the current user; (success, stdout, stderr).
-fn ctl(lab: &Lab, json: bool, args: &[&str]) -> (bool, String, String) {
-    let sock = lab.dir.join("ctl.sock");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xswitch"));
-    cmd.arg("ctl").arg("--socket").arg(&sock);
-    if json {
-        cmd.arg("--json");
-    }
-    let o = cmd.args(args).output().unwrap();
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).to_string(),
-        String::from_utf8_lossy(&o.stderr).to_string(),
-    )
-}
-
-fn ctl_json(lab: &Lab, what: &str) -> serde_json::Value {
-    let (ok, out, err) = ctl(lab, true, &[what]);
-    assert!(ok, "ctl {what}: {err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("ctl {what} --json: {e}\n{out}"))
-}
-
 #[test]
 fn every_ctl_command_answers_a_running_switch() {
     if !can_run("every_ctl_command_answers") {
@@ -789,14 +766,14 @@ fn every_ctl_command_answers_a_running_switch() {
     }
     let mut lab = Lab::new();
     // Not running yet: a plain message, non-zero exit.
-    let (ok, _, err) = ctl(&lab, false, &["status"]);
+    let (ok, _, err) = lab.ctl(false, &["status"]);
     assert!(!ok && err.contains("xswitch is not running"), "{err}");
     lab.start();
     assert!(lab.ping("h1", "10.9.1.2", "3"));
     // Figures are published every 250 ms.
     std::thread::sleep(Duration::from_millis(600));
 
-    let st = ctl_json(&lab, "status");
+    let st = lab.ctl_json("status");
     assert_eq!(st["generation"], 1);
     assert_eq!((st["ports"].as_u64(), st["tenants"].as_u64()), (Some(4), Some(2)));
     assert_eq!(st["workers"][0]["generation"], 1);
@@ -804,46 +781,46 @@ fn every_ctl_command_answers_a_running_switch() {
     assert_eq!(st["frames"]["total"], 8192);
     assert_eq!(st["reloads"]["applied"], 0);
 
-    let ports = ctl_json(&lab, "ports");
+    let ports = lab.ctl_json("ports");
     let h1 = ports.as_array().unwrap().iter().find(|p| p["name"] == "h1").expect("port h1");
     assert_eq!(h1["interface"], lab.ifname("h1"));
     assert_eq!(h1["kind"], "tenant");
     assert_eq!(h1["queues"][0]["worker"], 0);
     assert!(h1["rx_packets"].as_u64().unwrap() >= 3, "{h1}");
 
-    let tenants = ctl_json(&lab, "tenants");
+    let tenants = lab.ctl_json("tenants");
     let red = tenants.as_array().unwrap().iter().find(|t| t["name"] == "red").expect("red");
     let blue = tenants.as_array().unwrap().iter().find(|t| t["name"] == "blue").expect("blue");
     assert!(red["rx_packets"].as_u64().unwrap() >= 6, "{red}");
     assert_eq!(blue["rx_packets"], 0);
     assert_eq!(red["attachments"].as_array().unwrap().len(), 3);
 
-    let counters = ctl_json(&lab, "counters");
+    let counters = lab.ctl_json("counters");
     assert!(counters["rx_packets"].as_u64().unwrap() >= 6);
     assert_eq!(counters["drops"]["spoof"], 0);
     assert!(counters["fdb"]["learned"].as_u64().unwrap() >= 2);
 
     // The MAC table of red holds both hosts, behind their ports.
-    let (ok, out, err) = ctl(&lab, true, &["fdb", "red"]);
+    let (ok, out, err) = lab.ctl(true, &["fdb", "red"]);
     assert!(ok, "{err}");
     let fdb: serde_json::Value = serde_json::from_str(&out).unwrap();
     let ports: Vec<&str> =
         fdb.as_array().unwrap().iter().filter_map(|e| e["port"].as_str()).collect();
     assert!(ports.contains(&"h1") && ports.contains(&"h2"), "{fdb}");
-    let (ok, _, err) = ctl(&lab, false, &["fdb", "nobody"]);
+    let (ok, _, err) = lab.ctl(false, &["fdb", "nobody"]);
     assert!(!ok && err.contains("no tenant \"nobody\""), "{err}");
 
-    let reload = ctl_json(&lab, "reload");
+    let reload = lab.ctl_json("reload");
     assert_eq!(reload["generation"], 2);
     std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(ctl_json(&lab, "status")["workers"][0]["generation"], 2);
+    assert_eq!(lab.ctl_json("status")["workers"][0]["generation"], 2);
 
     // The human forms: tables with headers.
-    let (ok, out, _) = ctl(&lab, false, &["ports"]);
+    let (ok, out, _) = lab.ctl(false, &["ports"]);
     assert!(ok && out.starts_with("name") && out.contains("h1"), "{out}");
-    let (ok, out, _) = ctl(&lab, false, &["tenants"]);
+    let (ok, out, _) = lab.ctl(false, &["tenants"]);
     assert!(ok && out.contains("red") && out.contains("blue"), "{out}");
-    let (ok, out, _) = ctl(&lab, false, &["status"]);
+    let (ok, out, _) = lab.ctl(false, &["status"]);
     assert!(ok && out.contains("generation  2"), "{out}");
 
     // Only root may use the socket: mode 0600, and a non-root process is refused.
@@ -948,7 +925,7 @@ fn twenty_reloads_under_load_lose_nothing_and_a_bad_one_changes_nothing() {
             s.spawn(|| lab.iperf_with("h1", "h2", "10.9.1.2", "5304", &["-t", "10", "-b", "300M"]));
         for i in 0..20 {
             std::fs::write(lab.config(), if i % 2 == 0 { &b } else { &a }).unwrap();
-            let (ok, out, err) = ctl(&lab, true, &["reload"]);
+            let (ok, out, err) = lab.ctl(true, &["reload"]);
             assert!(ok, "reload {i}: {err}");
             let r: serde_json::Value = serde_json::from_str(&out).unwrap();
             assert_eq!(r["generation"], 2 + i);
@@ -966,9 +943,9 @@ fn twenty_reloads_under_load_lose_nothing_and_a_bad_one_changes_nothing() {
 
     // An invalid file: rejected, reported, and the switch goes on with generation 21.
     std::fs::write(lab.config(), base.replace("kind = \"uplink\"", "kind = \"upl1nk\"")).unwrap();
-    let (ok, _, err) = ctl(&lab, false, &["reload"]);
+    let (ok, _, err) = lab.ctl(false, &["reload"]);
     assert!(!ok && err.contains("kind"), "{err}");
-    let st = ctl_json(&lab, "status");
+    let st = lab.ctl_json("status");
     assert_eq!(st["generation"], 21);
     assert_eq!(
         (st["reloads"]["applied"].as_u64(), st["reloads"]["rejected"].as_u64()),
@@ -977,7 +954,7 @@ fn twenty_reloads_under_load_lose_nothing_and_a_bad_one_changes_nothing() {
     assert!(st["reloads"]["last_error"].as_str().unwrap().contains("kind"), "{st}");
     // A change that cannot be made live: refused with the reason.
     std::fs::write(lab.config(), a.replace("ring_size = 256", "ring_size = 512")).unwrap();
-    let (ok, _, err) = ctl(&lab, false, &["reload"]);
+    let (ok, _, err) = lab.ctl(false, &["reload"]);
     assert!(!ok && err.contains("[switch] changed"), "{err}");
     assert!(lab.ping("h1", "10.9.1.2", "2"), "the switch stopped switching");
     // SIGHUP reloads too (the file is valid again).
@@ -985,7 +962,7 @@ fn twenty_reloads_under_load_lose_nothing_and_a_bad_one_changes_nothing() {
     let pid = lab.switch.as_ref().unwrap().id().to_string();
     must("kill", &["-HUP", &pid]);
     std::thread::sleep(Duration::from_millis(800));
-    assert_eq!(ctl_json(&lab, "status")["generation"], 22);
+    assert_eq!(lab.ctl_json("status")["generation"], 22);
 
     let (ok, log) = lab.stop();
     assert!(ok, "{log}");
@@ -1012,15 +989,12 @@ fn a_capture_of_one_tenant_holds_exactly_its_matching_frames() {
     assert!(lab.ping("h1", "10.9.1.2", "1"));
     let file = lab.dir.join("red.pcap");
     let f = file.display().to_string();
-    let (ok, out, err) = ctl(
-        &lab,
-        true,
-        &["capture", "start", "red", "--file", &f, "--proto", "udp", "--port", "9999"],
-    );
+    let (ok, out, err) = lab
+        .ctl(true, &["capture", "start", "red", "--file", &f, "--proto", "udp", "--port", "9999"]);
     assert!(ok, "{err}");
     assert!(out.contains("red.pcap"), "{out}");
     // A second capture is refused while one runs.
-    let (ok, _, err) = ctl(&lab, false, &["capture", "start", "blue", "--file", &f]);
+    let (ok, _, err) = lab.ctl(false, &["capture", "start", "blue", "--file", &f]);
     assert!(!ok && err.contains("is running"), "{err}");
     // Red: 5 matching datagrams, pings and another port that do not match. Blue: datagrams to
     // the same port, another tenant's.
@@ -1034,7 +1008,7 @@ fn a_capture_of_one_tenant_holds_exactly_its_matching_frames() {
     }
     assert!(lab.ping("h2", "10.9.1.1", "2"));
     std::thread::sleep(Duration::from_millis(300));
-    let (ok, out, err) = ctl(&lab, true, &["capture", "stop"]);
+    let (ok, out, err) = lab.ctl(true, &["capture", "stop"]);
     assert!(ok, "{err}");
     let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
@@ -1051,12 +1025,12 @@ fn a_capture_of_one_tenant_holds_exactly_its_matching_frames() {
     let rows: Vec<&str> = text.lines().collect();
     assert_eq!(rows.len(), 5, "{text}\n{}", String::from_utf8_lossy(&o.stderr));
     assert!(rows.iter().all(|r| *r == "10.9.1.1\t9999"), "{text}");
-    let (ok, _, err) = ctl(&lab, false, &["capture", "stop"]);
+    let (ok, _, err) = lab.ctl(false, &["capture", "stop"]);
     assert!(!ok && err.contains("no capture"), "{err}");
     // A capture still running at SIGTERM is written out and closed by the stop.
     let f2 = lab.dir.join("red2.pcap").display().to_string();
     let (ok, _, err) =
-        ctl(&lab, false, &["capture", "start", "red", "--file", &f2, "--proto", "icmp"]);
+        lab.ctl(false, &["capture", "start", "red", "--file", &f2, "--proto", "icmp"]);
     assert!(ok, "{err}");
     assert!(lab.ping("h1", "10.9.1.2", "2"));
     let (ok, log) = lab.stop();

@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 
@@ -52,17 +51,6 @@ fn vf_ports(lab: &Lab, vfs: &str) {
     });
 }
 
-fn ctl_json(lab: &Lab, what: &str) -> serde_json::Value {
-    let o = Command::new(env!("CARGO_BIN_EXE_xswitch"))
-        .args(["ctl", "--socket"])
-        .arg(lab.dir.join("ctl.sock"))
-        .args(["--json", what])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
 #[test]
 fn vf_ports_are_provisioned_resolved_and_switch_traffic() {
     if !can_run("vf_ports_are_provisioned_resolved_and_switch_traffic") {
@@ -76,13 +64,13 @@ fn vf_ports_are_provisioned_resolved_and_switch_traffic() {
     let numvfs = root.join("sys/class/net/fakepf0/device/sriov_numvfs");
     assert_eq!(std::fs::read_to_string(&numvfs).unwrap().trim(), "2");
     assert!(lab.ping("h1", "10.9.1.2", "3"), "red's VF ports switch traffic");
-    let ports = ctl_json(&lab, "ports");
+    let ports = lab.ctl_json("ports");
     let v1 = ports.as_array().unwrap().iter().find(|p| p["name"] == "v1").expect("port v1");
     assert_eq!(v1["pf"], "fakepf0");
     assert_eq!(v1["vf"], 1);
     assert_eq!(v1["interface"], lab.ifname("h2"));
     assert_eq!(v1["numa_node"], 0);
-    let status = ctl_json(&lab, "status");
+    let status = lab.ctl_json("status");
     assert_eq!(status["placement"][0]["numa_node"], 0, "{status}");
     let (ok, log) = lab.stop();
     assert!(ok, "{log}");
@@ -166,7 +154,7 @@ fn the_frame_area_is_on_huge_pages_when_reserved_and_falls_back_otherwise() {
     eprintln!("huge pages reserved for the test: {reserved} (free: {})", hugepages_free());
     lab.start();
     assert!(lab.ping("h1", "10.9.1.2", "2"));
-    let pages = ctl_json(&lab, "status")["frames"]["pages"].as_str().unwrap_or("").to_string();
+    let pages = lab.ctl_json("status")["frames"]["pages"].as_str().unwrap_or("").to_string();
     let (ok, log) = lab.stop();
     assert!(ok, "{log}");
     if reserved {

@@ -296,6 +296,33 @@ impl Lab {
         child.wait().unwrap();
     }
 
+    /// `xswitch ctl` on the lab's socket: (success, stdout, stderr).
+    pub fn ctl(&self, json: bool, args: &[&str]) -> (bool, String, String) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xswitch"));
+        cmd.arg("ctl").arg("--socket").arg(self.dir.join("ctl.sock"));
+        if json {
+            cmd.arg("--json");
+        }
+        let o = cmd.args(args).output().unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    }
+
+    /// `xswitch ctl --json WHAT`, parsed; fails the test on an error.
+    pub fn ctl_json(&self, what: &str) -> serde_json::Value {
+        self.ctl_json_args(&[what])
+    }
+
+    /// `xswitch ctl --json ARGS…`, parsed; fails the test on an error.
+    pub fn ctl_json_args(&self, args: &[&str]) -> serde_json::Value {
+        let (ok, out, err) = self.ctl(true, args);
+        assert!(ok, "ctl {args:?}: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("ctl {args:?} --json: {e}\n{out}"))
+    }
+
     pub fn host_ifs(&self) -> Vec<String> {
         std::iter::once("up")
             .chain(self.hosts.iter().map(String::as_str))
