@@ -409,3 +409,19 @@ shaping = { min_rate = "30Mbit" }
         assert!(e.contains(field) && e.contains(reason), "{what}: {field} / {reason} not in {e}");
     }
 }
+
+// Regression (fuzz/config, 2026-11-26): the `config` crate reads a quoted key as a path
+// expression, so `'hu[3939979799]' = 7` made it allocate 378 GB and abort the process (a
+// reload of such a file killed the switch). Keys are checked first.
+#[test]
+fn keys_that_are_not_plain_identifiers_are_refused_not_a_crash() {
+    let e = control::config::load_str("x.toml", "'hu[3939979799]'=7").unwrap_err().to_string();
+    assert!(e.contains("x.toml") && e.contains("hu[3939979799]") && e.contains("letters"), "{e}");
+    let dotted = "[ports.up]\ninterface = \"u\"\nkind = \"uplink\"\n\
+                  [tenants.\"red.blue\"]\nattach = [{ port = \"up\", vlan = 5 }]\n";
+    let e = control::config::load_str("y.toml", dotted).unwrap_err().to_string();
+    assert!(e.contains("tenants.red.blue") && e.contains("letters"), "{e}");
+    let env = [("XSWITCH__SWITCH[99999999999]".to_string(), "1".to_string())].into_iter().collect();
+    let e = load_str_with_env("z.toml", "", Some(env)).unwrap_err().to_string();
+    assert!(e.contains("XSWITCH__SWITCH[99999999999]"), "{e}");
+}

@@ -36,8 +36,67 @@ fn format_issues(issues: &[Issue]) -> String {
     issues.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n")
 }
 
+/// Keys the `config` crate can take: it reads every key as a path expression, so a quoted key
+/// like `'a[3939979799]'` would make it grow a list to four billion entries and abort the
+/// process (found by the config fuzz target), and `'a.b'` would land somewhere else. Every
+/// key, names of ports and tenants included, must be a plain identifier. Checked on the TOML
+/// before the `config` crate sees it; TOML that does not parse is left to it to report.
+fn check_keys(file: &Path, text: &str, env: &[(String, String)]) -> Result<(), ConfigError> {
+    fn walk(t: &toml::Table, at: &str, bad: &mut Vec<Issue>) {
+        for (k, v) in t {
+            let path = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+            if k.is_empty()
+                || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                bad.push(Issue::new(
+                    &path,
+                    format!("key {k:?}: keys (names of ports and tenants too) may hold only letters, digits, '_' and '-'"),
+                ));
+                continue;
+            }
+            match v {
+                toml::Value::Table(t) => walk(t, &path, bad),
+                toml::Value::Array(a) => {
+                    for (i, v) in a.iter().enumerate() {
+                        if let toml::Value::Table(t) = v {
+                            walk(t, &format!("{path}[{i}]"), bad);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut bad = Vec::new();
+    if let Ok(t) = text.parse::<toml::Table>() {
+        walk(&t, "", &mut bad);
+    }
+    for (k, _) in env {
+        let Some(rest) = k.strip_prefix("XSWITCH__") else { continue };
+        if !rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            bad.push(Issue::new(
+                format!("environment {k}"),
+                "override names may hold only letters, digits, '_' and '-'",
+            ));
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid { file: file.to_path_buf(), issues: bad })
+    }
+}
+
 /// Loads, overrides from the process environment, and validates.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    // Read once here for the key check; the `config` crate reads the file again (a missing or
+    // unreadable file is its error to report, with its wording).
+    if let Ok(text) = std::fs::read_to_string(path) {
+        let env: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().unwrap_or_default())))
+            .collect();
+        check_keys(path, &text, &env)?;
+    }
     let built = config::Config::builder()
         .add_source(File::from(path).format(FileFormat::Toml).required(true))
         .add_source(env_source(None))
@@ -57,6 +116,13 @@ pub fn load_str_with_env(
     text: &str,
     env: Option<HashMap<String, String>>,
 ) -> Result<Config, ConfigError> {
+    let vars: Vec<(String, String)> = match &env {
+        Some(m) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        None => std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().unwrap_or_default())))
+            .collect(),
+    };
+    check_keys(Path::new(name), text, &vars)?;
     let built = config::Config::builder()
         .add_source(File::from_str(text, FileFormat::Toml))
         .add_source(env_source(env))
