@@ -38,6 +38,9 @@ impl Port for LoopbackPort {
     fn census(&self) -> PortCensus {
         PortCensus::default()
     }
+    fn retire(&mut self, _pool: &mut FramePool) -> u32 {
+        0
+    }
 }
 
 /// Number of distinct prebuilt batches cycled through (4096 frames: larger than L1, so frame

@@ -288,3 +288,42 @@ fn return_traffic_passes_on_the_worker_that_did_not_open_the_connection() {
     assert_eq!(c0.policy.conns.stats.remote, 1);
     assert!(census(&ws).balanced());
 }
+
+#[test]
+fn a_port_whose_device_vanished_drops_its_frames_as_port_down_and_comes_back_replaced() {
+    let area = FrameArea::new(CHUNKS, 2048, PageSize::Normal).unwrap();
+    let ports = vec![MemPort::new(128), MemPort::new(128), MemPort::new(128)];
+    let mut w = Worker::new(area, ports, Arc::new(snapshot()));
+    let mut now = Nanos::from_secs(1);
+    let mut step = |w: &mut Worker<MemPort>, port: PortId, src: u8, dst: u8| {
+        let vlan = (port == UP).then_some(100);
+        let dst = if dst == 0xff { [0xff; 6] } else { mac(dst) };
+        assert!(w.inject(port, &udp(mac(src), dst, vlan)));
+        now = now.add(Nanos::from_millis(1));
+        w.poll(now);
+        [UP, A1, A2].map(|p| w.take_sent(p).len())
+    };
+    // Hosts 1 (a1) and 2 (a2) are learned.
+    step(&mut w, A1, 1, 2);
+    step(&mut w, A2, 2, 1);
+    assert_eq!(step(&mut w, A1, 1, 2), [0, 0, 1]);
+
+    // a2's device goes: frames for it are dropped as port_down, the others still flow.
+    w.socket_down(2);
+    assert!(w.is_down(2));
+    let before = w.pipeline().counters.drops(DropReason::PortDown);
+    assert_eq!(step(&mut w, A1, 1, 2), [0, 0, 0]);
+    assert_eq!(w.pipeline().counters.drops(DropReason::PortDown), before + 1);
+    assert_eq!(step(&mut w, UP, 3, 1), [0, 1, 0], "uplink -> a1 still flows");
+    // A flood reaches the ports that are up; the copy for the down one is a port_down drop.
+    assert_eq!(step(&mut w, A1, 1, 0xff), [1, 0, 0]);
+    assert_eq!(w.pipeline().counters.drops(DropReason::PortDown), before + 2);
+    assert!(w.census().balanced(), "{:?}", w.census());
+
+    // It comes back: a new socket takes its place and frames flow again.
+    let lost = w.replace_socket(2, MemPort::new(128));
+    assert_eq!(lost, 0, "an in-memory port loses nothing");
+    assert!(!w.is_down(2));
+    assert_eq!(step(&mut w, A1, 1, 2), [0, 0, 1]);
+    assert!(w.census().balanced(), "{:?}", w.census());
+}

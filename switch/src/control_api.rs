@@ -374,6 +374,12 @@ pub struct Shared {
     capture: Mutex<Option<CaptureRun>>,
     /// When the switch started.
     pub started: Instant,
+    /// Per port: its interface is gone (see `hotplug`).
+    pub port_down: Vec<AtomicBool>,
+}
+
+fn snap_ports(snap: &Snapshot) -> Vec<AtomicBool> {
+    snap.ports.iter().map(|_| AtomicBool::new(false)).collect()
 }
 
 impl Shared {
@@ -387,6 +393,7 @@ impl Shared {
         chunks: u32,
         host: HostInfo,
     ) -> Self {
+        let port_down = snap_ports(&snap);
         Shared {
             host,
             path,
@@ -398,6 +405,14 @@ impl Shared {
             chunks,
             capture: Mutex::new(None),
             started: Instant::now(),
+            port_down,
+        }
+    }
+
+    /// Marks port `p` down or up again.
+    pub fn set_port_down(&self, p: PortId, down: bool) {
+        if let Some(d) = self.port_down.get(p.index()) {
+            d.store(down, Ordering::Relaxed);
         }
     }
 
@@ -1011,6 +1026,7 @@ fn ports(shared: &Shared) -> Value {
                 "vf": host.and_then(|h| h.vf.as_ref()).map(|v| v.1),
                 "numa_node": host.and_then(|h| h.numa_node),
                 "kind": if p.kind == PortKind::Uplink { "uplink" } else { "tenant" },
+                "state": if crate::hotplug::is_down(shared, PortId(i as u16)) { "down" } else { "up" },
                 "queues": queues,
                 "rx_packets": c.port_rx.get(i).map_or(0, |x| x.packets),
                 "rx_bytes": c.port_rx.get(i).map_or(0, |x| x.bytes),

@@ -6,6 +6,7 @@ mod control_api;
 mod ctl;
 mod flowlogs;
 mod host;
+mod hotplug;
 mod lab;
 mod metrics;
 mod run;

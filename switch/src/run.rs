@@ -176,8 +176,9 @@ pub fn serve(
     let mut attachments: Vec<XdpAttachment> = Vec::new();
     let mut by_worker: Vec<Vec<(PortId, XskPort)>> = plan.iter().map(|_| Vec::new()).collect();
     let mut placement = Vec::new();
+    let mut watched = Vec::new();
     for (w, socks) in plan.iter().enumerate() {
-        for &(port, queue) in socks {
+        for (index, &(port, queue)) in socks.iter().enumerate() {
             let spec = &snap.ports[port.index()];
             let pc = &cfg.ports[&spec.name];
             let mode = match pc.mode {
@@ -227,6 +228,17 @@ pub fn serve(
                 spec.interface,
                 sock.mode()
             );
+            watched.push((
+                spec.interface.clone(),
+                crate::hotplug::WatchedSocket {
+                    port,
+                    name: spec.name.clone(),
+                    queue,
+                    worker: w,
+                    index,
+                    mode,
+                },
+            ));
             placement.push(crate::control_api::Placement {
                 port: spec.name.clone(),
                 queue,
@@ -277,7 +289,12 @@ pub fn serve(
     }
     let total_chunks = area.chunks();
     let pages_got = area.page_size();
-    drop(area);
+    let mut watch = crate::hotplug::Watch::new(
+        area,
+        cfg.switch.ring_size,
+        (cfg.switch.busy_poll_us, cfg.switch.busy_poll_budget),
+        watched,
+    );
     let idle = match cfg.switch.idle {
         IdlePolicyConfig::Busy => IdlePolicy::Busy,
         IdlePolicyConfig::Adaptive => IdlePolicy::Adaptive,
@@ -290,6 +307,8 @@ pub fn serve(
         ws.iter().map(|_| crossbeam_channel::bounded::<Arc<Snapshot>>(8)).unzip();
     let (queries, questions): (Vec<_>, Vec<_>) =
         ws.iter().map(|_| crossbeam_channel::bounded::<crate::control_api::Query>(4)).unzip();
+    let (port_events, port_news): (Vec<_>, Vec<_>) =
+        ws.iter().map(|_| crossbeam_channel::unbounded::<crate::hotplug::PortEvent>()).unzip();
     let shared = Arc::new(crate::control_api::Shared::new(
         file.map(Path::to_path_buf),
         cfg.clone(),
@@ -316,8 +335,8 @@ pub fn serve(
         let handles: Vec<_> = ws
             .into_iter()
             .enumerate()
-            .zip(from_control.into_iter().zip(questions))
-            .map(|((i, mut worker), (snaps, questions))| {
+            .zip(from_control.into_iter().zip(questions).zip(port_news))
+            .map(|((i, mut worker), ((snaps, questions), port_news))| {
                 let stop = &stop;
                 let slot = slots[i].clone();
                 let core = cores.get(i).copied().flatten();
@@ -340,6 +359,20 @@ pub fn serve(
                             // this reference frees nothing here.
                             while let Ok(s) = snaps.try_recv() {
                                 drop(w.install(s));
+                            }
+                            while let Ok(ev) = port_news.try_recv() {
+                                match ev {
+                                    crate::hotplug::PortEvent::Down(s) => w.socket_down(s),
+                                    crate::hotplug::PortEvent::Replace(s, sock) => {
+                                        let lost = w.replace_socket(s, *sock);
+                                        if lost > 0 {
+                                            eprintln!(
+                                                "xswitch: worker {i}: {lost} frames stayed with \
+                                                 the vanished interface and are written off"
+                                            );
+                                        }
+                                    }
+                                }
                             }
                             while let Ok(q) = questions.try_recv() {
                                 let now = clock.now();
@@ -369,6 +402,7 @@ pub fn serve(
             if hup.swap(false, Ordering::SeqCst) {
                 let _ = crate::control_api::reload(&shared);
             }
+            watch.check(&mut attachments, &port_events, &shared);
             // Rarely: this thread may share a core with a busy-polling worker.
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -446,13 +480,14 @@ pub fn serve(
     }
     eprintln!(
         "xswitch: frame accounting: {} free, {} in fill rings, {} in TX, {} waiting, {} going \
-         home, {} in handoff rings, {} total: {}",
+         home, {} in handoff rings, {} written off, {} total: {}",
         census.free,
         census.ports.fill,
         census.ports.tx,
         census.pending,
         census.returning,
         census.handoff,
+        census.lost,
         census.total,
         if census.balanced() { "balanced" } else { "UNBALANCED" }
     );

@@ -1,11 +1,12 @@
-//! Faults: listeners already taken at start, a config replaced by garbage and reloaded. (The
-//! switch killed with SIGKILL and started again is `a_start_after_kill_9_succeeds` in afxdp.rs.)
+//! Faults: listeners already taken at start, a config replaced by garbage and reloaded, a
+//! tenant interface deleted while traffic runs and then created again. (The switch killed with
+//! SIGKILL and started again is `a_start_after_kill_9_succeeds` in afxdp.rs.)
 #![allow(clippy::tests_outside_test_module)]
 
 mod common;
 
 use std::os::unix::net::UnixListener;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Lab, can_run, must};
 
@@ -73,5 +74,93 @@ fn a_config_replaced_by_garbage_is_refused_on_reload_and_switching_goes_on() {
     assert_eq!(st["generation"], 1, "{st}");
     assert_eq!(st["reloads"]["rejected"], 2, "{st}");
     let (ok, log) = lab.stop();
+    assert!(ok && log.contains("balanced"), "{log}");
+}
+
+/// Waits up to `secs` for `f`.
+fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+fn port_state(lab: &Lab, port: &str) -> String {
+    let ports = lab.ctl_json("ports");
+    let p = ports.as_array().unwrap().iter().find(|p| p["name"] == port).unwrap();
+    p["state"].as_str().unwrap_or("?").to_string()
+}
+
+#[test]
+fn a_deleted_tenant_interface_goes_down_and_comes_back_with_its_interface() {
+    if !can_run("a_deleted_tenant_interface_goes_down_and_comes_back") {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.host("h4", "4");
+    let h4 = lab.ifname("h4");
+    lab.edit_config(|c| {
+        c.replace("{ port = \"h2\" }]", "{ port = \"h2\" }, { port = \"h4\" }]")
+            + &format!("[ports.h4]\ninterface = \"{h4}\"\nkind = \"tenant\"\n")
+    });
+    lab.start();
+    assert!(lab.ping("h1", "10.9.1.2", "2"));
+    assert!(lab.ping("h1", "10.9.1.4", "2"));
+    // Red's h2 loses its interface while h1 pings it and blue's h3 is busy.
+    let ping = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns_name("h1"),
+            "ping",
+            "-c",
+            "100",
+            "-i",
+            "0.05",
+            "-W",
+            "1",
+            "10.9.1.2",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let h2 = lab.ifname("h2");
+    let h2_mac =
+        String::from_utf8_lossy(&lab.ns_run("h2", &["cat", "/sys/class/net/eth0/address"]).stdout)
+            .trim()
+            .to_string();
+    must("ip", &["link", "del", &h2]);
+    assert!(eventually(5, || port_state(&lab, "h2") == "down"), "port h2 is not reported down");
+    // The others keep switching.
+    assert!(lab.ping("h1", "10.9.1.4", "5"), "h1 -> h4 while h2 is gone");
+    let _ = ping.wait_with_output();
+    let drops = lab.ctl_json("counters")["drops"]["port_down"].as_u64().unwrap();
+    assert!(drops > 0, "h1's pings to the vanished h2 count as port_down");
+    assert!(lab.switch.as_mut().unwrap().try_wait().unwrap().is_none(), "the switch died");
+    // The interface comes back (same name, a new index).
+    let ns = lab.ns_name("h2");
+    must("ip", &["link", "add", &h2, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+    // A VM's interface comes back with the VM's MAC.
+    must("ip", &["-n", &ns, "link", "set", "eth0", "address", &h2_mac]);
+    must("ip", &["-n", &ns, "addr", "add", "10.9.1.2/24", "dev", "eth0"]);
+    must("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
+    lab.quiet(&ns, &h2);
+    assert!(eventually(10, || port_state(&lab, "h2") == "up"), "port h2 did not come back");
+    assert!(
+        lab.ping("h1", "10.9.1.2", "3"),
+        "no traffic to h2 after it came back:\n{}",
+        std::fs::read_to_string(lab.log()).unwrap_or_default()
+    );
+    assert!(lab.ping("h1", "10.9.1.4", "2"));
+    let (ok, log) = lab.stop();
+    for l in log.lines().filter(|l| l.contains("interface") || l.contains("accounting")) {
+        eprintln!("{l}");
+    }
+    assert!(log.contains("interface") && log.contains("is back"), "{log}");
     assert!(ok && log.contains("balanced"), "{log}");
 }

@@ -182,6 +182,29 @@ impl TxLists {
             + self.scheds.iter().flatten().map(PortSched::len).sum::<usize>()
     }
 
+    /// Drops every frame waiting for `port` (in its list and its scheduler's queues) as
+    /// `reason`, counted per ingress port and tenant, and frees them: the port is down.
+    pub fn discard(
+        &mut self,
+        port: PortId,
+        reason: DropReason,
+        c: &mut Counters,
+        pool: &mut FramePool,
+    ) {
+        let mut drop = |f: FrameRef, t: TenantId, ingress: PortId| {
+            c.drop(ingress, Some(t), reason);
+            pool.free(f.addr);
+        };
+        if let Some(l) = self.lists.get_mut(port.index()) {
+            for (f, (t, ingress)) in l.frames.drain(..).zip(l.owners.drain(..)) {
+                drop(f, t, ingress);
+            }
+        }
+        if let Some(Some(s)) = self.scheds.get_mut(port.index()) {
+            s.take_all(&mut drop);
+        }
+    }
+
     /// Hands each port's pending frames to `out`. What it does not take yet (a full TX ring
     /// or handoff ring) stays queued, in order, for the next call: a short burst is absorbed
     /// here instead of dropped; a list that is still full when more frames arrive drops those

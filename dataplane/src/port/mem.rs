@@ -74,6 +74,13 @@ impl MemPort {
 }
 
 impl Port for MemPort {
+    fn retire(&mut self, pool: &mut FramePool) -> u32 {
+        for f in self.rx.drain(..).chain(self.sent.drain(..)).chain(self.done.drain(..)) {
+            pool.free(f.addr);
+        }
+        0
+    }
+
     fn rx(&mut self, _pool: &mut FramePool, batch: &mut Batch) -> usize {
         let mut n = 0;
         while !batch.is_full() {

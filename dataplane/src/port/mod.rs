@@ -80,6 +80,11 @@ pub trait Port {
 
     /// Where this port's frames are.
     fn census(&self) -> PortCensus;
+
+    /// The port is being replaced (its device went away and came back): returns every frame
+    /// it can to `pool` and says how many it cannot (the kernel kept them with the vanished
+    /// device), so the frame accounting can write them off. Called once, between breaths.
+    fn retire(&mut self, pool: &mut FramePool) -> u32;
 }
 
 /// The free list of chunk addresses. Its capacity is fixed at creation to the number of chunks,

@@ -66,6 +66,9 @@ labelled_enum! {
         RateLimit => "rate_limit",
         /// The tenant's egress queue on the port was full.
         QueueFull => "queue_full",
+        /// The egress port's interface is gone (deleted); its frames are dropped until it
+        /// returns and the port is opened again.
+        PortDown => "port_down",
     }
 }
 

@@ -103,6 +103,8 @@ pub struct FrameCensus {
     /// In handoff rings this worker wrote (frames to send elsewhere, chunks going home); exact
     /// only when the readers are stopped.
     pub handoff: u32,
+    /// Written off: kept by the kernel for a device that vanished (see `Worker::replace_socket`).
+    pub lost: u32,
     /// Chunks in the area.
     pub total: u32,
 }
@@ -110,7 +112,7 @@ pub struct FrameCensus {
 impl FrameCensus {
     /// Frames accounted for.
     pub fn counted(&self) -> u32 {
-        self.free + self.ports.total() + self.pending + self.returning + self.handoff
+        self.free + self.ports.total() + self.pending + self.returning + self.handoff + self.lost
     }
 
     /// True when every frame is accounted for exactly once.
@@ -131,6 +133,7 @@ impl FrameCensus {
             pending: self.pending + o.pending,
             returning: self.returning + o.returning,
             handoff: self.handoff + o.handoff,
+            lost: self.lost + o.lost,
             total: self.total.max(o.total),
         }
     }
@@ -152,6 +155,9 @@ pub enum Route {
 struct Socket<P> {
     port: PortId,
     driver: P,
+    /// Its device is gone: nothing is received or sent, frames for its port are dropped as
+    /// `port_down` until a new socket replaces it.
+    down: bool,
 }
 
 /// The TX side of one breath: local sockets, or the rings to the workers owning a port.
@@ -165,7 +171,10 @@ impl<P: Port> Egress for Out<'_, P> {
     #[inline]
     fn send(&mut self, port: PortId, frames: &[FrameRef], owners: &[(TenantId, PortId)]) -> usize {
         match self.routes.get(port.index()) {
-            Some(&Route::Local(s)) => self.sockets.get_mut(s).map_or(0, |s| s.driver.tx(frames)),
+            Some(&Route::Local(s)) => match self.sockets.get_mut(s) {
+                Some(s) if !s.down => s.driver.tx(frames),
+                _ => 0,
+            },
             Some(&Route::Peer(w)) => {
                 let Some(Some(link)) = self.peers.get_mut(w) else { return 0 };
                 let mut n = 0;
@@ -208,6 +217,8 @@ pub struct Worker<P: Port> {
     paused: u32,
     /// Stopping: breathe without receiving, to send what is queued.
     draining: bool,
+    /// Frames written off with sockets whose device vanished.
+    written_off: u32,
 }
 
 impl<P: Port> Worker<P> {
@@ -230,8 +241,10 @@ impl<P: Port> Worker<P> {
         snap: Arc<Snapshot>,
     ) -> Self {
         let pool = FramePool::range(&area, links.shares.range(links.me));
-        let sockets: Vec<Socket<P>> =
-            sockets.into_iter().map(|(port, driver)| Socket { port, driver }).collect();
+        let sockets: Vec<Socket<P>> = sockets
+            .into_iter()
+            .map(|(port, driver)| Socket { port, driver, down: false })
+            .collect();
         let routes = owners
             .iter()
             .enumerate()
@@ -262,6 +275,7 @@ impl<P: Port> Worker<P> {
             batch_sizes: [0; 8],
             paused: 0,
             draining: false,
+            written_off: 0,
         };
         w.schedule_ports();
         w
@@ -277,6 +291,16 @@ impl<P: Port> Worker<P> {
         for i in 0..self.sockets.len() {
             let port = self.sockets[i].port;
             self.sockets[i].driver.reclaim(&mut self.pool);
+            if self.sockets[i].down {
+                // Nothing arrives on a vanished device; what waits for it is dropped.
+                self.tx.discard(
+                    port,
+                    DropReason::PortDown,
+                    &mut self.pipeline.counters,
+                    &mut self.pool,
+                );
+                continue;
+            }
             // Up to a few batches per socket and breath, while batches come in full: under load
             // this drains a burst in one visit without starving the other sockets.
             for _ in 0..BATCHES_PER_VISIT {
@@ -335,7 +359,7 @@ impl<P: Port> Worker<P> {
             self.tell_peers();
         }
         let breath = if received == 0 { Breath::Idle } else { Breath::Received };
-        for s in &mut self.sockets {
+        for s in self.sockets.iter_mut().filter(|s| !s.down) {
             if !s.driver.kick(breath) {
                 self.pipeline.counters.kick_errors += 1;
             }
@@ -547,8 +571,41 @@ impl<P: Port> Worker<P> {
             pending: self.tx.total_pending() as u32,
             returning: self.pool.foreign_len() as u32,
             handoff: handoff as u32,
+            lost: self.written_off,
             total: self.area.chunks(),
         }
+    }
+
+    /// Socket `i` (in the order given at creation) lost its device: from now on nothing is
+    /// received on it or sent to it, and frames for its port are dropped as `port_down`.
+    pub fn socket_down(&mut self, i: usize) {
+        if let Some(s) = self.sockets.get_mut(i) {
+            s.down = true;
+            let port = s.port;
+            self.tx.discard(
+                port,
+                DropReason::PortDown,
+                &mut self.pipeline.counters,
+                &mut self.pool,
+            );
+        }
+    }
+
+    /// Whether socket `i` is down.
+    pub fn is_down(&self, i: usize) -> bool {
+        self.sockets.get(i).is_some_and(|s| s.down)
+    }
+
+    /// Socket `i`'s device is back: `new` takes its place (up). The old socket gives back what
+    /// frames it can; those the kernel kept with the vanished device are written off in the
+    /// census (returned, so the caller can say how many). Between breaths only.
+    pub fn replace_socket(&mut self, i: usize, new: P) -> u32 {
+        let Some(s) = self.sockets.get_mut(i) else { return 0 };
+        let mut old = std::mem::replace(&mut s.driver, new);
+        s.down = false;
+        let lost = old.retire(&mut self.pool);
+        self.written_off += lost;
+        lost
     }
 
     /// Frames waiting in `tenant`'s egress queues on this worker's ports, and their room.

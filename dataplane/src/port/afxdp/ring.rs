@@ -136,6 +136,20 @@ impl<T: Copy> Ring<T> {
         n
     }
 
+    /// The entries we produced that the kernel has not consumed (by its published index).
+    /// Only for a socket the kernel no longer serves (its device is gone): otherwise the
+    /// kernel may be reading them right now.
+    pub fn unconsumed(&mut self) -> Vec<T> {
+        let from = self.consumer_index();
+        let n = self.local.wrapping_sub(from).min(self.size);
+        (0..n)
+            .map(|i| {
+                // SAFETY: an index between the consumer and our producer: a slot we wrote.
+                unsafe { self.slot(from.wrapping_add(i)).read() }
+            })
+            .collect()
+    }
+
     // ----- consumer side (RX, completion) -----
 
     /// Entries ready to consume.

@@ -87,6 +87,8 @@ pub struct XskPort {
     fill_target: u32,
     /// Breaths since TX frames started waiting for a wakeup.
     waiting: u32,
+    /// Masks a frame address to its chunk (`retire` compares chunks).
+    chunk_mask: u64,
     /// Glue counters.
     pub stats: XskPortStats,
 }
@@ -266,6 +268,7 @@ impl XskPort {
             in_tx: 0,
             fill_target: fill_size,
             waiting: 0,
+            chunk_mask: !(u64::from(area.chunk_size()) - 1),
             stats: XskPortStats::default(),
         })
     }
@@ -443,5 +446,32 @@ impl Port for XskPort {
 
     fn census(&self) -> PortCensus {
         PortCensus { fill: self.in_fill, rx: 0, tx: self.in_tx, completion: 0 }
+    }
+
+    /// Takes back what a socket whose device is gone still holds: completions, frames on the
+    /// RX ring, and fill-ring frames the kernel never consumed. A frame can be both on the RX
+    /// ring and, by the fill ring's published index, unconsumed (the kernel publishes its
+    /// consumer index lazily), so the fill ring's are taken only when RX did not return them.
+    /// The rest (frames the kernel had taken for itself, TX frames never completed) are lost
+    /// with the device and written off. Not per packet: it allocates.
+    fn retire(&mut self, pool: &mut FramePool) -> u32 {
+        self.reclaim(pool);
+        let mask = self.chunk_mask;
+        let mut returned = Vec::new();
+        let n = self.rx.consume(u32::MAX, |d| {
+            returned.push(d.addr & mask);
+            pool.free(d.addr);
+        });
+        self.in_fill = self.in_fill.saturating_sub(n);
+        for addr in self.fill.unconsumed() {
+            if self.in_fill > 0 && !returned.contains(&(addr & mask)) {
+                pool.free(addr);
+                self.in_fill -= 1;
+            }
+        }
+        let lost = self.in_fill + self.in_tx;
+        self.in_fill = 0;
+        self.in_tx = 0;
+        lost
     }
 }
