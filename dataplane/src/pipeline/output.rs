@@ -162,6 +162,23 @@ impl TxLists {
         }
     }
 
+    /// A batch begins at `now` (see [`PortSched::begin_batch`]): at most `frames` frames per
+    /// port of at most `max_len` bytes.
+    #[inline]
+    pub fn begin_batch(&mut self, now: Nanos, frames: u64, max_len: u32) {
+        for s in self.scheds.iter_mut().flatten() {
+            s.begin_batch(now, frames, max_len);
+        }
+    }
+
+    /// The batch is over: each port's bucket is charged for what cut through.
+    #[inline]
+    pub fn end_batch(&mut self) {
+        for s in self.scheds.iter_mut().flatten() {
+            s.end_batch();
+        }
+    }
+
     /// True when `port` can take another frame (a scheduled port always can: its queues say
     /// for themselves).
     #[inline]
@@ -344,6 +361,8 @@ pub fn deliver(
     c: &mut Counters,
 ) {
     let ingress = batch.port;
+    // At most one frame per batch frame reaches a port (a flood sends one copy to each).
+    tx.begin_batch(now, batch.frames().len() as u64, area.chunk_size());
     for ((f, m), d) in batch.frames().iter().zip(batch.meta()).zip(disp.as_slice()) {
         let tagged = m.outer_vlan.is_some();
         let tenant = Some(m.tenant);
@@ -373,6 +392,7 @@ pub fn deliver(
             Disposition::Flood => flood(now, snap, area, pool, ingress, *f, m, tx, c),
         }
     }
+    tx.end_batch();
 }
 
 /// Sends a frame to every attachment of its tenant that is not on the ingress port. The

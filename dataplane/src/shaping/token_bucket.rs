@@ -1,32 +1,45 @@
-//! A token bucket with integer arithmetic: `refill(now)` then `try_take(n)`.
+//! A token bucket kept as a debt: `refill(now)` then `try_take(n)`, `has(n)`, `drain(n)`.
 //!
-//! Tokens are bytes or packets, whatever the caller takes. They are kept in fixed point with 32
-//! bits of fraction, and the rate as fixed-point tokens per microsecond: a refill is a division
-//! of the elapsed time by a constant (a multiplication) and one multiplication, no division by
-//! a variable, which matters because a policer refills on every frame (a 128-bit division per
-//! frame cost more than the rest of the policer: PERF(shaping)), and the whole bucket is five
-//! words. Time is consumed in whole microseconds (the rest waits for the next refill) and the
-//! fraction of a token an interval earns is kept, so the long-run rate is exact to the rate's
-//! own rounding up to 2^-32 tokens per microsecond: at most 0.00024 tokens a second more than
-//! asked, whatever the rate. Time is a parameter: the worker reads its clock
-//! once per breath, tests pass a manual one.
+//! Tokens are bytes or packets, whatever the caller takes. Instead of counting tokens, which a
+//! refill must raise by the elapsed time times the rate (a multiplication per frame, and a
+//! division of nanoseconds into microseconds), the bucket keeps its *debt*: how long it takes
+//! until it is full again, in nanoseconds with 16 bits of fraction. Time passing pays the debt
+//! off one for one (a subtraction); taking `n` tokens adds `n` times the time one token takes
+//! to earn; the bucket has `n` tokens when the debt after taking them is at most its size's
+//! worth of time. The same bucket (same bursts, the same long-run rate up to the rounding
+//! below), in fewer
+//! instructions than the counting form with its 128-bit product (PERF(shaping) in
+//! docs/PERFORMANCE.md); everything fits 64 bits.
+//!
+//! `per_token` is rounded up, so the bucket is never faster than its rate: at most 2^-16 ns per
+//! token slow, 0.002 % at 100 Gbit/s. A bucket's size in time is capped at 2^47 ns (39 hours:
+//! a burst of more than 39 hours at the rate, which no config means). Time is a parameter: the
+//! worker reads its clock once per breath, tests pass a manual one.
 
 use crate::time::Nanos;
 
-/// Bits of fraction in the fixed-point tokens and rate.
-const FRAC: u32 = 32;
+/// Bits of fraction in the fixed-point nanoseconds.
+const FRAC: u32 = 16;
+/// The longest debt (and idle time paid at once) in fixed point: 2^47 ns.
+const MAX_DEBT: u64 = 1 << (47 + FRAC);
+/// The most tokens one take counts (a frame's bytes are far fewer). With `per_token` below
+/// 2^46 (a rate of at least one token a second) a take costs less than 2^63, and a debt of at
+/// most 2^63 plus a take fits 64 bits: no saturating arithmetic on the packet path.
+pub const MAX_TAKE: u64 = 1 << 17;
 
 /// A token bucket of `size` tokens filling at `per_sec` tokens a second.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenBucket {
-    /// Tokens, fixed point.
-    tokens: u64,
-    /// The size, fixed point (sizes up to 2^32 tokens).
+    /// Time until the bucket is full again (fixed-point nanoseconds; 0: full).
+    debt: u64,
+    /// The size's worth of time: the most debt a take may leave.
     cap: u64,
-    /// Tokens per microsecond, fixed point (rounded up).
-    per_us: u64,
+    /// Nanoseconds to earn one token, fixed point, rounded up.
+    per_token: u64,
+    /// The size in tokens (1..=2^32).
+    size: u64,
     per_sec: u64,
-    /// Time accounted up to (a whole number of microseconds after creation).
+    /// The time of the last refill (nanoseconds).
     last: Nanos,
 }
 
@@ -36,34 +49,62 @@ impl TokenBucket {
     pub fn new(per_sec: u64, size: u64, now: Nanos) -> Self {
         let size = size.clamp(1, u64::from(u32::MAX));
         let per_sec = per_sec.max(1);
-        let cap = size << FRAC;
-        // Rounded up: a rate of whole tokens per microsecond, millisecond or second earns each
-        // token exactly on time, never a hair late.
-        let per_us = (u128::from(per_sec) << FRAC).div_ceil(1_000_000);
-        let per_us = u64::try_from(per_us).unwrap_or(u64::MAX);
-        TokenBucket { tokens: cap, cap, per_us, per_sec, last: now }
+        let per_token = (1_000_000_000u128 << FRAC).div_ceil(u128::from(per_sec));
+        let per_token = u64::try_from(per_token).unwrap_or(u64::MAX).min(MAX_DEBT);
+        let cap = size.saturating_mul(per_token).min(MAX_DEBT);
+        TokenBucket { debt: 0, cap, per_token, size, per_sec, last: now }
     }
 
-    /// Adds the tokens earned since the last refill (none if not a microsecond later).
+    /// Pays the debt off by the time passed since the last refill.
     #[inline]
     pub fn refill(&mut self, now: Nanos) {
-        let us = now.since(self.last).0 / 1000;
-        if us == 0 {
+        let dt = now.since(self.last).0;
+        if dt == 0 {
             return;
         }
-        self.last = self.last.add(Nanos(us * 1000));
-        let earned = u128::from(us) * u128::from(self.per_us);
-        let room = u128::from(self.cap - self.tokens);
-        // No more than the room: the bucket is full, the rest is lost.
-        self.tokens += earned.min(room) as u64;
+        self.last = now;
+        self.debt = self.debt.saturating_sub(dt.min(MAX_DEBT >> FRAC) << FRAC);
+    }
+
+    /// The debt after taking `n` tokens now (at most [`MAX_TAKE`] count).
+    #[inline]
+    pub fn after(&self, n: u64) -> u64 {
+        self.debt + n.min(MAX_TAKE) * self.per_token
+    }
+
+    /// Whether a debt of `after` (from [`TokenBucket::after`]) is allowed.
+    #[inline]
+    pub fn allows(&self, after: u64) -> bool {
+        after <= self.cap
+    }
+
+    /// Takes what [`TokenBucket::after`] computed, once [`TokenBucket::allows`] said yes.
+    #[inline]
+    pub fn set_debt(&mut self, after: u64) {
+        self.debt = after;
+    }
+
+    /// `refill(now)` and `try_take(n)` in one, where a take larger than the whole bucket
+    /// passes when the bucket is full (and empties it) instead of never: the packet path's
+    /// form, one frame at a time.
+    #[inline]
+    pub fn take_at(&mut self, now: Nanos, n: u64) -> bool {
+        self.refill(now);
+        let next = self.debt + (n.min(MAX_TAKE) * self.per_token).min(self.cap);
+        if next <= self.cap {
+            self.debt = next;
+            true
+        } else {
+            false
+        }
     }
 
     /// Takes `n` tokens if there are that many; false (and nothing taken) otherwise.
     #[inline]
     pub fn try_take(&mut self, n: u64) -> bool {
-        let n = n.min(u64::from(u32::MAX)) << FRAC;
-        if self.tokens >= n {
-            self.tokens -= n;
+        let next = self.after(n);
+        if next <= self.cap {
+            self.debt = next;
             true
         } else {
             false
@@ -74,24 +115,24 @@ impl TokenBucket {
     /// traffic, conforming or not).
     #[inline]
     pub fn drain(&mut self, n: u64) {
-        self.tokens = self.tokens.saturating_sub(n.min(u64::from(u32::MAX)) << FRAC);
+        self.debt = self.after(n).min(self.cap);
     }
 
     /// True when `n` tokens are there.
     #[inline]
     pub fn has(&self, n: u64) -> bool {
-        self.tokens >= n.min(u64::from(u32::MAX)) << FRAC
+        self.after(n) <= self.cap
     }
 
-    /// Whole tokens now.
-    #[inline]
+    /// Whole tokens now (a division: for traces and tests, not the packet path).
     pub fn tokens(&self) -> u64 {
-        self.tokens >> FRAC
+        (self.cap - self.debt.min(self.cap)) / self.per_token
     }
 
     /// The bucket's size (the burst).
+    #[inline]
     pub fn size(&self) -> u64 {
-        self.cap >> FRAC
+        self.size
     }
 
     /// Tokens per second.
@@ -102,8 +143,10 @@ impl TokenBucket {
     /// The same bucket with a new rate and size, keeping the tokens it has (up to the new
     /// size): a reload re-parameterises a bucket rather than filling it anew.
     pub fn retuned(self, per_sec: u64, size: u64) -> Self {
-        let fresh = TokenBucket::new(per_sec, size, self.last);
-        TokenBucket { tokens: self.tokens.min(fresh.cap), ..fresh }
+        let mut fresh = TokenBucket::new(per_sec, size, self.last);
+        let keep = self.tokens().min(fresh.size);
+        fresh.debt = fresh.cap - keep.saturating_mul(fresh.per_token).min(fresh.cap);
+        fresh
     }
 }
 
@@ -116,7 +159,7 @@ mod tests {
     fn the_long_run_rate_is_exact_and_the_burst_is_honoured() {
         // 12.5 MB/s (100 Mbit/s) with a 64 KiB burst, refilled at odd intervals.
         let mut b = TokenBucket::new(12_500_000, 65_536, Nanos::ZERO);
-        assert_eq!(core::mem::size_of::<TokenBucket>(), 40);
+        assert!(core::mem::size_of::<TokenBucket>() <= 48);
         // The burst: exactly 65 536 bytes at once, then nothing.
         assert!(b.try_take(65_536));
         assert!(!b.try_take(1));
