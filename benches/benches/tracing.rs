@@ -16,7 +16,6 @@ use dataplane::batch::BATCH_SIZE;
 use dataplane::snapshot::TenantId;
 use dataplane::time::Nanos;
 use dataplane::trace::capture::{self, CaptureFilter, Tap};
-use dataplane::trace::flowlog::FlowExport;
 use xswitch_benches::{BATCHES, Setup, paired, setup_logged};
 
 /// A switch as the bench measures it: counters always, flow logs for the first `logged` of its
@@ -25,15 +24,7 @@ use xswitch_benches::{BATCHES, Setup, paired, setup_logged};
 fn configure(logged: u32, cap: bool) -> (Setup, Option<Writer>) {
     let mut s = setup_logged(100, 1000, logged);
     if logged > 0 {
-        // Records nobody reads: the channel fills and the rest are counted lost, like a slow
-        // writer (records leave only at flow ends, idle and interval, rare here).
-        let (records, sink) = crossbeam_channel::bounded(1 << 16);
-        std::mem::forget(sink);
-        s.pipeline.flows.log_flows(FlowExport::new(
-            Nanos::from_secs(60),
-            Nanos::from_secs(15),
-            records,
-        ));
+        s.log_flows_nowhere();
     }
     let mut writer = None;
     if cap {

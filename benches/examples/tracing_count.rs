@@ -2,7 +2,6 @@
 //! tenants, 1 000 MACs), plain or with every tenant's flows logged.
 //! `valgrind --tool=callgrind target/release/examples/tracing_count logged 20000`.
 use dataplane::time::Nanos;
-use dataplane::trace::flowlog::FlowExport;
 use xswitch_benches::setup_logged;
 
 fn main() {
@@ -11,13 +10,7 @@ fn main() {
     let n: usize = args.next().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let mut s = setup_logged(100, 1000, if logged { 100 } else { 0 });
     if logged {
-        let (records, sink) = crossbeam_channel::bounded(1 << 16);
-        std::mem::forget(sink);
-        s.pipeline.flows.log_flows(FlowExport::new(
-            Nanos::from_secs(60),
-            Nanos::from_secs(15),
-            records,
-        ));
+        s.log_flows_nowhere();
     }
     for i in 0..n {
         s.forward(i, Nanos(2_000_000_000 + i as u64 * 3_000));

@@ -268,6 +268,19 @@ fn build(tenants: u32, macs: u32, rules: Option<Vec<Rule>>, logged: u32, shaped:
 }
 
 impl Setup {
+    /// Turns flow logging on (for the tenants [`setup_logged`] marked) with records nobody
+    /// reads: the channel fills and the rest are counted lost, like a slow writer (records
+    /// leave only at flow ends, idle and interval, rare in a bench).
+    pub fn log_flows_nowhere(&mut self) {
+        let (records, sink) = crossbeam_channel::bounded(1 << 16);
+        std::mem::forget(sink);
+        self.pipeline.flows.log_flows(dataplane::trace::flowlog::FlowExport::new(
+            Nanos::from_secs(60),
+            Nanos::from_secs(15),
+            records,
+        ));
+    }
+
     /// Runs the pipeline on the scratch batch and hands the result to the loopback ports.
     #[inline]
     pub fn run(&mut self, now: Nanos) {
