@@ -15,6 +15,8 @@ use crate::time::Nanos;
 #[repr(align(64))]
 struct Policer(TokenBucket, Unit);
 
+const _: () = assert!(std::mem::size_of::<Option<Policer>>() == 64, "one line per tenant");
+
 /// One bucket per policed tenant.
 #[derive(Debug, Default)]
 pub struct Policers {

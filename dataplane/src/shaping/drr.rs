@@ -48,6 +48,8 @@ struct Bucket {
     unit: Unit,
 }
 
+const _: () = assert!(std::mem::size_of::<Option<Bucket>>() == 64, "one line per tenant");
+
 impl Bucket {
     fn new(r: &Rate, share: u64, now: Nanos) -> Bucket {
         let share = share.max(1);

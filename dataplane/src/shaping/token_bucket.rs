@@ -39,8 +39,9 @@ pub struct TokenBucket {
     /// The size in tokens (1..=2^32).
     size: u64,
     per_sec: u64,
-    /// The time of the last refill (nanoseconds).
-    last: Nanos,
+    /// The time of the last refill, fixed point and modulo 2^64 (it wraps after 3.2 days; only
+    /// differences of it are used, which stay right for gaps below 2^47 ns).
+    last: u64,
 }
 
 impl TokenBucket {
@@ -52,18 +53,20 @@ impl TokenBucket {
         let per_token = (1_000_000_000u128 << FRAC).div_ceil(u128::from(per_sec));
         let per_token = u64::try_from(per_token).unwrap_or(u64::MAX).min(MAX_DEBT);
         let cap = size.saturating_mul(per_token).min(MAX_DEBT);
-        TokenBucket { debt: 0, cap, per_token, size, per_sec, last: now }
+        TokenBucket { debt: 0, cap, per_token, size, per_sec, last: now.0 << FRAC }
     }
 
-    /// Pays the debt off by the time passed since the last refill.
+    /// Pays the debt off by the time passed since the last refill. The worker's clock is
+    /// monotonic, so a gap that looks negative is one of 2^63 fixed-point units (39 hours) or
+    /// more, longer than any debt: the bucket is full. (A gap of a multiple of 2^64 units, 78
+    /// hours, plus a little pays only the little: a tenant silent that long may find its bucket
+    /// less than full once.)
     #[inline]
     pub fn refill(&mut self, now: Nanos) {
-        let dt = now.since(self.last).0;
-        if dt == 0 {
-            return;
-        }
+        let now = now.0 << FRAC;
+        let dt = now.wrapping_sub(self.last);
         self.last = now;
-        self.debt = self.debt.saturating_sub(dt.min(MAX_DEBT >> FRAC) << FRAC);
+        self.debt = if (dt as i64) < 0 { 0 } else { self.debt.saturating_sub(dt) };
     }
 
     /// The debt after taking `n` tokens now (at most [`MAX_TAKE`] count).
@@ -143,7 +146,7 @@ impl TokenBucket {
     /// The same bucket with a new rate and size, keeping the tokens it has (up to the new
     /// size): a reload re-parameterises a bucket rather than filling it anew.
     pub fn retuned(self, per_sec: u64, size: u64) -> Self {
-        let mut fresh = TokenBucket::new(per_sec, size, self.last);
+        let mut fresh = TokenBucket::new(per_sec, size, Nanos(self.last >> FRAC));
         let keep = self.tokens().min(fresh.size);
         fresh.debt = fresh.cap - keep.saturating_mul(fresh.per_token).min(fresh.cap);
         fresh
@@ -196,6 +199,19 @@ mod tests {
         // Retuned to a smaller size keeps what fits.
         let r = b.retuned(100, 2);
         assert_eq!((r.tokens(), r.size(), r.rate()), (2, 2, 100));
+    }
+
+    #[test]
+    fn a_bucket_silent_for_days_is_full_again() {
+        let mut b = TokenBucket::new(1_000, 500, Nanos::from_secs(5));
+        assert!(b.try_take(500));
+        // 40 hours: past the span a difference of fixed-point times can tell from a negative.
+        b.refill(Nanos::from_secs(5 + 40 * 3600));
+        assert_eq!(b.tokens(), 500);
+        assert!(b.try_take(500) && !b.try_take(1));
+        // And it goes on from there at its rate.
+        b.refill(Nanos::from_secs(5 + 40 * 3600 + 1));
+        assert_eq!(b.tokens(), 500);
     }
 
     proptest! {
