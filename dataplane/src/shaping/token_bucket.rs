@@ -94,9 +94,14 @@ impl TokenBucket {
     #[inline(always)]
     pub fn take_at(&mut self, now: Nanos, n: u64) -> bool {
         self.refill(now);
-        let next = self.debt + (n.min(MAX_TAKE) * self.per_token).min(self.cap);
+        let cost = n.min(MAX_TAKE) * self.per_token;
+        let next = self.debt + cost;
         if next <= self.cap {
             self.debt = next;
+            true
+        } else if cost > self.cap && self.debt == 0 {
+            // Larger than the whole bucket: it goes when the bucket is full, and empties it.
+            self.debt = self.cap;
             true
         } else {
             false
@@ -200,6 +205,22 @@ mod tests {
         // Retuned to a smaller size keeps what fits.
         let r = b.retuned(100, 2);
         assert_eq!((r.tokens(), r.size(), r.rate()), (2, 2, 100));
+    }
+
+    #[test]
+    fn a_take_larger_than_the_bucket_goes_only_when_it_is_full_and_empties_it() {
+        // 1 000 tokens a second, 1 000 deep: a 1 500-token frame.
+        let mut b = TokenBucket::new(1_000, 1_000, Nanos::ZERO);
+        assert!(b.take_at(Nanos::ZERO, 1_500));
+        assert_eq!(b.tokens(), 0);
+        assert!(!b.take_at(Nanos::ZERO, 1));
+        // Half full: the big one waits, a small one goes.
+        assert!(!b.take_at(Nanos::from_millis(500), 1_500));
+        assert!(b.take_at(Nanos::from_millis(500), 100));
+        // 600 ms of debt left at 500 ms: full at 1 100 ms, not before.
+        assert!(!b.take_at(Nanos::from_millis(1_099), 1_500));
+        assert!(b.take_at(Nanos::from_millis(1_100), 1_500));
+        assert_eq!(b.tokens(), 0);
     }
 
     #[test]
