@@ -76,25 +76,29 @@ const W0_FLAGS_SHIFT: u32 = 56;
 /// The classification key of a parsed frame that came in on `in_port`.
 /// Words: 0 as above; 1 source MAC; 2 destination MAC; 3-4 source address; 5-6 destination
 /// address; 7 source port (ICMP type) | destination port (ICMP code) << 16.
+///
+/// Derived from the flow cache's key ([`crate::flow::cache::key_of`]), the one place that
+/// reads a frame's fields into words: the same word 0 (plus the TCP flags, which a flow's key
+/// leaves out), the MACs without the ports packed beside them, and the ports in a word of
+/// their own that rule masks can select.
 #[inline]
 pub fn key_of(m: &Meta, in_port: PortId) -> Key {
-    let vlan = m.outer_vlan.map_or(0, |v| u64::from(v) + 1);
-    let k = &m.key;
-    let s = u128::from_be_bytes(k.src_ip);
-    let d = u128::from_be_bytes(k.dst_ip);
+    from_flow(&crate::flow::cache::key_of(m, in_port), m.tcp_flags)
+}
+
+/// The classification key of a flow's key and a frame's TCP flags.
+#[inline]
+pub fn from_flow(f: &crate::flow::cache::Key, tcp_flags: u8) -> Key {
+    const MAC: u64 = (1 << 48) - 1;
     [
-        u64::from(in_port.0)
-            | vlan << 16
-            | u64::from(k.ethertype) << 32
-            | u64::from(k.proto) << 48
-            | u64::from(m.tcp_flags) << W0_FLAGS_SHIFT,
-        m.src.to_u64(),
-        m.dst.to_u64(),
-        (s >> 64) as u64,
-        s as u64,
-        (d >> 64) as u64,
-        d as u64,
-        u64::from(k.src_port) | u64::from(k.dst_port) << 16,
+        f[0] | u64::from(tcp_flags) << W0_FLAGS_SHIFT,
+        f[1] & MAC,
+        f[2] & MAC,
+        f[3],
+        f[4],
+        f[5],
+        f[6],
+        f[1] >> 48 | (f[2] >> 48) << 16,
     ]
 }
 
