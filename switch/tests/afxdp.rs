@@ -412,11 +412,6 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn mac_of(s: &str) -> [u8; 6] {
-    let v: Vec<u8> = s.split(':').map(|x| u8::from_str_radix(x, 16).unwrap()).collect();
-    v.try_into().unwrap()
-}
-
 /// Ethernet + IPv4 + UDP, checksums left zero (the switch does not check them).
 fn raw_udp(
     src_mac: [u8; 6],
@@ -554,10 +549,7 @@ rules = [
     };
     assert!(denied("h1", "h2", "10.9.1.2", "5402"), "the ACL let port 5402 through");
     // Decision traces: an allowed packet, one the ACL denies, a spoofed one.
-    let h2_mac =
-        String::from_utf8_lossy(&lab.ns_run("h2", &["cat", "/sys/class/net/eth0/address"]).stdout)
-            .trim()
-            .to_string();
+    let h2_mac = lab.mac("h2");
     let trace = |dport: &str, src: &str| {
         let (ok, out, err) = lab.ctl(
             true,
@@ -709,7 +701,7 @@ rules = [
 
     // Spoofing from h1: another source MAC, another source IP, an ARP reply claiming h2's
     // address. None of them may reach h2.
-    let h1 = mac_of(H1_MAC);
+    let h1 = parse_mac(H1_MAC);
     let bcast = [0xff; 6];
     let cap = capture(&lab, "h2", "02:00:00:00:0b:ad", "4");
     std::thread::sleep(Duration::from_millis(1000));

@@ -130,10 +130,7 @@ fn a_deleted_tenant_interface_goes_down_and_comes_back_with_its_interface() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let h2 = lab.ifname("h2");
-    let h2_mac =
-        String::from_utf8_lossy(&lab.ns_run("h2", &["cat", "/sys/class/net/eth0/address"]).stdout)
-            .trim()
-            .to_string();
+    let h2_mac = lab.mac("h2");
     must("ip", &["link", "del", &h2]);
     assert!(eventually(5, || port_state(&lab, "h2") == "down"), "port h2 is not reported down");
     // The others keep switching.

@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Lab, can_run, must};
+use common::{Lab, can_run, must, parse_mac};
 use dataplane::port::mem::MemPort;
 use dataplane::port::{FrameArea, PageSize};
 use dataplane::time::Nanos;
@@ -29,7 +29,7 @@ const ME: Host = Host { mac: [2, 0, 0, 0, 9, 1], ip: [10, 9, 1, 1] };
 const PEER: Host = Host { mac: [2, 0, 0, 0, 9, 2], ip: [10, 9, 1, 2] };
 
 fn mac_str(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    dataplane::wire::MacAddr(m).to_string()
 }
 
 /// The attacker's attachment: its MAC, its IPv4 address and the catalogue's IPv6 one.
@@ -265,13 +265,7 @@ fn hostile_tenants_do_not_hurt_the_switch_or_the_other_tenants() {
 
     // 3. A connection flood from h5 (its own MAC and address): 5 000 SYNs, each from another
     //    source port, towards an address behind the uplink.
-    let o = lab.ns_run("h5", &["cat", "/sys/class/net/eth0/address"]);
-    let m: Vec<u8> = String::from_utf8_lossy(&o.stdout)
-        .trim()
-        .split(':')
-        .map(|x| u8::from_str_radix(x, 16).unwrap())
-        .collect();
-    let h5 = Host { mac: m.try_into().unwrap(), ip: [10, 9, 1, 5] };
+    let h5 = Host { mac: parse_mac(&lab.mac("h5")), ip: [10, 9, 1, 5] };
     let syns: Vec<Vec<u8>> = (0..5000u16)
         .map(|i| {
             let mut out = Vec::new();
@@ -376,12 +370,7 @@ fn hostile_tenants_do_not_hurt_the_switch_or_the_other_tenants() {
     // Nothing of the attackers reached blue's h3.
     let o = Command::new("tcpdump").args(["-n", "-e", "-r"]).arg(&pcap).output().unwrap();
     let seen = String::from_utf8_lossy(&o.stdout);
-    let mac_of = |host: &str| {
-        String::from_utf8_lossy(&lab.ns_run(host, &["cat", "/sys/class/net/eth0/address"]).stdout)
-            .trim()
-            .to_string()
-    };
-    let blue = [mac_of("h3"), mac_of("h4")];
+    let blue = [lab.mac("h3"), lab.mac("h4")];
     let foreign: Vec<&str> = seen
         .lines()
         .filter(|l| !blue.iter().any(|m| l.split_whitespace().nth(1) == Some(m.as_str())))

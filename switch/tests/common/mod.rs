@@ -28,6 +28,12 @@ pub fn can_run(name: &str) -> bool {
     panic!("{name} needs root (namespaces, AF_XDP); set XSWITCH_SKIP_ROOT_TESTS=1 to skip");
 }
 
+/// Parses a MAC written `02:00:00:00:00:01`.
+pub fn parse_mac(s: &str) -> [u8; 6] {
+    let v: Vec<u8> = s.split(':').map(|x| u8::from_str_radix(x, 16).unwrap()).collect();
+    v.try_into().unwrap()
+}
+
 pub fn run(cmd: &str, args: &[&str]) -> Output {
     Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"))
 }
@@ -294,6 +300,12 @@ impl Lab {
         let mut child = self.switch.take().expect("switch running");
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// The MAC address of `host`'s interface, as `ip` writes it (`02:00:…`).
+    pub fn mac(&self, host: &str) -> String {
+        let o = self.ns_run(host, &["cat", "/sys/class/net/eth0/address"]);
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
     }
 
     /// `xswitch ctl` on the lab's socket: (success, stdout, stderr).
