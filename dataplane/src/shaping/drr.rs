@@ -276,34 +276,27 @@ impl PortSched {
         if qi == NONE {
             return false;
         }
-        // Both buckets checked before either is charged; each debt computed once.
-        let port = match &mut self.port {
-            Some(p) if self.batch_free => {
-                if let Some(sh) = shaper
-                    && !sh.b.take_at(now, sh.cost(len))
-                {
-                    return false;
-                }
-                self.batch_owed += p.cost(len);
-                return true;
+        // The port's bucket is checked before the shaper is charged, and charged after it:
+        // within a batch it covers whole, only the cost is added up (paid at the batch's end).
+        if !self.batch_free
+            && let Some(p) = &mut self.port
+        {
+            p.b.refill(now);
+            if !p.has(len) {
+                return false;
             }
-            Some(p) => {
-                p.b.refill(now);
-                let next = p.b.after(p.cost(len).min(p.b.size()));
-                if !p.b.allows(next) {
-                    return false;
-                }
-                Some((p, next))
-            }
-            None => None,
-        };
+        }
         if let Some(sh) = shaper
             && !sh.b.take_at(now, sh.cost(len))
         {
             return false;
         }
-        if let Some((p, next)) = port {
-            p.b.set_debt(next);
+        if let Some(p) = &mut self.port {
+            if self.batch_free {
+                self.batch_owed += p.cost(len);
+            } else {
+                p.take(len);
+            }
         }
         true
     }

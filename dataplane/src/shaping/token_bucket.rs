@@ -1,4 +1,4 @@
-//! A token bucket kept as a debt: `refill(now)` then `try_take(n)`, `has(n)`, `drain(n)`.
+//! A token bucket kept as a debt: `take_at(now, n)`, or `refill(now)` then `has(n)`, `drain(n)`.
 //!
 //! Tokens are bytes or packets, whatever the caller takes. Instead of counting tokens, which a
 //! refill must raise by the elapsed time times the rate (a multiplication per frame, and a
@@ -71,25 +71,13 @@ impl TokenBucket {
 
     /// The debt after taking `n` tokens now (at most [`MAX_TAKE`] count).
     #[inline]
-    pub fn after(&self, n: u64) -> u64 {
+    fn after(&self, n: u64) -> u64 {
         self.debt + n.min(MAX_TAKE) * self.per_token
     }
 
-    /// Whether a debt of `after` (from [`TokenBucket::after`]) is allowed.
-    #[inline]
-    pub fn allows(&self, after: u64) -> bool {
-        after <= self.cap
-    }
-
-    /// Takes what [`TokenBucket::after`] computed, once [`TokenBucket::allows`] said yes.
-    #[inline]
-    pub fn set_debt(&mut self, after: u64) {
-        self.debt = after;
-    }
-
-    /// `refill(now)` and `try_take(n)` in one, where a take larger than the whole bucket
-    /// passes when the bucket is full (and empties it) instead of never: the packet path's
-    /// form, one frame at a time. Always inlined: as a call it cost a third again of itself in
+    /// Refills to `now` and takes `n` tokens if there are that many (false, and nothing taken,
+    /// otherwise); a take larger than the whole bucket goes when the bucket is full (and
+    /// empties it) instead of never. Always inlined: as a call it cost a third again of itself in
     /// argument passing on the shaper's path (callgrind, PERF(shaping)).
     #[inline(always)]
     pub fn take_at(&mut self, now: Nanos, n: u64) -> bool {
@@ -102,18 +90,6 @@ impl TokenBucket {
         } else if cost > self.cap && self.debt == 0 {
             // Larger than the whole bucket: it goes when the bucket is full, and empties it.
             self.debt = self.cap;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Takes `n` tokens if there are that many; false (and nothing taken) otherwise.
-    #[inline]
-    pub fn try_take(&mut self, n: u64) -> bool {
-        let next = self.after(n);
-        if next <= self.cap {
-            self.debt = next;
             true
         } else {
             false
@@ -170,16 +146,15 @@ mod tests {
         let mut b = TokenBucket::new(12_500_000, 65_536, Nanos::ZERO);
         assert!(core::mem::size_of::<TokenBucket>() <= 48);
         // The burst: exactly 65 536 bytes at once, then nothing.
-        assert!(b.try_take(65_536));
-        assert!(!b.try_take(1));
+        assert!(b.take_at(Nanos::ZERO, 65_536));
+        assert!(!b.take_at(Nanos::ZERO, 1));
         let mut taken = 0u64;
         let mut t = 0u64;
         // Ten seconds of 1514-byte frames taken as soon as there are tokens, refilled every
         // 7 919 ns (a prime, so refills and frames never line up).
         while t < 10_000_000_000 {
             t += 7_919;
-            b.refill(Nanos(t));
-            while b.try_take(1514) {
+            while b.take_at(Nanos(t), 1514) {
                 taken += 1514;
             }
         }
@@ -192,7 +167,7 @@ mod tests {
     fn a_rare_refill_carries_fractions_and_a_full_bucket_wastes() {
         // 3 tokens a second, 1 ms at a time: no whole token until a third of a second passes.
         let mut b = TokenBucket::new(3, 5, Nanos::ZERO);
-        assert!(b.try_take(5));
+        assert!(b.take_at(Nanos::ZERO, 5));
         for i in 1..=333 {
             b.refill(Nanos::from_millis(i));
         }
@@ -226,11 +201,12 @@ mod tests {
     #[test]
     fn a_bucket_silent_for_days_is_full_again() {
         let mut b = TokenBucket::new(1_000, 500, Nanos::from_secs(5));
-        assert!(b.try_take(500));
+        assert!(b.take_at(Nanos::from_secs(5), 500));
         // 40 hours: past the span a difference of fixed-point times can tell from a negative.
         b.refill(Nanos::from_secs(5 + 40 * 3600));
         assert_eq!(b.tokens(), 500);
-        assert!(b.try_take(500) && !b.try_take(1));
+        let t = Nanos::from_secs(5 + 40 * 3600);
+        assert!(b.take_at(t, 500) && !b.take_at(t, 1));
         // And it goes on from there at its rate.
         b.refill(Nanos::from_secs(5 + 40 * 3600 + 1));
         assert_eq!(b.tokens(), 500);
@@ -249,8 +225,10 @@ mod tests {
                 t += dt;
                 b.refill(Nanos(t));
                 prop_assert!(b.tokens() <= size);
-                if b.try_take(want) {
-                    taken += u128::from(want);
+                // A take beyond the whole bucket goes only when it is full, and costs the
+                // whole bucket: what the bound limits is what the bucket charged.
+                if b.take_at(Nanos(t), want) {
+                    taken += u128::from(want.min(size));
                 }
                 let bound = u128::from(rate) * u128::from(t) / 1_000_000_000 + u128::from(size);
                 prop_assert!(taken <= bound, "{} > {}", taken, bound);
