@@ -320,9 +320,17 @@ fn a_port_whose_device_vanished_drops_its_frames_as_port_down_and_comes_back_rep
     assert_eq!(w.pipeline().counters.drops(DropReason::PortDown), before + 2);
     assert!(w.census().balanced(), "{:?}", w.census());
 
-    // It comes back: a new socket takes its place and frames flow again.
-    let lost = w.replace_socket(2, MemPort::new(128));
-    assert_eq!(lost, 0, "an in-memory port loses nothing");
+    // Frames the vanished device still holds: received, never read (a down socket is not
+    // polled: the step below would otherwise have switched them to a1).
+    for _ in 0..3 {
+        assert!(w.inject(A2, &udp(mac(2), mac(1), None)));
+    }
+    let free = w.census().free;
+
+    // It comes back: a new socket takes its place and frames flow again; the old one's frames
+    // go back to the pool.
+    w.replace_socket(2, MemPort::new(128));
+    assert_eq!(w.census().free, free + 3, "the old socket's frames are free again");
     assert!(!w.is_down(2));
     assert_eq!(step(&mut w, A1, 1, 2), [0, 0, 1]);
     assert!(w.census().balanced(), "{:?}", w.census());
