@@ -13,7 +13,15 @@ use super::validate::{Issue, validate};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// The file is missing, unreadable, not TOML, or does not fit the model.
+    /// The file cannot be read (missing, no permission, not UTF-8).
+    #[error("{file}: cannot read it: {source}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not TOML, or does not fit the model.
     #[error("{file}: {cause}")]
     Load {
         /// The file.
@@ -87,21 +95,12 @@ fn check_keys(file: &Path, text: &str, env: &[(String, String)]) -> Result<(), C
     }
 }
 
-/// Loads, overrides from the process environment, and validates.
+/// Loads, overrides from the process environment, and validates. The file is read once: the
+/// key check and the `config` crate see the same text even if the file changes meanwhile.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    // Read once here for the key check; the `config` crate reads the file again (a missing or
-    // unreadable file is its error to report, with its wording).
-    if let Ok(text) = std::fs::read_to_string(path) {
-        let env: Vec<(String, String)> = std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().unwrap_or_default())))
-            .collect();
-        check_keys(path, &text, &env)?;
-    }
-    let built = config::Config::builder()
-        .add_source(File::from(path).format(FileFormat::Toml).required(true))
-        .add_source(env_source(None))
-        .build();
-    finish(path, built)
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { file: path.to_path_buf(), source })?;
+    load_str_with_env(&path.display().to_string(), &text, None)
 }
 
 /// As [`load`], from text (tests, the embedded demo config). `name` stands for the file.
