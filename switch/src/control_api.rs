@@ -375,7 +375,7 @@ pub struct Shared {
     /// When the switch started.
     pub started: Instant,
     /// Per port: its interface is gone (see `hotplug`).
-    pub port_down: Vec<AtomicBool>,
+    port_down: Vec<AtomicBool>,
 }
 
 fn snap_ports(snap: &Snapshot) -> Vec<AtomicBool> {
@@ -407,6 +407,11 @@ impl Shared {
             started: Instant::now(),
             port_down,
         }
+    }
+
+    /// Whether port `p`'s interface is gone (see `hotplug`).
+    pub fn port_is_down(&self, p: PortId) -> bool {
+        self.port_down.get(p.index()).is_some_and(|d| d.load(Ordering::Relaxed))
     }
 
     /// Marks port `p` down or up again.
@@ -1026,7 +1031,7 @@ fn ports(shared: &Shared) -> Value {
                 "vf": host.and_then(|h| h.vf.as_ref()).map(|v| v.1),
                 "numa_node": host.and_then(|h| h.numa_node),
                 "kind": if p.kind == PortKind::Uplink { "uplink" } else { "tenant" },
-                "state": if crate::hotplug::is_down(shared, PortId(i as u16)) { "down" } else { "up" },
+                "state": if shared.port_is_down(PortId(i as u16)) { "down" } else { "up" },
                 "queues": queues,
                 "rx_packets": c.port_rx.get(i).map_or(0, |x| x.packets),
                 "rx_bytes": c.port_rx.get(i).map_or(0, |x| x.bytes),

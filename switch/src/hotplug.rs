@@ -10,8 +10,6 @@
 //!   (kept by the kernel with the vanished device) are written off in the frame census and
 //!   logged.
 
-use std::sync::atomic::Ordering;
-
 use crossbeam_channel::Sender;
 use dataplane::port::FrameArea;
 use dataplane::port::afxdp::{BindMode, XdpAttachment, XskPort, ifindex};
@@ -173,9 +171,4 @@ impl Watch {
         a.attach()?;
         Ok((a, socks))
     }
-}
-
-/// Whether port `p` is down (for `ctl ports`).
-pub fn is_down(shared: &Shared, p: PortId) -> bool {
-    shared.port_down.get(p.index()).is_some_and(|d| d.load(Ordering::Relaxed))
 }
