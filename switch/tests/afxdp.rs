@@ -520,13 +520,7 @@ rules = [
     assert!(bps > 10e6, "iperf3 to the allowed port: {bps} bit/s");
     // Denied by the ACL: port 5402 (which the group would open).
     let denied = |from: &str, to_host: &str, to: &str, port: &str| {
-        let mut server = Command::new("ip")
-            .args(["netns", "exec", &lab.ns_name(to_host), "iperf3", "-s", "-1", "-p", port])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(500));
+        let mut server = lab.iperf_server(to_host, port, true);
         let out = lab.ns_run(
             from,
             &[

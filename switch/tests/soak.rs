@@ -25,15 +25,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn iperf_server(lab: &Lab, host: &str, port: &str) -> Child {
-    Command::new("ip")
-        .args(["netns", "exec", &lab.ns_name(host), "iperf3", "-s", "-p", port])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
 fn iperf_client(lab: &Lab, host: &str, to: &str, port: &str, secs: u64, udp: bool) -> Child {
     let t = secs.to_string();
     let ns = lab.ns_name(host);
@@ -77,8 +68,8 @@ fn soak_at_full_rate_with_reloads_and_captures_leaks_nothing() {
     assert!(lab.ping("h1", "10.9.1.2", "2") && lab.ping("h3", "10.9.1.4", "2"));
     let pid = lab.switch.as_ref().unwrap().id();
 
-    let mut servers = vec![iperf_server(&lab, "h2", "5301"), iperf_server(&lab, "h4", "5302")];
-    std::thread::sleep(Duration::from_millis(500));
+    let mut servers =
+        vec![lab.iperf_server("h2", "5301", false), lab.iperf_server("h4", "5302", false)];
     let tcp = iperf_client(&lab, "h1", "10.9.1.2", "5301", secs, false);
     let udp = iperf_client(&lab, "h3", "10.9.1.4", "5302", secs, true);
 

@@ -28,6 +28,20 @@ pub fn can_run(name: &str) -> bool {
     panic!("{name} needs root (namespaces, AF_XDP); set XSWITCH_SKIP_ROOT_TESTS=1 to skip");
 }
 
+/// Waits up to `limit` for `child` to exit; kills it (and returns None) if it does not.
+pub fn exits_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
 /// Parses a MAC written `02:00:00:00:00:01`.
 pub fn parse_mac(s: &str) -> [u8; 6] {
     let v: Vec<u8> = s.split(':').map(|x| u8::from_str_radix(x, 16).unwrap()).collect();
@@ -196,13 +210,7 @@ impl Lab {
         port: &str,
         extra: &[&str],
     ) -> f64 {
-        let mut server = Command::new("ip")
-            .args(["netns", "exec", &self.ns_name(to_host), "iperf3", "-s", "-1", "-p", port])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(500));
+        let mut server = self.iperf_server(to_host, port, true);
         let mut args = vec!["timeout", "30", "iperf3", "-c", to, "-p", port, "-J"];
         args.extend_from_slice(extra);
         let out = self.ns_run(from, &args);
@@ -218,6 +226,24 @@ impl Lab {
             .unwrap_or(0.0);
         assert!(out.status.success(), "iperf3 {from} -> {to} failed:\n{json}");
         bps
+    }
+
+    /// An iperf3 server in `host`'s namespace on `port` (for one test when `once`), given
+    /// half a second to listen.
+    pub fn iperf_server(&self, host: &str, port: &str, once: bool) -> Child {
+        let ns = self.ns_name(host);
+        let mut args = vec!["netns", "exec", &ns, "iperf3", "-s", "-p", port];
+        if once {
+            args.push("-1");
+        }
+        let server = Command::new("ip")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        server
     }
 
     pub fn ping(&self, from: &str, to: &str, count: &str) -> bool {
@@ -260,39 +286,17 @@ impl Lab {
     /// Starts the switch expecting it to give up: its exit status and log (bounded wait).
     pub fn start_and_fail(&mut self) -> (std::process::ExitStatus, String) {
         let mut child = self.spawn();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let st = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "the switch kept running:\n{}",
-                    std::fs::read_to_string(self.log()).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        (st, std::fs::read_to_string(self.log()).unwrap_or_default())
+        let st = exits_within(&mut child, Duration::from_secs(20));
+        let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+        (st.unwrap_or_else(|| panic!("the switch kept running:\n{log}")), log)
     }
 
     /// SIGTERM, wait (bounded), return the log.
     pub fn stop(&mut self) -> (bool, String) {
         let mut child = self.switch.take().expect("switch running");
         must("kill", &["-TERM", &child.id().to_string()]);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("switch did not stop on SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let st = exits_within(&mut child, Duration::from_secs(10));
+        let status = st.unwrap_or_else(|| panic!("switch did not stop on SIGTERM"));
         (status.success(), std::fs::read_to_string(self.log()).unwrap_or_default())
     }
 
