@@ -113,6 +113,10 @@ fn tracing(c: &mut Criterion) {
         );
         let tap = on.pipeline.capture.as_ref().expect("capturing");
         assert!(tap.copied > 0, "the capture matched nothing");
+        // Both ends did the same work: every frame forwarded, none dropped.
+        let sent = |s: &Setup| s.pipeline.counters.port_tx.iter().map(|x| x.packets).sum::<u64>();
+        let dropped = |s: &Setup| s.pipeline.counters.port_drops.iter().flatten().sum::<u64>();
+        assert_eq!((sent(&off), dropped(&off)), (sent(&on), 0), "the two ends forwarded alike");
         let frames = (201 * 1000 * BATCH_SIZE) as f64;
         eprintln!(
             "paired, flow logs for {logged} of 100 tenants and a capture of one (201 rounds of \

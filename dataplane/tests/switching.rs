@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use dataplane::port::mem::MemPort;
 use dataplane::port::{FrameArea, PageSize};
-use dataplane::snapshot::{Attachment, PortId, PortKind, Snapshot, SnapshotBuilder, TenantSpec};
+use dataplane::snapshot::{
+    Attachment, PortId, PortKind, Snapshot, SnapshotBuilder, TenantId, TenantSpec,
+};
 use dataplane::time::Nanos;
 use dataplane::trace::{DropReason, ParseError};
 use dataplane::worker::Worker;
@@ -22,6 +24,11 @@ const M: PortId = PortId(4);
 
 /// red: uplink/100, a1, a2, m/10. blue: uplink/200, b1, m/20. green: uplink/300 only.
 fn lab_snapshot(quota: u32) -> Snapshot {
+    lab_snapshot_logged(quota, false)
+}
+
+/// [`lab_snapshot`], with every tenant's flows logged when `logged` (and no policy).
+fn lab_snapshot_logged(quota: u32, logged: bool) -> Snapshot {
     let mut b = SnapshotBuilder::new(1).fdb_capacity(4096);
     let up = b.port("uplink", "up0", PortKind::Uplink);
     let a1 = b.port("a1", "a1", PortKind::Tenant);
@@ -35,9 +42,15 @@ fn lab_snapshot(quota: u32) -> Snapshot {
     );
     red.fdb_quota = quota;
     red.mac_aging = Nanos::from_secs(10);
+    let mut blue =
+        TenantSpec::new("blue", vec![att(up, Some(200)), att(b1, None), att(m, Some(20))]);
+    let mut green = TenantSpec::new("green", vec![att(up, Some(300))]);
+    for t in [&mut red, &mut blue, &mut green] {
+        t.flow_log = logged;
+    }
     b.tenant(red);
-    b.tenant(TenantSpec::new("blue", vec![att(up, Some(200)), att(b1, None), att(m, Some(20))]));
-    b.tenant(TenantSpec::new("green", vec![att(up, Some(300))]));
+    b.tenant(blue);
+    b.tenant(green);
     b.build().unwrap()
 }
 
@@ -401,6 +414,47 @@ proptest! {
             }
         }
         prop_assert_eq!(w.double_frees(), 0);
+    }
+
+    /// Logging a tenant's flows changes nothing of where its frames go (the flow cache decides
+    /// them instead of the MAC table, and must decide alike through learning, moves, refreshes
+    /// and aging), and counts every frame of the tenant's in its flow.
+    #[test]
+    fn flow_logs_forward_exactly_as_the_mac_table_and_count_every_frame(
+        steps in proptest::collection::vec(
+            (0usize..7, 1u8..7, prop_oneof![(1u8..7).prop_map(mac), Just([0xff; 6])], 0u64..4000),
+            1..120,
+        )
+    ) {
+        // Where a frame may come in: (port, tag) of red and blue attachments.
+        const AT: [(PortId, Option<u16>); 7] = [
+            (A1, None), (A2, None), (UP, Some(100)), (M, Some(10)),
+            (B1, None), (UP, Some(200)), (M, Some(20)),
+        ];
+        let worker = |logged| {
+            let area = FrameArea::new(1024, 2048, PageSize::Normal).unwrap();
+            let ports = (0..5).map(|_| MemPort::new(256)).collect();
+            Worker::new(area, ports, Arc::new(lab_snapshot_logged(100, logged)))
+        };
+        let (mut plain, mut logged) = (worker(false), worker(true));
+        let mut now = Nanos::from_secs(1);
+        for (k, &(at, src, dst, advance_ms)) in steps.iter().enumerate() {
+            let (port, vlan) = AT[at];
+            // The source port changes with the step: a frame of its own, the same flow again
+            // when the step repeats.
+            let mut f = udp(mac(src), dst, vlan);
+            let n = f.len();
+            f[n - 2] = (k % 3) as u8;
+            now = now.add(Nanos::from_millis(advance_ms));
+            prop_assert!(plain.inject(port, &f));
+            prop_assert!(logged.inject(port, &f));
+            let (a, b) = (step(&mut plain, now), step(&mut logged, now));
+            prop_assert_eq!(a, b, "step {} differs", k);
+        }
+        let p = logged.pipeline();
+        let counted: u64 = (0..3).flat_map(|t| p.flows.flows(TenantId(t))).map(|v| v.packets).sum();
+        prop_assert_eq!(counted + p.flows.stats.refused, steps.len() as u64);
+        prop_assert_eq!(p.flows.stats.refused, 0);
     }
 
     /// Arbitrary bytes on any port never panic the pipeline and never leak a frame.

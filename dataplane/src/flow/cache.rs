@@ -15,7 +15,7 @@
 //! A hit therefore skips the MAC learning probe, the MAC lookup and ACL classification; the
 //! stage still runs the security group (stateful) and `count` rules per packet. The source
 //! MAC is refreshed in the MAC table once every quarter of the tenant's aging time
-//! ([`FlowCache::refresh_due`]), so a host that talks keeps its entry and its announcements.
+//! ([`FlowCache::decision`]), so a host that talks keeps its entry and its announcements.
 //!
 //! # When a decision is stale
 //! A decision is used only if it was made under the current snapshot (the cache's generation,
@@ -26,8 +26,8 @@
 //!
 //! # Layout
 //! Sets of eight ways, allocated once at full size (no allocation, no rehash on the packet
-//! path). Each set has a line of 32-bit signatures beside the entries; an entry is two cache
-//! lines, aligned: the first holds what a lookup compares (key, tenant), the second what a hit
+//! path). Each set has a word of 8-bit signatures beside the entries (eight sets to a cache line;
+//! one compare of all eight ways); an entry is two cache lines, aligned: the first holds what a lookup compares (key, tenant), the second what a hit
 //! uses (decision, counters). The pipeline hashes a whole batch and prefetches each set's
 //! signatures, then each candidate entry, then looks up ([`FlowCache::prefetch_set`],
 //! [`FlowCache::prefetch_entry`]): with 100 000 flows the table is far larger than L2 and the
@@ -131,22 +131,19 @@ pub enum AclOutcome {
 }
 
 /// Where a flow goes and what the ACLs say of it, packed as an entry holds it: a hit copies
-/// 16 bytes, and the accessors decode only what the packet needs.
+/// 16 bytes, the disposition the MAC table gave is used as it is, and the accessors decode
+/// only what the packet needs.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
-    kind: u8,
+    out: Disposition,
     /// Per direction k (bits shifted by k): present, to-tenant, denied, per packet.
     dirs: u8,
-    port: u16,
-    vlan: u16,
     rules: [u32; 2],
 }
 
-const KIND_TX: u8 = 0;
-const KIND_FLOOD: u8 = 1;
-const KIND_HAIRPIN: u8 = 2;
+const _: () = assert!(core::mem::size_of::<Decision>() == 16, "a decision is 16 bytes");
+
 const NO_RULE: u32 = u32::MAX;
-const NO_VLAN: u16 = u16::MAX;
 const D_PRESENT: u8 = 0x01;
 const D_TO_TENANT: u8 = 0x04;
 const D_DENY: u8 = 0x10;
@@ -159,12 +156,11 @@ impl Decision {
     /// Packs what the MAC table said (`Tx`, `Flood` or `Drop(Hairpin)`), the directions crossed
     /// (at most two) and each one's ACL outcome.
     pub fn new(out: Disposition, dirs: &[Direction], acl: &[AclOutcome]) -> Decision {
-        let (kind, port, vlan) = match out {
-            Disposition::Tx { port, vlan } => (KIND_TX, port.0, vlan.unwrap_or(NO_VLAN)),
-            Disposition::Drop(_) => (KIND_HAIRPIN, 0, NO_VLAN),
-            Disposition::Flood => (KIND_FLOOD, 0, NO_VLAN),
+        let out = match out {
+            Disposition::Drop(_) => Disposition::Drop(DropReason::Hairpin),
+            o => o,
         };
-        let mut d = Decision { kind, dirs: 0, port, vlan, rules: [NO_RULE; 2] };
+        let mut d = Decision { out, dirs: 0, rules: [NO_RULE; 2] };
         for (k, (dir, a)) in dirs.iter().zip(acl).take(2).enumerate() {
             let mut bits = D_PRESENT;
             if *dir == Direction::ToTenant {
@@ -186,14 +182,7 @@ impl Decision {
     /// What the MAC table said: `Tx`, `Flood`, or `Drop(Hairpin)`.
     #[inline]
     pub fn out(&self) -> Disposition {
-        match self.kind {
-            KIND_TX => Disposition::Tx {
-                port: PortId(self.port),
-                vlan: (self.vlan != NO_VLAN).then_some(self.vlan),
-            },
-            KIND_HAIRPIN => Disposition::Drop(DropReason::Hairpin),
-            _ => Disposition::Flood,
-        }
+        self.out
     }
 
     /// The directions the flow crosses (the first `n`), in the order they are checked.
@@ -286,7 +275,7 @@ const EMPTY: Entry = Entry {
     occupied: false,
     _pad: 0,
     fdb_generation: 0,
-    decision: Decision { kind: KIND_FLOOD, dirs: 0, port: 0, vlan: NO_VLAN, rules: [NO_RULE; 2] },
+    decision: Decision { out: Disposition::Flood, dirs: 0, rules: [NO_RULE; 2] },
     flags: 0,
     reason: None,
     refresh_at: Nanos::ZERO,
@@ -350,6 +339,28 @@ impl FlowView {
 }
 
 impl Entry {
+    /// Counts one frame of the flow and what became of it.
+    #[inline(always)]
+    fn count(&mut self, now: Nanos, len: u32, d: &Disposition, tcp_flags: u8) {
+        if self.packets == 0 {
+            self.start = now;
+            self.bytes = 0;
+            self.flags = 0;
+            self.reason = None;
+        }
+        self.packets += 1;
+        self.bytes += u64::from(len);
+        self.last = now;
+        match d {
+            Disposition::Drop(r) => self.reason = Some(*r),
+            _ => self.flags |= S_ACCEPTED,
+        }
+        // Only TCP frames carry flags (the parser leaves 0 for everything else).
+        if tcp_flags & FIN_RST != 0 {
+            self.flags |= S_CLOSING;
+        }
+    }
+
     /// The flow this entry holds, decoded from its key (the one place that reads the key's
     /// layout back).
     fn view(&self) -> FlowView {
@@ -371,6 +382,22 @@ impl Entry {
     }
 }
 
+/// The eight ways of a set.
+type Set = [Entry; WAYS];
+
+/// The signatures of a set's ways, a byte each (way `w` in bits `8 * w..`): a lookup compares
+/// all eight at once ([`ways_matching`]). Eight bits make a signature match by chance one time
+/// in 255 per occupied way, which costs a key compare; a wider signature costs more to compare
+/// on every lookup than it saves.
+type SigLine = u64;
+
+/// A set of ways whose signature matched ([`FlowCache::prefetch_entry`]): bit `8 * w + 7` for
+/// way `w`.
+pub type Ways = u64;
+
+/// Every way of a set.
+pub const ALL_WAYS: Ways = 0x8080_8080_8080_8080;
+
 /// Where a flow sits in the cache (valid until the next insert).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Slot(usize);
@@ -380,9 +407,9 @@ pub struct Slot(usize);
 pub struct FlowCache {
     /// Empty until some tenant needs it (then allocated once, at its full size, on huge pages
     /// where the kernel has them: PERF(flow-cache)).
-    entries: HugeSlice<Entry>,
-    /// Signature of each entry (0: never written), `WAYS` per set.
-    sigs: HugeSlice<u32>,
+    sets: HugeSlice<Set>,
+    /// Per set, the 8-bit signature of each way (0: never written).
+    sigs: HugeSlice<SigLine>,
     /// Where the table starts in the padded allocations (hot paths index those directly).
     ent0: usize,
     sig0: usize,
@@ -408,7 +435,7 @@ impl FlowCache {
         let n = entries.max(WAYS).next_power_of_two();
         let pct = share_percent.clamp(1, 100);
         FlowCache {
-            entries: HugeSlice::default(),
+            sets: HugeSlice::default(),
             sigs: HugeSlice::default(),
             ent0: 0,
             sig0: 0,
@@ -431,10 +458,10 @@ impl FlowCache {
     /// table is allocated the first time some tenant needs it (`CHECK_FLOW`).
     pub fn install(&mut self, snap: &Snapshot) {
         let needed = (0..snap.tenants.len()).any(|t| snap.uses_flows(TenantId(t as u16)));
-        if needed && self.entries.is_empty() {
-            self.entries = HugeSlice::new(self.size, EMPTY);
-            self.sigs = HugeSlice::new(self.size, 0);
-            (self.ent0, self.sig0) = (self.entries.start(), self.sigs.start());
+        if needed && self.sets.is_empty() {
+            self.sets = HugeSlice::new(self.size / WAYS, [EMPTY; WAYS]);
+            self.sigs = HugeSlice::new(self.size / WAYS, 0);
+            (self.ent0, self.sig0) = (self.sets.start(), self.sigs.start());
         }
         self.generation = self.generation.wrapping_add(1).max(1);
         self.per_tenant.resize(snap.tenants.len(), 0);
@@ -479,9 +506,30 @@ impl FlowCache {
         self.len() == 0
     }
 
+    /// The set of hash `h`.
     #[inline]
     fn set(&self, h: u64) -> usize {
-        (h as usize & self.set_mask) * WAYS
+        h as usize & self.set_mask
+    }
+
+    /// The entry in slot `s`.
+    #[inline]
+    fn entry(&self, s: Slot) -> Option<&Entry> {
+        let set = self.sets.padded().get(self.ent0 + s.0 / WAYS)?;
+        Some(&set[s.0 % WAYS])
+    }
+
+    /// The entry in slot `s`, to change.
+    #[inline]
+    fn entry_mut(&mut self, s: Slot) -> Option<&mut Entry> {
+        let set = self.sets.padded_mut().get_mut(self.ent0 + s.0 / WAYS)?;
+        Some(&mut set[s.0 % WAYS])
+    }
+
+    /// The signature of slot `i` (0: never written).
+    #[inline]
+    fn sig_at(&self, i: usize) -> u8 {
+        self.sigs.get(i / WAYS).map_or(0, |l| (l >> (8 * (i % WAYS))) as u8)
     }
 
     /// Asks for the signature line of `h`'s set (first of the three batch passes).
@@ -492,29 +540,22 @@ impl FlowCache {
         }
     }
 
-    /// The ways of the set at `base` whose signature is `sg`, as a bit mask (branch-free: the
-    /// way a flow sits in is random, and a mispredicted early exit would cost more than the
-    /// eight compares).
+    /// The ways of `set` whose signature is `sg`.
     #[inline]
-    fn matches(&self, base: usize, sg: u32) -> u32 {
-        let base = self.sig0 + base;
-        match self.sigs.padded().get(base..base + WAYS) {
-            Some(sigs) => sigs.iter().enumerate().fold(0, |m, (w, &s)| m | u32::from(s == sg) << w),
-            None => 0,
-        }
+    fn matches(&self, set: usize, sg: u8) -> Ways {
+        self.sigs.padded().get(self.sig0 + set).map_or(0, |l| ways_matching(*l, sg))
     }
 
     /// Asks for both lines of the first entry whose signature matches `h` (after
     /// [`FlowCache::prefetch_set`]); returns the matching ways for [`FlowCache::find_in`].
     #[inline]
-    pub fn prefetch_entry(&self, h: u64) -> u32 {
-        let base = self.set(h);
-        let ways = self.matches(base, sig(h));
+    pub fn prefetch_entry(&self, h: u64) -> Ways {
+        let set = self.set(h);
+        let ways = self.matches(set, sig(h));
         if ways != 0
-            && let Some(e) =
-                self.entries.padded().get(self.ent0 + base + ways.trailing_zeros() as usize)
+            && let Some(s) = self.sets.padded().get(self.ent0 + set)
         {
-            prefetch(e);
+            prefetch(&s[ways.trailing_zeros() as usize / 8 % WAYS]);
         }
         ways
     }
@@ -529,18 +570,17 @@ impl FlowCache {
     /// [`FlowCache::find`] among the ways [`FlowCache::prefetch_entry`] returned (valid until
     /// the next insert).
     #[inline]
-    pub fn find_in(&self, h: u64, ways: u32, t: TenantId, key: &Key) -> Option<Slot> {
-        if self.entries.is_empty() {
-            return None;
-        }
-        let base = self.set(h);
-        let mut ways = ways & ((1 << WAYS) - 1);
+    pub fn find_in(&self, h: u64, ways: Ways, t: TenantId, key: &Key) -> Option<Slot> {
+        let set = self.set(h);
+        let entries = self.sets.padded().get(self.ent0 + set)?;
+        // A way with a signature holds an entry (signatures are not 0, written with the entry).
+        let mut ways = ways & ALL_WAYS;
         while ways != 0 {
-            let w = ways.trailing_zeros() as usize;
+            let w = ways.trailing_zeros() as usize / 8 % WAYS;
             ways &= ways - 1;
-            let Some(e) = self.entries.padded().get(self.ent0 + base + w) else { break };
-            if e.occupied && e.tenant == t.0 && same(&e.key, key) {
-                return Some(Slot(base + w));
+            let e = &entries[w];
+            if e.tenant == t.0 && same(&e.key, key) {
+                return Some(Slot(set * WAYS + w));
             }
         }
         None
@@ -556,13 +596,14 @@ impl FlowCache {
         fdb_generation: u32,
         now: Nanos,
     ) -> Option<(Decision, bool)> {
-        let Some(e) = s.and_then(|s| self.entries.padded().get(self.ent0 + s.0)) else {
+        let Some(e) = s.and_then(|s| self.entry(s)) else {
             self.stats.misses += 1;
             return None;
         };
         if e.generation == self.generation && e.fdb_generation == fdb_generation {
+            let found = (e.decision, now >= e.refresh_at);
             self.stats.hits += 1;
-            Some((e.decision, now >= e.refresh_at))
+            Some(found)
         } else {
             self.stats.misses += 1;
             self.stats.stale += 1;
@@ -573,7 +614,7 @@ impl FlowCache {
     /// The flow's source MAC was refreshed; the next refresh is due at `next`.
     #[inline]
     pub fn refreshed(&mut self, s: Slot, next: Nanos) {
-        if let Some(e) = self.entries.get_mut(s.0) {
+        if let Some(e) = self.entry_mut(s) {
             e.refresh_at = next;
         }
     }
@@ -598,7 +639,7 @@ impl FlowCache {
             None => self.insert(h, t, key)?,
         };
         let generation = self.generation;
-        let e = self.entries.get_mut(s.0)?;
+        let e = self.entry_mut(s)?;
         // Without a decision (a frame dropped before one was made, e.g. spoofed) only the
         // counters are wanted: a new entry stays undecided (generation 0), an old one keeps its
         // decision.
@@ -614,11 +655,8 @@ impl FlowCache {
     /// A new entry for `key` (evicting the least recently used one the share rule allows).
     fn insert(&mut self, h: u64, t: TenantId, key: &Key) -> Option<Slot> {
         let held = *self.per_tenant.get(t.index())?;
-        if self.entries.is_empty() {
-            return None;
-        }
         let base = self.set(h);
-        let set = &self.entries[base..base + WAYS];
+        let set = self.sets.get(base)?;
         let free = set.iter().position(|e| !e.occupied);
         let victim = match free {
             Some(i) if held < self.share => Some(i),
@@ -635,7 +673,7 @@ impl FlowCache {
             }
             return None;
         };
-        let old = self.entries[base + i];
+        let old = set[i];
         if old.occupied {
             self.stats.evictions += 1;
             if let Some(c) = self.per_tenant.get_mut(usize::from(old.tenant)) {
@@ -645,32 +683,61 @@ impl FlowCache {
         }
         self.per_tenant[t.index()] += 1;
         self.stats.inserts += 1;
-        self.sigs[base + i] = sig(h);
-        self.entries[base + i] = Entry { key: *key, tenant: t.0, occupied: true, ..EMPTY };
-        Some(Slot(base + i))
+        let line = &mut self.sigs[base];
+        *line = *line & !(0xff << (8 * i)) | u64::from(sig(h)) << (8 * i);
+        self.sets[base][i] = Entry { key: *key, tenant: t.0, occupied: true, ..EMPTY };
+        Some(Slot(base * WAYS + i))
     }
 
     /// Counts one frame of the flow and what became of it.
     #[inline]
     pub fn record(&mut self, s: Slot, now: Nanos, len: u32, d: &Disposition, tcp_flags: u8) {
-        let Some(e) = self.entries.padded_mut().get_mut(self.ent0 + s.0) else { return };
-        if e.packets == 0 {
-            e.start = now;
-            e.bytes = 0;
-            e.flags = 0;
-            e.reason = None;
+        if let Some(e) = self.entry_mut(s) {
+            e.count(now, len, d, tcp_flags);
         }
-        e.packets += 1;
-        e.bytes += u64::from(len);
-        e.last = now;
-        match d {
-            Disposition::Drop(r) => e.reason = Some(*r),
-            _ => e.flags |= S_ACCEPTED,
+    }
+
+    /// [`FlowCache::find_in`] for a frame of a tenant without policy (its flows are logged),
+    /// and, when the flow's decision is current and its source is not due a refresh in the MAC
+    /// table, the hit: the cached disposition, the frame counted, in the same visit of the
+    /// entry. Otherwise the flow's slot, if it has one, for the general path
+    /// ([`FlowCache::decision`]), and nothing counted.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn hit_and_count(
+        &mut self,
+        h: u64,
+        ways: Ways,
+        t: TenantId,
+        key: &Key,
+        fdb_generation: u32,
+        now: Nanos,
+        len: u32,
+        tcp_flags: u8,
+    ) -> Result<Disposition, Option<Slot>> {
+        let (set, generation) = (self.set(h), self.generation);
+        let Some(entries) = self.sets.padded_mut().get_mut(self.ent0 + set) else {
+            return Err(None);
+        };
+        let mut ways = ways & ALL_WAYS;
+        while ways != 0 {
+            let w = ways.trailing_zeros() as usize / 8 % WAYS;
+            ways &= ways - 1;
+            let e = &mut entries[w];
+            if e.tenant == t.0 && same(&e.key, key) {
+                if e.generation != generation
+                    || e.fdb_generation != fdb_generation
+                    || now >= e.refresh_at
+                {
+                    return Err(Some(Slot(set * WAYS + w)));
+                }
+                let d = e.decision.out;
+                e.count(now, len, &d, tcp_flags);
+                self.stats.hits += 1;
+                return Ok(d);
+            }
         }
-        // Only TCP frames carry flags (the parser leaves 0 for everything else).
-        if tcp_flags & FIN_RST != 0 {
-            e.flags |= S_CLOSING;
-        }
+        Err(None)
     }
 
     /// Reports `e`'s span if its tenant logs flows and it counted something.
@@ -692,7 +759,7 @@ impl FlowCache {
     pub fn sweep(&mut self, now: Nanos) {
         let Some(x) = &self.export else { return };
         let (interval, idle) = (x.interval, x.idle);
-        if self.entries.is_empty() {
+        if self.sets.is_empty() {
             return;
         }
         let due =
@@ -705,10 +772,10 @@ impl FlowCache {
         for _ in 0..due.min(self.size as u128) as usize {
             let i = self.cursor;
             self.cursor = (i + 1) & (self.size - 1);
-            if self.sigs[i] == 0 {
+            if self.sig_at(i) == 0 {
                 continue;
             }
-            let e = self.entries[i];
+            let Some(&e) = self.entry(Slot(i)) else { continue };
             if !e.occupied || e.packets == 0 {
                 continue;
             }
@@ -723,17 +790,21 @@ impl FlowCache {
                 continue;
             };
             self.report(&e, why);
-            self.entries[i].packets = 0;
+            if let Some(e) = self.entry_mut(Slot(i)) {
+                e.packets = 0;
+            }
         }
     }
 
     /// Reports every counted flow of logging tenants (at a clean stop).
     pub fn flush(&mut self) {
-        for i in 0..self.entries.len() {
-            let e = self.entries[i];
-            if e.occupied && e.packets > 0 {
-                self.report(&e, RecordReason::Flushed);
-                self.entries[i].packets = 0;
+        for set in 0..self.sets.len() {
+            for w in 0..WAYS {
+                let e = self.sets[set][w];
+                if e.occupied && e.packets > 0 {
+                    self.report(&e, RecordReason::Flushed);
+                    self.sets[set][w].packets = 0;
+                }
             }
         }
     }
@@ -741,8 +812,9 @@ impl FlowCache {
     /// The cached flows of tenant `t` that counted something (for the control API; walks the
     /// whole table).
     pub fn flows(&self, t: TenantId) -> impl Iterator<Item = FlowView> + '_ {
-        self.entries
+        self.sets
             .iter()
+            .flatten()
             .filter(move |e| e.occupied && e.tenant == t.0 && e.packets > 0)
             .map(Entry::view)
     }
@@ -751,7 +823,7 @@ impl FlowCache {
     /// trace): `None` when not cached, else whether its decision is current.
     pub fn peek(&self, t: TenantId, key: &Key, fdb_generation: u32) -> Option<bool> {
         let s = self.find(hash(t, key), t, key)?;
-        let e = &self.entries[s.0];
+        let e = self.entry(s)?;
         Some(e.generation == self.generation && e.fdb_generation == fdb_generation)
     }
 
@@ -769,8 +841,22 @@ fn addr(hi: u64, lo: u64) -> [u8; 16] {
 
 /// The signature of a hash: bits the set index does not use; never 0 (an empty slot).
 #[inline]
-fn sig(h: u64) -> u32 {
-    (h >> 32) as u32 | 1
+fn sig(h: u64) -> u8 {
+    ((h >> 56) as u8).max(1)
+}
+
+/// The ways whose signature in `line` is `sg`, without a branch (the way a flow sits in is
+/// random: an early exit would be mispredicted) and without SIMD intrinsics (`unsafe` here):
+/// the eight bytes are compared at once in ordinary arithmetic. A byte of `line ^ sg` is zero
+/// where they are equal; subtracting one from each byte sets the top bit of a zero byte. A
+/// byte can also be flagged by a borrow from a zero byte below it, but the lowest flagged way
+/// is always a real match and the key compare rejects the others, so only a key compare is
+/// ever wasted.
+#[inline(always)]
+fn ways_matching(line: SigLine, sg: u8) -> Ways {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let x = line ^ (ONES * u64::from(sg));
+    x.wrapping_sub(ONES) & !x & ALL_WAYS
 }
 
 /// The least recently used entry among those `eligible` (free ones first).
@@ -841,6 +927,35 @@ mod tests {
         assert_eq!(c.store(hash(t, &k), t, &k, None, Some(&tx(1)), 1, Nanos::ZERO), None);
         c.install(&snap(2, true));
         assert!(c.store(hash(t, &k), t, &k, None, Some(&tx(1)), 1, Nanos::ZERO).is_some());
+    }
+
+    proptest::proptest! {
+        /// The lane matcher finds every way whose signature equal the one sought, and flags
+        /// no way below the lowest such way (the others a key compare sorts out).
+        #[test]
+        fn signature_lanes_match_like_a_loop(
+            lanes in proptest::array::uniform8(1u8..),
+            pick in 0usize..8,
+            flip in proptest::prop_oneof![
+                proptest::strategy::Just(0u8),
+                proptest::strategy::Just(0x80),
+                proptest::strategy::Just(1),
+                proptest::strategy::Just(0xff),
+            ],
+        ) {
+            let sg = (lanes[pick] ^ flip).max(1);
+            let line = lanes.iter().enumerate().fold(0, |l, (w, &s)| l | u64::from(s) << (8 * w));
+            let found = ways_matching(line, sg);
+            let equal: Vec<usize> = (0..8).filter(|&w| lanes[w] == sg).collect();
+            for &w in &equal {
+                proptest::prop_assert!(found >> (8 * w + 7) & 1 == 1, "way {w} missed");
+            }
+            let lowest = equal.first().copied().unwrap_or(8);
+            for w in 0..lowest {
+                proptest::prop_assert!(found >> (8 * w + 7) & 1 == 0, "way {w} flagged");
+            }
+            proptest::prop_assert_eq!(found & !ALL_WAYS, 0);
+        }
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! looks it up, so the cache's memory reads overlap with the work on other frames.
 //!
 //! - Hit, decision current: the cached decision, without touching the MAC table (the source is
-//!   refreshed there once every quarter of the tenant's aging time).
+//!   refreshed there once every quarter of the tenant's aging time). For a tenant that logs
+//!   its flows without policy, that is the whole stage: the entry is found, its decision taken
+//!   and the frame counted in one visit ([`FlowCache::hit_and_count`]), from what the first
+//!   stages kept of the frame when they marked it (PERF(tracing) in docs/PERFORMANCE.md).
 //! - Miss or stale: learn the source, look the destination up, classify each direction the
 //!   frame crosses, and cache the result (in the flow's entry if it had one: its counters
 //!   stay).
@@ -19,42 +22,57 @@
 use super::{Disposition, Pipeline, classify, learn, policy};
 use crate::batch::{BATCH_SIZE, FrameRef, Meta};
 use crate::flow::FlowCache;
-use crate::flow::cache::{AclOutcome, Decision, Key, hash, key_of};
+use crate::flow::cache::{ALL_WAYS, AclOutcome, Decision, Key, Ways, hash, key_of};
 use crate::policy::acl::{self, AclSet};
 use crate::policy::classifier::Key as AclKey;
 use crate::policy::conntrack::{ConnTable, Verdict};
 use crate::policy::{Action, Direction};
 use crate::port::FrameArea;
-use crate::snapshot::{CHECK_POLICY, PortId, Snapshot, TenantSpec};
+use crate::snapshot::{CHECK_POLICY, PortId, Snapshot, TenantId, TenantSpec};
 use crate::time::Nanos;
 use crate::trace::DropReason;
 use crate::trace::sample::FlowPath;
 
-/// The frames of one batch that go through the flow cache, and their keys and hashes.
+/// A frame of the batch marked for this stage: its flow's key and hash, the ways of its set
+/// whose signature matched, and what the common case needs of the frame (kept here, so a hit
+/// reads nothing else of it).
+#[derive(Debug, Clone, Copy)]
+struct Marked {
+    key: Key,
+    hash: u64,
+    ways: Ways,
+    len: u32,
+    tenant: TenantId,
+    /// Index in the batch.
+    frame: u8,
+    tcp_flags: u8,
+    /// Not dropped yet, and the tenant has no policy: a hit is decided by the cache alone.
+    plain: bool,
+}
+
+/// The frames of one batch that go through the flow cache, and how the cache took part in
+/// each frame's decision.
 #[derive(Debug)]
 pub struct Scratch {
-    idx: [u8; BATCH_SIZE],
+    marked: [Marked; BATCH_SIZE],
     n: usize,
-    keys: [Key; BATCH_SIZE],
-    hashes: [u64; BATCH_SIZE],
-    /// The ways of each frame's set whose signature matched.
-    ways: [u32; BATCH_SIZE],
-    /// Batch indexes (bits) of the frames marked, and of those the cache decided.
-    marked: u64,
-    hits: u64,
+    /// Per batch index.
+    path: [FlowPath; BATCH_SIZE],
 }
 
 impl Default for Scratch {
     fn default() -> Self {
-        Scratch {
-            idx: [0; BATCH_SIZE],
-            n: 0,
-            keys: [[0; 7]; BATCH_SIZE],
-            hashes: [0; BATCH_SIZE],
-            ways: [0; BATCH_SIZE],
-            marked: 0,
-            hits: 0,
-        }
+        let none = Marked {
+            key: [0; 7],
+            hash: 0,
+            ways: 0,
+            len: 0,
+            tenant: TenantId(0),
+            frame: 0,
+            tcp_flags: 0,
+            plain: false,
+        };
+        Scratch { marked: [none; BATCH_SIZE], n: 0, path: [FlowPath::NotCached; BATCH_SIZE] }
     }
 }
 
@@ -63,33 +81,38 @@ impl Scratch {
     #[inline]
     pub fn reset(&mut self) {
         self.n = 0;
-        self.marked = 0;
-        self.hits = 0;
+        self.path = [FlowPath::NotCached; BATCH_SIZE];
     }
 
     /// How the flow cache took part in frame `i`'s decision (for live traces).
     #[inline]
     pub fn path(&self, i: usize) -> FlowPath {
-        if self.marked >> i & 1 == 0 {
-            FlowPath::NotCached
-        } else if self.hits >> i & 1 != 0 {
-            FlowPath::Hit
-        } else {
-            FlowPath::Miss
-        }
+        self.path.get(i).copied().unwrap_or(FlowPath::NotCached)
     }
 
-    /// Marks frame `i` (`m`, from `port`) of the batch for this stage, and asks for its flow's
-    /// signature line now: the rest of the first stages' loop runs while it comes.
+    /// Marks frame `i` (`m`, `len` bytes, from `port`) of the batch for this stage, and asks
+    /// for its flow's signature line now: the rest of the first stages' loop runs while it
+    /// comes. `plain`: not dropped, and the tenant has no policy.
     #[inline(always)]
-    pub fn mark(&mut self, flows: &FlowCache, i: usize, m: &Meta, port: PortId) {
-        if self.n < BATCH_SIZE {
-            let j = self.n;
-            self.idx[j] = i as u8;
-            self.marked |= 1 << i;
-            self.keys[j] = key_of(m, port);
-            self.hashes[j] = hash(m.tenant, &self.keys[j]);
-            flows.prefetch_set(self.hashes[j]);
+    pub fn mark(
+        &mut self,
+        flows: &FlowCache,
+        i: usize,
+        m: &Meta,
+        len: u32,
+        port: PortId,
+        plain: bool,
+    ) {
+        if let (Some(s), Some(p)) = (self.marked.get_mut(self.n), self.path.get_mut(i)) {
+            s.key = key_of(m, port);
+            s.hash = hash(m.tenant, &s.key);
+            s.len = len;
+            s.tenant = m.tenant;
+            s.frame = i as u8;
+            s.tcp_flags = m.tcp_flags;
+            s.plain = plain;
+            flows.prefetch_set(s.hash);
+            *p = FlowPath::Miss;
             self.n += 1;
         }
     }
@@ -117,30 +140,51 @@ pub(super) fn run(
     out: &mut [Disposition],
 ) {
     let Pipeline { fdb, flows, policy, scratch, counters, announcements, .. } = p;
-    let sc = &mut **scratch;
+    let Scratch { marked, n, path } = &mut **scratch;
+    let marked = &mut marked[..(*n).min(BATCH_SIZE)];
     // A software pipeline: the signature lines were asked for while the frames were marked;
     // frame j's entry is asked for AHEAD frames before it is looked up. A bounded distance
     // keeps the prefetches in flight within what the core tracks (asking for a whole batch at
     // once had most of them dropped, and the lookups waited for each line in turn).
-    for j in 0..sc.n + AHEAD {
-        if j < sc.n {
-            sc.ways[j] = flows.prefetch_entry(sc.hashes[j]);
+    for a in marked.iter_mut().take(AHEAD) {
+        a.ways = flows.prefetch_entry(a.hash);
+    }
+    for j in 0..marked.len() {
+        if let Some(a) = marked.get_mut(j + AHEAD) {
+            a.ways = flows.prefetch_entry(a.hash);
         }
-        let Some(j) = j.checked_sub(AHEAD) else { continue };
-        let i = usize::from(sc.idx[j]);
-        let (m, f, h, key) = (&meta[i], frames[i], sc.hashes[j], &sc.keys[j]);
-        let t = m.tenant;
-        let found = flows.find_in(h, sc.ways[j], t, key);
-        if let Disposition::Drop(_) = out[i] {
+        let Some((cur, later)) = marked.get_mut(j..).and_then(|r| r.split_first_mut()) else {
+            break;
+        };
+        let i = usize::from(cur.frame);
+        let (Some(o), Some(path)) = (out.get_mut(i), path.get_mut(i)) else { continue };
+        let (h, key, t) = (cur.hash, &cur.key, cur.tenant);
+        let found = if cur.plain {
+            // The common case of a tenant that logs its flows without policy: a current
+            // decision, counted in the same visit of the entry.
+            let g = fdb.generation(t);
+            match flows.hit_and_count(h, cur.ways, t, key, g, now, cur.len, cur.tcp_flags) {
+                Ok(d) => {
+                    *o = d;
+                    *path = FlowPath::Hit;
+                    continue;
+                }
+                Err(found) => found,
+            }
+        } else {
+            flows.find_in(h, cur.ways, t, key)
+        };
+        let (Some(m), Some(f)) = (meta.get(i), frames.get(i)) else { continue };
+        if let Disposition::Drop(_) = *o {
             // Dropped before a decision (spoofed): counted in its flow, nothing decided. (A new
             // entry may have replaced a way another frame of this batch found: later frames
             // look their flow up again.)
             let s = found.or_else(|| flows.store(h, t, key, None, None, 0, Nanos::ZERO));
             if found.is_none() {
-                sc.ways[j + 1..sc.n].fill(u32::MAX);
+                later.iter_mut().for_each(|a| a.ways = ALL_WAYS);
             }
             if let Some(s) = s {
-                flows.record(s, now, f.len, &out[i], m.tcp_flags);
+                flows.record(s, now, f.len, o, m.tcp_flags);
             }
             continue;
         }
@@ -149,7 +193,7 @@ pub(super) fn run(
         let refresh = || now.add(Nanos(spec.mac_aging.0 / 4));
         let (dec, slot) = match flows.decision(found, fdb.generation(t), now) {
             Some((d, due)) => {
-                sc.hits |= 1 << i;
+                *path = FlowPath::Hit;
                 if due && let Some(s) = found {
                     learn(fdb, counters, announcements, now, port, m);
                     flows.refreshed(s, refresh());
@@ -163,7 +207,7 @@ pub(super) fn run(
                 if found.is_none() {
                     // An insert may take a way a later frame of the batch found: they search
                     // their whole set instead.
-                    sc.ways[j + 1..sc.n].fill(u32::MAX);
+                    later.iter_mut().for_each(|a| a.ways = ALL_WAYS);
                 }
                 (dec, flows.store(h, t, key, found, Some(&dec), g, refresh()))
             }
@@ -173,13 +217,13 @@ pub(super) fn run(
                 Some(h) => h.as_mut_slice(),
                 None => &mut [],
             };
-            let frame = || area.frame(f).unwrap_or(&[]);
+            let frame = || area.frame(*f).unwrap_or(&[]);
             apply(&dec, spec, &mut policy.conns, now, port, m, frame, hits)
         } else {
             // Flows logged, no policy: where the MAC table sends it.
             dec.out()
         };
-        out[i] = d;
+        *o = d;
         if let Some(s) = slot {
             flows.record(s, now, f.len, &d, m.tcp_flags);
         }

@@ -29,7 +29,9 @@ pub mod trace;
 use crate::batch::{BATCH_SIZE, Batch};
 use crate::flow::{Fdb, FlowCache};
 use crate::port::{FrameArea, FramePool};
-use crate::snapshot::{CHECK_FLOW, CHECK_FLOWLOG, CHECK_GUARD, CHECK_POLICE, PortId, Snapshot};
+use crate::snapshot::{
+    CHECK_FLOW, CHECK_FLOWLOG, CHECK_GUARD, CHECK_POLICE, CHECK_POLICY, PortId, Snapshot,
+};
 use crate::time::Nanos;
 use crate::trace::counters::{PktBytes, TenantRun};
 use crate::trace::{Counters, DropReason};
@@ -263,7 +265,7 @@ impl Pipeline {
                 *d = Disposition::Drop(r);
                 if checks & CHECK_FLOWLOG != 0 {
                     // Counted in its flow's log record.
-                    self.scratch.mark(&self.flows, i, m, port);
+                    self.scratch.mark(&self.flows, i, m, f.len, port, false);
                 }
                 continue;
             }
@@ -271,7 +273,7 @@ impl Pipeline {
             {
                 *d = Disposition::Drop(DropReason::RateLimit);
                 if checks & CHECK_FLOWLOG != 0 {
-                    self.scratch.mark(&self.flows, i, m, port);
+                    self.scratch.mark(&self.flows, i, m, f.len, port, false);
                 }
                 continue;
             }
@@ -279,7 +281,8 @@ impl Pipeline {
                 // Decided by the flow-cache stage (which tells this frame from one dropped
                 // above by its disposition: anything but a drop).
                 *d = Disposition::Flood;
-                self.scratch.mark(&self.flows, i, m, port);
+                let plain = checks & CHECK_POLICY == 0;
+                self.scratch.mark(&self.flows, i, m, f.len, port, plain);
                 continue;
             }
             learn(&mut self.fdb, c, &mut self.announcements, now, port, m);

@@ -1,6 +1,6 @@
 //! The rings between workers, and how frames and MACs are encoded on them.
 //!
-//! Every ordered pair of workers has three [`handoff`](crate::handoff) rings:
+//! Every ordered pair of workers has three [`crate::handoff`] rings:
 //! - `frames`: a frame to send on a port whose sockets the receiver owns (already re-tagged
 //!   for that port by the sender);
 //! - `returns`: a chunk of the receiver's pool, coming home after the sender sent or dropped
