@@ -1,5 +1,6 @@
 //! The whole pipeline of one worker over in-memory ports, with a config the fuzzer shapes
-//! (tenants, attachments, anti-spoofing, ACLs, security groups, policers, shapers, port rate)
+//! (tenants, attachments, anti-spoofing, ACLs, security groups, policers, shapers, port rate,
+//! flow logs)
 //! and a stream of frames, clock steps and reloads.
 //!
 //! Checked beyond "no panic" (debug assertions are on, so the worker also checks its frame

@@ -165,6 +165,9 @@ pub struct TenantSpec {
     pub queue: u8,
     pub fdb_quota: u8,
     pub max_connections: u8,
+    /// Log the tenant's flows (to a file the fuzz target never opens: the pipeline counts
+    /// them in its flow cache all the same).
+    pub flow_log: bool,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -279,6 +282,9 @@ impl WorldSpec {
             }
             if let Some(m) = t.to_tenant_mbit {
                 s += &format!("to_tenant = {{ rate = \"{}Mbit\" }}\n", m.max(1));
+            }
+            if t.flow_log {
+                s += &format!("[tenants.t{i}.flow_log]\nfile = \"/nonexistent/t{i}.jsonl\"\n");
             }
         }
         s
