@@ -26,12 +26,13 @@
 //!
 //! # Layout
 //! Sets of eight ways, allocated once at full size (no allocation, no rehash on the packet
-//! path). Each set has a word of 8-bit signatures beside the entries (eight sets to a cache line;
-//! one compare of all eight ways); an entry is two cache lines, aligned: the first holds what a lookup compares (key, tenant), the second what a hit
-//! uses (decision, counters). The pipeline hashes a whole batch and prefetches each set's
-//! signatures, then each candidate entry, then looks up ([`FlowCache::prefetch_set`],
-//! [`FlowCache::prefetch_entry`]): with 100 000 flows the table is far larger than L2 and the
-//! waits overlap (PERF(flow-cache) in docs/PERFORMANCE.md).
+//! path). Each set has a word of 8-bit signatures beside the entries (eight sets to a cache
+//! line; one compare of all eight ways); an entry is two cache lines, aligned: the first holds
+//! what a lookup compares (key, tenant), the second what a hit uses (decision, counters). The
+//! pipeline hashes a whole batch and prefetches each set's signatures, then each candidate
+//! entry, then looks up ([`FlowCache::prefetch_set`], [`FlowCache::prefetch_entry`]): with
+//! 100 000 flows the table is far larger than L2 and the waits overlap (PERF(flow-cache) in
+//! docs/PERFORMANCE.md).
 //!
 //! # Fairness
 //! A tenant holds at most `share` entries. Below its share a new flow may evict the least
@@ -271,7 +272,9 @@ const _: () = assert!(core::mem::size_of::<Entry>() == 128, "an entry is two cac
 const EMPTY: Entry = Entry {
     key: [0; 7],
     generation: 0,
-    tenant: 0,
+    // No tenant's (there are at most `u16::MAX` of them, numbered from 0): a lookup told to
+    // search every way of a set ([`ALL_WAYS`]) never takes an empty way for a flow.
+    tenant: u16::MAX,
     occupied: false,
     _pad: 0,
     fdb_generation: 0,
@@ -572,18 +575,8 @@ impl FlowCache {
     #[inline]
     pub fn find_in(&self, h: u64, ways: Ways, t: TenantId, key: &Key) -> Option<Slot> {
         let set = self.set(h);
-        let entries = self.sets.padded().get(self.ent0 + set)?;
-        // A way with a signature holds an entry (signatures are not 0, written with the entry).
-        let mut ways = ways & ALL_WAYS;
-        while ways != 0 {
-            let w = ways.trailing_zeros() as usize / 8 % WAYS;
-            ways &= ways - 1;
-            let e = &entries[w];
-            if e.tenant == t.0 && same(&e.key, key) {
-                return Some(Slot(set * WAYS + w));
-            }
-        }
-        None
+        let w = way_of(self.sets.padded().get(self.ent0 + set)?, ways, t, key)?;
+        Some(Slot(set * WAYS + w))
     }
 
     /// The decision cached in `s`, if it was made under the current snapshot and MAC-table
@@ -716,28 +709,16 @@ impl FlowCache {
         tcp_flags: u8,
     ) -> Result<Disposition, Option<Slot>> {
         let (set, generation) = (self.set(h), self.generation);
-        let Some(entries) = self.sets.padded_mut().get_mut(self.ent0 + set) else {
-            return Err(None);
-        };
-        let mut ways = ways & ALL_WAYS;
-        while ways != 0 {
-            let w = ways.trailing_zeros() as usize / 8 % WAYS;
-            ways &= ways - 1;
-            let e = &mut entries[w];
-            if e.tenant == t.0 && same(&e.key, key) {
-                if e.generation != generation
-                    || e.fdb_generation != fdb_generation
-                    || now >= e.refresh_at
-                {
-                    return Err(Some(Slot(set * WAYS + w)));
-                }
-                let d = e.decision.out;
-                e.count(now, len, &d, tcp_flags);
-                self.stats.hits += 1;
-                return Ok(d);
-            }
+        let entries = self.sets.padded_mut().get_mut(self.ent0 + set).ok_or(None)?;
+        let w = way_of(entries, ways, t, key).ok_or(None)?;
+        let e = &mut entries[w];
+        if e.generation != generation || e.fdb_generation != fdb_generation || now >= e.refresh_at {
+            return Err(Some(Slot(set * WAYS + w)));
         }
-        Err(None)
+        let d = e.decision.out;
+        e.count(now, len, &d, tcp_flags);
+        self.stats.hits += 1;
+        Ok(d)
     }
 
     /// Reports `e`'s span if its tenant logs flows and it counted something.
@@ -859,6 +840,23 @@ fn ways_matching(line: SigLine, sg: u8) -> Ways {
     x.wrapping_sub(ONES) & !x & ALL_WAYS
 }
 
+/// The way among `ways` of a set's `entries` that holds flow `key` of tenant `t`.
+#[inline(always)]
+fn way_of(entries: &Set, ways: Ways, t: TenantId, key: &Key) -> Option<usize> {
+    // A way with a signature holds an entry (signatures are not 0, written with the entry); an
+    // empty way searched anyway ([`ALL_WAYS`]) belongs to no tenant.
+    let mut ways = ways & ALL_WAYS;
+    while ways != 0 {
+        let w = ways.trailing_zeros() as usize / 8 % WAYS;
+        ways &= ways - 1;
+        let e = &entries[w];
+        if e.tenant == t.0 && same(&e.key, key) {
+            return Some(w);
+        }
+    }
+    None
+}
+
 /// The least recently used entry among those `eligible` (free ones first).
 #[inline]
 fn lru(set: &[Entry], eligible: impl Fn(&Entry) -> bool) -> Option<usize> {
@@ -956,6 +954,20 @@ mod tests {
             }
             proptest::prop_assert_eq!(found & !ALL_WAYS, 0);
         }
+    }
+
+    #[test]
+    fn a_lookup_of_every_way_finds_the_flow_and_never_an_empty_way() {
+        let mut c = cache(64, 100, 2);
+        let (t, zero) = (TenantId(0), [0u64; 7]);
+        assert_eq!(c.find_in(hash(t, &zero), ALL_WAYS, t, &zero), None);
+        let k = key(3);
+        let h = hash(t, &k);
+        let s = c.store(h, t, &k, None, Some(&tx(1)), 1, Nanos::ZERO);
+        assert!(s.is_some());
+        assert_eq!(c.find_in(h, ALL_WAYS, t, &k), s);
+        assert_eq!(c.find(h, t, &k), s);
+        assert_eq!(c.find_in(hash(t, &zero), ALL_WAYS, t, &zero), None);
     }
 
     #[test]
