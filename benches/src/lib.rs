@@ -17,20 +17,45 @@ use dataplane::snapshot::{
 };
 use dataplane::time::Nanos;
 
-/// A port that takes every frame and completes it at once without returning it to the pool:
-/// the bench re-receives the same frames in its next batch (a zero-cost loopback).
+/// A port that takes every frame and completes it at once. By default without returning it
+/// to the pool: the bench re-receives the same frames in its next batch (a zero-cost
+/// loopback). [`LoopbackPort::recycling`] returns them at the next `reclaim`, for benches
+/// whose frames outlive a batch (queued by a congested port) and are received fresh
+/// ([`Setup::forward_fresh`]).
 #[derive(Debug, Default)]
-pub struct LoopbackPort;
+pub struct LoopbackPort {
+    /// Sent frames not yet returned (`None`: never returned).
+    sent: Option<Vec<u64>>,
+}
+
+impl LoopbackPort {
+    /// A loopback that returns the frames it sent to the pool at `reclaim`.
+    pub fn recycling() -> Self {
+        LoopbackPort { sent: Some(Vec::with_capacity(16_384)) }
+    }
+}
 
 impl Port for LoopbackPort {
     fn rx(&mut self, _pool: &mut FramePool, _batch: &mut Batch) -> usize {
         0
     }
     fn tx(&mut self, frames: &[FrameRef]) -> usize {
-        frames.len()
+        match &mut self.sent {
+            None => frames.len(),
+            Some(sent) => {
+                let n = frames.len().min(sent.capacity() - sent.len());
+                sent.extend(frames[..n].iter().map(|f| f.addr));
+                n
+            }
+        }
     }
-    fn reclaim(&mut self, _pool: &mut FramePool) -> usize {
-        0
+    fn reclaim(&mut self, pool: &mut FramePool) -> usize {
+        let Some(sent) = &mut self.sent else { return 0 };
+        let n = sent.len();
+        for a in sent.drain(..) {
+            pool.free(a);
+        }
+        n
     }
     fn kick(&mut self, _breath: Breath) -> bool {
         true
@@ -153,13 +178,13 @@ pub fn stamp_flow(area: &mut FrameArea, f: FrameRef, k: u32, macs: u32) {
 /// [`setup`] with every tenant's from-tenant ACL holding `rules` (and a flow cache large
 /// enough for [`FLOWS`] flows), or no policy at all for `None`.
 pub fn setup_with(tenants: u32, macs: u32, rules: Option<Vec<Rule>>) -> Setup {
-    build(tenants, macs, rules, 0, false)
+    build(tenants, macs, rules, 0, None)
 }
 
 /// [`setup`] with the flows of the first `logged` tenants logged (the export is the caller's
 /// to add).
 pub fn setup_logged(tenants: u32, macs: u32, logged: u32) -> Setup {
-    build(tenants, macs, None, logged, false)
+    build(tenants, macs, None, logged, None)
 }
 
 /// [`setup`] with every tenant policed on what it sends and shaped on what it receives, and
@@ -168,10 +193,33 @@ pub fn setup_logged(tenants: u32, macs: u32, logged: u32) -> Setup {
 /// above what the bench offers when it advances time by 3 us a batch: nothing is dropped, so
 /// what is measured is the mechanism.
 pub fn setup_shaped(tenants: u32, macs: u32) -> Setup {
-    build(tenants, macs, None, 0, true)
+    build(tenants, macs, None, 0, Some(Shaped { port_gbit: 100, queue: 64 }))
 }
 
-fn build(tenants: u32, macs: u32, rules: Option<Vec<Rule>>, logged: u32, shaped: bool) -> Setup {
+/// [`setup_shaped`] with port B congested: its rate (`port_gbit`) below what the bench offers
+/// (64 frames of 64 bytes every 3 us, 10.9 Gbit/s), so every tenant's queue there fills and the
+/// scheduler shares the port among them; each queue holds `queue` frames, the rest are dropped
+/// (`queue_full`). Frames outlive their batch: forward with [`Setup::forward_fresh`].
+pub fn setup_congested(tenants: u32, macs: u32, port_gbit: u64, queue: u32) -> Setup {
+    let mut s = build(tenants, macs, None, 0, Some(Shaped { port_gbit, queue }));
+    s.ports = vec![LoopbackPort::recycling(), LoopbackPort::recycling()];
+    s
+}
+
+/// How [`build`] shapes: port B's rate and each tenant's queue there.
+#[derive(Debug, Clone, Copy)]
+struct Shaped {
+    port_gbit: u64,
+    queue: u32,
+}
+
+fn build(
+    tenants: u32,
+    macs: u32,
+    rules: Option<Vec<Rule>>,
+    logged: u32,
+    shaped: Option<Shaped>,
+) -> Setup {
     let macs = macs.max(tenants);
     let per_tenant = macs.div_ceil(tenants);
     let limits = PolicyLimits {
@@ -186,8 +234,8 @@ fn build(tenants: u32, macs: u32, rules: Option<Vec<Rule>>, logged: u32, shaped:
     let pa = b.port("a", "a", PortKind::Tenant);
     let pb = b.port("b", "b", PortKind::Tenant);
     let rate = |gbit: u64| Rate { per_sec: gbit * 125_000_000, burst: 1 << 20, unit: Unit::Bytes };
-    if shaped {
-        b.port_rate(pb, Some(rate(100)));
+    if let Some(sh) = shaped {
+        b.port_rate(pb, Some(rate(sh.port_gbit)));
     }
     for t in 0..tenants {
         let vlan = Some((t + 1) as u16);
@@ -198,11 +246,11 @@ fn build(tenants: u32, macs: u32, rules: Option<Vec<Rule>>, logged: u32, shaped:
         spec.fdb_quota = per_tenant + 16;
         spec.mac_aging = Nanos::from_secs(3600);
         spec.flow_log = t < logged;
-        if shaped {
+        if let Some(sh) = shaped {
             spec.shaping = TenantShaping {
                 police: Some(rate(10)),
                 to_tenant: Some(rate(10)),
-                queue: 64,
+                queue: sh.queue,
                 ..TenantShaping::default()
             };
         }
@@ -220,7 +268,7 @@ fn build(tenants: u32, macs: u32, rules: Option<Vec<Rule>>, logged: u32, shaped:
         pipeline: Pipeline::new(&snap),
         pool: FramePool::new(&area),
         tx: TxLists::new(2, 4 * BATCH_SIZE),
-        ports: vec![LoopbackPort, LoopbackPort],
+        ports: vec![LoopbackPort::default(), LoopbackPort::default()],
         batch: Batch::new(),
         disp: Dispositions::default(),
         traffic: Vec::new(),
@@ -294,6 +342,32 @@ impl Setup {
             &mut self.tx,
             &mut self.ports[..],
         );
+    }
+
+    /// Forwards a copy of prebuilt batch `i` (from port A) in frames fresh from the pool, then
+    /// lets the ports return what they sent: for benches where frames outlive their batch. A
+    /// frame the pool cannot give is not sent (the caller sees it in the counters).
+    #[inline]
+    pub fn forward_fresh(&mut self, i: usize, now: Nanos) {
+        self.batch.reset(PortId(0));
+        for f in &self.traffic[i % BATCHES] {
+            let Some(base) = self.pool.alloc() else { break };
+            let fresh = FrameRef { addr: base + FRAME_HEADROOM, len: f.len };
+            let mut bytes = [0u8; 64];
+            if let Some(b) = self.area.frame(*f) {
+                let n = b.len().min(bytes.len());
+                bytes[..n].copy_from_slice(&b[..n]);
+            }
+            if let Some(b) = self.area.frame_mut(fresh) {
+                let n = b.len().min(bytes.len());
+                b[..n].copy_from_slice(&bytes[..n]);
+            }
+            self.batch.push(fresh);
+        }
+        self.run(now);
+        for p in &mut self.ports {
+            p.reclaim(&mut self.pool);
+        }
     }
 
     /// Forwards prebuilt batch `i` (from port A).
