@@ -2,7 +2,8 @@
 //! with counters only (always on), against the same with flow logging for every tenant and a
 //! live capture of one tenant of the 100 (a filter that matches its traffic: about 1 % of the
 //! frames are copied). Time per batch of 64; then both ends side by side ([`paired`]) for the
-//! ratio.
+//! ratio. Last, the same pair for one tenant whose 100 000 flows (`XSWITCH_BENCH_FLOWS`) make
+//! a flow cache far larger than L2: logged against not logged.
 //!
 //! Run: `cargo bench -p xswitch-benches --bench tracing`
 
@@ -16,7 +17,7 @@ use dataplane::batch::BATCH_SIZE;
 use dataplane::snapshot::TenantId;
 use dataplane::time::Nanos;
 use dataplane::trace::capture::{self, CaptureFilter, Tap};
-use xswitch_benches::{BATCHES, Setup, paired, setup_logged};
+use xswitch_benches::{BATCHES, Setup, flows, paired, setup, setup_logged, stamp_flow};
 
 /// A switch as the bench measures it: counters always, flow logs for the first `logged` of its
 /// 100 tenants, and a capture of tenant 0 (UDP port 53: all its frames) when asked; the
@@ -131,5 +132,45 @@ fn tracing(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, tracing);
+/// One tenant, 1 000 MACs, its frames carrying the next of `flows()` flows each: forwarded
+/// through the MAC table, against the same with the tenant's flows logged (every flow in the
+/// cache, seen once before).
+fn many_flows() {
+    let n = flows();
+    let step = |s: &mut Setup, i: &mut usize, flow: &mut u32| {
+        let batch = s.traffic[*i % BATCHES];
+        for f in &batch {
+            stamp_flow(&mut s.area, *f, *flow, 1000);
+            *flow = (*flow + 1) % n;
+        }
+        s.forward(*i, Nanos::from_secs(2));
+        *i += 1;
+    };
+    let mut off = setup(1, 1000);
+    let mut on = setup_logged(1, 1000, 1);
+    on.log_flows_nowhere();
+    let (mut i, mut j, mut fi, mut fj) = (0usize, 0usize, 0u32, 0u32);
+    for _ in 0..(n as usize).div_ceil(BATCH_SIZE) {
+        step(&mut on, &mut j, &mut fj);
+    }
+    let p =
+        paired(201, 1000, || step(&mut off, &mut i, &mut fi), || step(&mut on, &mut j, &mut fj));
+    let st = on.pipeline.flows.stats;
+    eprintln!(
+        "paired, one tenant with {n} flows (201 rounds of 1000 batches): not logged {:.3} us, \
+         logged {:.3} us per batch of 64, median ratio {:.3}; {} flows cached, {:.2} % hits",
+        p.a_ns / 1e3,
+        p.b_ns / 1e3,
+        p.ratio,
+        on.pipeline.flows.len(),
+        100.0 * st.hits as f64 / (st.hits + st.misses).max(1) as f64,
+    );
+}
+
+fn all(c: &mut Criterion) {
+    tracing(c);
+    many_flows();
+}
+
+criterion_group!(benches, all);
 criterion_main!(benches);
