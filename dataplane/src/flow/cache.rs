@@ -13,16 +13,19 @@
 //!   whether any frame was accepted, the last drop reason, and whether TCP said FIN or RST.
 //!
 //! A hit therefore skips the MAC learning probe, the MAC lookup and ACL classification; the
-//! stage still runs the security group (stateful) and `count` rules per packet. The source
-//! MAC is refreshed in the MAC table once every quarter of the tenant's aging time
-//! ([`FlowCache::decision`]), so a host that talks keeps its entry and its announcements.
+//! stage still runs the security group (stateful) and `count` rules per packet. A decision is
+//! made again a quarter of the tenant's aging time after it was made, which refreshes the
+//! source in the MAC table, so a host that talks keeps its entry and its announcements.
 //!
 //! # When a decision is stale
 //! A decision is used only if it was made under the current snapshot (the cache's generation,
 //! bumped by [`FlowCache::install`]) and the tenant's current MAC-table generation
 //! ([`crate::flow::Fdb::generation`], which moves when one of the tenant's MACs is learned,
-//! moves or ages out). A stale entry keeps its counters; only its decision is made again. So
-//! one tenant's MAC churn re-decides only that tenant's flows.
+//! moves or ages out, or an expired one is seen again), and no later than the destination's
+//! MAC entry expires (lookups ignore an expired entry at once, before the aging pass removes
+//! it and moves the generation): a cached flow is forwarded exactly as the MAC table would
+//! forward it. A stale entry keeps its counters; only its decision is made again. So one
+//! tenant's MAC churn re-decides only that tenant's flows.
 //!
 //! # Layout
 //! Sets of eight ways, allocated once at full size (no allocation, no rehash on the packet
@@ -260,7 +263,8 @@ struct Entry {
     decision: Decision,
     flags: u8,
     reason: Option<DropReason>,
-    refresh_at: Nanos,
+    /// When the decision must be made again (see the module docs).
+    recheck_at: Nanos,
     packets: u64,
     bytes: u64,
     start: Nanos,
@@ -281,7 +285,7 @@ const EMPTY: Entry = Entry {
     decision: Decision { out: Disposition::Flood, dirs: 0, rules: [NO_RULE; 2] },
     flags: 0,
     reason: None,
-    refresh_at: Nanos::ZERO,
+    recheck_at: Nanos::ZERO,
     packets: 0,
     bytes: 0,
     start: Nanos::ZERO,
@@ -342,6 +346,15 @@ impl FlowView {
 }
 
 impl Entry {
+    /// True when the decision was made under cache generation `generation` and MAC-table
+    /// generation `fdb_generation`, and is not due to be made again at `now`.
+    #[inline(always)]
+    fn current(&self, generation: u32, fdb_generation: u32, now: Nanos) -> bool {
+        self.generation == generation
+            && self.fdb_generation == fdb_generation
+            && now < self.recheck_at
+    }
+
     /// Counts one frame of the flow and what became of it.
     #[inline(always)]
     fn count(&mut self, now: Nanos, len: u32, d: &Disposition, tcp_flags: u8) {
@@ -579,24 +592,23 @@ impl FlowCache {
         Some(Slot(set * WAYS + w))
     }
 
-    /// The decision cached in `s`, if it was made under the current snapshot and MAC-table
-    /// generation `fdb_generation`, and whether the flow's source MAC is due a refresh in the
-    /// MAC table (then call [`FlowCache::refreshed`]); counts the lookup.
+    /// The decision cached in `s`, if it is current at `now` under MAC-table generation
+    /// `fdb_generation` (see the module docs); counts the lookup.
     #[inline]
     pub fn decision(
         &mut self,
         s: Option<Slot>,
         fdb_generation: u32,
         now: Nanos,
-    ) -> Option<(Decision, bool)> {
+    ) -> Option<Decision> {
         let Some(e) = s.and_then(|s| self.entry(s)) else {
             self.stats.misses += 1;
             return None;
         };
-        if e.generation == self.generation && e.fdb_generation == fdb_generation {
-            let found = (e.decision, now >= e.refresh_at);
+        if e.current(self.generation, fdb_generation, now) {
+            let d = e.decision;
             self.stats.hits += 1;
-            Some(found)
+            Some(d)
         } else {
             self.stats.misses += 1;
             self.stats.stale += 1;
@@ -604,16 +616,8 @@ impl FlowCache {
         }
     }
 
-    /// The flow's source MAC was refreshed; the next refresh is due at `next`.
-    #[inline]
-    pub fn refreshed(&mut self, s: Slot, next: Nanos) {
-        if let Some(e) = self.entry_mut(s) {
-            e.refresh_at = next;
-        }
-    }
-
-    /// Caches `d` for the flow: in its entry `s` if it has one, else in a new entry; its source
-    /// is due a refresh at `refresh_at`. `None` when the tenant is at its share and the set has
+    /// Caches `d` for the flow: in its entry `s` if it has one, else in a new entry; it is to
+    /// be made again at `recheck_at`. `None` when the tenant is at its share and the set has
     /// no entry of its own to give.
     #[allow(clippy::too_many_arguments)]
     #[inline]
@@ -625,7 +629,7 @@ impl FlowCache {
         s: Option<Slot>,
         d: Option<&Decision>,
         fdb_generation: u32,
-        refresh_at: Nanos,
+        recheck_at: Nanos,
     ) -> Option<Slot> {
         let s = match s {
             Some(s) => s,
@@ -640,7 +644,7 @@ impl FlowCache {
             e.decision = *d;
             e.generation = generation;
             e.fdb_generation = fdb_generation;
-            e.refresh_at = refresh_at;
+            e.recheck_at = recheck_at;
         }
         Some(s)
     }
@@ -691,8 +695,7 @@ impl FlowCache {
     }
 
     /// [`FlowCache::find_in`] for a frame of a tenant without policy (its flows are logged),
-    /// and, when the flow's decision is current and its source is not due a refresh in the MAC
-    /// table, the hit: the cached disposition, the frame counted, in the same visit of the
+    /// and, when the flow's decision is current, the hit: the cached disposition, the frame counted, in the same visit of the
     /// entry. Otherwise the flow's slot, if it has one, for the general path
     /// ([`FlowCache::decision`]), and nothing counted.
     #[allow(clippy::too_many_arguments)]
@@ -712,7 +715,7 @@ impl FlowCache {
         let entries = self.sets.padded_mut().get_mut(self.ent0 + set).ok_or(None)?;
         let w = way_of(entries, ways, t, key).ok_or(None)?;
         let e = &mut entries[w];
-        if e.generation != generation || e.fdb_generation != fdb_generation || now >= e.refresh_at {
+        if !e.current(generation, fdb_generation, now) {
             return Err(Some(Slot(set * WAYS + w)));
         }
         let d = e.decision.out;
@@ -802,10 +805,9 @@ impl FlowCache {
 
     /// What the cache holds for a flow, without counting or changing anything (the decision
     /// trace): `None` when not cached, else whether its decision is current.
-    pub fn peek(&self, t: TenantId, key: &Key, fdb_generation: u32) -> Option<bool> {
+    pub fn peek(&self, t: TenantId, key: &Key, fdb_generation: u32, now: Nanos) -> Option<bool> {
         let s = self.find(hash(t, key), t, key)?;
-        let e = self.entry(s)?;
-        Some(e.generation == self.generation && e.fdb_generation == fdb_generation)
+        Some(self.entry(s)?.current(self.generation, fdb_generation, now))
     }
 
     /// The configured share, in percent.
@@ -910,7 +912,7 @@ mod tests {
     fn lookup(c: &mut FlowCache, t: TenantId, k: &Key, fdb: u32, d: &Decision) -> Option<Decision> {
         let h = hash(t, k);
         let s = c.find(h, t, k);
-        let hit = c.decision(s, fdb, Nanos::ZERO).map(|(d, _)| d);
+        let hit = c.decision(s, fdb, Nanos::ZERO);
         if hit.is_none() {
             c.store(h, t, k, s, Some(d), fdb, Nanos::from_secs(1));
         }

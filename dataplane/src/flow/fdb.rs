@@ -151,6 +151,22 @@ impl Fdb {
         if now.since(e.last_seen) > aging { None } else { Some(e.attachment) }
     }
 
+    /// When a lookup of `mac` in tenant `t` stops giving the answer it gives at `now`: the first
+    /// instant its entry counts as expired. Never for a static entry or an unknown (or already
+    /// expired) one: those change only by learning, which moves the tenant's generation.
+    #[inline]
+    pub fn expires(&self, now: Nanos, t: TenantId, mac: MacAddr) -> Nanos {
+        let Some(e) = self.map.get(&key(t, mac)).filter(|e| !e.is_static) else {
+            return Nanos(u64::MAX);
+        };
+        let aging = self.tenants.get(t.index()).map_or(Nanos::ZERO, |tf| tf.aging);
+        if now.since(e.last_seen) > aging {
+            Nanos(u64::MAX)
+        } else {
+            e.last_seen.add(aging).add(Nanos(1))
+        }
+    }
+
     /// Records that `mac` was seen behind attachment `at` in tenant `t`.
     #[inline]
     pub fn learn(&mut self, now: Nanos, t: TenantId, mac: MacAddr, at: Attachment) -> Learn {
@@ -159,7 +175,14 @@ impl Fdb {
             if e.is_static {
                 return if e.attachment == at { Learn::Refreshed } else { Learn::StaticConflict };
             }
+            // Expired but not removed yet (lookups have ignored it since): it comes back as
+            // if new, so decisions cached while it was unknown go stale.
+            let aging = self.tenants.get(t.index()).map_or(Nanos::ZERO, |tf| tf.aging);
+            let revived = now.since(e.last_seen) > aging;
             e.last_seen = now;
+            if revived && let Some(tf) = self.tenants.get_mut(t.index()) {
+                tf.generation = tf.generation.wrapping_add(1);
+            }
             if e.attachment != at {
                 e.attachment = at;
                 e.announced = now;
@@ -396,6 +419,30 @@ mod tests {
         let before = f.generation(a);
         f.install(&s);
         assert_ne!(f.generation(a), before, "a new snapshot starts a new generation");
+    }
+
+    #[test]
+    fn an_entry_expires_when_lookups_stop_seeing_it_and_comes_back_as_new() {
+        let mut f = Fdb::new(&snap(10, 100));
+        let a = TenantId(0);
+        let aging = Nanos::from_secs(10);
+        f.learn(Nanos::from_secs(1), a, mac(1), att(0));
+        let end = f.expires(Nanos::from_secs(2), a, mac(1));
+        assert_eq!(end, Nanos::from_secs(1).add(aging).add(Nanos(1)));
+        assert_eq!(f.lookup(Nanos(end.0 - 1), a, mac(1)), Some(att(0)));
+        assert_eq!(f.lookup(end, a, mac(1)), None);
+        assert_eq!(f.expires(end, a, mac(1)), Nanos(u64::MAX), "expired: unknown");
+        assert_eq!(f.expires(end, a, mac(2)), Nanos(u64::MAX), "never learned");
+        // Seen again before the aging pass removed it: lookups see it again, and the tenant's
+        // generation moves as for a new entry (a decision made while it was unknown is stale).
+        let g = f.generation(a);
+        assert_eq!(f.learn(end, a, mac(1), att(0)), Learn::Renewed);
+        assert_ne!(f.generation(a), g);
+        assert_eq!(f.lookup(end, a, mac(1)), Some(att(0)));
+        // A refresh before expiry moves nothing.
+        let g = f.generation(a);
+        f.learn(end.add(Nanos::from_secs(1)), a, mac(1), att(0));
+        assert_eq!(f.generation(a), g);
     }
 
     #[test]

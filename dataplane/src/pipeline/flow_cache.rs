@@ -5,8 +5,9 @@
 //! asked for then; this stage asks for each frame's candidate entry a few frames before it
 //! looks it up, so the cache's memory reads overlap with the work on other frames.
 //!
-//! - Hit, decision current: the cached decision, without touching the MAC table (the source is
-//!   refreshed there once every quarter of the tenant's aging time). For a tenant that logs
+//! - Hit, decision current: the cached decision, without touching the MAC table (a decision
+//!   is made again every quarter of the tenant's aging time, which refreshes the source there,
+//!   and when the destination's MAC entry expires). For a tenant that logs
 //!   its flows without policy, that is the whole stage: the entry is found, its decision taken
 //!   and the frame counted in one visit ([`FlowCache::hit_and_count`]), from what the first
 //!   stages kept of the frame when they marked it (PERF(tracing) in docs/PERFORMANCE.md).
@@ -189,27 +190,24 @@ pub(super) fn run(
             continue;
         }
         let Some(spec) = snap.tenants.get(t.index()) else { continue };
-        // The source is refreshed in the MAC table every quarter of its aging time.
-        let refresh = || now.add(Nanos(spec.mac_aging.0 / 4));
         let (dec, slot) = match flows.decision(found, fdb.generation(t), now) {
-            Some((d, due)) => {
+            Some(d) => {
                 *path = FlowPath::Hit;
-                if due && let Some(s) = found {
-                    learn(fdb, counters, announcements, now, port, m);
-                    flows.refreshed(s, refresh());
-                }
                 (d, found)
             }
             None => {
                 learn(fdb, counters, announcements, now, port, m);
                 let dec = decide(snap, spec, port, m, classify::forward_one(fdb, now, port, m));
                 let g = fdb.generation(t);
+                // Made again a quarter of the tenant's aging time from now (which refreshes
+                // the source in the MAC table), or when the destination's entry expires.
+                let recheck = now.add(Nanos(spec.mac_aging.0 / 4)).min(fdb.expires(now, t, m.dst));
                 if found.is_none() {
                     // An insert may take a way a later frame of the batch found: they search
                     // their whole set instead.
                     later.iter_mut().for_each(|a| a.ways = ALL_WAYS);
                 }
-                (dec, flows.store(h, t, key, found, Some(&dec), g, refresh()))
+                (dec, flows.store(h, t, key, found, Some(&dec), g, recheck))
             }
         };
         let d = if snap.checks(t) & CHECK_POLICY != 0 {

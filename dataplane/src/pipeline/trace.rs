@@ -92,10 +92,10 @@ pub fn trace(p: &Pipeline, snap: &Snapshot, now: Nanos, port: PortId, frame: &[u
     }
     if snap.uses_flows(m.tenant) {
         let key = crate::flow::cache::key_of(&m, port);
-        let cached = match p.flows.peek(m.tenant, &key, p.fdb().generation(m.tenant)) {
+        let cached = match p.flows.peek(m.tenant, &key, p.fdb().generation(m.tenant), now) {
             None => "miss: decided below, then cached",
             Some(true) => "hit: the decision below is cached (MAC table and ACLs skipped)",
-            Some(false) => "stale entry (rules or MAC table changed): decided again below",
+            Some(false) => "stale entry (rules or MAC table changed, or due): decided again below",
         };
         out.push(step("flow cache", cached));
     }
