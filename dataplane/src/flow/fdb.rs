@@ -143,27 +143,28 @@ impl Fdb {
     /// The attachment (port and VLAN) behind `mac` in tenant `t`, if known and not expired.
     #[inline]
     pub fn lookup(&self, now: Nanos, t: TenantId, mac: MacAddr) -> Option<Attachment> {
-        let e = self.map.get(&key(t, mac))?;
-        if e.is_static {
-            return Some(e.attachment);
-        }
-        let aging = self.tenants.get(t.index())?.aging;
-        if now.since(e.last_seen) > aging { None } else { Some(e.attachment) }
+        self.lookup_until(now, t, mac).map(|(a, _)| a)
     }
 
-    /// When a lookup of `mac` in tenant `t` stops giving the answer it gives at `now`: the first
-    /// instant its entry counts as expired. Never for a static entry or an unknown (or already
-    /// expired) one: those change only by learning, which moves the tenant's generation.
-    #[inline]
-    pub fn expires(&self, now: Nanos, t: TenantId, mac: MacAddr) -> Nanos {
-        let Some(e) = self.map.get(&key(t, mac)).filter(|e| !e.is_static) else {
-            return Nanos(u64::MAX);
-        };
-        let aging = self.tenants.get(t.index()).map_or(Nanos::ZERO, |tf| tf.aging);
+    /// [`Fdb::lookup`], and until when its answer holds: the first instant the entry counts as
+    /// expired (never for a static entry). An unknown (or expired) MAC changes only by
+    /// learning, which moves the tenant's generation.
+    #[inline(always)]
+    pub fn lookup_until(
+        &self,
+        now: Nanos,
+        t: TenantId,
+        mac: MacAddr,
+    ) -> Option<(Attachment, Nanos)> {
+        let e = self.map.get(&key(t, mac))?;
+        if e.is_static {
+            return Some((e.attachment, Nanos(u64::MAX)));
+        }
+        let aging = self.tenants.get(t.index())?.aging;
         if now.since(e.last_seen) > aging {
-            Nanos(u64::MAX)
+            None
         } else {
-            e.last_seen.add(aging).add(Nanos(1))
+            Some((e.attachment, e.last_seen.add(aging).add(Nanos(1))))
         }
     }
 
@@ -427,12 +428,12 @@ mod tests {
         let a = TenantId(0);
         let aging = Nanos::from_secs(10);
         f.learn(Nanos::from_secs(1), a, mac(1), att(0));
-        let end = f.expires(Nanos::from_secs(2), a, mac(1));
+        let (_, end) = f.lookup_until(Nanos::from_secs(2), a, mac(1)).unwrap();
         assert_eq!(end, Nanos::from_secs(1).add(aging).add(Nanos(1)));
         assert_eq!(f.lookup(Nanos(end.0 - 1), a, mac(1)), Some(att(0)));
         assert_eq!(f.lookup(end, a, mac(1)), None);
-        assert_eq!(f.expires(end, a, mac(1)), Nanos(u64::MAX), "expired: unknown");
-        assert_eq!(f.expires(end, a, mac(2)), Nanos(u64::MAX), "never learned");
+        assert_eq!(f.lookup_until(end, a, mac(1)), None, "expired: unknown");
+        assert_eq!(f.lookup_until(end, a, mac(2)), None, "never learned");
         // Seen again before the aging pass removed it: lookups see it again, and the tenant's
         // generation moves as for a new entry (a decision made while it was unknown is stale).
         let g = f.generation(a);

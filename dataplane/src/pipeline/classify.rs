@@ -28,12 +28,21 @@ pub fn learn_one(
 /// Where one frame goes in its tenant's domain.
 #[inline]
 pub fn forward_one(fdb: &Fdb, now: Nanos, ingress: PortId, m: &Meta) -> Disposition {
+    forward_until(fdb, now, ingress, m).0
+}
+
+/// [`forward_one`], and until when the answer holds unless the tenant's MAC table changes
+/// ([`Fdb::lookup_until`]; never, for a flood or an unknown destination: learning it moves the
+/// generation).
+#[inline(always)]
+pub fn forward_until(fdb: &Fdb, now: Nanos, ingress: PortId, m: &Meta) -> (Disposition, Nanos) {
+    const NEVER: Nanos = Nanos(u64::MAX);
     if m.dst.is_multicast() {
-        return Disposition::Flood;
+        return (Disposition::Flood, NEVER);
     }
-    match fdb.lookup(now, m.tenant, m.dst) {
-        None => Disposition::Flood,
-        Some(a) if a.port == ingress => Disposition::Drop(DropReason::Hairpin),
-        Some(a) => Disposition::Tx { port: a.port, vlan: a.vlan },
+    match fdb.lookup_until(now, m.tenant, m.dst) {
+        None => (Disposition::Flood, NEVER),
+        Some((a, until)) if a.port == ingress => (Disposition::Drop(DropReason::Hairpin), until),
+        Some((a, until)) => (Disposition::Tx { port: a.port, vlan: a.vlan }, until),
     }
 }

@@ -197,11 +197,12 @@ pub(super) fn run(
             }
             None => {
                 learn(fdb, counters, announcements, now, port, m);
-                let dec = decide(snap, spec, port, m, classify::forward_one(fdb, now, port, m));
+                let (out, until) = classify::forward_until(fdb, now, port, m);
+                let dec = decide(snap, spec, port, m, out);
                 let g = fdb.generation(t);
                 // Made again a quarter of the tenant's aging time from now (which refreshes
                 // the source in the MAC table), or when the destination's entry expires.
-                let recheck = now.add(Nanos(spec.mac_aging.0 / 4)).min(fdb.expires(now, t, m.dst));
+                let recheck = now.add(Nanos(spec.mac_aging.0 / 4)).min(until);
                 if found.is_none() {
                     // An insert may take a way a later frame of the batch found: they search
                     // their whole set instead.
