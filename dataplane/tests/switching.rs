@@ -55,9 +55,14 @@ fn lab_snapshot_logged(quota: u32, logged: bool) -> Snapshot {
 }
 
 fn lab(quota: u32) -> Worker<MemPort> {
+    lab_logged(quota, false)
+}
+
+/// [`lab`], with every tenant's flows logged when `logged`.
+fn lab_logged(quota: u32, logged: bool) -> Worker<MemPort> {
     let area = FrameArea::new(1024, 2048, PageSize::Normal).unwrap();
     let ports = (0..5).map(|_| MemPort::new(256)).collect();
-    Worker::new(area, ports, Arc::new(lab_snapshot(quota)))
+    Worker::new(area, ports, Arc::new(lab_snapshot_logged(quota, logged)))
 }
 
 fn mac(i: u8) -> [u8; 6] {
@@ -366,12 +371,7 @@ fn logged_forwards_as_plain(steps: &[Step]) -> Result<(), String> {
         (UP, Some(200)),
         (M, Some(20)),
     ];
-    let worker = |logged| {
-        let area = FrameArea::new(1024, 2048, PageSize::Normal).unwrap();
-        let ports = (0..5).map(|_| MemPort::new(256)).collect();
-        Worker::new(area, ports, Arc::new(lab_snapshot_logged(100, logged)))
-    };
-    let (mut plain, mut logged) = (worker(false), worker(true));
+    let (mut plain, mut logged) = (lab_logged(100, false), lab_logged(100, true));
     let mut now = Nanos::from_secs(1);
     for (k, &(at, src, dst, advance_ms)) in steps.iter().enumerate() {
         let (port, vlan) = AT[at % AT.len()];
