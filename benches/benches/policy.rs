@@ -22,7 +22,7 @@ use dataplane::policy::Action;
 use dataplane::policy::acl::{AclSet, key_of};
 use dataplane::snapshot::PortId;
 use dataplane::time::Nanos;
-use xswitch_benches::{BATCHES, bench_rules, flows, frame, setup_with, stamp_flow};
+use xswitch_benches::{bench_rules, flows, frame, setup_with};
 
 const RULES: [usize; 3] = [10, 1_000, 10_000];
 
@@ -72,12 +72,7 @@ fn pipeline_acl(c: &mut Criterion) {
         let mut flow = 0u32;
         let mut i = 0usize;
         let mut step = |s: &mut xswitch_benches::Setup| {
-            let batch = s.traffic[i % BATCHES];
-            for f in &batch {
-                stamp_flow(&mut s.area, *f, flow, 1000);
-                flow = (flow + 1) % nflows;
-            }
-            s.forward(i, Nanos::from_secs(2));
+            s.forward_flows(i, &mut flow, nflows, 1000, Nanos::from_secs(2));
             i += 1;
         };
         // Warm-up: every flow once, so the cache holds all of them.

@@ -17,7 +17,7 @@ use dataplane::batch::BATCH_SIZE;
 use dataplane::snapshot::TenantId;
 use dataplane::time::Nanos;
 use dataplane::trace::capture::{self, CaptureFilter, Tap};
-use xswitch_benches::{BATCHES, Setup, flows, paired, setup, setup_logged, stamp_flow};
+use xswitch_benches::{BATCHES, Setup, flows, paired, setup, setup_logged};
 
 /// A switch as the bench measures it: counters always, flow logs for the first `logged` of its
 /// 100 tenants, and a capture of tenant 0 (UDP port 53: all its frames) when asked; the
@@ -138,12 +138,7 @@ fn tracing(c: &mut Criterion) {
 fn many_flows() {
     let n = flows();
     let step = |s: &mut Setup, i: &mut usize, flow: &mut u32| {
-        let batch = s.traffic[*i % BATCHES];
-        for f in &batch {
-            stamp_flow(&mut s.area, *f, *flow, 1000);
-            *flow = (*flow + 1) % n;
-        }
-        s.forward(*i, Nanos::from_secs(2));
+        s.forward_flows(*i, flow, n, 1000, Nanos::from_secs(2));
         *i += 1;
     };
     let mut off = setup(1, 1000);

@@ -4,7 +4,7 @@
 //! `valgrind --tool=callgrind target/release/examples/policy_count 10000 100000 2000`.
 use dataplane::batch::BATCH_SIZE;
 use dataplane::time::Nanos;
-use xswitch_benches::{BATCHES, bench_rules, setup_with, stamp_flow};
+use xswitch_benches::{bench_rules, setup_with};
 
 fn main() {
     let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>().ok());
@@ -15,12 +15,7 @@ fn main() {
     let mut flow = 0u32;
     let warm = (flows as usize).div_ceil(BATCH_SIZE);
     for i in 0..warm + n {
-        let batch = s.traffic[i % BATCHES];
-        for f in &batch {
-            stamp_flow(&mut s.area, *f, flow, 1000);
-            flow = (flow + 1) % flows;
-        }
-        s.forward(i, Nanos::from_secs(2));
+        s.forward_flows(i, &mut flow, flows, 1000, Nanos::from_secs(2));
     }
     println!("{}", s.pipeline.counters.port_tx.iter().map(|x| x.packets).sum::<u64>());
 }

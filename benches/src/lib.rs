@@ -370,6 +370,18 @@ impl Setup {
         }
     }
 
+    /// Forwards prebuilt batch `i` (from port A) with flows `*flow`, `*flow + 1`, … (modulo
+    /// `flows`) stamped into its frames in turn ([`stamp_flow`], destinations among `macs`);
+    /// `*flow` moves on past them.
+    #[inline]
+    pub fn forward_flows(&mut self, i: usize, flow: &mut u32, flows: u32, macs: u32, now: Nanos) {
+        for f in self.traffic[i % BATCHES] {
+            stamp_flow(&mut self.area, f, *flow, macs);
+            *flow = (*flow + 1) % flows;
+        }
+        self.forward(i, now);
+    }
+
     /// Forwards prebuilt batch `i` (from port A).
     #[inline]
     pub fn forward(&mut self, i: usize, now: Nanos) {
