@@ -695,9 +695,9 @@ impl FlowCache {
     }
 
     /// [`FlowCache::find_in`] for a frame of a tenant without policy (its flows are logged),
-    /// and, when the flow's decision is current, the hit: the cached disposition, the frame counted, in the same visit of the
-    /// entry. Otherwise the flow's slot, if it has one, for the general path
-    /// ([`FlowCache::decision`]), and nothing counted.
+    /// and, when the flow's decision is current, the hit: the cached disposition, the frame
+    /// counted, in the same visit of the entry. Otherwise the flow's slot, if it has one, for
+    /// the general path ([`FlowCache::decision`]), and nothing counted.
     #[allow(clippy::too_many_arguments)]
     #[inline]
     pub fn hit_and_count(
