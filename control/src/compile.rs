@@ -28,6 +28,8 @@ pub fn compile(cfg: &Config, generation: u64) -> Result<Snapshot, CompileError> 
         flow_cache_entries: cfg.switch.flow_cache_entries,
         flow_cache_share_percent: cfg.switch.flow_cache_tenant_share,
         conntrack_capacity: cfg.switch.conntrack_capacity,
+        fragment_entries: cfg.switch.fragment_entries,
+        fragment_timeout: Nanos::from_millis(u64::from(cfg.switch.fragment_timeout_ms)),
     };
     let mut b =
         SnapshotBuilder::new(generation).fdb_capacity(cfg.switch.fdb_capacity).limits(limits);
@@ -40,6 +42,7 @@ pub fn compile(cfg: &Config, generation: u64) -> Result<Snapshot, CompileError> 
         let id = b.port(name, &p.interface, kind);
         let mut issues = Vec::new();
         b.port_rate(id, crate::config::shaping::port(name, cfg, &mut issues));
+        b.port_mtu(id, p.mtu);
         if let Some(i) = issues.first() {
             return Err(CompileError::Dangling(i.to_string()));
         }

@@ -53,6 +53,9 @@ impl PacketFlags {
     pub const IP_OPTIONS: u8 = 4;
     /// IPv6 extension headers present.
     pub const IPV6_EXT: u8 = 8;
+    /// A later fragment whose ports and TCP flags were taken from its datagram's first
+    /// fragment (the fragment stage of tenants with policy): judged as that fragment was.
+    pub const PORTS_FROM_FIRST: u8 = 16;
 
     /// Tests a flag.
     #[inline]

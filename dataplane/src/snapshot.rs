@@ -29,6 +29,10 @@ impl PortId {
 pub struct TenantId(pub u16);
 
 impl TenantId {
+    /// No tenant: the frame's (port, VLAN) has none, or its tags could not be read. Indexes
+    /// nothing, so counters indexed by it are skipped.
+    pub const NONE: TenantId = TenantId(u16::MAX);
+
     /// As an array index.
     #[inline]
     pub const fn index(self) -> usize {
@@ -60,6 +64,9 @@ pub struct PortSpec {
     pub kind: PortKind,
     /// The rate its egress scheduler shares among the tenants (`None`: line rate).
     pub rate: Option<crate::shaping::Rate>,
+    /// Largest IP packet it sends (its interface's MTU, or the config's), `None`: unknown, no
+    /// limit. A frame may exceed it by its Ethernet header and one VLAN tag.
+    pub mtu: Option<u32>,
 }
 
 /// One place a tenant is reachable: a port, and the VLAN its frames carry there (None: untagged).
@@ -103,6 +110,11 @@ pub struct PolicyLimits {
     pub flow_cache_share_percent: u32,
     /// Tracked connections, all tenants together (each also capped by its quota).
     pub conntrack_capacity: u32,
+    /// Datagrams whose fragments are tracked at once, all tenants together (each tenant may
+    /// hold `flow_cache_share_percent` of them).
+    pub fragment_entries: u32,
+    /// How long a datagram's later fragments may follow its first one.
+    pub fragment_timeout: Nanos,
 }
 
 impl Default for PolicyLimits {
@@ -111,6 +123,8 @@ impl Default for PolicyLimits {
             flow_cache_entries: 65536,
             flow_cache_share_percent: 25,
             conntrack_capacity: 65_536,
+            fragment_entries: 1024,
+            fragment_timeout: Nanos::from_secs(1),
         }
     }
 }
@@ -138,6 +152,8 @@ pub struct Snapshot {
     /// Per tenant, which optional stages apply ([`CHECK_GUARD`], [`CHECK_POLICY`]): one byte
     /// from a small array, so tenants without policy pay one load for it per packet.
     checks: Vec<u8>,
+    /// Per port, the longest untagged frame it sends (MTU + 14; `u32::MAX`: no limit).
+    max_frames: Vec<u32>,
 }
 
 /// Some attachment of the tenant has an anti-spoofing guard.
@@ -176,6 +192,25 @@ impl Snapshot {
             None
         } else {
             Some((TenantId((v >> 16) as u16), AttachmentId(v as u16)))
+        }
+    }
+
+    /// The longest frame `port` sends with an outer tag (`tagged`) or without: its MTU plus
+    /// the Ethernet header and the tag. `u32::MAX` when the MTU is unknown.
+    #[inline]
+    pub fn max_frame(&self, port: PortId, tagged: bool) -> u32 {
+        let m = self.max_frames.get(port.index()).copied().unwrap_or(u32::MAX);
+        if tagged { m.saturating_add(4) } else { m }
+    }
+
+    /// Sets the MTU of `port` (the switch reads it from the interface when the config gives
+    /// none).
+    pub fn set_port_mtu(&mut self, port: PortId, mtu: u32) {
+        if let (Some(p), Some(m)) =
+            (self.ports.get_mut(port.index()), self.max_frames.get_mut(port.index()))
+        {
+            p.mtu = Some(mtu);
+            *m = max_frame(p);
         }
     }
 
@@ -304,8 +339,16 @@ impl SnapshotBuilder {
             interface: interface.into(),
             kind,
             rate: None,
+            mtu: None,
         });
         PortId((self.ports.len() - 1) as u16)
+    }
+
+    /// Sets a port's MTU.
+    pub fn port_mtu(&mut self, port: PortId, mtu: Option<u32>) {
+        if let Some(p) = self.ports.get_mut(port.index()) {
+            p.mtu = mtu;
+        }
     }
 
     /// Sets the rate a port's egress scheduler shares among its tenants.
@@ -388,8 +431,10 @@ impl SnapshotBuilder {
                 guard | log | police | if t.policy.is_open() { 0 } else { CHECK_POLICY }
             })
             .collect();
+        let max_frames = self.ports.iter().map(max_frame).collect();
         Ok(Snapshot {
             checks,
+            max_frames,
             generation: self.generation,
             ports: self.ports,
             tenants: self.tenants,
@@ -398,6 +443,11 @@ impl SnapshotBuilder {
             ingress,
         })
     }
+}
+
+/// The longest untagged frame of a port: MTU plus the Ethernet header.
+fn max_frame(p: &PortSpec) -> u32 {
+    p.mtu.map_or(u32::MAX, |m| m.saturating_add(14))
 }
 
 impl TenantSpec {

@@ -202,6 +202,7 @@ fn policed_snapshot() -> dataplane::snapshot::Snapshot {
         flow_cache_entries: 64,
         flow_cache_share_percent: 100,
         conntrack_capacity: 4096,
+        ..PolicyLimits::default()
     };
     let mut b = SnapshotBuilder::new(1).fdb_capacity(1024).limits(limits);
     let up = b.port("up", "up", PortKind::Uplink);
@@ -212,7 +213,11 @@ fn policed_snapshot() -> dataplane::snapshot::Snapshot {
     );
     t.guards = vec![
         Guard::default(),
-        Guard { macs: vec![MacAddr([2, 0, 0, 0, 0, 1])], ips: vec![Prefix::v4([10, 0, 0, 0], 24)] },
+        Guard {
+            macs: vec![MacAddr([2, 0, 0, 0, 0, 1])],
+            ips: vec![Prefix::v4([10, 0, 0, 0], 24)],
+            ethertypes: vec![],
+        },
     ];
     let rules = vec![
         Rule {
@@ -238,6 +243,8 @@ fn policed_snapshot() -> dataplane::snapshot::Snapshot {
         group: Some(SecurityGroup {
             rules: vec![SgRule { dir: Some(Direction::FromTenant), ..SgRule::default() }],
             quota: 1000,
+            max_half_open: 0,
+            max_half_open_per_source: 0,
             timeouts: Timeouts { udp: Nanos::from_secs(1), ..Timeouts::default() },
         }),
     };

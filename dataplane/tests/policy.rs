@@ -57,6 +57,16 @@ fn tcp_between(
     out
 }
 
+fn udp_between(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(A, B)
+        .ipv4(src, dst, 64)
+        .udp(sport, dport)
+        .write(&mut out, &[0; 4])
+        .unwrap();
+    out
+}
+
 fn udp6(sport: u16, dport: u16) -> Vec<u8> {
     let mut out = Vec::new();
     let s: std::net::Ipv6Addr = "fd00::1".parse().unwrap();
@@ -287,6 +297,8 @@ fn group(quota: u32) -> SecurityGroup {
             },
         ],
         quota,
+        max_half_open: 0,
+        max_half_open_per_source: 0,
         timeouts: Timeouts { tcp_established: Nanos::from_secs(100), ..Timeouts::default() },
     }
 }
@@ -412,9 +424,10 @@ fn rst_closes_fin_closes_and_timeouts_expire() {
 
 #[test]
 fn a_tenant_flooding_connections_fills_its_quota_only() {
+    // Other protocols than TCP have no handshake to evict: the quota is the bound.
     let mut ct = Ct::new(50);
     for p in 0..500u16 {
-        let f = tcp_between([10, 0, 0, 1], [10, 0, 0, 2], 1000 + p, 80, SYN, None);
+        let f = udp_between([10, 0, 0, 1], [10, 0, 0, 2], 1000 + p, 53);
         let v = ct.check_as(TenantId(1), 1, OUT, &f);
         assert_eq!(v, if p < 50 { Verdict::Opened } else { Verdict::Full }, "{p}");
     }
@@ -422,8 +435,72 @@ fn a_tenant_flooding_connections_fills_its_quota_only() {
     assert_eq!(ct.table.stats.full, 450);
     // The other tenant still opens connections, and tenant 1's entries were never evicted.
     assert_eq!(ct.check(1, OUT, &out_tcp(SYN)), Verdict::Opened);
-    let first = tcp_between([10, 0, 0, 2], [10, 0, 0, 1], 80, 1000, SYN | ACK, None);
+    let first = udp_between([10, 0, 0, 2], [10, 0, 0, 1], 53, 1000);
     assert_eq!(ct.check_as(TenantId(1), 2, IN, &first), Verdict::Established);
+}
+
+/// Opens and completes a TCP connection of tenant 1 from `from`:`port` to 10.0.0.2:80.
+fn establish(ct: &mut Ct, secs: u64, from: [u8; 4], port: u16) -> [Verdict; 3] {
+    let t = TenantId(1);
+    [
+        ct.check_as(t, secs, OUT, &tcp_between(from, [10, 0, 0, 2], port, 80, SYN, None)),
+        ct.check_as(t, secs, IN, &tcp_between([10, 0, 0, 2], from, 80, port, SYN | ACK, None)),
+        ct.check_as(t, secs, OUT, &tcp_between(from, [10, 0, 0, 2], port, 80, ACK, None)),
+    ]
+}
+
+// Regression (issue 16): 5 000 SYNs from one member filled its tenant's connection quota with
+// half-open entries, and every later connection of the tenant was refused (conntrack_full).
+#[test]
+fn a_syn_flood_evicts_half_open_entries_never_established_ones() {
+    let mut ct = Ct::new(50); // half-open bounds: 25 per tenant, 16 per source
+    assert_eq!(ct.g.half_open_limits(), (25, 16));
+    let t = TenantId(1);
+    let ok = [Verdict::Opened, Verdict::Established, Verdict::Established];
+    for p in 0..10 {
+        assert_eq!(establish(&mut ct, 1, [10, 0, 0, 3], 3000 + p), ok);
+    }
+    let flood = |p: u16| tcp_between([10, 0, 0, 1], [10, 0, 0, 2], 10_000 + p, 80, SYN, None);
+    for p in 0..5000u16 {
+        assert_eq!(ct.check_as(t, 2, OUT, &flood(p)), Verdict::Opened, "SYN {p}");
+    }
+    assert_eq!(ct.table.half_open_of(t), 16, "the flooder holds its own bound");
+    assert_eq!(ct.table.entries_of(t), 26);
+    assert_eq!(ct.table.stats.evicted, 5000 - 16);
+    assert_eq!(ct.table.stats.full, 0);
+    // The newest half-open entries are the ones kept.
+    let answer =
+        |p: u16| tcp_between([10, 0, 0, 2], [10, 0, 0, 1], 80, 10_000 + p, SYN | ACK, None);
+    assert_eq!(ct.check_as(t, 2, IN, &answer(4999)), Verdict::Established);
+    assert_eq!(ct.check_as(t, 2, IN, &answer(0)), Verdict::Denied);
+    // Another member connects during the flood.
+    assert_eq!(establish(&mut ct, 3, [10, 0, 0, 4], 4000), ok);
+    // Every established connection is still there.
+    for p in 0..10 {
+        let f = tcp_between([10, 0, 0, 3], [10, 0, 0, 2], 3000 + p, 80, ACK, None);
+        assert_eq!(ct.check_as(t, 4, OUT, &f), Verdict::Established);
+    }
+    // 27 entries, 16 of them half-open: 39 more connections evict those 16 and fill the
+    // quota with established ones. Then a SYN is refused, nothing evicted.
+    for p in 0..39 {
+        assert_eq!(establish(&mut ct, 5, [10, 0, 0, 5], 5000 + p), ok, "{p}");
+    }
+    assert_eq!(ct.table.entries_of(t), 50);
+    assert_eq!(ct.table.half_open_of(t), 0);
+    assert_eq!(ct.check_as(t, 6, OUT, &flood(9999)), Verdict::Full);
+    // Expiry keeps the bookkeeping right: a half-open entry times out and frees its place.
+    let mut ct = Ct::new(50);
+    for p in 0..16u16 {
+        ct.check_as(t, 1, OUT, &flood(p));
+    }
+    assert_eq!(ct.table.expire(Nanos::from_secs(100)), 16);
+    assert_eq!(ct.table.half_open_of(t), 0);
+    for p in 100..116u16 {
+        ct.check_as(t, 101, OUT, &flood(p));
+    }
+    let before = ct.table.stats.evicted;
+    assert_eq!(ct.check_as(t, 101, OUT, &flood(200)), Verdict::Opened);
+    assert_eq!(ct.table.stats.evicted, before + 1);
 }
 
 // --- The pipeline with policy, over in-memory ports ---
@@ -440,7 +517,7 @@ mod pipeline {
         Attachment, PortId, PortKind, Snapshot, SnapshotBuilder, TenantSpec,
     };
     use dataplane::time::Nanos;
-    use dataplane::trace::DropReason;
+    use dataplane::trace::{DropReason, ParseError};
     use dataplane::wire::MacAddr;
     use dataplane::worker::Worker;
 
@@ -466,7 +543,11 @@ mod pipeline {
         );
         red.guards = vec![
             Guard::default(),
-            Guard { macs: vec![MacAddr(A)], ips: vec!["10.0.0.1".parse().unwrap()] },
+            Guard {
+                macs: vec![MacAddr(A)],
+                ips: vec!["10.0.0.1".parse().unwrap()],
+                ethertypes: vec![],
+            },
             Guard::default(),
         ];
         red.policy = policy;
@@ -670,5 +751,229 @@ mod pipeline {
         assert_eq!(send(&mut w, UP, &syn, A1), 0);
         assert_eq!(drops(&w, DropReason::Policy), 1);
         assert_eq!(w.pipeline().policy.conns.len(), 1);
+    }
+
+    // --- Fragments (issue 16) ---
+
+    /// A UDP datagram from A (10.0.0.1) to B (10.0.0.2):`dport` with `payload` bytes, as one
+    /// frame with the IPv4 header's checksum right.
+    fn udp_datagram(dport: u16, payload: usize, ident: u16) -> Vec<u8> {
+        let mut out = Vec::new();
+        etherparse::PacketBuilder::ethernet2(A, B)
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(4000, dport)
+            .write(&mut out, &vec![0x5a; payload])
+            .unwrap();
+        out[18..20].copy_from_slice(&ident.to_be_bytes());
+        ipv4_checksum(&mut out);
+        out
+    }
+
+    /// Writes the IPv4 header checksum of a frame (untagged).
+    fn ipv4_checksum(f: &mut [u8]) {
+        f[24..26].copy_from_slice(&[0, 0]);
+        let sum = dataplane::wire::checksum::fold(dataplane::wire::checksum::add(0, &f[14..34]));
+        f[24..26].copy_from_slice(&(!sum).to_be_bytes());
+    }
+
+    /// One IPv4 fragment of `datagram`: its IP payload bytes [start, end) (start a multiple of
+    /// 8), with MF set when `more`.
+    fn fragment(datagram: &[u8], start: usize, end: usize, more: bool) -> Vec<u8> {
+        let body = &datagram[34..];
+        let mut f = datagram[..34].to_vec();
+        f.extend_from_slice(&body[start..end.min(body.len())]);
+        let total = (20 + end.min(body.len()) - start) as u16;
+        f[16..18].copy_from_slice(&total.to_be_bytes());
+        let word = (start / 8) as u16 | if more { 0x2000 } else { 0 };
+        f[20..22].copy_from_slice(&word.to_be_bytes());
+        ipv4_checksum(&mut f);
+        f
+    }
+
+    /// A datagram cut into fragments of `piece` bytes of IP payload.
+    fn fragments(datagram: &[u8], piece: usize) -> Vec<Vec<u8>> {
+        let n = datagram.len() - 34;
+        (0..n).step_by(piece).map(|s| fragment(datagram, s, s + piece, s + piece < n)).collect()
+    }
+
+    fn deny_udp_to_tenant(port: u16) -> TenantPolicy {
+        let r = Rule {
+            name: "no-udp".into(),
+            priority: 10,
+            action: Action::Deny,
+            m: Match { proto: Some(17), dst_ports: Some((port, port)), ..Match::default() },
+        };
+        TenantPolicy {
+            acl: [AclSet::new(vec![], Action::Allow), AclSet::new(vec![r], Action::Allow)],
+            group: None,
+        }
+    }
+
+    /// Sends every frame in on A1 in one batch; returns the frames that reached a2.
+    fn send_batch(w: &mut Worker<MemPort>, frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        for f in frames {
+            assert!(w.inject(A1, f));
+        }
+        w.poll(Nanos::from_secs(1));
+        let got = w.take_sent(A2);
+        w.take_sent(UP);
+        got
+    }
+
+    /// A worker whose tenant has ACLs only, where B is known on a2.
+    fn fragment_lab(policy: TenantPolicy) -> Worker<MemPort> {
+        let mut w = worker(policy);
+        send(&mut w, A2, &from_b(80, 1000, ACK), A1);
+        w
+    }
+
+    // Regression (issue 16): a fragmented datagram's first fragment was malformed (its UDP
+    // length checked against the bytes of the fragment), so no fragmented datagram arrived.
+    #[test]
+    fn a_fragmented_datagram_arrives_whole_in_order_in_one_batch_or_several() {
+        let mut w = fragment_lab(deny_udp_to_tenant(7777));
+        let d = udp_datagram(5000, 2992, 1);
+        let frags = fragments(&d, 1480);
+        assert_eq!(frags.len(), 3);
+        assert_eq!(send_batch(&mut w, &frags), frags, "one batch: all three, unchanged");
+        let d = udp_datagram(5000, 2992, 2);
+        for f in fragments(&d, 1480) {
+            assert_eq!(send_batch(&mut w, std::slice::from_ref(&f)).len(), 1);
+        }
+        assert_eq!(w.pipeline().counters.total_drops(), 0);
+        assert!(w.pipeline().frags.is_empty(), "whole datagrams free their entries");
+        assert_eq!(w.pipeline().frags.stats.completed, 2);
+    }
+
+    // Regression (issue 16): without a security group, later fragments carry no ports and
+    // passed the ACLs whatever their layer-4 rules said.
+    #[test]
+    fn later_fragments_of_a_denied_datagram_are_dropped_too() {
+        let mut w = fragment_lab(deny_udp_to_tenant(7777));
+        let d = udp_datagram(7777, 2992, 3);
+        let frags = fragments(&d, 1480);
+        assert!(send_batch(&mut w, &frags).is_empty(), "first fragment and the rest, one batch");
+        assert_eq!(drops(&w, DropReason::Policy), 3);
+        let d = udp_datagram(7777, 2992, 4);
+        for f in fragments(&d, 1480) {
+            assert!(send_batch(&mut w, std::slice::from_ref(&f)).is_empty());
+        }
+        assert_eq!(drops(&w, DropReason::Policy), 6);
+        // A later fragment whose first fragment never came: dropped, never judged unchecked.
+        let d = udp_datagram(5000, 2992, 5);
+        assert!(send_batch(&mut w, &fragments(&d, 1480)[1..]).is_empty());
+        assert_eq!(drops(&w, DropReason::Fragment), 2);
+    }
+
+    // RFC 1858 and 3128: the tiny-fragment and overlapping-fragment attacks against a rule
+    // that denies telnet to the tenant.
+    #[test]
+    fn tiny_and_overlapping_fragment_attacks_are_dropped() {
+        let mut w = fragment_lab(deny_telnet_to_tenant());
+        let mut syn = from_a(1000, 80, SYN);
+        let payload = vec![0u8; 64];
+        syn.truncate(34);
+        syn.extend_from_slice(&from_a(1000, 80, SYN)[34..54]);
+        syn.extend_from_slice(&payload);
+        let total = (syn.len() - 14) as u16;
+        syn[16..18].copy_from_slice(&total.to_be_bytes());
+        ipv4_checksum(&mut syn);
+        // Tiny: the first fragment holds 8 bytes of TCP (ports, no flags), the second the rest.
+        let tiny = [fragment(&syn, 0, 8, true), fragment(&syn, 8, 84, false)];
+        assert!(send_batch(&mut w, &tiny).is_empty());
+        assert_eq!(w.pipeline().counters.parse_errors[ParseError::Tcp.index()], 1);
+        assert_eq!(drops(&w, DropReason::Fragment), 1);
+        // Overlapping: a first fragment to port 80 (allowed) with the whole TCP header, then
+        // a fragment at offset 8 that rewrites the header to port 23.
+        let mut to_telnet = syn.clone();
+        to_telnet[36..38].copy_from_slice(&23u16.to_be_bytes());
+        let attack = [fragment(&syn, 0, 24, true), fragment(&to_telnet, 8, 84, false)];
+        let got = send_batch(&mut w, &attack);
+        assert_eq!(got, vec![attack[0].clone()], "the first fragment alone, never the overlap");
+        assert_eq!(drops(&w, DropReason::Fragment), 2);
+        // And the datagram stays refused.
+        assert!(send_batch(&mut w, &[fragment(&syn, 24, 84, false)]).is_empty());
+        assert_eq!(drops(&w, DropReason::Fragment), 3);
+        // A first fragment to port 23: denied, and its later fragments with it.
+        let mut telnet = to_telnet.clone();
+        telnet[18..20].copy_from_slice(&9u16.to_be_bytes());
+        ipv4_checksum(&mut telnet);
+        let denied = [fragment(&telnet, 0, 24, true), fragment(&telnet, 24, 84, false)];
+        assert!(send_batch(&mut w, &denied).is_empty());
+        assert_eq!(drops(&w, DropReason::Policy), 2);
+    }
+
+    #[test]
+    fn ipv6_fragments_are_judged_by_their_first_fragment() {
+        let mut w = fragment_lab(deny_udp_to_tenant(7777));
+        send(&mut w, A1, &from_a(1000, 80, ACK), A2); // A known on a1: unicast, not a flood
+        // IPv6 hosts: the guard on a1 owns only 10.0.0.1, so they speak from a2 to a1 here.
+        let v6 = |ident: u32, start: usize, more: bool, data: &[u8]| {
+            let (src, dst) = ([0xfd; 16], [0xfe; 16]);
+            let mut f = [&A[..], &B[..], &[0x86, 0xdd]].concat();
+            let mut ip = vec![0x60, 0, 0, 0];
+            ip.extend_from_slice(&((8 + data.len()) as u16).to_be_bytes());
+            ip.extend_from_slice(&[44, 64]);
+            ip.extend_from_slice(&src);
+            ip.extend_from_slice(&dst);
+            let word = (start as u16) | u16::from(more);
+            ip.extend_from_slice(&[17, 0]);
+            ip.extend_from_slice(&word.to_be_bytes());
+            ip.extend_from_slice(&ident.to_be_bytes());
+            f.extend_from_slice(&ip);
+            f.extend_from_slice(data);
+            f
+        };
+        let udp = |dport: u16| {
+            let mut h = vec![0x0f, 0xa0];
+            h.extend_from_slice(&dport.to_be_bytes());
+            h.extend_from_slice(&[0x03, 0xf0, 0, 0]); // length 1008, checksum not checked here
+            h.extend_from_slice(&[0u8; 496]);
+            h
+        };
+        for (dport, ident, passes) in [(5000u16, 1u32, 2usize), (7777, 2, 0)] {
+            let first = v6(ident, 0, true, &udp(dport));
+            let later = v6(ident, 504, false, &[0u8; 504]);
+            let mut out = Vec::new();
+            for f in [first, later] {
+                assert!(w.inject(A2, &f));
+                w.poll(Nanos::from_secs(1));
+                out.extend(w.take_sent(A1));
+                w.take_sent(UP);
+            }
+            assert_eq!(out.len(), passes, "port {dport}");
+        }
+        assert_eq!(drops(&w, DropReason::Policy), 2);
+    }
+
+    #[test]
+    fn fragments_of_a_connection_pass_a_security_group() {
+        let group = SecurityGroup {
+            rules: vec![SgRule { name: "any".into(), ..SgRule::default() }],
+            quota: 100,
+            ..SecurityGroup::default()
+        };
+        let policy = TenantPolicy {
+            acl: [AclSet::new(vec![], Action::Allow), AclSet::new(vec![], Action::Allow)],
+            group: Some(group),
+        };
+        let mut w = fragment_lab(policy);
+        let d = udp_datagram(5000, 2992, 9);
+        assert_eq!(send_batch(&mut w, &fragments(&d, 1480)).len(), 3);
+        assert_eq!(w.pipeline().policy.conns.len(), 1);
+    }
+
+    // Regression (issue 16): IPv4 headers with a wrong checksum were forwarded.
+    #[test]
+    fn a_wrong_ipv4_header_checksum_is_malformed_for_a_tenant_with_policy() {
+        let mut w = fragment_lab(deny_telnet_to_tenant());
+        let mut f = from_a(1000, 80, ACK);
+        assert_eq!(send(&mut w, A1, &f, A2), 1);
+        f[22] ^= 1; // the TTL, without the checksum
+        assert_eq!(send(&mut w, A1, &f, A2), 0);
+        assert_eq!(w.pipeline().counters.parse_errors[ParseError::Ipv4.index()], 1);
+        assert_eq!(drops(&w, DropReason::Malformed), 1);
+        // Counted against the tenant of the attachment it came in on.
+        assert_eq!(w.pipeline().counters.tenant_drops[0][DropReason::Malformed.index()], 1);
     }
 }

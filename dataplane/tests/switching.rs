@@ -238,6 +238,98 @@ fn drops_are_counted_under_one_reason_each() {
     let pe = &w.pipeline().counters.parse_errors;
     assert_eq!((pe[ParseError::Ethernet.index()], pe[ParseError::Ipv4.index()]), (1, 1));
     assert_eq!(w.pipeline().counters.port_rx[A1.index()].packets, 7);
+    // Regression (issue 16): the malformed IPv4 frame came in on red's untagged attachment and
+    // counts against red; the runt, whose tags could not be read, against no tenant.
+    let red = &w.pipeline().counters.tenant_drops[0];
+    assert_eq!(red[DropReason::Malformed.index()], 1);
+    let tenants: u64 = w.pipeline().counters.tenant_drops.iter().flatten().sum();
+    assert_eq!(tenants, 2 + 1 + 1, "invalid sources, the malformed frame, the hairpin");
+}
+
+/// The lab with the MTU of port a2 set to `mtu` and of the uplink to `mtu` too.
+fn lab_mtu(mtu: u32) -> Worker<MemPort> {
+    let mut snap = lab_snapshot(100);
+    snap.set_port_mtu(A2, mtu);
+    snap.set_port_mtu(UP, mtu);
+    let area = FrameArea::new(1024, 2048, PageSize::Normal).unwrap();
+    let ports = (0..5).map(|_| MemPort::new(256)).collect();
+    Worker::new(area, ports, Arc::new(snap))
+}
+
+/// A UDP frame of `ip_len` bytes of IP packet from mac(1) to `dst`.
+fn udp_sized(dst: [u8; 6], ip_len: usize, vlan: Option<u16>) -> Vec<u8> {
+    let mut f = udp(mac(1), dst, vlan);
+    let l3 = if vlan.is_some() { 18 } else { 14 };
+    f.truncate(l3 + 28);
+    f.resize(l3 + ip_len, 0xab);
+    f[l3 + 2..l3 + 4].copy_from_slice(&(ip_len as u16).to_be_bytes());
+    f[l3 + 24..l3 + 26].copy_from_slice(&((ip_len - 20) as u16).to_be_bytes());
+    f
+}
+
+// Regression (issue 16): a 1 600-byte frame reached a port whose MTU is 1 500.
+#[test]
+fn a_frame_larger_than_the_egress_mtu_is_dropped_as_too_big() {
+    let mut w = lab_mtu(1500);
+    let t = Nanos::from_secs(1);
+    w.inject(A2, &udp(mac(2), [0xff; 6], None)); // mac(2) on a2
+    step(&mut w, t);
+    w.inject(A1, &udp_sized(mac(2), 1500, None));
+    w.inject(A1, &udp_sized(mac(2), 1501, None));
+    w.inject(A1, &udp_sized(mac(2), 1586, None));
+    let out = step(&mut w, t);
+    assert_eq!(out.iter().map(|(p, f)| (*p, f.len())).collect::<Vec<_>>(), [(A2, 1514)]);
+    assert_eq!(drops(&w, DropReason::TooBig), 2);
+    // Towards the uplink the tag is pushed: 1 500 bytes of IP still fit (the tag is not
+    // payload); a flood's copy that does not fit is dropped alone, and m (no MTU) gets both.
+    w.inject(A1, &udp_sized([0xff; 6], 1500, None));
+    w.inject(A1, &udp_sized([0xff; 6], 1501, None));
+    let out = step(&mut w, t);
+    let lens: Vec<(PortId, usize)> = out.iter().map(|(p, f)| (*p, f.len())).collect();
+    assert_eq!(lens, [(UP, 1518), (A2, 1514), (M, 1518), (M, 1519)]);
+    assert_eq!(drops(&w, DropReason::TooBig), 4);
+    // From the uplink, tagged, a 1 500-byte packet fits a2 once the tag is popped.
+    w.inject(UP, &udp_sized(mac(2), 1500, Some(100)));
+    assert_eq!(step(&mut w, t).len(), 1);
+}
+
+// Regression (issue 16): with TX checksum offload on at the sender (a veth's default), the
+// frame carries only the pseudo-header sum, and the receiver discarded it.
+#[test]
+fn partial_checksums_are_completed_on_the_way_out() {
+    let mut w = lab(100);
+    let t = Nanos::from_secs(1);
+    let mut right = Vec::new();
+    PacketBuilder::ethernet2(mac(1), [0xff; 6])
+        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        .tcp(40000, 80, 7, 1024)
+        .ack(1)
+        .write(&mut right, &[0x42; 333])
+        .unwrap();
+    let mut partial = right.clone();
+    let l4_len = (right.len() - 34) as u32;
+    let pseudo = dataplane::wire::checksum::pseudo_header(
+        false,
+        &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1],
+        &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 2],
+        6,
+        l4_len,
+    );
+    let folded = dataplane::wire::checksum::fold(pseudo);
+    partial[50..52].copy_from_slice(&folded.to_be_bytes());
+    assert_ne!(partial, right);
+    w.inject(A1, &partial);
+    let out = step(&mut w, t);
+    assert!(!out.is_empty());
+    for (p, f) in &out {
+        let f = if outer_vlan(f).is_some() { untag(f) } else { f.clone() };
+        assert_eq!(f, right, "port {p:?}: the checksum completed");
+    }
+    assert_eq!(w.pipeline().counters.checksums_completed, 1);
+    // A complete checksum is left alone.
+    w.inject(A1, &right);
+    step(&mut w, t);
+    assert_eq!(w.pipeline().counters.checksums_completed, 1);
 }
 
 #[test]

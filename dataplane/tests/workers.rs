@@ -250,6 +250,8 @@ fn return_traffic_passes_on_the_worker_that_did_not_open_the_connection() {
     let group = SecurityGroup {
         rules: vec![SgRule { dir: Some(Direction::FromTenant), ..SgRule::default() }],
         quota: 100,
+        max_half_open: 0,
+        max_half_open_per_source: 0,
         ..SecurityGroup::default()
     };
     let mut ws = two_workers_with(snapshot_with(TenantPolicy {

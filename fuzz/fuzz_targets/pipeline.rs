@@ -8,24 +8,72 @@
 //! - isolation: every frame a port sends is one that a tenant attached to that port (with the
 //!   tag it leaves with) injected, modulo the tags the switch pushes or pops;
 //! - accounting: every injected frame is counted received, and at the end every frame of the
-//!   area is in exactly one place.
+//!   area is in exactly one place;
+//! - fragments (sent in order, reversed, overlapping, with one missing), for tenants with ACLs
+//!   or a security group: no later fragment leaves the switch unless its datagram's first
+//!   fragment came before it and was not dropped by the pipeline's decision.
 #![no_main]
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arbitrary::Arbitrary;
+use dataplane::pipeline::output::complete_partial_checksum;
 use dataplane::port::mem::MemPort;
 use dataplane::port::{FrameArea, PageSize};
+use dataplane::snapshot::CHECK_POLICY;
 use dataplane::snapshot::{PortId, Snapshot, TenantId};
 use dataplane::time::Nanos;
+use dataplane::trace::DropReason;
 use dataplane::worker::Worker;
 use libfuzzer_sys::fuzz_target;
-use xswitch_fuzz::{FrameSpec, WorldSpec};
+use xswitch_fuzz::{FragSpec, FrameSpec, WorldSpec};
+
+/// Drops the pipeline decides (a fragment dropped so is denied); the others happen on the
+/// way out (a full queue), after the decision.
+const DECIDED: [DropReason; 10] = [
+    DropReason::Malformed,
+    DropReason::UnknownTenant,
+    DropReason::InvalidSrcMac,
+    DropReason::Hairpin,
+    DropReason::Spoof,
+    DropReason::Policy,
+    DropReason::ConntrackFull,
+    DropReason::RateLimit,
+    DropReason::Fragment,
+    DropReason::Ethertype,
+];
+
+fn decided_drops(w: &Worker<MemPort>) -> u64 {
+    DECIDED.iter().map(|r| w.pipeline().counters.drops(*r)).sum()
+}
+
+/// A datagram: source, destination, protocol, identification.
+type Datagram = ([u8; 4], [u8; 4], u8, u16);
+
+/// A fragment's datagram and offset, read back from a frame (tags skipped).
+fn fragment_of(f: &[u8]) -> Option<(Datagram, usize)> {
+    let mut l3 = 12;
+    while matches!(f.get(l3..l3 + 2), Some([0x81, 0x00]) | Some([0x88, 0xa8])) {
+        l3 += 4;
+    }
+    if f.get(l3..l3 + 2)? != [0x08, 0x00] {
+        return None;
+    }
+    let ip = f.get(l3 + 2..l3 + 22)?;
+    let word = u16::from_be_bytes([ip[6], ip[7]]);
+    if word & 0x3fff == 0 {
+        return None;
+    }
+    let addr = |at: usize| [ip[at], ip[at + 1], ip[at + 2], ip[at + 3]];
+    let ident = u16::from_be_bytes([ip[4], ip[5]]);
+    Some(((addr(12), addr(16), ip[9], ident), usize::from(word & 0x1fff) * 8))
+}
 
 #[derive(Arbitrary, Debug)]
 enum Op {
     Frame { port: u8, frame: FrameSpec },
+    Fragments { port: u8, spec: FragSpec },
     Poll { advance_us: u16 },
     Reload,
 }
@@ -84,6 +132,8 @@ fuzz_target!(|input: Input| {
     let mut seen = Seen::new();
     let mut injected = 0u64;
     let mut generation = 1;
+    // Per tenant and datagram: was its last first fragment dropped by a decision?
+    let mut firsts: HashMap<(TenantId, Datagram), bool> = HashMap::new();
     for op in input.ops.iter().take(256) {
         match op {
             Op::Frame { port, frame } => {
@@ -94,11 +144,70 @@ fuzz_target!(|input: Input| {
                     if let Some((t, a)) = snap.resolve(port, vlan) {
                         let tagged = snap.attachment(t, a).is_some_and(|a| a.vlan.is_some());
                         let inner = if tagged { untag(&bytes) } else { bytes.clone() };
+                        // The switch completes a partial checksum on the way out.
+                        let mut done = inner.clone();
+                        if complete_partial_checksum(&mut done) {
+                            seen.entry(done).or_default().insert(t);
+                        }
                         seen.entry(inner).or_default().insert(t);
                     }
                 }
                 if w.inject(port, &bytes) {
                     injected += 1;
+                }
+            }
+            Op::Fragments { port, spec } => {
+                let port = PortId(u16::from(*port) % nports as u16);
+                // Whatever waits is decided first, so the drops counted below are the
+                // fragment's own.
+                for _ in 0..5 {
+                    w.poll(now);
+                }
+                for p in 0..nports {
+                    let p = PortId(p as u16);
+                    let sent = w.take_sent(p);
+                    check_sent(&snap, p, sent, &seen);
+                }
+                for frag in spec.build() {
+                    let bytes = frag.bytes;
+                    let tenant = snap.resolve(port, outer_vlan(&bytes)).map(|(t, a)| {
+                        let tagged = snap.attachment(t, a).is_some_and(|a| a.vlan.is_some());
+                        let inner = if tagged { untag(&bytes) } else { bytes.clone() };
+                        seen.entry(inner).or_default().insert(t);
+                        t
+                    });
+                    let before = decided_drops(&w);
+                    if !w.inject(port, &bytes) {
+                        continue;
+                    }
+                    injected += 1;
+                    now = now.add(Nanos(1000));
+                    w.poll(now);
+                    let denied = decided_drops(&w) > before;
+                    let Some(((dgram, _), t)) = fragment_of(&bytes).zip(tenant) else { continue };
+                    if frag.offset == 0 {
+                        firsts.insert((t, dgram), denied);
+                    }
+                    let policy = snap.checks(t) & CHECK_POLICY != 0;
+                    for p in 0..nports {
+                        let p = PortId(p as u16);
+                        let sent = w.take_sent(p);
+                        for f in &sent {
+                            if let Some((d, off)) = fragment_of(f)
+                                && policy
+                                && d == dgram
+                                && off != 0
+                            {
+                                assert_eq!(
+                                    firsts.get(&(t, d)),
+                                    Some(&false),
+                                    "a later fragment left without its first fragment passing \
+                                     first: {f:02x?}"
+                                );
+                            }
+                        }
+                        check_sent(&snap, p, sent, &seen);
+                    }
                 }
             }
             Op::Poll { advance_us } => {

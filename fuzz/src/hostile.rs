@@ -81,6 +81,21 @@ fn udp6(me: &Host, peer: &Host) -> Vec<u8> {
     out
 }
 
+/// Writes the IPv4 header checksum of an untagged frame again after its header was edited (so
+/// the frame tests what it means to, not the checksum check).
+fn fix_ipv4_checksum(f: &mut [u8]) {
+    let ihl = usize::from(f[14] & 0x0f) * 4;
+    f[24..26].copy_from_slice(&[0, 0]);
+    let mut sum: u32 = 0;
+    for w in f[14..14 + ihl].chunks(2) {
+        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    f[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+}
+
 /// An Ethernet header with `ethertype` followed by `body`.
 fn eth(me: &Host, dst: [u8; 6], ethertype: u16, body: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(14 + body.len());
@@ -214,17 +229,45 @@ pub fn catalogue(me: &Host, peer: &Host) -> Vec<Crafted> {
     add("ipv6-hop-by-hop-not-first", chain(2, 0, 60), malformed("ipv6"));
 
     // Fragments: a first fragment too small to hold the TCP header (the tiny-fragment attack)
-    // is malformed; a later fragment, overlapping or not, carries no header and is switched.
+    // is malformed; a later fragment, overlapping or not, carries no header and is switched
+    // for a tenant without ACLs (with ACLs, the fragment stage judges it: the policy tests).
     let mut f = t[..l3 + 20 + 8].to_vec();
     f[l3 + 2..l3 + 4].copy_from_slice(&28u16.to_be_bytes());
     f[l3 + 6] = 0x20; // MF
     add("tiny-first-fragment", f, malformed("tcp"));
     let mut f = good.clone();
     f[l3 + 6..l3 + 8].copy_from_slice(&1u16.to_be_bytes()); // offset 8 bytes, overlaps the first
+    fix_ipv4_checksum(&mut f);
     add("overlapping-later-fragment", f, Expect::Forward);
     let mut f = good.clone();
     f[l3 + 6..l3 + 8].copy_from_slice(&(0x2000u16 | 0x1fff).to_be_bytes());
+    fix_ipv4_checksum(&mut f);
     add("fragment-at-max-offset", f, Expect::Forward);
+    // A first fragment of a UDP datagram longer than the fragment (every fragmented datagram's
+    // first fragment looks so): switched.
+    let mut f = udp4(me, peer, 1472);
+    f[l3 + 6] = 0x20; // MF
+    f[l3 + 20 + 4..l3 + 20 + 6].copy_from_slice(&3008u16.to_be_bytes());
+    fix_ipv4_checksum(&mut f);
+    add("udp-first-fragment", f, Expect::Forward);
+
+    // Headers a port-secured attachment may not send: a wrong IPv4 header checksum, TCP flag
+    // combinations no stack sends, an ether type other than IPv4, IPv6 and ARP.
+    let mut f = good.clone();
+    f[l3 + 10] ^= 0x5a;
+    add("ipv4-bad-header-checksum", f, malformed("ipv4"));
+    for (name, flags) in [
+        ("tcp-all-flags", 0xffu8),
+        ("tcp-no-flags", 0x00),
+        ("tcp-syn-fin", 0x03),
+        ("tcp-syn-rst", 0x06),
+    ] {
+        let mut f = t.clone();
+        f[l3 + 20 + 13] = flags;
+        add(name, f, malformed("tcp"));
+    }
+    add("unknown-ethertype-bare", eth(me, peer.mac, 0x88b5, &[]), drop("ethertype"));
+    add("unknown-ethertype", eth(me, peer.mac, 0x9000, &[0; 46]), drop("ethertype"));
 
     // Spoofed sources.
     let mut f = good.clone();

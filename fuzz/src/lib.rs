@@ -138,6 +138,93 @@ impl FrameSpec {
     }
 }
 
+/// An IPv4 datagram (UDP or TCP, between hosts of the small world) cut into fragments that the
+/// fuzzer orders, overlaps and loses.
+#[derive(Arbitrary, Debug, Clone)]
+pub struct FragSpec {
+    pub frame: FrameSpec,
+    /// The datagram's IP identification.
+    pub ident: u16,
+    /// Bytes of IP payload per fragment, in units of 8 (1..=8).
+    pub piece: u8,
+    /// 0: in order; 1: reversed; 2: the first fragment last; else rotated by this much.
+    pub order: u8,
+    /// Move this fragment 8 bytes back, over its neighbour.
+    pub overlap: Option<u8>,
+    /// Leave this fragment out.
+    pub missing: Option<u8>,
+}
+
+/// One fragment as sent: its bytes, and its offset in the datagram (0: the first fragment).
+#[derive(Debug, Clone)]
+pub struct Fragment {
+    pub bytes: Vec<u8>,
+    pub offset: usize,
+}
+
+impl FragSpec {
+    /// The fragments, in the order they are sent (empty when the datagram has none to cut).
+    pub fn build(&self) -> Vec<Fragment> {
+        let mut spec = self.frame.clone();
+        spec.kind %= 2; // UDP or TCP over IPv4
+        spec.edits.clear();
+        spec.cut = None;
+        spec.pad = spec.pad.max(24);
+        let whole = spec.build();
+        let l3 = match spec.vlans {
+            Vlans::None => 14,
+            Vlans::One(_) => 18,
+            Vlans::Two(..) => 22,
+        };
+        if whole.len() < l3 + 20 || whole[l3 - 2..l3] != [0x08, 0x00] {
+            return Vec::new();
+        }
+        let body = &whole[l3 + 20..];
+        let piece = 8 * usize::from(self.piece % 8 + 1);
+        let mut frags: Vec<Fragment> = (0..body.len())
+            .step_by(piece)
+            .map(|start| {
+                let end = (start + piece).min(body.len());
+                let at = match self.overlap {
+                    Some(k) if usize::from(k) == start / piece && start > 0 => start - 8,
+                    _ => start,
+                };
+                let mut f = whole[..l3 + 20].to_vec();
+                f.extend_from_slice(&body[at..end]);
+                let ip = &mut f[l3..l3 + 20];
+                ip[2..4].copy_from_slice(&((20 + end - at) as u16).to_be_bytes());
+                ip[4..6].copy_from_slice(&self.ident.to_be_bytes());
+                let word = (at / 8) as u16 | if end < body.len() { 0x2000 } else { 0 };
+                ip[6..8].copy_from_slice(&word.to_be_bytes());
+                ip[10..12].copy_from_slice(&[0, 0]);
+                let mut sum: u32 =
+                    ip.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+                while sum >> 16 != 0 {
+                    sum = (sum & 0xffff) + (sum >> 16);
+                }
+                ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+                Fragment { bytes: f, offset: at }
+            })
+            .collect();
+        if frags.len() < 2 {
+            return Vec::new();
+        }
+        if let Some(m) = self.missing {
+            frags.remove(usize::from(m) % frags.len());
+        }
+        match self.order {
+            0 => {}
+            1 => frags.reverse(),
+            2 => frags.rotate_left(1),
+            r => {
+                let n = frags.len();
+                frags.rotate_right(usize::from(r) % n);
+            }
+        }
+        frags
+    }
+}
+
 /// The switch the pipeline target builds: an uplink `p0` and tenant ports `p1`..`p3`, up to
 /// four tenants, each with the optional stages a fuzzer may turn on.
 #[derive(Arbitrary, Debug)]

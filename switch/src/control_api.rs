@@ -502,7 +502,9 @@ pub fn reload(shared: &Shared) -> Result<u64, String> {
             return Err(format!("{}: {why}; nothing was applied", path.display()));
         }
         let generation = running.1.generation + 1;
-        let snap = Arc::new(control::compile(&new, generation).map_err(|e| format!("{e}"))?);
+        let mut snap = control::compile(&new, generation).map_err(|e| format!("{e}"))?;
+        crate::netdev::fill_mtus(&mut snap);
+        let snap = Arc::new(snap);
         for tx in &shared.workers.snapshots {
             // Bounded with room for several: a worker takes them every 250 ms at most.
             tx.send(snap.clone()).map_err(|_| "a worker has stopped".to_string())?;
@@ -1107,5 +1109,6 @@ fn counters(shared: &Shared) -> Value {
             "aged": f.aged, "remote": f.remote, "unannounced": f.unannounced,
         },
         "flood_copies": c.flood_copies,
+        "checksums_completed": c.checksums_completed,
     })
 }

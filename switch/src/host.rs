@@ -10,15 +10,12 @@ use anyhow::Context;
 use control::config::Config;
 use control::config::model::VfConfig;
 use control::sriov::{PortHost, Resolve, Sysfs};
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
+use netlink_packet_core::NLM_F_ACK;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{
     LinkAttribute, LinkMessage, LinkVfInfo, VfInfo, VfInfoMac, VfInfoSpoofCheck, VfInfoTrust,
     VfInfoVlan,
 };
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 /// How long a VF's interface may take to appear after provisioning.
 const VF_WAIT: Duration = Duration::from_secs(10);
@@ -88,32 +85,14 @@ pub fn set_vf(pf: &str, v: &VfConfig) -> anyhow::Result<()> {
         .trim()
         .parse()
         .context("ifindex")?;
-    let mut nl = NetlinkMessage::new(
-        NetlinkHeader::default(),
-        NetlinkPayload::from(RouteNetlinkMessage::SetLink(vf_message(index, v)?)),
-    );
-    nl.header.flags = NLM_F_REQUEST | NLM_F_ACK;
-    nl.header.sequence_number = 1;
-    nl.finalize();
-    let mut buf = vec![0; nl.buffer_len()];
-    nl.serialize(&mut buf);
-    let mut sock = Socket::new(NETLINK_ROUTE).context("netlink socket")?;
-    sock.bind_auto().context("netlink bind")?;
-    sock.connect(&SocketAddr::new(0, 0)).context("netlink connect")?;
-    sock.send(&buf, 0).context("netlink send")?;
-    let mut reply = vec![0u8; 8192];
-    let n = sock.recv(&mut &mut reply[..], 0).context("netlink receive")?;
-    let answer = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..n])
-        .map_err(|e| anyhow::anyhow!("netlink answer: {e}"))?;
-    match answer.payload {
-        NetlinkPayload::Error(e) if e.code.is_some() => {
-            let io = e.to_io();
-            if io.kind() == std::io::ErrorKind::Unsupported {
-                anyhow::bail!("{pf}'s driver does not support VF attributes ({io})");
+    match crate::netdev::request(RouteNetlinkMessage::SetLink(vf_message(index, v)?), NLM_F_ACK) {
+        Ok(_) => Ok(()),
+        Err(e) => match e.downcast_ref::<std::io::Error>() {
+            Some(io) if io.kind() == std::io::ErrorKind::Unsupported => {
+                anyhow::bail!("{pf}'s driver does not support VF attributes ({io})")
             }
-            Err(io).with_context(|| format!("setting VF attributes on {pf}"))
-        }
-        _ => Ok(()),
+            _ => Err(e).with_context(|| format!("setting VF attributes on {pf}")),
+        },
     }
 }
 

@@ -148,6 +148,12 @@ impl Watch {
     /// New sockets for every queue of interface `i`, registered and attached.
     fn reopen(&self, i: usize) -> anyhow::Result<(XdpAttachment, Vec<XskPort>)> {
         let iface = &self.ifaces[i];
+        // A new interface: the host's stack is quiet on it again before frames flow.
+        let (q, log) = crate::netdev::quiet(&iface.name)?;
+        q.keep();
+        for l in log {
+            eprintln!("xswitch: port {}: {l}", iface.sockets[0].name);
+        }
         let mut socks: Vec<XskPort> = Vec::new();
         for s in &iface.sockets {
             let sock = XskPort::open(

@@ -81,18 +81,14 @@ impl Lab {
             }
             must(&["ip", "-n", name, "link", "set", "lo", "up"])?;
             must(&["ip", "-n", name, "link", "set", "eth0", "up"])?;
-            // AF_XDP does not complete partial checksums, and GSO frames do not fit a frame.
-            must(
-                &in_ns(name, &["ethtool", "-K", "eth0", "tx", "off"])
-                    .iter()
-                    .map(String::as_str)
-                    .collect::<Vec<_>>(),
-            )?;
+            // The hosts keep the offloads a container gets (TX checksum offload on: the switch
+            // completes the partial checksums) and the host ends keep IPv6 (the switch turns
+            // it off on the ports it takes). IPv6 is off inside the hosts only to keep the
+            // demo's output about the traffic it sends.
             let _ = cmd(&in_ns(name, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])
                 .iter()
                 .map(String::as_str)
                 .collect::<Vec<_>>());
-            let _ = cmd(&["sysctl", "-qw", &format!("net.ipv6.conf.{name}.disable_ipv6=1")]);
             must(&["ip", "link", "set", name, "up"])
         };
         for (_, name, addr) in HOSTS {
@@ -149,7 +145,7 @@ pub fn run(keep: bool, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let cfg = control::config::load_str("configs/demo.toml (embedded)", DEMO_CONFIG)?;
     dataplane::port::afxdp::require_root()
         .context("the demo lab needs root; `xswitch demo --simulate` does not")?;
-    for tool in ["ip", "ethtool", "ping", "iperf3", "tcpdump"] {
+    for tool in ["ip", "ping", "iperf3", "tcpdump"] {
         if Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output()

@@ -9,6 +9,7 @@ mod host;
 mod hotplug;
 mod lab;
 mod metrics;
+mod netdev;
 mod run;
 mod simulate;
 mod table;

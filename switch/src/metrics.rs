@@ -67,6 +67,8 @@ pub struct WorkerFigures {
     pub cache_entries: u32,
     /// Connection table events.
     pub conns: ConnStats,
+    /// Fragment table events.
+    pub frags: dataplane::policy::fragments::FragStats,
     /// Tracked connections per tenant.
     pub conn_entries: Vec<u32>,
     /// Frames waiting in each tenant's egress queues.
@@ -92,6 +94,7 @@ pub fn publish(slot: &Slot, w: &mut Worker<XskPort>, loops: &LoopStats) {
     f.cache_entries = w.pipeline().flows.len();
     let p = &w.pipeline().policy;
     f.conns = p.conns.stats;
+    f.frags = w.pipeline().frags.stats;
     let tenants = w.snapshot().tenants.len();
     f.conn_entries.clear();
     f.conn_entries.extend((0..tenants).map(|t| p.conns.entries_of(TenantId(t as u16))));
@@ -222,6 +225,16 @@ fn describe() {
     c("xswitch_parse_errors_total", Unit::Count, "Malformed frames, by the check they failed.");
     c("xswitch_fdb_events_total", Unit::Count, "MAC learning events, by kind.");
     c("xswitch_flood_copies_total", Unit::Count, "Flood copies made beyond the original frame.");
+    c(
+        "xswitch_checksums_completed_total",
+        Unit::Count,
+        "TCP and UDP checksums a sender left to its device (checksum offload) that the switch completed.",
+    );
+    c(
+        "xswitch_fragment_events_total",
+        Unit::Count,
+        "Fragmented datagrams of tenants with policy: tracked, completed, expired, evicted.",
+    );
     c("xswitch_worker_polls_total", Unit::Count, "Worker poll rounds, busy (received) or idle.");
     c("xswitch_worker_received_packets_total", Unit::Count, "Frames a worker received.");
     for (n, h) in XSK_HELP {
@@ -243,7 +256,8 @@ fn describe() {
     c(
         "xswitch_conntrack_events_total",
         Unit::Count,
-        "Connections opened, expired or refused (full).",
+        "Connections opened, expired, refused (full), applied from other workers (remote), not \
+         announced, or half-open ones evicted by a new SYN (evicted).",
     );
     describe_gauge!("xswitch_flow_cache_entries", Unit::Count, "Live flow-cache entries.");
     describe_gauge!("xswitch_conntrack_entries", Unit::Count, "Tracked connections, per tenant.");
@@ -314,6 +328,8 @@ struct Families {
     parse_errors: Vec<Counter>,
     fdb: [Counter; 6],
     flood_copies: Counter,
+    checksums_completed: Counter,
+    frag_events: [Counter; 4],
     umem: [Gauge; 9],
     workers: Vec<WorkerFamilies>,
     /// Per (port, queue): the six kernel counters and wakeups.
@@ -325,7 +341,7 @@ struct Families {
     cache_lookups: [Counter; 2],
     cache_evictions: Counter,
     cache_entries: Gauge,
-    conn_events: [Counter; 5],
+    conn_events: [Counter; 6],
     conn_entries: Vec<Gauge>,
 }
 
@@ -406,6 +422,9 @@ impl Families {
                 .collect(),
             fdb,
             flood_copies: metrics::counter!("xswitch_flood_copies_total"),
+            checksums_completed: metrics::counter!("xswitch_checksums_completed_total"),
+            frag_events: ["tracked", "completed", "expired", "evicted"]
+                .map(|e| metrics::counter!("xswitch_fragment_events_total", "event" => e)),
             umem,
             workers: (0..workers)
                 .map(|w| {
@@ -446,7 +465,7 @@ impl Families {
                 .map(|r| metrics::counter!("xswitch_flow_cache_lookups_total", "result" => r)),
             cache_evictions: metrics::counter!("xswitch_flow_cache_evictions_total"),
             cache_entries: metrics::gauge!("xswitch_flow_cache_entries"),
-            conn_events: ["opened", "expired", "full", "remote", "unannounced"]
+            conn_events: ["opened", "expired", "full", "remote", "unannounced", "evicted"]
                 .map(|e| metrics::counter!("xswitch_conntrack_events_total", "event" => e)),
             conn_entries: tenants
                 .iter()
@@ -484,6 +503,7 @@ impl Families {
         let mut census = FrameCensus::default();
         let (mut cache, mut cache_entries, mut conns) =
             (CacheStats::default(), 0u32, ConnStats::default());
+        let mut frags = [0u64; 4];
         let mut conn_entries = vec![0u32; self.conn_entries.len()];
         let mut queue_depth = vec![0u32; self.queue_depth.len()];
         for (w, slot) in slots.iter().enumerate() {
@@ -499,6 +519,11 @@ impl Families {
             conns.full += f.conns.full;
             conns.remote += f.conns.remote;
             conns.unannounced += f.conns.unannounced;
+            conns.evicted += f.conns.evicted;
+            let g = &f.frags;
+            for (a, b) in frags.iter_mut().zip([g.tracked, g.completed, g.expired, g.evicted]) {
+                *a += b;
+            }
             for (a, b) in conn_entries.iter_mut().zip(&f.conn_entries) {
                 *a += b;
             }
@@ -576,6 +601,10 @@ impl Families {
             h.absolute(v);
         }
         self.flood_copies.absolute(sum.flood_copies);
+        self.checksums_completed.absolute(sum.checksums_completed);
+        for (h, v) in self.frag_events.iter().zip(frags) {
+            h.absolute(v);
+        }
         for (hs, vs) in self.acl.iter().zip(&sum.acl_hits) {
             for (h, v) in hs.iter().zip(vs) {
                 h.absolute(*v);
@@ -585,7 +614,14 @@ impl Families {
         self.cache_lookups[1].absolute(cache.misses);
         self.cache_evictions.absolute(cache.evictions);
         self.cache_entries.set(f64::from(cache_entries));
-        let events = [conns.opened, conns.expired, conns.full, conns.remote, conns.unannounced];
+        let events = [
+            conns.opened,
+            conns.expired,
+            conns.full,
+            conns.remote,
+            conns.unannounced,
+            conns.evicted,
+        ];
         for (h, v) in self.conn_events.iter().zip(events) {
             h.absolute(v);
         }

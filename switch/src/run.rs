@@ -90,7 +90,23 @@ pub fn serve(
     let (resolved, hosts) = crate::host::prepare(cfg, control::sriov::Resolve::Provision)
         .with_context(|| format!("{name}: preparing the ports"))?;
     let cfg = &resolved;
-    let snap = control::compile(cfg, 1)?;
+    let mut snap = control::compile(cfg, 1)?;
+    for l in crate::netdev::fill_mtus(&mut snap) {
+        eprintln!("xswitch: {l}");
+    }
+    // The host's own stack goes quiet on every interface the switch takes.
+    let mut quieted = Vec::new();
+    for p in &snap.ports {
+        if quieted.iter().any(|(name, _): &(String, _)| *name == p.interface) {
+            continue;
+        }
+        let (q, log) = crate::netdev::quiet(&p.interface)
+            .with_context(|| format!("{name}: port {}: taking {}", p.name, p.interface))?;
+        for l in log {
+            eprintln!("xswitch: port {}: {l}", p.name);
+        }
+        quieted.push((p.interface.clone(), q));
+    }
     let workers = cfg.switch.workers as usize;
     let sockets: usize = cfg.ports.values().map(|p| p.queues as usize).sum();
     if workers > sockets {
@@ -505,6 +521,8 @@ pub fn serve(
     }
     drop(attachments);
     eprintln!("xswitch: XDP programs detached");
+    // IPv6 and ARP back as they were on the interfaces given back.
+    drop(quieted);
     if !census.balanced() {
         bail!("frame accounting does not balance: {census:?}");
     }

@@ -140,6 +140,11 @@ pub struct SwitchConfig {
     pub flow_cache_tenant_share: u32,
     /// Connections each worker tracks for security groups, all tenants together.
     pub conntrack_capacity: u32,
+    /// Fragmented datagrams each worker tracks for tenants with policy, all tenants together
+    /// (each may hold `flow_cache_tenant_share` percent).
+    pub fragment_entries: u32,
+    /// Milliseconds a datagram's later fragments may follow its first one.
+    pub fragment_timeout_ms: u32,
     /// Seconds between records of a flow that goes on.
     pub flow_log_interval_secs: u32,
     /// Seconds without a packet after which a flow's record is written.
@@ -182,6 +187,8 @@ impl Default for SwitchConfig {
             flow_cache_entries: 65536,
             flow_cache_tenant_share: 25,
             conntrack_capacity: 65_536,
+            fragment_entries: 1024,
+            fragment_timeout_ms: 1000,
             flow_log_interval_secs: 60,
             flow_log_idle_secs: 15,
             flow_log_ipfix: None,
@@ -246,6 +253,10 @@ pub struct PortConfig {
     /// The port rate's burst (`"32KiB"`; default 10 ms at the rate).
     #[serde(default)]
     pub burst: Option<String>,
+    /// Largest IP packet the port sends (default: its interface's MTU when the switch
+    /// starts); larger frames are dropped as `too_big`.
+    #[serde(default)]
+    pub mtu: Option<u32>,
 }
 
 fn one() -> u32 {
@@ -449,6 +460,14 @@ pub struct SecurityGroupConfig {
     /// Most connections tracked for this tenant at once, per worker.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// Most half-open TCP connections (handshake not complete) at once, per worker (default
+    /// half of `max_connections`); a SYN beyond it evicts the oldest.
+    #[serde(default)]
+    pub max_half_open: Option<u32>,
+    /// Most half-open TCP connections from one address at once, per worker (default a
+    /// quarter of `max_half_open`, at least 16).
+    #[serde(default)]
+    pub max_half_open_per_source: Option<u32>,
     /// Idle timeouts in seconds.
     #[serde(default)]
     pub timeouts: TimeoutsConfig,
@@ -535,6 +554,10 @@ pub struct AttachConfig {
     /// Anti-spoofing: the source addresses (prefixes) they own (empty: any).
     #[serde(default)]
     pub ips: Vec<String>,
+    /// With anti-spoofing: ether types the hosts may send besides IPv4, IPv6 and ARP
+    /// (numbers, `0x88cc`, or names: `lldp`, `mpls`, ...).
+    #[serde(default)]
+    pub allow_ethertypes: Vec<NumOrName>,
 }
 
 /// A static MAC entry.

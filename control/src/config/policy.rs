@@ -79,7 +79,19 @@ pub fn ethertype(v: &NumOrName) -> Result<u16, String> {
             "ipv4" => Ok(0x0800),
             "ipv6" => Ok(0x86dd),
             "arp" => Ok(0x0806),
-            _ => Err(format!("unknown ether type {s:?} (ipv4, ipv6, arp or a number)")),
+            "lldp" => Ok(0x88cc),
+            "mpls" => Ok(0x8847),
+            "rarp" => Ok(0x8035),
+            "lacp" | "slow" => Ok(0x8809),
+            "ptp" => Ok(0x88f7),
+            "fcoe" => Ok(0x8906),
+            "pppoe" => Ok(0x8864),
+            "pppoe-discovery" => Ok(0x8863),
+            "eapol" => Ok(0x888e),
+            _ => Err(format!(
+                "unknown ether type {s:?} (ipv4, ipv6, arp, lldp, mpls, rarp, lacp, ptp, fcoe, \
+                 pppoe, pppoe-discovery, eapol or a number)"
+            )),
         },
     }
 }
@@ -170,6 +182,22 @@ pub fn build(name: &str, t: &TenantConfig, port_id: &dyn Fn(&str) -> Option<Port
                     Err(e) => cx.bad(format!("attach[{i}].ips[{j}]"), e),
                 }
             }
+            for (j, e) in a.allow_ethertypes.iter().enumerate() {
+                match ethertype(e) {
+                    Ok(x) if x < 0x0600 => cx.bad(
+                        format!("attach[{i}].allow_ethertypes[{j}]"),
+                        format!("{x:#06x} is an 802.3 length, not an ether type"),
+                    ),
+                    Ok(x) => g.ethertypes.push(x),
+                    Err(e) => cx.bad(format!("attach[{i}].allow_ethertypes[{j}]"), e),
+                }
+            }
+            if !a.allow_ethertypes.is_empty() && a.macs.is_empty() && a.ips.is_empty() {
+                cx.bad(
+                    format!("attach[{i}].allow_ethertypes"),
+                    "applies only with anti-spoofing (macs or ips): without it every ether type passes",
+                );
+            }
             g
         })
         .collect();
@@ -252,6 +280,19 @@ pub fn build(name: &str, t: &TenantConfig, port_id: &dyn Fn(&str) -> Option<Port
         if g.max_connections == 0 {
             cx.bad("security_group.max_connections", "must be at least 1");
         }
+        if let Some(n) = g.max_half_open
+            && !(1..=g.max_connections).contains(&n)
+        {
+            cx.bad(
+                "security_group.max_half_open",
+                format!("{n} is out of range 1..={} (max_connections)", g.max_connections),
+            );
+        }
+        if let Some(n) = g.max_half_open_per_source
+            && n == 0
+        {
+            cx.bad("security_group.max_half_open_per_source", "must be at least 1");
+        }
         let to = &g.timeouts;
         for (field, v) in [
             ("tcp", to.tcp),
@@ -269,6 +310,8 @@ pub fn build(name: &str, t: &TenantConfig, port_id: &dyn Fn(&str) -> Option<Port
         SecurityGroup {
             rules,
             quota: g.max_connections,
+            max_half_open: g.max_half_open.unwrap_or(0),
+            max_half_open_per_source: g.max_half_open_per_source.unwrap_or(0),
             timeouts: Timeouts {
                 tcp_handshake: s(to.tcp_handshake),
                 tcp_established: s(to.tcp),

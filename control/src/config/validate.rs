@@ -194,6 +194,25 @@ fn check_switch(cfg: &Config, is: &mut Issues) {
             is.add(format!("switch.{f}"), "must be at least 1");
         }
     }
+    for (name, p) in &cfg.ports {
+        if let Some(m) = p.mtu
+            && !(68..=65_535).contains(&m)
+        {
+            is.add(format!("ports.{name}.mtu"), format!("{m} is out of range 68..=65535"));
+        }
+    }
+    if !(8..=1 << 20).contains(&s.fragment_entries) {
+        is.add(
+            "switch.fragment_entries",
+            format!("{} is out of range 8..=1048576", s.fragment_entries),
+        );
+    }
+    if !(1..=60_000).contains(&s.fragment_timeout_ms) {
+        is.add(
+            "switch.fragment_timeout_ms",
+            format!("{} ms is out of range 1..=60000", s.fragment_timeout_ms),
+        );
+    }
     if !(1..=1 << 24).contains(&s.conntrack_capacity) {
         is.add(
             "switch.conntrack_capacity",

@@ -21,7 +21,7 @@
 //! only counted in their flow.
 
 use super::{Disposition, Pipeline, classify, learn, policy};
-use crate::batch::{BATCH_SIZE, FrameRef, Meta};
+use crate::batch::{BATCH_SIZE, FrameRef, Meta, PacketFlags};
 use crate::flow::FlowCache;
 use crate::flow::cache::{ALL_WAYS, AclOutcome, Decision, Key, Ways, hash, key_of};
 use crate::policy::acl::{self, AclSet};
@@ -327,7 +327,11 @@ pub(crate) fn apply<'a>(
             }
         }
     }
-    if let Some(g) = &t.policy.group {
+    // A later fragment was judged with its first fragment, whose verdict it takes (the
+    // fragment stage drops it if that was a drop); it carries no header to track.
+    if let Some(g) = &t.policy.group
+        && !m.flags.has(PacketFlags::PORTS_FROM_FIRST)
+    {
         match conns.check(now, g, &dirs[..n], m, frame()) {
             Verdict::Denied => return Disposition::Drop(DropReason::Policy),
             Verdict::Full => return Disposition::Drop(DropReason::ConntrackFull),

@@ -18,6 +18,7 @@
 
 pub mod classify;
 pub mod flow_cache;
+pub mod fragment;
 pub mod ingress;
 pub mod output;
 pub mod parse;
@@ -26,7 +27,7 @@ pub mod policy;
 pub mod tenant;
 pub mod trace;
 
-use crate::batch::{BATCH_SIZE, Batch};
+use crate::batch::{BATCH_SIZE, Batch, PacketFlags};
 use crate::flow::{Fdb, FlowCache};
 use crate::port::{FrameArea, FramePool};
 use crate::snapshot::{
@@ -34,7 +35,7 @@ use crate::snapshot::{
 };
 use crate::time::Nanos;
 use crate::trace::counters::{PktBytes, TenantRun};
-use crate::trace::{Counters, DropReason};
+use crate::trace::{Counters, DropReason, ParseError};
 
 pub use output::{Egress, TxLists};
 
@@ -100,6 +101,9 @@ pub struct Pipeline {
     pub flows: FlowCache,
     /// The connection table.
     pub policy: policy::PolicyState,
+    /// Fragments of tenants with policy, by datagram.
+    pub frags: crate::policy::fragments::FragTable,
+    frag_batch: Box<fragment::FragBatch>,
     /// Ingress policers, per tenant.
     pub police: police::Policers,
     /// Per port, how many workers receive and send on it (rates are divided among them).
@@ -122,10 +126,18 @@ impl Pipeline {
         let l = snap.limits;
         let mut flows = FlowCache::new(l.flow_cache_entries as usize, l.flow_cache_share_percent);
         flows.install(snap);
+        let mut frags = crate::policy::fragments::FragTable::new(
+            l.fragment_entries as usize,
+            l.flow_cache_share_percent,
+            l.fragment_timeout,
+        );
+        frags.install(snap.tenants.len());
         let mut p = Pipeline {
             fdb: Fdb::new(snap),
             flows,
             policy: policy::PolicyState::new(snap),
+            frags,
+            frag_batch: Box::default(),
             police: police::Policers::default(),
             rate_shares: Vec::new(),
             scratch: Box::default(),
@@ -178,6 +190,7 @@ impl Pipeline {
         self.fdb.install(snap);
         self.flows.install(snap);
         self.policy.install(snap);
+        self.frags.install(snap.tenants.len());
         self.police.install(snap, &self.rate_shares, Nanos::ZERO);
         self.size_rule_counters(snap);
     }
@@ -209,6 +222,7 @@ impl Pipeline {
         if !self.policy.conns.is_empty() {
             self.policy.conns.expire(now);
         }
+        self.frags.sweep(now);
     }
 
     /// Between breaths: reports the flows due a flow-log record (a slice of the flow cache per
@@ -246,9 +260,17 @@ impl Pipeline {
             if let Some(e) = m.parse_error {
                 c.parse_errors[e.index()] += 1;
                 *d = Disposition::Drop(DropReason::Malformed);
+                // Counted against the tenant of its attachment where the tags were read.
+                if e == ParseError::Ethernet
+                    || e == ParseError::Vlan
+                    || tenant::resolve_one(snap, port, m).is_err()
+                {
+                    m.tenant = TenantId::NONE;
+                }
                 continue;
             }
             if let Err(r) = tenant::resolve_one(snap, port, m) {
+                m.tenant = TenantId::NONE;
                 *d = Disposition::Drop(r);
                 continue;
             }
@@ -258,11 +280,13 @@ impl Pipeline {
                 continue;
             }
             let checks = snap.checks(m.tenant);
-            if checks & CHECK_GUARD != 0
-                && let Some(t) = snap.tenants.get(m.tenant.index())
-                && let Err(r) = policy::guard_one(t, m, area.frame(*f).unwrap_or(&[]))
+            if checks & (CHECK_GUARD | CHECK_POLICY) != 0
+                && let Err(r) = policy::check_one(snap, checks, m, area.frame(*f).unwrap_or(&[]))
             {
-                *d = Disposition::Drop(r);
+                if let policy::Refusal::Malformed(e) = r {
+                    c.parse_errors[e.index()] += 1;
+                }
+                *d = Disposition::Drop(r.reason());
                 if checks & CHECK_FLOWLOG != 0 {
                     // Counted in its flow's log record.
                     self.scratch.mark(&self.flows, i, m, f.len, port, false);
@@ -272,6 +296,23 @@ impl Pipeline {
             if checks & CHECK_POLICE != 0 && from_tenant && !self.police.admit(m.tenant, now, f.len)
             {
                 *d = Disposition::Drop(DropReason::RateLimit);
+                if checks & CHECK_FLOWLOG != 0 {
+                    self.scratch.mark(&self.flows, i, m, f.len, port, false);
+                }
+                continue;
+            }
+            if checks & CHECK_POLICY != 0
+                && m.flags.has(PacketFlags::FRAGMENT)
+                && let Err(r) = fragment::admit(
+                    &mut self.frags,
+                    &mut self.frag_batch,
+                    now,
+                    i,
+                    m,
+                    area.frame(*f).unwrap_or(&[]),
+                )
+            {
+                *d = Disposition::Drop(r);
                 if checks & CHECK_FLOWLOG != 0 {
                     self.scratch.mark(&self.flows, i, m, f.len, port, false);
                 }
@@ -291,6 +332,9 @@ impl Pipeline {
         tenant_rx.flush(&mut c.tenant_rx);
         if self.scratch.any() {
             flow_cache::run(self, snap, now, port, area, frames, meta, &mut out.d[..frames.len()]);
+        }
+        if self.frag_batch.any() {
+            fragment::settle(&mut self.frags, &mut self.frag_batch, &mut out.d[..frames.len()]);
         }
         if let Some(s) = &mut self.sampler
             && !s.is_full()

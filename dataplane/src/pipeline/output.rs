@@ -9,7 +9,7 @@
 //! Flood copies are separate packets for the counters: a copy that finds no free frame or no
 //! room in a TX list is dropped under its own reason, while the other copies still go out.
 
-use crate::batch::{Batch, FrameRef};
+use crate::batch::{Batch, FrameRef, Meta, PacketFlags};
 use crate::pipeline::{Disposition, Dispositions};
 use crate::port::{FRAME_HEADROOM, FrameArea, FramePool, Port};
 use crate::shaping::PortSched;
@@ -18,7 +18,13 @@ use crate::time::Nanos;
 use crate::trace::counters::{PktBytes, TenantRun};
 use crate::trace::{Counters, DropReason};
 
+use crate::wire::checksum;
+
 const TPID_8021Q: [u8; 2] = [0x81, 0x00];
+const ETH_IPV4: u16 = 0x0800;
+const ETH_IPV6: u16 = 0x86dd;
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
 
 /// A bounded list that never grows past the capacity it was made with (so pushing never
 /// allocates on the packet path).
@@ -347,6 +353,50 @@ fn retag(area: &mut FrameArea, f: FrameRef, tagged: bool, vlan: Option<u16>) -> 
     }
 }
 
+/// Completes the TCP or UDP checksum of frame `f` if its sender left it partial (checksum
+/// offload on a veth or tap: [`checksum::complete_partial`]). Returns true when it did. Costs
+/// a pseudo-header sum per TCP or UDP frame; the whole segment is summed only for a partial
+/// one.
+#[inline]
+fn complete_checksum(area: &mut FrameArea, f: FrameRef, m: &Meta) -> bool {
+    area.frame_mut(f).is_some_and(|b| complete_in(b, m))
+}
+
+/// A frame as the switch sends it: its partial TCP or UDP checksum completed, if it had one
+/// (for tests and fuzz oracles that compare what left the switch with what came in).
+pub fn complete_partial_checksum(b: &mut [u8]) -> bool {
+    let mut m = Meta::EMPTY;
+    super::parse::parse_one(b, &mut m).is_ok() && m.l4_offset != 0 && complete_in(b, &m)
+}
+
+/// [`complete_checksum`] on the bytes `b` of a frame parsed into `m`.
+#[inline]
+fn complete_in(b: &mut [u8], m: &Meta) -> bool {
+    let udp = match m.key.proto {
+        PROTO_TCP => false,
+        PROTO_UDP => true,
+        _ => return false,
+    };
+    let v6 = match m.key.ethertype {
+        ETH_IPV4 => false,
+        ETH_IPV6 => true,
+        _ => return false,
+    };
+    if m.flags.has(PacketFlags::FRAGMENT) {
+        return false; // a sender completes checksums before it fragments
+    }
+    let (l3, l4) = (usize::from(m.l3_offset), usize::from(m.l4_offset));
+    let len_at = if v6 { l3 + 4 } else { l3 + 2 };
+    let Some(&[hi, lo]) = b.get(len_at..len_at + 2) else { return false };
+    let len = usize::from(u16::from_be_bytes([hi, lo]));
+    let end = if v6 { l3 + 40 + len } else { l3 + len };
+    let Some(seg) = b.get_mut(l4..end) else { return false };
+    let pseudo =
+        checksum::pseudo_header(v6, &m.key.src_ip, &m.key.dst_ip, m.key.proto, seg.len() as u32);
+    let field = if udp { 6 } else { 16 };
+    checksum::complete_partial(seg, field, pseudo, udp) == checksum::Partial::Completed
+}
+
 /// Applies every disposition of the batch at `now`. Each frame ends up in a TX list, a
 /// scheduler's queue, or back in the pool.
 #[allow(clippy::too_many_arguments)]
@@ -366,17 +416,20 @@ pub fn deliver(
     for ((f, m), d) in batch.frames().iter().zip(batch.meta()).zip(disp.as_slice()) {
         let tagged = m.outer_vlan.is_some();
         let tenant = Some(m.tenant);
+        if !matches!(d, Disposition::Drop(_)) && m.l4_offset != 0 {
+            c.checksums_completed += u64::from(complete_checksum(area, *f, m));
+        }
         match *d {
             Disposition::Drop(r) => {
-                let t = if r == DropReason::Malformed || r == DropReason::UnknownTenant {
-                    None
-                } else {
-                    tenant
-                };
-                c.drop(ingress, t, r);
+                // A frame of no known tenant carries TenantId::NONE: counted per port only.
+                c.drop(ingress, tenant, r);
                 pool.free(f.addr);
             }
             Disposition::Tx { port, vlan } => match retag(area, *f, tagged, vlan) {
+                Some(out) if out.len > snap.max_frame(port, vlan.is_some()) => {
+                    c.drop(ingress, tenant, DropReason::TooBig);
+                    pool.free(out.addr);
+                }
                 Some(out) => match tx.push(port, out, m.tenant, ingress, now) {
                     Ok(q) => q.count(c, m.tenant, out.len),
                     Err(r) => {
@@ -424,6 +477,13 @@ fn flood(
     };
     for next in targets {
         // A copy for `cur`; the original stays untouched for later targets.
+        // The copy's tag changes its length as it changes the limit: the frame without its
+        // ingress tag must fit the port's MTU. Too big: no copy made.
+        if f.len > snap.max_frame(cur.port, tagged) {
+            c.drop(ingress, tenant, DropReason::TooBig);
+            cur = next;
+            continue;
+        }
         match pool.alloc() {
             Some(base) => {
                 let copied = area.copy_frame(f, base + FRAME_HEADROOM);
@@ -449,6 +509,10 @@ fn flood(
         cur = next;
     }
     match retag(area, f, tagged, cur.vlan) {
+        Some(out) if out.len > snap.max_frame(cur.port, cur.vlan.is_some()) => {
+            c.drop(ingress, tenant, DropReason::TooBig);
+            pool.free(out.addr);
+        }
         Some(out) => match tx.push(cur.port, out, m.tenant, ingress, now) {
             Ok(q) => q.count(c, m.tenant, out.len),
             Err(r) => {

@@ -137,7 +137,14 @@ fn parse_l4(proto: u8, l4: &[u8], m: &mut Meta) -> Result<(), ParseError> {
             m.tcp_flags = s.flags();
         }
         PROTO_UDP => {
-            let d = UdpDatagram::new_checked(l4).map_err(|_| ParseError::Udp)?;
+            // A first fragment holds only the start of its datagram: the length field covers
+            // the whole datagram, which is longer than what is here.
+            let d = if m.flags.has(PacketFlags::FRAGMENT) {
+                UdpDatagram::new_checked_first_fragment(l4)
+            } else {
+                UdpDatagram::new_checked(l4)
+            };
+            let d = d.map_err(|_| ParseError::Udp)?;
             m.key.src_port = d.src_port();
             m.key.dst_port = d.dst_port();
         }
@@ -271,6 +278,28 @@ mod tests {
         r.unwrap();
         assert!(m.flags.has(PacketFlags::LATER_FRAGMENT));
         assert_eq!(m.key.dst_port, 0);
+    }
+
+    // Regression (issue 16): the first fragment of a 3 000-byte datagram was malformed udp,
+    // its length field checked against the 1 480 bytes the fragment carries.
+    #[test]
+    fn first_fragment_of_a_large_udp_datagram_parses() {
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2(A, B)
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(1234, 53)
+            .write(&mut out, &[7; 2992])
+            .unwrap();
+        let mut first = out[..14 + 1500].to_vec();
+        first[14 + 2..14 + 4].copy_from_slice(&1500u16.to_be_bytes());
+        first[14 + 6] = 0x20; // MF, offset 0
+        let (m, r) = parse_bytes(&first);
+        r.unwrap();
+        assert_eq!((m.key.src_port, m.key.dst_port), (1234, 53));
+        assert!(m.flags.has(PacketFlags::FRAGMENT) && !m.flags.has(PacketFlags::LATER_FRAGMENT));
+        // Not a fragment: the same bytes are a datagram cut short.
+        first[14 + 6] = 0;
+        assert_eq!(parse_bytes(&first).1, Err(ParseError::Udp));
     }
 
     #[test]

@@ -10,8 +10,12 @@ use crate::pipeline::Disposition;
 use crate::policy::Direction;
 use crate::policy::classifier::Key;
 use crate::policy::conntrack::ConnTable;
-use crate::snapshot::{PortId, PortKind, Snapshot, TenantSpec};
-use crate::trace::DropReason;
+pub use crate::policy::spoof::Refusal;
+use crate::snapshot::{CHECK_GUARD, PortId, PortKind, Snapshot, TenantSpec};
+use crate::trace::ParseError;
+use crate::wire::Ipv4Packet;
+
+const ETH_IPV4: u16 = 0x0800;
 
 /// One worker's stateful policy: the connection table.
 #[derive(Debug)]
@@ -37,11 +41,33 @@ impl PolicyState {
 
 /// Drops a frame whose source the attachment does not own.
 #[inline]
-pub fn guard_one(t: &TenantSpec, m: &Meta, frame: &[u8]) -> Result<(), DropReason> {
+pub fn guard_one(t: &TenantSpec, m: &Meta, frame: &[u8]) -> Result<(), Refusal> {
     match t.guards.get(usize::from(m.attachment.0)) {
-        Some(g) if !g.is_empty() && !g.allows(m, frame) => Err(DropReason::Spoof),
+        Some(g) if !g.is_empty() => g.check(m, frame),
         _ => Ok(()),
     }
+}
+
+/// The checks of tenants with anti-spoofing or policy, before learning: the attachment's
+/// guard ([`guard_one`]), and the IPv4 header checksum (a frame the receiver would discard is
+/// not worth judging, and a forged header must not reach a policy that trusts its fields).
+#[inline]
+pub fn check_one(snap: &Snapshot, checks: u8, m: &Meta, frame: &[u8]) -> Result<(), Refusal> {
+    if checks & CHECK_GUARD != 0
+        && let Some(t) = snap.tenants.get(m.tenant.index())
+    {
+        guard_one(t, m, frame)?;
+    }
+    if m.key.ethertype == ETH_IPV4 {
+        let ok = frame
+            .get(usize::from(m.l3_offset)..)
+            .and_then(|l3| Ipv4Packet::new_checked(l3).ok())
+            .is_some_and(|ip| ip.checksum_ok());
+        if !ok {
+            return Err(Refusal::Malformed(ParseError::Ipv4));
+        }
+    }
+    Ok(())
 }
 
 /// Which directions a frame crosses, given where the FDB sends it.

@@ -9,10 +9,12 @@ use super::{Disposition, Pipeline, classify, ingress, parse, policy, tenant};
 use crate::batch::Meta;
 use crate::policy::acl::key_of;
 use crate::policy::conntrack::Judgement;
+use crate::policy::spoof::Refusal;
 use crate::policy::{Action, Direction};
 use crate::shaping::Unit;
 use crate::snapshot::{PortId, PortKind, Snapshot};
 use crate::time::Nanos;
+use crate::trace::ParseError;
 
 /// One stage and what it decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,11 +67,21 @@ pub fn trace(p: &Pipeline, snap: &Snapshot, now: Nanos, port: PortId, frame: &[u
         return out;
     }
     let guarded = t.guards.get(usize::from(m.attachment.0)).is_some_and(|g| !g.is_empty());
+    let checks = snap.checks(m.tenant);
+    if let Err(r) = policy::check_one(snap, checks, &m, frame) {
+        let (at, why) = match r {
+            Refusal::Spoof => ("spoof check", "a source the attachment does not own"),
+            Refusal::Ethertype => (
+                "spoof check",
+                "an ether type the attachment may not send (IPv4, IPv6, ARP and allow_ethertypes)",
+            ),
+            Refusal::Malformed(ParseError::Tcp) => ("spoof check", "TCP flags no stack sends"),
+            Refusal::Malformed(_) => ("header check", "wrong IPv4 header checksum"),
+        };
+        out.push(drop_at(at, r.reason().as_label(), why));
+        return out;
+    }
     if guarded {
-        if let Err(r) = policy::guard_one(t, &m, frame) {
-            out.push(drop_at("spoof check", r.as_label(), "a source the attachment does not own"));
-            return out;
-        }
         out.push(step("spoof check", "sources owned by the attachment"));
     } else {
         out.push(step("spoof check", "none configured for this attachment"));

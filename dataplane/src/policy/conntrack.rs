@@ -5,8 +5,18 @@
 //! open a connection passes only if, for every direction it crosses (see [`super`]), some rule
 //! of the group allows it; then an entry is created, unless the tenant's quota or the table is
 //! full (dropped as `conntrack_full`: one tenant flooding new connections cannot push out
-//! another's entries, because nothing is ever evicted to make room). TCP opens only with a SYN;
-//! any other TCP packet of no known connection is dropped.
+//! another's entries). TCP opens only with a SYN; any other TCP packet of no known connection
+//! is dropped.
+//!
+//! SYN floods: half-open TCP connections (a SYN seen, the handshake not complete) are bounded
+//! per tenant (`max_half_open`) and per originating address (`max_half_open_per_source`). A
+//! SYN beyond a bound, or one that finds the tenant's quota full, evicts the oldest half-open
+//! entry (of that source, for the per-source bound; of the tenant otherwise) instead of being
+//! refused, as a SYN cache does: a flood from one member cannot lock the others out, and a
+//! flood from many sources only shortens how long a handshake may take. An established
+//! connection is never evicted: with every entry established, a new one is `conntrack_full`.
+//! Each tenant keeps its half-open entries in opening order in a ring sized to its bound
+//! (allocated when the snapshot is installed), so finding the oldest costs no search.
 //!
 //! Connections are keyed by (tenant, protocol, the two endpoints in a fixed order), so both
 //! directions find the same entry. ICMP echo is tracked by its identifier; other ICMP messages
@@ -114,11 +124,29 @@ pub struct SecurityGroup {
     pub rules: Vec<SgRule>,
     /// Most tracked connections of this tenant at once.
     pub quota: u32,
+    /// Most half-open TCP connections of this tenant at once (0: half the quota).
+    pub max_half_open: u32,
+    /// Most half-open TCP connections from one address at once (0: a quarter of
+    /// `max_half_open`, at least 16).
+    pub max_half_open_per_source: u32,
     /// Idle timeouts.
     pub timeouts: Timeouts,
 }
 
 impl SecurityGroup {
+    /// The bound on half-open connections: (per tenant, per source address).
+    pub fn half_open_limits(&self) -> (u32, u32) {
+        let tenant = match self.max_half_open {
+            0 => (self.quota / 2).max(1),
+            n => n.min(self.quota),
+        };
+        let source = match self.max_half_open_per_source {
+            0 => (tenant / 4).max(16).min(tenant),
+            n => n.min(tenant),
+        };
+        (tenant, source)
+    }
+
     /// The first rule that opens `m` in `dir`.
     pub fn rule_for(&self, dir: Direction, m: &Meta) -> Option<usize> {
         self.rules.iter().position(|r| r.allows(dir, m))
@@ -159,6 +187,8 @@ pub struct Conn {
     pub state: State,
     /// Last packet.
     pub last_seen: Nanos,
+    /// When it was opened (tells an entry from an older one of the same key).
+    pub opened: Nanos,
     /// True when the originator is the key's `a` end.
     origin_a: bool,
 }
@@ -221,6 +251,30 @@ pub struct ConnStats {
     pub remote: u64,
     /// Openings not announced to other workers because the outbox was full.
     pub unannounced: u64,
+    /// Half-open connections evicted to make room for a new one (SYN floods).
+    pub evicted: u64,
+}
+
+/// One tenant's half-open connections.
+#[derive(Debug, Default)]
+struct HalfOpen {
+    count: u32,
+    limit: u32,
+    per_source: u32,
+    /// Keys of half-open entries and when each was opened, oldest first; at most `limit`.
+    order: std::collections::VecDeque<(CtKey, Nanos)>,
+}
+
+/// True for a TCP connection whose handshake is not complete.
+#[inline]
+fn half_open(k: &CtKey, c: &Conn) -> bool {
+    k.proto == TCP && matches!(c.state, State::SynSent | State::SynAcked)
+}
+
+/// The address that opened the connection.
+#[inline]
+fn originator(k: &CtKey, c: &Conn) -> [u8; 16] {
+    if c.origin_a { k.a } else { k.b }
 }
 
 /// A connection opened by one worker, for the others: five words on a handoff ring.
@@ -237,6 +291,12 @@ pub struct ConnTable {
     quotas: Vec<u32>,
     timeouts: Vec<Timeouts>,
     capacity: usize,
+    /// Per tenant: half-open connections, the bounds on them, and the half-open entries in
+    /// opening order (stale items, of entries that completed their handshake or went, are
+    /// skipped when they come to the front).
+    half_open: Vec<HalfOpen>,
+    /// Half-open connections per (tenant, originating address).
+    sources: HashMap<(u16, [u8; 16]), u32, ahash::RandomState>,
     /// Openings for the other workers (capacity 0 when there are none).
     outbox: Vec<ConnMessage>,
     /// Events.
@@ -253,9 +313,114 @@ impl ConnTable {
             quotas: Vec::new(),
             timeouts: Vec::new(),
             capacity,
+            half_open: Vec::new(),
+            sources: HashMap::with_hasher(ahash::RandomState::new()),
             outbox: Vec::new(),
             stats: ConnStats::default(),
         }
+    }
+
+    /// Keeps the half-open counts right when the entry of `k` goes from `was` to `now`.
+    fn account(&mut self, k: &CtKey, was: Option<&Conn>, now: Option<&Conn>) {
+        let before = was.is_some_and(|c| half_open(k, c));
+        let after = now.is_some_and(|c| half_open(k, c));
+        if before == after {
+            return;
+        }
+        let Some(h) = self.half_open.get_mut(usize::from(k.tenant)) else { return };
+        if let Some(c) = now.filter(|_| after) {
+            h.count += 1;
+            *self.sources.entry((k.tenant, originator(k, c))).or_insert(0) += 1;
+            if h.order.len() == h.order.capacity() {
+                // Full: the items of entries that completed their handshake or went are
+                // dropped (the ring holds room for `limit` live ones, and a new one comes
+                // only after `make_room`). Still full (openings applied from other workers
+                // beyond the bound): the oldest is no longer tracked here, and times out.
+                let map = &self.map;
+                h.order.retain(|(k, opened)| {
+                    map.get(k).is_some_and(|c| c.opened == *opened && half_open(k, c))
+                });
+                if h.order.len() == h.order.capacity() {
+                    h.order.pop_front();
+                }
+            }
+            h.order.push_back((*k, c.opened));
+        } else if let Some(c) = was {
+            h.count = h.count.saturating_sub(1);
+            let src = (k.tenant, originator(k, c));
+            if let Some(n) = self.sources.get_mut(&src) {
+                *n -= 1;
+                if *n == 0 {
+                    self.sources.remove(&src);
+                }
+            }
+        }
+    }
+
+    /// Removes the entry of `k` (expired, evicted or its tenant gone).
+    fn remove(&mut self, k: &CtKey) {
+        if let Some(c) = self.map.remove(k) {
+            if let Some(n) = self.per_tenant.get_mut(usize::from(k.tenant)) {
+                *n = n.saturating_sub(1);
+            }
+            self.account(k, Some(&c), None);
+        }
+    }
+
+    /// Makes room for a half-open connection `k` from `src` (a SYN that a rule opens):
+    /// evicts the oldest half-open entry of that source when the source is at its bound, of
+    /// the tenant when the tenant is at its bound or its quota (or the table) is full. False
+    /// when there is still no room (every entry established).
+    fn make_room(&mut self, k: &CtKey, src: [u8; 16]) -> bool {
+        let t = usize::from(k.tenant);
+        let Some(h) = self.half_open.get(t) else { return false };
+        let (limit, per_source) = (h.limit, h.per_source);
+        let from_src = self.sources.get(&(k.tenant, src)).copied().unwrap_or(0);
+        if from_src >= per_source && !self.evict_oldest(t, Some(src)) {
+            return false;
+        }
+        if self.half_open[t].count >= limit && !self.evict_oldest(t, None) {
+            return false;
+        }
+        let full = |s: &Self| {
+            s.per_tenant.get(t).copied().unwrap_or(u32::MAX)
+                >= s.quotas.get(t).copied().unwrap_or(0)
+                || s.map.len() >= s.capacity
+        };
+        if full(self) {
+            // The table is shared by the tenants: only the tenant's own entries make room.
+            if !self.evict_oldest(t, None) || full(self) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Evicts tenant `t`'s oldest live half-open entry (from `src` only, when given).
+    fn evict_oldest(&mut self, t: usize, src: Option<[u8; 16]>) -> bool {
+        let Some(h) = self.half_open.get_mut(t) else { return false };
+        let mut i = 0;
+        while i < h.order.len() {
+            let (k, opened) = h.order[i];
+            let live = self.map.get(&k).filter(|c| c.opened == opened && half_open(&k, c));
+            let Some(c) = live else {
+                if i == 0 {
+                    h.order.pop_front(); // stale at the front: gone for good
+                } else {
+                    i += 1;
+                }
+                continue;
+            };
+            if src.is_some_and(|s| s != originator(&k, c)) {
+                i += 1;
+                continue;
+            }
+            h.order.remove(i);
+            self.remove(&k);
+            self.stats.evicted += 1;
+            return true;
+        }
+        false
     }
 
     /// Makes this table put every connection it opens in an outbox for the other workers.
@@ -311,10 +476,11 @@ impl ConnTable {
             4 => State::Closing,
             _ => State::Closed,
         };
-        let c = Conn { state, last_seen: now, origin_a: w >> 63 != 0 };
+        let c = Conn { state, last_seen: now, opened: now, origin_a: w >> 63 != 0 };
         self.stats.remote += 1;
-        if let Some(old) = self.map.get_mut(&k) {
-            *old = c;
+        if let Some(old) = self.map.get(&k).copied() {
+            self.map.insert(k, c);
+            self.account(&k, Some(&old), Some(&c));
             return;
         }
         let t = usize::from(k.tenant);
@@ -325,6 +491,7 @@ impl ConnTable {
         }
         self.per_tenant[t] += 1;
         self.map.insert(k, c);
+        self.account(&k, None, Some(&c));
     }
 
     /// Adopts the groups of a new snapshot (index = tenant id). Connections of tenants whose
@@ -342,6 +509,34 @@ impl ConnTable {
         self.per_tenant = vec![0; groups.len()];
         for k in self.map.keys() {
             self.per_tenant[usize::from(k.tenant)] += 1;
+        }
+        // The half-open bookkeeping is rebuilt from the entries, oldest first.
+        self.half_open = groups
+            .iter()
+            .map(|g| {
+                let (limit, per_source) = g.map_or((0, 0), |g| g.half_open_limits());
+                HalfOpen {
+                    count: 0,
+                    limit,
+                    per_source,
+                    order: std::collections::VecDeque::with_capacity(limit as usize),
+                }
+            })
+            .collect();
+        self.sources.clear();
+        if self.sources.capacity() < self.capacity {
+            self.sources.reserve(self.capacity);
+        }
+        let mut open: Vec<(CtKey, Conn)> =
+            self.map.iter().filter(|(k, c)| half_open(k, c)).map(|(k, c)| (*k, *c)).collect();
+        open.sort_by_key(|(_, c)| c.opened.0);
+        for (k, c) in open {
+            let room = self.half_open.get(usize::from(k.tenant)).is_some_and(|h| h.count < h.limit);
+            if room {
+                self.account(&k, None, Some(&c));
+            } else {
+                self.remove(&k); // beyond a lowered bound: the newest go
+            }
         }
     }
 
@@ -440,7 +635,8 @@ impl ConnTable {
         let t = usize::from(k.tenant);
         let held = self.per_tenant.get(t).copied().unwrap_or(u32::MAX);
         let quota = self.quotas.get(t).copied().unwrap_or(0);
-        if held >= quota || self.map.len() >= self.capacity {
+        let evictable = k.proto == TCP && self.half_open.get(t).is_some_and(|h| h.count > 0);
+        if (held >= quota || self.map.len() >= self.capacity) && !evictable {
             return Judgement::Full;
         }
         Judgement::Open
@@ -477,16 +673,33 @@ impl ConnTable {
                 if let Some(c) = self.map.get_mut(&k) {
                     c.last_seen = now;
                     if k.proto == TCP {
+                        let was = *c;
                         c.state = advance(c.state, m.tcp_flags, a_sends == c.origin_a);
+                        if was.state != c.state {
+                            let c = *c;
+                            self.account(&k, Some(&was), Some(&c));
+                        }
                     }
                 }
                 Verdict::Established
             }
             Judgement::Reopen | Judgement::Open => {
-                let c = Conn { state: first_state(k.proto), last_seen: now, origin_a: a_sends };
+                let c = Conn {
+                    state: first_state(k.proto),
+                    last_seen: now,
+                    opened: now,
+                    origin_a: a_sends,
+                };
+                // Expired or closed: the old entry goes, and the connection opens afresh.
+                self.remove(&k);
+                if half_open(&k, &c) && !self.make_room(&k, originator(&k, &c)) {
+                    self.stats.full += 1;
+                    return Verdict::Full;
+                }
                 if self.map.insert(k, c).is_none() {
                     self.per_tenant[usize::from(k.tenant)] += 1;
                 }
+                self.account(&k, None, Some(&c));
                 self.stats.opened += 1;
                 self.announce(&k, &c);
                 Verdict::Opened
@@ -497,6 +710,7 @@ impl ConnTable {
     /// Removes connections idle past their timeout. Returns how many. Between batches.
     pub fn expire(&mut self, now: Nanos) -> usize {
         let (timeouts, per_tenant) = (&self.timeouts, &mut self.per_tenant);
+        let (half_open_list, sources) = (&mut self.half_open, &mut self.sources);
         let mut gone = 0;
         self.map.retain(|k, c| {
             let to = timeouts.get(usize::from(k.tenant)).copied().unwrap_or_default();
@@ -506,11 +720,28 @@ impl ConnTable {
                 if let Some(n) = per_tenant.get_mut(usize::from(k.tenant)) {
                     *n -= 1;
                 }
+                if half_open(k, c)
+                    && let Some(h) = half_open_list.get_mut(usize::from(k.tenant))
+                {
+                    h.count = h.count.saturating_sub(1);
+                    let src = (k.tenant, originator(k, c));
+                    if let Some(n) = sources.get_mut(&src) {
+                        *n -= 1;
+                        if *n == 0 {
+                            sources.remove(&src);
+                        }
+                    }
+                }
             }
             keep
         });
         self.stats.expired += gone as u64;
         gone
+    }
+
+    /// Half-open connections of tenant `t`.
+    pub fn half_open_of(&self, t: TenantId) -> u32 {
+        self.half_open.get(t.index()).map_or(0, |h| h.count)
     }
 }
 

@@ -20,6 +20,7 @@
 pub mod acl;
 pub mod classifier;
 pub mod conntrack;
+pub mod fragments;
 pub mod spoof;
 
 use crate::wire::MacAddr;

@@ -10,10 +10,18 @@
 //! Let through without an owned address, as address configuration needs them: a DHCP client's
 //! `0.0.0.0:68 → :67` request, an ARP probe (sender address 0.0.0.0), and duplicate address
 //! detection from `::` (neighbour solicitation, MLD report).
+//!
+//! A guarded attachment may also send only IPv4, IPv6 and ARP, plus the ether types its
+//! config lists (as OpenStack's port security allows), and no TCP segment whose flags no
+//! stack sends (SYN with FIN or RST, FIN without ACK, no flags, every flag: the combinations
+//! Linux's connection tracker calls invalid), which are scans and firewall probes, dropped as
+//! `malformed tcp` with or without a security group.
 
 use super::{Prefix, mac_in};
-use crate::batch::Meta;
+use crate::batch::{Meta, PacketFlags};
+use crate::trace::{DropReason, ParseError};
 use crate::wire::MacAddr;
+use crate::wire::tcp::flags::{ACK, FIN, RST, SYN, URG};
 
 const ETH_IPV4: u16 = 0x0800;
 const ETH_ARP: u16 = 0x0806;
@@ -25,6 +33,46 @@ const ND_NEIGHBOR_ADVERT: u16 = 136;
 const MLDV2_REPORT: u16 = 143;
 const V4_ZERO: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
 const V6_ZERO: [u8; 16] = [0; 16];
+const PROTO_TCP: u8 = 6;
+
+/// Why a guard refused a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A source (MAC, IP, ARP or neighbour advertisement) the attachment does not own.
+    Spoof,
+    /// An ether type the attachment may not send.
+    Ethertype,
+    /// A header no honest sender writes (counted under the parse check too).
+    Malformed(ParseError),
+}
+
+impl Refusal {
+    /// The drop reason it is counted under.
+    #[inline]
+    pub fn reason(self) -> DropReason {
+        match self {
+            Refusal::Spoof => DropReason::Spoof,
+            Refusal::Ethertype => DropReason::Ethertype,
+            Refusal::Malformed(_) => DropReason::Malformed,
+        }
+    }
+}
+
+/// True for the TCP flag combinations a stack sends (Linux's `tcp_valid_flags`, which leaves
+/// PSH, ECE and CWR aside): SYN, SYN+ACK, RST, RST+ACK, FIN+ACK and ACK, some with URG.
+#[inline]
+pub fn tcp_flags_valid(flags: u8) -> bool {
+    const SYN_URG: u8 = SYN | URG;
+    const SYN_ACK: u8 = SYN | ACK;
+    const RST_ACK: u8 = RST | ACK;
+    const FIN_ACK: u8 = FIN | ACK;
+    const FIN_ACK_URG: u8 = FIN | ACK | URG;
+    const ACK_URG: u8 = ACK | URG;
+    matches!(
+        flags & (FIN | SYN | RST | ACK | URG),
+        SYN | SYN_URG | SYN_ACK | RST | RST_ACK | FIN_ACK | FIN_ACK_URG | ACK | ACK_URG
+    )
+}
 
 /// What the hosts behind one attachment own.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -33,6 +81,8 @@ pub struct Guard {
     pub macs: Vec<MacAddr>,
     /// Allowed source addresses (empty: any).
     pub ips: Vec<Prefix>,
+    /// Ether types allowed besides IPv4, IPv6 and ARP.
+    pub ethertypes: Vec<u16>,
 }
 
 impl Guard {
@@ -50,6 +100,28 @@ impl Guard {
     #[inline]
     fn owns_mac(&self, mac: MacAddr) -> bool {
         self.macs.is_empty() || mac_in(&self.macs, mac)
+    }
+
+    /// Checks a frame of a guarded attachment: its source, its ether type and, for TCP, its
+    /// flags.
+    #[inline]
+    pub fn check(&self, m: &Meta, frame: &[u8]) -> Result<(), Refusal> {
+        if !self.owns_mac(m.src) {
+            return Err(Refusal::Spoof);
+        }
+        let et = m.key.ethertype;
+        if !matches!(et, ETH_IPV4 | ETH_IPV6 | ETH_ARP) && !self.ethertypes.contains(&et) {
+            return Err(Refusal::Ethertype);
+        }
+        if m.key.proto == PROTO_TCP
+            && m.l4_offset != 0
+            && !m.flags.has(PacketFlags::LATER_FRAGMENT)
+            && matches!(et, ETH_IPV4 | ETH_IPV6)
+            && !tcp_flags_valid(m.tcp_flags)
+        {
+            return Err(Refusal::Malformed(ParseError::Tcp));
+        }
+        if self.allows(m, frame) { Ok(()) } else { Err(Refusal::Spoof) }
     }
 
     /// True when the parsed frame `m` (bytes `frame`) claims only what this attachment owns.
@@ -120,6 +192,7 @@ mod tests {
         Guard {
             macs: vec![MacAddr(MINE)],
             ips: vec!["10.0.0.1".parse().unwrap(), "fd00::1/128".parse().unwrap()],
+            ethertypes: vec![0x88cc],
         }
     }
 
@@ -170,6 +243,51 @@ mod tests {
         s.parse::<std::net::Ipv6Addr>().unwrap().octets()
     }
 
+    fn checked(g: &Guard, frame: &[u8]) -> Result<(), Refusal> {
+        let mut m = Meta::EMPTY;
+        parse_one(frame, &mut m).unwrap();
+        g.check(&m, frame)
+    }
+
+    // Regression (issue 16): a bare frame of an unknown ether type passed a guarded attachment.
+    #[test]
+    fn only_ip_arp_and_listed_ether_types_pass() {
+        let g = guard();
+        let bare = |et: u16| [&[0xffu8; 6][..], &MINE[..], &et.to_be_bytes()[..]].concat();
+        assert_eq!(checked(&g, &bare(0x88b5)), Err(Refusal::Ethertype));
+        assert_eq!(checked(&g, &bare(0x88cc)), Ok(()), "listed in allow_ethertypes");
+        assert_eq!(checked(&g, &udp4(MINE, [10, 0, 0, 1], 1, 2)), Ok(()));
+        // Spoofing is told first: the MAC is the claim.
+        let mut spoofed = bare(0x88b5);
+        spoofed[6..12].copy_from_slice(&OTHER);
+        assert_eq!(checked(&g, &spoofed), Err(Refusal::Spoof));
+    }
+
+    // Regression (issue 16): TCP segments with flags no stack sends were forwarded.
+    #[test]
+    fn impossible_tcp_flags_are_malformed() {
+        let tcp = |flags: u8| {
+            let mut out = Vec::new();
+            PacketBuilder::ethernet2(MINE, OTHER)
+                .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+                .tcp(1000, 80, 1, 1024)
+                .write(&mut out, &[])
+                .unwrap();
+            out[14 + 20 + 13] = flags;
+            out
+        };
+        for bad in [0x00, 0x03, 0x06, 0x01, 0x3f, 0xff, 0x29 /* FIN PSH URG */] {
+            assert_eq!(
+                checked(&guard(), &tcp(bad)),
+                Err(Refusal::Malformed(ParseError::Tcp)),
+                "flags {bad:#04x}"
+            );
+        }
+        for good in [0x02, 0x12, 0x10, 0x18, 0x11, 0x04, 0x14, 0xc2 /* SYN ECE CWR */] {
+            assert_eq!(checked(&guard(), &tcp(good)), Ok(()), "flags {good:#04x}");
+        }
+    }
+
     #[test]
     fn source_mac_and_ip_must_be_owned() {
         let g = guard();
@@ -182,7 +300,7 @@ mod tests {
         // An empty guard checks nothing.
         assert!(check(&Guard::default(), &udp4(OTHER, [1, 2, 3, 4], 1, 2)));
         // MACs only: any address.
-        let macs = Guard { macs: vec![MacAddr(MINE)], ips: vec![] };
+        let macs = Guard { macs: vec![MacAddr(MINE)], ..Guard::default() };
         assert!(check(&macs, &udp4(MINE, [1, 2, 3, 4], 1, 2)));
     }
 

@@ -69,6 +69,15 @@ labelled_enum! {
         /// The egress port's interface is gone (deleted); its frames are dropped until it
         /// returns and the port is opened again.
         PortDown => "port_down",
+        /// An IP fragment of a tenant with policy that cannot be judged: a later fragment
+        /// whose first fragment was not seen (or expired), one that overlaps another fragment
+        /// of its datagram, or a first fragment the fragment table had no room for.
+        Fragment => "fragment",
+        /// Larger than the egress port's MTU.
+        TooBig => "too_big",
+        /// An attachment with anti-spoofing sent an ether type it may not (IPv4, IPv6, ARP
+        /// and the attachment's `allow_ethertypes` only).
+        Ethertype => "ethertype",
     }
 }
 
@@ -194,6 +203,9 @@ pub struct Counters {
     pub flood_copies: u64,
     /// Port wakeups (`sendto`/`poll` kicks) that failed.
     pub kick_errors: u64,
+    /// TCP and UDP checksums a sender left partial (checksum offload) that the switch
+    /// completed.
+    pub checksums_completed: u64,
     /// Per tenant, matches of each ACL rule: the from-tenant set's rules, then the to-tenant
     /// set's (count rules every time they match, deciding rules when they decide).
     pub acl_hits: Vec<Vec<u64>>,
@@ -269,6 +281,7 @@ impl Counters {
         f.unannounced += g.unannounced;
         self.flood_copies += o.flood_copies;
         self.kick_errors += o.kick_errors;
+        self.checksums_completed += o.checksums_completed;
         if self.acl_hits.len() < o.acl_hits.len() {
             self.acl_hits.resize(o.acl_hits.len(), Vec::new());
         }

@@ -50,6 +50,23 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     pub fn tos(&self) -> u8 {
         self.buffer.as_ref()[1]
     }
+    /// Identification (the datagram a fragment belongs to).
+    #[inline]
+    pub fn ident(&self) -> u16 {
+        be16(self.buffer.as_ref(), 4)
+    }
+    /// Header checksum field.
+    #[inline]
+    pub fn checksum(&self) -> u16 {
+        be16(self.buffer.as_ref(), 10)
+    }
+    /// True when the header checksum is right (the one's-complement sum of the header is
+    /// all ones).
+    #[inline]
+    pub fn checksum_ok(&self) -> bool {
+        let b = self.buffer.as_ref();
+        super::checksum::fold(super::checksum::add(0, &b[..self.header_len()])) == 0xffff
+    }
     /// More-fragments flag.
     #[inline]
     pub fn more_frags(&self) -> bool {
@@ -110,6 +127,18 @@ mod tests {
         assert!(!p.more_frags());
         assert_eq!(p.frag_offset(), 0);
         assert_eq!(p.payload().len(), 8);
+        assert_eq!(p.ident(), 0x1234);
+    }
+
+    #[test]
+    fn header_checksum() {
+        let mut p = PKT;
+        // The capture's checksum field was left zero: compute it as a sender would.
+        let sum = crate::wire::checksum::fold(crate::wire::checksum::add(0, &p[..20]));
+        p[10..12].copy_from_slice(&(!sum).to_be_bytes());
+        assert!(Ipv4Packet::new_checked(&p[..]).unwrap().checksum_ok());
+        p[8] = 63; // a TTL changed without the checksum
+        assert!(!Ipv4Packet::new_checked(&p[..]).unwrap().checksum_ok());
     }
 
     #[test]

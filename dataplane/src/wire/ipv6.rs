@@ -35,6 +35,8 @@ pub struct UpperLayer {
     pub fragment: bool,
     /// The fragment offset was non-zero (the upper-layer header is not in this packet).
     pub later_fragment: bool,
+    /// Offset of the fragment header from the start of the IPv6 header (0: none).
+    pub frag_header: usize,
 }
 
 impl<T: AsRef<[u8]>> Ipv6Packet<T> {
@@ -98,8 +100,13 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
         let pkt = self.packet();
         let mut next = self.next_header();
         let mut off = HEADER_LEN;
-        let mut up =
-            UpperLayer { protocol: next, offset: off, fragment: false, later_fragment: false };
+        let mut up = UpperLayer {
+            protocol: next,
+            offset: off,
+            fragment: false,
+            later_fragment: false,
+            frag_header: 0,
+        };
         for i in 0..=MAX_EXT_HEADERS {
             let len = match next {
                 HOP_BY_HOP if i == 0 => ext_len(pkt, off)?,
@@ -109,7 +116,12 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
                     if off + 8 > pkt.len() {
                         return Err(Error);
                     }
+                    if up.fragment {
+                        // Two fragment headers: no sender makes that (RFC 8200 4.5).
+                        return Err(Error);
+                    }
                     up.fragment = true;
+                    up.frag_header = off;
                     if be16(pkt, off + 2) & 0xfff8 != 0 {
                         up.later_fragment = true;
                     }
@@ -134,6 +146,32 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
             }
         }
         Err(Error)
+    }
+}
+
+/// What a fragment header says: the datagram's identification, where this fragment's data
+/// starts in the datagram (bytes), and whether more fragments follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FragmentHeader {
+    /// Identification.
+    pub ident: u32,
+    /// Offset of this fragment's data in the datagram's fragmentable part, in bytes.
+    pub offset: u32,
+    /// The M flag: more fragments follow.
+    pub more: bool,
+}
+
+impl FragmentHeader {
+    /// Reads the fragment header at `off` of `pkt` (the walk of [`Ipv6Packet::upper_layer`]
+    /// checked that it fits).
+    pub fn read(pkt: &[u8], off: usize) -> Option<FragmentHeader> {
+        let h = pkt.get(off..off + 8)?;
+        let word = be16(h, 2);
+        Some(FragmentHeader {
+            ident: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+            offset: u32::from(word & 0xfff8),
+            more: word & 1 != 0,
+        })
     }
 }
 
@@ -188,7 +226,18 @@ mod tests {
         p.extend_from_slice(&[0; 8]);
         let up = Ipv6Packet::new_checked(&p[..]).unwrap().upper_layer().unwrap();
         assert!(up.fragment && up.later_fragment);
-        assert_eq!(up.protocol, 6);
+        assert_eq!((up.protocol, up.frag_header), (6, 48));
+        let fh = FragmentHeader::read(&p[..], up.frag_header).unwrap();
+        assert_eq!(fh, FragmentHeader { ident: 1, offset: 8, more: true });
+    }
+
+    #[test]
+    fn two_fragment_headers_are_rejected() {
+        let mut p = header(44, 24);
+        p.extend_from_slice(&[44, 0, 0, 1, 0, 0, 0, 1]);
+        p.extend_from_slice(&[17, 0, 0, 1, 0, 0, 0, 1]);
+        p.extend_from_slice(&[0; 8]);
+        assert!(Ipv6Packet::new_checked(&p[..]).unwrap().upper_layer().is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod arp;
+pub mod checksum;
 pub mod ethernet;
 pub mod icmp;
 pub mod ipv4;

@@ -17,6 +17,8 @@ pub mod flags {
     pub const PSH: u8 = 0x08;
     /// ACK
     pub const ACK: u8 = 0x10;
+    /// URG
+    pub const URG: u8 = 0x20;
 }
 
 /// A view of a TCP segment.

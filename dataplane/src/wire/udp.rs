@@ -33,6 +33,19 @@ impl<T: AsRef<[u8]>> UdpDatagram<T> {
         Ok(d)
     }
 
+    /// The first fragment of a fragmented datagram: checks only that the 8-byte header is
+    /// there and that its length field covers at least the header and the bytes present (the
+    /// rest of the datagram is in later fragments).
+    #[inline]
+    pub fn new_checked_first_fragment(buffer: T) -> Result<Self> {
+        let d = Self::new_unchecked(buffer);
+        let b = d.buffer.as_ref();
+        if b.len() < HEADER_LEN || usize::from(d.len()) < b.len() {
+            return Err(Error);
+        }
+        Ok(d)
+    }
+
     /// Source port.
     #[inline]
     pub fn src_port(&self) -> u16 {
@@ -76,5 +89,18 @@ mod tests {
         let mut bad = DNS;
         bad[5] = 7; // below the header length
         assert!(UdpDatagram::new_checked(&bad[..]).is_err());
+    }
+
+    #[test]
+    fn first_fragment_carries_less_than_its_length() {
+        // A 3 000-byte datagram's first fragment holds 1 480 bytes of it.
+        let mut first = [0u8; 1480];
+        first[..6].copy_from_slice(&[0xd4, 0x31, 0x00, 0x35, 0x0b, 0xb8]);
+        assert!(UdpDatagram::new_checked(&first[..]).is_err());
+        let d = UdpDatagram::new_checked_first_fragment(&first[..]).unwrap();
+        assert_eq!((d.dst_port(), d.len()), (53, 3000));
+        assert!(UdpDatagram::new_checked_first_fragment(&first[..7]).is_err());
+        first[4..6].copy_from_slice(&100u16.to_be_bytes()); // claims less than it carries
+        assert!(UdpDatagram::new_checked_first_fragment(&first[..]).is_err());
     }
 }

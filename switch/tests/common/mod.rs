@@ -71,6 +71,8 @@ pub struct Lab {
     pub hosts: Vec<String>,
     /// Environment of the switch process.
     pub env: Vec<(String, String)>,
+    /// Hosts keep the defaults users have: TX checksum offload on, IPv6 on the host ends.
+    pub defaults: bool,
 }
 
 impl Lab {
@@ -78,8 +80,18 @@ impl Lab {
         Lab::with_queues(1)
     }
 
+    /// A lab whose hosts keep the defaults users have: a container's veth leaves TX checksum
+    /// offload on, and nothing turns IPv6 off on the host ends the switch takes.
+    pub fn with_defaults() -> Lab {
+        Lab::build(1, true)
+    }
+
     /// A lab whose host veths have `queues` RX and TX queues each.
     pub fn with_queues(queues: u32) -> Lab {
+        Lab::build(queues, false)
+    }
+
+    fn build(queues: u32, defaults: bool) -> Lab {
         let tag = format!("x{}{}", std::process::id() % 10000, NEXT.fetch_add(1, Ordering::SeqCst));
         let dir = std::env::temp_dir().join(format!("xswitch-test-{tag}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -91,6 +103,7 @@ impl Lab {
             queues,
             hosts: Vec::new(),
             env: Vec::new(),
+            defaults,
         };
         for (host, ip) in [("h1", "1"), ("h2", "2"), ("h3", "3")] {
             lab.host(host, ip);
@@ -171,14 +184,18 @@ impl Lab {
         self.quiet(&ns, &hif);
     }
 
-    /// Loopback up, TX checksum offload off (AF_XDP does not complete partial checksums), no
-    /// IPv6 chatter, host end up.
+    /// Loopback up, no IPv6 chatter from the host, host end up. Unless the lab keeps the
+    /// defaults, TX checksum offload goes off too (the switch completes partial checksums, but
+    /// the tests that measure other things should not depend on it) and IPv6 off on the host end
+    /// (the switch does that itself when it takes the port).
     pub fn quiet(&self, ns: &str, hif: &str) {
         must("ip", &["-n", ns, "link", "set", "lo", "up"]);
-        must("ip", &["netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off"]);
+        if !self.defaults {
+            must("ip", &["netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off"]);
+            let _ = run("sysctl", &["-qw", &format!("net.ipv6.conf.{hif}.disable_ipv6=1")]);
+        }
         let _ =
             run("ip", &["netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-        let _ = run("sysctl", &["-qw", &format!("net.ipv6.conf.{hif}.disable_ipv6=1")]);
         must("ip", &["link", "set", hif, "up"]);
     }
 
