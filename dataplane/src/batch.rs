@@ -56,6 +56,9 @@ impl PacketFlags {
     /// A later fragment whose ports and TCP flags were taken from its datagram's first
     /// fragment (the fragment stage of tenants with policy): judged as that fragment was.
     pub const PORTS_FROM_FIRST: u8 = 16;
+    /// A TCP or UDP segment whose checksum field holds exactly its pseudo-header sum: its
+    /// sender left the checksum to its device (checksum offload); completed on the way out.
+    pub const PARTIAL_CSUM: u8 = 32;
 
     /// Tests a flag.
     #[inline]

@@ -187,9 +187,13 @@ pub struct TraceArgs {
     /// Source MAC.
     #[arg(long)]
     pub src_mac: Option<String>,
-    /// Destination MAC (default broadcast; give a host's MAC to see the FDB forward it).
+    /// Destination MAC (default: the one the tenant's tables know for --dst, from its
+    /// anti-spoofing config or its hosts' flows; broadcast when none is known).
     #[arg(long)]
     pub dst_mac: Option<String>,
+    /// Exit with status 1 when the verdict is a drop (for scripts).
+    #[arg(long)]
+    pub exit_code: bool,
 }
 
 impl CtlCommand {

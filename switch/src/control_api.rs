@@ -73,6 +73,9 @@ pub enum Query {
     Flows(TenantId, usize, FlowOrder, Sender<Vec<Value>>),
     /// The decision trace of a frame arriving on a port.
     Trace(PortId, Vec<u8>, Sender<Vec<Value>>),
+    /// A MAC for an address of a tenant (for a trace that names no destination MAC), and
+    /// where it was found.
+    ResolveMac(TenantId, [u8; 16], Sender<Option<(dataplane::wire::MacAddr, String)>>),
     /// Start tapping frames for a capture; acknowledge once tapping.
     CaptureStart(Tap, Sender<()>),
     /// Stop tapping; answer (frames copied, copies skipped).
@@ -190,11 +193,25 @@ pub fn answer_query(w: &Worker<XskPort>, worker: usize, now: Nanos, q: Query) {
             let _ = reply.send(rows);
         }
         Query::Trace(port, frame, reply) => {
-            let steps = dataplane::pipeline::trace::trace(w.pipeline(), snap, now, port, &frame)
+            let steps = dataplane::pipeline::trace::trace(w.pipeline(), snap, now, port, &frame);
+            let v = dataplane::pipeline::trace::verdict(&steps);
+            let mut rows: Vec<Value> = steps
                 .into_iter()
-                .map(|s| json!({ "stage": s.stage, "outcome": s.outcome, "dropped": s.dropped }))
+                .map(|s| {
+                    json!({
+                        "stage": s.stage, "outcome": s.outcome, "dropped": s.dropped,
+                        "reason": s.reason, "rule": s.rule,
+                    })
+                })
                 .collect();
-            let _ = reply.send(steps);
+            // The verdict last, as one row the control thread takes off.
+            rows.push(json!({
+                "action": v.action, "reason": v.reason, "rule": v.rule, "to": v.to,
+            }));
+            let _ = reply.send(rows);
+        }
+        Query::ResolveMac(t, ip, reply) => {
+            let _ = reply.send(dataplane::pipeline::trace::resolve_mac(w.pipeline(), snap, t, ip));
         }
         // Only `answer_query_mut` may change the taps; it never passes these here.
         Query::CaptureStart(..) | Query::CaptureStop(_) | Query::LiveTrace { .. } => {}
@@ -338,6 +355,8 @@ pub struct WorkerLinks {
     pub queries: Vec<Sender<Query>>,
     /// Published figures.
     pub slots: Vec<Slot>,
+    /// The clock the workers stamp captures and flow records with (one origin for all).
+    pub clock: dataplane::time::MonotonicClock,
 }
 
 /// Reload outcomes.
@@ -472,16 +491,25 @@ fn not_live(old: &Config, new: &Config) -> Option<String> {
     if old.metrics != new.metrics || old.control != new.control {
         return Some("[metrics] or [control] changed: listeners are set up at start".into());
     }
-    let logs = |c: &Config| c.tenants.values().map(|t| t.flow_log.clone()).collect::<Vec<_>>();
-    if logs(old) != logs(new) {
-        return Some("flow_log changed: the flow-log files are opened at start".into());
-    }
+    // Tenants first: a tenant added or removed is the reason, not the flow logs of the others
+    // (which, compared by position, all seemed to change when the list did).
     let names = |c: &Config| c.tenants.keys().cloned().collect::<Vec<_>>();
     if names(old) != names(new) {
         let added: Vec<_> = new.tenants.keys().filter(|k| !old.tenants.contains_key(*k)).collect();
         let gone: Vec<_> = old.tenants.keys().filter(|k| !new.tenants.contains_key(*k)).collect();
         return Some(format!(
             "tenants added {added:?} or removed {gone:?}: this version applies those at a restart"
+        ));
+    }
+    let changed: Vec<&String> = new
+        .tenants
+        .iter()
+        .filter(|(n, t)| old.tenants.get(*n).is_some_and(|o| o.flow_log != t.flow_log))
+        .map(|(n, _)| n)
+        .collect();
+    if !changed.is_empty() {
+        return Some(format!(
+            "flow_log changed for {changed:?}: the flow-log files are opened at start"
         ));
     }
     None
@@ -664,17 +692,61 @@ fn answer(req: &Value, shared: &Arc<Shared>) -> Result<Value, String> {
             let snap = shared.snapshot();
             let name = req.get("port").and_then(Value::as_str).ok_or("missing \"port\"")?;
             let port = snap.port_by_name(name).ok_or(format!("no port {name:?}"))?;
-            let frame = trace_frame(req)?;
             // The worker that polls the port's first queue: its tables are the ones the frame
             // would meet.
             let w = shared.placement.iter().find(|p| p.port == name).map_or(0, |p| p.worker);
-            let (tx, rx) = crossbeam_channel::bounded(1);
             let q = shared.workers.queries.get(w).ok_or("no such worker")?;
+            // The destination MAC: given, else the one the tenant's tables know for the
+            // destination address, else broadcast; the answer says which.
+            let mut req = req.clone();
+            let given = req.get("dst_mac").and_then(Value::as_str).map(str::to_string);
+            let (dst_mac, from) = match given {
+                Some(m) => (m, "given".to_string()),
+                None => {
+                    let vlan = req.get("vlan").and_then(Value::as_u64).map(|v| v as u16);
+                    let dst = req.get("dst").and_then(Value::as_str).unwrap_or_default();
+                    let ip = dst.parse::<std::net::IpAddr>().ok().map(|a| match a {
+                        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                        std::net::IpAddr::V6(v6) => v6.octets(),
+                    });
+                    // Every worker: the destination's flows may have come in on a port that
+                    // another worker polls.
+                    let mut found = None;
+                    if let (Some((t, _)), Some(ip)) = (snap.resolve(port, vlan), ip) {
+                        let all = &shared.workers.queries;
+                        let (tx, rx) = crossbeam_channel::bounded(all.len());
+                        for wq in all {
+                            wq.send(Query::ResolveMac(t, ip, tx.clone()))
+                                .map_err(|_| "a worker has stopped")?;
+                        }
+                        for _ in 0..all.len() {
+                            let answer = rx
+                                .recv_timeout(Duration::from_secs(3))
+                                .map_err(|_| "a worker did not answer within 3 s")?;
+                            found = found.or(answer);
+                        }
+                    }
+                    match found {
+                        Some((mac, from)) => (mac.to_string(), from),
+                        None => (
+                            "ff:ff:ff:ff:ff:ff".to_string(),
+                            format!("assumed broadcast: no MAC known for {dst} in this tenant"),
+                        ),
+                    }
+                }
+            };
+            req["dst_mac"] = json!(dst_mac);
+            let frame = trace_frame(&req)?;
+            let (tx, rx) = crossbeam_channel::bounded(1);
             q.send(Query::Trace(port, frame, tx)).map_err(|_| "the worker has stopped")?;
-            let steps = rx
+            let mut steps = rx
                 .recv_timeout(Duration::from_secs(3))
                 .map_err(|_| "the worker did not answer within 3 s")?;
-            Ok(json!({ "worker": w, "steps": steps }))
+            let verdict = steps.pop().unwrap_or(Value::Null);
+            Ok(json!({
+                "worker": w, "dst_mac": dst_mac, "dst_mac_from": from, "steps": steps,
+                "verdict": verdict,
+            }))
         }
         other => Err(format!(
             "unknown command {other:?} (status, ports, tenants, counters, fdb, connections, \
@@ -743,11 +815,12 @@ fn capture_start(req: &Value, shared: &Arc<Shared>) -> Result<Value, String> {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let (stop2, shared2) = (stop.clone(), shared.clone());
-    // Worker timestamps are monotonic; pcap wants wall time.
+    // Worker timestamps are on the switch's monotonic clock (one origin for every worker and
+    // this writer); pcap wants wall time: both read now, at one moment. (A clock of its own
+    // here, origin now, stamped every frame late by the switch's uptime.)
     let wall0 =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let mono0 = dataplane::time::MonotonicClock::new();
-    let mono0 = dataplane::time::Clock::now(&mono0).0;
+    let mono0 = dataplane::time::Clock::now(&shared.workers.clock).0;
     let started = Instant::now();
     let writer = std::thread::Builder::new()
         .name("xswitch-capture".into())
@@ -1111,4 +1184,33 @@ fn counters(shared: &Shared) -> Value {
         "flood_copies": c.flood_copies,
         "checksums_completed": c.checksums_completed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(extra: &str) -> Config {
+        let text = format!(
+            "[ports.up]\ninterface = \"u0\"\nkind = \"uplink\"\n\
+             [tenants.red]\nattach = [{{ port = \"up\", vlan = 100 }}]\n\
+             [tenants.red.flow_log]\nfile = \"/tmp/red.jsonl\"\n{extra}"
+        );
+        control::config::load_str("t.toml", &text).unwrap()
+    }
+
+    // Regression (issue 18): adding a tenant beside one with a flow log was refused as
+    // "flow_log changed".
+    #[test]
+    fn a_reload_refusal_names_the_real_change() {
+        let old = cfg("");
+        let added = cfg("[tenants.blue]\nattach = [{ port = \"up\", vlan = 200 }]\n");
+        let why = not_live(&old, &added).unwrap();
+        assert!(why.starts_with("tenants added [\"blue\"]"), "{why}");
+        let mut logged = old.clone();
+        logged.tenants.get_mut("red").unwrap().flow_log = None;
+        let why = not_live(&old, &logged).unwrap();
+        assert!(why.starts_with("flow_log changed for [\"red\"]"), "{why}");
+        assert_eq!(not_live(&old, &old.clone()), None);
+    }
 }

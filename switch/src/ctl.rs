@@ -37,8 +37,13 @@ pub fn request(socket: &Path, req: &Value) -> anyhow::Result<Value> {
     }
 }
 
-/// Runs one ctl command and prints its answer.
-pub fn run(socket: &Path, what: &crate::cli::CtlCommand, as_json: bool) -> anyhow::Result<()> {
+/// Runs one ctl command and prints its answer. The exit status is failure only for a trace
+/// asked `--exit-code` whose verdict is a drop (errors are the caller's).
+pub fn run(
+    socket: &Path,
+    what: &crate::cli::CtlCommand,
+    as_json: bool,
+) -> anyhow::Result<std::process::ExitCode> {
     let cmd = what.as_str();
     let req = match what {
         crate::cli::CtlCommand::Trace(t) => json!({
@@ -79,9 +84,15 @@ pub fn run(socket: &Path, what: &crate::cli::CtlCommand, as_json: bool) -> anyho
         },
     };
     let data = request(socket, &req)?;
+    let status = match what {
+        crate::cli::CtlCommand::Trace(t) if t.exit_code && data["verdict"]["action"] == "drop" => {
+            std::process::ExitCode::from(1)
+        }
+        _ => std::process::ExitCode::SUCCESS,
+    };
     if as_json {
         println!("{}", serde_json::to_string_pretty(&data)?);
-        return Ok(());
+        return Ok(status);
     }
     let column = |row: &Value, col: &str| match col {
         "drops" => drops(row),
@@ -120,9 +131,17 @@ pub fn run(socket: &Path, what: &crate::cli::CtlCommand, as_json: bool) -> anyho
             data["skipped"]
         ),
         "trace" => {
+            println!(
+                "{:<16} {} ({})",
+                "destination MAC",
+                cell(&data["dst_mac"]),
+                cell(&data["dst_mac_from"])
+            );
             for s in data["steps"].as_array().into_iter().flatten() {
                 println!("{:<16} {}", cell(&s["stage"]), cell(&s["outcome"]));
             }
+            println!();
+            println!("verdict: {}", verdict_line(&data["verdict"]));
         }
         "trace_live" => {
             let samples = data["samples"].as_array().cloned().unwrap_or_default();
@@ -158,7 +177,20 @@ pub fn run(socket: &Path, what: &crate::cli::CtlCommand, as_json: bool) -> anyho
         ),
         _ => println!("{data}"),
     }
-    Ok(())
+    Ok(status)
+}
+
+/// A trace's verdict in one line, as `ofproto/trace`'s "Datapath actions".
+fn verdict_line(v: &Value) -> String {
+    let by = match v["rule"].as_str() {
+        Some(r) => format!(" by rule {r}"),
+        None => String::new(),
+    };
+    match v["action"].as_str() {
+        Some("drop") => format!("drop ({}){by}", cell(&v["reason"])),
+        Some(a) => format!("{a}: {}{by}", cell(&v["to"])),
+        None => "unknown".into(),
+    }
 }
 
 fn cell(v: &Value) -> String {

@@ -77,7 +77,11 @@ impl Writer {
 }
 
 /// Starts the writer if some tenant logs flows.
-pub fn start(cfg: &Config, snap: &Snapshot) -> anyhow::Result<Option<Writer>> {
+pub fn start(
+    cfg: &Config,
+    snap: &Snapshot,
+    clock: MonotonicClock,
+) -> anyhow::Result<Option<Writer>> {
     let sinks: Vec<Option<Sink>> = snap
         .tenants
         .iter()
@@ -115,7 +119,7 @@ pub fn start(cfg: &Config, snap: &Snapshot) -> anyhow::Result<Option<Writer>> {
     let (tx, rx) = crossbeam_channel::bounded(CHANNEL);
     let thread = std::thread::Builder::new()
         .name("xswitch-flowlog".into())
-        .spawn(move || write_all(rx, sinks, ipfix))
+        .spawn(move || write_all(rx, sinks, ipfix, clock))
         .context("starting the flow-log writer")?;
     Ok(Some(Writer { tx, thread }))
 }
@@ -146,11 +150,13 @@ fn write_all(
     rx: Receiver<FlowRecord>,
     mut sinks: Vec<Option<Sink>>,
     ipfix: Option<(std::net::UdpSocket, std::net::SocketAddr)>,
+    clock: MonotonicClock,
 ) {
     let mut exporter = control::ipfix::Exporter::default();
-    // Record times are the workers' monotonic clock; files want wall time.
+    // Record times are on the workers' clock (the switch's one monotonic clock); files want
+    // wall time: both read now, at one moment.
     let wall0 = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let mono0 = MonotonicClock::new().now();
+    let mono0 = clock.now();
     let wall = |t: Nanos| (wall0 + Duration::from_nanos(t.0.saturating_sub(mono0.0))).as_secs_f64();
     let ip = |a: [u8; 16]| {
         let v6 = std::net::Ipv6Addr::from(a);

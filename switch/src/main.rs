@@ -29,7 +29,10 @@ fn main() -> ExitCode {
         Command::Demo { simulate: true, frames, .. } => simulate::simulate(frames),
         Command::Demo { keep, .. } => stop_flag().and_then(|stop| lab::run(keep, stop)),
         Command::Run { config } => stop_flag().and_then(|stop| run::run(&config, stop)),
-        Command::Ctl { socket, json, what } => ctl::run(&socket, &what, json),
+        Command::Ctl { socket, json, what } => match ctl::run(&socket, &what, json) {
+            Ok(status) => return status,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

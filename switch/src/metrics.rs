@@ -59,6 +59,8 @@ pub struct WorkerFigures {
     pub loops: LoopStats,
     /// Batches by size bucket.
     pub batch_sizes: [u64; 8],
+    /// Frames in those batches, by bucket.
+    pub batch_frames: [u64; 8],
     /// Per socket.
     pub sockets: Vec<SocketFigures>,
     /// Flow cache events and live entries.
@@ -89,6 +91,7 @@ pub fn publish(slot: &Slot, w: &mut Worker<XskPort>, loops: &LoopStats) {
     f.census = w.census();
     f.loops = *loops;
     f.batch_sizes = *w.batch_sizes();
+    f.batch_frames = *w.batch_frames();
     f.generation = w.pipeline().generation();
     f.cache = w.pipeline().flows.stats;
     f.cache_entries = w.pipeline().flows.len();
@@ -354,6 +357,7 @@ struct WorkerFamilies {
     last_loops: LoopStats,
     batch: Histogram,
     last_batches: [u64; 8],
+    last_frames: [u64; 8],
 }
 
 fn pair(prefix: &str, dir: &str, label: &'static str, value: &str) -> PktBytesPair {
@@ -438,6 +442,7 @@ impl Families {
                         packets: metrics::counter!("xswitch_worker_received_packets_total", "worker" => w.clone()),
                         batch: metrics::histogram!("xswitch_worker_batch_size", "worker" => w),
                         last_batches: [0; 8],
+                        last_frames: [0; 8],
                     }
                 })
                 .collect(),
@@ -544,12 +549,18 @@ impl Families {
                 wf.per_packet.set(l.busy_ns_per_packet() * 1e-9);
                 wf.last_loops = *l;
                 wf.packets.absolute(l.packets);
-                for (i, (&now, last)) in
-                    f.batch_sizes.iter().zip(wf.last_batches.iter_mut()).enumerate()
-                {
-                    if now > *last {
-                        wf.batch.record_many(BATCH_BOUNDS[i], (now - *last) as usize);
-                        *last = now;
+                for i in 0..8 {
+                    let (n, frames) = (f.batch_sizes[i], f.batch_frames[i]);
+                    let (last_n, last_frames) = (wf.last_batches[i], wf.last_frames[i]);
+                    if n > last_n {
+                        // The batches of one bucket recorded at their mean size: the buckets
+                        // count them right and the sum is of the sizes seen (it once added
+                        // each bucket's upper bound instead).
+                        let count = n - last_n;
+                        let mean = frames.saturating_sub(last_frames) as f64 / count as f64;
+                        wf.batch.record_many(mean, count as usize);
+                        wf.last_batches[i] = n;
+                        wf.last_frames[i] = frames;
                     }
                 }
             }

@@ -297,7 +297,9 @@ pub fn serve(
         w.share_rates(workers_per_port.iter().map(|&n| n.max(1)).collect());
         ws.push(w);
     }
-    let flowlog = crate::flowlogs::start(cfg, &snap)?;
+    // One clock for every worker and every writer that turns its readings into wall time.
+    let clock = MonotonicClock::new();
+    let flowlog = crate::flowlogs::start(cfg, &snap, clock)?;
     if let Some(fl) = &flowlog {
         for w in &mut ws {
             w.pipeline_mut().flows.log_flows(fl.export(cfg));
@@ -329,7 +331,12 @@ pub fn serve(
         file.map(Path::to_path_buf),
         cfg.clone(),
         snap.clone(),
-        crate::control_api::WorkerLinks { snapshots: to_workers, queries, slots: slots.clone() },
+        crate::control_api::WorkerLinks {
+            snapshots: to_workers,
+            queries,
+            slots: slots.clone(),
+            clock,
+        },
         placement,
         total_chunks,
         crate::control_api::HostInfo {
@@ -367,7 +374,7 @@ pub fn serve(
                             }
                             eprintln!("xswitch: worker {i} pinned to core {core}");
                         }
-                        let clock = MonotonicClock::new();
+                        let clock = clock;
                         let mut live = None;
                         let loops = worker.run_reporting(&clock, idle, stop, every, |w, l| {
                             // New snapshots from a reload, adopted between breaths. The

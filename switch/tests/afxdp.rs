@@ -393,6 +393,14 @@ fn prometheus_scrapes_per_tenant_counters_that_match_the_traffic() {
     assert_eq!(prom_query(&prom, icmp), Some(40.0));
     let leak = prom_query(&prom, "xswitch_umem_frames{state=\"unaccounted\"}");
     assert_eq!(leak, Some(0.0));
+    // Regression (issue 18): the batch-size histogram's sum added each bucket's upper bound;
+    // it is the sum of the sizes seen, so it equals the frames the worker received.
+    let sizes = prom_query(&prom, "sum(xswitch_worker_batch_size_sum)").unwrap_or(-1.0);
+    let frames = prom_query(&prom, "sum(xswitch_worker_received_packets_total)").unwrap_or(-2.0);
+    assert!(
+        frames > 40.0 && (sizes - frames).abs() < 0.5,
+        "batch sizes sum {sizes}, frames {frames}"
+    );
 
     let (ok, log) = lab.stop();
     assert!(ok, "{log}");
@@ -412,7 +420,8 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Ethernet + IPv4 + UDP, checksums left zero (the switch does not check them).
+/// Ethernet + IPv4 + UDP; the IPv4 header checksum right (port-secured attachments and
+/// tenants with policy check it), the UDP checksum zero (none).
 fn raw_udp(
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
@@ -428,6 +437,12 @@ fn raw_udp(
     f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 36, 0, 0, 0, 0, 64, 17, 0, 0]);
     f.extend_from_slice(&src);
     f.extend_from_slice(&dst);
+    let ip = f.len() - 20;
+    let mut sum: u32 = f[ip..].chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    f[ip + 10..ip + 12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
     f.extend_from_slice(&[0x30, 0x39, 0x30, 0x39, 0, 16, 0, 0]);
     f.extend_from_slice(b"xswitch!");
     f
@@ -612,6 +627,61 @@ rules = [
         ok && out.lines().any(|l| l.starts_with("ACL to-tenant") && l.contains("no-5402")),
         "{out}"
     );
+    // Regression (issue 18): without --dst-mac the trace assumed broadcast, so the denied
+    // attempt was traced as flooded and allowed. The destination MAC is now the one red's
+    // tables know for 10.9.1.2 (h2's, from its flows), the verdict a field, and --exit-code
+    // makes a drop a failure.
+    let no_mac = |dport: &str, json: bool, extra: &[&str]| {
+        let mut args = vec![
+            "trace",
+            "--port",
+            "h1",
+            "--src",
+            "10.9.1.1",
+            "--dst",
+            "10.9.1.2",
+            "--dport",
+            dport,
+            "--src-mac",
+            H1_MAC,
+        ];
+        args.extend_from_slice(extra);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xswitch"));
+        cmd.arg("ctl").arg("--socket").arg(lab.dir.join("ctl.sock"));
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.args(&args).output().unwrap()
+    };
+    let o = no_mac("5402", true, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["dst_mac"], h2_mac.as_str(), "{v}");
+    assert!(v["dst_mac_from"].as_str().unwrap().contains("learned"), "{v}");
+    assert_eq!(v["verdict"]["action"], "drop", "{v}");
+    assert_eq!(v["verdict"]["reason"], "policy", "{v}");
+    assert_eq!(v["verdict"]["rule"], "no-5402", "{v}");
+    let table = String::from_utf8_lossy(&no_mac("5402", false, &[]).stdout).to_string();
+    assert!(table.lines().any(|l| l == "verdict: drop (policy) by rule no-5402"), "{table}");
+    assert!(table.contains(&h2_mac), "the table says which MAC it assumed:\n{table}");
+    assert_eq!(no_mac("5402", false, &["--exit-code"]).status.code(), Some(1));
+    let allowed = no_mac("5401", true, &["--exit-code"]);
+    assert_eq!(allowed.status.code(), Some(0), "{}", String::from_utf8_lossy(&allowed.stdout));
+    let v: serde_json::Value = serde_json::from_slice(&allowed.stdout).unwrap();
+    assert_eq!(v["verdict"]["action"], "forward", "{v}");
+    assert!(v["verdict"]["rule"].as_str().unwrap().contains("iperf-in"), "{v}");
+    // An address nobody in the tenant has: broadcast, and it says so.
+    let o = Command::new(env!("CARGO_BIN_EXE_xswitch"))
+        .arg("ctl")
+        .arg("--socket")
+        .arg(lab.dir.join("ctl.sock"))
+        .args(["--json", "trace", "--port", "h1", "--src", "10.9.1.1", "--dst", "10.9.1.77"])
+        .args(["--src-mac", H1_MAC])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["dst_mac"], "ff:ff:ff:ff:ff:ff", "{v}");
+    assert!(v["dst_mac_from"].as_str().unwrap().starts_with("assumed broadcast"), "{v}");
 
     // The connections of the allowed iperf3 run are tracked (by the worker(s) that saw them).
     let (ok, out, err) = lab.ctl(true, &["connections", "red"]);
@@ -960,6 +1030,7 @@ const UDP_SEND: &str = r#"
 import socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 for i in range(int(sys.argv[3])):
+    print(time.time())
     s.sendto(b"capture-me", (sys.argv[1], int(sys.argv[2])))
     time.sleep(0.02)
 "#;
@@ -971,8 +1042,10 @@ fn a_capture_of_one_tenant_holds_exactly_its_matching_frames() {
     }
     let mut lab = Lab::new();
     lab.start();
-    // Teach the switch where the hosts are, so the traffic below is unicast.
+    // Teach the switch where the hosts are, so the traffic below is unicast; and let it run a
+    // while (captures were once stamped late by the switch's uptime).
     assert!(lab.ping("h1", "10.9.1.2", "1"));
+    std::thread::sleep(Duration::from_secs(2));
     let file = lab.dir.join("red.pcap");
     let f = file.display().to_string();
     let (ok, out, err) = lab
@@ -984,6 +1057,7 @@ fn a_capture_of_one_tenant_holds_exactly_its_matching_frames() {
     assert!(!ok && err.contains("is running"), "{err}");
     // Red: 5 matching datagrams, pings and another port that do not match. Blue: datagrams to
     // the same port, another tenant's.
+    let mut sent_at = Vec::new();
     for (host, dst, port, n) in [
         ("h1", "10.9.1.2", "9999", "5"),
         ("h1", "10.9.1.2", "9998", "3"),
@@ -991,6 +1065,10 @@ fn a_capture_of_one_tenant_holds_exactly_its_matching_frames() {
     ] {
         let o = lab.ns_run(host, &["python3", "-c", UDP_SEND, dst, port, n]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        if sent_at.is_empty() {
+            let times = String::from_utf8_lossy(&o.stdout).to_string();
+            sent_at = times.lines().map(|t| t.trim().parse::<f64>().unwrap()).collect();
+        }
     }
     assert!(lab.ping("h2", "10.9.1.1", "2"));
     std::thread::sleep(Duration::from_millis(300));
@@ -1002,15 +1080,25 @@ fn a_capture_of_one_tenant_holds_exactly_its_matching_frames() {
         (Some(5), Some(0)),
         "{stats}"
     );
-    // tshark reads the file: exactly the five red datagrams to port 9999 from h1.
+    // tshark reads the file: exactly the five red datagrams to port 9999 from h1, each stamped
+    // within 10 ms of the wall-clock time its sender sent it.
     let o = Command::new("tshark")
         .args(["-r", &f, "-T", "fields", "-e", "ip.src", "-e", "udp.dstport"])
+        .args(["-e", "frame.time_epoch"])
         .output()
         .expect("tshark (apt-get install tshark)");
     let text = String::from_utf8_lossy(&o.stdout).to_string();
     let rows: Vec<&str> = text.lines().collect();
     assert_eq!(rows.len(), 5, "{text}\n{}", String::from_utf8_lossy(&o.stderr));
-    assert!(rows.iter().all(|r| *r == "10.9.1.1\t9999"), "{text}");
+    assert!(rows.iter().all(|r| r.starts_with("10.9.1.1\t9999\t")), "{text}");
+    for (row, sent) in rows.iter().zip(&sent_at) {
+        let stamped: f64 = row.rsplit('\t').next().unwrap().parse().unwrap();
+        assert!(
+            (stamped - sent).abs() < 0.010,
+            "captured at {stamped:.6}, sent at {sent:.6}: {:.3} ms apart",
+            (stamped - sent) * 1e3
+        );
+    }
     let (ok, _, err) = lab.ctl(false, &["capture", "stop"]);
     assert!(!ok && err.contains("no capture"), "{err}");
     // A capture still running at SIGTERM is written out and closed by the stop.

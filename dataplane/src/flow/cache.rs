@@ -62,6 +62,7 @@ use crate::snapshot::{CHECK_FLOWLOG, PortId, Snapshot, TenantId};
 use crate::time::Nanos;
 use crate::trace::DropReason;
 use crate::trace::flowlog::{FlowExport, FlowLogStats, FlowRecord, RecordReason};
+use crate::wire::MacAddr;
 
 /// A flow: seven words (see [`key_of`]).
 pub type Key = [u64; 7];
@@ -801,6 +802,21 @@ impl FlowCache {
             .flatten()
             .filter(move |e| e.occupied && e.tenant == t.0 && e.packets > 0)
             .map(Entry::view)
+    }
+
+    /// The source MAC of a flow of tenant `t` sent from address `ip`, the most recent one (for
+    /// the decision trace, which needs a MAC for an address; walks the whole table).
+    pub fn source_mac(&self, t: TenantId, ip: &[u8; 16]) -> Option<MacAddr> {
+        let (hi, lo) = {
+            let a = u128::from_be_bytes(*ip);
+            ((a >> 64) as u64, a as u64)
+        };
+        self.sets
+            .iter()
+            .flatten()
+            .filter(|e| e.occupied && e.tenant == t.0 && e.key[3] == hi && e.key[4] == lo)
+            .max_by_key(|e| e.last.0)
+            .map(|e| MacAddr::from_u64(e.key[1]))
     }
 
     /// What the cache holds for a flow, without counting or changing anything (the decision

@@ -386,6 +386,13 @@ fn complete_in(b: &mut [u8], m: &Meta) -> bool {
         return false; // a sender completes checksums before it fragments
     }
     let (l3, l4) = (usize::from(m.l3_offset), usize::from(m.l4_offset));
+    let field = if udp { 6 } else { 16 };
+    // The stored value first: a UDP datagram without a checksum (zero) needs nothing more.
+    match b.get(l4 + field..l4 + field + 2) {
+        Some([0, 0]) if udp => return false,
+        Some(_) => {}
+        None => return false,
+    }
     let len_at = if v6 { l3 + 4 } else { l3 + 2 };
     let Some(&[hi, lo]) = b.get(len_at..len_at + 2) else { return false };
     let len = usize::from(u16::from_be_bytes([hi, lo]));
@@ -393,7 +400,6 @@ fn complete_in(b: &mut [u8], m: &Meta) -> bool {
     let Some(seg) = b.get_mut(l4..end) else { return false };
     let pseudo =
         checksum::pseudo_header(v6, &m.key.src_ip, &m.key.dst_ip, m.key.proto, seg.len() as u32);
-    let field = if udp { 6 } else { 16 };
     checksum::complete_partial(seg, field, pseudo, udp) == checksum::Partial::Completed
 }
 
@@ -416,7 +422,7 @@ pub fn deliver(
     for ((f, m), d) in batch.frames().iter().zip(batch.meta()).zip(disp.as_slice()) {
         let tagged = m.outer_vlan.is_some();
         let tenant = Some(m.tenant);
-        if !matches!(d, Disposition::Drop(_)) && m.l4_offset != 0 {
+        if m.flags.has(PacketFlags::PARTIAL_CSUM) && !matches!(d, Disposition::Drop(_)) {
             c.checksums_completed += u64::from(complete_checksum(area, *f, m));
         }
         match *d {

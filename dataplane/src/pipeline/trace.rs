@@ -25,14 +25,95 @@ pub struct Step {
     pub outcome: String,
     /// True when the frame is dropped here (the last step then).
     pub dropped: bool,
+    /// The drop reason (`DropReason` label) when dropped here.
+    pub reason: Option<&'static str>,
+    /// The rule (ACL or security-group rule) that decided here, if one did.
+    pub rule: Option<String>,
 }
 
 fn step(stage: &'static str, outcome: impl Into<String>) -> Step {
-    Step { stage, outcome: outcome.into(), dropped: false }
+    Step { stage, outcome: outcome.into(), dropped: false, reason: None, rule: None }
 }
 
-fn drop_at(stage: &'static str, reason: &str, why: impl Into<String>) -> Step {
-    Step { stage, outcome: format!("drop ({reason}): {}", why.into()), dropped: true }
+fn drop_at(stage: &'static str, reason: &'static str, why: impl Into<String>) -> Step {
+    Step {
+        stage,
+        outcome: format!("drop ({reason}): {}", why.into()),
+        dropped: true,
+        reason: Some(reason),
+        rule: None,
+    }
+}
+
+impl Step {
+    fn by(mut self, rule: Option<String>) -> Step {
+        self.rule = rule;
+        self
+    }
+}
+
+/// What a trace ends in, as `ofproto/trace`'s "Datapath actions" line says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// `drop`, `forward` or `flood`.
+    pub action: &'static str,
+    /// The drop reason, for a drop.
+    pub reason: Option<&'static str>,
+    /// The rule that decided: the one that dropped it, or the last that allowed it.
+    pub rule: Option<String>,
+    /// Where it goes (`PORT vlan N`, or the flood's targets).
+    pub to: Option<String>,
+}
+
+/// A TCP phase as an operator reads it.
+fn state_name(s: crate::policy::conntrack::State) -> &'static str {
+    use crate::policy::conntrack::State;
+    match s {
+        State::Open => "open",
+        State::SynSent => "SYN sent",
+        State::SynAcked => "SYN acknowledged",
+        State::Established => "established",
+        State::Closing => "closing",
+        State::Closed => "closed",
+    }
+}
+
+/// The verdict a trace's steps end in.
+pub fn verdict(steps: &[Step]) -> Verdict {
+    let rule = steps.iter().rev().find_map(|s| s.rule.clone());
+    if let Some(last) = steps.last().filter(|s| s.dropped) {
+        return Verdict { action: "drop", reason: last.reason, rule: last.rule.clone(), to: None };
+    }
+    let to = steps.iter().find(|s| s.stage == "output").map(|s| s.outcome.clone());
+    let flood = to.as_deref().is_some_and(|t| t.starts_with("flood"));
+    Verdict { action: if flood { "flood" } else { "forward" }, reason: None, rule, to }
+}
+
+/// A MAC for address `ip` of tenant `t`, to trace a frame towards it, and where it was
+/// found: the anti-spoofing config of an attachment that owns exactly that address and one
+/// MAC, or a flow the tenant's host sent from it (the flow cache of tenants with policy or
+/// flow logs). None: not known here.
+pub fn resolve_mac(
+    p: &Pipeline,
+    snap: &Snapshot,
+    t: crate::snapshot::TenantId,
+    ip: [u8; 16],
+) -> Option<(crate::wire::MacAddr, String)> {
+    let spec = snap.tenants.get(t.index())?;
+    let port_name =
+        |id: PortId| snap.ports.get(id.index()).map_or("?".to_string(), |s| s.name.clone());
+    for (g, a) in spec.guards.iter().zip(&spec.attachments) {
+        let exact = g.ips.iter().any(|pfx| pfx.len == 128 && pfx.contains(&ip));
+        if exact && let [mac] = g.macs.as_slice() {
+            return Some((
+                *mac,
+                format!("anti-spoofing config of attachment {}", port_name(a.port)),
+            ));
+        }
+    }
+    p.flows
+        .source_mac(t, &ip)
+        .map(|mac| (mac, "learned: a flow the host sent (flow cache)".to_string()))
 }
 
 /// Traces `frame` arriving on `port` at `now` through `p`'s tables under `snap`.
@@ -150,11 +231,12 @@ pub fn trace(p: &Pipeline, snap: &Snapshot, now: Nanos, port: PortId, frame: &[u
         } else {
             format!(" (counted by {})", counted.join(", "))
         };
+        let rule = v.rule.map(|r| set.rules[r as usize].name.clone());
         if v.action == Action::Deny {
-            out.push(drop_at(stage, "policy", format!("denied by {by}{counts}")));
+            out.push(drop_at(stage, "policy", format!("denied by {by}{counts}")).by(rule));
             return out;
         }
-        out.push(step(stage, format!("allowed by {by}{counts}")));
+        out.push(step(stage, format!("allowed by {by}{counts}")).by(rule));
     }
     if let Some(g) = &t.policy.group {
         let opens = || {
@@ -166,11 +248,22 @@ pub fn trace(p: &Pipeline, snap: &Snapshot, now: Nanos, port: PortId, frame: &[u
                 .collect();
             rules.join(", ")
         };
+        // The rules that open it, one per direction it crosses.
+        let names: Vec<&str> = dirs
+            .iter()
+            .filter_map(|&d| g.rule_for(d, &m))
+            .map(|i| g.rules[i].name.as_str())
+            .collect();
+        let first_rule = (!names.is_empty()).then(|| names.join(", "));
         // The same judgement the packet path makes, without its side effects.
-        let verdict = match p.policy.conns.judge(now, g, dirs, &m, frame) {
-            Judgement::Untracked => "not tracked".to_string(),
-            Judgement::Known(state) => format!("part of a tracked connection ({state:?})"),
-            Judgement::Open | Judgement::Reopen => format!("would open a connection: {}", opens()),
+        let (verdict, rule) = match p.policy.conns.judge(now, g, dirs, &m, frame) {
+            Judgement::Untracked => ("not tracked".to_string(), None),
+            Judgement::Known(state) => {
+                (format!("part of a tracked connection ({})", state_name(state)), None)
+            }
+            Judgement::Open | Judgement::Reopen => {
+                (format!("would open a connection: {}", opens()), first_rule)
+            }
             Judgement::Full => {
                 out.push(drop_at(
                     "security group",
@@ -184,7 +277,7 @@ pub fn trace(p: &Pipeline, snap: &Snapshot, now: Nanos, port: PortId, frame: &[u
                 return out;
             }
         };
-        out.push(step("security group", verdict));
+        out.push(step("security group", verdict).by(rule));
     } else {
         out.push(step("security group", "none: every connection passes"));
     }

@@ -213,6 +213,8 @@ pub struct Worker<P: Port> {
     tx: TxLists,
     next_age: Nanos,
     batch_sizes: [u64; 8],
+    /// Frames in those batches, by the same buckets (a histogram's sum is of the sizes seen).
+    batch_frames: [u64; 8],
     /// Consecutive breaths without RX because of backpressure.
     paused: u32,
     /// Stopping: breathe without receiving, to send what is queued.
@@ -273,6 +275,7 @@ impl<P: Port> Worker<P> {
             disp: Dispositions::default(),
             next_age: Nanos::ZERO,
             batch_sizes: [0; 8],
+            batch_frames: [0; 8],
             paused: 0,
             draining: false,
             written_off: 0,
@@ -324,7 +327,9 @@ impl<P: Port> Worker<P> {
                 }
                 received += n;
                 // Batch sizes by power of two: 1, 2-3, 4-7, ... 64.
-                self.batch_sizes[(usize::BITS - 1 - n.leading_zeros()) as usize & 7] += 1;
+                let bucket = (usize::BITS - 1 - n.leading_zeros()) as usize & 7;
+                self.batch_sizes[bucket] += 1;
+                self.batch_frames[bucket] += n as u64;
                 let mut out = Out {
                     sockets: &mut self.sockets,
                     routes: &self.routes,
@@ -616,6 +621,11 @@ impl<P: Port> Worker<P> {
     /// Received batches by size: entry `i` counts batches of `2^i ..= 2^(i+1) - 1` frames.
     pub fn batch_sizes(&self) -> &[u64; 8] {
         &self.batch_sizes
+    }
+
+    /// Frames received in the batches of each bucket of [`Worker::batch_sizes`].
+    pub fn batch_frames(&self) -> &[u64; 8] {
+        &self.batch_frames
     }
 
     /// The pipeline (counters, MAC table).
