@@ -101,12 +101,7 @@ fn a_deleted_tenant_interface_goes_down_and_comes_back_with_its_interface() {
         return;
     }
     let mut lab = Lab::new();
-    lab.host("h4", "4");
-    let h4 = lab.ifname("h4");
-    lab.edit_config(|c| {
-        c.replace("{ port = \"h2\" }]", "{ port = \"h2\" }, { port = \"h4\" }]")
-            + &format!("[ports.h4]\ninterface = \"{h4}\"\nkind = \"tenant\"\n")
-    });
+    lab.red_host("h4", "4");
     lab.start();
     assert!(lab.ping("h1", "10.9.1.2", "2"));
     assert!(lab.ping("h1", "10.9.1.4", "2"));

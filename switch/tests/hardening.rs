@@ -318,16 +318,11 @@ fn a_syn_flood_inside_a_tenant_does_not_lock_out_its_other_members() {
         return;
     }
     let mut lab = Lab::new();
-    lab.host("h4", "4");
-    let h4 = lab.ifname("h4");
+    lab.red_host("h4", "4");
     lab.edit_config(|c| {
-        c.replace("{ port = \"h2\" }]", "{ port = \"h2\" }, { port = \"h4\" }]")
-            + &format!(
-                "[ports.h4]\ninterface = \"{h4}\"\nkind = \"tenant\"\n\
-                 [tenants.red.security_group]\nmax_connections = 256\n\
-                 rules = [{{ direction = \"from-tenant\" }}, {{ direction = \"to-tenant\", proto = \"tcp\" }}, \
-                 {{ direction = \"to-tenant\", proto = \"icmp\" }}]\n"
-            )
+        c + "[tenants.red.security_group]\nmax_connections = 256\n\
+             rules = [{ direction = \"from-tenant\" }, { direction = \"to-tenant\", proto = \"tcp\" }, \
+             { direction = \"to-tenant\", proto = \"icmp\" }]\n"
     });
     lab.start();
     assert!(lab.ping("h1", "10.9.1.2", "2") && lab.ping("h4", "10.9.1.2", "2"));

@@ -199,6 +199,19 @@ impl Lab {
         must("ip", &["link", "set", hif, "up"]);
     }
 
+    /// Adds host `host` (address 10.9.1.`ip`) as a third host of tenant red, on a port named
+    /// after it.
+    pub fn red_host(&mut self, host: &str, ip: &str) {
+        self.host(host, ip);
+        let hif = self.ifname(host);
+        self.edit_config(|c| {
+            c.replace(
+                "{ port = \"h2\" }]",
+                &format!("{{ port = \"h2\" }}, {{ port = \"{host}\" }}]"),
+            ) + &format!("[ports.{host}]\ninterface = \"{hif}\"\nkind = \"tenant\"\n")
+        });
+    }
+
     pub fn ns_run(&self, host: &str, args: &[&str]) -> Output {
         let ns = self.ns_name(host);
         let mut all = vec!["netns", "exec", ns.as_str()];
