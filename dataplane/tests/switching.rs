@@ -432,7 +432,7 @@ fn a_stuck_port_cannot_stop_the_others() {
 }
 
 #[test]
-fn snapshot_change_resets_learning() {
+fn a_snapshot_change_keeps_what_was_learned() {
     let mut w = lab(100);
     w.inject(A2, &udp(mac(2), [0xff; 6], None));
     step(&mut w, Nanos::from_secs(1));
@@ -441,8 +441,28 @@ fn snapshot_change_resets_learning() {
     let old = w.install(Arc::new(next));
     assert_eq!(old.generation, 1);
     assert_eq!(w.pipeline().generation(), 2);
+    let copies = w.pipeline().counters.flood_copies;
     w.inject(A1, &udp(mac(1), mac(2), None));
-    assert_eq!(step(&mut w, Nanos::from_secs(1)).len(), 3, "mac(2) forgotten: flood");
+    let out = step(&mut w, Nanos::from_secs(1));
+    assert_eq!(out.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [A2], "mac(2) still known");
+    assert_eq!(w.pipeline().counters.flood_copies, copies, "nothing flooded");
+    // A snapshot where red no longer has a2: the entry behind it goes.
+    let mut b = SnapshotBuilder::new(3).fdb_capacity(4096);
+    for (name, iface, kind) in [
+        ("uplink", "up0", PortKind::Uplink),
+        ("a1", "a1", PortKind::Tenant),
+        ("a2", "a2", PortKind::Tenant),
+        ("b1", "b1", PortKind::Tenant),
+        ("m", "m", PortKind::Tenant),
+    ] {
+        b.port(name, iface, kind);
+    }
+    let att = |port, vlan| Attachment { port, vlan };
+    b.tenant(TenantSpec::new("red", vec![att(UP, Some(100)), att(A1, None)]));
+    w.install(Arc::new(b.build().unwrap()));
+    w.inject(A1, &udp(mac(1), mac(2), None));
+    let out = step(&mut w, Nanos::from_secs(1));
+    assert_eq!(out.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [UP], "unknown again: flood");
 }
 
 /// One frame for [`logged_forwards_as_plain`]: where it comes in (an index into its `AT`), its

@@ -914,6 +914,48 @@ top = max(seen) if seen else -1
 print(len(seen), top + 1 - len(seen))
 "#;
 
+// Regression (issue 17): every reload cleared every worker's MAC table, so unicast traffic
+// flooded until the hosts spoke again.
+#[test]
+fn a_reload_that_does_not_touch_a_tenant_keeps_its_macs_and_floods_nothing() {
+    if !can_run("a_reload_keeps_macs") {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.start();
+    assert!(lab.ping("h1", "10.9.1.2", "2"));
+    let macs = |lab: &Lab| {
+        let fdb = lab.ctl_json_args(&["fdb", "red"]);
+        let mut v: Vec<String> =
+            fdb.as_array().unwrap().iter().map(|e| format!("{} {}", e["mac"], e["port"])).collect();
+        v.sort();
+        v
+    };
+    let before = macs(&lab);
+    assert!(before.len() >= 2, "{before:?}");
+    let copies = lab.ctl_json("counters")["flood_copies"].as_u64().unwrap();
+    // Red's hosts ping each other through the reload, which changes only blue.
+    let ping = Command::new("ip")
+        .args(["netns", "exec", &lab.ns_name("h1"), "ping", "-c", "150", "-i", "0.01"])
+        .args(["-W", "1", "10.9.1.2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    lab.edit_config(|c| c.replace("[tenants.blue]\n", "[tenants.blue]\nfdb_quota = 100\n"));
+    let (ok, out, err) = lab.ctl(true, &["reload"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("2"), "generation 2: {out}");
+    let mut ping = ping;
+    assert!(exits_within(&mut ping, Duration::from_secs(20)).is_some_and(|s| s.success()));
+    assert_eq!(macs(&lab), before, "red's MAC table across the reload");
+    let after = lab.ctl_json("counters")["flood_copies"].as_u64().unwrap();
+    assert_eq!(after, copies, "flood copies made across the reload");
+    let (ok, log) = lab.stop();
+    assert!(ok, "{log}");
+}
+
 #[test]
 fn twenty_reloads_under_load_lose_nothing_and_a_bad_one_changes_nothing() {
     if !can_run("twenty_reloads_under_load") {

@@ -67,8 +67,10 @@ pub enum Learn {
     QuotaExceeded,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct TenantFdb {
+    /// The tenant's config name: its identity across snapshots (its id may change).
+    name: String,
     learned: u32,
     quota: u32,
     aging: Nanos,
@@ -103,11 +105,25 @@ impl Fdb {
         f
     }
 
-    /// Re-sizes for a new snapshot: clears every entry, installs static ones.
+    /// Adopts a new snapshot: static entries as it configures them; learned entries kept for
+    /// the tenants that are still there (found by name: a tenant's id may change) behind
+    /// attachments they still have, within their quota and the table's capacity. A reload
+    /// therefore floods nothing that was known before it. Between batches, never on the packet
+    /// path (it rebuilds the table).
     pub fn install(&mut self, snap: &Snapshot) {
         let statics: usize = snap.tenants.iter().map(|t| t.static_macs.len()).sum();
         self.capacity = snap.fdb_capacity as usize;
-        self.map.clear();
+        let names: Vec<String> = self.tenants.iter().map(|t| t.name.clone()).collect();
+        let kept: Vec<(TenantId, MacAddr, FdbEntry)> = self
+            .map
+            .drain()
+            .filter(|(_, e)| !e.is_static)
+            .filter_map(|(k, e)| {
+                let t = snap.tenant_by_name(names.get((k >> 48) as usize)?)?;
+                let here = snap.resolve(e.attachment.port, e.attachment.vlan);
+                (here.map(|(owner, _)| owner) == Some(t)).then(|| (t, MacAddr::from_u64(k), e))
+            })
+            .collect();
         // Twice the live maximum: inserts never trigger growth (see module docs).
         let room = 2 * (self.capacity + statics);
         if self.map.capacity() < room {
@@ -119,6 +135,7 @@ impl Fdb {
         let next = self.tenants.iter().map(|t| t.generation).max().unwrap_or(0).wrapping_add(1);
         self.tenants.clear();
         self.tenants.extend(snap.tenants.iter().map(|t| TenantFdb {
+            name: t.name.clone(),
             learned: 0,
             quota: t.fdb_quota,
             aging: t.mac_aging,
@@ -136,6 +153,20 @@ impl Fdb {
                         announced: Nanos::ZERO,
                     },
                 );
+            }
+        }
+        // Newest first, so what a lower quota or capacity leaves out is what would age first.
+        let mut kept = kept;
+        kept.sort_by_key(|(_, _, e)| std::cmp::Reverse(e.last_seen.0));
+        for (t, mac, e) in kept {
+            let Some(tf) = self.tenants.get_mut(t.index()) else { continue };
+            if tf.learned >= tf.quota || self.learned >= self.capacity {
+                continue;
+            }
+            if let std::collections::hash_map::Entry::Vacant(v) = self.map.entry(key(t, mac)) {
+                v.insert(e);
+                tf.learned += 1;
+                self.learned += 1;
             }
         }
     }
@@ -446,13 +477,39 @@ mod tests {
         assert_eq!(f.generation(a), g);
     }
 
+    // Regression (issue 17): every snapshot change cleared the learned entries, so every
+    // reload flooded unicast traffic until the hosts spoke again.
     #[test]
-    fn install_clears_learned_keeps_static() {
+    fn install_keeps_learned_entries_by_tenant_name_and_attachment() {
         let s = snap(10, 100);
         let mut f = Fdb::new(&s);
-        f.learn(Nanos::ZERO, TenantId(1), mac(5), att(0));
+        let (a, b) = (TenantId(0), TenantId(1));
+        f.learn(Nanos::ZERO, a, mac(1), att(0));
+        f.learn(Nanos::ZERO, a, mac(2), att(1));
+        f.learn(Nanos::from_secs(1), b, mac(5), Attachment { port: PortId(2), vlan: None });
         f.install(&s);
-        assert_eq!(f.len(), 1);
-        assert_eq!(f.entries(TenantId(0)).count(), 1);
+        assert_eq!(f.len(), 4, "three learned and the static one");
+        assert_eq!(f.lookup(Nanos::from_secs(1), a, mac(1)), Some(att(0)));
+        // A tenant "0" sorts first now: "a" and "b" move to ids 1 and 2, "a" loses port p1,
+        // and its quota drops to one: the newest entry it can still reach stays.
+        let mut bld = SnapshotBuilder::new(2).fdb_capacity(100);
+        let p0 = bld.port("p0", "p0", PortKind::Tenant);
+        let _p1 = bld.port("p1", "p1", PortKind::Tenant);
+        let p2 = bld.port("p2", "p2", PortKind::Tenant);
+        let p3 = bld.port("p3", "p3", PortKind::Tenant);
+        for (name, port, quota) in [("0", p3, 10), ("a", p0, 1), ("b", p2, 10)] {
+            let mut t = TenantSpec::new(name, vec![Attachment { port, vlan: None }]);
+            t.fdb_quota = quota;
+            bld.tenant(t);
+        }
+        f.install(&bld.build().unwrap());
+        let (a2, b2) = (TenantId(1), TenantId(2));
+        let now = Nanos::from_secs(2);
+        assert_eq!(f.lookup(now, a2, mac(1)), Some(att(0)), "a's MAC behind p0 kept");
+        assert_eq!(f.lookup(now, a2, mac(2)), None, "behind p1, no longer a's");
+        assert_eq!(f.lookup(now, b2, mac(5)).map(|x| x.port), Some(PortId(2)));
+        assert_eq!(f.lookup(now, TenantId(0), mac(1)), None, "the new tenant learned nothing");
+        assert_eq!(f.len(), 2);
+        assert_eq!(f.entries(a2).count(), 1);
     }
 }
