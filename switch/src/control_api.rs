@@ -131,7 +131,11 @@ pub fn finish_live_trace(
                     .collect();
             let outcome = match s.disposition {
                 dataplane::pipeline::Disposition::Tx { port, vlan } => {
-                    format!("tx on {} vlan {vlan:?}", port_name(port))
+                    format!(
+                        "tx on {} {}",
+                        port_name(port),
+                        dataplane::pipeline::trace::vlan_name(vlan)
+                    )
                 }
                 dataplane::pipeline::Disposition::Flood => "flood".into(),
                 dataplane::pipeline::Disposition::Drop(r) => format!("drop ({})", r.as_label()),
@@ -260,7 +264,7 @@ pub fn answer_query(w: &Worker<XskPort>, worker: usize, now: Nanos, q: Query) {
                         "proto": c.proto,
                         "from": format!("{}:{}", ip(c.from.0), c.from.1),
                         "to": format!("{}:{}", ip(c.to.0), c.to.1),
-                        "state": format!("{:?}", c.conn.state),
+                        "state": c.conn.state.as_str(),
                         "idle_secs": secs(c.conn.last_seen),
                         "worker": worker,
                     })

@@ -94,9 +94,13 @@ pub fn run(
         println!("{}", serde_json::to_string_pretty(&data)?);
         return Ok(status);
     }
-    let column = |row: &Value, col: &str| match col {
-        "drops" => drops(row),
-        _ => cell(&row[col]),
+    let column = |row: &Value, col: &str| match (col, &row[col]) {
+        ("drops", _) => drops(row),
+        ("proto", Value::Number(n)) => {
+            dataplane::pipeline::trace::proto_name(n.as_u64().unwrap_or(0) as u8)
+        }
+        ("vlan", Value::Null) => "untagged".into(),
+        (_, v) => cell(v),
     };
     match cmd {
         "status" => print_status(&data),
@@ -111,13 +115,24 @@ pub fn run(
             column,
         ),
         "counters" => {
-            println!("received {}  sent {}", data["rx_packets"], data["tx_packets"]);
-            if let Some(m) = data["drops"].as_object() {
-                for (reason, n) in m.iter().filter(|(_, n)| n.as_u64() != Some(0)) {
-                    println!("  dropped {reason}: {n}");
+            // One row per counter; drops, parse checks and MAC-table events that are zero are
+            // left out.
+            let mut rows = vec![
+                json!({ "counter": "received", "value": data["rx_packets"] }),
+                json!({ "counter": "sent", "value": data["tx_packets"] }),
+                json!({ "counter": "flood copies", "value": data["flood_copies"] }),
+                json!({ "counter": "checksums completed", "value": data["checksums_completed"] }),
+            ];
+            for (group, label) in [("drops", "dropped"), ("malformed", "malformed"), ("fdb", "fdb")]
+            {
+                if let Some(m) = data[group].as_object() {
+                    for (k, n) in m.iter().filter(|(_, n)| n.as_u64() != Some(0)) {
+                        let name = format!("{label} {}", k.replace('_', " "));
+                        rows.push(json!({ "counter": name, "value": n }));
+                    }
                 }
             }
-            println!("fdb: {}", data["fdb"]);
+            print_rows(&Value::Array(rows), &["counter", "value"], column);
         }
         "reload" => println!("reloaded: generation {}", data["generation"]),
         "capture_start" => {
@@ -168,6 +183,19 @@ pub fn run(
             print_rows(&data, &["mac", "port", "vlan", "static", "age_secs", "worker"], column)
         }
         "connections" => {
+            let tenant = what.tenant().unwrap_or_default();
+            let empty = data.as_array().is_none_or(Vec::is_empty);
+            // An empty table could mean "no connections" or "nothing is tracked": say which.
+            let grouped = || {
+                let all = request(socket, &json!({ "cmd": "tenants" })).unwrap_or(Value::Null);
+                all.as_array().into_iter().flatten().any(|t| {
+                    t["name"].as_str() == Some(tenant) && t["security_group"] == Value::Bool(true)
+                })
+            };
+            if empty && !grouped() {
+                println!("tenant {tenant} has no security group: its connections are not tracked");
+                return Ok(status);
+            }
             print_rows(&data, &["proto", "from", "to", "state", "idle_secs", "worker"], column)
         }
         "flows" => print_rows(

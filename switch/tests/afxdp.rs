@@ -802,6 +802,11 @@ fn every_ctl_command_answers_a_running_switch() {
         return;
     }
     let mut lab = Lab::new();
+    // A count rule: red's flows are counted (for `ctl flows`), nothing else changes.
+    lab.edit_config(|c| {
+        c + "[[tenants.red.acl]]\nname = \"all\"\npriority = 1\ndirection = \"from-tenant\"\n\
+             action = \"count\"\n"
+    });
     // Not running yet: a plain message, non-zero exit.
     let (ok, _, err) = lab.ctl(false, &["status"]);
     assert!(!ok && err.contains("xswitch is not running"), "{err}");
@@ -859,6 +864,34 @@ fn every_ctl_command_answers_a_running_switch() {
     assert!(ok && out.contains("red") && out.contains("blue"), "{out}");
     let (ok, out, _) = lab.ctl(false, &["status"]);
     assert!(ok && out.contains("generation  2"), "{out}");
+    // Issue 18: every table is for people: no Rust debug text (`Some(`, `None`, `{`).
+    let cap = lab.dir.join("t.pcap").display().to_string();
+    for args in [
+        &["status"][..],
+        &["ports"],
+        &["tenants"],
+        &["counters"],
+        &["fdb", "red"],
+        &["connections", "red"],
+        &["flows", "red"],
+        &["trace", "--port", "h1", "--src", "10.9.1.1", "--dst", "10.9.1.2"],
+        &["trace", "--port", "up", "--vlan", "100", "--src", "10.9.1.9", "--dst", "10.9.1.1"],
+        &["trace-live", "red", "--count", "1", "--timeout", "1"],
+        &["capture", "start", "red", "--file", &cap],
+        &["capture", "stop"],
+    ] {
+        if args[0] == "trace-live" {
+            let _ = lab.ping("h1", "10.9.1.2", "1");
+        }
+        let (ok, out, err) = lab.ctl(false, args);
+        assert!(ok, "ctl {args:?}: {err}");
+        if args[0] == "connections" {
+            assert!(out.contains("red has no security group"), "{out}");
+        }
+        for debug in ["Some(", "None", "{"] {
+            assert!(!out.contains(debug), "ctl {args:?} prints {debug:?}:\n{out}");
+        }
+    }
 
     // Only root may use the socket: mode 0600, and a non-root process is refused.
     use std::os::unix::fs::PermissionsExt;

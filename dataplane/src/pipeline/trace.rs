@@ -65,16 +65,31 @@ pub struct Verdict {
     pub to: Option<String>,
 }
 
-/// A TCP phase as an operator reads it.
-fn state_name(s: crate::policy::conntrack::State) -> &'static str {
-    use crate::policy::conntrack::State;
-    match s {
-        State::Open => "open",
-        State::SynSent => "SYN sent",
-        State::SynAcked => "SYN acknowledged",
-        State::Established => "established",
-        State::Closing => "closing",
-        State::Closed => "closed",
+/// An outer VLAN as people read it: `vlan 100`, or `untagged`.
+pub fn vlan_name(v: Option<u16>) -> String {
+    v.map_or_else(|| "untagged".to_string(), |v| format!("vlan {v}"))
+}
+
+/// An IP protocol by name where it has a common one (`tcp`), else its number.
+pub fn proto_name(p: u8) -> String {
+    match p {
+        1 => "icmp".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        58 => "icmpv6".into(),
+        132 => "sctp".into(),
+        n => format!("protocol {n}"),
+    }
+}
+
+/// An ether type by name where it has a common one (`IPv4`), else in hex.
+pub fn ethertype_name(e: u16) -> String {
+    match e {
+        0x0800 => "IPv4".into(),
+        0x86dd => "IPv6".into(),
+        0x0806 => "ARP".into(),
+        0x88cc => "LLDP".into(),
+        n => format!("ether type {n:#06x}"),
     }
 }
 
@@ -124,14 +139,18 @@ pub fn trace(p: &Pipeline, snap: &Snapshot, now: Nanos, port: PortId, frame: &[u
     out.push(step("ingress port", port_name(port)));
     let mut m = Meta::EMPTY;
     if let Err(e) = parse::parse_one(frame, &mut m) {
-        out.push(drop_at("parse", "malformed", format!("{e:?}")));
+        out.push(drop_at("parse", "malformed", format!("{} check failed", e.as_label())));
         return out;
     }
     out.push(step(
         "parse",
         format!(
-            "vlan {:?}, ethertype {:#06x}, proto {}, ports {} -> {}",
-            m.outer_vlan, m.key.ethertype, m.key.proto, m.key.src_port, m.key.dst_port
+            "{}, {}, {}, ports {} -> {}",
+            vlan_name(m.outer_vlan),
+            ethertype_name(m.key.ethertype),
+            proto_name(m.key.proto),
+            m.key.src_port,
+            m.key.dst_port
         ),
     ));
     if let Err(r) = tenant::resolve_one(snap, port, &mut m) {
@@ -195,7 +214,7 @@ pub fn trace(p: &Pipeline, snap: &Snapshot, now: Nanos, port: PortId, frame: &[u
     let d = classify::forward_one(p.fdb(), now, port, &m);
     let fdb = match d {
         Disposition::Tx { port: e, vlan } => {
-            format!("{} is behind {} vlan {vlan:?}", m.dst, port_name(e))
+            format!("{} is behind {} {}", m.dst, port_name(e), vlan_name(vlan))
         }
         Disposition::Flood => format!("{} unknown or a group address: flood", m.dst),
         Disposition::Drop(r) => {
@@ -259,7 +278,7 @@ pub fn trace(p: &Pipeline, snap: &Snapshot, now: Nanos, port: PortId, frame: &[u
         let (verdict, rule) = match p.policy.conns.judge(now, g, dirs, &m, frame) {
             Judgement::Untracked => ("not tracked".to_string(), None),
             Judgement::Known(state) => {
-                (format!("part of a tracked connection ({})", state_name(state)), None)
+                (format!("part of a tracked connection ({})", state.as_str()), None)
             }
             Judgement::Open | Judgement::Reopen => {
                 (format!("would open a connection: {}", opens()), first_rule)
@@ -282,13 +301,13 @@ pub fn trace(p: &Pipeline, snap: &Snapshot, now: Nanos, port: PortId, frame: &[u
         out.push(step("security group", "none: every connection passes"));
     }
     let output = match d {
-        Disposition::Tx { port: e, vlan } => format!("{} vlan {vlan:?}", port_name(e)),
+        Disposition::Tx { port: e, vlan } => format!("{} {}", port_name(e), vlan_name(vlan)),
         _ => {
             let targets: Vec<String> = t
                 .attachments
                 .iter()
                 .filter(|a| a.port != port)
-                .map(|a| format!("{} vlan {:?}", port_name(a.port), a.vlan))
+                .map(|a| format!("{} {}", port_name(a.port), vlan_name(a.vlan)))
                 .collect();
             format!("flood to {}", targets.join(", "))
         }

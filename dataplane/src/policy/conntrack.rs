@@ -170,6 +170,20 @@ pub enum State {
     Closed,
 }
 
+impl State {
+    /// The phase as people read it (`ctl connections`, traces).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            State::Open => "open",
+            State::SynSent => "SYN sent",
+            State::SynAcked => "SYN acknowledged",
+            State::Established => "established",
+            State::Closing => "closing",
+            State::Closed => "closed",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct CtKey {
     tenant: u16,
