@@ -9,6 +9,7 @@
 //! Names follow Prometheus conventions: `xswitch_` prefix, base units, `_total` on counters,
 //! a HELP text on every family (`promtool check metrics` is run by the tests).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -77,6 +78,8 @@ pub struct WorkerFigures {
     pub queue_depth: Vec<u32>,
     /// Generation of the snapshot the worker runs.
     pub generation: u64,
+    /// That snapshot (its ACL rules label the worker's rule counters).
+    pub snapshot: Option<Arc<Snapshot>>,
 }
 
 /// Where one worker publishes.
@@ -93,6 +96,11 @@ pub fn publish(slot: &Slot, w: &mut Worker<XskPort>, loops: &LoopStats) {
     f.batch_sizes = *w.batch_sizes();
     f.batch_frames = *w.batch_frames();
     f.generation = w.pipeline().generation();
+    if f.snapshot.as_ref().is_none_or(|s| s.generation != f.generation) {
+        // The reference replaced is to the previous snapshot, which the control state still
+        // holds (`Shared::previous`): dropping it here frees nothing on the worker.
+        f.snapshot = Some(w.snapshot().clone());
+    }
     f.cache = w.pipeline().flows.stats;
     f.cache_entries = w.pipeline().flows.len();
     let p = &w.pipeline().policy;
@@ -319,6 +327,9 @@ struct PktBytesPair {
 }
 
 /// Registered metric handles, so an update is a loop over handles and no lookups by name.
+/// A rule counter's labels: tenant, direction, rule.
+type AclKey = (String, &'static str, String);
+
 struct Families {
     port_rx: Vec<PktBytesPair>,
     port_tx: Vec<PktBytesPair>,
@@ -339,8 +350,9 @@ struct Families {
     sockets: Vec<((PortId, u32), [Counter; 7])>,
     port_names: Vec<String>,
     generation: Gauge,
-    /// Per tenant, per ACL rule (from-tenant rules first).
-    acl: Vec<Vec<Counter>>,
+    /// Per (tenant, direction, rule) name: a rule's series follows the rule through reloads
+    /// that move, add or remove rules (created when first seen).
+    acl: HashMap<AclKey, Counter>,
     cache_lookups: [Counter; 2],
     cache_evictions: Counter,
     cache_entries: Gauge,
@@ -449,23 +461,7 @@ impl Families {
             sockets: Vec::new(),
             port_names: ports.iter().map(|p| (*p).to_owned()).collect(),
             generation: metrics::gauge!("xswitch_config_generation"),
-            acl: snap
-                .tenants
-                .iter()
-                .map(|t| {
-                    t.policy
-                        .rules()
-                        .map(|(dir, r)| {
-                            metrics::counter!(
-                                "xswitch_acl_rule_matches_total",
-                                "tenant" => t.name.clone(),
-                                "direction" => dir.as_str(),
-                                "rule" => r.name.clone()
-                            )
-                        })
-                        .collect()
-                })
-                .collect(),
+            acl: HashMap::new(),
             cache_lookups: ["hit", "miss"]
                 .map(|r| metrics::counter!("xswitch_flow_cache_lookups_total", "result" => r)),
             cache_evictions: metrics::counter!("xswitch_flow_cache_evictions_total"),
@@ -509,6 +505,9 @@ impl Families {
         let (mut cache, mut cache_entries, mut conns) =
             (CacheStats::default(), 0u32, ConnStats::default());
         let mut frags = [0u64; 4];
+        // Rule counters by name, each worker's labelled by the snapshot it counts under (the
+        // workers adopt a new one a few breaths apart).
+        let mut acl: HashMap<AclKey, u64> = HashMap::new();
         let mut conn_entries = vec![0u32; self.conn_entries.len()];
         let mut queue_depth = vec![0u32; self.queue_depth.len()];
         for (w, slot) in slots.iter().enumerate() {
@@ -525,6 +524,13 @@ impl Families {
             conns.remote += f.conns.remote;
             conns.unannounced += f.conns.unannounced;
             conns.evicted += f.conns.evicted;
+            if let Some(s) = &f.snapshot {
+                for (t, hits) in s.tenants.iter().zip(&f.counters.acl_hits) {
+                    for ((d, r), n) in t.policy.rules().zip(hits) {
+                        *acl.entry((t.name.clone(), d.as_str(), r.name.clone())).or_default() += n;
+                    }
+                }
+            }
             let g = &f.frags;
             for (a, b) in frags.iter_mut().zip([g.tracked, g.completed, g.expired, g.evicted]) {
                 *a += b;
@@ -616,10 +622,16 @@ impl Families {
         for (h, v) in self.frag_events.iter().zip(frags) {
             h.absolute(v);
         }
-        for (hs, vs) in self.acl.iter().zip(&sum.acl_hits) {
-            for (h, v) in hs.iter().zip(vs) {
-                h.absolute(*v);
-            }
+        for (k, v) in acl {
+            let h = self.acl.entry(k).or_insert_with_key(|(t, d, r)| {
+                metrics::counter!(
+                    "xswitch_acl_rule_matches_total",
+                    "tenant" => t.clone(),
+                    "direction" => *d,
+                    "rule" => r.clone()
+                )
+            });
+            h.absolute(v);
         }
         self.cache_lookups[0].absolute(cache.hits);
         self.cache_lookups[1].absolute(cache.misses);

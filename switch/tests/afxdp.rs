@@ -406,6 +406,79 @@ fn prometheus_scrapes_per_tenant_counters_that_match_the_traffic() {
     assert!(ok, "{log}");
 }
 
+/// The value of the series `name{labels}` in a Prometheus exposition (labels as written).
+fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| l.starts_with(name) && !l.starts_with('#')).find_map(|l| {
+        let (head, value) = l.rsplit_once(' ')?;
+        labels
+            .iter()
+            .all(|(k, v)| head.contains(&format!("{k}=\"{v}\"")))
+            .then(|| value.parse().ok())?
+    })
+}
+
+// Regression (issue 17): rule counters were matched to their labels by position once, at
+// start, and restarted at zero on every reload: after a reload that moved rules, each series
+// carried another rule's count.
+#[test]
+fn acl_rule_metrics_follow_their_rules_through_a_reload() {
+    if !can_run("acl_rule_metrics_follow_their_rules") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let port =
+        21_000 + (std::process::id() % 1_000) * 10 + NEXT.fetch_add(1, Ordering::SeqCst) % 10;
+    let metrics = format!("127.0.0.1:{port}");
+    let rule = |name: &str, prio: u32, m: &str| {
+        format!(
+            "[[tenants.red.acl]]\nname = \"{name}\"\npriority = {prio}\ndirection = \"from-tenant\"\n\
+             action = \"count\"\n{m}\n"
+        )
+    };
+    let base = std::fs::read_to_string(lab.config())
+        .unwrap()
+        .replace("[metrics]\nenabled = false\n", &format!("[metrics]\nlisten = \"{metrics}\"\n"));
+    let first = [
+        rule("icmp", 1, "proto = \"icmp\""),
+        rule("udp", 2, "proto = \"udp\""),
+        rule("tcp", 3, "proto = \"tcp\""),
+    ];
+    std::fs::write(lab.config(), base.clone() + &first.concat()).unwrap();
+    lab.start();
+    let udp = |n: &str| {
+        let o = lab.ns_run("h1", &["python3", "-c", UDP_SEND, "10.9.1.2", "9999", n]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    assert!(lab.ping("h1", "10.9.1.2", "5"));
+    udp("3");
+    // Moved, added and removed: udp first, a new arp rule, icmp last, tcp gone.
+    let second = [
+        rule("udp", 1, "proto = \"udp\""),
+        rule("arp", 2, "ethertype = \"arp\""),
+        rule("icmp", 3, "proto = \"icmp\""),
+    ];
+    std::fs::write(lab.config(), base + &second.concat()).unwrap();
+    let (ok, _, err) = lab.ctl(true, &["reload"]);
+    assert!(ok, "{err}");
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(lab.ping("h1", "10.9.1.2", "3"));
+    udp("4");
+    // Published every 250 ms, exported every second.
+    std::thread::sleep(Duration::from_millis(2500));
+    let text = http_get(&metrics, "/metrics").expect("the metrics endpoint answers");
+    let count = |r: &str| {
+        series(&text, "xswitch_acl_rule_matches_total", &[("tenant", "red"), ("rule", r)])
+    };
+    // Each ping is a request and a reply, both from a tenant port; each datagram to h2's
+    // closed port gets an ICMP port unreachable back.
+    assert_eq!(count("icmp"), Some(23.0), "icmp: 10 + 3 before the reload, 6 + 4 after\n{text}");
+    assert_eq!(count("udp"), Some(7.0), "udp: 3 before, 4 after");
+    assert!(count("arp").is_some(), "the new rule has its series");
+    let (ok, log) = lab.stop();
+    assert!(ok, "{log}");
+    assert!(log.contains("acl red from-tenant icmp: 23 matches"), "{log}");
+}
+
 /// Sends raw frames (hex strings) out of eth0 of the namespace it runs in.
 const RAW_SEND: &str = r#"
 import socket, sys

@@ -118,6 +118,9 @@ pub struct Pipeline {
     generation: u64,
     /// Learned MACs to announce to other workers (capacity 0 when there are none).
     announcements: Vec<Announcement>,
+    /// What each ACL rule counter counts: (tenant, direction, rule) names, in the order of
+    /// `counters.acl_hits`, so a new snapshot carries each rule's count to its new place.
+    acl_names: Vec<Vec<(String, crate::policy::Direction, String)>>,
 }
 
 impl Pipeline {
@@ -146,6 +149,7 @@ impl Pipeline {
             counters: Counters::new(snap.ports.len(), snap.tenants.len()),
             generation: snap.generation,
             announcements: Vec::new(),
+            acl_names: Vec::new(),
         };
         p.size_rule_counters(snap);
         p.police.install(snap, &p.rate_shares, Nanos::ZERO);
@@ -195,14 +199,26 @@ impl Pipeline {
         self.size_rule_counters(snap);
     }
 
-    /// One counter per ACL rule of each tenant (rules change with the snapshot, so do they).
+    /// One counter per ACL rule of each tenant. Rules change with the snapshot; a rule that
+    /// stays (same tenant, direction and name) keeps its count wherever it moved, so its
+    /// metric goes on counting; a new rule starts at zero. Between breaths (it allocates).
     fn size_rule_counters(&mut self, snap: &Snapshot) {
-        let hits = &mut self.counters.acl_hits;
-        hits.resize(snap.tenants.len(), Vec::new());
-        for (h, t) in hits.iter_mut().zip(&snap.tenants) {
-            h.clear();
-            h.resize(t.policy.acl[0].rules.len() + t.policy.acl[1].rules.len(), 0);
+        let mut before: std::collections::HashMap<_, u64> = std::collections::HashMap::new();
+        for (names, hits) in self.acl_names.iter().zip(&self.counters.acl_hits) {
+            for (k, n) in names.iter().zip(hits) {
+                before.insert(k.clone(), *n);
+            }
         }
+        self.acl_names = snap
+            .tenants
+            .iter()
+            .map(|t| t.policy.rules().map(|(d, r)| (t.name.clone(), d, r.name.clone())).collect())
+            .collect();
+        self.counters.acl_hits = self
+            .acl_names
+            .iter()
+            .map(|names| names.iter().map(|k| before.get(k).copied().unwrap_or(0)).collect())
+            .collect();
     }
 
     /// The generation of the installed snapshot.
