@@ -6,11 +6,25 @@ use clap::{Parser, Subcommand};
 
 /// xswitch: a kernel-bypass virtual switch that keeps per-tenant policy, shaping and tracing.
 #[derive(Debug, Parser)]
-#[command(name = "xswitch", version, about, long_about = None)]
+#[command(name = "xswitch", version = VERSION, about, long_about = None)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--version`: the crate version, the git commit and the build profile (`build.rs`).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("XSWITCH_BUILD"), ")");
+
+/// A shell, for `xswitch completions`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Shell {
+    /// bash
+    Bash,
+    /// zsh
+    Zsh,
+    /// fish
+    Fish,
 }
 
 /// Subcommands.
@@ -31,11 +45,15 @@ pub enum Command {
     },
     /// Ask a running switch (through its control socket; root).
     Ctl {
-        /// The control socket.
-        #[arg(long, default_value = control::config::model::DEFAULT_CONTROL_SOCKET)]
-        socket: PathBuf,
+        /// The control socket (default: the config's `control.socket` with --config, else
+        /// /run/xswitch/xswitch.sock).
+        #[arg(long, global = true, env = "XSWITCH_SOCKET")]
+        socket: Option<PathBuf>,
+        /// The switch's config file: its `control.socket` is the socket to ask.
+        #[arg(short, long, global = true)]
+        config: Option<PathBuf>,
         /// Print the API's JSON instead of a table.
-        #[arg(long)]
+        #[arg(long, global = true)]
         json: bool,
         /// What to ask.
         #[command(subcommand)]
@@ -55,6 +73,13 @@ pub enum Command {
         #[arg(long, default_value_t = 1000)]
         frames: u32,
     },
+    /// Print a shell completion script (`xswitch completions bash > /etc/bash_completion.d/xswitch`).
+    Completions {
+        /// The shell.
+        shell: Shell,
+    },
+    /// Print the manual page (roff: `xswitch man | man -l -`).
+    Man,
 }
 
 /// `xswitch ctl` commands.

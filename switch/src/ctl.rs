@@ -3,14 +3,40 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
+/// The socket to ask: `--socket` (or `XSWITCH_SOCKET`), else the `control.socket` of the
+/// config given with `--config`, else the default.
+pub fn socket_path(socket: Option<PathBuf>, config: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(s) = socket {
+        return Ok(s);
+    }
+    match config {
+        Some(file) => {
+            let cfg = control::config::load(file)?;
+            Ok(PathBuf::from(cfg.control.socket))
+        }
+        None => Ok(PathBuf::from(control::config::model::DEFAULT_CONTROL_SOCKET)),
+    }
+}
+
 /// Sends a request and returns the response's `data`, or the switch's error.
 pub fn request(socket: &Path, req: &Value) -> anyhow::Result<Value> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::metadata(socket)
+        && !meta.file_type().is_socket()
+    {
+        bail!(
+            "{} is not a socket (a {}): give the switch's control socket (--socket, \
+             XSWITCH_SOCKET, or --config with the switch's config file)",
+            socket.display(),
+            if meta.is_dir() { "directory" } else { "file" }
+        );
+    }
     let conn = UnixStream::connect(socket).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => anyhow::anyhow!(
             "xswitch is not running (no control socket answers at {}; start it with \

@@ -22,6 +22,15 @@ use clap::Parser;
 
 use cli::{Cli, Command};
 
+/// Writes `text` to standard output; a reader that went away (`| head`) is not an error.
+fn print_all(text: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().write_all(text) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -29,10 +38,34 @@ fn main() -> ExitCode {
         Command::Demo { simulate: true, frames, .. } => simulate::simulate(frames),
         Command::Demo { keep, .. } => stop_flag().and_then(|stop| lab::run(keep, stop)),
         Command::Run { config } => stop_flag().and_then(|stop| run::run(&config, stop)),
-        Command::Ctl { socket, json, what } => match ctl::run(&socket, &what, json) {
-            Ok(status) => return status,
-            Err(e) => Err(e),
-        },
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let shell = match shell {
+                cli::Shell::Bash => clap_complete::Shell::Bash,
+                cli::Shell::Zsh => clap_complete::Shell::Zsh,
+                cli::Shell::Fish => clap_complete::Shell::Fish,
+            };
+            // Into memory first: clap_complete panics when its writer fails (`| head`).
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "xswitch", &mut text);
+            print_all(&text)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            let mut text = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut text)
+                .map_err(anyhow::Error::from)
+                .and_then(|()| print_all(&text))
+        }
+        Command::Ctl { socket, config, json, what } => {
+            match ctl::socket_path(socket, config.as_deref())
+                .and_then(|s| ctl::run(&s, &what, json))
+            {
+                Ok(status) => return status,
+                Err(e) => Err(e),
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -94,3 +94,83 @@ fn demo_runs_and_balances_its_frames() {
         assert!(s.contains(t), "{t} missing from:\n{s}");
     }
 }
+
+// Issue 18: the flags of `ctl` after the subcommand too, the socket from XSWITCH_SOCKET or from
+// the switch's config file, and a plain error for a path that is not a socket.
+#[test]
+fn ctl_finds_its_socket_as_operators_give_it() {
+    // Its own directory: the tests of this file run in parallel.
+    let dir = std::env::temp_dir().join(format!("xswitch-ctl-socket-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = dir.join("nothing.sock");
+    let run = |args: &[&str], env: Option<&std::path::Path>| {
+        let mut c = xswitch();
+        c.arg("ctl").args(args).env_remove("XSWITCH_SOCKET");
+        if let Some(e) = env {
+            c.env("XSWITCH_SOCKET", e);
+        }
+        let o = c.output().unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).to_string())
+    };
+    // `--json` and `--socket` after the subcommand: parsed (no usage error, exit 2), then no
+    // switch answers there.
+    let m = missing.display().to_string();
+    let (code, err) = run(&["status", "--json", "--socket", &m], None);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("xswitch is not running") && err.contains(&m), "{err}");
+    // From the environment.
+    let (_, err) = run(&["status"], Some(&missing));
+    assert!(err.contains(&m), "{err}");
+    // From the config file: its control.socket.
+    let cfg = dir.join("sw.toml");
+    let sock = dir.join("from-config.sock");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[control]\nsocket = \"{}\"\n[ports.up]\ninterface = \"u0\"\nkind = \"uplink\"\n\
+             [tenants.red]\nattach = [{{ port = \"up\", vlan = 100 }}]\n",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let (_, err) = run(&["-c", cfg.to_str().unwrap(), "status"], None);
+    assert!(err.contains("from-config.sock"), "{err}");
+    // A path that is not a socket.
+    let (code, err) = run(&["status", "--socket", cfg.to_str().unwrap()], None);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("is not a socket (a file)"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// Issue 18: --version names the commit and the build; completions and the manual page come
+// from the CLI definition.
+#[test]
+fn version_completions_and_manual_page() {
+    let o = xswitch().arg("--version").output().unwrap();
+    let v = String::from_utf8_lossy(&o.stdout);
+    assert!(v.starts_with("xswitch 0.") && v.contains("(commit ") && v.contains(" build)"), "{v}");
+    let o = xswitch().args(["completions", "bash"]).output().unwrap();
+    assert!(o.status.success());
+    let script =
+        std::env::temp_dir().join(format!("xswitch-completion-{}.bash", std::process::id()));
+    std::fs::write(&script, &o.stdout).unwrap();
+    let check = Command::new("bash").arg("-n").arg(&script).output().unwrap();
+    let _ = std::fs::remove_file(&script);
+    assert!(check.status.success(), "bash -n: {}", String::from_utf8_lossy(&check.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("check-config") && text.contains("trace-live"), "{text}");
+    for shell in ["zsh", "fish"] {
+        let o = xswitch().args(["completions", shell]).output().unwrap();
+        assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("ctl"));
+    }
+    let o = xswitch().arg("man").output().unwrap();
+    let man = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && man.contains(".TH xswitch 1") && man.contains("ctl"), "{man}");
+    // A reader that goes away early is no error (and no panic).
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{} completions bash | head -1", env!("CARGO_BIN_EXE_xswitch")))
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("panicked"), "{o:?}");
+}
