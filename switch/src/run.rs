@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use control::config::Config;
@@ -17,6 +17,7 @@ use dataplane::time::{Clock, MonotonicClock, Nanos};
 use dataplane::trace::{Counters, DropReason};
 use dataplane::worker::mesh::mesh;
 use dataplane::worker::{FrameCensus, IdlePolicy, LoopStats, Worker};
+use sd_notify::NotifyState;
 
 /// The CPU clock as the kernel reports it (for cycles from nanoseconds; 0 if unknown).
 fn cpu_mhz() -> f64 {
@@ -43,6 +44,14 @@ pub struct Report {
 pub fn run(file: &Path, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let cfg = control::config::load(file)?;
     serve(&cfg, Some(file), stop, &AtomicBool::new(false)).map(|_| ())
+}
+
+/// Tells systemd (when it started the switch with `Type=notify`); a failure to tell it is
+/// logged, never fatal.
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        eprintln!("xswitch: warning: telling systemd ({states:?}): {e}");
+    }
 }
 
 /// Which (port, queue) sockets each worker polls: the sockets in (queue, port) order, cut into
@@ -418,18 +427,41 @@ pub fn serve(
             .collect();
         eprintln!("xswitch: switching {} tenants; SIGINT or SIGTERM stops", snap.tenants.len());
         ready.store(true, Ordering::SeqCst);
+        // Under systemd (Type=notify): ready now, a watchdog ping at half its interval while
+        // every worker runs, reloads and the stop announced. Nothing without NOTIFY_SOCKET.
+        let status = format!("switching {} tenants", snap.tenants.len());
+        notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+        let mut pinged = Instant::now();
         // Until stopped: SIGHUP reloads. (A worker that ends early sets `stop` itself.)
         while !stop.load(Ordering::Relaxed)
             && handles.iter().all(|h| h.as_ref().is_ok_and(|h| !h.is_finished()))
         {
             if hup.swap(false, Ordering::SeqCst) {
-                let _ = crate::control_api::reload(&shared);
+                // systemd (v253 on) wants the reload's start time with RELOADING=1.
+                match NotifyState::monotonic_usec_now() {
+                    Ok(t) => notify(&[NotifyState::Reloading, t]),
+                    Err(_) => notify(&[NotifyState::Reloading]),
+                }
+                let result = crate::control_api::reload(&shared);
+                let status = match &result {
+                    Ok(g) => format!("switching {} tenants, generation {g}", snap.tenants.len()),
+                    Err(e) => format!("reload rejected: {e}"),
+                };
+                notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+            }
+            if let Some(every) = watchdog
+                && pinged.elapsed() >= every
+            {
+                notify(&[NotifyState::Watchdog]);
+                pinged = Instant::now();
             }
             watch.check(&mut attachments, &port_events, &shared);
             // Rarely: this thread may share a core with a busy-polling worker.
             std::thread::sleep(Duration::from_millis(200));
         }
         stop.store(true, Ordering::SeqCst);
+        notify(&[NotifyState::Stopping]);
         handles
             .into_iter()
             .map(|h| match h {
