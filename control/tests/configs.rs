@@ -425,3 +425,37 @@ fn keys_that_are_not_plain_identifiers_are_refused_not_a_crash() {
     let e = load_str_with_env("z.toml", "", Some(env)).unwrap_err().to_string();
     assert!(e.contains("XSWITCH__SWITCH[99999999999]"), "{e}");
 }
+
+// Issue 18: a wrong value from an environment override names the variable, not the file.
+#[test]
+fn an_override_error_names_the_variable() {
+    let text = "[ports.up]\ninterface = \"u0\"\nkind = \"uplink\"\n\
+                [tenants.red]\nattach = [{ port = \"up\", vlan = 100 }]\n";
+    let env: std::collections::HashMap<String, String> =
+        [("XSWITCH__SWITCH__WORKERS".to_string(), "lots".to_string())].into_iter().collect();
+    let err = control::config::load::load_str_with_env("sw.toml", text, Some(env))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("environment XSWITCH__SWITCH__WORKERS: \"lots\""), "{err}");
+}
+
+// Issue 18: every schema problem at once, each with its line and column.
+#[test]
+fn schema_errors_come_all_at_once_with_places() {
+    let text = "[switch]\nworkers = \"two\"\nframez = 1\n\
+                [ports.up]\ninterface = \"u0\"\nkind = \"uplink\"\n\
+                [tenants.red]\nattach = [{ port = \"up\", vlan = 100 }]\nfdb_quotas = 5\n";
+    let err = control::config::load_str("sw.toml", text).unwrap_err().to_string();
+    assert!(err.starts_with("sw.toml: 3 problem(s):"), "{err}");
+    assert!(
+        err.contains(
+            "switch.framez: line 3, column 1: unknown key \"framez\"; did you mean `frames`?"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("switch.workers: line 2, column 1: invalid type"), "{err}");
+    assert!(
+        err.contains("tenants.red.fdb_quotas: line 9, column 1:") && err.contains("`fdb_quota`"),
+        "{err}"
+    );
+}

@@ -106,5 +106,14 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
         cfg.switch.ring_size,
         cfg.switch.fdb_capacity
     );
+    // Not an error: a VM's tap or a container's veth may appear after the config is written.
+    for p in snap.ports.iter().filter(|p| !p.interface.is_empty()) {
+        if !std::path::Path::new("/sys/class/net").join(&p.interface).exists() {
+            eprintln!(
+                "warning: port {}: interface {} does not exist on this host (yet); `run` needs it",
+                p.name, p.interface
+            );
+        }
+    }
     Ok(())
 }

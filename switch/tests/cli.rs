@@ -33,6 +33,29 @@ fn check_config_accepts_every_shipped_config() {
     }
 }
 
+// Issue 18: an interface that does not exist is a warning of check-config (it may appear
+// later), not an error.
+#[test]
+fn check_config_warns_of_a_missing_interface() {
+    let dir = std::env::temp_dir().join(format!("xswitch-cli-warn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("sw.toml");
+    std::fs::write(
+        &f,
+        "[ports.up]\ninterface = \"xsw-nosuch0\"\nkind = \"uplink\"\n\
+         [tenants.red]\nattach = [{ port = \"up\", vlan = 100 }]\n",
+    )
+    .unwrap();
+    let out = xswitch().arg("check-config").arg(&f).output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: port up: interface xsw-nosuch0 does not exist on this host"),
+        "{err}"
+    );
+}
+
 #[test]
 fn check_config_rejects_bad_configs_naming_the_field() {
     let base = "[ports.up]\ninterface = \"eth0\"\nkind = \"uplink\"\n\

@@ -122,11 +122,17 @@ pub fn load_str_with_env(
             .collect(),
     };
     check_keys(Path::new(name), text, &vars)?;
+    // Every unknown key and wrong value of the file at once, with places (serde alone stops
+    // at the first).
+    let schema = super::schema::check(text);
+    if !schema.is_empty() {
+        return Err(ConfigError::Invalid { file: PathBuf::from(name), issues: schema });
+    }
     let built = config::Config::builder()
         .add_source(File::from_str(text, FileFormat::Toml))
         .add_source(env_source(env))
         .build();
-    finish(Path::new(name), built)
+    finish(Path::new(name), built, &vars)
 }
 
 /// Replaces every port that names a range of VFs (`vfs`) by one port per VF, named after the
@@ -167,6 +173,29 @@ fn expand_vf_ranges(cfg: &mut Config) -> Vec<Issue> {
     issues
 }
 
+/// The `XSWITCH__` variable (and its value) whose key the `config` crate's error names.
+fn env_culprit<'a>(
+    cause: &config::ConfigError,
+    env: &'a [(String, String)],
+) -> Option<(&'a str, &'a str)> {
+    let text = cause.to_string();
+    env.iter()
+        .filter_map(|(k, v)| {
+            let key = k.strip_prefix("XSWITCH__")?.to_ascii_lowercase().replace("__", ".");
+            Some((k.as_str(), v.as_str(), key))
+        })
+        .find(|(_, _, key)| {
+            text.contains(&format!("`{key}`")) || text.contains(&format!("key `{key}"))
+        })
+        .map(|(k, v, _)| (k, v))
+}
+
+/// The `config` crate's message without the location it adds (`for key ...`).
+fn cause_text(cause: &config::ConfigError) -> String {
+    let t = cause.to_string();
+    t.split(" for key").next().unwrap_or(&t).to_string()
+}
+
 fn env_source(vars: Option<HashMap<String, String>>) -> Environment {
     Environment::with_prefix("XSWITCH")
         .source(vars)
@@ -180,11 +209,23 @@ fn env_source(vars: Option<HashMap<String, String>>) -> Environment {
 fn finish(
     path: &Path,
     built: Result<config::Config, config::ConfigError>,
+    env: &[(String, String)],
 ) -> Result<Config, ConfigError> {
     let file = path.to_path_buf();
-    let mut cfg: Config = built
-        .and_then(|c| c.try_deserialize())
-        .map_err(|cause| ConfigError::Load { file: file.clone(), cause })?;
+    let mut cfg: Config = built.and_then(|c| c.try_deserialize()).map_err(|cause| {
+        // The file passed the schema check: a wrong value now came from an override, and
+        // the error names the variable, not the file.
+        match env_culprit(&cause, env) {
+            Some((var, value)) => ConfigError::Invalid {
+                file: file.clone(),
+                issues: vec![Issue::new(
+                    format!("environment {var}"),
+                    format!("{value:?}: {}", cause_text(&cause)),
+                )],
+            },
+            None => ConfigError::Load { file: file.clone(), cause },
+        }
+    })?;
     let mut issues = expand_vf_ranges(&mut cfg);
     issues.extend(validate(&cfg));
     if issues.is_empty() { Ok(cfg) } else { Err(ConfigError::Invalid { file, issues }) }

@@ -5,6 +5,7 @@
 pub mod load;
 pub mod model;
 pub mod policy;
+pub mod schema;
 pub mod shaping;
 pub mod validate;
 
