@@ -442,6 +442,9 @@ impl Shared {
         if let Some(d) = self.port_down.get(p.index()) {
             d.store(down, Ordering::Relaxed);
         }
+        if let Some(port) = self.snapshot().ports.get(p.index()) {
+            crate::metrics::record_port_up(&port.name, !down);
+        }
     }
 
     /// At a stop, after the workers are gone: lets a running capture's writer write what is

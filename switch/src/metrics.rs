@@ -123,14 +123,52 @@ pub fn publish(slot: &Slot, w: &mut Worker<XskPort>, loops: &LoopStats) {
 }
 
 /// The placement found at start: each worker's and each port's NUMA node (-1: unknown).
-pub fn record_host(host: &crate::control_api::HostInfo) {
+pub fn record_host(host: &crate::control_api::HostInfo, snap: &Snapshot) {
     let node = |n: Option<u32>| n.map_or(-1.0, f64::from);
     for (w, (n, _)) in host.workers.iter().enumerate() {
         metrics::gauge!("xswitch_worker_numa_node", "worker" => w.to_string()).set(node(*n));
     }
     for p in &host.ports {
         metrics::gauge!("xswitch_port_numa_node", "port" => p.port.clone()).set(node(p.numa_node));
+        let (pf, vf) =
+            p.vf.clone().map_or((String::new(), String::new()), |(pf, i)| (pf, i.to_string()));
+        let kind =
+            snap.port_by_name(&p.port).and_then(|id| snap.ports.get(id.index())).map_or("?", |s| {
+                match s.kind {
+                    dataplane::snapshot::PortKind::Uplink => "uplink",
+                    dataplane::snapshot::PortKind::Tenant => "tenant",
+                }
+            });
+        // Info metrics: 1, for joining a port's series to its interface, kind and VF.
+        metrics::gauge!(
+            "xswitch_port_info",
+            "port" => p.port.clone(),
+            "interface" => p.interface.clone(),
+            "kind" => kind,
+            "pf" => pf,
+            "vf" => vf
+        )
+        .set(1.0);
+        record_port_up(&p.port, true);
     }
+    for t in &snap.tenants {
+        for a in &t.attachments {
+            let port = snap.ports.get(a.port.index()).map_or(String::new(), |p| p.name.clone());
+            let vlan = a.vlan.map_or("untagged".to_string(), |v| v.to_string());
+            metrics::gauge!(
+                "xswitch_tenant_attachment_info",
+                "tenant" => t.name.clone(),
+                "port" => port,
+                "vlan" => vlan
+            )
+            .set(1.0);
+        }
+    }
+}
+
+/// Whether a port's interface is there (1) or gone (0, frames for it dropped as `port_down`).
+pub fn record_port_up(port: &str, up: bool) {
+    metrics::gauge!("xswitch_port_up", "port" => port.to_owned()).set(if up { 1.0 } else { 0.0 });
 }
 
 /// Counts a reload and, when applied, the new generation.
@@ -179,6 +217,16 @@ pub fn start(
         .install()
         .with_context(|| format!("metrics.listen: cannot serve metrics on {addr}"))?;
     describe();
+    metrics::gauge!(
+        "xswitch_build_info",
+        "version" => env!("CARGO_PKG_VERSION"),
+        "build" => env!("XSWITCH_BUILD")
+    )
+    .set(1.0);
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    metrics::gauge!("process_start_time_seconds").set(started);
     let mut families = Families::new(snap, slots.len());
     families.generation.set(generation as f64);
     let stop = Arc::new(AtomicBool::new(false));
@@ -279,6 +327,18 @@ fn describe() {
         "NUMA node of the ports a worker polls (-1: unknown)."
     );
     describe_gauge!("xswitch_port_numa_node", "NUMA node of a port's device (-1: unknown).");
+    describe_gauge!("xswitch_port_up", "1 while a port's interface is there, 0 while it is gone.");
+    describe_gauge!("xswitch_port_info", "1 for each port: its interface, kind and VF (pf, vf).");
+    describe_gauge!(
+        "xswitch_tenant_attachment_info",
+        "1 for each attachment of a tenant: the port and the VLAN (or untagged)."
+    );
+    describe_gauge!("xswitch_build_info", "1, labelled with the version and the git commit.");
+    describe_gauge!(
+        "process_start_time_seconds",
+        Unit::Seconds,
+        "Start time of the process since the Unix epoch."
+    );
     describe_gauge!(
         "xswitch_worker_busy_ratio",
         "Share of the last export interval a worker spent in polls that received frames."

@@ -354,7 +354,7 @@ pub fn serve(
             pages: pages_got.as_str().to_string(),
         },
     ));
-    crate::metrics::record_host(&shared.host);
+    crate::metrics::record_host(&shared.host, &snap);
     let server = if cfg.control.enabled {
         Some(crate::control_api::serve(Path::new(&cfg.control.socket), shared.clone())?)
     } else {

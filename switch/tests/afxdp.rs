@@ -267,17 +267,6 @@ fn two_queues_per_port_are_polled_by_two_workers() {
     );
 }
 
-/// GET `path` from `addr` over plain HTTP/1.0: the body (reads time out after 5 s).
-fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
-}
-
 /// The value of an instant query's first sample through Prometheus' HTTP API, if any.
 fn prom_query(addr: &str, query: &str) -> Option<f64> {
     let q: String = query

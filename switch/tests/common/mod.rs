@@ -42,6 +42,22 @@ pub fn exits_within(child: &mut Child, limit: Duration) -> Option<std::process::
     None
 }
 
+/// GET `path` from `addr` over plain HTTP/1.0: the body (reads time out after 5 s).
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+}
+
+/// A loopback port for a test's metrics listener, unique among the tests of this run.
+pub fn metrics_port(base: u32) -> u32 {
+    base + (std::process::id() % 1_000) * 10 + NEXT.fetch_add(1, Ordering::SeqCst) % 10
+}
+
 /// Parses a MAC written `02:00:00:00:00:01`.
 pub fn parse_mac(s: &str) -> [u8; 6] {
     let v: Vec<u8> = s.split(':').map(|x| u8::from_str_radix(x, 16).unwrap()).collect();
