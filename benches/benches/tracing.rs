@@ -16,7 +16,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use dataplane::batch::BATCH_SIZE;
 use dataplane::snapshot::TenantId;
 use dataplane::time::Nanos;
-use dataplane::trace::capture::{self, CaptureFilter, Tap};
+use dataplane::trace::capture::{self, CaptureFilter, Scope, Tap};
 use xswitch_benches::{BATCHES, Setup, flows, paired, setup, setup_logged};
 
 /// A switch as the bench measures it: counters always, flow logs for the first `logged` of its
@@ -31,7 +31,7 @@ fn configure(logged: u32, cap: bool) -> (Setup, Option<Writer>) {
     if cap {
         let (ring, mut reader) = capture::ring(16_384);
         s.pipeline.capture = Some(Tap::new(
-            TenantId(0),
+            Scope::Tenant(TenantId(0)),
             CaptureFilter { proto: Some(17), port: Some(53), ..CaptureFilter::default() },
             128,
             ring,

@@ -143,22 +143,35 @@ pub enum CtlCommand {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Subcommand)]
 pub enum CaptureCommand {
-    /// Start capturing (one capture at a time).
+    /// Start capturing (one capture at a time): a tenant's frames, or everything arriving on a
+    /// port (`--port`, frames of no tenant and malformed ones too).
     Start {
-        /// Tenant name.
-        tenant: String,
-        /// The pcap file to write (on the switch's host).
-        #[arg(long)]
+        /// Tenant name (or give --port).
+        #[arg(required_unless_present = "port")]
+        tenant: Option<String>,
+        /// Capture every frame arriving on this switch port, before its tenant is known.
+        #[arg(long, conflicts_with = "tenant")]
+        port: Option<String>,
+        /// The file to write (on the switch's host); `-`: stream it to standard output, for
+        /// `| tshark -r -` or `| wireshark -k -i -` (until the limits, or Ctrl-C).
+        #[arg(short = 'w', long)]
         file: String,
+        /// pcap, or pcapng: one interface per switch port and per frame the pipeline's
+        /// verdict and drop reason as a comment.
+        #[arg(long, default_value = "pcap")]
+        format: String,
+        /// Dropped frames only.
+        #[arg(long)]
+        drops_only: bool,
         /// Only frames from or to this address.
         #[arg(long)]
         host: Option<String>,
         /// Only frames from or to this prefix.
         #[arg(long)]
         net: Option<String>,
-        /// Only frames with this L4 source or destination port.
+        /// Only frames with this TCP or UDP source or destination port.
         #[arg(long)]
-        port: Option<u16>,
+        l4_port: Option<u16>,
         /// Only this protocol (tcp, udp, icmp, icmpv6 or a number).
         #[arg(long)]
         proto: Option<String>,

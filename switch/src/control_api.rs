@@ -765,9 +765,122 @@ fn answer(req: &Value, shared: &Arc<Shared>) -> Result<Value, String> {
 /// Ring messages (128 frame bytes each) between each worker and the capture writer.
 const CAPTURE_RING: usize = 16_384;
 
-/// `capture_start`: `tenant`, `file`, optional filter (`host`, `net`, `port`, `proto`,
-/// `direction` from-tenant or to-tenant) and limits (`count`, `bytes`, `duration_secs`,
-/// `snaplen`).
+/// Where a capture goes: classic pcap, or pcapng with an interface per switch port and, per
+/// frame, its direction and the pipeline's verdict (a comment Wireshark shows).
+struct CaptureSink {
+    format: CaptureFormat,
+    /// What the format writer wrote since the last flush.
+    buf: SharedBuf,
+    file: std::fs::File,
+}
+
+enum CaptureFormat {
+    Pcap(pcap_file::pcap::PcapWriter<SharedBuf>),
+    PcapNg(pcap_file::pcapng::PcapNgWriter<SharedBuf>),
+}
+
+/// The buffer a format writer writes into and the sink empties into the file once per batch
+/// (the pcap writer gives no access to the writer it owns, so it cannot be flushed itself).
+#[derive(Clone, Default)]
+struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let mut v = self.0.lock().map_err(|_| std::io::Error::other("capture buffer poisoned"))?;
+        v.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CaptureSink {
+    /// Opens `file` in `format` (`pcap` or `pcapng`); pcapng gets one interface description
+    /// per port of `snap` (interface id = port id).
+    fn open(file: &Path, format: &str, snap: &Snapshot, snaplen: usize) -> Result<Self, String> {
+        use pcap_file::pcapng::blocks::interface_description::{
+            InterfaceDescriptionBlock, InterfaceDescriptionOption,
+        };
+        let out = std::fs::File::create(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let buf = SharedBuf::default();
+        let err = |e: pcap_file::PcapError| format!("{}: {e}", file.display());
+        let format = match format {
+            "pcap" => {
+                CaptureFormat::Pcap(pcap_file::pcap::PcapWriter::new(buf.clone()).map_err(err)?)
+            }
+            "pcapng" => {
+                let mut w = pcap_file::pcapng::PcapNgWriter::new(buf.clone()).map_err(err)?;
+                for p in &snap.ports {
+                    let idb = InterfaceDescriptionBlock {
+                        linktype: pcap_file::DataLink::ETHERNET,
+                        snaplen: snaplen as u32,
+                        options: vec![
+                            InterfaceDescriptionOption::IfName(p.name.clone().into()),
+                            InterfaceDescriptionOption::IfDescription(
+                                format!("xswitch port {} on {}", p.name, p.interface).into(),
+                            ),
+                        ],
+                    };
+                    w.write_pcapng_block(idb).map_err(err)?;
+                }
+                CaptureFormat::PcapNg(w)
+            }
+            other => return Err(format!("format: {other:?} (pcap or pcapng)")),
+        };
+        let mut sink = CaptureSink { format, buf, file: out };
+        // The header now: a reader of a pipe can start.
+        sink.flush().map_err(|e| format!("{}: {e}", file.display()))?;
+        Ok(sink)
+    }
+
+    fn write(
+        &mut self,
+        at: Duration,
+        c: &dataplane::trace::capture::Captured<'_>,
+    ) -> Result<(), pcap_file::PcapError> {
+        use pcap_file::pcapng::blocks::enhanced_packet::{
+            EnhancedPacketBlock, EnhancedPacketOption,
+        };
+        match &mut self.format {
+            CaptureFormat::Pcap(w) => {
+                w.write_packet(&pcap_file::pcap::PcapPacket::new(at, c.orig_len, c.data))?;
+            }
+            CaptureFormat::PcapNg(w) => {
+                let verdict = dataplane::trace::capture::verdict::text(c.verdict);
+                let from = if c.from_tenant { "from the tenant" } else { "from the fabric" };
+                let epb = EnhancedPacketBlock {
+                    interface_id: u32::from(c.port.0),
+                    timestamp: at,
+                    original_len: c.orig_len,
+                    data: std::borrow::Cow::Borrowed(c.data),
+                    options: vec![
+                        // Direction bits 01: inbound (the switch saw it arrive on the port).
+                        EnhancedPacketOption::Flags(1),
+                        EnhancedPacketOption::Comment(format!("{verdict}; {from}").into()),
+                    ],
+                };
+                w.write_pcapng_block(epb)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What was written reaches the file (a reader of a pipe sees frames as they come).
+    fn flush(&mut self) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut v =
+            self.buf.0.lock().map_err(|_| std::io::Error::other("capture buffer poisoned"))?;
+        self.file.write_all(&v)?;
+        v.clear();
+        Ok(())
+    }
+}
+
+/// `capture_start`: `tenant` (or `on_port`, a port capture), `file`, optional `format` (pcap or
+/// pcapng), `drops_only`, filter (`host`, `net`, `port` (L4), `proto`, `direction` from-tenant or
+/// to-tenant) and limits (`count`, `bytes`, `duration_secs`, `snaplen`).
 fn capture_start(req: &Value, shared: &Arc<Shared>) -> Result<Value, String> {
     let s = |k: &str| req.get(k).and_then(Value::as_str);
     let mut slot = shared.capture.lock().map_err(|_| "capture lock poisoned")?;
@@ -776,8 +889,20 @@ fn capture_start(req: &Value, shared: &Arc<Shared>) -> Result<Value, String> {
     {
         return Err(format!("a capture of {} into {} is running", run.tenant, run.file.display()));
     }
-    let name = s("tenant").ok_or("missing \"tenant\"")?;
-    let tenant = shared.snapshot().tenant_by_name(name).ok_or(format!("no tenant {name:?}"))?;
+    let snap = shared.snapshot();
+    let (scope, name) = match (s("tenant"), s("on_port")) {
+        (Some(t), None) => {
+            let id = snap.tenant_by_name(t).ok_or(format!("no tenant {t:?}"))?;
+            (dataplane::trace::capture::Scope::Tenant(id), t.to_string())
+        }
+        (None, Some(p)) => {
+            let id = snap.port_by_name(p).ok_or(format!("no port {p:?}"))?;
+            (dataplane::trace::capture::Scope::Port(id), format!("port {p}"))
+        }
+        _ => return Err("give a tenant, or a port (\"on_port\"), not both".into()),
+    };
+    let drops_only = req.get("drops_only").and_then(Value::as_bool).unwrap_or(false);
+    let format = s("format").unwrap_or("pcap").to_string();
     let file = PathBuf::from(s("file").ok_or("missing \"file\"")?);
     let mut filter = CaptureFilter::default();
     if let Some(h) = s("host").or(s("net")) {
@@ -803,15 +928,15 @@ fn capture_start(req: &Value, shared: &Arc<Shared>) -> Result<Value, String> {
     let count = req.get("count").and_then(Value::as_u64).unwrap_or(u64::MAX);
     let bytes = req.get("bytes").and_then(Value::as_u64).unwrap_or(u64::MAX);
     let duration = req.get("duration_secs").and_then(Value::as_f64).map(Duration::from_secs_f64);
-    let out = std::fs::File::create(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let mut pcap = pcap_file::pcap::PcapWriter::new(std::io::BufWriter::new(out))
-        .map_err(|e| format!("{}: {e}", file.display()))?;
+    // A named pipe blocks here until its reader opens it (`ctl capture -w -` does first).
+    let mut pcap = CaptureSink::open(&file, &format, &snap, snaplen)?;
     let (ack_tx, ack_rx) = crossbeam_channel::bounded(shared.workers.queries.len());
     let mut readers = Vec::new();
     for q in &shared.workers.queries {
         let (ring, reader) = dataplane::trace::capture::ring(CAPTURE_RING);
         readers.push(reader);
-        let tap = Tap::new(tenant, filter.clone(), snaplen, ring);
+        let mut tap = Tap::new(scope, filter.clone(), snaplen, ring);
+        tap.drops_only = drops_only;
         q.send(Query::CaptureStart(tap, ack_tx.clone())).map_err(|_| "a worker has stopped")?;
     }
     // Answer only once every worker taps, so traffic sent after the answer is captured.
@@ -854,8 +979,7 @@ fn capture_start(req: &Value, shared: &Arc<Shared>) -> Result<Value, String> {
                             return;
                         }
                         let at = wall0 + Duration::from_nanos(c.at_ns.saturating_sub(mono0));
-                        let p = pcap_file::pcap::PcapPacket::new(at, c.orig_len, c.data);
-                        match pcap.write_packet(&p) {
+                        match pcap.write(at, &c) {
                             Ok(_) => {
                                 written += 1;
                                 written_bytes += c.data.len() as u64;
@@ -863,6 +987,11 @@ fn capture_start(req: &Value, shared: &Arc<Shared>) -> Result<Value, String> {
                             Err(e) => error = Some(format!("writing the capture: {e}")),
                         }
                     });
+                }
+                if got > 0
+                    && let Err(e) = pcap.flush()
+                {
+                    error = Some(format!("writing the capture: {e}"));
                 }
                 if let Some(e) = error {
                     return Err(e);
@@ -878,8 +1007,8 @@ fn capture_start(req: &Value, shared: &Arc<Shared>) -> Result<Value, String> {
             Ok((written, written_bytes))
         })
         .map_err(|e| format!("starting the capture writer: {e}"))?;
-    *slot = Some(CaptureRun { tenant: name.into(), file: file.clone(), stop, writer });
-    eprintln!("xswitch: capturing tenant {name} into {}", file.display());
+    eprintln!("xswitch: capturing {name} into {}", file.display());
+    *slot = Some(CaptureRun { tenant: name.clone(), file: file.clone(), stop, writer });
     Ok(json!({ "tenant": name, "file": file.display().to_string() }))
 }
 

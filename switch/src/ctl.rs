@@ -6,6 +6,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
@@ -79,10 +81,13 @@ pub fn run(
         }),
         crate::cli::CtlCommand::Capture(crate::cli::CaptureCommand::Start {
             tenant,
+            port,
             file,
+            format,
+            drops_only,
             host,
             net,
-            port,
+            l4_port,
             proto,
             direction,
             count,
@@ -90,13 +95,20 @@ pub fn run(
             duration,
             snaplen,
         }) => {
+            let req = json!({
+                "cmd": cmd, "tenant": tenant, "on_port": port, "format": format,
+                "drops_only": drops_only, "host": host, "net": net, "port": l4_port,
+                "proto": proto, "direction": direction, "count": count, "bytes": bytes,
+                "duration_secs": duration, "snaplen": snaplen,
+            });
+            if file == "-" {
+                return stream_capture(socket, req);
+            }
             // The switch opens the file: make a relative path absolute here, where the user is.
             let file = std::path::absolute(file).unwrap_or_else(|_| file.into());
-            json!({
-                "cmd": cmd, "tenant": tenant, "file": file, "host": host, "net": net,
-                "port": port, "proto": proto, "direction": direction, "count": count,
-                "bytes": bytes, "duration_secs": duration, "snaplen": snaplen,
-            })
+            let mut req = req;
+            req["file"] = json!(file);
+            req
         }
         crate::cli::CtlCommand::TraceLive { tenant, count, every, timeout } => json!({
             "cmd": cmd, "tenant": tenant, "count": count, "every": every, "timeout_secs": timeout,
@@ -232,6 +244,61 @@ pub fn run(
         _ => println!("{data}"),
     }
     Ok(status)
+}
+
+/// `capture start ... -w -`: the switch writes into a named pipe this process reads and copies
+/// to standard output, until the capture's limits end it, the reader of standard output goes
+/// away, or SIGINT/SIGTERM; then the capture is stopped. What was written goes to standard
+/// error (standard output is the capture).
+fn stream_capture(socket: &Path, mut req: Value) -> anyhow::Result<std::process::ExitCode> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = std::env::temp_dir().join(format!("xswitch-capture-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let fifo = dir.join("capture.pipe");
+    let cleanup = |d: &Path| {
+        let _ = std::fs::remove_dir_all(d);
+    };
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|s| s.success()) {
+        cleanup(&dir);
+        bail!("cannot make a named pipe in {} (mkfifo)", dir.display());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("registering a signal")?;
+    }
+    // The reader first: the switch's open of the pipe waits for it.
+    let path = fifo.clone();
+    let reader = std::thread::spawn(move || -> std::io::Result<u64> {
+        let mut pipe = std::fs::File::open(&path)?;
+        let mut out = std::io::stdout().lock();
+        match std::io::copy(&mut pipe, &mut out) {
+            // The reader of standard output went away: the capture is stopped below.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+            r => r,
+        }
+    });
+    req["file"] = json!(fifo);
+    if let Err(e) = request(socket, &req) {
+        // Unblocks the reader, waiting in its open.
+        let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+        let _ = reader.join();
+        cleanup(&dir);
+        return Err(e);
+    }
+    while !reader.is_finished() && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stats = request(socket, &json!({ "cmd": "capture_stop" }));
+    let copied = reader.join().map_err(|_| anyhow::anyhow!("the pipe reader panicked"))?;
+    cleanup(&dir);
+    match stats {
+        Ok(s) => eprintln!("xswitch: {} frames captured", s["frames"]),
+        // Ended by its own limits: the switch closed the capture already.
+        Err(_) => eprintln!("xswitch: capture ended"),
+    }
+    copied.context("copying the capture")?;
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// A trace's verdict in one line, as `ofproto/trace`'s "Datapath actions".

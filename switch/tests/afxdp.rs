@@ -1153,6 +1153,71 @@ for i in range(int(sys.argv[3])):
     time.sleep(0.02)
 "#;
 
+// Issue 18: a capture streams to tshark as it is written (`-w -`); pcapng carries each frame's
+// verdict and drop reason; a port capture holds the frames of no tenant.
+#[test]
+fn captures_stream_to_tshark_carry_verdicts_and_take_a_whole_port() {
+    if !can_run("captures_stream_to_tshark") {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.start();
+    assert!(lab.ping("h1", "10.9.1.2", "1"));
+    let sock = lab.dir.join("ctl.sock").display().to_string();
+    // Streamed: the capture ends after 4 frames, and tshark reads them from the pipe.
+    let stream = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} ctl --socket {sock} capture start red -w - --proto icmp --count 4 \
+             | tshark -r - -T fields -e ip.src -e icmp.type",
+            env!("CARGO_BIN_EXE_xswitch")
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(lab.ping("h1", "10.9.1.2", "2"));
+    let mut stream = stream;
+    let done = exits_within(&mut stream, Duration::from_secs(20));
+    let out = stream.wait_with_output().unwrap();
+    let rows = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(done.is_some(), "the stream did not end at its count");
+    assert_eq!(
+        rows.lines().collect::<Vec<_>>(),
+        ["10.9.1.1\t8", "10.9.1.2\t0", "10.9.1.1\t8", "10.9.1.2\t0"],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Everything arriving on h1's port, as pcapng: a frame of no tenant (tagged 200 on an
+    // untagged attachment) and a forwarded ping.
+    let file = lab.dir.join("h1.pcapng").display().to_string();
+    let (ok, _, err) =
+        lab.ctl(false, &["capture", "start", "--port", "h1", "-w", &file, "--format", "pcapng"]);
+    assert!(ok, "{err}");
+    let h1 = parse_mac(&lab.mac("h1"));
+    let tagged = raw_udp(h1, [0xff; 6], &[200], [10, 9, 1, 1], [10, 9, 1, 2]);
+    let o = lab.ns_run("h1", &["python3", "-c", RAW_SEND, &hex(&tagged)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(lab.ping("h1", "10.9.1.2", "1"));
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, _, err) = lab.ctl(false, &["capture", "stop"]);
+    assert!(ok, "{err}");
+    let o = Command::new("tshark")
+        .args(["-r", &file, "-T", "fields", "-e", "frame.interface_name", "-e", "frame.comment"])
+        .output()
+        .unwrap();
+    let rows = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        rows.lines().any(|l| l == "h1\tdrop (unknown_tenant); from the tenant"),
+        "the frame of no tenant, with its drop reason:\n{rows}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(rows.lines().any(|l| l == "h1\tforwarded; from the tenant"), "{rows}");
+    let (ok, log) = lab.stop();
+    assert!(ok, "{log}");
+}
+
 #[test]
 fn a_capture_of_one_tenant_holds_exactly_its_matching_frames() {
     if !can_run("a_capture_of_one_tenant") {
@@ -1166,8 +1231,10 @@ fn a_capture_of_one_tenant_holds_exactly_its_matching_frames() {
     std::thread::sleep(Duration::from_secs(2));
     let file = lab.dir.join("red.pcap");
     let f = file.display().to_string();
-    let (ok, out, err) = lab
-        .ctl(true, &["capture", "start", "red", "--file", &f, "--proto", "udp", "--port", "9999"]);
+    let (ok, out, err) = lab.ctl(
+        true,
+        &["capture", "start", "red", "--file", &f, "--proto", "udp", "--l4-port", "9999"],
+    );
     assert!(ok, "{err}");
     assert!(out.contains("red.pcap"), "{out}");
     // A second capture is refused while one runs.

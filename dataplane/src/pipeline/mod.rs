@@ -372,17 +372,16 @@ impl Pipeline {
                 .ports
                 .get(port.index())
                 .is_some_and(|p| p.kind == crate::snapshot::PortKind::Tenant);
+            use crate::trace::capture::verdict;
             for ((f, m), d) in frames.iter().zip(meta.iter()).zip(&out.d[..frames.len()]) {
-                // Cheapest test first: most frames belong to other tenants.
-                if m.tenant != tap.tenant
-                    || matches!(
-                        d,
-                        Disposition::Drop(DropReason::Malformed | DropReason::UnknownTenant)
-                    )
-                {
-                    continue;
+                let code = match d {
+                    Disposition::Tx { .. } => verdict::TX,
+                    Disposition::Flood => verdict::FLOOD,
+                    Disposition::Drop(r) => verdict::drop(*r),
+                };
+                if tap.wants(port, m, code) {
+                    tap.offer(now.0, port, m, from_tenant, area.frame(*f).unwrap_or(&[]), code);
                 }
-                tap.offer(now.0, m, from_tenant, area.frame(*f).unwrap_or(&[]));
             }
             tap.publish();
         }

@@ -1,4 +1,6 @@
-//! Live capture of one tenant's frames: a filter, and a tap that copies matching frames into a
+//! Live capture of one tenant's frames, or of everything that arrives on one port (before its
+//! tenant is known, so frames of no tenant and malformed ones too): a filter, and a tap that
+//! copies matching frames, with the port they came in on and the pipeline's verdict, into a
 //! ring that a writer thread drains.
 //!
 //! Each worker has its own single-producer ring ([`crate::handoff`]), allocated when the
@@ -13,7 +15,49 @@
 
 use crate::batch::Meta;
 use crate::policy::Prefix;
-use crate::snapshot::TenantId;
+use crate::snapshot::{PortId, TenantId};
+use crate::trace::DropReason;
+
+/// What a capture takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The frames of one tenant (those its own stages saw).
+    Tenant(TenantId),
+    /// Every frame that arrives on one port, whatever its tenant or fate.
+    Port(PortId),
+}
+
+/// The pipeline's verdict on a captured frame, as the ring carries it: 0 sent to one port, 1
+/// flooded, 2 + the reason's index dropped.
+pub mod verdict {
+    use crate::trace::DropReason;
+
+    /// Sent to one port.
+    pub const TX: u8 = 0;
+    /// Flooded to the tenant's attachments.
+    pub const FLOOD: u8 = 1;
+
+    /// The code of a drop under `r`.
+    #[inline]
+    pub const fn drop(r: DropReason) -> u8 {
+        2 + r as u8
+    }
+
+    /// The drop reason of a code, if it is a drop.
+    pub fn reason(code: u8) -> Option<DropReason> {
+        code.checked_sub(2).and_then(|i| DropReason::ALL.get(usize::from(i)).copied())
+    }
+
+    /// The verdict for people: `forwarded`, `flooded`, `drop (policy)`.
+    pub fn text(code: u8) -> String {
+        match (code, reason(code)) {
+            (TX, _) => "forwarded".into(),
+            (FLOOD, _) => "flooded".into(),
+            (_, Some(r)) => format!("drop ({})", r.as_label()),
+            _ => "unknown".into(),
+        }
+    }
+}
 
 /// Longest copy of a frame.
 pub const MAX_SNAPLEN: usize = 2048;
@@ -50,16 +94,20 @@ pub const CHUNK: usize = 128;
 pub const MESSAGE_WORDS: usize = 2 + CHUNK / 8;
 /// A ring message.
 pub type Message = crate::handoff::Message<MESSAGE_WORDS>;
-/// Marks the first message of a frame.
+/// Marks the first message of a frame. Its header word holds the bytes kept (bits 0-11), the
+/// length on the wire (12-31), the ingress port (32-47), the verdict (48-55) and whether the
+/// frame came from a tenant port (56).
 const FIRST: u64 = 1 << 63;
 
 /// The worker's end of a capture.
 #[derive(Debug)]
 pub struct Tap {
-    /// The tenant captured.
-    pub tenant: TenantId,
+    /// What is captured.
+    pub scope: Scope,
     /// Which of its frames.
     pub filter: CaptureFilter,
+    /// Dropped frames only.
+    pub drops_only: bool,
     /// Bytes kept of each frame.
     pub snaplen: usize,
     /// Copies to the writer.
@@ -75,20 +123,52 @@ pub struct Tap {
 impl Tap {
     /// A tap for `tenant`'s frames that pass `filter`, `snaplen` bytes of each, into `out`.
     pub fn new(
-        tenant: TenantId,
+        scope: Scope,
         filter: CaptureFilter,
         snaplen: usize,
         out: crate::handoff::Sender<MESSAGE_WORDS>,
     ) -> Tap {
-        Tap { tenant, filter, snaplen, out, skipped: 0, copied: 0, unpublished: false }
+        Tap {
+            scope,
+            filter,
+            drops_only: false,
+            snaplen,
+            out,
+            skipped: 0,
+            copied: 0,
+            unpublished: false,
+        }
     }
 
-    /// Offers a frame of the tap's tenant; copies it into the ring if it passes the filter and
-    /// the ring has room. No allocation, no system call, no lock: the copy becomes visible to
-    /// the writer at the next [`Tap::publish`].
+    /// True when the tap takes a frame that arrived on `port` (parsed into `m`) with verdict
+    /// `code`: the cheapest test first, most frames are another tenant's.
     #[inline]
-    pub fn offer(&mut self, now_ns: u64, m: &Meta, from_tenant: bool, frame: &[u8]) {
-        if m.tenant != self.tenant || !self.filter.matches(m, from_tenant) {
+    pub fn wants(&self, port: PortId, m: &Meta, code: u8) -> bool {
+        let scoped = match self.scope {
+            Scope::Tenant(t) => {
+                m.tenant == t
+                    && code != verdict::drop(DropReason::Malformed)
+                    && code != verdict::drop(DropReason::UnknownTenant)
+            }
+            Scope::Port(p) => p == port,
+        };
+        scoped && (!self.drops_only || code >= 2)
+    }
+
+    /// Offers a frame that arrived on `port`, with verdict `code`; copies it into the ring if
+    /// it passes the filter and the ring has room. No allocation, no system call, no lock: the
+    /// copy becomes visible to the writer at the next [`Tap::publish`].
+    #[inline]
+    pub fn offer(
+        &mut self,
+        now_ns: u64,
+        port: PortId,
+        m: &Meta,
+        from_tenant: bool,
+        frame: &[u8],
+        code: u8,
+    ) {
+        if !self.filter.matches(m, from_tenant) {
             return;
         }
         let n = frame.len().min(self.snaplen).min(MAX_SNAPLEN);
@@ -100,7 +180,12 @@ impl Tap {
         for (c, bytes) in frame[..n].chunks(CHUNK).chain((n == 0).then_some(&[][..])).enumerate() {
             let mut msg: Message = [0; MESSAGE_WORDS];
             if c == 0 {
-                msg[0] = FIRST | (frame.len() as u64) << 32 | n as u64;
+                msg[0] = FIRST
+                    | u64::from(from_tenant) << 56
+                    | u64::from(code) << 48
+                    | u64::from(port.0) << 32
+                    | (frame.len() as u64 & 0xf_ffff) << 12
+                    | n as u64;
                 msg[1] = now_ns;
             }
             for (w, b) in msg[2..].iter_mut().zip(bytes.chunks(8)) {
@@ -134,6 +219,12 @@ pub struct Captured<'a> {
     pub orig_len: u32,
     /// The bytes kept.
     pub data: &'a [u8],
+    /// The port it came in on.
+    pub port: PortId,
+    /// The pipeline's verdict ([`verdict`]).
+    pub verdict: u8,
+    /// It came in on a tenant port.
+    pub from_tenant: bool,
 }
 
 /// The writer's end of one worker's ring: reassembles frames from their messages.
@@ -143,18 +234,18 @@ pub struct Reader {
     buf: Vec<u8>,
     want: usize,
     at_ns: u64,
-    orig_len: u32,
+    header: u64,
 }
 
 impl Reader {
     /// Hands every whole frame published so far to `f`. Returns how many.
     pub fn drain(&mut self, mut f: impl FnMut(Captured<'_>)) -> usize {
         let mut frames = 0;
-        let Reader { rx, buf, want, at_ns, orig_len } = self;
+        let Reader { rx, buf, want, at_ns, header } = self;
         rx.pop(usize::MAX, |msg| {
             if msg[0] & FIRST != 0 {
-                *want = (msg[0] & 0xffff_ffff) as usize;
-                *orig_len = ((msg[0] >> 32) & 0x7fff_ffff) as u32;
+                *want = (msg[0] & 0xfff) as usize;
+                *header = msg[0];
                 *at_ns = msg[1];
                 buf.clear();
             }
@@ -163,7 +254,15 @@ impl Reader {
             }
             if buf.len() >= *want {
                 buf.truncate(*want);
-                f(Captured { at_ns: *at_ns, orig_len: *orig_len, data: buf });
+                let h = *header;
+                f(Captured {
+                    at_ns: *at_ns,
+                    orig_len: ((h >> 12) & 0xf_ffff) as u32,
+                    data: buf,
+                    port: PortId((h >> 32) as u16),
+                    verdict: (h >> 48) as u8,
+                    from_tenant: (h >> 56) & 1 != 0,
+                });
                 frames += 1;
                 *want = usize::MAX;
             }
@@ -183,7 +282,7 @@ pub fn ring(messages: usize) -> (crate::handoff::Sender<MESSAGE_WORDS>, Reader) 
             buf: Vec::with_capacity(MAX_SNAPLEN + CHUNK),
             want: usize::MAX,
             at_ns: 0,
-            orig_len: 0,
+            header: 0,
         },
     )
 }
@@ -196,29 +295,46 @@ mod tests {
     #[test]
     fn frames_cross_the_ring_whole_and_a_full_ring_skips() {
         let (tx, mut rd) = ring(8);
-        let mut tap = Tap::new(TenantId(1), CaptureFilter::default(), 300, tx);
+        let mut tap = Tap::new(Scope::Tenant(TenantId(1)), CaptureFilter::default(), 300, tx);
         let mut m = Meta::EMPTY;
         m.tenant = TenantId(1);
         let big: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
         let small = [7u8; 60];
-        tap.offer(5, &m, true, &big); // 300 bytes kept: 3 messages
-        tap.offer(6, &m, true, &small); // 1 message
+        let p = PortId(3);
+        let policy = verdict::drop(DropReason::Policy);
+        assert!(tap.wants(p, &m, verdict::TX));
+        tap.offer(5, p, &m, true, &big, verdict::TX); // 300 bytes kept: 3 messages
+        tap.offer(6, p, &m, true, &small, policy); // 1 message
         m.tenant = TenantId(2);
-        tap.offer(7, &m, true, &small); // another tenant: not offered
+        assert!(!tap.wants(p, &m, verdict::TX), "another tenant's");
         assert_eq!(rd.drain(|_| panic!("not published yet")), 0);
         tap.publish();
         let mut got = Vec::new();
-        rd.drain(|c| got.push((c.at_ns, c.orig_len, c.data.to_vec())));
+        rd.drain(|c| got.push((c.at_ns, c.orig_len, c.data.to_vec(), c.port, c.verdict)));
         assert_eq!(got.len(), 2);
         assert_eq!((got[0].0, got[0].1, &got[0].2[..]), (5, 1000, &big[..300]));
         assert_eq!((got[1].0, got[1].1, &got[1].2[..]), (6, 60, &small[..]));
+        assert_eq!((got[1].3, verdict::text(got[1].4)), (p, "drop (policy)".to_string()));
         // Eight messages of room: two 3-message frames fit, the third is skipped.
         m.tenant = TenantId(1);
         for t in 0..3 {
-            tap.offer(t, &m, false, &big);
+            tap.offer(t, p, &m, false, &big, verdict::TX);
         }
         assert_eq!((tap.copied, tap.skipped), (4, 1));
         tap.publish();
         assert_eq!(rd.drain(|c| assert_eq!(c.data, &big[..300])), 2);
+    }
+
+    #[test]
+    fn a_port_capture_takes_every_frame_of_its_port_and_drops_only_when_asked() {
+        let (tx, _rd) = ring(8);
+        let mut tap = Tap::new(Scope::Port(PortId(1)), CaptureFilter::default(), 300, tx);
+        let m = Meta::EMPTY;
+        let unknown = verdict::drop(DropReason::UnknownTenant);
+        assert!(tap.wants(PortId(1), &m, unknown), "frames of no tenant too");
+        assert!(!tap.wants(PortId(2), &m, unknown));
+        tap.drops_only = true;
+        assert!(!tap.wants(PortId(1), &m, verdict::FLOOD));
+        assert!(tap.wants(PortId(1), &m, unknown));
     }
 }
