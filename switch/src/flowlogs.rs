@@ -117,9 +117,11 @@ pub fn start(
         None => None,
     };
     let (tx, rx) = crossbeam_channel::bounded(CHANNEL);
+    // Port names for the records (ids are the snapshot's at start: ports are not live).
+    let ports: Vec<String> = snap.ports.iter().map(|p| p.name.clone()).collect();
     let thread = std::thread::Builder::new()
         .name("xswitch-flowlog".into())
-        .spawn(move || write_all(rx, sinks, ipfix, clock))
+        .spawn(move || write_all(rx, sinks, ipfix, clock, ports))
         .context("starting the flow-log writer")?;
     Ok(Some(Writer { tx, thread }))
 }
@@ -151,6 +153,7 @@ fn write_all(
     mut sinks: Vec<Option<Sink>>,
     ipfix: Option<(std::net::UdpSocket, std::net::SocketAddr)>,
     clock: MonotonicClock,
+    ports: Vec<String>,
 ) {
     let mut exporter = control::ipfix::Exporter::default();
     // Record times are on the workers' clock (the switch's one monotonic clock); files want
@@ -195,15 +198,24 @@ fn write_all(
                     RecordReason::Interval | RecordReason::Evicted => EndReason::Active,
                     RecordReason::Flushed => EndReason::Forced,
                 },
-                forwarded: r.flow.accepted,
+                status: control::ipfix::forwarding_status(
+                    r.flow.accepted,
+                    r.flow.reason.map(|x| x.as_label()),
+                ),
+                in_port: u32::from(r.flow.in_port.0),
+                vlan: r.flow.vlan.unwrap_or(0),
+                tenant: sink.tenant.clone(),
             });
         }
         if sink.path.is_none() {
             continue;
         }
-        let line = json!({
+        let port = ports.get(r.flow.in_port.index()).cloned().unwrap_or_default();
+        let mut line = json!({
             "tenant": sink.tenant,
             "proto": r.flow.proto,
+            "in_port": port,
+            "vlan": r.flow.vlan,
             "src": ip(r.flow.src.0), "sport": r.flow.src.1,
             "dst": ip(r.flow.dst.0), "dport": r.flow.dst.1,
             "packets": r.flow.packets,
@@ -213,9 +225,16 @@ fn write_all(
             "action": if r.flow.accepted { "accept" } else { "reject" },
             "reason": r.flow.reason.map(|x| x.as_label()),
             "ended": r.ended(),
-        })
-        .to_string()
-            + "\n";
+        });
+        // ICMP: the flow key holds type and code where the ports would be.
+        if matches!(r.flow.proto, 1 | 58) {
+            let m = line.as_object_mut().expect("a JSON object");
+            m.remove("sport");
+            m.remove("dport");
+            m.insert("icmp_type".into(), json!(r.flow.src.1));
+            m.insert("icmp_code".into(), json!(r.flow.dst.1));
+        }
+        let line = line.to_string() + "\n";
         if let Err(e) = sink.write(&line) {
             let file = sink.path.as_ref().map_or(String::new(), |p| p.display().to_string());
             eprintln!("xswitch: flow log {file}: {e}");

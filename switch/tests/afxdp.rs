@@ -1341,6 +1341,7 @@ fn a_closed_tcp_connection_leaves_one_flow_record_per_direction_with_its_counts(
         .args(["-d", &format!("udp.port=={port},cflow"), "-T", "fields", "-E", "aggregator=;"])
         .args(["-e", "cflow.od_id", "-e", "cflow.srcaddr", "-e", "cflow.dstport"])
         .args(["-e", "cflow.packets", "-e", "cflow.octets", "-e", "cflow.forwarding_status"])
+        .args(["-e", "cflow.observation_domain_name"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -1411,7 +1412,9 @@ fn a_closed_tcp_connection_leaves_one_flow_record_per_direction_with_its_counts(
         assert_eq!(r["action"], "accept");
         assert_eq!(r["ended"], true);
         assert_eq!(r["tenant"], "red");
+        assert!(r["vlan"].is_null(), "untagged: {r}");
     }
+    assert_eq!((up[0]["in_port"].as_str(), down[0]["in_port"].as_str()), (Some("h1"), Some("h2")));
     let (ok, out) = lab.stop();
     assert!(ok, "{out}");
     // The collector saw the data connection h1 -> h2:7777 with tcpdump's counts, forwarded, in
@@ -1439,11 +1442,12 @@ fn a_closed_tcp_connection_leaves_one_flow_record_per_direction_with_its_counts(
     let expect: Vec<String> = ["2", "10.9.1.1", "7777"]
         .into_iter()
         .map(String::from)
-        .chain([to_h2.0.to_string(), to_h2.1.to_string(), "1".into()])
+        .chain([to_h2.0.to_string(), to_h2.1.to_string(), "1".into(), "red".into()])
         .collect();
     assert!(
         records.contains(&expect),
-        "IPFIX records (domain, src, dport, packets, octets, forwarded), wanted {expect:?}:\n\
+        "IPFIX records (domain, src, dport, packets, octets, forwarded, tenant), wanted \
+         {expect:?}:\n\
          {seen_ipfix}"
     );
 }

@@ -317,6 +317,8 @@ pub struct FlowView {
     pub tenant: TenantId,
     /// Ingress port.
     pub in_port: PortId,
+    /// Outer VLAN it came in with.
+    pub vlan: Option<u16>,
     /// Ether type.
     pub ethertype: u16,
     /// IP protocol.
@@ -385,6 +387,10 @@ impl Entry {
         FlowView {
             tenant: TenantId(self.tenant),
             in_port: PortId(k[0] as u16),
+            vlan: match (k[0] >> 16) as u16 {
+                0 => None,
+                v => Some(v - 1),
+            },
             ethertype: (k[0] >> 32) as u16,
             proto: (k[0] >> 48) as u8,
             src: (addr(k[3], k[4]), (k[1] >> 48) as u16),

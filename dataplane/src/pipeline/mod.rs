@@ -373,13 +373,20 @@ impl Pipeline {
                 .get(port.index())
                 .is_some_and(|p| p.kind == crate::snapshot::PortKind::Tenant);
             use crate::trace::capture::verdict;
-            for ((f, m), d) in frames.iter().zip(meta.iter()).zip(&out.d[..frames.len()]) {
+            // A port capture skips the other ports' batches whole.
+            let this_port = tap.takes_port(port);
+            let frames_and_fates = frames.iter().zip(meta.iter()).zip(&out.d[..frames.len()]);
+            for ((f, m), d) in frames_and_fates.filter(|_| this_port) {
+                // PERF(tracing): the tenant first, before the verdict is worked out.
+                if !tap.takes_tenant(m.tenant) {
+                    continue;
+                }
                 let code = match d {
                     Disposition::Tx { .. } => verdict::TX,
                     Disposition::Flood => verdict::FLOOD,
                     Disposition::Drop(r) => verdict::drop(*r),
                 };
-                if tap.wants(port, m, code) {
+                if tap.takes_verdict(code) {
                     tap.offer(now.0, port, m, from_tenant, area.frame(*f).unwrap_or(&[]), code);
                 }
             }

@@ -140,19 +140,34 @@ impl Tap {
         }
     }
 
-    /// True when the tap takes a frame that arrived on `port` (parsed into `m`) with verdict
-    /// `code`: the cheapest test first, most frames are another tenant's.
+    /// True when the tap may take frames that arrived on `port` (a batch's port: a port
+    /// capture skips the other ports' batches whole).
+    #[inline]
+    pub fn takes_port(&self, port: PortId) -> bool {
+        !matches!(self.scope, Scope::Port(p) if p != port)
+    }
+
+    /// True when the tap may take a frame of tenant `t` (the cheapest test, per frame: most
+    /// frames are another tenant's).
+    #[inline]
+    pub fn takes_tenant(&self, t: TenantId) -> bool {
+        !matches!(self.scope, Scope::Tenant(mine) if mine != t)
+    }
+
+    /// True when the tap takes a frame with verdict `code`: a tenant capture never holds
+    /// frames whose tenant is not known for sure (malformed, of no tenant).
+    #[inline]
+    pub fn takes_verdict(&self, code: u8) -> bool {
+        let tenant_known = !matches!(self.scope, Scope::Tenant(_))
+            || (code != verdict::drop(DropReason::Malformed)
+                && code != verdict::drop(DropReason::UnknownTenant));
+        tenant_known && (!self.drops_only || code >= 2)
+    }
+
+    /// All three tests ([`Tap::takes_port`], [`Tap::takes_tenant`], [`Tap::takes_verdict`]).
     #[inline]
     pub fn wants(&self, port: PortId, m: &Meta, code: u8) -> bool {
-        let scoped = match self.scope {
-            Scope::Tenant(t) => {
-                m.tenant == t
-                    && code != verdict::drop(DropReason::Malformed)
-                    && code != verdict::drop(DropReason::UnknownTenant)
-            }
-            Scope::Port(p) => p == port,
-        };
-        scoped && (!self.drops_only || code >= 2)
+        self.takes_port(port) && self.takes_tenant(m.tenant) && self.takes_verdict(code)
     }
 
     /// Offers a frame that arrived on `port`, with verdict `code`; copies it into the ring if
