@@ -16,6 +16,10 @@ pub struct Cli {
 /// `--version`: the crate version, the git commit and the build profile (`build.rs`).
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("XSWITCH_BUILD"), ")");
 
+const fn lab_default_prefix() -> &'static str {
+    crate::lab::DEFAULT_PREFIX
+}
+
 /// A shell, for `xswitch completions`.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum Shell {
@@ -72,6 +76,11 @@ pub enum Command {
         /// With --simulate: frames each simulated host sends.
         #[arg(long, default_value_t = 1000)]
         frames: u32,
+        /// Names the lab's namespaces and interfaces `PREFIX-HOST`, and (other than the
+        /// default) gives it a control socket and metrics port of its own: a demo never
+        /// touches another lab.
+        #[arg(long, default_value = lab_default_prefix())]
+        prefix: String,
     },
     /// Print a shell completion script (`xswitch completions bash > /etc/bash_completion.d/xswitch`).
     Completions {

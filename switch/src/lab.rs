@@ -16,14 +16,57 @@ use crate::run::{Report, serve};
 /// The demo config, embedded so the demo runs from anywhere.
 pub const DEMO_CONFIG: &str = include_str!("../../configs/demo.toml");
 
-/// (namespace and host-side interface, address) of every tenant host, as in demo.toml.
+/// (tenant, host, address) of every tenant host, as in demo.toml; the host's namespace and
+/// host-side interface are `PREFIX-HOST`.
 const HOSTS: &[(&str, &str, &str)] = &[
-    ("red", "xsd-red1", "10.10.0.1"),
-    ("red", "xsd-red2", "10.10.0.2"),
-    ("blue", "xsd-blue1", "10.10.0.3"),
-    ("green", "xsd-green1", "10.10.0.4"),
+    ("red", "red1", "10.10.0.1"),
+    ("red", "red2", "10.10.0.2"),
+    ("blue", "blue1", "10.10.0.3"),
+    ("green", "green1", "10.10.0.4"),
 ];
-const FABRIC: &str = "xsd-up";
+/// The uplink's peer.
+const FABRIC: &str = "up";
+/// The prefix of demo.toml's interfaces, and the demo's own by default.
+pub const DEFAULT_PREFIX: &str = "xsd";
+
+/// The demo's names: namespaces and interfaces `PREFIX-HOST`; with a prefix of its own, also
+/// its own control socket and metrics port, so a demo never touches another lab.
+#[derive(Debug, Clone)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Names {
+    /// Names from `prefix`: 1 to 8 lower-case letters or digits (an interface name holds 15
+    /// bytes, and `-green1` takes 7).
+    pub fn new(prefix: &str) -> anyhow::Result<Names> {
+        if prefix.is_empty()
+            || prefix.len() > 8
+            || !prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            bail!("--prefix {prefix:?}: 1 to 8 lower-case letters or digits");
+        }
+        Ok(Names { prefix: prefix.into() })
+    }
+
+    /// The namespace and host-side interface of `host`.
+    fn of(&self, host: &str) -> String {
+        format!("{}-{host}", self.prefix)
+    }
+
+    /// The demo config with these names.
+    pub fn config(&self) -> String {
+        let mut text = DEMO_CONFIG.replace("\"xsd-", &format!("\"{}-", self.prefix));
+        if self.prefix != DEFAULT_PREFIX {
+            let port = 9724 + 1 + self.prefix.bytes().map(u32::from).sum::<u32>() % 1000;
+            text += &format!(
+                "\n[control]\nsocket = \"/run/xswitch/{}.sock\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+                self.prefix
+            );
+        }
+        text
+    }
+}
 
 fn cmd(args: &[&str]) -> std::io::Result<Output> {
     Command::new(args[0]).args(&args[1..]).output()
@@ -56,21 +99,22 @@ fn ns_ok(ns: &str, args: &[&str]) -> bool {
 /// The namespaces and veths; removed on drop.
 struct Lab {
     background: Vec<Child>,
+    names: Names,
 }
 
 impl Lab {
-    fn teardown() {
-        for (_, name, _) in HOSTS {
-            let _ = cmd(&["ip", "link", "del", name]);
-            let _ = cmd(&["ip", "netns", "del", name]);
+    /// Removes this lab's namespaces and interfaces (its prefix's only).
+    fn teardown(names: &Names) {
+        for host in HOSTS.iter().map(|h| h.1).chain([FABRIC]) {
+            let name = names.of(host);
+            let _ = cmd(&["ip", "link", "del", &name]);
+            let _ = cmd(&["ip", "netns", "del", &name]);
         }
-        let _ = cmd(&["ip", "link", "del", FABRIC]);
-        let _ = cmd(&["ip", "netns", "del", FABRIC]);
     }
 
-    fn build() -> anyhow::Result<Lab> {
-        Lab::teardown(); // leftovers of an earlier demo that was killed
-        let lab = Lab { background: Vec::new() };
+    fn build(names: &Names) -> anyhow::Result<Lab> {
+        Lab::teardown(names); // leftovers of an earlier demo of this prefix that was killed
+        let lab = Lab { background: Vec::new(), names: names.clone() };
         let add = |name: &str, addr: Option<&str>| -> anyhow::Result<()> {
             must(&["ip", "netns", "add", name])?;
             must(&[
@@ -91,10 +135,10 @@ impl Lab {
                 .collect::<Vec<_>>());
             must(&["ip", "link", "set", name, "up"])
         };
-        for (_, name, addr) in HOSTS {
-            add(name, Some(addr))?;
+        for (_, host, addr) in HOSTS {
+            add(&names.of(host), Some(addr))?;
         }
-        add(FABRIC, None)?;
+        add(&names.of(FABRIC), None)?;
         Ok(lab)
     }
 }
@@ -105,7 +149,7 @@ impl Drop for Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
-        Lab::teardown();
+        Lab::teardown(&self.names);
     }
 }
 
@@ -141,8 +185,9 @@ fn iperf(from: &str, to_ns: &str, to: &str) -> Option<f64> {
 }
 
 /// Runs the lab. `stop` is set by SIGINT/SIGTERM.
-pub fn run(keep: bool, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
-    let cfg = control::config::load_str("configs/demo.toml (embedded)", DEMO_CONFIG)?;
+pub fn run(keep: bool, stop: Arc<AtomicBool>, prefix: &str) -> anyhow::Result<()> {
+    let names = Names::new(prefix)?;
+    let cfg = control::config::load_str("configs/demo.toml (embedded)", &names.config())?;
     dataplane::port::afxdp::require_root()
         .context("the demo lab needs root; `xswitch demo --simulate` does not")?;
     for tool in ["ip", "ping", "iperf3", "tcpdump"] {
@@ -154,11 +199,14 @@ pub fn run(keep: bool, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             bail!("{tool} is not installed (scripts/setup installs what the demo needs)");
         }
     }
+    let n = |h: &str| names.of(h);
     println!(
-        "xswitch demo: building the lab (namespaces {} and {FABRIC}, veth pairs)",
-        HOSTS.iter().map(|h| h.1).collect::<Vec<_>>().join(", ")
+        "xswitch demo: building the lab (namespaces {} and {}, veth pairs; control socket {})",
+        HOSTS.iter().map(|h| n(h.1)).collect::<Vec<_>>().join(", "),
+        n(FABRIC),
+        cfg.control.socket
     );
-    let mut lab = Lab::build()?;
+    let mut lab = Lab::build(&names)?;
 
     let ready = Arc::new(AtomicBool::new(false));
     let switch = {
@@ -179,7 +227,7 @@ pub fn run(keep: bool, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
 
     // The fabric side sees what leaves on the uplink: count frames per VLAN.
     let capture = std::env::temp_dir().join(format!("xswitch-demo-{}.txt", std::process::id()));
-    let v = in_ns(FABRIC, &["tcpdump", "-i", "eth0", "-e", "-nn", "-l", "vlan"]);
+    let v = in_ns(&n(FABRIC), &["tcpdump", "-i", "eth0", "-e", "-nn", "-l", "vlan"]);
     let out = std::fs::File::create(&capture)?;
     lab.background
         .push(Command::new(&v[0]).args(&v[1..]).stdout(out).stderr(Stdio::null()).spawn()?);
@@ -199,10 +247,10 @@ pub fn run(keep: bool, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         check(
             "ping red1 -> red2 (same tenant)".into(),
             true,
-            ping("xsd-red1", "10.10.0.2"),
+            ping(&n("red1"), "10.10.0.2"),
             String::new(),
         );
-        let bw = iperf("xsd-red1", "xsd-red2", "10.10.0.2");
+        let bw = iperf(&n("red1"), &n("red2"), "10.10.0.2");
         check(
             "iperf3 TCP red1 -> red2".into(),
             true,
@@ -212,19 +260,19 @@ pub fn run(keep: bool, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         check(
             "ping red1 -> blue1 (other tenant)".into(),
             false,
-            ping("xsd-red1", "10.10.0.3"),
+            ping(&n("red1"), "10.10.0.3"),
             String::new(),
         );
         check(
             "ping blue1 -> red2 (other tenant)".into(),
             false,
-            ping("xsd-blue1", "10.10.0.2"),
+            ping(&n("blue1"), "10.10.0.2"),
             String::new(),
         );
         check(
             "ping green1 -> red1 (other tenant)".into(),
             false,
-            ping("xsd-green1", "10.10.0.1"),
+            ping(&n("green1"), "10.10.0.1"),
             String::new(),
         );
     }
@@ -250,8 +298,9 @@ pub fn run(keep: bool, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
 
     if keep && !stop.load(Ordering::SeqCst) {
         println!("\nxswitch demo: the lab is running; explore it, for example:");
-        println!("  ip netns exec xsd-red1 ping 10.10.0.2");
-        println!("  ip netns exec xsd-up tcpdump -i eth0 -e -nn vlan");
+        println!("  ip netns exec {} ping 10.10.0.2", n("red1"));
+        println!("  ip netns exec {} tcpdump -i eth0 -e -nn vlan", n(FABRIC));
+        println!("  xswitch ctl --socket {} tenants", cfg.control.socket);
         println!("Ctrl-C stops the switch and removes the lab.");
         while !stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(200));
@@ -267,12 +316,12 @@ pub fn run(keep: bool, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let leftovers = Command::new("ip")
         .args(["-br", "link"])
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("xsd-"))
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(&n("")))
         .unwrap_or(false);
     println!(
         "lab removed: {}",
         if leftovers {
-            "NO, xsd-* interfaces remain"
+            "NO, some of its interfaces remain"
         } else {
             "namespaces, veths and XDP programs are gone"
         }

@@ -36,7 +36,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::CheckConfig { file } => check_config(&file),
         Command::Demo { simulate: true, frames, .. } => simulate::simulate(frames),
-        Command::Demo { keep, .. } => stop_flag().and_then(|stop| lab::run(keep, stop)),
+        Command::Demo { keep, prefix, .. } => {
+            stop_flag().and_then(|stop| lab::run(keep, stop, &prefix))
+        }
         Command::Run { config } => stop_flag().and_then(|stop| run::run(&config, stop)),
         Command::Completions { shell } => {
             use clap::CommandFactory;

@@ -140,20 +140,32 @@ fn the_demo_lab_runs_to_completion_and_leaves_nothing_behind() {
     if !can_run("the_demo_lab_runs_to_completion") {
         return;
     }
+    // Issue 18: a demo with a prefix of its own leaves another lab alone; here, an interface
+    // that the default demo would take for its own leftover (`xsd-red1`).
+    let prefix = format!("xd{}", std::process::id() % 100_000);
+    let decoy = "xsd-red1";
+    let made = run("ip", &["link", "add", decoy, "type", "dummy"]).status.success();
     let o = Command::new("timeout")
-        .args(["120", env!("CARGO_BIN_EXE_xswitch"), "demo"])
+        .args(["120", env!("CARGO_BIN_EXE_xswitch"), "demo", "--prefix", &prefix])
         .output()
         .unwrap();
+    let decoy_left = String::from_utf8_lossy(&run("ip", &["-br", "link"]).stdout).contains(decoy);
+    if made {
+        let _ = run("ip", &["link", "del", decoy]);
+    }
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}\n{}", String::from_utf8_lossy(&o.stderr));
-    for s in ["red", "blue", "green", "rx pkts", "all checks passed"] {
+    for s in ["red", "blue", "green", "rx pkts", "all checks passed", &format!("{prefix}-red1")] {
         assert!(out.contains(s), "{s} missing:\n{out}");
     }
+    assert!(out.contains(&format!("/run/xswitch/{prefix}.sock")), "its own socket:\n{out}");
+    assert!(!made || decoy_left, "the demo removed another lab's {decoy}");
+    let mine = format!("{prefix}-");
     let links = String::from_utf8_lossy(&run("ip", &["-br", "link"]).stdout).to_string();
     let netns = String::from_utf8_lossy(&run("ip", &["netns", "list"]).stdout).to_string();
-    assert!(!links.contains("xsd-") && !netns.contains("xsd-"), "{links}\n{netns}");
+    assert!(!links.contains(&mine) && !netns.contains(&mine), "{links}\n{netns}");
     let procs = String::from_utf8_lossy(&run("ps", &["-eo", "args"]).stdout).to_string();
-    assert!(!procs.lines().any(|l| l.contains("xsd-")), "processes left:\n{procs}");
+    assert!(!procs.lines().any(|l| l.contains(&mine)), "processes left:\n{procs}");
 }
 
 #[test]
