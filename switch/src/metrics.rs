@@ -80,6 +80,8 @@ pub struct WorkerFigures {
     pub generation: u64,
     /// That snapshot (its ACL rules label the worker's rule counters).
     pub snapshot: Option<Arc<Snapshot>>,
+    /// When the worker last published (for /healthz).
+    pub at: Option<std::time::Instant>,
 }
 
 /// Where one worker publishes.
@@ -90,6 +92,7 @@ pub type Slot = Arc<Mutex<WorkerFigures>>;
 /// does not allocate.
 pub fn publish(slot: &Slot, w: &mut Worker<XskPort>, loops: &LoopStats) {
     let Ok(mut f) = slot.try_lock() else { return };
+    f.at = Some(std::time::Instant::now());
     f.counters.clone_from(&w.pipeline().counters);
     f.census = w.census();
     f.loops = *loops;
@@ -184,14 +187,128 @@ pub fn record_reload(applied: bool, result: &Result<u64, String>) {
 pub struct Exporter {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    http: Option<JoinHandle<()>>,
 }
 
 impl Drop for Exporter {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
+        for t in [self.thread.take(), self.http.take()].into_iter().flatten() {
             let _ = t.join();
         }
+    }
+}
+
+/// How long a worker may go without publishing before /healthz says it is stuck.
+const STALE: Duration = Duration::from_secs(2);
+
+/// Answers HTTP until `stop`: `GET /metrics` (the exposition and the families rendered here),
+/// `GET /healthz` (200 while every worker publishes, else 503 with the reason), 404 elsewhere.
+fn serve_http(
+    server: &tiny_http::Server,
+    handle: &metrics_exporter_prometheus::PrometheusHandle,
+    slots: &[Slot],
+    stop: &AtomicBool,
+) {
+    let text = |s: String, code: u16| {
+        let ct = "text/plain; version=0.0.4; charset=utf-8";
+        tiny_http::Response::from_string(s)
+            .with_status_code(code)
+            .with_header(tiny_http::Header::from_bytes("Content-Type", ct).expect("a valid header"))
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let req = match server.recv_timeout(Duration::from_millis(200)) {
+            Ok(Some(r)) => r,
+            Ok(None) => continue,
+            Err(_) => break,
+        };
+        let path = req.url().split('?').next().unwrap_or("").to_string();
+        let get = *req.method() == tiny_http::Method::Get;
+        let resp = match (get, path.as_str()) {
+            (true, "/metrics") => {
+                let mut body = handle.render();
+                render_busy(&mut body, slots);
+                render_process(&mut body);
+                text(body, 200)
+            }
+            (true, "/healthz") => match health(slots) {
+                Ok(()) => text("ok\n".into(), 200),
+                Err(why) => text(format!("unhealthy: {why}\n"), 503),
+            },
+            (true, _) => text("not found: /metrics or /healthz\n".into(), 404),
+            (false, _) => text("GET only\n".into(), 405),
+        };
+        let _ = req.respond(resp);
+    }
+}
+
+/// Ok while every worker has published within [`STALE`].
+fn health(slots: &[Slot]) -> Result<(), String> {
+    for (w, slot) in slots.iter().enumerate() {
+        let at = slot.lock().map_err(|_| format!("worker {w}: its figures are poisoned"))?.at;
+        match at {
+            Some(t) if t.elapsed() <= STALE => {}
+            Some(t) => {
+                return Err(format!(
+                    "worker {w} has not reported for {:.1} s",
+                    t.elapsed().as_secs_f64()
+                ));
+            }
+            None => return Err(format!("worker {w} has not started")),
+        }
+    }
+    Ok(())
+}
+
+/// Busy time per worker as a counter of seconds (fractional: the exporter's counters are
+/// integers), so PromQL computes busy ratios over any window.
+fn render_busy(out: &mut String, slots: &[Slot]) {
+    use std::fmt::Write;
+    out.push_str("# HELP xswitch_worker_busy_seconds_total Time a worker spent in polls that received frames.\n");
+    out.push_str("# TYPE xswitch_worker_busy_seconds_total counter\n");
+    for (w, slot) in slots.iter().enumerate() {
+        if let Ok(f) = slot.lock() {
+            let _ = writeln!(
+                out,
+                "xswitch_worker_busy_seconds_total{{worker=\"{w}\"}} {}",
+                f.loops.busy.0 as f64 / 1e9
+            );
+        }
+    }
+}
+
+/// The usual process collector, from /proc/self: CPU seconds, resident and virtual memory,
+/// open and allowed file descriptors (user-space ticks of 1/100 s and 4 KiB pages, Linux's
+/// on this architecture).
+fn render_process(out: &mut String) {
+    use std::fmt::Write;
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command (which may hold spaces), counted from the state (field 3).
+    let f: Vec<&str> =
+        stat.rsplit_once(')').map_or(Vec::new(), |(_, r)| r.split_whitespace().collect());
+    let n = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+    let max_fds = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3).and_then(|v| v.parse::<f64>().ok()))
+        })
+        .unwrap_or(0.0);
+    for (name, kind, help, v) in [
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time.",
+            (n(14) + n(15)) / 100.0,
+        ),
+        ("process_resident_memory_bytes", "gauge", "Resident memory.", n(24) * 4096.0),
+        ("process_virtual_memory_bytes", "gauge", "Virtual memory.", n(23)),
+        ("process_open_fds", "gauge", "Open file descriptors.", fds as f64),
+        ("process_max_fds", "gauge", "Most open file descriptors allowed.", max_fds),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
     }
 }
 
@@ -207,15 +324,19 @@ pub fn start(
     }
     let addr: SocketAddr =
         cfg.listen.parse().with_context(|| format!("metrics.listen: {:?}", cfg.listen))?;
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
+    // Our own listener (tiny_http) rather than the exporter's: /metrics on its path only,
+    // /healthz, and the families the exporter cannot hold (fractional counters, the process).
+    let server = tiny_http::Server::http(addr)
+        .map_err(|e| anyhow::anyhow!("metrics.listen: cannot serve metrics on {addr}: {e}"))?;
+    let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full("xswitch_worker_batch_size".into()),
             &BATCH_BOUNDS[..7],
         )
         .context("metrics: histogram buckets")?
-        .install()
-        .with_context(|| format!("metrics.listen: cannot serve metrics on {addr}"))?;
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).context("metrics: a recorder is installed already")?;
     describe();
     metrics::gauge!(
         "xswitch_build_info",
@@ -231,18 +352,24 @@ pub fn start(
     families.generation.set(generation as f64);
     let stop = Arc::new(AtomicBool::new(false));
     let (slots, stop2) = (slots.to_vec(), stop.clone());
+    let (http_slots, http_stop, http_handle) = (slots.clone(), stop.clone(), handle.clone());
     let thread = std::thread::Builder::new()
         .name("xswitch-metrics".into())
         .spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
                 families.update(&slots);
+                handle.run_upkeep();
                 std::thread::sleep(EXPORT_INTERVAL);
             }
             families.update(&slots);
         })
         .context("starting the metrics thread")?;
-    eprintln!("xswitch: metrics on http://{addr}/metrics");
-    Ok(Some(Exporter { stop, thread: Some(thread) }))
+    let http = std::thread::Builder::new()
+        .name("xswitch-http".into())
+        .spawn(move || serve_http(&server, &http_handle, &http_slots, &http_stop))
+        .context("starting the metrics listener")?;
+    eprintln!("xswitch: metrics on http://{addr}/metrics, health on http://{addr}/healthz");
+    Ok(Some(Exporter { stop, thread: Some(thread), http: Some(http) }))
 }
 
 fn describe() {
@@ -728,5 +855,23 @@ impl Families {
         // Workers publish at different moments, so frames in flight between them can show
         // here for a moment; a value that stays non-zero is a leak.
         self.umem[8].set(unaccounted as f64);
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+
+    #[test]
+    fn healthz_says_which_worker_is_silent() {
+        let slots: Vec<Slot> = (0..2).map(|_| Slot::default()).collect();
+        assert_eq!(health(&slots), Err("worker 0 has not started".into()));
+        for s in &slots {
+            s.lock().unwrap().at = Some(std::time::Instant::now());
+        }
+        assert_eq!(health(&slots), Ok(()));
+        let old = std::time::Instant::now().checked_sub(Duration::from_secs(5)).unwrap();
+        slots[1].lock().unwrap().at = Some(old);
+        assert!(health(&slots).unwrap_err().starts_with("worker 1 has not reported for 5."));
     }
 }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Lab, can_run, http_get, metrics_port};
+use common::{Lab, can_run, http_get, http_status, metrics_port};
 
 fn contrib() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../contrib")
@@ -91,11 +91,30 @@ fn every_metric_the_dashboard_queries_is_in_a_live_scrape() {
         })
         .collect();
     assert!(missing.is_empty(), "the dashboard queries metrics no scrape has: {missing:?}");
-    for info in
-        ["xswitch_build_info", "process_start_time_seconds", "xswitch_port_info", "xswitch_port_up"]
-    {
+    for info in [
+        "xswitch_build_info",
+        "process_start_time_seconds",
+        "xswitch_port_info",
+        "xswitch_port_up",
+        "xswitch_worker_busy_seconds_total",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
         assert!(exported.contains(info), "{info} not exported");
     }
+    // The metrics on their path only; a health check that says ok while the workers report.
+    let (code, body) = http_status(&addr, "/healthz").unwrap();
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    let (code, _) = http_status(&addr, "/").unwrap();
+    assert_eq!(code, 404, "the exposition is on /metrics only");
+    // The busy counter counts seconds, as a fraction.
+    let busy = scrape
+        .lines()
+        .find(|l| l.starts_with("xswitch_worker_busy_seconds_total{"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap();
+    assert!(busy > 0.0 && busy < 30.0, "busy seconds {busy}");
     let (ok, log) = lab.stop();
     assert!(ok, "{log}");
 }

@@ -44,13 +44,19 @@ pub fn exits_within(child: &mut Child, limit: Duration) -> Option<std::process::
 
 /// GET `path` from `addr` over plain HTTP/1.0: the body (reads time out after 5 s).
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
+    http_status(addr, path).map(|(_, body)| body)
+}
+
+/// GET `path` from `addr` over plain HTTP/1.0: the status code and the body.
+pub fn http_status(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
-    Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((code, out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
 }
 
 /// A loopback port for a test's metrics listener, unique among the tests of this run.
