@@ -46,6 +46,13 @@ pub enum Command {
         /// The config file.
         #[arg(short, long)]
         config: PathBuf,
+        /// What to log: error, warn, info, debug or trace (RUST_LOG, when set, wins);
+        /// `xswitch ctl log-level` changes it while the switch runs.
+        #[arg(long, default_value = "info")]
+        log_level: String,
+        /// Log lines as text or as JSON objects.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: crate::logging::LogFormat,
     },
     /// Ask a running switch (through its control socket; root).
     Ctl {
@@ -131,6 +138,8 @@ pub enum CtlCommand {
     /// Live capture of one tenant's frames into a pcap file (tcpdump, tshark, Wireshark).
     #[command(subcommand)]
     Capture(CaptureCommand),
+    /// Change what the running switch logs (error, warn, info, debug, trace).
+    LogLevel(LogLevelArgs),
     /// A sampled live trace: real frames of a tenant, what the pipeline did with each, and
     /// every stage's verdict.
     TraceLive {
@@ -204,6 +213,13 @@ pub enum CaptureCommand {
     Stop,
 }
 
+/// `xswitch ctl log-level LEVEL`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogLevelArgs {
+    /// error, warn, info, debug or trace.
+    pub level: String,
+}
+
 /// The packet `xswitch ctl trace` asks about.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TraceArgs {
@@ -259,6 +275,7 @@ impl CtlCommand {
             CtlCommand::TraceLive { .. } => "trace_live",
             CtlCommand::Capture(CaptureCommand::Start { .. }) => "capture_start",
             CtlCommand::Capture(CaptureCommand::Stop) => "capture_stop",
+            CtlCommand::LogLevel(_) => "log_level",
         }
     }
 

@@ -455,10 +455,10 @@ impl Shared {
             run.stop.store(true, Ordering::SeqCst);
             match run.writer.join() {
                 Ok(Ok((n, _))) => {
-                    eprintln!("xswitch: capture into {} closed: {n} frames", run.file.display())
+                    tracing::info!("capture into {} closed: {n} frames", run.file.display())
                 }
-                Ok(Err(e)) => eprintln!("xswitch: capture into {}: {e}", run.file.display()),
-                Err(_) => eprintln!("xswitch: the capture writer panicked"),
+                Ok(Err(e)) => tracing::info!("capture into {}: {e}", run.file.display()),
+                Err(_) => tracing::info!("the capture writer panicked"),
             }
         }
     }
@@ -555,12 +555,12 @@ pub fn reload(shared: &Shared) -> Result<u64, String> {
         Ok(g) => {
             st.applied += 1;
             st.last_error = None;
-            eprintln!("xswitch: reloaded {}: generation {g}", shared.name());
+            tracing::info!("reloaded {}: generation {g}", shared.name());
         }
         Err(e) => {
             st.rejected += 1;
             st.last_error = Some(e.clone());
-            eprintln!("xswitch: reload rejected: {e}");
+            tracing::warn!("reload rejected: {e}");
         }
     }
     crate::metrics::record_reload(result.is_ok(), &result);
@@ -619,17 +619,17 @@ pub fn serve(path: &Path, shared: Arc<Shared>) -> anyhow::Result<Server> {
             match conn {
                 Ok(conn) => {
                     if let Err(e) = handle(conn, &shared) {
-                        eprintln!("xswitch: control: {e}");
+                        tracing::info!("control: {e}");
                     }
                 }
                 Err(e) => {
-                    eprintln!("xswitch: control: accept: {e}");
+                    tracing::info!("control: accept: {e}");
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
         }
     })?;
-    eprintln!("xswitch: control socket {}", path.display());
+    tracing::info!("control socket {}", path.display());
     Ok(Server { stop, thread: Some(thread), path: path.to_path_buf() })
 }
 
@@ -693,6 +693,12 @@ fn answer(req: &Value, shared: &Arc<Shared>) -> Result<Value, String> {
             })
         }
         "capture_start" => capture_start(req, shared),
+        "log_level" => {
+            let level = req.get("level").and_then(Value::as_str).ok_or("missing \"level\"")?;
+            let was = crate::logging::set_level(level)?;
+            tracing::info!("log level {level} (was {was})");
+            Ok(json!({ "level": level, "was": was }))
+        }
         "trace_live" => trace_live(req, shared),
         "capture_stop" => capture_stop(shared),
         "trace" => {
@@ -757,7 +763,7 @@ fn answer(req: &Value, shared: &Arc<Shared>) -> Result<Value, String> {
         }
         other => Err(format!(
             "unknown command {other:?} (status, ports, tenants, counters, fdb, connections, \
-             flows, trace, trace_live, capture_start, capture_stop, reload)"
+             flows, trace, trace_live, capture_start, capture_stop, reload, log_level)"
         )),
     }
 }
@@ -1007,7 +1013,7 @@ fn capture_start(req: &Value, shared: &Arc<Shared>) -> Result<Value, String> {
             Ok((written, written_bytes))
         })
         .map_err(|e| format!("starting the capture writer: {e}"))?;
-    eprintln!("xswitch: capturing {name} into {}", file.display());
+    tracing::info!("capturing {name} into {}", file.display());
     *slot = Some(CaptureRun { tenant: name.clone(), file: file.clone(), stop, writer });
     Ok(json!({ "tenant": name, "file": file.display().to_string() }))
 }
@@ -1033,7 +1039,7 @@ fn capture_stop(shared: &Shared) -> Result<Value, String> {
     std::thread::sleep(Duration::from_millis(300));
     run.stop.store(true, Ordering::SeqCst);
     let (written, bytes) = run.writer.join().map_err(|_| "the capture writer panicked")??;
-    eprintln!("xswitch: capture of {} into {}: {written} frames", run.tenant, run.file.display());
+    tracing::info!("capture of {} into {}: {written} frames", run.tenant, run.file.display());
     Ok(json!({
         "tenant": run.tenant,
         "file": run.file.display().to_string(),

@@ -110,6 +110,7 @@ pub fn run(
             req["file"] = json!(file);
             req
         }
+        crate::cli::CtlCommand::LogLevel(l) => json!({ "cmd": cmd, "level": l.level }),
         crate::cli::CtlCommand::TraceLive { tenant, count, every, timeout } => json!({
             "cmd": cmd, "tenant": tenant, "count": count, "every": every, "timeout_secs": timeout,
         }),
@@ -173,6 +174,7 @@ pub fn run(
             print_rows(&Value::Array(rows), &["counter", "value"], column);
         }
         "reload" => println!("reloaded: generation {}", data["generation"]),
+        "log_level" => println!("log level {} (was {})", cell(&data["level"]), cell(&data["was"])),
         "capture_start" => {
             println!("capturing {} into {}", cell(&data["tenant"]), cell(&data["file"]))
         }

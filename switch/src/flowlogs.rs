@@ -111,7 +111,7 @@ pub fn start(
             // collector, back by then, would have taken.
             let sock = std::net::UdpSocket::bind(any)
                 .with_context(|| format!("switch.flow_log_ipfix: cannot send to {to}"))?;
-            eprintln!("xswitch: flow records as IPFIX to {to}");
+            tracing::info!("flow records as IPFIX to {to}");
             Some((sock, to))
         }
         None => None,
@@ -141,7 +141,7 @@ fn send_ipfix(
         for m in exporter.encode(t as u32 + 1, now, &sink.pending) {
             // UDP: a lost datagram is lost (counted by the collector's sequence numbers).
             if let Err(e) = sock.send_to(&m, to) {
-                eprintln!("xswitch: IPFIX export: {e}");
+                tracing::info!("IPFIX export: {e}");
             }
         }
         sink.pending.clear();
@@ -237,7 +237,7 @@ fn write_all(
         let line = line.to_string() + "\n";
         if let Err(e) = sink.write(&line) {
             let file = sink.path.as_ref().map_or(String::new(), |p| p.display().to_string());
-            eprintln!("xswitch: flow log {file}: {e}");
+            tracing::info!("flow log {file}: {e}");
         }
     }
     // Records flushed at the stop.

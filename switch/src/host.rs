@@ -32,7 +32,7 @@ pub fn prepare(cfg: &Config, mode: Resolve) -> anyhow::Result<(Config, Vec<PortH
     let (resolved, hosts, log) =
         control::sriov::resolve(cfg, &sys, mode, VF_WAIT).context("SR-IOV")?;
     for l in log {
-        eprintln!("xswitch: {l}");
+        tracing::info!("{l}");
     }
     if mode == Resolve::Provision {
         for (pf, s) in &cfg.sriov {
@@ -44,9 +44,10 @@ pub fn prepare(cfg: &Config, mode: Resolve) -> anyhow::Result<(Config, Vec<PortH
     for h in &hosts {
         if let Some((pf, vf)) = &h.vf {
             let node = h.numa_node.map_or("unknown".into(), |n| n.to_string());
-            eprintln!(
-                "xswitch: port {}: VF {vf} of {pf} is {} (NUMA node {node})",
-                h.port, h.interface
+            tracing::info!(
+                "port {}: VF {vf} of {pf} is {} (NUMA node {node})",
+                h.port,
+                h.interface
             );
         }
     }

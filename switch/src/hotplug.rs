@@ -100,10 +100,11 @@ impl Watch {
                     let _ = workers[s.worker].send(PortEvent::Down(s.index));
                     shared.set_port_down(s.port, true);
                 }
-                eprintln!(
-                    "xswitch: port {}: interface {} is gone; port down (frames for it are \
+                tracing::warn!(
+                    "port {}: interface {} is gone; port down (frames for it are \
                      dropped as port_down until it returns)",
-                    iface.sockets[0].name, iface.name
+                    iface.sockets[0].name,
+                    iface.name
                 );
             } else if !iface.up
                 && let Some(idx) = now
@@ -123,19 +124,21 @@ impl Watch {
                         iface.bound = idx;
                         iface.up = true;
                         iface.last_error = None;
-                        eprintln!(
-                            "xswitch: port {}: interface {} is back (index {idx}); port up",
-                            iface.sockets[0].name, iface.name
+                        tracing::info!(
+                            "port {}: interface {} is back (index {idx}); port up",
+                            iface.sockets[0].name,
+                            iface.name
                         );
                     }
                     Err(e) => {
                         let iface = &mut self.ifaces[i];
                         let e = format!("{e:#}");
                         if iface.last_error.as_ref() != Some(&e) {
-                            eprintln!(
-                                "xswitch: port {}: interface {} is back but cannot be opened \
+                            tracing::warn!(
+                                "port {}: interface {} is back but cannot be opened \
                                  yet (retrying): {e}",
-                                iface.sockets[0].name, iface.name
+                                iface.sockets[0].name,
+                                iface.name
                             );
                             iface.last_error = Some(e);
                         }
@@ -152,7 +155,7 @@ impl Watch {
         let (q, log) = crate::netdev::quiet(&iface.name)?;
         q.keep();
         for l in log {
-            eprintln!("xswitch: port {}: {l}", iface.sockets[0].name);
+            tracing::info!("port {}: {l}", iface.sockets[0].name);
         }
         let mut socks: Vec<XskPort> = Vec::new();
         for s in &iface.sockets {

@@ -8,6 +8,7 @@ mod flowlogs;
 mod host;
 mod hotplug;
 mod lab;
+mod logging;
 mod metrics;
 mod netdev;
 mod run;
@@ -36,10 +37,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::CheckConfig { file } => check_config(&file),
         Command::Demo { simulate: true, frames, .. } => simulate::simulate(frames),
-        Command::Demo { keep, prefix, .. } => {
-            stop_flag().and_then(|stop| lab::run(keep, stop, &prefix))
-        }
-        Command::Run { config } => stop_flag().and_then(|stop| run::run(&config, stop)),
+        Command::Demo { keep, prefix, .. } => logging::init("info", logging::LogFormat::Text)
+            .and_then(|()| stop_flag())
+            .and_then(|stop| lab::run(keep, stop, &prefix)),
+        Command::Run { config, log_level, log_format } => logging::init(&log_level, log_format)
+            .and_then(|()| stop_flag())
+            .and_then(|stop| run::run(&config, stop)),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let shell = match shell {

@@ -368,7 +368,7 @@ pub fn start(
         .name("xswitch-http".into())
         .spawn(move || serve_http(&server, &http_handle, &http_slots, &http_stop))
         .context("starting the metrics listener")?;
-    eprintln!("xswitch: metrics on http://{addr}/metrics, health on http://{addr}/healthz");
+    tracing::info!("metrics on http://{addr}/metrics, health on http://{addr}/healthz");
     Ok(Some(Exporter { stop, thread: Some(thread), http: Some(http) }))
 }
 

@@ -50,7 +50,7 @@ pub fn run(file: &Path, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
 /// logged, never fatal.
 fn notify(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
-        eprintln!("xswitch: warning: telling systemd ({states:?}): {e}");
+        tracing::warn!("telling systemd ({states:?}): {e}");
     }
 }
 
@@ -101,7 +101,7 @@ pub fn serve(
     let cfg = &resolved;
     let mut snap = control::compile(cfg, 1)?;
     for l in crate::netdev::fill_mtus(&mut snap) {
-        eprintln!("xswitch: {l}");
+        tracing::info!("{l}");
     }
     // The host's own stack goes quiet on every interface the switch takes.
     let mut quieted = Vec::new();
@@ -112,7 +112,7 @@ pub fn serve(
         let (q, log) = crate::netdev::quiet(&p.interface)
             .with_context(|| format!("{name}: port {}: taking {}", p.name, p.interface))?;
         for l in log {
-            eprintln!("xswitch: port {}: {l}", p.name);
+            tracing::info!("port {}: {l}", p.name);
         }
         quieted.push((p.interface.clone(), q));
     }
@@ -139,15 +139,15 @@ pub fn serve(
         } else {
             ("2 MiB", "/proc/sys/vm/nr_hugepages")
         };
-        eprintln!(
-            "xswitch: warning: switch.huge_pages: no {size} huge pages could be had for {} MiB \
+        tracing::warn!(
+            "switch.huge_pages: no {size} huge pages could be had for {} MiB \
              (reserve them in {dir}; the area must be a multiple of the page size); using normal \
              pages",
             area.len() >> 20
         );
     }
-    eprintln!(
-        "xswitch: frame area {} frames x {} B ({} MiB, {} pages)",
+    tracing::info!(
+        "frame area {} frames x {} B ({} MiB, {} pages)",
         area.chunks(),
         area.chunk_size(),
         area.len() >> 20,
@@ -171,15 +171,15 @@ pub fn serve(
         },
     };
     for w in &numa.warnings {
-        eprintln!("xswitch: warning: {w}");
+        tracing::warn!("{w}");
     }
     if sys.nodes().len() > 1 {
         for (w, node) in numa.nodes.iter().enumerate() {
             if let Some(n) = node {
                 if let Err(e) = area.prefer_node(links[w].shares.range(w), *n) {
-                    eprintln!("xswitch: warning: worker {w}'s frames on NUMA node {n}: {e}");
+                    tracing::warn!("worker {w}'s frames on NUMA node {n}: {e}");
                 } else {
-                    eprintln!("xswitch: worker {w}'s frames kept on NUMA node {n}");
+                    tracing::info!("worker {w}'s frames kept on NUMA node {n}");
                 }
             }
         }
@@ -233,8 +233,8 @@ pub fn serve(
                 0 => Ok(()),
                 us => sock.set_busy_poll(us, cfg.switch.busy_poll_budget),
             } {
-                eprintln!(
-                    "xswitch: warning: {} queue {queue}: busy polling not accepted ({e}); \
+                tracing::warn!(
+                    "{} queue {queue}: busy polling not accepted ({e}); \
                      polling without",
                     spec.interface
                 );
@@ -247,8 +247,8 @@ pub fn serve(
                 }
             };
             attachments[ai].register(&sock)?;
-            eprintln!(
-                "xswitch: port {} on {} queue {queue}: {:?} mode, worker {w}",
+            tracing::info!(
+                "port {} on {} queue {queue}: {:?} mode, worker {w}",
                 spec.name,
                 spec.interface,
                 sock.mode()
@@ -275,8 +275,8 @@ pub fn serve(
     }
     for a in &mut attachments {
         a.attach()?;
-        eprintln!(
-            "xswitch: XDP program on {} ({})",
+        tracing::info!(
+            "XDP program on {} ({})",
             a.ifname(),
             if a.native { "native" } else { "generic" }
         );
@@ -381,7 +381,7 @@ pub fn serve(
                                 stop.store(true, Ordering::SeqCst);
                                 bail!("cannot pin worker {i} to core {core}");
                             }
-                            eprintln!("xswitch: worker {i} pinned to core {core}");
+                            tracing::info!("worker {i} pinned to core {core}");
                         }
                         let clock = clock;
                         let mut live = None;
@@ -398,8 +398,8 @@ pub fn serve(
                                     crate::hotplug::PortEvent::Replace(s, sock) => {
                                         let lost = w.replace_socket(s, *sock);
                                         if lost > 0 {
-                                            eprintln!(
-                                                "xswitch: worker {i}: {lost} frames stayed with \
+                                            tracing::warn!(
+                                                "worker {i}: {lost} frames stayed with \
                                                  the vanished interface and are written off"
                                             );
                                         }
@@ -416,7 +416,7 @@ pub fn serve(
                         // A clean stop sends what was already accepted.
                         let left = worker.drain(&clock, Duration::from_millis(200));
                         if left > 0 {
-                            eprintln!("xswitch: worker {i}: {left} frames still queued at stop");
+                            tracing::info!("worker {i}: {left} frames still queued at stop");
                         }
                         worker.pipeline_mut().flows.flush();
                         crate::metrics::publish(&slot, &mut worker, &loops);
@@ -425,7 +425,7 @@ pub fn serve(
                 )
             })
             .collect();
-        eprintln!("xswitch: switching {} tenants; SIGINT or SIGTERM stops", snap.tenants.len());
+        tracing::info!("switching {} tenants; SIGINT or SIGTERM stops", snap.tenants.len());
         ready.store(true, Ordering::SeqCst);
         // Under systemd (Type=notify): ready now, a watchdog ping at half its interval while
         // every worker runs, reloads and the stop announced. Nothing without NOTIFY_SOCKET.
@@ -490,31 +490,32 @@ pub fn serve(
     }
     let rx: u64 = c.port_rx.iter().map(|p| p.packets).sum();
     let tx: u64 = c.port_tx.iter().map(|p| p.packets).sum();
-    eprintln!("xswitch: stopping: {rx} frames received, {tx} sent, {} dropped", c.total_drops());
+    tracing::info!("stopping: {rx} frames received, {tx} sent, {} dropped", c.total_drops());
     for r in DropReason::ALL {
         let n = c.drops(*r);
         if n > 0 {
-            eprintln!("xswitch:   dropped {}: {n}", r.as_label());
+            tracing::info!("  dropped {}: {n}", r.as_label());
         }
     }
     for (t, hits) in snap.tenants.iter().zip(&c.acl_hits) {
         for ((dir, r), n) in t.policy.rules().zip(hits) {
             if *n > 0 {
-                eprintln!("xswitch:   acl {} {} {}: {n} matches", t.name, dir.as_str(), r.name);
+                tracing::info!("  acl {} {} {}: {n} matches", t.name, dir.as_str(), r.name);
             }
         }
     }
     if workers > 1 {
-        eprintln!(
-            "xswitch:   MAC announcements applied from other workers: {}, lost: {}",
-            c.fdb.remote, c.fdb.unannounced
+        tracing::info!(
+            "  MAC announcements applied from other workers: {}, lost: {}",
+            c.fdb.remote,
+            c.fdb.unannounced
         );
     }
     for (i, f) in done.iter_mut().enumerate() {
         let loops = f.loops;
         let total = loops.busy.0 + loops.idle.0;
-        eprintln!(
-            "xswitch:   worker {i}: {} busy polls, {} idle polls, busy {:.1} % of the time, {:.1} ns ({:.0} cycles at {:.0} MHz) busy per packet",
+        tracing::info!(
+            "  worker {i}: {} busy polls, {} idle polls, busy {:.1} % of the time, {:.1} ns ({:.0} cycles at {:.0} MHz) busy per packet",
             loops.busy_polls,
             loops.idle_polls,
             100.0 * loops.busy.0 as f64 / total.max(1) as f64,
@@ -522,19 +523,38 @@ pub fn serve(
             loops.busy_ns_per_packet() * cpu_mhz() / 1000.0,
             cpu_mhz()
         );
+        // The XDP sockets' kernel counters and the wakeups, a row per socket.
+        tracing::info!(
+            "  {:<20} {:>12} {:>10} {:>10} {:>10} {:>10} {:>9} {:>10} {:>11}",
+            "socket",
+            "rx_ring_full",
+            "rx_dropped",
+            "fill_empty",
+            "rx_invalid",
+            "tx_invalid",
+            "tx_empty",
+            "wakeups",
+            "wake_errors"
+        );
         for (_, p) in f.worker.sockets_mut() {
             if let Ok(s) = p.kernel_stats() {
-                eprintln!(
-                    "xswitch:   {} queue {} kernel: {s:?}, glue: {:?}",
-                    p.ifname(),
-                    p.queue(),
-                    p.stats
+                tracing::info!(
+                    "  {:<20} {:>12} {:>10} {:>10} {:>10} {:>10} {:>9} {:>10} {:>11}",
+                    format!("{} queue {}", p.ifname(), p.queue()),
+                    s.rx_ring_full,
+                    s.rx_dropped,
+                    s.rx_fill_ring_empty_descs,
+                    s.rx_invalid_descs,
+                    s.tx_invalid_descs,
+                    s.tx_ring_empty_descs,
+                    p.stats.kicks,
+                    p.stats.kick_errors
                 );
             }
         }
     }
-    eprintln!(
-        "xswitch: frame accounting: {} free, {} in fill rings, {} in TX, {} waiting, {} going \
+    tracing::info!(
+        "frame accounting: {} free, {} in fill rings, {} in TX, {} waiting, {} going \
          home, {} in handoff rings, {} written off, {} total: {}",
         census.free,
         census.ports.fill,
@@ -556,10 +576,10 @@ pub fn serve(
         fl.finish();
         let exported: u64 = flowlog_stats.iter().map(|s| s.exported).sum();
         let lost: u64 = flowlog_stats.iter().map(|s| s.lost + s.full).sum();
-        eprintln!("xswitch: flow logs: {exported} records written, {lost} lost or untracked");
+        tracing::info!("flow logs: {exported} records written, {lost} lost or untracked");
     }
     drop(attachments);
-    eprintln!("xswitch: XDP programs detached");
+    tracing::info!("XDP programs detached");
     // IPv6 and ARP back as they were on the interfaces given back.
     drop(quieted);
     if !census.balanced() {

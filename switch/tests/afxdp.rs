@@ -113,6 +113,20 @@ fn clear_errors_for_a_missing_interface_and_for_non_root() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(err.contains("nosuchif0") && err.contains("no interface"), "{err}");
+    // Issue 18: log lines with a timestamp and a level; as JSON objects when asked.
+    assert!(err.lines().any(|l| l.contains(" INFO ") && l.contains("MTU")), "{err}");
+    let o = Command::new(env!("CARGO_BIN_EXE_xswitch"))
+        .args(["run", "--log-format", "json", "-c"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let json: Vec<serde_json::Value> =
+        err.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(
+        json.iter().any(|v| v["level"] == "INFO" && v["timestamp"].is_string()),
+        "no JSON log line:\n{err}"
+    );
     // The ports opened before the failure were closed: no program stays behind.
     for hif in lab.host_ifs() {
         assert!(!lab.xdp_attached(&hif), "XDP program left on {hif} after a failed start");
@@ -198,7 +212,7 @@ fn split_h1_h2(lab: &Lab) {
 
 /// The worker that polls queue 0 of `port`, from the switch's start log.
 fn worker_of(log: &str, port: &str) -> Option<u32> {
-    let line = log.lines().find(|l| l.starts_with(&format!("xswitch: port {port} on ")))?;
+    let line = log.lines().find(|l| l.contains(&format!(" port {port} on ")))?;
     line.rsplit("worker ").next()?.trim().parse().ok()
 }
 
@@ -926,6 +940,11 @@ fn every_ctl_command_answers_a_running_switch() {
     let (ok, _, err) = lab.ctl(false, &["fdb", "nobody"]);
     assert!(!ok && err.contains("no tenant \"nobody\""), "{err}");
 
+    // Issue 18: what the switch logs changes while it runs.
+    let (ok, out, err) = lab.ctl(false, &["log-level", "debug"]);
+    assert!(ok && out.contains("log level debug (was info)"), "{out}{err}");
+    let (ok, _, err) = lab.ctl(false, &["log-level", "chatty"]);
+    assert!(!ok && err.contains("error, warn, info, debug or trace"), "{err}");
     let reload = lab.ctl_json("reload");
     assert_eq!(reload["generation"], 2);
     std::thread::sleep(Duration::from_millis(600));
