@@ -139,6 +139,16 @@ pub fn run(
             dataplane::pipeline::trace::proto_name(n.as_u64().unwrap_or(0) as u8)
         }
         ("vlan", Value::Null) => "untagged".into(),
+        ("attachments", Value::Array(a)) => a
+            .iter()
+            .map(|x| match x["vlan"].as_u64() {
+                Some(v) => format!("{}/vlan {v}", cell(&x["port"])),
+                None => cell(&x["port"]),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        (c, Value::Number(n)) if c.ends_with("secs") => duration(n.as_f64().unwrap_or(0.0)),
+        (c, Value::Number(n)) if c.ends_with("bytes") => bytes(n.as_u64().unwrap_or(0)),
         (_, v) => cell(v),
     };
     match cmd {
@@ -150,7 +160,15 @@ pub fn run(
         ),
         "tenants" => print_rows(
             &data,
-            &["name", "acl_rules", "connections", "rx_packets", "tx_packets", "drops"],
+            &[
+                "name",
+                "attachments",
+                "acl_rules",
+                "connections",
+                "rx_packets",
+                "tx_packets",
+                "drops",
+            ],
             column,
         ),
         "counters" => {
@@ -316,6 +334,32 @@ fn verdict_line(v: &Value) -> String {
     }
 }
 
+/// A duration as people read it: `850 ms`, `12.3 s`, `4 min 5 s`, `2 h 3 min`.
+fn duration(secs: f64) -> String {
+    let s = secs.max(0.0);
+    if s < 1.0 {
+        format!("{:.0} ms", s * 1000.0)
+    } else if s < 60.0 {
+        format!("{s:.1} s")
+    } else if s < 3600.0 {
+        format!("{} min {} s", (s / 60.0) as u64, (s % 60.0) as u64)
+    } else {
+        format!("{} h {} min", (s / 3600.0) as u64, ((s % 3600.0) / 60.0) as u64)
+    }
+}
+
+/// A byte count with a binary unit: `512 B`, `1.5 KiB`, `3.2 MiB`.
+fn bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", units[u]) }
+}
+
 fn cell(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -357,7 +401,7 @@ fn print_rows(data: &Value, cols: &[&str], get: impl Fn(&Value, &str) -> String)
 fn print_status(d: &Value) {
     println!("config      {}", cell(&d["config"]));
     println!("generation  {}", d["generation"]);
-    println!("uptime      {} s", d["uptime_secs"]);
+    println!("uptime      {}", duration(d["uptime_secs"].as_f64().unwrap_or(0.0)));
     println!("ports       {}, tenants {}", d["ports"], d["tenants"]);
     let r = &d["reloads"];
     println!("reloads     {} applied, {} rejected", r["applied"], r["rejected"]);
@@ -376,5 +420,21 @@ fn print_status(d: &Value) {
                 w["worker"], w["generation"], w["packets"], w["busy_polls"], w["idle_polls"]
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_bytes_read_as_people_write_them() {
+        assert_eq!(duration(0.25), "250 ms");
+        assert_eq!(duration(12.34), "12.3 s");
+        assert_eq!(duration(245.0), "4 min 5 s");
+        assert_eq!(duration(7385.0), "2 h 3 min");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
     }
 }
