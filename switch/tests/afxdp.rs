@@ -7,7 +7,6 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -313,12 +312,11 @@ fn prometheus_scrapes_per_tenant_counters_that_match_the_traffic() {
         return;
     }
     let mut lab = Lab::new();
-    let base =
-        20_000 + (std::process::id() % 1_000) * 10 + NEXT.fetch_add(1, Ordering::SeqCst) % 10;
-    let (metrics, prom) = (format!("127.0.0.1:{base}"), format!("127.0.0.1:{}", base + 10_000));
+    let metrics = lab.enable_metrics(20_000);
+    let port: u32 = metrics.rsplit(':').next().unwrap().parse().unwrap();
+    let prom = format!("127.0.0.1:{}", port + 10_000);
     lab.edit_config(|c| {
-        c.replace("[metrics]\nenabled = false\n", &format!("[metrics]\nlisten = \"{metrics}\"\n"))
-            + "[[tenants.red.acl]]\nname = \"icmp\"\npriority = 1\ndirection = \"from-tenant\"\n\
+        c + "[[tenants.red.acl]]\nname = \"icmp\"\npriority = 1\ndirection = \"from-tenant\"\n\
                action = \"count\"\nproto = \"icmp\"\n"
     });
     lab.start();
@@ -441,18 +439,14 @@ fn acl_rule_metrics_follow_their_rules_through_a_reload() {
         return;
     }
     let mut lab = Lab::new();
-    let port =
-        21_000 + (std::process::id() % 1_000) * 10 + NEXT.fetch_add(1, Ordering::SeqCst) % 10;
-    let metrics = format!("127.0.0.1:{port}");
+    let metrics = lab.enable_metrics(21_000);
     let rule = |name: &str, prio: u32, m: &str| {
         format!(
             "[[tenants.red.acl]]\nname = \"{name}\"\npriority = {prio}\ndirection = \"from-tenant\"\n\
              action = \"count\"\n{m}\n"
         )
     };
-    let base = std::fs::read_to_string(lab.config())
-        .unwrap()
-        .replace("[metrics]\nenabled = false\n", &format!("[metrics]\nlisten = \"{metrics}\"\n"));
+    let base = std::fs::read_to_string(lab.config()).unwrap();
     let first = [
         rule("icmp", 1, "proto = \"icmp\""),
         rule("udp", 2, "proto = \"udp\""),

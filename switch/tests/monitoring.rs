@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Lab, can_run, http_get, http_status, metrics_port};
+use common::{Lab, can_run, http_get, http_status};
 
 fn contrib() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../contrib")
@@ -71,10 +71,7 @@ fn every_metric_the_dashboard_queries_is_in_a_live_scrape() {
     }
     assert!(names.len() >= 10, "{names:?}");
     let mut lab = Lab::new();
-    let addr = format!("127.0.0.1:{}", metrics_port(22_000));
-    lab.edit_config(|c| {
-        c.replace("[metrics]\nenabled = false\n", &format!("[metrics]\nlisten = \"{addr}\"\n"))
-    });
+    let addr = lab.enable_metrics(22_000);
     lab.start();
     assert!(lab.ping("h1", "10.9.1.2", "3"));
     std::thread::sleep(Duration::from_millis(2500));

@@ -241,6 +241,16 @@ impl Lab {
         run("ip", &all)
     }
 
+    /// Turns the metrics endpoint on at a loopback port unique to this test (from `base`);
+    /// returns its address.
+    pub fn enable_metrics(&self, base: u32) -> String {
+        let addr = format!("127.0.0.1:{}", metrics_port(base));
+        self.edit_config(|c| {
+            c.replace("[metrics]\nenabled = false\n", &format!("[metrics]\nlisten = \"{addr}\"\n"))
+        });
+        addr
+    }
+
     /// Rewrites the config with `f`.
     pub fn edit_config(&self, f: impl FnOnce(String) -> String) {
         let cfg = std::fs::read_to_string(self.config()).unwrap();
