@@ -103,6 +103,16 @@ pub fn serve(
     for l in crate::netdev::fill_mtus(&mut snap) {
         tracing::info!("{l}");
     }
+    // Every missing interface in one sentence, before anything is taken.
+    let missing: Vec<String> = snap
+        .ports
+        .iter()
+        .filter(|p| !std::path::Path::new("/sys/class/net").join(&p.interface).exists())
+        .map(|p| format!("port {} (no interface named {})", p.name, p.interface))
+        .collect();
+    if !missing.is_empty() {
+        bail!("{name}: these ports' interfaces do not exist on this host: {}", missing.join(", "));
+    }
     // The host's own stack goes quiet on every interface the switch takes.
     let mut quieted = Vec::new();
     for p in &snap.ports {
@@ -223,9 +233,9 @@ pub fn serve(
             .with_context(|| match shared {
                 Some(s) => format!(
                     "port {}: sockets sharing the frame area are bound in the first one's mode \
-                     ({:?})",
+                     ({})",
                     spec.name,
-                    s.mode()
+                    s.mode().as_str()
                 ),
                 None => format!("port {}", spec.name),
             })?;
@@ -248,10 +258,10 @@ pub fn serve(
             };
             attachments[ai].register(&sock)?;
             tracing::info!(
-                "port {} on {} queue {queue}: {:?} mode, worker {w}",
+                "port {} on {} queue {queue}: {} mode, worker {w}",
                 spec.name,
                 spec.interface,
-                sock.mode()
+                sock.mode().as_str()
             );
             watched.push((
                 spec.interface.clone(),
@@ -268,7 +278,7 @@ pub fn serve(
                 port: spec.name.clone(),
                 queue,
                 worker: w,
-                mode: format!("{:?}", sock.mode()),
+                mode: sock.mode().as_str().to_string(),
             });
             by_worker[w].push((port, sock));
         }

@@ -35,6 +35,16 @@ pub enum BoundMode {
     Copy,
 }
 
+impl BoundMode {
+    /// As the config and the logs write it: `zero-copy` or `copy`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BoundMode::ZeroCopy => "zero-copy",
+            BoundMode::Copy => "copy",
+        }
+    }
+}
+
 /// The kernel's six per-socket counters (`struct xdp_statistics`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct XskStats {
