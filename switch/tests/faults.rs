@@ -141,7 +141,7 @@ fn a_deleted_tenant_interface_goes_down_and_comes_back_with_its_interface() {
     must("ip", &["-n", &ns, "link", "set", "eth0", "address", &h2_mac]);
     must("ip", &["-n", &ns, "addr", "add", "10.9.1.2/24", "dev", "eth0"]);
     must("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
-    lab.quiet(&ns, &h2);
+    lab.bring_up(&ns, &h2);
     assert!(eventually(10, || port_state(&lab, "h2") == "up"), "port h2 did not come back");
     assert!(
         lab.ping("h1", "10.9.1.2", "3"),

@@ -90,7 +90,7 @@ fn default_offloads_fragmented_datagrams_and_denied_fragments() {
     if !can_run("default_offloads_fragmented_datagrams_and_denied_fragments") {
         return;
     }
-    let mut lab = Lab::with_defaults();
+    let mut lab = Lab::new();
     let tx = lab.ns_run("h1", &["ethtool", "-k", "eth0"]);
     let tx = String::from_utf8_lossy(&tx.stdout).to_string();
     assert!(tx.contains("tx-checksumming: on"), "the lab keeps the default offloads:\n{tx}");
@@ -287,7 +287,7 @@ fn the_host_stack_is_silent_on_the_ports_the_switch_takes() {
     if !can_run("the_host_stack_is_silent_on_the_ports_the_switch_takes") {
         return;
     }
-    let mut lab = Lab::with_defaults();
+    let mut lab = Lab::new();
     let hif = lab.ifname("h1");
     let v6 = format!("/proc/sys/net/ipv6/conf/{hif}/disable_ipv6");
     assert_eq!(std::fs::read_to_string(&v6).unwrap().trim(), "0", "IPv6 on, as a host has it");

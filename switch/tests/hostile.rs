@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Lab, can_run, must, parse_mac};
+use common::{Lab, can_run, parse_mac};
 use dataplane::port::mem::MemPort;
 use dataplane::port::{FrameArea, PageSize};
 use dataplane::time::Nanos;
@@ -158,10 +158,6 @@ fn trafgen(lab: &Lab, host: &str, name: &str, cfg: &str, count: u64, gap: Option
     assert!(o.status.success(), "trafgen {name}: {}", String::from_utf8_lossy(&o.stderr));
 }
 
-fn set_mac(lab: &Lab, host: &str, mac: [u8; 6]) {
-    must("ip", &["-n", &lab.ns_name(host), "link", "set", "eth0", "address", &mac_str(mac)]);
-}
-
 /// The kernel's RX drop count of an interface (a veth peer drops when its ring is full).
 fn veth_rx_dropped(ifname: &str) -> u64 {
     let text = std::fs::read_to_string(format!("/sys/class/net/{ifname}/statistics/rx_dropped"));
@@ -180,8 +176,8 @@ fn hostile_tenants_do_not_hurt_the_switch_or_the_other_tenants() {
     let mut lab = Lab::new();
     lab.host("h4", "4"); // blue's second host
     lab.host("h5", "5"); // green: the flooder
-    set_mac(&lab, "h1", ME.mac);
-    set_mac(&lab, "h2", PEER.mac);
+    lab.set_mac("h1", &mac_str(ME.mac));
+    lab.set_mac("h2", &mac_str(PEER.mac));
     let (h4, h5) = (lab.ifname("h4"), lab.ifname("h5"));
     let guard = guard();
     lab.edit_config(|c| {

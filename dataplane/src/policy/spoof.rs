@@ -11,6 +11,11 @@
 //! `0.0.0.0:68 → :67` request, an ARP probe (sender address 0.0.0.0), and duplicate address
 //! detection from `::` (neighbour solicitation, MLD report).
 //!
+//! An attachment also owns the IPv6 link-local address its owned MACs give (`fe80::/64` with
+//! the MAC's EUI-64 interface identifier, as OpenStack's port security allows): a host with
+//! IPv6 on solicits routers and reports its listening from it, whatever addresses its config
+//! lists, and dropping those as `spoof` would count every honest host as a spoofer.
+//!
 //! A guarded attachment may also send only IPv4, IPv6 and ARP, plus the ether types its
 //! config lists (as OpenStack's port security allows), and no TCP segment whose flags no
 //! stack sends (SYN with FIN or RST, FIN without ACK, no flags, every flag: the combinations
@@ -72,6 +77,16 @@ pub fn tcp_flags_valid(flags: u8) -> bool {
         flags & (FIN | SYN | RST | ACK | URG),
         SYN | SYN_URG | SYN_ACK | RST | RST_ACK | FIN_ACK | FIN_ACK_URG | ACK | ACK_URG
     )
+}
+
+/// True when `ip` is the link-local address `mac` gives with its EUI-64 interface identifier
+/// (RFC 4291 appendix A: `fe80::` + the MAC with `ff:fe` in its middle and the
+/// universal/local bit flipped).
+#[inline]
+fn eui64_link_local(ip: &[u8; 16], mac: MacAddr) -> bool {
+    let m = mac.0;
+    ip[..8] == [0xfe, 0x80, 0, 0, 0, 0, 0, 0]
+        && ip[8..] == [m[0] ^ 2, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]]
 }
 
 /// What the hosts behind one attachment own.
@@ -144,14 +159,14 @@ impl Guard {
                 if k.src_ip == V6_ZERO {
                     return icmp && matches!(k.src_port, ND_NEIGHBOR_SOLICIT | MLDV2_REPORT);
                 }
-                if !self.owns_ip(&k.src_ip) {
+                if !self.owns_ip(&k.src_ip) && !eui64_link_local(&k.src_ip, m.src) {
                     return false;
                 }
                 if icmp && k.src_port == ND_NEIGHBOR_ADVERT && !self.ips.is_empty() {
                     // Target address: 8 bytes into the ICMPv6 message.
                     let at = usize::from(m.l4_offset) + 8;
                     return match frame.get(at..at + 16).and_then(|t| <[u8; 16]>::try_from(t).ok()) {
-                        Some(target) => self.owns_ip(&target),
+                        Some(target) => self.owns_ip(&target) || eui64_link_local(&target, m.src),
                         None => false,
                     };
                 }
@@ -321,5 +336,19 @@ mod tests {
         assert!(!check(&g, &na(ll, v6("fd00::2"))), "advertises another host's address");
         assert!(!check(&g, &na(v6("fd00::5"), v6("fd00::5"))), "from an address not owned");
         assert!(!check(&g, &na(V6_ZERO, v6("fd00::1"))), "an advertisement from ::");
+    }
+
+    // Regression (issue 16 review): with IPv6 on, a host behind a guarded attachment solicits
+    // routers and answers neighbours from its MAC's link-local address; each was a `spoof` drop
+    // unless the config listed that address.
+    #[test]
+    fn the_link_local_address_of_an_owned_mac_is_owned() {
+        let g = guard(); // MINE = 02:00:00:00:00:01, IPv4 10.0.0.1 and fd00::1
+        let mine_ll = v6("fe80::ff:fe00:1"); // 02 ^ 02 = 00, then 00:00 ff:fe 00:00:01
+        assert!(check(&g, &na(mine_ll, mine_ll)), "from and for its own link-local address");
+        assert!(check(&g, &na(mine_ll, v6("fd00::1"))));
+        assert!(!check(&g, &na(v6("fe80::ff:fe00:9"), v6("fd00::1"))), "OTHER's link-local");
+        assert!(!check(&g, &na(mine_ll, v6("fe80::ff:fe00:9"))), "advertises OTHER's");
+        assert!(!check(&g, &na(v6("fe80::1"), v6("fd00::1"))), "not derived from the MAC");
     }
 }

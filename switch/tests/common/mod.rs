@@ -93,27 +93,32 @@ pub struct Lab {
     pub hosts: Vec<String>,
     /// Environment of the switch process.
     pub env: Vec<(String, String)>,
-    /// Hosts keep the defaults users have: TX checksum offload on, IPv6 on the host ends.
-    pub defaults: bool,
+    /// The hosts' stacks speak IPv6 (on, as users have it, unless the test counts every
+    /// frame: [`Lab::without_ipv6`]).
+    pub ipv6: bool,
 }
 
 impl Lab {
+    /// A lab whose hosts keep the defaults users have: TX checksum offload on (the switch
+    /// completes the partial checksums it brings), IPv6 on in the hosts and on the host ends the
+    /// switch takes (the switch silences those itself).
     pub fn new() -> Lab {
         Lab::with_queues(1)
     }
 
-    /// A lab whose hosts keep the defaults users have: a container's veth leaves TX checksum
-    /// offload on, and nothing turns IPv6 off on the host ends the switch takes.
-    pub fn with_defaults() -> Lab {
-        Lab::build(1, true)
-    }
-
-    /// A lab whose host veths have `queues` RX and TX queues each.
+    /// As [`Lab::new`], with host veths of `queues` RX and TX queues each.
     pub fn with_queues(queues: u32) -> Lab {
-        Lab::build(queues, false)
+        Lab::build(queues, true)
     }
 
-    fn build(queues: u32, defaults: bool) -> Lab {
+    /// As [`Lab::new`], but the hosts' stacks do not speak IPv6: for the tests that count every
+    /// frame a host sends (its router solicitations and listener reports would be counted
+    /// too). Offloads stay as users have them.
+    pub fn without_ipv6() -> Lab {
+        Lab::build(1, false)
+    }
+
+    fn build(queues: u32, ipv6: bool) -> Lab {
         let tag = format!("x{}{}", std::process::id() % 10000, NEXT.fetch_add(1, Ordering::SeqCst));
         let dir = std::env::temp_dir().join(format!("xswitch-test-{tag}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -125,7 +130,7 @@ impl Lab {
             queues,
             hosts: Vec::new(),
             env: Vec::new(),
-            defaults,
+            ipv6,
         };
         for (host, ip) in [("h1", "1"), ("h2", "2"), ("h3", "3")] {
             lab.host(host, ip);
@@ -136,8 +141,12 @@ impl Lab {
         must("ip", &["netns", "add", &ns]);
         lab.ns.push(ns.clone());
         must("ip", &["link", "add", &hif, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+        // The fabric stands in for the L2 trunk beyond the uplink, which has no IP stack of its
+        // own: its untagged router solicitations would be frames of no tenant, a Linux
+        // namespace's artefact, not the network's (the hosts keep their IPv6).
+        must("ip", &["netns", "exec", &ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
         must("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
-        lab.quiet(&ns, &hif);
+        lab.bring_up(&ns, &hif);
         let cfg = format!(
             "[switch]\nframes = 8192\nring_size = 256\nidle = \"adaptive\"\n\
              [metrics]\nenabled = false\n\
@@ -203,21 +212,17 @@ impl Lab {
         );
         must("ip", &["-n", &ns, "addr", "add", &format!("10.9.1.{ip}/24"), "dev", "eth0"]);
         must("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
-        self.quiet(&ns, &hif);
+        self.bring_up(&ns, &hif);
     }
 
-    /// Loopback up, no IPv6 chatter from the host, host end up. Unless the lab keeps the
-    /// defaults, TX checksum offload goes off too (the switch completes partial checksums, but
-    /// the tests that measure other things should not depend on it) and IPv6 off on the host end
-    /// (the switch does that itself when it takes the port).
-    pub fn quiet(&self, ns: &str, hif: &str) {
+    /// Loopback up, host end up. Offloads and the host end's IPv6 stay as a host has them;
+    /// the host's own IPv6 goes off only in a lab made [`Lab::without_ipv6`].
+    pub fn bring_up(&self, ns: &str, hif: &str) {
         must("ip", &["-n", ns, "link", "set", "lo", "up"]);
-        if !self.defaults {
-            must("ip", &["netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off"]);
-            let _ = run("sysctl", &["-qw", &format!("net.ipv6.conf.{hif}.disable_ipv6=1")]);
+        if !self.ipv6 {
+            let off = "net.ipv6.conf.all.disable_ipv6=1";
+            must("ip", &["netns", "exec", ns, "sysctl", "-qw", off]);
         }
-        let _ =
-            run("ip", &["netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
         must("ip", &["link", "set", hif, "up"]);
     }
 
@@ -366,6 +371,16 @@ impl Lab {
         let mut child = self.switch.take().expect("switch running");
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// Gives `host`'s interface the MAC `mac` as a VM or a container gets its own: before the
+    /// interface comes up (down, address, up), so the stack makes its IPv6 link-local address
+    /// from it (a MAC changed while up keeps the old MAC's link-local address).
+    pub fn set_mac(&self, host: &str, mac: &str) {
+        let ns = self.ns_name(host);
+        must("ip", &["-n", &ns, "link", "set", "eth0", "down"]);
+        must("ip", &["-n", &ns, "link", "set", "eth0", "address", mac]);
+        must("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
     }
 
     /// The MAC address of `host`'s interface, as `ip` writes it (`02:00:…`).
