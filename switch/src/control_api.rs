@@ -1212,12 +1212,15 @@ fn ports(shared: &Shared) -> Value {
         .flatten()
         .collect();
     // What the kernel dropped before the switch saw it (a full RX ring: the switch fell behind).
-    let kernel = |port: usize, queue: u32| {
-        let k = sockets
+    let stats = |port: usize, queue: u32| {
+        sockets
             .iter()
             .find(|s| s.port.index() == port && s.queue == queue)
             .map(|s| s.kernel)
-            .unwrap_or_default();
+            .unwrap_or_default()
+    };
+    let kernel = |port: usize, queue: u32| {
+        let k = stats(port, queue);
         json!({
             "rx_ring_full": k.rx_ring_full,
             "rx_dropped": k.rx_dropped,
@@ -1241,6 +1244,12 @@ fn ports(shared: &Shared) -> Value {
                 })
                 .collect();
             let host = shared.host.ports.iter().find(|h| h.port == p.name);
+            let kernel_lost: u64 = shared
+                .placement
+                .iter()
+                .filter(|q| q.port == p.name)
+                .map(|q| stats(i, q.queue).lost())
+                .sum();
             json!({
                 "name": p.name,
                 "interface": p.interface,
@@ -1255,6 +1264,7 @@ fn ports(shared: &Shared) -> Value {
                 "tx_packets": c.port_tx.get(i).map_or(0, |x| x.packets),
                 "tx_bytes": c.port_tx.get(i).map_or(0, |x| x.bytes),
                 "drops": c.port_drops.get(i).map_or(json!({}), drops),
+                "kernel_lost": kernel_lost,
             })
         })
         .collect();

@@ -368,13 +368,15 @@ fn cell(v: &Value) -> String {
     }
 }
 
+/// A row's drops by reason, and what the kernel lost before the switch saw it (ports), so
+/// "0" means nothing was lost anywhere.
 fn drops(row: &Value) -> String {
-    match row["drops"].as_object() {
-        Some(m) if !m.is_empty() => {
-            m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
-        }
-        _ => "0".into(),
+    let mut parts: Vec<String> =
+        row["drops"].as_object().into_iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
+    if let Some(n) = row["kernel_lost"].as_u64().filter(|&n| n > 0) {
+        parts.push(format!("kernel={n}"));
     }
+    if parts.is_empty() { "0".into() } else { parts.join(" ") }
 }
 
 fn print_rows(data: &Value, cols: &[&str], get: impl Fn(&Value, &str) -> String) {

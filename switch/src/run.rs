@@ -500,7 +500,19 @@ pub fn serve(
     }
     let rx: u64 = c.port_rx.iter().map(|p| p.packets).sum();
     let tx: u64 = c.port_tx.iter().map(|p| p.packets).sum();
-    tracing::info!("stopping: {rx} frames received, {tx} sent, {} dropped", c.total_drops());
+    // The XDP sockets' kernel counters, read once: what the kernel dropped before the switch
+    // saw it goes in the summary line (a summary of "0 dropped" must not hide the kernel's
+    // loss), and the same figures in the table per socket below.
+    let kernel: Vec<Vec<_>> = done
+        .iter_mut()
+        .map(|f| f.worker.sockets_mut().map(|(_, p)| p.kernel_stats().ok()).collect())
+        .collect();
+    let kernel_lost: u64 = kernel.iter().flatten().flatten().map(|s| s.lost()).sum();
+    tracing::info!(
+        "stopping: {rx} frames received, {tx} sent, {} dropped by the switch, {kernel_lost} lost \
+         in the kernel (XDP socket RX)",
+        c.total_drops()
+    );
     for r in DropReason::ALL {
         let n = c.drops(*r);
         if n > 0 {
@@ -546,8 +558,8 @@ pub fn serve(
             "wakeups",
             "wake_errors"
         );
-        for (_, p) in f.worker.sockets_mut() {
-            if let Ok(s) = p.kernel_stats() {
+        for ((_, p), s) in f.worker.sockets_mut().zip(&kernel[i]) {
+            if let Some(s) = s {
                 tracing::info!(
                     "  {:<20} {:>12} {:>10} {:>10} {:>10} {:>10} {:>9} {:>10} {:>11}",
                     format!("{} queue {}", p.ifname(), p.queue()),

@@ -358,6 +358,13 @@ fn hostile_tenants_do_not_hurt_the_switch_or_the_other_tenants() {
     let seen = delta(&p5, &p50, "rx_packets");
     let xsk_dropped = kernel(&p5) - kernel(&p50);
     assert!(xsk_dropped <= veth_dropped, "XDP socket {xsk_dropped} > veth {veth_dropped}");
+    // The port's summary counts the kernel's loss with its queues', and its drops cell in
+    // `ctl ports` shows it: no "0" while the kernel dropped.
+    assert_eq!(p5["kernel_lost"].as_u64(), Some(kernel(&p5)), "{p5}");
+    let (ok, table, err) = lab.ctl(false, &["ports"]);
+    assert!(ok, "{err}");
+    let row = table.lines().find(|l| l.starts_with("h5 ")).unwrap_or_default();
+    assert_eq!(row.contains(&format!("kernel={}", kernel(&p5))), kernel(&p5) > 0, "{table}");
     let accounted = seen + veth_dropped;
     assert!(
         (105_000..105_100).contains(&accounted),

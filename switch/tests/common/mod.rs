@@ -64,6 +64,30 @@ pub fn metrics_port(base: u32) -> u32 {
     base + (std::process::id() % 1_000) * 10 + NEXT.fetch_add(1, Ordering::SeqCst) % 10
 }
 
+/// From the switch's exit report: what the kernel lost before the switch saw it, as the
+/// summary line says it, checked against the per-socket table (`rx_ring_full` + `rx_dropped`).
+pub fn kernel_lost(log: &str) -> u64 {
+    let summary: u64 = log
+        .lines()
+        .find_map(|l| l.split(" dropped by the switch, ").nth(1)?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no summary of the kernel's loss:\n{log}"));
+    let table: u64 = log
+        .lines()
+        .filter_map(|l| {
+            let cols: Vec<u64> = l
+                .split_whitespace()
+                .skip_while(|w| *w != "queue")
+                .skip(1)
+                .map_while(|w| w.parse().ok())
+                .collect();
+            // queue, rx_ring_full, rx_dropped, and six more columns.
+            (cols.len() == 9).then(|| cols[1] + cols[2])
+        })
+        .sum();
+    assert_eq!(summary, table, "the summary's kernel loss against the socket table:\n{log}");
+    summary
+}
+
 /// Parses a MAC written `02:00:00:00:00:01`.
 pub fn parse_mac(s: &str) -> [u8; 6] {
     let v: Vec<u8> = s.split(':').map(|x| u8::from_str_radix(x, 16).unwrap()).collect();

@@ -62,6 +62,15 @@ pub struct XskStats {
     pub tx_ring_empty_descs: u64,
 }
 
+impl XskStats {
+    /// Frames the kernel dropped on their way to the socket, before the switch saw them: a full
+    /// RX ring, and the other reasons (no fill frame). An empty fill ring is a condition, not
+    /// a count of frames: the frames it costs are in `rx_dropped`.
+    pub fn lost(&self) -> u64 {
+        self.rx_ring_full + self.rx_dropped
+    }
+}
+
 /// Counters of the port glue itself.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct XskPortStats {
