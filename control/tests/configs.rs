@@ -160,6 +160,34 @@ fn every_problem_is_reported_at_once() {
     }
 }
 
+// Every range check says the value, its unit and the range, in one wording.
+#[test]
+fn out_of_range_settings_say_the_value_and_the_range() {
+    let text = GOOD.replace(
+        "[ports.up]",
+        "[switch]\nworkers = 65\nflow_cache_tenant_share = 0\nfragment_timeout_ms = 60001\n\
+         fragment_entries = 4\nconntrack_capacity = 16777217\n[ports.up]\nmtu = 67\nqueues = 0",
+    );
+    match load_str("range.toml", &text) {
+        Err(ConfigError::Invalid { issues, .. }) => {
+            let said: Vec<String> =
+                issues.iter().map(|i| format!("{}: {}", i.path, i.reason)).collect();
+            for want in [
+                "switch.workers: 65 is out of range 1..=64",
+                "switch.flow_cache_tenant_share: 0 % is out of range 1..=100",
+                "switch.fragment_timeout_ms: 60001 ms is out of range 1..=60000",
+                "switch.fragment_entries: 4 is out of range 8..=1048576",
+                "switch.conntrack_capacity: 16777217 is out of range 1..=16777216",
+                "ports.up.mtu: 67 is out of range 68..=65535",
+                "ports.up.queues: 0 is out of range 1..=64",
+            ] {
+                assert!(said.iter().any(|s| s == want), "{want:?} not in {said:#?}");
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn too_few_frames_for_the_rings() {
     let text = format!("[switch]\nframes = 1024\nring_size = 1024\n{GOOD}");

@@ -170,11 +170,8 @@ fn ipv4_fragment(
     ip.extend_from_slice(&[64, 6, 0, 0]);
     ip.extend_from_slice(&ips.0);
     ip.extend_from_slice(&ips.1);
-    let mut sum: u32 = ip.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let sum = dataplane::wire::checksum::fold(dataplane::wire::checksum::add(0, &ip));
+    ip[10..12].copy_from_slice(&(!sum).to_be_bytes());
     f.extend_from_slice(&ip);
     f.extend_from_slice(data);
     f

@@ -41,6 +41,20 @@ impl Issues {
     fn add(&mut self, path: impl Into<String>, reason: impl Into<String>) {
         self.0.push(Issue { path: path.into(), reason: reason.into() });
     }
+
+    /// "`v`` unit` is out of range `a..=b`" when `v` is outside `r` (`unit`: "", " %", " ms").
+    fn range<T: PartialOrd + std::fmt::Display>(
+        &mut self,
+        path: impl Into<String>,
+        v: T,
+        r: std::ops::RangeInclusive<T>,
+        unit: &str,
+    ) {
+        if !r.contains(&v) {
+            let reason = format!("{v}{unit} is out of range {}..={}", r.start(), r.end());
+            self.add(path, reason);
+        }
+    }
 }
 
 fn valid_name(s: &str) -> bool {
@@ -132,9 +146,7 @@ pub fn validate(cfg: &Config) -> Vec<Issue> {
 
 fn check_switch(cfg: &Config, is: &mut Issues) {
     let s = &cfg.switch;
-    if !(1..=64).contains(&s.workers) {
-        is.add("switch.workers", format!("{} is out of range 1..=64", s.workers));
-    }
+    is.range("switch.workers", s.workers, 1..=64, "");
     if !s.cores.is_empty() && s.cores.len() != s.workers as usize {
         is.add(
             "switch.cores",
@@ -156,12 +168,7 @@ fn check_switch(cfg: &Config, is: &mut Issues) {
     if s.busy_poll_us > 1_000_000 {
         is.add("switch.busy_poll_us", format!("{} is more than one second", s.busy_poll_us));
     }
-    if !(1..=1024).contains(&s.busy_poll_budget) {
-        is.add(
-            "switch.busy_poll_budget",
-            format!("{} is out of range 1..=1024", s.busy_poll_budget),
-        );
-    }
+    is.range("switch.busy_poll_budget", s.busy_poll_budget, 1..=1024, "");
     if s.fdb_capacity == 0 {
         is.add("switch.fdb_capacity", "must be at least 1");
     }
@@ -174,18 +181,8 @@ fn check_switch(cfg: &Config, is: &mut Issues) {
         );
     }
     // 128 bytes an entry: 2^21 entries are 256 MiB per worker.
-    if !(64..=1 << 21).contains(&s.flow_cache_entries) {
-        is.add(
-            "switch.flow_cache_entries",
-            format!("{} is out of range 64..=2097152", s.flow_cache_entries),
-        );
-    }
-    if !(1..=100).contains(&s.flow_cache_tenant_share) {
-        is.add(
-            "switch.flow_cache_tenant_share",
-            format!("{} % is out of range 1..=100", s.flow_cache_tenant_share),
-        );
-    }
+    is.range("switch.flow_cache_entries", s.flow_cache_entries, 64..=1 << 21, "");
+    is.range("switch.flow_cache_tenant_share", s.flow_cache_tenant_share, 1..=100, " %");
     for (f, v) in [
         ("flow_log_interval_secs", s.flow_log_interval_secs),
         ("flow_log_idle_secs", s.flow_log_idle_secs),
@@ -195,30 +192,13 @@ fn check_switch(cfg: &Config, is: &mut Issues) {
         }
     }
     for (name, p) in &cfg.ports {
-        if let Some(m) = p.mtu
-            && !(68..=65_535).contains(&m)
-        {
-            is.add(format!("ports.{name}.mtu"), format!("{m} is out of range 68..=65535"));
+        if let Some(m) = p.mtu {
+            is.range(format!("ports.{name}.mtu"), m, 68..=65_535, "");
         }
     }
-    if !(8..=1 << 20).contains(&s.fragment_entries) {
-        is.add(
-            "switch.fragment_entries",
-            format!("{} is out of range 8..=1048576", s.fragment_entries),
-        );
-    }
-    if !(1..=60_000).contains(&s.fragment_timeout_ms) {
-        is.add(
-            "switch.fragment_timeout_ms",
-            format!("{} ms is out of range 1..=60000", s.fragment_timeout_ms),
-        );
-    }
-    if !(1..=1 << 24).contains(&s.conntrack_capacity) {
-        is.add(
-            "switch.conntrack_capacity",
-            format!("{} is out of range 1..=16777216", s.conntrack_capacity),
-        );
-    }
+    is.range("switch.fragment_entries", s.fragment_entries, 8..=1 << 20, "");
+    is.range("switch.fragment_timeout_ms", s.fragment_timeout_ms, 1..=60_000, " ms");
+    is.range("switch.conntrack_capacity", s.conntrack_capacity, 1..=1 << 24, "");
     // Each socket keeps a full fill ring (2 x ring_size) and may have a full TX ring in flight;
     // the rest is the working set of batches, TX lists and flood copies.
     let sockets: u64 = cfg.ports.values().map(|p| u64::from(p.queues)).sum();
@@ -287,9 +267,7 @@ fn check_ports(cfg: &Config, is: &mut Issues) {
                 is.add(&at, "give either interface, or pf with vf (one VF) or vfs (a range of VFs)")
             }
         }
-        if !(1..=64).contains(&p.queues) {
-            is.add(format!("{at}.queues"), format!("{} is out of range 1..=64", p.queues));
-        }
+        is.range(format!("{at}.queues"), p.queues, 1..=64, "");
     }
     // All sockets share one UMEM, and the kernel binds every socket of a shared UMEM in the
     // mode of the first one (xp_assign_dev_shared): zero-copy on one port and copy on another

@@ -164,12 +164,6 @@ impl Tap {
         tenant_known && (!self.drops_only || code >= 2)
     }
 
-    /// All three tests ([`Tap::takes_port`], [`Tap::takes_tenant`], [`Tap::takes_verdict`]).
-    #[inline]
-    pub fn wants(&self, port: PortId, m: &Meta, code: u8) -> bool {
-        self.takes_port(port) && self.takes_tenant(m.tenant) && self.takes_verdict(code)
-    }
-
     /// Offers a frame that arrived on `port`, with verdict `code`; copies it into the ring if
     /// it passes the filter and the ring has room. No allocation, no system call, no lock: the
     /// copy becomes visible to the writer at the next [`Tap::publish`].
@@ -305,6 +299,13 @@ pub fn ring(messages: usize) -> (crate::handoff::Sender<MESSAGE_WORDS>, Reader) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Tap {
+        /// The three tests the pipeline makes, in its order.
+        fn wants(&self, port: PortId, m: &Meta, code: u8) -> bool {
+            self.takes_port(port) && self.takes_tenant(m.tenant) && self.takes_verdict(code)
+        }
+    }
     use crate::batch::Meta;
 
     #[test]
