@@ -1,9 +1,15 @@
-//! Compiling a validated [`Config`] into the dataplane's immutable [`Snapshot`]: names become
-//! dense ids in name order, so the same config always compiles to the same snapshot.
+//! Compiling a validated [`Config`] into the dataplane's immutable [`Snapshot`]. At start,
+//! names become dense ids in name order, so the same config always compiles to the same
+//! snapshot. A reload compiles against the running snapshot ([`compile_next`]): every port and
+//! tenant that is still there keeps its id, a removed one leaves its id vacant, and a new one
+//! takes an id that was vacant already before this reload (the lowest), else the next unused
+//! one. So the dataplane's state, kept by id, stays with its owner (see `Snapshot` on stable
+//! ids), and no id is given to a new owner while the workers may still hold frames or messages
+//! for its old one.
 
 use dataplane::snapshot::{
-    Attachment, AttachmentId, PolicyLimits, PortKind, Snapshot, SnapshotBuilder, SnapshotError,
-    TenantSpec,
+    Attachment, AttachmentId, PolicyLimits, PortId, PortKind, Snapshot, SnapshotBuilder,
+    SnapshotError, TenantId, TenantSpec,
 };
 use dataplane::time::Nanos;
 use dataplane::wire::MacAddr;
@@ -22,8 +28,43 @@ pub enum CompileError {
     Dangling(String),
 }
 
-/// Builds the snapshot for `cfg` with the given generation.
+/// Builds the snapshot for `cfg` with the given generation, ids in name order.
 pub fn compile(cfg: &Config, generation: u64) -> Result<Snapshot, CompileError> {
+    compile_next(cfg, None, generation)
+}
+
+/// Gives each name an id: its id in `before` (with the generation it took it in), else a
+/// vacant one of `before`'s, else a new one.
+fn assign<'a>(
+    names: impl Iterator<Item = &'a str>,
+    before: &[(&str, u64)],
+    generation: u64,
+) -> Vec<(&'a str, u16, u64)> {
+    let names: Vec<&str> = names.collect();
+    let mut free = before.iter().enumerate().filter(|(_, (n, _))| n.is_empty()).map(|(i, _)| i);
+    let mut next = before.len();
+    names
+        .into_iter()
+        .map(|n| match before.iter().position(|(b, _)| *b == n) {
+            Some(i) => (n, i as u16, before[i].1),
+            None => {
+                let i = free.next().unwrap_or_else(|| {
+                    next += 1;
+                    next - 1
+                });
+                (n, i as u16, generation)
+            }
+        })
+        .collect()
+}
+
+/// Builds the snapshot for `cfg` that follows `before` (the running one): the ports and
+/// tenants `before` has keep their ids (see the module docs).
+pub fn compile_next(
+    cfg: &Config,
+    before: Option<&Snapshot>,
+    generation: u64,
+) -> Result<Snapshot, CompileError> {
     let limits = PolicyLimits {
         flow_cache_entries: cfg.switch.flow_cache_entries,
         flow_cache_share_percent: cfg.switch.flow_cache_tenant_share,
@@ -33,13 +74,30 @@ pub fn compile(cfg: &Config, generation: u64) -> Result<Snapshot, CompileError> 
     };
     let mut b =
         SnapshotBuilder::new(generation).fdb_capacity(cfg.switch.fdb_capacity).limits(limits);
+    let old_ports: Vec<(&str, u64)> = before
+        .map_or_else(Vec::new, |s| s.ports.iter().map(|p| (p.name.as_str(), p.since)).collect());
+    let old_tenants: Vec<(&str, u64)> = before
+        .map_or_else(Vec::new, |s| s.tenants.iter().map(|t| (t.name.as_str(), t.since)).collect());
+    let port_ids = assign(cfg.ports.keys().map(String::as_str), &old_ports, generation);
+    let tenant_ids = assign(cfg.tenants.keys().map(String::as_str), &old_tenants, generation);
+    // Ids a removed port or tenant leaves behind stay vacant.
+    for (i, (name, _)) in old_ports.iter().enumerate() {
+        if !name.is_empty() && !cfg.ports.contains_key(*name) {
+            b.vacant_port(PortId(i as u16));
+        }
+    }
+    for (i, (name, _)) in old_tenants.iter().enumerate() {
+        if !name.is_empty() && !cfg.tenants.contains_key(*name) {
+            b.vacant_tenant(TenantId(i as u16));
+        }
+    }
     let mut ids = std::collections::HashMap::new();
-    for (name, p) in &cfg.ports {
+    for ((name, p), (_, id, since)) in cfg.ports.iter().zip(&port_ids) {
         let kind = match p.kind {
             PortKindConfig::Uplink => PortKind::Uplink,
             PortKindConfig::Tenant => PortKind::Tenant,
         };
-        let id = b.port(name, &p.interface, kind);
+        let id = b.port_at(PortId(*id), name, &p.interface, kind, *since);
         let mut issues = Vec::new();
         b.port_rate(id, crate::config::shaping::port(name, cfg, &mut issues));
         b.port_mtu(id, p.mtu);
@@ -48,7 +106,7 @@ pub fn compile(cfg: &Config, generation: u64) -> Result<Snapshot, CompileError> 
         }
         ids.insert(name.as_str(), id);
     }
-    for (name, t) in &cfg.tenants {
+    for ((name, t), &(_, id, since)) in cfg.tenants.iter().zip(&tenant_ids) {
         let mut attachments = Vec::with_capacity(t.attach.len());
         for a in &t.attach {
             let port = *ids
@@ -88,7 +146,8 @@ pub fn compile(cfg: &Config, generation: u64) -> Result<Snapshot, CompileError> 
         if built.guards.iter().any(|g| !g.is_empty()) {
             spec.guards = built.guards;
         }
-        b.tenant(spec);
+        spec.since = since;
+        b.tenant_at(TenantId(id), spec);
     }
     Ok(b.build()?)
 }

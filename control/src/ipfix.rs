@@ -4,8 +4,9 @@
 //! exporting needs only a message header, two fixed templates and fixed-length data records,
 //! about a hundred lines.
 //!
-//! Each tenant is its own observation domain (id = tenant id + 1), so a collector keeps
-//! tenants apart without a private information element. Two templates, one per address
+//! Each tenant is its own observation domain (`tenants.NAME.observation_domain`, by default
+//! a hash of the name, so it stays the same when other tenants come and go), so a collector
+//! keeps tenants apart without a private information element. Two templates, one per address
 //! family:
 //!
 //! | element (id) | bytes |
@@ -206,7 +207,7 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    /// The messages carrying `records` of one domain (tenant id + 1), exported at `now_secs`
+    /// The messages carrying `records` of one domain (the tenant's), exported at `now_secs`
     /// (Unix seconds). Records of both families may be mixed; each message stays under
     /// [`MAX_MESSAGE`] bytes.
     pub fn encode(&mut self, domain: u32, now_secs: u32, records: &[Record]) -> Vec<Vec<u8>> {

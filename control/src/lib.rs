@@ -5,7 +5,8 @@
 
 pub mod compile;
 pub mod config;
+pub mod diff;
 pub mod ipfix;
 pub mod sriov;
 
-pub use compile::{CompileError, compile};
+pub use compile::{CompileError, compile, compile_next};

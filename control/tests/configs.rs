@@ -487,3 +487,139 @@ fn schema_errors_come_all_at_once_with_places() {
         "{err}"
     );
 }
+
+/// Three ports and two tenants; `extra` appended.
+fn live(extra: &str, without: &[&str]) -> config::Config {
+    let mut text = String::from(
+        "[switch]\nframes = 32768\n[ports.a]\ninterface = \"ia\"\nkind = \"tenant\"\n\
+         [ports.b]\ninterface = \"ib\"\nkind = \"tenant\"\n\
+         [ports.up]\ninterface = \"iu\"\nkind = \"uplink\"\n\
+         [tenants.blue]\nattach = [{ port = \"up\", vlan = 200 }]\n\
+         [tenants.red]\nattach = [{ port = \"a\" }, { port = \"up\", vlan = 100 }]\n",
+    );
+    text += extra;
+    let mut cfg = load_str("live.toml", &text).unwrap();
+    for n in without {
+        cfg.ports.remove(*n);
+        cfg.tenants.remove(*n);
+    }
+    cfg
+}
+
+// Issue 17: a reload compiles against the running snapshot. Ports and tenants keep their ids
+// (and the generation they took them in); a removed one leaves its id vacant; a new one takes
+// an id that was vacant before this reload, never one vacated by it, else a new one.
+#[test]
+fn ids_stay_with_their_ports_and_tenants_across_reloads() {
+    use dataplane::snapshot::{TenantId, VACANT};
+    let g1 = compile(&live("", &[]), 1).unwrap();
+    let ids = |s: &dataplane::snapshot::Snapshot| -> Vec<(String, u64)> {
+        s.ports.iter().map(|p| (p.name.clone(), p.since)).collect()
+    };
+    assert_eq!(ids(&g1), [("a".into(), 1), ("b".into(), 1), ("up".into(), 1)]);
+    // b goes; green comes: b's id stays vacant, green is appended.
+    let green = "[tenants.green]\nattach = [{ port = \"up\", vlan = 300 }]\n";
+    let g2 = control::compile_next(&live(green, &["b"]), Some(&g1), 2).unwrap();
+    assert_eq!(ids(&g2), [("a".into(), 1), (String::new(), VACANT), ("up".into(), 1)]);
+    assert_eq!(g2.tenant_by_name("blue"), Some(TenantId(0)));
+    assert_eq!(g2.tenant_by_name("red"), Some(TenantId(1)));
+    assert_eq!(g2.tenant_by_name("green"), Some(TenantId(2)));
+    assert_eq!(g2.tenants[2].since, 2);
+    assert_eq!(g2.tenants[1].since, 1, "red keeps the generation it came in");
+    // A frame of red on `up` still resolves to red's id.
+    assert_eq!(g2.resolve(PortId(2), Some(100)).map(|r| r.0), Some(TenantId(1)));
+    // blue goes and c comes: c takes b's id (vacant since generation 2), blue's id stays
+    // vacant (vacated now), and a later tenant could take it.
+    let c = "[ports.c]\ninterface = \"ic\"\nkind = \"tenant\"\n";
+    let g3 =
+        control::compile_next(&live(&format!("{c}{green}"), &["b", "blue"]), Some(&g2), 3).unwrap();
+    assert_eq!(ids(&g3), [("a".into(), 1), ("c".into(), 3), ("up".into(), 1)]);
+    assert!(g3.tenants[0].is_vacant());
+    assert_eq!(
+        g3.live_tenants().map(|(_, t)| t.name.as_str()).collect::<Vec<_>>(),
+        ["red", "green"]
+    );
+    let amber = "[tenants.amber]\nattach = [{ port = \"c\" }]\n";
+    let g4 =
+        control::compile_next(&live(&format!("{c}{green}{amber}"), &["b", "blue"]), Some(&g3), 4)
+            .unwrap();
+    assert_eq!(g4.tenant_by_name("amber"), Some(TenantId(0)), "blue's id, vacant since 3");
+    assert_eq!(g4.tenants[0].since, 4);
+}
+
+// Issue 17: a tenant's IPFIX observation domain is its own (explicit, or derived from its
+// name), never its position: adding a tenant does not renumber the others.
+#[test]
+fn observation_domains_follow_names_and_must_differ() {
+    let one = live("", &[]);
+    let more = live("[tenants.aaa]\nattach = [{ port = \"b\" }]\n", &[]);
+    for name in ["red", "blue"] {
+        let d = |c: &config::Config| c.tenants[name].observation_domain(name);
+        assert_eq!(d(&one), d(&more), "{name}'s domain moved when a tenant came");
+    }
+    assert_ne!(one.tenants["red"].observation_domain("red"), 0);
+    let e = err_of(
+        "[ports.up]\ninterface = \"iu\"\nkind = \"uplink\"\n\
+         [tenants.red]\nattach = [{ port = \"up\", vlan = 100 }]\nobservation_domain = 9\n\
+         [tenants.blue]\nattach = [{ port = \"up\", vlan = 200 }]\nobservation_domain = 9\n",
+    );
+    assert!(e.contains("observation_domain") && e.contains("9 is tenant blue's too"), "{e}");
+}
+
+/// A directory with `main.toml` (`main`) and `tenants.d/NAME` files (`frags`).
+fn fragments(tag: &str, main: &str, frags: &[(&str, &str)]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("xswitch-frag-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("tenants.d")).unwrap();
+    std::fs::write(dir.join("main.toml"), main).unwrap();
+    for (name, text) in frags {
+        std::fs::write(dir.join("tenants.d").join(name), text).unwrap();
+    }
+    dir.join("main.toml")
+}
+
+const MAIN: &str = "include = [\"tenants.d/*.toml\"]\n[switch]\nframes = 32768\n\
+    [ports.up]\ninterface = \"iu\"\nkind = \"uplink\"\n\
+    [tenants.red]\nattach = [{ port = \"up\", vlan = 100 }]\n";
+
+// Issue 17: an orchestrator adds one file per VM or tenant; every error names the file.
+#[test]
+fn fragments_join_the_main_file_and_errors_name_the_fragment() {
+    let vm1 = "[ports.vm1]\ninterface = \"tap1\"\nkind = \"tenant\"\n\
+               [tenants.blue]\nattach = [{ port = \"vm1\" }, { port = \"up\", vlan = 200 }]\n";
+    let main = fragments("ok", MAIN, &[("vm1.toml", vm1), ("notes.txt", "not toml at all [")]);
+    let cfg = config::load(&main).unwrap();
+    assert_eq!(cfg.ports.keys().collect::<Vec<_>>(), ["up", "vm1"]);
+    assert_eq!(cfg.tenants.keys().collect::<Vec<_>>(), ["blue", "red"]);
+    compile(&cfg, 1).unwrap();
+
+    // A wrong key in a fragment: the fragment, with its own line.
+    let bad = vm1.replace("kind = \"tenant\"", "kind = \"tenant\"\nqueuez = 2");
+    let e = config::load(&fragments("key", MAIN, &[("vm1.toml", &bad)])).unwrap_err().to_string();
+    assert!(e.contains("vm1.toml") && e.contains("ports.vm1.queuez: line 4"), "{e}");
+    // A rule between fields broken by a fragment's tenant: the field and the fragment.
+    let bad = vm1.replace("{ port = \"vm1\" }", "{ port = \"vm9\" }");
+    let e = config::load(&fragments("ref", MAIN, &[("vm1.toml", &bad)])).unwrap_err().to_string();
+    assert!(e.contains("tenants.blue.attach[0]") && e.contains("vm1.toml)"), "{e}");
+    // The same name twice.
+    let twice = "[tenants.red]\nattach = [{ port = \"up\", vlan = 300 }]\n";
+    let e = config::load(&fragments("dup", MAIN, &[("b.toml", twice)])).unwrap_err().to_string();
+    assert!(
+        e.contains("b.toml")
+            && e.contains("tenants.red: is defined in")
+            && e.contains("main.toml too"),
+        "{e}"
+    );
+    // Only ports and tenants in a fragment.
+    let e = config::load(&fragments("sec", MAIN, &[("s.toml", "[switch]\nworkers = 2\n")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("s.toml") && e.contains("switch: a fragment holds only"), "{e}");
+    // A pattern that matches nothing is an empty directory; a plain file that is missing is
+    // an error.
+    let cfg = config::load(&fragments("none", MAIN, &[])).unwrap();
+    assert_eq!(cfg.tenants.len(), 1);
+    let main = fragments("missing", &MAIN.replace("tenants.d/*.toml", "vm7.toml"), &[]);
+    let e = config::load(&main).unwrap_err().to_string();
+    assert!(e.contains("include[0]") && e.contains("\"vm7.toml\""), "{e}");
+}

@@ -12,6 +12,9 @@ use crate::policy::{Guard, TenantPolicy};
 use crate::time::Nanos;
 use crate::wire::MacAddr;
 
+/// The `since` of a vacant id.
+pub const VACANT: u64 = u64::MAX;
+
 /// Dense index of a port in [`Snapshot::ports`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct PortId(pub u16);
@@ -67,6 +70,28 @@ pub struct PortSpec {
     /// Largest IP packet it sends (its interface's MTU, or the config's), `None`: unknown, no
     /// limit. A frame may exceed it by its Ethernet header and one VLAN tag.
     pub mtu: Option<u32>,
+    /// The generation in which this port took its id (see [`Snapshot`] on stable ids).
+    pub since: u64,
+}
+
+impl PortSpec {
+    /// An id no port holds (the port that had it was removed by a reload).
+    pub fn vacant() -> Self {
+        PortSpec {
+            name: String::new(),
+            interface: String::new(),
+            kind: PortKind::Tenant,
+            rate: None,
+            mtu: None,
+            since: VACANT,
+        }
+    }
+
+    /// True for an id no port holds.
+    #[inline]
+    pub fn is_vacant(&self) -> bool {
+        self.name.is_empty()
+    }
 }
 
 /// One place a tenant is reachable: a port, and the VLAN its frames carry there (None: untagged).
@@ -99,6 +124,8 @@ pub struct TenantSpec {
     pub flow_log: bool,
     /// Policer, egress shapers, weight, guarantee and queue size.
     pub shaping: crate::shaping::TenantShaping,
+    /// The generation in which this tenant took its id (see [`Snapshot`] on stable ids).
+    pub since: u64,
 }
 
 /// Sizes of each worker's flow cache and connection table.
@@ -135,6 +162,15 @@ const NO_TENANT: u32 = u32::MAX;
 pub const UNTAGGED: usize = 4096;
 
 /// The compiled configuration.
+///
+/// **Stable ids.** A port or tenant keeps its id for as long as it exists: a reload that adds
+/// one gives it a free id, and one that removes one leaves its id *vacant* (an empty name, no
+/// attachments, nothing resolves to it) rather than moving the others. So everything a worker
+/// keeps by id (counters, MAC entries, connections, flow-cache entries, egress queues, frames
+/// in flight between workers) stays valid across reloads that do not touch it. An id is given
+/// again only when it was already vacant in the snapshot before (`control::compile` sees to
+/// that), and [`PortSpec::since`]/[`TenantSpec::since`] say in which generation the holder took
+/// it, so a frame stamped with an older generation is not delivered to a new holder.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Snapshot {
     /// Bumped on every compile; workers invalidate cached decisions when it changes.
@@ -234,12 +270,42 @@ impl Snapshot {
 
     /// Looks a port up by config name.
     pub fn port_by_name(&self, name: &str) -> Option<PortId> {
+        if name.is_empty() {
+            return None;
+        }
         self.ports.iter().position(|p| p.name == name).map(|i| PortId(i as u16))
     }
 
     /// Looks a tenant up by config name.
     pub fn tenant_by_name(&self, name: &str) -> Option<TenantId> {
+        if name.is_empty() {
+            return None;
+        }
         self.tenants.iter().position(|t| t.name == name).map(|i| TenantId(i as u16))
+    }
+
+    /// The ports that exist (vacant ids left out), with their ids.
+    pub fn live_ports(&self) -> impl Iterator<Item = (PortId, &PortSpec)> {
+        self.ports
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.is_vacant())
+            .map(|(i, p)| (PortId(i as u16), p))
+    }
+
+    /// The tenants that exist (vacant ids left out), with their ids.
+    pub fn live_tenants(&self) -> impl Iterator<Item = (TenantId, &TenantSpec)> {
+        self.tenants
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| !t.is_vacant())
+            .map(|(i, t)| (TenantId(i as u16), t))
+    }
+
+    /// The generation in which port `p`'s holder took its id ([`VACANT`] when none holds it).
+    #[inline]
+    pub fn port_since(&self, p: PortId) -> u64 {
+        self.ports.get(p.index()).map_or(VACANT, |p| p.since)
     }
 }
 
@@ -340,8 +406,33 @@ impl SnapshotBuilder {
             kind,
             rate: None,
             mtu: None,
+            since: self.generation,
         });
         PortId((self.ports.len() - 1) as u16)
+    }
+
+    /// Puts a port at id `id` (vacant ids fill the gap before it), taken in generation
+    /// `since`; for a reload that keeps ids stable.
+    pub fn port_at(
+        &mut self,
+        id: PortId,
+        name: &str,
+        interface: &str,
+        kind: PortKind,
+        since: u64,
+    ) -> PortId {
+        if self.ports.len() <= id.index() {
+            self.ports.resize(id.index() + 1, PortSpec::vacant());
+        }
+        self.ports[id.index()] = PortSpec {
+            name: name.into(),
+            interface: interface.into(),
+            kind,
+            rate: None,
+            mtu: None,
+            since,
+        };
+        id
     }
 
     /// Sets a port's MTU.
@@ -359,9 +450,35 @@ impl SnapshotBuilder {
     }
 
     /// Adds a tenant; returns its id.
-    pub fn tenant(&mut self, spec: TenantSpec) -> TenantId {
+    pub fn tenant(&mut self, mut spec: TenantSpec) -> TenantId {
+        spec.since = self.generation;
         self.tenants.push(spec);
         TenantId((self.tenants.len() - 1) as u16)
+    }
+
+    /// Leaves port id `id` vacant (its port was removed).
+    pub fn vacant_port(&mut self, id: PortId) {
+        if self.ports.len() <= id.index() {
+            self.ports.resize(id.index() + 1, PortSpec::vacant());
+        }
+        self.ports[id.index()] = PortSpec::vacant();
+    }
+
+    /// Leaves tenant id `id` vacant (its tenant was removed).
+    pub fn vacant_tenant(&mut self, id: TenantId) {
+        if self.tenants.len() <= id.index() {
+            self.tenants.resize(id.index() + 1, TenantSpec::vacant());
+        }
+        self.tenants[id.index()] = TenantSpec::vacant();
+    }
+
+    /// Puts a tenant at id `id` (vacant ids fill the gap before it); `spec.since` is kept.
+    pub fn tenant_at(&mut self, id: TenantId, spec: TenantSpec) -> TenantId {
+        if self.tenants.len() <= id.index() {
+            self.tenants.resize(id.index() + 1, TenantSpec::vacant());
+        }
+        self.tenants[id.index()] = spec;
+        id
     }
 
     /// Checks and freezes.
@@ -373,8 +490,18 @@ impl SnapshotBuilder {
         if self.tenants.len() > max {
             return Err(SnapshotError::TooMany { what: "tenants", n: self.tenants.len(), max });
         }
+        // A vacant id has no table (nothing resolves there) and costs a few bytes.
         let mut ingress: Vec<Box<[u32]>> =
-            self.ports.iter().map(|_| vec![NO_TENANT; UNTAGGED + 1].into_boxed_slice()).collect();
+            self.ports
+                .iter()
+                .map(|p| {
+                    if p.is_vacant() {
+                        Box::default()
+                    } else {
+                        vec![NO_TENANT; UNTAGGED + 1].into()
+                    }
+                })
+                .collect();
         for (ti, t) in self.tenants.iter().enumerate() {
             if t.attachments.len() > max {
                 return Err(SnapshotError::TooMany {
@@ -384,9 +511,10 @@ impl SnapshotBuilder {
                 });
             }
             for (ai, a) in t.attachments.iter().enumerate() {
-                let port = self.ports.get(a.port.index()).ok_or_else(|| {
-                    SnapshotError::UnknownPort { tenant: t.name.clone(), port: a.port.0 }
-                })?;
+                let port =
+                    self.ports.get(a.port.index()).filter(|p| !p.is_vacant()).ok_or_else(|| {
+                        SnapshotError::UnknownPort { tenant: t.name.clone(), port: a.port.0 }
+                    })?;
                 let slot = match a.vlan {
                     Some(v) if !(1..=4094).contains(&v) => {
                         return Err(SnapshotError::VlanRange { tenant: t.name.clone(), vlan: v });
@@ -463,7 +591,19 @@ impl TenantSpec {
             policy: TenantPolicy::default(),
             flow_log: false,
             shaping: crate::shaping::TenantShaping::default(),
+            since: 0,
         }
+    }
+
+    /// An id no tenant holds: no attachments, no MACs (quota 0), no policy.
+    pub fn vacant() -> Self {
+        TenantSpec { fdb_quota: 0, since: VACANT, ..TenantSpec::new("", Vec::new()) }
+    }
+
+    /// True for an id no tenant holds.
+    #[inline]
+    pub fn is_vacant(&self) -> bool {
+        self.name.is_empty()
     }
 }
 

@@ -714,7 +714,7 @@ mod pipeline {
             }],
             Action::Allow,
         );
-        w.install(Arc::new(snapshot(2, ssh)));
+        w.install(Nanos::ZERO, Arc::new(snapshot(2, ssh)));
         send(&mut w, A2, &from_b(80, 1000, SYN), A1);
         assert_eq!(send(&mut w, A1, &from_a(1000, 23, SYN), A2), 1, "telnet now allowed");
         assert_eq!(send(&mut w, A1, &from_a(1000, 22, SYN), A2), 0, "ssh now denied");

@@ -438,7 +438,7 @@ fn a_snapshot_change_keeps_what_was_learned() {
     step(&mut w, Nanos::from_secs(1));
     let mut next = lab_snapshot(100);
     next.generation = 2;
-    let old = w.install(Arc::new(next));
+    let old = w.install(Nanos::ZERO, Arc::new(next));
     assert_eq!(old.generation, 1);
     assert_eq!(w.pipeline().generation(), 2);
     let copies = w.pipeline().counters.flood_copies;
@@ -459,7 +459,7 @@ fn a_snapshot_change_keeps_what_was_learned() {
     }
     let att = |port, vlan| Attachment { port, vlan };
     b.tenant(TenantSpec::new("red", vec![att(UP, Some(100)), att(A1, None)]));
-    w.install(Arc::new(b.build().unwrap()));
+    w.install(Nanos::ZERO, Arc::new(b.build().unwrap()));
     w.inject(A1, &udp(mac(1), mac(2), None));
     let out = step(&mut w, Nanos::from_secs(1));
     assert_eq!(out.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [UP], "unknown again: flood");

@@ -14,7 +14,7 @@ use dataplane::snapshot::{Attachment, PortId, PortKind, Snapshot, SnapshotBuilde
 use dataplane::time::Nanos;
 use dataplane::trace::DropReason;
 use dataplane::worker::mesh::mesh;
-use dataplane::worker::{FrameCensus, Route, Worker};
+use dataplane::worker::{Applied, FrameCensus, Route, Worker, WorkerCmd};
 use etherparse::PacketBuilder;
 
 const UP: PortId = PortId(0);
@@ -311,7 +311,10 @@ fn a_port_whose_device_vanished_drops_its_frames_as_port_down_and_comes_back_rep
     assert_eq!(step(&mut w, A1, 1, 2), [0, 0, 1]);
 
     // a2's device goes: frames for it are dropped as port_down, the others still flow.
-    w.socket_down(2);
+    assert!(matches!(
+        w.apply(Nanos::from_secs(1), WorkerCmd::SocketDown { port: A2, queue: 0 }),
+        Applied::Done
+    ));
     assert!(w.is_down(2));
     let before = w.pipeline().counters.drops(DropReason::PortDown);
     assert_eq!(step(&mut w, A1, 1, 2), [0, 0, 0]);
@@ -330,10 +333,114 @@ fn a_port_whose_device_vanished_drops_its_frames_as_port_down_and_comes_back_rep
     let free = w.census().free;
 
     // It comes back: a new socket takes its place and frames flow again; the old one's frames
-    // go back to the pool.
-    w.replace_socket(2, MemPort::new(128));
+    // go back to the pool, and the old socket to the caller (to close off the poll loop).
+    let cmd = WorkerCmd::ReplaceSocket { port: A2, driver: Box::new(MemPort::new(128)) };
+    assert!(matches!(w.apply(Nanos::from_secs(1), cmd), Applied::Removed { lost: 0, .. }));
     assert_eq!(w.census().free, free + 3, "the old socket's frames are free again");
     assert!(!w.is_down(2));
     assert_eq!(step(&mut w, A1, 1, 2), [0, 0, 1]);
+    assert!(w.census().balanced(), "{:?}", w.census());
+}
+
+/// Red on up/100, a1, a2 (ids 0..2, since generation 1), and what reloads make of it.
+fn red_and(b: &mut SnapshotBuilder, a2: bool) {
+    let up = b.port_at(UP, "uplink", "up0", PortKind::Uplink, 1);
+    let a1 = b.port_at(A1, "a1", "a1", PortKind::Tenant, 1);
+    let mut at =
+        vec![Attachment { port: up, vlan: Some(100) }, Attachment { port: a1, vlan: None }];
+    if a2 {
+        at.push(Attachment { port: b.port_at(A2, "a2", "a2", PortKind::Tenant, 1), vlan: None });
+    } else {
+        b.vacant_port(A2);
+    }
+    let mut red = TenantSpec::new("red", at);
+    red.since = 1;
+    b.tenant_at(dataplane::snapshot::TenantId(0), red);
+}
+
+// Issue 17: a reload adds a port and a tenant, removes a port and a tenant, and gives a vacant
+// id to a new tenant; each through `Worker::apply`, as the switch sends them. What a reload
+// does not touch keeps its MACs and counters; a removed port's frames are `port_down` drops;
+// an id given to a new holder starts at zero; the census balances throughout.
+#[test]
+fn reloads_add_and_remove_ports_and_tenants_and_the_rest_keeps_its_state() {
+    use dataplane::snapshot::TenantId;
+    const A3: PortId = PortId(3);
+    let blue = TenantId(1);
+    let area = FrameArea::new(CHUNKS, 2048, PageSize::Normal).unwrap();
+    let ports = vec![MemPort::new(128), MemPort::new(128), MemPort::new(128)];
+    let mut w = Worker::new(area, ports, Arc::new(snapshot()));
+    let mut now = Nanos::from_secs(1);
+    let mut step = |w: &mut Worker<MemPort>, port: PortId, src: u8, dst: u8, vlan: Option<u16>| {
+        let dst = if dst == 0xff { [0xff; 6] } else { mac(dst) };
+        assert!(w.inject(port, &udp(mac(src), dst, vlan)));
+        now = now.add(Nanos::from_millis(1));
+        w.poll(now);
+        [UP, A1, A2, A3].map(|p| w.take_sent(p).len())
+    };
+    step(&mut w, A1, 1, 2, None);
+    step(&mut w, A2, 2, 1, None);
+    assert_eq!(step(&mut w, A1, 1, 2, None), [0, 0, 1, 0]);
+    let red_rx = |w: &Worker<MemPort>| w.pipeline().counters.tenant_rx[0].packets;
+    let (rx, macs) = (red_rx(&w), w.pipeline().fdb().len());
+    assert_eq!(macs, 2);
+
+    // Generation 2: port a3 and tenant blue (a3, up/200) come; red is untouched.
+    let mut b = SnapshotBuilder::new(2).fdb_capacity(1024);
+    red_and(&mut b, true);
+    let a3 = b.port_at(A3, "a3", "a3", PortKind::Tenant, 2);
+    let mut t = TenantSpec::new(
+        "blue",
+        vec![Attachment { port: a3, vlan: None }, Attachment { port: UP, vlan: Some(200) }],
+    );
+    t.since = 2;
+    b.tenant_at(blue, t);
+    let g2 = Arc::new(b.build().unwrap());
+    assert!(matches!(w.apply(Nanos::from_secs(1), WorkerCmd::Install(g2)), Applied::Replaced(_)));
+    let cmd = WorkerCmd::AddSocket { port: A3, driver: Box::new(MemPort::new(128)) };
+    assert!(matches!(w.apply(Nanos::from_secs(1), cmd), Applied::Done));
+    assert_eq!(w.routes()[3], Route::Local(3));
+    assert_eq!((red_rx(&w), w.pipeline().fdb().len()), (rx, 2), "red's state across the reload");
+    // Known unicast is not flooded: red's MACs survived.
+    let copies = w.pipeline().counters.flood_copies;
+    assert_eq!(step(&mut w, A1, 1, 2, None), [0, 0, 1, 0]);
+    assert_eq!(w.pipeline().counters.flood_copies, copies);
+    // Blue switches between a3 and its VLAN, apart from red.
+    assert_eq!(step(&mut w, A3, 7, 0xff, None), [1, 0, 0, 0], "blue's broadcast: up/200 only");
+    assert_eq!(w.pipeline().counters.tenant_rx[1].packets, 1);
+
+    // Frames a2 received but the worker has not read when a2 is removed: port_down drops.
+    for _ in 0..3 {
+        assert!(w.inject(A2, &udp(mac(2), mac(1), None)));
+    }
+    let down = w.pipeline().counters.drops(DropReason::PortDown);
+    let removed = w.apply(Nanos::from_secs(1), WorkerCmd::RemoveSocket { port: A2, queue: 0 });
+    assert!(matches!(removed, Applied::Removed { lost: 0, .. }), "{removed:?}");
+    assert_eq!(w.pipeline().counters.drops(DropReason::PortDown), down + 3);
+    assert!(matches!(
+        w.apply(Nanos::from_secs(1), WorkerCmd::RemoveSocket { port: A2, queue: 0 }),
+        Applied::NoSuchSocket
+    ));
+    // Generation 3: a2 removed (its id vacant), blue removed (its id vacant).
+    let mut b = SnapshotBuilder::new(3).fdb_capacity(1024);
+    red_and(&mut b, false);
+    b.vacant_port(A3);
+    b.vacant_tenant(blue);
+    w.apply(Nanos::from_secs(1), WorkerCmd::Install(Arc::new(b.build().unwrap())));
+    assert_eq!(w.pipeline().fdb().len(), 1, "red's MAC behind a2 went with a2");
+    assert_eq!(step(&mut w, A1, 1, 2, None), [1, 0, 0, 0], "to the vanished MAC: flooded");
+    assert_eq!(w.pipeline().counters.tenant_rx[1].packets, 1, "kept until the id is reused");
+    assert!(w.census().balanced(), "{:?}", w.census());
+
+    // Generation 4: green takes blue's id (vacant since generation 3): it starts at zero.
+    let mut b = SnapshotBuilder::new(4).fdb_capacity(1024);
+    red_and(&mut b, false);
+    b.vacant_port(A3);
+    let mut t = TenantSpec::new("green", vec![Attachment { port: UP, vlan: Some(300) }]);
+    t.since = 4;
+    b.tenant_at(blue, t);
+    w.apply(Nanos::from_secs(1), WorkerCmd::Install(Arc::new(b.build().unwrap())));
+    assert_eq!(w.pipeline().counters.tenant_rx[1].packets, 0, "green inherits blue's counts");
+    assert_eq!(red_rx(&w), rx + 2, "red counts on (two frames from a1 since)");
     assert!(w.census().balanced(), "{:?}", w.census());
 }

@@ -1,7 +1,9 @@
 //! The whole pipeline of one worker over in-memory ports, with a config the fuzzer shapes
 //! (tenants, attachments, anti-spoofing, ACLs, security groups, policers, shapers, port rate,
 //! flow logs)
-//! and a stream of frames, clock steps and reloads.
+//! and a stream of frames, clock steps and reloads, some of which remove or bring back a
+//! tenant or a port (its socket taken out of the worker or handed to it, as a live reload
+//! does).
 //!
 //! Checked beyond "no panic" (debug assertions are on, so the worker also checks its frame
 //! census after every poll):
@@ -25,7 +27,7 @@ use dataplane::snapshot::CHECK_POLICY;
 use dataplane::snapshot::{PortId, Snapshot, TenantId};
 use dataplane::time::Nanos;
 use dataplane::trace::DropReason;
-use dataplane::worker::Worker;
+use dataplane::worker::{Applied, Worker, WorkerCmd};
 use libfuzzer_sys::fuzz_target;
 use xswitch_fuzz::{FragSpec, FrameSpec, WorldSpec};
 
@@ -76,6 +78,10 @@ enum Op {
     Fragments { port: u8, spec: FragSpec },
     Poll { advance_us: u16 },
     Reload,
+    /// Removes tenant `t` (index mod 4), or brings it back if removed.
+    ToggleTenant { t: u8 },
+    /// Removes tenant port `p` (p1..p3) and the attachments to it, or brings it back.
+    TogglePort { p: u8 },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -102,20 +108,44 @@ fn untag(f: &[u8]) -> Vec<u8> {
 /// Who injected which bytes (with the tag of their attachment removed).
 type Seen = HashMap<Vec<u8>, HashSet<TenantId>>;
 
-fn check_sent(snap: &Snapshot, port: PortId, frames: Vec<Vec<u8>>, seen: &Seen) {
+/// Every frame a port sent was injected by a tenant attached to that port in one of the
+/// snapshots the worker ran (a frame accepted before a reload may leave after it).
+fn check_sent(snaps: &[Arc<Snapshot>], port: PortId, frames: Vec<Vec<u8>>, seen: &Seen) {
     for f in frames {
-        let ok = snap.tenants.iter().enumerate().any(|(t, spec)| {
-            spec.attachments.iter().filter(|a| a.port == port).any(|a| {
-                let inner = match a.vlan {
-                    Some(v) if outer_vlan(&f) == Some(v) => untag(&f),
-                    Some(_) => return false,
-                    None => f.clone(),
-                };
-                seen.get(&inner).is_some_and(|ts| ts.contains(&TenantId(t as u16)))
-            })
-        });
+        let ok = snaps.iter().any(|snap| sent_by(snap, port, &f, seen));
         assert!(ok, "port {port:?} sent a frame no tenant attached there injected: {f:02x?}");
     }
+}
+
+fn sent_by(snap: &Snapshot, port: PortId, f: &[u8], seen: &Seen) -> bool {
+    snap.tenants.iter().enumerate().any(|(t, spec)| {
+        spec.attachments.iter().filter(|a| a.port == port).any(|a| {
+            let inner = match a.vlan {
+                Some(v) if outer_vlan(f) == Some(v) => untag(f),
+                Some(_) => return false,
+                None => f.to_vec(),
+            };
+            seen.get(&inner).is_some_and(|ts| ts.contains(&TenantId(t as u16)))
+        })
+    })
+}
+
+/// `full` without the removed tenants and ports (attachments to a removed port go; a tenant
+/// left with none goes too).
+fn without(
+    full: &control::config::Config,
+    tenants: &HashSet<String>,
+    ports: &HashSet<String>,
+) -> control::config::Config {
+    let mut c = full.clone();
+    c.ports.retain(|n, _| !ports.contains(n));
+    c.tenants.retain(|n, _| !tenants.contains(n));
+    for t in c.tenants.values_mut() {
+        t.attach.retain(|a| !ports.contains(&a.port));
+        t.static_macs.retain(|m| !ports.contains(&m.port));
+    }
+    c.tenants.retain(|_, t| !t.attach.is_empty());
+    c
 }
 
 fuzz_target!(|input: Input| {
@@ -126,8 +156,14 @@ fuzz_target!(|input: Input| {
     let area = FrameArea::new(cfg.switch.frames, cfg.switch.frame_size, PageSize::Normal)
         .expect("a 4 MiB frame area");
     let ports: Vec<MemPort> = snap.ports.iter().map(|_| MemPort::new(256)).collect();
-    let nports = ports.len();
+    let mut nports = ports.len();
     let mut w = Worker::new(area, ports, snap.clone());
+    // What the worker runs, every snapshot it ran, and what is removed.
+    let mut snap = snap;
+    let mut snaps = vec![snap.clone()];
+    let (mut gone_tenants, mut gone_ports) = (HashSet::new(), HashSet::new());
+    // Frames received on ports whose ids went to new ports (their counters start again).
+    let mut cleared = 0u64;
     let mut now = Nanos::from_secs(1);
     let mut seen = Seen::new();
     let mut injected = 0u64;
@@ -166,7 +202,7 @@ fuzz_target!(|input: Input| {
                 for p in 0..nports {
                     let p = PortId(p as u16);
                     let sent = w.take_sent(p);
-                    check_sent(&snap, p, sent, &seen);
+                    check_sent(&snaps, p, sent, &seen);
                 }
                 for frag in spec.build() {
                     let bytes = frag.bytes;
@@ -206,7 +242,7 @@ fuzz_target!(|input: Input| {
                                 );
                             }
                         }
-                        check_sent(&snap, p, sent, &seen);
+                        check_sent(&snaps, p, sent, &seen);
                     }
                 }
             }
@@ -214,16 +250,57 @@ fuzz_target!(|input: Input| {
                 now = now.add(Nanos(u64::from(*advance_us) * 1000));
                 w.poll(now);
             }
-            Op::Reload => {
+            Op::Reload | Op::ToggleTenant { .. } | Op::TogglePort { .. } => {
+                let (mut tenants, mut ports) = (gone_tenants.clone(), gone_ports.clone());
+                let flip = |set: &mut HashSet<String>, name: String| {
+                    if !set.remove(&name) {
+                        set.insert(name);
+                    }
+                };
+                match op {
+                    Op::ToggleTenant { t } => flip(&mut tenants, format!("t{}", t % 4)),
+                    Op::TogglePort { p } => flip(&mut ports, format!("p{}", 1 + p % 3)),
+                    _ => {}
+                }
+                let next = without(&cfg, &tenants, &ports);
+                let Ok(again) = control::compile_next(&next, Some(&snap), generation + 1) else {
+                    continue;
+                };
                 generation += 1;
-                let again = control::compile(&cfg, generation).expect("compiled once already");
-                w.install(Arc::new(again));
+                let again = Arc::new(again);
+                let rx = |w: &Worker<MemPort>| -> u64 {
+                    w.pipeline().counters.port_rx.iter().map(|r| r.packets).sum()
+                };
+                // As a live reload does: the removed ports' sockets out, the snapshot in, the
+                // added ports' sockets handed over.
+                for (id, p) in snap.live_ports() {
+                    if again.port_by_name(&p.name).is_none() {
+                        let cmd = WorkerCmd::RemoveSocket { port: id, queue: 0 };
+                        assert!(matches!(w.apply(now, cmd), Applied::Removed { lost: 0, .. }));
+                    }
+                }
+                let before = rx(&w);
+                w.apply(now, WorkerCmd::Install(again.clone()));
+                cleared += before - rx(&w);
+                for (id, p) in again.live_ports() {
+                    if snap.port_by_name(&p.name).is_none() {
+                        let driver = Box::new(MemPort::new(256));
+                        assert!(matches!(
+                            w.apply(now, WorkerCmd::AddSocket { port: id, driver }),
+                            Applied::Done
+                        ));
+                        nports = nports.max(id.index() + 1);
+                    }
+                }
+                (gone_tenants, gone_ports) = (tenants, ports);
+                snap = again;
+                snaps.push(snap.clone());
             }
         }
         for p in 0..nports {
             let p = PortId(p as u16);
             let sent = w.take_sent(p);
-            check_sent(&snap, p, sent, &seen);
+            check_sent(&snaps, p, sent, &seen);
         }
     }
     // Let every queue drain (shapers may hold frames for a while).
@@ -233,12 +310,12 @@ fuzz_target!(|input: Input| {
         for p in 0..nports {
             let p = PortId(p as u16);
             let sent = w.take_sent(p);
-            check_sent(&snap, p, sent, &seen);
+            check_sent(&snaps, p, sent, &seen);
         }
     }
     let c = &w.pipeline().counters;
     let received: u64 = c.port_rx.iter().map(|r| r.packets).sum();
-    assert_eq!(received, injected, "every injected frame is counted as received");
+    assert_eq!(received + cleared, injected, "every injected frame is counted as received");
     let census = w.census();
     assert!(census.balanced(), "frame accounting: {census:?}");
 });

@@ -40,6 +40,14 @@ pub enum Command {
     CheckConfig {
         /// The config file (TOML). `XSWITCH__SECTION__KEY` variables override it.
         file: PathBuf,
+        /// Also compare it with the running switch's config (through its control socket:
+        /// `--socket`, else this file's `control.socket`): what a reload to it would add,
+        /// remove and change, and whether it would be refused. Applies nothing.
+        #[arg(long)]
+        against_running: bool,
+        /// The running switch's control socket (with --against-running).
+        #[arg(long, env = "XSWITCH_SOCKET")]
+        socket: Option<PathBuf>,
     },
     /// Run the switch on the ports of a config file until SIGINT or SIGTERM (root).
     Run {
@@ -109,8 +117,14 @@ pub enum CtlCommand {
     Tenants,
     /// Totals: traffic, drops by reason, MAC learning.
     Counters,
-    /// Re-read the config file and apply it (as SIGHUP does); prints the new generation.
-    Reload,
+    /// Re-read the config file and apply what changed (as SIGHUP does): ports and tenants
+    /// added, removed and changed live, nothing else disturbed; prints what it did.
+    Reload {
+        /// Only print what a reload would add, remove and change, and whether it would be
+        /// refused (and why); apply nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// The MAC table of a tenant (every worker's entries).
     Fdb {
         /// Tenant name.
@@ -267,7 +281,7 @@ impl CtlCommand {
             CtlCommand::Ports => "ports",
             CtlCommand::Tenants => "tenants",
             CtlCommand::Counters => "counters",
-            CtlCommand::Reload => "reload",
+            CtlCommand::Reload { .. } => "reload",
             CtlCommand::Fdb { .. } => "fdb",
             CtlCommand::Connections { .. } => "connections",
             CtlCommand::Flows { .. } => "flows",

@@ -350,11 +350,10 @@ pub struct CaptureRun {
     writer: JoinHandle<Result<(u64, u64), String>>,
 }
 
-/// How the control plane reaches the workers: per worker, a channel for new snapshots, one
-/// for questions, and the slot it publishes its figures in.
+/// How the control thread reaches the workers: per worker, a channel for questions and the
+/// slot it publishes its figures in (their commands come from the main thread, see `fabric`
+/// and `reload`).
 pub struct WorkerLinks {
-    /// New snapshots.
-    pub snapshots: Vec<Sender<Arc<Snapshot>>>,
     /// Questions.
     pub queries: Vec<Sender<Query>>,
     /// Published figures.
@@ -388,21 +387,19 @@ pub struct Shared {
     /// The workers.
     pub workers: WorkerLinks,
     /// Which worker polls which socket.
-    pub placement: Vec<Placement>,
+    pub placement: Mutex<Vec<Placement>>,
     /// Frames in the area.
     pub chunks: u32,
     /// Ports' devices, workers' placement, frame-area pages.
-    pub host: HostInfo,
+    pub host: Mutex<HostInfo>,
+    /// Reloads go to the main thread, which holds the ports (see `reload`).
+    pub reloads_to: Sender<crate::reload::Request>,
     /// The capture running, if any.
     capture: Mutex<Option<CaptureRun>>,
     /// When the switch started.
     pub started: Instant,
-    /// Per port: its interface is gone (see `hotplug`).
-    port_down: Vec<AtomicBool>,
-}
-
-fn snap_ports(snap: &Snapshot) -> Vec<AtomicBool> {
-    snap.ports.iter().map(|_| AtomicBool::new(false)).collect()
+    /// The ports whose interface is gone (see `fabric`), by name.
+    port_down: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Shared {
@@ -412,38 +409,58 @@ impl Shared {
         cfg: Config,
         snap: Arc<Snapshot>,
         workers: WorkerLinks,
-        placement: Vec<Placement>,
         chunks: u32,
         host: HostInfo,
+        reloads_to: Sender<crate::reload::Request>,
     ) -> Self {
-        let port_down = snap_ports(&snap);
         Shared {
-            host,
+            host: Mutex::new(host),
             path,
             running: Mutex::new((cfg, snap)),
             previous: Mutex::new(None),
             reloads: Mutex::new(ReloadState::default()),
             workers,
-            placement,
+            placement: Mutex::new(Vec::new()),
             chunks,
+            reloads_to,
             capture: Mutex::new(None),
             started: Instant::now(),
-            port_down,
+            port_down: Mutex::new(Default::default()),
         }
     }
 
-    /// Whether port `p`'s interface is gone (see `hotplug`).
-    pub fn port_is_down(&self, p: PortId) -> bool {
-        self.port_down.get(p.index()).is_some_and(|d| d.load(Ordering::Relaxed))
+    /// Whether port `name`'s interface is gone (see `fabric`).
+    pub fn port_is_down(&self, name: &str) -> bool {
+        self.port_down.lock().is_ok_and(|d| d.contains(name))
     }
 
-    /// Marks port `p` down or up again.
-    pub fn set_port_down(&self, p: PortId, down: bool) {
-        if let Some(d) = self.port_down.get(p.index()) {
-            d.store(down, Ordering::Relaxed);
+    /// Marks port `name` down or up again.
+    pub fn set_port_down(&self, name: &str, down: bool) {
+        if let Ok(mut d) = self.port_down.lock() {
+            if down {
+                d.insert(name.to_string());
+            } else {
+                d.remove(name);
+            }
         }
-        if let Some(port) = self.snapshot().ports.get(p.index()) {
-            crate::metrics::record_port_up(&port.name, !down);
+        crate::metrics::record_port_up(name, !down);
+    }
+
+    /// Which worker polls which socket.
+    pub fn placement(&self) -> Vec<Placement> {
+        self.placement.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// The ports' devices, the workers' placement, the frame area's pages.
+    pub fn host(&self) -> HostInfo {
+        self.host.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// Keeps the snapshot a reload replaced alive until the next reload, so that a worker
+    /// dropping its reference does not free it on the packet thread.
+    pub fn keep_previous(&self, old: Arc<Snapshot>) {
+        if let Ok(mut p) = self.previous.lock() {
+            *p = Some(old);
         }
     }
 
@@ -474,97 +491,6 @@ impl Shared {
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.running.lock().map(|r| r.1.clone()).unwrap_or_else(|p| p.into_inner().1.clone())
     }
-}
-
-/// What of `new` differs from `old` in a way that needs a restart, if anything.
-fn not_live(old: &Config, new: &Config) -> Option<String> {
-    // A port's rate and burst are applied live (the schedulers are rebuilt); the rest of a
-    // port is its sockets.
-    let sockets = |c: &Config| {
-        c.ports
-            .iter()
-            .map(|(n, p)| (n.clone(), p.interface.clone(), p.kind, p.queues, p.mode))
-            .collect::<Vec<_>>()
-    };
-    if sockets(old) != sockets(new) {
-        return Some("ports changed: the sockets and workers would have to be re-planned".into());
-    }
-    if old.switch != new.switch {
-        return Some("[switch] changed: frames, rings and workers are set at start".into());
-    }
-    if old.sriov != new.sriov {
-        return Some("[sriov] changed: VFs are provisioned and set up at start".into());
-    }
-    if old.metrics != new.metrics || old.control != new.control {
-        return Some("[metrics] or [control] changed: listeners are set up at start".into());
-    }
-    // Tenants first: a tenant added or removed is the reason, not the flow logs of the others
-    // (which, compared by position, all seemed to change when the list did).
-    let names = |c: &Config| c.tenants.keys().cloned().collect::<Vec<_>>();
-    if names(old) != names(new) {
-        let added: Vec<_> = new.tenants.keys().filter(|k| !old.tenants.contains_key(*k)).collect();
-        let gone: Vec<_> = old.tenants.keys().filter(|k| !new.tenants.contains_key(*k)).collect();
-        return Some(format!(
-            "tenants added {added:?} or removed {gone:?}: this version applies those at a restart"
-        ));
-    }
-    let changed: Vec<&String> = new
-        .tenants
-        .iter()
-        .filter(|(n, t)| old.tenants.get(*n).is_some_and(|o| o.flow_log != t.flow_log))
-        .map(|(n, _)| n)
-        .collect();
-    if !changed.is_empty() {
-        return Some(format!(
-            "flow_log changed for {changed:?}: the flow-log files are opened at start"
-        ));
-    }
-    None
-}
-
-/// Re-reads the config file and applies it live, or says why not (the running config stays).
-pub fn reload(shared: &Shared) -> Result<u64, String> {
-    let result = (|| {
-        let Some(path) = &shared.path else {
-            return Err("the demo runs its embedded config: there is no file to reload".into());
-        };
-        let new = control::config::load(path).map_err(|e| format!("{e}"))?;
-        // VF ports get their interfaces, as at start (nothing is provisioned now).
-        let (new, _) = crate::host::prepare(&new, control::sriov::Resolve::Look)
-            .map_err(|e| format!("{e:#}"))?;
-        let mut running = shared.running.lock().map_err(|_| "state lock poisoned".to_string())?;
-        if let Some(why) = not_live(&running.0, &new) {
-            return Err(format!("{}: {why}; nothing was applied", path.display()));
-        }
-        let generation = running.1.generation + 1;
-        let mut snap = control::compile(&new, generation).map_err(|e| format!("{e}"))?;
-        crate::netdev::fill_mtus(&mut snap);
-        let snap = Arc::new(snap);
-        for tx in &shared.workers.snapshots {
-            // Bounded with room for several: a worker takes them every 250 ms at most.
-            tx.send(snap.clone()).map_err(|_| "a worker has stopped".to_string())?;
-        }
-        let old = std::mem::replace(&mut *running, (new, snap));
-        if let Ok(mut p) = shared.previous.lock() {
-            *p = Some(old.1);
-        }
-        Ok(generation)
-    })();
-    let mut st = shared.reloads.lock().unwrap_or_else(|p| p.into_inner());
-    match &result {
-        Ok(g) => {
-            st.applied += 1;
-            st.last_error = None;
-            tracing::info!("reloaded {}: generation {g}", shared.name());
-        }
-        Err(e) => {
-            st.rejected += 1;
-            st.last_error = Some(e.clone());
-            tracing::warn!("reload rejected: {e}");
-        }
-    }
-    crate::metrics::record_reload(result.is_ok(), &result);
-    result
 }
 
 /// The running control server; stops its thread and removes the socket when dropped.
@@ -657,7 +583,7 @@ fn answer(req: &Value, shared: &Arc<Shared>) -> Result<Value, String> {
         "ports" => Ok(ports(shared)),
         "tenants" => Ok(tenants(shared)),
         "counters" => Ok(counters(shared)),
-        "reload" => reload(shared).map(|g| json!({ "generation": g })),
+        "reload" => crate::reload::ask(shared, req),
         "flows" => {
             let snap = shared.snapshot();
             let name = req.get("tenant").and_then(Value::as_str).ok_or("missing \"tenant\"")?;
@@ -707,7 +633,7 @@ fn answer(req: &Value, shared: &Arc<Shared>) -> Result<Value, String> {
             let port = snap.port_by_name(name).ok_or(format!("no port {name:?}"))?;
             // The worker that polls the port's first queue: its tables are the ones the frame
             // would meet.
-            let w = shared.placement.iter().find(|p| p.port == name).map_or(0, |p| p.worker);
+            let w = shared.placement().iter().find(|p| p.port == name).map_or(0, |p| p.worker);
             let q = shared.workers.queries.get(w).ok_or("no such worker")?;
             // The destination MAC: given, else the one the tenant's tables know for the
             // destination address, else broadcast; the answer says which.
@@ -1176,15 +1102,16 @@ fn status(shared: &Shared) -> Value {
     let snap = shared.snapshot();
     let (_, census, workers) = gather(shared);
     let st = shared.reloads.lock().map(|s| s.clone()).unwrap_or_default();
+    let host = shared.host();
     json!({
         "config": shared.name(),
         "generation": snap.generation,
         "uptime_secs": shared.started.elapsed().as_secs(),
-        "ports": snap.ports.len(),
-        "tenants": snap.tenants.len(),
+        "ports": snap.live_ports().count(),
+        "tenants": snap.live_tenants().count(),
         "workers": workers,
         "reloads": { "applied": st.applied, "rejected": st.rejected, "last_error": st.last_error },
-        "placement": shared.host.workers.iter().enumerate().map(|(w, (node, core))| {
+        "placement": host.workers.iter().enumerate().map(|(w, (node, core))| {
             json!({ "worker": w, "numa_node": node, "core": core })
         }).collect::<Vec<_>>(),
         "frames": {
@@ -1195,7 +1122,7 @@ fn status(shared: &Shared) -> Value {
             "tx": census.ports.tx,
             "completion": census.ports.completion,
             "pending": census.pending,
-            "pages": shared.host.pages,
+            "pages": host.pages,
             "in_flight_between_workers": census.returning + census.handoff,
         },
     })
@@ -1227,13 +1154,16 @@ fn ports(shared: &Shared) -> Value {
             "rx_fill_ring_empty_descs": k.rx_fill_ring_empty_descs,
         })
     };
-    let list: Vec<Value> = snap
-        .ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let queues: Vec<Value> = shared
-                .placement
+    let placement = shared.placement();
+    let hosts = shared.host().ports;
+    // By name: ids are positions that reloads leave gaps in.
+    let mut live: Vec<_> = snap.live_ports().collect();
+    live.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+    let list: Vec<Value> = live
+        .into_iter()
+        .map(|(id, p)| {
+            let i = id.index();
+            let queues: Vec<Value> = placement
                 .iter()
                 .filter(|q| q.port == p.name)
                 .map(|q| {
@@ -1243,9 +1173,8 @@ fn ports(shared: &Shared) -> Value {
                     })
                 })
                 .collect();
-            let host = shared.host.ports.iter().find(|h| h.port == p.name);
-            let kernel_lost: u64 = shared
-                .placement
+            let host = hosts.iter().find(|h| h.port == p.name);
+            let kernel_lost: u64 = placement
                 .iter()
                 .filter(|q| q.port == p.name)
                 .map(|q| stats(i, q.queue).lost())
@@ -1257,7 +1186,7 @@ fn ports(shared: &Shared) -> Value {
                 "vf": host.and_then(|h| h.vf.as_ref()).map(|v| v.1),
                 "numa_node": host.and_then(|h| h.numa_node),
                 "kind": if p.kind == PortKind::Uplink { "uplink" } else { "tenant" },
-                "state": if shared.port_is_down(PortId(i as u16)) { "down" } else { "up" },
+                "state": if shared.port_is_down(&p.name) { "down" } else { "up" },
                 "queues": queues,
                 "rx_packets": c.port_rx.get(i).map_or(0, |x| x.packets),
                 "rx_bytes": c.port_rx.get(i).map_or(0, |x| x.bytes),
@@ -1283,11 +1212,12 @@ fn tenants(shared: &Shared) -> Value {
             }
             acc
         });
-    let list: Vec<Value> = snap
-        .tenants
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
+    let mut live: Vec<_> = snap.live_tenants().collect();
+    live.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+    let list: Vec<Value> = live
+        .into_iter()
+        .map(|(id, t)| {
+            let i = id.index();
             let attach: Vec<Value> = t
                 .attachments
                 .iter()
@@ -1336,33 +1266,4 @@ fn counters(shared: &Shared) -> Value {
         "flood_copies": c.flood_copies,
         "checksums_completed": c.checksums_completed,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cfg(extra: &str) -> Config {
-        let text = format!(
-            "[ports.up]\ninterface = \"u0\"\nkind = \"uplink\"\n\
-             [tenants.red]\nattach = [{{ port = \"up\", vlan = 100 }}]\n\
-             [tenants.red.flow_log]\nfile = \"/tmp/red.jsonl\"\n{extra}"
-        );
-        control::config::load_str("t.toml", &text).unwrap()
-    }
-
-    // Regression (issue 18): adding a tenant beside one with a flow log was refused as
-    // "flow_log changed".
-    #[test]
-    fn a_reload_refusal_names_the_real_change() {
-        let old = cfg("");
-        let added = cfg("[tenants.blue]\nattach = [{ port = \"up\", vlan = 200 }]\n");
-        let why = not_live(&old, &added).unwrap();
-        assert!(why.starts_with("tenants added [\"blue\"]"), "{why}");
-        let mut logged = old.clone();
-        logged.tenants.get_mut("red").unwrap().flow_log = None;
-        let why = not_live(&old, &logged).unwrap();
-        assert!(why.starts_with("flow_log changed for [\"red\"]"), "{why}");
-        assert_eq!(not_live(&old, &old.clone()), None);
-    }
 }

@@ -26,6 +26,59 @@ pub fn socket_path(socket: Option<PathBuf>, config: Option<&Path>) -> anyhow::Re
     }
 }
 
+/// What a reload did or (a dry run) would do: a row per port and tenant added, removed or
+/// changed, the tenants left untouched, and the refusals.
+pub fn print_reload(d: &Value, dry_run: bool) {
+    let names = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|x| match x.get("name") {
+                Some(n) => format!("{} ({})", cell(n), join(&x["fields"])),
+                None => cell(x),
+            })
+            .collect()
+    };
+    let mut rows = Vec::new();
+    for what in ["ports", "tenants"] {
+        for (change, verb) in [("added", "added"), ("removed", "removed"), ("changed", "changed")] {
+            for n in names(&d[what][change]) {
+                rows.push(json!({ "what": &what[..what.len() - 1], "name": n, "change": verb }));
+            }
+        }
+    }
+    let untouched = names(&d["tenants"]["untouched"]);
+    let refused = names(&d["refused"]);
+    if dry_run {
+        let verdict = if refused.is_empty() { "would apply" } else { "would be REFUSED" };
+        println!("reload of generation {}: {verdict}", d["generation"]);
+    } else {
+        println!("reloaded: generation {}", d["generation"]);
+    }
+    if rows.is_empty() {
+        println!("no port or tenant changes");
+    } else {
+        print_rows(&Value::Array(rows), &["what", "name", "change"], |r, c| cell(&r[c]));
+    }
+    if !untouched.is_empty() {
+        println!(
+            "untouched tenants (keep MACs, connections, cached decisions, counters): {}",
+            untouched.join(", ")
+        );
+    }
+    for n in names(&d["notes"]) {
+        println!("note: {n}");
+    }
+    for r in refused {
+        println!("refused: {r}");
+    }
+}
+
+/// The strings of a JSON array, comma-separated.
+fn join(v: &Value) -> String {
+    v.as_array().into_iter().flatten().map(cell).collect::<Vec<_>>().join(", ")
+}
+
 /// Sends a request and returns the response's `data`, or the switch's error.
 pub fn request(socket: &Path, req: &Value) -> anyhow::Result<Value> {
     use std::os::unix::fs::FileTypeExt;
@@ -111,6 +164,7 @@ pub fn run(
             req
         }
         crate::cli::CtlCommand::LogLevel(l) => json!({ "cmd": cmd, "level": l.level }),
+        crate::cli::CtlCommand::Reload { dry_run } => json!({ "cmd": cmd, "dry_run": dry_run }),
         crate::cli::CtlCommand::TraceLive { tenant, count, every, timeout } => json!({
             "cmd": cmd, "tenant": tenant, "count": count, "every": every, "timeout_secs": timeout,
         }),
@@ -191,7 +245,9 @@ pub fn run(
             }
             print_rows(&Value::Array(rows), &["counter", "value"], column);
         }
-        "reload" => println!("reloaded: generation {}", data["generation"]),
+        "reload" => {
+            print_reload(&data, matches!(what, crate::cli::CtlCommand::Reload { dry_run: true }))
+        }
         "log_level" => println!("log level {} (was {})", cell(&data["level"]), cell(&data["was"])),
         "capture_start" => {
             println!("capturing {} into {}", cell(&data["tenant"]), cell(&data["file"]))

@@ -20,6 +20,8 @@ const CHANNEL: usize = 65_536;
 
 struct Sink {
     tenant: String,
+    /// Its IPFIX observation domain.
+    domain: u32,
     /// The JSON-lines file, if the tenant has one.
     path: Option<PathBuf>,
     max: u64,
@@ -55,7 +57,35 @@ impl Sink {
 /// The writer and the channel the workers' tables report to.
 pub struct Writer {
     tx: Sender<FlowRecord>,
+    /// New sinks and port names after a reload.
+    updates: Sender<Update>,
     thread: JoinHandle<()>,
+}
+
+/// What the writer needs from a config: per tenant id, its sink; per port id, its name.
+struct Update {
+    sinks: Vec<Option<Sink>>,
+    ports: Vec<String>,
+}
+
+/// The sinks of `cfg`'s tenants, by id in `snap`.
+fn sinks_of(cfg: &Config, snap: &Snapshot) -> Vec<Option<Sink>> {
+    snap.tenants
+        .iter()
+        .map(|t| {
+            let tc = cfg.tenants.get(&t.name)?;
+            tc.flow_log.as_ref().map(|f| Sink {
+                tenant: t.name.clone(),
+                domain: tc.observation_domain(&t.name),
+                path: f.file.as_ref().map(PathBuf::from),
+                max: f.max_bytes,
+                file: None,
+                written: 0,
+                ipfix: f.ipfix,
+                pending: Vec::new(),
+            })
+        })
+        .collect()
 }
 
 impl Writer {
@@ -69,6 +99,13 @@ impl Writer {
         )
     }
 
+    /// A reload changed the tenants or ports: records from now on go to `cfg`'s sinks (a
+    /// tenant whose sink did not change keeps its open file).
+    pub fn update(&self, cfg: &Config, snap: &Snapshot) {
+        let ports = snap.ports.iter().map(|p| p.name.clone()).collect();
+        let _ = self.updates.send(Update { sinks: sinks_of(cfg, snap), ports });
+    }
+
     /// Waits until every table has been dropped and every record written.
     pub fn finish(self) {
         drop(self.tx);
@@ -76,30 +113,10 @@ impl Writer {
     }
 }
 
-/// Starts the writer if some tenant logs flows.
-pub fn start(
-    cfg: &Config,
-    snap: &Snapshot,
-    clock: MonotonicClock,
-) -> anyhow::Result<Option<Writer>> {
-    let sinks: Vec<Option<Sink>> = snap
-        .tenants
-        .iter()
-        .map(|t| {
-            cfg.tenants.get(&t.name).and_then(|tc| tc.flow_log.as_ref()).map(|f| Sink {
-                tenant: t.name.clone(),
-                path: f.file.as_ref().map(PathBuf::from),
-                max: f.max_bytes,
-                file: None,
-                written: 0,
-                ipfix: f.ipfix,
-                pending: Vec::new(),
-            })
-        })
-        .collect();
-    if sinks.iter().all(Option::is_none) {
-        return Ok(None);
-    }
+/// Starts the writer (also when no tenant logs flows yet: a reload may add one; it then
+/// sleeps, and the workers' flow caches sweep nothing).
+pub fn start(cfg: &Config, snap: &Snapshot, clock: MonotonicClock) -> anyhow::Result<Writer> {
+    let sinks = sinks_of(cfg, snap);
     let ipfix = match &cfg.switch.flow_log_ipfix {
         Some(addr) => {
             let to: std::net::SocketAddr =
@@ -117,13 +134,39 @@ pub fn start(
         None => None,
     };
     let (tx, rx) = crossbeam_channel::bounded(CHANNEL);
-    // Port names for the records (ids are the snapshot's at start: ports are not live).
+    let (updates, news) = crossbeam_channel::unbounded();
+    // Port names for the records, by id (a reload sends new ones).
     let ports: Vec<String> = snap.ports.iter().map(|p| p.name.clone()).collect();
     let thread = std::thread::Builder::new()
         .name("xswitch-flowlog".into())
-        .spawn(move || write_all(rx, sinks, ipfix, clock, ports))
+        .spawn(move || write_all(rx, news, sinks, ipfix, clock, ports))
         .context("starting the flow-log writer")?;
-    Ok(Some(Writer { tx, thread }))
+    Ok(Writer { tx, updates, thread })
+}
+
+/// Adopts new sinks: a tenant whose file and export did not change keeps its sink (open file,
+/// IPFIX records waiting); an id the reload left vacant keeps its old sink until the next
+/// reload, so the records its workers flush when they forget the tenant are still written.
+fn adopt(sinks: &mut Vec<Option<Sink>>, mut new: Vec<Option<Sink>>) {
+    let len = new.len().max(sinks.len());
+    new.resize_with(len, || None);
+    sinks.resize_with(len, || None);
+    for (old, new) in sinks.iter_mut().zip(new.iter_mut()) {
+        match (old.as_ref(), new.as_ref()) {
+            (Some(o), Some(n))
+                if o.tenant == n.tenant
+                    && o.path == n.path
+                    && o.max == n.max
+                    && o.ipfix == n.ipfix
+                    && o.domain == n.domain =>
+            {
+                *new = old.take();
+            }
+            (Some(_), None) => *new = old.take(),
+            _ => {}
+        }
+    }
+    *sinks = new;
 }
 
 /// Sends the IPFIX records every sink has waiting.
@@ -133,12 +176,11 @@ fn send_ipfix(
     exporter: &mut control::ipfix::Exporter,
 ) {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as u32;
-    for (t, sink) in sinks.iter_mut().enumerate() {
-        let Some(sink) = sink else { continue };
+    for sink in sinks.iter_mut().flatten() {
         if sink.pending.is_empty() {
             continue;
         }
-        for m in exporter.encode(t as u32 + 1, now, &sink.pending) {
+        for m in exporter.encode(sink.domain, now, &sink.pending) {
             // UDP: a lost datagram is lost (counted by the collector's sequence numbers).
             if let Err(e) = sock.send_to(&m, to) {
                 tracing::info!("IPFIX export: {e}");
@@ -150,10 +192,11 @@ fn send_ipfix(
 
 fn write_all(
     rx: Receiver<FlowRecord>,
+    news: Receiver<Update>,
     mut sinks: Vec<Option<Sink>>,
     ipfix: Option<(std::net::UdpSocket, std::net::SocketAddr)>,
     clock: MonotonicClock,
-    ports: Vec<String>,
+    mut ports: Vec<String>,
 ) {
     let mut exporter = control::ipfix::Exporter::default();
     // Record times are on the workers' clock (the switch's one monotonic clock); files want
@@ -168,6 +211,14 @@ fn write_all(
     // Polled rather than a blocking receive, so that a worker's send never has to wake this
     // thread with a syscall.
     loop {
+        // A reload's sinks before the next record (one empty-channel check per record).
+        while let Ok(u) = news.try_recv() {
+            if let Some(sock) = &ipfix {
+                send_ipfix(&mut sinks, sock, &mut exporter);
+            }
+            adopt(&mut sinks, u.sinks);
+            ports = u.ports;
+        }
         let r = match rx.try_recv() {
             Ok(r) => r,
             Err(crossbeam_channel::TryRecvError::Empty) => {

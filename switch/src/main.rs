@@ -4,13 +4,14 @@
 mod cli;
 mod control_api;
 mod ctl;
+mod fabric;
 mod flowlogs;
 mod host;
-mod hotplug;
 mod lab;
 mod logging;
 mod metrics;
 mod netdev;
+mod reload;
 mod run;
 mod simulate;
 mod table;
@@ -35,7 +36,8 @@ fn print_all(text: &[u8]) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::CheckConfig { file } => check_config(&file),
+        Command::CheckConfig { file, against_running, socket } => check_config(&file)
+            .and_then(|()| if against_running { against(&file, socket) } else { Ok(()) }),
         Command::Demo { simulate: true, frames, .. } => simulate::simulate(frames),
         Command::Demo { keep, prefix, .. } => logging::init("info", logging::LogFormat::Text)
             .and_then(|()| stop_flag())
@@ -88,6 +90,20 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
         signal_hook::flag::register(s, stop.clone())?;
     }
     Ok(stop)
+}
+
+/// What a reload of the running switch to `file` would do (a dry run through its socket).
+fn against(file: &std::path::Path, socket: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let socket = ctl::socket_path(socket, Some(file))?;
+    let file = std::path::absolute(file)?;
+    let req = serde_json::json!({ "cmd": "reload", "dry_run": true, "file": file });
+    let d = ctl::request(&socket, &req)?;
+    println!();
+    ctl::print_reload(&d, true);
+    if !d["applies"].as_bool().unwrap_or(false) {
+        anyhow::bail!("the running switch would refuse this config (see above)");
+    }
+    Ok(())
 }
 
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {

@@ -31,6 +31,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
 /// How often the exporter sums them into the metrics.
 pub const EXPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// A series not set for this long is removed (the exporter sets every live one each round).
+pub const IDLE: Duration = Duration::from_secs(5);
 
 /// The upper bounds of the batch-size buckets a worker keeps (powers of two, see
 /// `Worker::batch_sizes`).
@@ -125,62 +127,111 @@ pub fn publish(slot: &Slot, w: &mut Worker<XskPort>, loops: &LoopStats) {
     }
 }
 
-/// The placement found at start: each worker's and each port's NUMA node (-1: unknown).
-pub fn record_host(host: &crate::control_api::HostInfo, snap: &Snapshot) {
-    let node = |n: Option<u32>| n.map_or(-1.0, f64::from);
-    for (w, (n, _)) in host.workers.iter().enumerate() {
-        metrics::gauge!("xswitch_worker_numa_node", "worker" => w.to_string()).set(node(*n));
-    }
-    for p in &host.ports {
-        metrics::gauge!("xswitch_port_numa_node", "port" => p.port.clone()).set(node(p.numa_node));
-        let (pf, vf) =
-            p.vf.clone().map_or((String::new(), String::new()), |(pf, i)| (pf, i.to_string()));
-        let kind =
-            snap.port_by_name(&p.port).and_then(|id| snap.ports.get(id.index())).map_or("?", |s| {
-                match s.kind {
-                    dataplane::snapshot::PortKind::Uplink => "uplink",
-                    dataplane::snapshot::PortKind::Tenant => "tenant",
-                }
-            });
-        // Info metrics: 1, for joining a port's series to its interface, kind and VF.
-        metrics::gauge!(
-            "xswitch_port_info",
-            "port" => p.port.clone(),
-            "interface" => p.interface.clone(),
-            "kind" => kind,
-            "pf" => pf,
-            "vf" => vf
-        )
-        .set(1.0);
-        record_port_up(&p.port, true);
-    }
-    for t in &snap.tenants {
-        for a in &t.attachments {
-            let port = snap.ports.get(a.port.index()).map_or(String::new(), |p| p.name.clone());
-            let vlan = a.vlan.map_or("untagged".to_string(), |v| v.to_string());
-            metrics::gauge!(
-                "xswitch_tenant_attachment_info",
-                "tenant" => t.name.clone(),
-                "port" => port,
-                "vlan" => vlan
-            )
-            .set(1.0);
-        }
-    }
+/// What the exporter sets again on every round besides the workers' figures: where ports and
+/// workers are, the config's ports and attachments, ports up or down, reloads. Kept here and
+/// set every round (never once), because a series not set for [`IDLE`] is removed: that is
+/// how a removed port's or tenant's series disappear.
+#[derive(Default)]
+struct Facts {
+    host: crate::control_api::HostInfo,
+    snap: Option<Arc<Snapshot>>,
+    /// Ports whose interface is gone, by name.
+    down: std::collections::BTreeSet<String>,
+    reloads: [u64; 2],
+}
+
+static FACTS: Mutex<Option<Facts>> = Mutex::new(None);
+
+fn facts<R>(f: impl FnOnce(&mut Facts) -> R) -> R {
+    let mut g = FACTS.lock().unwrap_or_else(|p| p.into_inner());
+    f(g.get_or_insert_with(Facts::default))
+}
+
+/// The placement found at start: each worker's and each port's NUMA node, and the config.
+pub fn record_host(host: &crate::control_api::HostInfo, snap: &Arc<Snapshot>) {
+    facts(|f| {
+        f.host = host.clone();
+        f.snap = Some(snap.clone());
+    });
+}
+
+/// The config a reload applied.
+pub fn record_config(snap: &Arc<Snapshot>) {
+    facts(|f| f.snap = Some(snap.clone()));
 }
 
 /// Whether a port's interface is there (1) or gone (0, frames for it dropped as `port_down`).
 pub fn record_port_up(port: &str, up: bool) {
-    metrics::gauge!("xswitch_port_up", "port" => port.to_owned()).set(if up { 1.0 } else { 0.0 });
+    facts(|f| {
+        if up {
+            f.down.remove(port);
+        } else {
+            f.down.insert(port.to_string());
+        }
+    });
 }
 
-/// Counts a reload and, when applied, the new generation.
-pub fn record_reload(applied: bool, result: &Result<u64, String>) {
-    let r = if applied { "applied" } else { "rejected" };
-    metrics::counter!("xswitch_config_reloads_total", "result" => r).increment(1);
-    if let Ok(g) = result {
-        metrics::gauge!("xswitch_config_generation").set(*g as f64);
-    }
+/// Counts a reload (applied: its generation; rejected: the reason).
+pub fn record_reload<E>(result: &Result<u64, E>) {
+    facts(|f| f.reloads[usize::from(result.is_err())] += 1);
+}
+
+/// Sets the facts' series (every round, see [`Facts`]).
+fn set_facts() {
+    let node = |n: Option<u32>| n.map_or(-1.0, f64::from);
+    facts(|f| {
+        for (w, (n, _)) in f.host.workers.iter().enumerate() {
+            metrics::gauge!("xswitch_worker_numa_node", "worker" => w.to_string()).set(node(*n));
+        }
+        for (r, n) in ["applied", "rejected"].iter().zip(f.reloads) {
+            metrics::counter!("xswitch_config_reloads_total", "result" => *r).absolute(n);
+        }
+        metrics::gauge!(
+            "xswitch_build_info",
+            "version" => env!("CARGO_PKG_VERSION"),
+            "build" => env!("XSWITCH_BUILD")
+        )
+        .set(1.0);
+        let Some(snap) = &f.snap else { return };
+        metrics::gauge!("xswitch_config_generation").set(snap.generation as f64);
+        for (_, p) in snap.live_ports() {
+            let host = f.host.ports.iter().find(|h| h.port == p.name);
+            let numa = host.and_then(|h| h.numa_node);
+            metrics::gauge!("xswitch_port_numa_node", "port" => p.name.clone()).set(node(numa));
+            let (pf, vf) = host
+                .and_then(|h| h.vf.clone())
+                .map_or((String::new(), String::new()), |(pf, i)| (pf, i.to_string()));
+            let kind = match p.kind {
+                dataplane::snapshot::PortKind::Uplink => "uplink",
+                dataplane::snapshot::PortKind::Tenant => "tenant",
+            };
+            // Info metrics: 1, for joining a port's series to its interface, kind and VF.
+            metrics::gauge!(
+                "xswitch_port_info",
+                "port" => p.name.clone(),
+                "interface" => p.interface.clone(),
+                "kind" => kind,
+                "pf" => pf,
+                "vf" => vf
+            )
+            .set(1.0);
+            let up = if f.down.contains(&p.name) { 0.0 } else { 1.0 };
+            metrics::gauge!("xswitch_port_up", "port" => p.name.clone()).set(up);
+        }
+        for (_, t) in snap.live_tenants() {
+            for a in &t.attachments {
+                let port = snap.ports.get(a.port.index()).map_or(String::new(), |p| p.name.clone());
+                let vlan = a.vlan.map_or("untagged".to_string(), |v| v.to_string());
+                metrics::gauge!(
+                    "xswitch_tenant_attachment_info",
+                    "tenant" => t.name.clone(),
+                    "port" => port,
+                    "vlan" => vlan
+                )
+                .set(1.0);
+            }
+        }
+    });
 }
 
 /// The running exporter; stops its thread when dropped.
@@ -317,7 +368,6 @@ pub fn start(
     cfg: &MetricsConfig,
     snap: &Arc<Snapshot>,
     slots: &[Slot],
-    generation: u64,
 ) -> anyhow::Result<Option<Exporter>> {
     if !cfg.enabled {
         return Ok(None);
@@ -334,22 +384,21 @@ pub fn start(
             &BATCH_BOUNDS[..7],
         )
         .context("metrics: histogram buckets")?
+        // A counter or gauge not set for this long is dropped: the exporter sets every live
+        // one each round, so only a removed port's, tenant's or rule's go. (The histograms are
+        // per worker, which stay, and are recorded only when batches come.)
+        .idle_timeout(
+            metrics_util::MetricKindMask::COUNTER | metrics_util::MetricKindMask::GAUGE,
+            Some(IDLE),
+        )
         .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).context("metrics: a recorder is installed already")?;
     describe();
-    metrics::gauge!(
-        "xswitch_build_info",
-        "version" => env!("CARGO_PKG_VERSION"),
-        "build" => env!("XSWITCH_BUILD")
-    )
-    .set(1.0);
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
-    metrics::gauge!("process_start_time_seconds").set(started);
-    let mut families = Families::new(snap, slots.len());
-    families.generation.set(generation as f64);
+    let mut families = Families::new(snap, slots.len(), started);
     let stop = Arc::new(AtomicBool::new(false));
     let (slots, stop2) = (slots.to_vec(), stop.clone());
     let (http_slots, http_stop, http_handle) = (slots.clone(), stop.clone(), handle.clone());
@@ -536,7 +585,10 @@ struct Families {
     /// Per (port, queue): the six kernel counters and wakeups.
     sockets: Vec<((PortId, u32), [Counter; 7])>,
     port_names: Vec<String>,
-    generation: Gauge,
+    /// The generation of the snapshot the per-port and per-tenant handles were made for.
+    built_for: u64,
+    /// When the process started (seconds since the epoch).
+    started: f64,
     /// Per (tenant, direction, rule) name: a rule's series follows the rule through reloads
     /// that move, add or remove rules (created when first seen).
     acl: HashMap<AclKey, Counter>,
@@ -567,15 +619,7 @@ fn pair(prefix: &str, dir: &str, label: &'static str, value: &str) -> PktBytesPa
 }
 
 impl Families {
-    fn new(snap: &Snapshot, workers: usize) -> Self {
-        let ports: Vec<&str> = snap.ports.iter().map(|p| p.name.as_str()).collect();
-        let tenants: Vec<&str> = snap.tenants.iter().map(|t| t.name.as_str()).collect();
-        let drops = |metric: &'static str, label: &'static str, v: &str| -> Vec<Counter> {
-            DropReason::ALL
-                .iter()
-                .map(|r| metrics::counter!(metric, label => v.to_owned(), "reason" => r.as_label()))
-                .collect()
-        };
+    fn new(snap: &Snapshot, workers: usize, started: f64) -> Self {
         let fdb = ["learned", "moved", "quota_exceeded", "aged", "remote", "unannounced"]
             .map(|e| metrics::counter!("xswitch_fdb_events_total", "event" => e));
         let umem = [
@@ -590,35 +634,15 @@ impl Families {
             "unaccounted",
         ]
         .map(|s| metrics::gauge!("xswitch_umem_frames", "state" => s));
-        let reloads = ["applied", "rejected"]
-            .map(|r| metrics::counter!("xswitch_config_reloads_total", "result" => r));
-        for r in &reloads {
-            r.absolute(0);
-        }
-        Families {
-            port_rx: ports.iter().map(|p| pair("xswitch_port", "received", "port", p)).collect(),
-            port_tx: ports.iter().map(|p| pair("xswitch_port", "sent", "port", p)).collect(),
-            port_drops: ports
-                .iter()
-                .map(|p| drops("xswitch_port_dropped_packets_total", "port", p))
-                .collect(),
-            tenant_rx: tenants
-                .iter()
-                .map(|t| pair("xswitch_tenant", "received", "tenant", t))
-                .collect(),
-            tenant_tx: tenants.iter().map(|t| pair("xswitch_tenant", "sent", "tenant", t)).collect(),
-            tenant_queued: tenants
-                .iter()
-                .map(|t| pair("xswitch_tenant", "queued", "tenant", t))
-                .collect(),
-            queue_depth: tenants
-                .iter()
-                .map(|t| metrics::gauge!("xswitch_tenant_queue_frames", "tenant" => (*t).to_owned()))
-                .collect(),
-            tenant_drops: tenants
-                .iter()
-                .map(|t| drops("xswitch_tenant_dropped_packets_total", "tenant", t))
-                .collect(),
+        let mut f = Families {
+            port_rx: Vec::new(),
+            port_tx: Vec::new(),
+            port_drops: Vec::new(),
+            tenant_rx: Vec::new(),
+            tenant_tx: Vec::new(),
+            tenant_queued: Vec::new(),
+            queue_depth: Vec::new(),
+            tenant_drops: Vec::new(),
             parse_errors: ParseError::ALL
                 .iter()
                 .map(|e| metrics::counter!("xswitch_parse_errors_total", "error" => e.as_label()))
@@ -646,8 +670,9 @@ impl Families {
                 })
                 .collect(),
             sockets: Vec::new(),
-            port_names: ports.iter().map(|p| (*p).to_owned()).collect(),
-            generation: metrics::gauge!("xswitch_config_generation"),
+            port_names: Vec::new(),
+            built_for: 0,
+            started,
             acl: HashMap::new(),
             cache_lookups: ["hit", "miss"]
                 .map(|r| metrics::counter!("xswitch_flow_cache_lookups_total", "result" => r)),
@@ -655,11 +680,63 @@ impl Families {
             cache_entries: metrics::gauge!("xswitch_flow_cache_entries"),
             conn_events: ["opened", "expired", "full", "remote", "unannounced", "evicted"]
                 .map(|e| metrics::counter!("xswitch_conntrack_events_total", "event" => e)),
-            conn_entries: tenants
+            conn_entries: Vec::new(),
+        };
+        f.build(snap);
+        f
+    }
+
+    /// (Re)makes the handles of the per-port and per-tenant families for `snap`'s names, by
+    /// id (a vacant id gets handles that record nothing). A name that stays keeps its series
+    /// (the recorder hands out the same one); the handles of a removed port, tenant, socket or
+    /// rule are let go, and its series go after [`IDLE`].
+    fn build(&mut self, snap: &Snapshot) {
+        let drops = |metric: &'static str, label: &'static str, v: &str| -> Vec<Counter> {
+            if v.is_empty() {
+                return DropReason::ALL.iter().map(|_| Counter::noop()).collect();
+            }
+            DropReason::ALL
                 .iter()
-                .map(|t| metrics::gauge!("xswitch_conntrack_entries", "tenant" => (*t).to_owned()))
-                .collect(),
-        }
+                .map(|r| metrics::counter!(metric, label => v.to_owned(), "reason" => r.as_label()))
+                .collect()
+        };
+        let pair = |prefix: &str, dir: &str, label: &'static str, v: &str| {
+            if v.is_empty() {
+                PktBytesPair { packets: Counter::noop(), bytes: Counter::noop() }
+            } else {
+                pair(prefix, dir, label, v)
+            }
+        };
+        let gauge = |metric: &'static str, v: &str| {
+            if v.is_empty() {
+                Gauge::noop()
+            } else {
+                metrics::gauge!(metric, "tenant" => v.to_owned())
+            }
+        };
+        let ports: Vec<&str> = snap.ports.iter().map(|p| p.name.as_str()).collect();
+        let tenants: Vec<&str> = snap.tenants.iter().map(|t| t.name.as_str()).collect();
+        self.port_rx = ports.iter().map(|p| pair("xswitch_port", "received", "port", p)).collect();
+        self.port_tx = ports.iter().map(|p| pair("xswitch_port", "sent", "port", p)).collect();
+        self.port_drops =
+            ports.iter().map(|p| drops("xswitch_port_dropped_packets_total", "port", p)).collect();
+        self.tenant_rx =
+            tenants.iter().map(|t| pair("xswitch_tenant", "received", "tenant", t)).collect();
+        self.tenant_tx =
+            tenants.iter().map(|t| pair("xswitch_tenant", "sent", "tenant", t)).collect();
+        self.tenant_queued =
+            tenants.iter().map(|t| pair("xswitch_tenant", "queued", "tenant", t)).collect();
+        self.queue_depth =
+            tenants.iter().map(|t| gauge("xswitch_tenant_queue_frames", t)).collect();
+        self.tenant_drops = tenants
+            .iter()
+            .map(|t| drops("xswitch_tenant_dropped_packets_total", "tenant", t))
+            .collect();
+        self.conn_entries = tenants.iter().map(|t| gauge("xswitch_conntrack_entries", t)).collect();
+        self.port_names = ports.iter().map(|p| (*p).to_owned()).collect();
+        self.sockets.clear();
+        self.acl.clear();
+        self.built_for = snap.generation;
     }
 
     /// Counter handles of one socket, registered the first time it is seen.
@@ -668,6 +745,11 @@ impl Families {
             Some(i) => i,
             None => {
                 let name = self.port_names.get(port.index()).cloned().unwrap_or_default();
+                if name.is_empty() {
+                    // A socket of a port its snapshot no longer has (being removed).
+                    self.sockets.push(((port, queue), std::array::from_fn(|_| Counter::noop())));
+                    return &self.sockets[self.sockets.len() - 1].1;
+                }
                 let q = queue.to_string();
                 let mk = |n: &'static str| metrics::counter!(n, "port" => name.clone(), "queue" => q.clone());
                 let c = [
@@ -687,6 +769,16 @@ impl Families {
     }
 
     fn update(&mut self, slots: &[Slot]) {
+        // The newest snapshot a worker runs: the handles follow its names.
+        let newest = slots
+            .iter()
+            .filter_map(|s| s.lock().ok().and_then(|f| f.snapshot.clone()))
+            .max_by_key(|s| s.generation);
+        if let Some(s) = newest.filter(|s| s.generation > self.built_for) {
+            self.build(&s);
+        }
+        set_facts();
+        metrics::gauge!("process_start_time_seconds").set(self.started);
         let mut sum = Counters::new(self.port_rx.len(), self.tenant_rx.len());
         let mut census = FrameCensus::default();
         let (mut cache, mut cache_entries, mut conns) =

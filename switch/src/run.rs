@@ -4,19 +4,21 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use control::config::Config;
-use control::config::model::{IdlePolicy as IdlePolicyConfig, XdpMode};
-use dataplane::port::afxdp::{BindMode, XdpAttachment, XskPort, require_root};
+use control::config::model::IdlePolicy as IdlePolicyConfig;
+use dataplane::port::afxdp::{XskPort, require_root};
 use dataplane::port::{FrameArea, PageSize};
 use dataplane::snapshot::{PortId, Snapshot};
 use dataplane::time::{Clock, MonotonicClock, Nanos};
 use dataplane::trace::{Counters, DropReason};
 use dataplane::worker::mesh::mesh;
-use dataplane::worker::{FrameCensus, IdlePolicy, LoopStats, Worker};
+use dataplane::worker::{Applied, FrameCensus, IdlePolicy, LoopStats, Worker, WorkerCmd};
+
+use crate::fabric::Fabric;
 use sd_notify::NotifyState;
 
 /// The CPU clock as the kernel reports it (for cycles from nanoseconds; 0 if unknown).
@@ -76,6 +78,43 @@ fn plan_sockets(snap: &Snapshot, cfg: &Config, workers: usize) -> Vec<Vec<(PortI
     plan
 }
 
+/// Applies the commands waiting for worker `i` (between breaths) and counts them in
+/// `applied`, where the main thread sees that they were taken.
+fn take_commands(
+    w: &mut Worker<XskPort>,
+    i: usize,
+    cmds: &crossbeam_channel::Receiver<WorkerCmd<XskPort>>,
+    applied: &AtomicU64,
+    closing: &crossbeam_channel::Sender<Box<XskPort>>,
+    now: Nanos,
+) {
+    let mut n = 0;
+    while let Ok(cmd) = cmds.try_recv() {
+        match w.apply(now, cmd) {
+            Applied::Removed { driver, lost } => {
+                if lost > 0 {
+                    tracing::warn!(
+                        "worker {i}: {} queue {}: {lost} frames stayed with the socket taken \
+                         out and are written off",
+                        driver.ifname(),
+                        driver.queue()
+                    );
+                }
+                // Closed by the main thread: closing an XDP socket waits for the kernel's
+                // RCU grace period (5 to 25 ms measured here), which a worker must not.
+                let _ = closing.send(driver);
+            }
+            Applied::NoSuchSocket => tracing::warn!("worker {i}: a command for a socket it lacks"),
+            // The snapshot replaced is still held by the control state: freeing nothing here.
+            _ => {}
+        }
+        n += 1;
+    }
+    if n > 0 {
+        applied.fetch_add(n, Ordering::Release);
+    }
+}
+
 /// What a worker thread hands back when it stops.
 struct Finished {
     worker: Worker<XskPort>,
@@ -112,19 +151,6 @@ pub fn serve(
         .collect();
     if !missing.is_empty() {
         bail!("{name}: these ports' interfaces do not exist on this host: {}", missing.join(", "));
-    }
-    // The host's own stack goes quiet on every interface the switch takes.
-    let mut quieted = Vec::new();
-    for p in &snap.ports {
-        if quieted.iter().any(|(name, _): &(String, _)| *name == p.interface) {
-            continue;
-        }
-        let (q, log) = crate::netdev::quiet(&p.interface)
-            .with_context(|| format!("{name}: port {}: taking {}", p.name, p.interface))?;
-        for l in log {
-            tracing::info!("port {}: {l}", p.name);
-        }
-        quieted.push((p.interface.clone(), q));
     }
     let workers = cfg.switch.workers as usize;
     let sockets: usize = cfg.ports.values().map(|p| p.queues as usize).sum();
@@ -207,164 +233,73 @@ pub fn serve(
         }
     }
 
-    // Sockets, in plan order; the first one registers the frame area as the UMEM.
-    let mut attachments: Vec<XdpAttachment> = Vec::new();
-    let mut by_worker: Vec<Vec<(PortId, XskPort)>> = plan.iter().map(|_| Vec::new()).collect();
-    let mut placement = Vec::new();
-    let mut watched = Vec::new();
-    for (w, socks) in plan.iter().enumerate() {
-        for (index, &(port, queue)) in socks.iter().enumerate() {
-            let spec = &snap.ports[port.index()];
-            let pc = &cfg.ports[&spec.name];
-            let mode = match pc.mode {
-                XdpMode::Auto => BindMode::Auto,
-                XdpMode::ZeroCopy => BindMode::ZeroCopy,
-                XdpMode::Copy => BindMode::Copy,
-            };
-            let shared = by_worker.iter().flatten().next().map(|s| &s.1);
-            let sock = XskPort::open(
-                &area,
-                &spec.interface,
-                queue,
-                cfg.switch.ring_size,
-                mode,
-                shared,
-            )
-            .with_context(|| match shared {
-                Some(s) => format!(
-                    "port {}: sockets sharing the frame area are bound in the first one's mode \
-                     ({})",
-                    spec.name,
-                    s.mode().as_str()
-                ),
-                None => format!("port {}", spec.name),
-            })?;
-            if let Err(e) = match cfg.switch.busy_poll_us {
-                0 => Ok(()),
-                us => sock.set_busy_poll(us, cfg.switch.busy_poll_budget),
-            } {
-                tracing::warn!(
-                    "{} queue {queue}: busy polling not accepted ({e}); \
-                     polling without",
-                    spec.interface
-                );
-            }
-            let ai = match attachments.iter().position(|a| a.ifname() == spec.interface) {
-                Some(i) => i,
-                None => {
-                    attachments.push(XdpAttachment::new(&spec.interface, pc.queues)?);
-                    attachments.len() - 1
-                }
-            };
-            attachments[ai].register(&sock)?;
-            tracing::info!(
-                "port {} on {} queue {queue}: {} mode, worker {w}",
-                spec.name,
-                spec.interface,
-                sock.mode().as_str()
-            );
-            watched.push((
-                spec.interface.clone(),
-                crate::hotplug::WatchedSocket {
-                    port,
-                    name: spec.name.clone(),
-                    queue,
-                    worker: w,
-                    index,
-                    mode,
-                },
-            ));
-            placement.push(crate::control_api::Placement {
-                port: spec.name.clone(),
-                queue,
-                worker: w,
-                mode: sock.mode().as_str().to_string(),
-            });
-            by_worker[w].push((port, sock));
-        }
-    }
-    for a in &mut attachments {
-        a.attach()?;
-        tracing::info!(
-            "XDP program on {} ({})",
-            a.ifname(),
-            if a.native { "native" } else { "generic" }
-        );
-    }
-
     let snap = Arc::new(snap);
-    // Frames for a port go to the first worker polling one of its queues.
-    let mut owners: Vec<Option<usize>> = vec![None; snap.ports.len()];
-    for (w, socks) in plan.iter().enumerate() {
-        for &(port, _) in socks {
-            owners[port.index()].get_or_insert(w);
-        }
-    }
-    // Rates are enforced by each worker for its part: per port, how many workers poll it.
-    let mut workers_per_port = vec![0u64; snap.ports.len()];
-    for socks in &plan {
-        let mut seen: Vec<PortId> = socks.iter().map(|&(p, _)| p).collect();
-        seen.sort_unstable();
-        seen.dedup();
-        for p in seen {
-            workers_per_port[p.index()] += 1;
-        }
-    }
-    let mut ws: Vec<Worker<XskPort>> = Vec::new();
-    for (socks, l) in by_worker.into_iter().zip(links) {
-        let mut w = Worker::in_mesh(area.share(), socks, l, &owners, snap.clone());
-        w.share_rates(workers_per_port.iter().map(|&n| n.max(1)).collect());
-        ws.push(w);
-    }
-    // One clock for every worker and every writer that turns its readings into wall time.
-    let clock = MonotonicClock::new();
-    let flowlog = crate::flowlogs::start(cfg, &snap, clock)?;
-    if let Some(fl) = &flowlog {
-        for w in &mut ws {
-            w.pipeline_mut().flows.log_flows(fl.export(cfg));
-        }
-    }
+    let n = plan.len();
+    let shares: Vec<u64> = links.iter().map(|l| l.shares.range(l.me).len() as u64).collect();
+    let (cmds, cmds_in): (Vec<_>, Vec<_>) =
+        (0..n).map(|_| crossbeam_channel::unbounded::<WorkerCmd<XskPort>>()).unzip();
+    let applied: Vec<Arc<AtomicU64>> = (0..n).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    // The workers start without sockets: the fabric opens every port and hands its sockets
+    // over with commands, as a reload that adds a port does.
+    let mut ws: Vec<Worker<XskPort>> = links
+        .into_iter()
+        .map(|l| Worker::in_mesh(area.share(), Vec::new(), l, &[], snap.clone()))
+        .collect();
     let total_chunks = area.chunks();
     let pages_got = area.page_size();
-    let mut watch = crate::hotplug::Watch::new(
+    let mut fabric = Fabric::new(
         area,
         cfg.switch.ring_size,
         (cfg.switch.busy_poll_us, cfg.switch.busy_poll_budget),
-        watched,
+        cmds,
+        applied.clone(),
+        shares,
     );
+    let mut opened = Vec::new();
+    for (id, spec) in snap.live_ports() {
+        let pc = &cfg.ports[&spec.name];
+        let workers: Vec<usize> = (0..pc.queues)
+            .map(|q| plan.iter().position(|socks| socks.contains(&(id, q))).unwrap_or(0))
+            .collect();
+        opened.push(fabric.open(id, &spec.name, &spec.interface, pc, &workers)?);
+    }
+    fabric.hand_over(opened, snap.ports.len());
+    // One clock for every worker and every writer that turns its readings into wall time.
+    let clock = MonotonicClock::new();
+    let flowlog = crate::flowlogs::start(cfg, &snap, clock)?;
+    for w in &mut ws {
+        w.pipeline_mut().flows.log_flows(flowlog.export(cfg));
+    }
     let idle = match cfg.switch.idle {
         IdlePolicyConfig::Busy => IdlePolicy::Busy,
         IdlePolicyConfig::Adaptive => IdlePolicy::Adaptive,
     };
     let cores = &numa.cores;
     let slots: Vec<crate::metrics::Slot> = ws.iter().map(|_| Default::default()).collect();
-    let exporter = crate::metrics::start(&cfg.metrics, &snap, &slots, snap.generation)?;
+    let exporter = crate::metrics::start(&cfg.metrics, &snap, &slots)?;
     let every = Nanos::from_millis(crate::metrics::PUBLISH_INTERVAL.as_millis() as u64);
-    let (to_workers, from_control): (Vec<_>, Vec<_>) =
-        ws.iter().map(|_| crossbeam_channel::bounded::<Arc<Snapshot>>(8)).unzip();
     let (queries, questions): (Vec<_>, Vec<_>) =
         ws.iter().map(|_| crossbeam_channel::bounded::<crate::control_api::Query>(4)).unzip();
-    let (port_events, port_news): (Vec<_>, Vec<_>) =
-        ws.iter().map(|_| crossbeam_channel::unbounded::<crate::hotplug::PortEvent>()).unzip();
+    let (reloads_to, reload_requests) = crossbeam_channel::bounded::<crate::reload::Request>(4);
+    // Sockets the workers took out, for the main thread to close.
+    let (closing, closed) = crossbeam_channel::unbounded::<Box<XskPort>>();
     let shared = Arc::new(crate::control_api::Shared::new(
         file.map(Path::to_path_buf),
         cfg.clone(),
         snap.clone(),
-        crate::control_api::WorkerLinks {
-            snapshots: to_workers,
-            queries,
-            slots: slots.clone(),
-            clock,
-        },
-        placement,
+        crate::control_api::WorkerLinks { queries, slots: slots.clone(), clock },
         total_chunks,
         crate::control_api::HostInfo {
             ports: hosts,
             workers: numa.nodes.iter().copied().zip(numa.cores.iter().copied()).collect(),
             pages: pages_got.as_str().to_string(),
         },
+        reloads_to,
     ));
-    crate::metrics::record_host(&shared.host, &snap);
+    if let Ok(mut p) = shared.placement.lock() {
+        *p = fabric.placement();
+    }
+    crate::metrics::record_host(&shared.host(), &snap);
     let server = if cfg.control.enabled {
         Some(crate::control_api::serve(Path::new(&cfg.control.socket), shared.clone())?)
     } else {
@@ -373,14 +308,17 @@ pub fn serve(
     let hup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
         .context("registering SIGHUP")?;
+    let mut live = crate::reload::Live { fabric, flowlog };
     let finished: Vec<anyhow::Result<Finished>> = std::thread::scope(|scope| {
         let handles: Vec<_> = ws
             .into_iter()
             .enumerate()
-            .zip(from_control.into_iter().zip(questions).zip(port_news))
-            .map(|((i, mut worker), ((snaps, questions), port_news))| {
+            .zip(cmds_in.into_iter().zip(questions))
+            .map(|((i, mut worker), (cmds, questions))| {
                 let stop = &stop;
                 let slot = slots[i].clone();
+                let applied = applied[i].clone();
+                let closing = closing.clone();
                 let core = cores.get(i).copied().flatten();
                 std::thread::Builder::new().name(format!("xswitch-w{i}")).spawn_scoped(
                     scope,
@@ -394,33 +332,19 @@ pub fn serve(
                             tracing::info!("worker {i} pinned to core {core}");
                         }
                         let clock = clock;
-                        let mut live = None;
+                        // The sockets of the start, before the first breath.
+                        take_commands(&mut worker, i, &cmds, &applied, &closing, clock.now());
+                        let mut pending_trace = None;
                         let loops = worker.run_reporting(&clock, idle, stop, every, |w, l| {
-                            // New snapshots from a reload, adopted between breaths. The
-                            // previous one stays alive in the control state, so dropping
-                            // this reference frees nothing here.
-                            while let Ok(s) = snaps.try_recv() {
-                                drop(w.install(s));
-                            }
-                            while let Ok(ev) = port_news.try_recv() {
-                                match ev {
-                                    crate::hotplug::PortEvent::Down(s) => w.socket_down(s),
-                                    crate::hotplug::PortEvent::Replace(s, sock) => {
-                                        let lost = w.replace_socket(s, *sock);
-                                        if lost > 0 {
-                                            tracing::warn!(
-                                                "worker {i}: {lost} frames stayed with \
-                                                 the vanished interface and are written off"
-                                            );
-                                        }
-                                    }
-                                }
-                            }
+                            // Reloads and ports coming and going, between breaths.
+                            take_commands(w, i, &cmds, &applied, &closing, clock.now());
                             while let Ok(q) = questions.try_recv() {
                                 let now = clock.now();
-                                crate::control_api::answer_query_mut(w, i, now, q, &mut live);
+                                let t = &mut pending_trace;
+                                crate::control_api::answer_query_mut(w, i, now, q, t);
                             }
-                            crate::control_api::finish_live_trace(w, i, clock.now(), &mut live);
+                            let t = &mut pending_trace;
+                            crate::control_api::finish_live_trace(w, i, clock.now(), t);
                             crate::metrics::publish(&slot, w, l)
                         });
                         // A clean stop sends what was already accepted.
@@ -435,11 +359,19 @@ pub fn serve(
                 )
             })
             .collect();
-        tracing::info!("switching {} tenants; SIGINT or SIGTERM stops", snap.tenants.len());
+        // The programs attached once the workers hold their sockets (their fill rings full).
+        if !live.fabric.wait(Duration::from_secs(5)) {
+            tracing::warn!("the workers are slow to take their sockets");
+        }
+        for e in live.fabric.attach_pending(&shared) {
+            tracing::warn!("{e}");
+        }
+        let tenants = snap.live_tenants().count();
+        tracing::info!("switching {tenants} tenants; SIGINT or SIGTERM stops");
         ready.store(true, Ordering::SeqCst);
         // Under systemd (Type=notify): ready now, a watchdog ping at half its interval while
         // every worker runs, reloads and the stop announced. Nothing without NOTIFY_SOCKET.
-        let status = format!("switching {} tenants", snap.tenants.len());
+        let status = format!("switching {tenants} tenants");
         notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
         let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
         let mut pinged = Instant::now();
@@ -453,9 +385,13 @@ pub fn serve(
                     Ok(t) => notify(&[NotifyState::Reloading, t]),
                     Err(_) => notify(&[NotifyState::Reloading]),
                 }
-                let result = crate::control_api::reload(&shared);
+                let result = crate::reload::reload(&mut live, &shared);
                 let status = match &result {
-                    Ok(g) => format!("switching {} tenants, generation {g}", snap.tenants.len()),
+                    Ok(v) => format!(
+                        "switching {} tenants, generation {}",
+                        shared.snapshot().live_tenants().count(),
+                        v["generation"]
+                    ),
                     Err(e) => format!("reload rejected: {e}"),
                 };
                 notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
@@ -466,9 +402,15 @@ pub fn serve(
                 notify(&[NotifyState::Watchdog]);
                 pinged = Instant::now();
             }
-            watch.check(&mut attachments, &port_events, &shared);
-            // Rarely: this thread may share a core with a busy-polling worker.
-            std::thread::sleep(Duration::from_millis(200));
+            live.fabric.check(&shared, shared.snapshot().ports.len());
+            while let Ok(sock) = closed.try_recv() {
+                drop(sock);
+            }
+            // Rarely (this thread may share a core with a busy-polling worker), or at once when
+            // `ctl reload` asks.
+            if let Ok(req) = reload_requests.recv_timeout(Duration::from_millis(200)) {
+                crate::reload::serve(&mut live, &shared, req);
+            }
         }
         stop.store(true, Ordering::SeqCst);
         notify(&[NotifyState::Stopping]);
@@ -591,19 +533,17 @@ pub fn serve(
     // The flow tables go with the workers; then the writer has every record.
     let flowlog_stats: Vec<_> =
         done.iter().filter_map(|f| f.worker.pipeline().flows.log_stats()).collect();
-    // Sockets first, then the links: dropping a link detaches its XDP program.
+    // Sockets first, then the programs (and the host's stack given back).
     drop(done);
     shared.end_capture();
-    if let Some(fl) = flowlog {
-        fl.finish();
+    let crate::reload::Live { fabric, flowlog } = live;
+    flowlog.finish();
+    if !flowlog_stats.is_empty() {
         let exported: u64 = flowlog_stats.iter().map(|s| s.exported).sum();
         let lost: u64 = flowlog_stats.iter().map(|s| s.lost + s.full).sum();
         tracing::info!("flow logs: {exported} records written, {lost} lost or untracked");
     }
-    drop(attachments);
-    tracing::info!("XDP programs detached");
-    // IPv6 and ARP back as they were on the interfaces given back.
-    drop(quieted);
+    fabric.close();
     if !census.balanced() {
         bail!("frame accounting does not balance: {census:?}");
     }

@@ -96,11 +96,157 @@ fn check_keys(file: &Path, text: &str, env: &[(String, String)]) -> Result<(), C
 }
 
 /// Loads, overrides from the process environment, and validates. The file is read once: the
-/// key check and the `config` crate see the same text even if the file changes meanwhile.
+/// key check and the `config` crate see the same text even if the file changes meanwhile. Its
+/// `include` fragments join it (see [`with_fragments`]).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| ConfigError::Read { file: path.to_path_buf(), source })?;
-    load_str_with_env(&path.display().to_string(), &text, None)
+    let name = path.display().to_string();
+    let Some((merged, origin)) = with_fragments(path, &text)? else {
+        return load_str_with_env(&name, &text, None);
+    };
+    // The main file's own keys, with its own lines, before the fragments join it.
+    check_keys(path, &text, &[])?;
+    let schema = super::schema::check(&text);
+    if !schema.is_empty() {
+        return Err(ConfigError::Invalid { file: path.to_path_buf(), issues: schema });
+    }
+    load_str_with_env(&name, &merged, None).map_err(|e| match e {
+        // A problem in a fragment's port or tenant names the fragment.
+        ConfigError::Invalid { file, mut issues } => {
+            for i in &mut issues {
+                if let Some((_, f)) = origin.iter().find(|(key, _)| {
+                    i.path == *key
+                        || i.path.starts_with(&format!("{key}."))
+                        || i.path.starts_with(&format!("{key}["))
+                }) {
+                    i.path = format!("{} ({})", i.path, f.display());
+                }
+            }
+            ConfigError::Invalid { file, issues }
+        }
+        other => other,
+    })
+}
+
+/// Where a fragment's ports and tenants came from: `ports.NAME` or `tenants.NAME`, and the file.
+type Origin = Vec<(String, PathBuf)>;
+
+/// The file names in `dir` that `pattern` (`*` any run, `?` one character) matches, sorted.
+fn glob(dir: &Path, pattern: &str) -> std::io::Result<Vec<PathBuf>> {
+    fn matches(p: &[u8], n: &[u8]) -> bool {
+        match (p.first(), n.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => matches(&p[1..], n) || (!n.is_empty() && matches(p, &n[1..])),
+            (Some(b'?'), Some(_)) => matches(&p[1..], &n[1..]),
+            (Some(a), Some(b)) if a == b => matches(&p[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    let full = dir.join(pattern);
+    let (parent, name) = match (full.parent(), full.file_name().and_then(|n| n.to_str())) {
+        (Some(p), Some(n)) => (p.to_path_buf(), n.to_string()),
+        _ => return Ok(Vec::new()),
+    };
+    if !name.contains(['*', '?']) {
+        // A plain path must exist.
+        std::fs::metadata(&full)?;
+        return Ok(vec![full]);
+    }
+    let mut out: Vec<PathBuf> = match std::fs::read_dir(&parent) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .filter(|e| {
+                e.file_name().to_str().is_some_and(|n| matches(name.as_bytes(), n.as_bytes()))
+            })
+            .map(|e| e.path())
+            .collect(),
+        // No directory yet: no fragment yet.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    out.sort();
+    Ok(out)
+}
+
+/// The main file's text with its `include` fragments' `[ports.*]` and `[tenants.*]` joined in,
+/// and where each came from; `None` when it includes nothing. Each fragment is checked on its
+/// own first (its keys and their types, with its own lines), so every error names the file it
+/// is in; a fragment may hold only ports and tenants, and a name defined twice is an error that
+/// names both files. An orchestrator adds or removes one file per VM or tenant and reloads.
+pub fn with_fragments(path: &Path, text: &str) -> Result<Option<(String, Origin)>, ConfigError> {
+    let Ok(mut main) = text.parse::<toml::Table>() else { return Ok(None) };
+    let Some(include) = main.remove("include") else { return Ok(None) };
+    let invalid = |file: &Path, path: &str, reason: String| ConfigError::Invalid {
+        file: file.to_path_buf(),
+        issues: vec![Issue::new(path, reason)],
+    };
+    let patterns: Vec<String> = match &include {
+        toml::Value::Array(a) if a.iter().all(toml::Value::is_str) => {
+            a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()
+        }
+        _ => {
+            return Err(invalid(
+                path,
+                "include",
+                "a list of file patterns such as [\"tenants.d/*.toml\"]".into(),
+            ));
+        }
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut origin: Origin = Vec::new();
+    for (k, pattern) in patterns.iter().enumerate() {
+        let files = glob(dir, pattern)
+            .map_err(|e| invalid(path, &format!("include[{k}]"), format!("{pattern:?}: {e}")))?;
+        for file in files {
+            let frag = std::fs::read_to_string(&file)
+                .map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+            check_keys(&file, &frag, &[])?;
+            let schema = super::schema::check(&frag);
+            if !schema.is_empty() {
+                return Err(ConfigError::Invalid { file, issues: schema });
+            }
+            let table = frag
+                .parse::<toml::Table>()
+                .map_err(|e| invalid(&file, "", format!("not TOML: {}", e.message())))?;
+            for (section, v) in table {
+                if section != "ports" && section != "tenants" {
+                    return Err(invalid(
+                        &file,
+                        &section,
+                        "a fragment holds only [ports.NAME] and [tenants.NAME] sections".into(),
+                    ));
+                }
+                let toml::Value::Table(entries) = v else {
+                    return Err(invalid(
+                        &file,
+                        &section,
+                        "must be a table of named entries".into(),
+                    ));
+                };
+                let into = main
+                    .entry(section.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                let Some(into) = into.as_table_mut() else { continue };
+                for (name, entry) in entries {
+                    let key = format!("{section}.{name}");
+                    if into.contains_key(&name) {
+                        let other = origin.iter().find(|(k, _)| *k == key).map_or_else(
+                            || path.display().to_string(),
+                            |(_, f)| f.display().to_string(),
+                        );
+                        return Err(invalid(&file, &key, format!("is defined in {other} too")));
+                    }
+                    into.insert(name, entry);
+                    origin.push((key, file.clone()));
+                }
+            }
+        }
+    }
+    let merged = toml::to_string(&main)
+        .map_err(|e| invalid(path, "include", format!("joining the fragments: {e}")))?;
+    Ok(Some((merged, origin)))
 }
 
 /// As [`load`], from text (tests, the embedded demo config). `name` stands for the file.

@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Fragment files whose `[ports.*]` and `[tenants.*]` join this file's (patterns relative
+    /// to this file's directory, `*` and `?` in the file name: `"tenants.d/*.toml"`).
+    #[serde(default)]
+    pub include: Vec<String>,
     /// Process-wide settings.
     #[serde(default)]
     pub switch: SwitchConfig,
@@ -293,6 +297,23 @@ pub struct TenantConfig {
     /// Policer, egress shapers, weight, guarantee and queue size (absent: none, weight 1).
     #[serde(default)]
     pub shaping: Option<ShapingConfig>,
+    /// The IPFIX observation domain of its flow records (absent: one derived from the name,
+    /// so it never changes when other tenants come and go).
+    #[serde(default)]
+    pub observation_domain: Option<u32>,
+}
+
+impl TenantConfig {
+    /// The IPFIX observation domain of tenant `name`: the configured one, else a hash of the
+    /// name (FNV-1a, 32 bits; never 0).
+    pub fn observation_domain(&self, name: &str) -> u32 {
+        self.observation_domain.unwrap_or_else(|| {
+            let h = name
+                .bytes()
+                .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+            h.max(1)
+        })
+    }
 }
 
 /// `[tenants.NAME.shaping]`.

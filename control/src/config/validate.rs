@@ -290,8 +290,22 @@ fn check_tenants(cfg: &Config, is: &mut Issues) {
     }
     // (port, vlan) -> "tenants.X.attach[i]"
     let mut owners: BTreeMap<(&str, Option<u16>), String> = BTreeMap::new();
+    // IPFIX observation domain -> tenant
+    let mut domains: BTreeMap<u32, &str> = BTreeMap::new();
     for (name, t) in &cfg.tenants {
         let at = format!("tenants.{name}");
+        if t.observation_domain == Some(0) {
+            is.add(format!("{at}.observation_domain"), "must be 1 or more (0 is reserved)");
+        }
+        let domain = t.observation_domain(name);
+        if let Some(other) = domains.insert(domain, name) {
+            is.add(
+                format!("{at}.observation_domain"),
+                format!(
+                    "{domain} is tenant {other}'s too: each tenant needs its own (set                      observation_domain on one of them)"
+                ),
+            );
+        }
         if !valid_name(name) {
             is.add(&at, "name must be 1-64 characters of [A-Za-z0-9_-]");
         }

@@ -442,6 +442,8 @@ pub struct FlowCache {
     per_tenant: Vec<u32>,
     /// Per tenant: its flows are logged.
     logs: Vec<bool>,
+    /// Some tenant's flows are logged.
+    any_logs: bool,
     share: u32,
     share_percent: u32,
     export: Option<FlowExport>,
@@ -468,6 +470,7 @@ impl FlowCache {
             generation: 1,
             per_tenant: Vec::new(),
             logs: Vec::new(),
+            any_logs: false,
             share: ((n as u64 * u64::from(pct)) / 100).max(1) as u32,
             share_percent: pct,
             export: None,
@@ -492,6 +495,7 @@ impl FlowCache {
         self.logs.extend(
             (0..snap.tenants.len()).map(|t| snap.checks(TenantId(t as u16)) & CHECK_FLOWLOG != 0),
         );
+        self.any_logs = self.logs.contains(&true);
     }
 
     /// Reports the flows of logging tenants through `export` from now on.
@@ -750,7 +754,7 @@ impl FlowCache {
     pub fn sweep(&mut self, now: Nanos) {
         let Some(x) = &self.export else { return };
         let (interval, idle) = (x.interval, x.idle);
-        if self.sets.is_empty() {
+        if self.sets.is_empty() || !self.any_logs {
             return;
         }
         let due =
@@ -797,6 +801,28 @@ impl FlowCache {
                     self.sets[set][w].packets = 0;
                 }
             }
+        }
+    }
+
+    /// Tenant `t` is gone (a reload removed it): its entries are reported as flushed (those
+    /// that counted something, when flows are logged) and freed, so its id can be given to a
+    /// new tenant that starts with none. Between breaths (walks the whole table).
+    pub fn forget_tenant(&mut self, t: TenantId) {
+        for set in 0..self.sets.len() {
+            for w in 0..WAYS {
+                let e = self.sets[set][w];
+                if e.occupied && e.tenant == t.0 {
+                    if e.packets > 0 {
+                        self.report(&e, RecordReason::Flushed);
+                    }
+                    self.sets[set][w] = EMPTY;
+                    let line = &mut self.sigs[set];
+                    *line &= !(0xff << (8 * w));
+                }
+            }
+        }
+        if let Some(c) = self.per_tenant.get_mut(t.index()) {
+            *c = 0;
         }
     }
 

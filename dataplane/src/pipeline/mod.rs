@@ -121,6 +121,10 @@ pub struct Pipeline {
     /// What each ACL rule counter counts: (tenant, direction, rule) names, in the order of
     /// `counters.acl_hits`, so a new snapshot carries each rule's count to its new place.
     acl_names: Vec<Vec<(String, crate::policy::Direction, String)>>,
+    /// Per port and per tenant id, the generation its holder took it in: an id whose holder
+    /// changes across a snapshot change has its state reset.
+    port_since: Vec<u64>,
+    tenant_since: Vec<u64>,
 }
 
 impl Pipeline {
@@ -150,6 +154,8 @@ impl Pipeline {
             generation: snap.generation,
             announcements: Vec::new(),
             acl_names: Vec::new(),
+            port_since: snap.ports.iter().map(|p| p.since).collect(),
+            tenant_since: snap.tenants.iter().map(|t| t.since).collect(),
         };
         p.size_rule_counters(snap);
         p.police.install(snap, &p.rate_shares, Nanos::ZERO);
@@ -184,13 +190,34 @@ impl Pipeline {
         self.counters.fdb.remote += 1;
     }
 
-    /// Adopts a new snapshot (between batches). Resizes counters and resets the MAC table.
+    /// Adopts a new snapshot (between batches). Ids keep their state (see [`Snapshot`] on
+    /// stable ids); an id that a reload emptied or gave to a new holder starts afresh: its
+    /// counters at zero (when given again, so a removed port's or tenant's counts stay in the
+    /// totals until then), its flow-cache entries flushed, its MAC entries and connections
+    /// dropped (by name, in their tables' own `install`).
     pub fn install(&mut self, snap: &Snapshot) {
         if snap.generation == self.generation {
             return;
         }
         self.generation = snap.generation;
         self.counters.resize(snap.ports.len(), snap.tenants.len());
+        for (i, p) in snap.ports.iter().enumerate() {
+            if self.port_since.get(i).is_some_and(|&s| s != p.since) && !p.is_vacant() {
+                self.counters.clear_port(PortId(i as u16));
+            }
+        }
+        for (i, t) in snap.tenants.iter().enumerate() {
+            let before = self.tenant_since.get(i).copied();
+            if before.is_some_and(|s| s != t.since) {
+                let id = TenantId(i as u16);
+                if !t.is_vacant() {
+                    self.counters.clear_tenant(id);
+                }
+                self.flows.forget_tenant(id);
+            }
+        }
+        self.port_since = snap.ports.iter().map(|p| p.since).collect();
+        self.tenant_since = snap.tenants.iter().map(|t| t.since).collect();
         self.fdb.install(snap);
         self.flows.install(snap);
         self.policy.install(snap);

@@ -81,6 +81,11 @@ pub trait Port {
     /// Where this port's frames are.
     fn census(&self) -> PortCensus;
 
+    /// The queue of its interface this port drives (0 for ports without queues).
+    fn queue(&self) -> u32 {
+        0
+    }
+
     /// The port is being replaced (its device went away and came back): returns every frame
     /// it can to `pool` and says how many it cannot (the kernel kept them with the vanished
     /// device), so the frame accounting can write them off. Called once, between breaths.

@@ -230,6 +230,27 @@ impl Counters {
         self.tenant_drops.resize(tenants, [0; DropReason::COUNT]);
     }
 
+    /// Port `p`'s id was given to a new port: its counters start again at zero.
+    pub fn clear_port(&mut self, p: PortId) {
+        let i = p.index();
+        if i < self.port_rx.len() {
+            self.port_rx[i] = PktBytes::default();
+            self.port_tx[i] = PktBytes::default();
+            self.port_drops[i] = [0; DropReason::COUNT];
+        }
+    }
+
+    /// Tenant `t`'s id was given to a new tenant: its counters start again at zero.
+    pub fn clear_tenant(&mut self, t: TenantId) {
+        let i = t.index();
+        if i < self.tenant_rx.len() {
+            self.tenant_rx[i] = PktBytes::default();
+            self.tenant_tx[i] = PktBytes::default();
+            self.tenant_queued[i] = PktBytes::default();
+            self.tenant_drops[i] = [0; DropReason::COUNT];
+        }
+    }
+
     /// Counts one dropped packet under `reason`.
     #[inline]
     pub fn drop(&mut self, port: PortId, tenant: Option<TenantId>, reason: DropReason) {

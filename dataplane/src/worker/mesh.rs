@@ -154,18 +154,29 @@ pub struct Handoff {
     pub tenant: TenantId,
     /// Where it came in (for the counters).
     pub ingress: PortId,
+    /// The low 16 bits of the sender's snapshot generation: the receiver drops the frame
+    /// when `port`'s id was given to another port after it (see `Snapshot` on stable ids).
+    pub stamp: u16,
 }
 
 impl Handoff {
-    /// Two words: address and length; ports and tenant.
+    /// Two words: address and length; ports, tenant and stamp.
     #[inline]
     pub fn encode(&self) -> Message {
         [
             self.frame.addr | (u64::from(self.frame.len) << 48),
             u64::from(self.port.0)
                 | (u64::from(self.tenant.0) << 16)
-                | (u64::from(self.ingress.0) << 32),
+                | (u64::from(self.ingress.0) << 32)
+                | (u64::from(self.stamp) << 48),
         ]
+    }
+
+    /// True when the frame was handed over before `since`, the generation in which its
+    /// port's current holder took the id (or the id is vacant): it was meant for another port.
+    #[inline]
+    pub fn is_stale(&self, since: u64) -> bool {
+        since == crate::snapshot::VACANT || (since as u16).wrapping_sub(self.stamp) as i16 > 0
     }
 
     /// The inverse of [`Handoff::encode`].
@@ -176,6 +187,7 @@ impl Handoff {
             port: PortId(m[1] as u16),
             tenant: TenantId((m[1] >> 16) as u16),
             ingress: PortId((m[1] >> 32) as u16),
+            stamp: (m[1] >> 48) as u16,
         }
     }
 }
@@ -230,8 +242,12 @@ mod tests {
             port: PortId(65_000),
             tenant: TenantId(4095),
             ingress: PortId(3),
+            stamp: 0xfffe,
         };
         assert_eq!(Handoff::decode(h.encode()), h);
+        // Stale when the port's id changed hands after the stamp, across the 16-bit wrap too.
+        assert!(!h.is_stale(0xfffe) && !h.is_stale(0x1_0000 - 100));
+        assert!(h.is_stale(0xffff) && h.is_stale(0x1_0003) && h.is_stale(crate::snapshot::VACANT));
         for vlan in [None, Some(0), Some(4095)] {
             let a = Announcement {
                 tenant: TenantId(65_535),

@@ -52,6 +52,74 @@ const MAX_DRAIN_BREATHS: u32 = 100_000;
 /// Most announcements applied from one peer per breath.
 const LEARNS_PER_BREATH: usize = 256;
 
+/// Most rounds of completions and kicks a removed socket gets to finish sending.
+const RETIRE_KICKS: usize = 64;
+
+/// What the control plane tells a worker; applied between breaths by [`Worker::apply`], in
+/// the order sent (a reload that removes a port sends its sockets' removal before the
+/// snapshot without it).
+#[derive(Debug)]
+pub enum WorkerCmd<P> {
+    /// Adopt a snapshot.
+    Install(Arc<Snapshot>),
+    /// Poll a new socket of `port` (boxed: the channel's slots stay small).
+    AddSocket {
+        /// Its port.
+        port: PortId,
+        /// The socket.
+        driver: Box<P>,
+    },
+    /// Stop polling the socket of (`port`, `queue`) and give back its frames.
+    RemoveSocket {
+        /// Its port.
+        port: PortId,
+        /// Its queue.
+        queue: u32,
+    },
+    /// The socket's device is gone: nothing is received on it or sent to it.
+    SocketDown {
+        /// Its port.
+        port: PortId,
+        /// Its queue.
+        queue: u32,
+    },
+    /// The socket's device is back: `driver` (of the same port and queue) takes its place.
+    ReplaceSocket {
+        /// Its port.
+        port: PortId,
+        /// The new socket.
+        driver: Box<P>,
+    },
+    /// Frames for `port` go to worker `owner` when this worker has no socket of it.
+    Route {
+        /// The port.
+        port: PortId,
+        /// A worker polling it; `None`: nobody does.
+        owner: Option<usize>,
+    },
+    /// How many workers poll each port (each enforces that part of the rates).
+    ShareRates(Vec<u64>),
+}
+
+/// What applying a [`WorkerCmd`] left the caller.
+#[derive(Debug)]
+pub enum Applied<P> {
+    /// Nothing to hand back.
+    Done,
+    /// The snapshot replaced (to be freed off the poll loop, by the caller).
+    Replaced(Arc<Snapshot>),
+    /// A socket taken out (removed, or replaced after its device vanished), and the frames
+    /// it kept that were written off.
+    Removed {
+        /// The socket (closing it is the caller's business: a close can wait for the kernel).
+        driver: Box<P>,
+        /// Frames written off.
+        lost: u32,
+    },
+    /// No socket of that port and queue.
+    NoSuchSocket,
+}
+
 /// What a worker does when a breath finds no traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdlePolicy {
@@ -154,6 +222,7 @@ pub enum Route {
 #[derive(Debug)]
 struct Socket<P> {
     port: PortId,
+    queue: u32,
     driver: P,
     /// Its device is gone: nothing is received or sent, frames for its port are dropped as
     /// `port_down` until a new socket replaces it.
@@ -165,6 +234,8 @@ struct Out<'a, P> {
     sockets: &'a mut [Socket<P>],
     routes: &'a [Route],
     peers: &'a mut [Option<PeerOut>],
+    /// The snapshot generation handoffs are stamped with.
+    stamp: u16,
 }
 
 impl<P: Port> Egress for Out<'_, P> {
@@ -178,8 +249,10 @@ impl<P: Port> Egress for Out<'_, P> {
             Some(&Route::Peer(w)) => {
                 let Some(Some(link)) = self.peers.get_mut(w) else { return 0 };
                 let mut n = 0;
+                let stamp = self.stamp;
                 for (&frame, &(tenant, ingress)) in frames.iter().zip(owners) {
-                    if !link.frames.push(Handoff { frame, port, tenant, ingress }.encode()) {
+                    let h = Handoff { frame, port, tenant, ingress, stamp };
+                    if !link.frames.push(h.encode()) {
                         break;
                     }
                     n += 1;
@@ -205,6 +278,9 @@ pub struct Worker<P: Port> {
     pool: FramePool,
     sockets: Vec<Socket<P>>,
     routes: Vec<Route>,
+    /// Per port, a worker that polls one of its sockets (frames for it go there when this
+    /// worker has none).
+    owners: Vec<Option<usize>>,
     links: Links,
     pipeline: Pipeline,
     snap: Arc<Snapshot>,
@@ -245,18 +321,7 @@ impl<P: Port> Worker<P> {
         let pool = FramePool::range(&area, links.shares.range(links.me));
         let sockets: Vec<Socket<P>> = sockets
             .into_iter()
-            .map(|(port, driver)| Socket { port, driver, down: false })
-            .collect();
-        let routes = owners
-            .iter()
-            .enumerate()
-            .map(|(p, owner)| match sockets.iter().position(|s| s.port.index() == p) {
-                Some(i) => Route::Local(i),
-                None => match owner {
-                    Some(w) if *w != links.me => Route::Peer(*w),
-                    _ => Route::Unreachable,
-                },
-            })
+            .map(|(port, driver)| Socket { port, queue: driver.queue(), driver, down: false })
             .collect();
         let mut pipeline = Pipeline::new(&snap);
         if links.has_peers() {
@@ -268,7 +333,8 @@ impl<P: Port> Worker<P> {
             area,
             pool,
             sockets,
-            routes,
+            routes: Vec::new(),
+            owners: owners.to_vec(),
             links,
             snap,
             batch: Batch::new(),
@@ -280,8 +346,25 @@ impl<P: Port> Worker<P> {
             draining: false,
             written_off: 0,
         };
+        w.route();
         w.schedule_ports();
         w
+    }
+
+    /// How each port is reached: through a socket of this worker's, else through the worker
+    /// that owns it. Rebuilt when sockets or owners change (between breaths).
+    fn route(&mut self) {
+        let (sockets, me) = (&self.sockets, self.links.me);
+        let n = self.snap.ports.len().max(self.owners.len());
+        self.routes = (0..n)
+            .map(|p| match sockets.iter().position(|s| s.port.index() == p) {
+                Some(i) => Route::Local(i),
+                None => match self.owners.get(p).copied().flatten() {
+                    Some(w) if w != me => Route::Peer(w),
+                    _ => Route::Unreachable,
+                },
+            })
+            .collect();
     }
 
     /// One pass over every socket. Returns the number of frames received.
@@ -334,6 +417,7 @@ impl<P: Port> Worker<P> {
                     sockets: &mut self.sockets,
                     routes: &self.routes,
                     peers: &mut self.links.out,
+                    stamp: self.snap.generation as u16,
                 };
                 self.pipeline.run(
                     now,
@@ -357,6 +441,7 @@ impl<P: Port> Worker<P> {
                 sockets: &mut self.sockets,
                 routes: &self.routes,
                 peers: &mut self.links.out,
+                stamp: self.snap.generation as u16,
             };
             self.tx.flush(&mut out, &mut self.pipeline.counters, now);
         }
@@ -391,11 +476,17 @@ impl<P: Port> Worker<P> {
             let pipeline = &mut self.pipeline;
             inbox.learns.pop(LEARNS_PER_BREATH, |m| pipeline.learn_remote(now, decode_learn(m)));
             inbox.conns.pop(LEARNS_PER_BREATH, |m| pipeline.policy.conns.apply(now, m));
-            let (tx, c) = (&mut self.tx, &mut self.pipeline.counters);
+            let (tx, c, snap) = (&mut self.tx, &mut self.pipeline.counters, &self.snap);
             // Only as many as the TX lists take: the rest wait in the ring (and, when it is
             // full, in the sender's lists), instead of being dropped here.
             inbox.frames.pop_while(usize::MAX, |m| {
                 let h = Handoff::decode(m);
+                if h.is_stale(snap.port_since(h.port)) {
+                    // For a port a reload removed (its id vacant or given to another).
+                    c.drop(h.ingress, None, DropReason::PortDown);
+                    pool.free(h.frame.addr);
+                    return true;
+                }
                 if !tx.has_room(h.port) {
                     return false;
                 }
@@ -409,9 +500,25 @@ impl<P: Port> Worker<P> {
                 true
             });
         }
-        let mut out =
-            Out { sockets: &mut self.sockets, routes: &self.routes, peers: &mut self.links.out };
+        let mut out = Out {
+            sockets: &mut self.sockets,
+            routes: &self.routes,
+            peers: &mut self.links.out,
+            stamp: self.snap.generation as u16,
+        };
         self.tx.flush(&mut out, &mut self.pipeline.counters, now);
+    }
+
+    /// Applies every MAC announcement and connection the other workers sent so far, however
+    /// many (between breaths, before a snapshot change: what they learned under the old
+    /// snapshot is applied under it, never under a new one that may have given its ids to
+    /// others; the control plane changes snapshots only once every worker runs the last one).
+    fn take_messages(&mut self, now: Nanos) {
+        for inbox in self.links.inbox.iter_mut().flatten() {
+            let pipeline = &mut self.pipeline;
+            inbox.learns.pop(usize::MAX, |m| pipeline.learn_remote(now, decode_learn(m)));
+            inbox.conns.pop(usize::MAX, |m| pipeline.policy.conns.apply(now, m));
+        }
     }
 
     /// Sends this breath's announcements to every other worker and other workers' chunks home.
@@ -528,15 +635,142 @@ impl<P: Port> Worker<P> {
     }
 
     /// Adopts a new snapshot between breaths; returns the old one so that the caller, not the
-    /// poll loop, pays for freeing it.
-    pub fn install(&mut self, snap: Arc<Snapshot>) -> Arc<Snapshot> {
+    /// poll loop, pays for freeing it. What other workers announced is applied first, under
+    /// the old snapshot; frames waiting for a port the new one removed (or gave its id to
+    /// another) are dropped as `port_down`.
+    pub fn install(&mut self, now: Nanos, snap: Arc<Snapshot>) -> Arc<Snapshot> {
+        if self.links.has_peers() {
+            self.take_messages(now);
+        }
+        for (i, p) in self.snap.ports.iter().enumerate() {
+            let id = PortId(i as u16);
+            if !p.is_vacant() && snap.port_since(id) != p.since {
+                self.tx.discard(
+                    id,
+                    DropReason::PortDown,
+                    &mut self.pipeline.counters,
+                    &mut self.pool,
+                );
+            }
+        }
         self.pipeline.install(&snap);
         self.tx.resize(snap.ports.len());
-        // A port added by the new snapshot has no socket yet: nothing reaches it.
-        self.routes.resize(snap.ports.len(), Route::Unreachable);
         let old = std::mem::replace(&mut self.snap, snap);
+        // A port added by the new snapshot has no socket yet: nothing reaches it until one
+        // comes ([`WorkerCmd::AddSocket`], [`WorkerCmd::Route`]).
+        self.route();
         self.schedule_ports();
         old
+    }
+
+    /// Applies one command of the control plane, between breaths.
+    pub fn apply(&mut self, now: Nanos, cmd: WorkerCmd<P>) -> Applied<P> {
+        match cmd {
+            WorkerCmd::Install(snap) => Applied::Replaced(self.install(now, snap)),
+            WorkerCmd::AddSocket { port, driver } => {
+                let queue = driver.queue();
+                self.sockets.push(Socket { port, queue, driver: *driver, down: false });
+                if let Some(o) = self.owners.get_mut(port.index()) {
+                    o.get_or_insert(self.links.me);
+                } else {
+                    self.owners.resize(port.index() + 1, None);
+                    self.owners[port.index()] = Some(self.links.me);
+                }
+                self.route();
+                self.schedule_ports();
+                Applied::Done
+            }
+            WorkerCmd::RemoveSocket { port, queue } => match self.take_socket(port, queue) {
+                Some((driver, lost)) => Applied::Removed { driver: Box::new(driver), lost },
+                None => Applied::NoSuchSocket,
+            },
+            WorkerCmd::SocketDown { port, queue } => match self.socket_index(port, queue) {
+                Some(i) => {
+                    self.socket_down(i);
+                    Applied::Done
+                }
+                None => Applied::NoSuchSocket,
+            },
+            WorkerCmd::ReplaceSocket { port, driver } => {
+                match self.socket_index(port, driver.queue()) {
+                    Some(i) => {
+                        let (old, lost) = self.swap_socket(i, *driver);
+                        Applied::Removed { driver: Box::new(old), lost }
+                    }
+                    None => Applied::NoSuchSocket,
+                }
+            }
+            WorkerCmd::Route { port, owner } => {
+                if self.owners.len() <= port.index() {
+                    self.owners.resize(port.index() + 1, None);
+                }
+                self.owners[port.index()] = owner;
+                self.route();
+                self.schedule_ports();
+                Applied::Done
+            }
+            WorkerCmd::ShareRates(shares) => {
+                self.share_rates(shares);
+                Applied::Done
+            }
+        }
+    }
+
+    /// The index of the socket of (`port`, `queue`).
+    fn socket_index(&self, port: PortId, queue: u32) -> Option<usize> {
+        self.sockets.iter().position(|s| s.port == port && s.queue == queue)
+    }
+
+    /// Takes the socket of (`port`, `queue`) out (its port was removed by a reload; its XDP
+    /// program is detached already, so nothing new arrives): what it received is dropped as
+    /// `port_down`, what it sends gets a few breaths' worth of kicks to complete, then it
+    /// gives every frame back it can; the rest are written off (returned with the driver).
+    /// Frames read from it now count as received on the port and dropped as `port_down`.
+    fn take_socket(&mut self, port: PortId, queue: u32) -> Option<(P, u32)> {
+        let i = self.socket_index(port, queue)?;
+        let mut s = self.sockets.remove(i);
+        // Bounded: copy mode completes a kicked frame within the `sendto`.
+        for _ in 0..RETIRE_KICKS {
+            s.driver.reclaim(&mut self.pool);
+            if s.driver.census().tx == 0 {
+                break;
+            }
+            s.driver.kick(Breath::Idle);
+        }
+        loop {
+            self.batch.reset(port);
+            let n = s.driver.rx(&mut self.pool, &mut self.batch);
+            // Received (counted so), and dropped: the port is going.
+            let c = &mut self.pipeline.counters;
+            for f in self.batch.frames() {
+                if let Some(rx) = c.port_rx.get_mut(port.index()) {
+                    rx.add(f.len);
+                }
+                c.drop(port, None, DropReason::PortDown);
+                self.pool.free(f.addr);
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        let lost = s.driver.retire(&mut self.pool);
+        self.written_off += lost;
+        if !self.sockets.iter().any(|s| s.port == port)
+            && self.owners.get(port.index()) == Some(&Some(self.links.me))
+        {
+            self.owners[port.index()] = None;
+        }
+        self.route();
+        if !matches!(self.routes.get(port.index()), Some(Route::Local(_))) {
+            self.tx.discard(
+                port,
+                DropReason::PortDown,
+                &mut self.pipeline.counters,
+                &mut self.pool,
+            );
+        }
+        self.schedule_ports();
+        Some((s.driver, lost))
     }
 
     /// Tells the worker how many workers send on each port (a port with several queues is
@@ -605,12 +839,20 @@ impl<P: Port> Worker<P> {
     /// frames it can; those the kernel kept with the vanished device are written off in the
     /// census (returned, so the caller can say how many). Between breaths only.
     pub fn replace_socket(&mut self, i: usize, new: P) -> u32 {
-        let Some(s) = self.sockets.get_mut(i) else { return 0 };
+        if i >= self.sockets.len() {
+            return 0;
+        }
+        self.swap_socket(i, new).1
+    }
+
+    /// [`Worker::replace_socket`] that hands back the old socket (its closing is the caller's).
+    fn swap_socket(&mut self, i: usize, new: P) -> (P, u32) {
+        let s = &mut self.sockets[i];
         let mut old = std::mem::replace(&mut s.driver, new);
         s.down = false;
         let lost = old.retire(&mut self.pool);
         self.written_off += lost;
-        lost
+        (old, lost)
     }
 
     /// Frames waiting in `tenant`'s egress queues on this worker's ports, and their room.

@@ -468,3 +468,48 @@ impl Drop for Lab {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Sends `count` UDP datagrams numbered 0.. to `dst`:9999 at about `pps`; prints nothing.
+pub const SEQ_SEND: &str = r#"
+import socket, sys, time
+dst, count, pps = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+t0 = time.monotonic()
+for i in range(count):
+    s.sendto(i.to_bytes(4, "big") + bytes(60), (dst, 9999))
+    ahead = i / pps - (time.monotonic() - t0)
+    if ahead > 0:
+        time.sleep(ahead)
+"#;
+
+/// Receives numbered datagrams on :9999 until `idle` seconds pass without one; prints the
+/// number received (each number once), the numbers missing below the highest seen, and the
+/// datagrams received more than once.
+pub const SEQ_RECV: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+s.bind(("0.0.0.0", 9999))
+s.settimeout(float(sys.argv[1]))
+seen = set()
+total = 0
+try:
+    while True:
+        seen.add(int.from_bytes(s.recv(2048)[:4], "big"))
+        total += 1
+except socket.timeout:
+    pass
+top = max(seen) if seen else -1
+print(len(seen), top + 1 - len(seen), total - len(seen))
+"#;
+
+/// The value of the series `name{labels}` in a Prometheus exposition (labels as written).
+pub fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| l.starts_with(name) && !l.starts_with('#')).find_map(|l| {
+        let (head, value) = l.rsplit_once(' ')?;
+        labels
+            .iter()
+            .all(|(k, v)| head.contains(&format!("{k}=\"{v}\"")))
+            .then(|| value.parse().ok())?
+    })
+}

@@ -403,6 +403,10 @@ impl XskPort {
 }
 
 impl Port for XskPort {
+    fn queue(&self) -> u32 {
+        XskPort::queue(self)
+    }
+
     fn rx(&mut self, pool: &mut FramePool, batch: &mut Batch) -> usize {
         self.refill(pool);
         let room = batch.room() as u32;

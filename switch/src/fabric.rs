@@ -1,0 +1,528 @@
+//! The ports of the running switch as the main thread holds them: per port its interface, its
+//! AF_XDP sockets (which worker polls each), its XDP program and what was changed on the
+//! host's stack. Ports are opened at start and by reloads that add them, closed by reloads that
+//! remove them, and reopened when their interface vanishes and comes back (a VM's tap or a veth
+//! deleted and created again, a VF reset). Nothing here runs on a worker: the workers are told
+//! through [`WorkerCmd`]s, applied between breaths.
+//!
+//! - **Opening** ([`Fabric::open`]): the host's stack is quieted on the interface, one socket
+//!   per queue is opened (the interface's first socket registers the frame area as its UMEM,
+//!   the others share it) and put in a new XSKMAP. Nothing is handed over yet, so a failure
+//!   leaves the switch as it was.
+//! - **Handing over** ([`Fabric::hand_over`]): each socket goes to its worker, which fills its
+//!   fill ring at once; every worker learns who polls the port and how many share its rates.
+//! - **Attaching** ([`Fabric::attach_pending`]): only once the workers have taken the sockets
+//!   is the XDP program attached, so the first frame redirected finds frames to land in.
+//! - **Removing** ([`Fabric::remove`]): the XDP program is detached first (nothing new
+//!   arrives), then the workers give the sockets' frames back and close them; frames queued for
+//!   the port are dropped as `port_down`; the host's stack gets back IPv6 and ARP.
+//! - **Vanishing** ([`Fabric::check`], every 200 ms, one `if_nametoindex` per port): a port
+//!   whose interface is gone (or has a new index) is marked down in its workers (frames for it
+//!   dropped as `port_down`); when it is back, new sockets replace the old ones, which give
+//!   back what frames they can; what the kernel kept with the vanished device is written off in
+//!   the frame census and logged.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use control::config::model::{PortConfig, XdpMode};
+use crossbeam_channel::Sender;
+use dataplane::port::FrameArea;
+use dataplane::port::afxdp::{BindMode, XdpAttachment, XskPort, ifindex};
+use dataplane::snapshot::{PortId, Snapshot};
+use dataplane::worker::WorkerCmd;
+
+use crate::control_api::{Placement, Shared};
+use crate::netdev::Quieted;
+
+/// Frames a worker keeps beyond its sockets' rings (for TX lists and handoffs).
+const SPARE_FRAMES: u64 = 256;
+
+/// One socket of a port: its queue, the worker polling it, the mode it got.
+#[derive(Debug, Clone)]
+struct Queue {
+    queue: u32,
+    worker: usize,
+    mode: &'static str,
+}
+
+/// A port the switch holds.
+#[derive(Debug)]
+struct Held {
+    id: PortId,
+    name: String,
+    interface: String,
+    bind: BindMode,
+    queues: Vec<Queue>,
+    /// The interface index the sockets are bound to.
+    bound: u32,
+    up: bool,
+    /// Its XDP program (`None` until attached, and while the interface is gone).
+    attachment: Option<XdpAttachment>,
+    /// An XSKMAP holding the sockets, waiting to be attached.
+    pending: Option<XdpAttachment>,
+    /// What [`crate::netdev::quiet`] changed, put back when the port is removed or the switch
+    /// stops.
+    quiet: Option<Quieted>,
+    /// The last reason a reopen failed (logged once per reason).
+    last_error: Option<String>,
+    /// Its sockets were handed to the workers (false: added while its interface did not
+    /// exist; opened when it appears).
+    handed: bool,
+}
+
+/// A port opened but not handed to the workers yet.
+pub struct Opened {
+    held: Held,
+    sockets: Vec<XskPort>,
+}
+
+/// The ports of the running switch.
+pub struct Fabric {
+    area: FrameArea,
+    ring_size: u32,
+    busy_poll: (u32, u32),
+    ports: Vec<Held>,
+    workers: Vec<Sender<WorkerCmd<XskPort>>>,
+    /// Commands sent to each worker, and how many each has applied (its thread counts them).
+    sent: Vec<u64>,
+    applied: Vec<Arc<AtomicU64>>,
+    /// Frames in each worker's share of the area.
+    shares: Vec<u64>,
+}
+
+fn bind_mode(m: XdpMode) -> BindMode {
+    match m {
+        XdpMode::Auto => BindMode::Auto,
+        XdpMode::ZeroCopy => BindMode::ZeroCopy,
+        XdpMode::Copy => BindMode::Copy,
+    }
+}
+
+impl Fabric {
+    /// No ports yet; `workers` are the workers' command channels, `applied` the commands each
+    /// has applied, `shares` their frames.
+    pub fn new(
+        area: FrameArea,
+        ring_size: u32,
+        busy_poll: (u32, u32),
+        workers: Vec<Sender<WorkerCmd<XskPort>>>,
+        applied: Vec<Arc<AtomicU64>>,
+        shares: Vec<u64>,
+    ) -> Fabric {
+        let sent = vec![0; workers.len()];
+        Fabric { area, ring_size, busy_poll, ports: Vec::new(), workers, sent, applied, shares }
+    }
+
+    /// Sends `cmd` to worker `w`.
+    fn send(&mut self, w: usize, cmd: WorkerCmd<XskPort>) {
+        if self.workers[w].send(cmd).is_ok() {
+            self.sent[w] += 1;
+        }
+    }
+
+    /// Sends a snapshot to every worker.
+    pub fn install(&mut self, snap: &Arc<Snapshot>) {
+        for w in 0..self.workers.len() {
+            self.send(w, WorkerCmd::Install(snap.clone()));
+        }
+    }
+
+    /// True when every worker has applied every command sent to it.
+    pub fn caught_up(&self) -> bool {
+        self.sent.iter().zip(&self.applied).all(|(s, a)| a.load(Ordering::Acquire) >= *s)
+    }
+
+    /// Waits until [`Fabric::caught_up`], at most `limit` (the workers take commands between
+    /// breaths, a few times a second). False when it timed out.
+    pub fn wait(&self, limit: Duration) -> bool {
+        let end = Instant::now() + limit;
+        while !self.caught_up() {
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    /// Frames a worker with `sockets` sockets needs.
+    fn need(&self, sockets: usize) -> u64 {
+        sockets as u64 * 3 * u64::from(self.ring_size) + SPARE_FRAMES
+    }
+
+    /// Sockets each worker polls (those opened but not handed over in `extra` included).
+    fn load(&self, extra: &[Opened]) -> Vec<usize> {
+        let mut load = vec![0; self.workers.len()];
+        for q in self.ports.iter().chain(extra.iter().map(|o| &o.held)).flat_map(|h| &h.queues) {
+            load[q.worker] += 1;
+        }
+        load
+    }
+
+    /// Workers for `queues` new sockets: each to the least loaded worker whose frames cover one
+    /// more socket; `extra` are ports opened in the same reload. Says why when none has room.
+    pub fn choose(&self, queues: u32, extra: &[Opened]) -> Result<Vec<usize>, String> {
+        let mut load = self.load(extra);
+        (0..queues)
+            .map(|_| {
+                let w = (0..load.len())
+                    .filter(|&w| self.shares[w] >= self.need(load[w] + 1))
+                    .min_by_key(|&w| load[w])
+                    .ok_or_else(|| {
+                        format!(
+                            "switch.frames: no worker has frames for one more socket (each \
+                             needs 3 x ring_size = {} of its share); raise switch.frames (at a \
+                             restart)",
+                            3 * self.ring_size
+                        )
+                    })?;
+                load[w] += 1;
+                Ok(w)
+            })
+            .collect()
+    }
+
+    /// Opens port `name` (id `id`) on `interface`: the host's stack quieted, one socket per
+    /// queue, each registered in a new XSKMAP; `workers[q]` will poll queue `q`. Nothing is
+    /// handed over or attached yet: dropping the result undoes it.
+    pub fn open(
+        &self,
+        id: PortId,
+        name: &str,
+        interface: &str,
+        pc: &PortConfig,
+        workers: &[usize],
+    ) -> anyhow::Result<Opened> {
+        let bound = ifindex(interface)
+            .with_context(|| format!("port {name}: no interface named {interface}"))?;
+        let (quiet, log) = crate::netdev::quiet(interface)
+            .with_context(|| format!("port {name}: taking {interface}"))?;
+        for l in log {
+            tracing::info!("port {name}: {l}");
+        }
+        let bind = bind_mode(pc.mode);
+        let mut held = Held {
+            id,
+            name: name.to_string(),
+            interface: interface.to_string(),
+            bind,
+            queues: Vec::new(),
+            bound,
+            up: true,
+            attachment: None,
+            pending: None,
+            quiet: Some(quiet),
+            last_error: None,
+            handed: true,
+        };
+        let (attachment, sockets) = self.sockets(&held.interface, bind, pc.queues)?;
+        for (sock, &worker) in sockets.iter().zip(workers) {
+            held.queues.push(Queue { queue: sock.queue(), worker, mode: sock.mode().as_str() });
+        }
+        held.pending = Some(attachment);
+        Ok(Opened { held, sockets })
+    }
+
+    /// Port `name` (id `id`) whose interface does not exist yet: held down, and opened by
+    /// [`Fabric::check`] when the interface appears (a VM's tap created after the config that
+    /// names it was reloaded).
+    pub fn wait_for(
+        &mut self,
+        id: PortId,
+        name: &str,
+        interface: &str,
+        pc: &PortConfig,
+        workers: &[usize],
+    ) {
+        self.ports.push(Held {
+            id,
+            name: name.to_string(),
+            interface: interface.to_string(),
+            bind: bind_mode(pc.mode),
+            queues: (0..pc.queues)
+                .zip(workers)
+                .map(|(queue, &worker)| Queue { queue, worker, mode: "waiting" })
+                .collect(),
+            bound: 0,
+            up: false,
+            attachment: None,
+            pending: None,
+            quiet: None,
+            last_error: None,
+            handed: false,
+        });
+    }
+
+    /// Opens port `i`, added while its interface did not exist, now that it does: its sockets
+    /// go to their workers and its program is attached by the next [`Fabric::check`].
+    fn open_late(&mut self, i: usize, ports: usize) -> anyhow::Result<()> {
+        let h = &self.ports[i];
+        let (quiet, log) = crate::netdev::quiet(&h.interface)?;
+        for l in log {
+            tracing::info!("port {}: {l}", h.name);
+        }
+        let (a, socks) = self.sockets(&h.interface, h.bind, h.queues.len() as u32)?;
+        let id = h.id;
+        let h = &mut self.ports[i];
+        h.quiet = Some(quiet);
+        h.pending = Some(a);
+        h.handed = true;
+        let mut cmds = Vec::new();
+        for (sock, q) in socks.into_iter().zip(&mut h.queues) {
+            q.mode = sock.mode().as_str();
+            cmds.push((q.worker, WorkerCmd::AddSocket { port: id, driver: Box::new(sock) }));
+        }
+        for (w, cmd) in cmds {
+            self.send(w, cmd);
+        }
+        self.route(ports);
+        Ok(())
+    }
+
+    /// Sockets for queues `0..queues` of `interface`, in a new XSKMAP (not attached).
+    fn sockets(
+        &self,
+        interface: &str,
+        bind: BindMode,
+        queues: u32,
+    ) -> anyhow::Result<(XdpAttachment, Vec<XskPort>)> {
+        let mut socks: Vec<XskPort> = Vec::new();
+        for queue in 0..queues {
+            let sock =
+                XskPort::open(&self.area, interface, queue, self.ring_size, bind, socks.first())?;
+            if self.busy_poll.0 > 0
+                && let Err(e) = sock.set_busy_poll(self.busy_poll.0, self.busy_poll.1)
+            {
+                tracing::warn!(
+                    "{interface} queue {queue}: busy polling not accepted ({e}); polling without"
+                );
+            }
+            socks.push(sock);
+        }
+        let a = XdpAttachment::new(interface, queues)?;
+        for s in &socks {
+            a.register(s)?;
+        }
+        Ok((a, socks))
+    }
+
+    /// Hands the sockets of `opened` to their workers and tells every worker who polls which
+    /// port now. The programs stay detached until [`Fabric::attach_pending`].
+    pub fn hand_over(&mut self, opened: Vec<Opened>, ports: usize) {
+        for o in opened {
+            for (sock, q) in o.sockets.into_iter().zip(&o.held.queues) {
+                tracing::info!(
+                    "port {} on {} queue {}: {} mode, worker {}",
+                    o.held.name,
+                    o.held.interface,
+                    q.queue,
+                    q.mode,
+                    q.worker
+                );
+                self.send(
+                    q.worker,
+                    WorkerCmd::AddSocket { port: o.held.id, driver: Box::new(sock) },
+                );
+            }
+            self.ports.push(o.held);
+        }
+        self.route(ports);
+    }
+
+    /// Tells every worker, for each of the `ports` ids, which worker polls it, and how many
+    /// workers share each port's rates.
+    fn route(&mut self, ports: usize) {
+        let mut owners = vec![None; ports];
+        let mut sharing = vec![1u64; ports];
+        for h in &self.ports {
+            if let Some(o) = owners.get_mut(h.id.index()) {
+                *o = h.queues.first().map(|q| q.worker);
+            }
+            let mut ws: Vec<usize> = h.queues.iter().map(|q| q.worker).collect();
+            ws.sort_unstable();
+            ws.dedup();
+            if let Some(s) = sharing.get_mut(h.id.index()) {
+                *s = ws.len().max(1) as u64;
+            }
+        }
+        for w in 0..self.workers.len() {
+            for (p, owner) in owners.iter().enumerate() {
+                self.send(w, WorkerCmd::Route { port: PortId(p as u16), owner: *owner });
+            }
+            self.send(w, WorkerCmd::ShareRates(sharing.clone()));
+        }
+    }
+
+    /// Attaches the XDP programs of the ports handed over since the last call (the workers
+    /// have taken their sockets). A port whose program cannot be attached is marked down and
+    /// retried by [`Fabric::check`]; the errors are returned.
+    pub fn attach_pending(&mut self, shared: &Shared) -> Vec<String> {
+        let mut errors = Vec::new();
+        let mut down = Vec::new();
+        for h in &mut self.ports {
+            let Some(mut a) = h.pending.take() else { continue };
+            match a.attach() {
+                Ok(()) => {
+                    tracing::info!(
+                        "XDP program on {} ({})",
+                        h.interface,
+                        if a.native { "native" } else { "generic" }
+                    );
+                    h.attachment = Some(a);
+                }
+                Err(e) => {
+                    let e = format!("port {}: {e}", h.name);
+                    tracing::warn!("{e}; the port stays down until it can be attached");
+                    for q in &h.queues {
+                        down.push((q.worker, WorkerCmd::SocketDown { port: h.id, queue: q.queue }));
+                    }
+                    h.up = false;
+                    h.bound = 0;
+                    shared.set_port_down(&h.name, true);
+                    errors.push(e);
+                }
+            }
+        }
+        for (w, cmd) in down {
+            self.send(w, cmd);
+        }
+        errors
+    }
+
+    /// Removes port `name`: its program detached, its sockets closed by their workers (which
+    /// give their frames back), the host's stack on its interface as it was. `ports` is the
+    /// number of port ids of the snapshot without it.
+    pub fn remove(&mut self, name: &str, ports: usize) {
+        let Some(i) = self.ports.iter().position(|h| h.name == name) else { return };
+        let mut h = self.ports.remove(i);
+        // Detached first: nothing new arrives while the workers take the sockets out.
+        drop(h.attachment.take());
+        drop(h.pending.take());
+        for q in &h.queues {
+            self.send(q.worker, WorkerCmd::RemoveSocket { port: h.id, queue: q.queue });
+        }
+        self.route(ports);
+        tracing::info!("port {name} removed ({}: XDP program detached)", h.interface);
+        // IPv6 and ARP back on the interface given back.
+        drop(h.quiet.take());
+    }
+
+    /// Which worker polls which socket.
+    pub fn placement(&self) -> Vec<Placement> {
+        self.ports
+            .iter()
+            .flat_map(|h| {
+                h.queues.iter().map(|q| Placement {
+                    port: h.name.clone(),
+                    queue: q.queue,
+                    worker: q.worker,
+                    mode: q.mode.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Looks at every port's interface once; tells the workers what changed. `ports` is the
+    /// number of port ids of the running snapshot.
+    pub fn check(&mut self, shared: &Shared, ports: usize) {
+        // Ports handed over since the last look, once their workers have them.
+        if self.caught_up() && self.ports.iter().any(|h| h.pending.is_some()) {
+            self.attach_pending(shared);
+        }
+        for i in 0..self.ports.len() {
+            let now = ifindex(&self.ports[i].interface).ok();
+            let h = &mut self.ports[i];
+            if h.up && now != Some(h.bound) {
+                h.up = false;
+                drop(h.attachment.take());
+                let (id, name) = (h.id, h.name.clone());
+                let queues: Vec<(usize, u32)> =
+                    h.queues.iter().map(|q| (q.worker, q.queue)).collect();
+                for (w, queue) in queues {
+                    self.send(w, WorkerCmd::SocketDown { port: id, queue });
+                }
+                let h = &self.ports[i];
+                shared.set_port_down(&name, true);
+                tracing::warn!(
+                    "port {}: interface {} is gone; port down (frames for it are dropped as \
+                     port_down until it returns)",
+                    h.name,
+                    h.interface
+                );
+            } else if !h.up
+                && let Some(idx) = now
+            {
+                let done =
+                    if self.ports[i].handed { self.reopen(i) } else { self.open_late(i, ports) };
+                match done {
+                    Ok(()) => {
+                        let h = &mut self.ports[i];
+                        h.bound = idx;
+                        h.up = true;
+                        h.last_error = None;
+                        shared.set_port_down(&h.name, false);
+                        tracing::info!(
+                            "port {}: interface {} is back (index {idx}); port up",
+                            h.name,
+                            h.interface
+                        );
+                    }
+                    Err(e) => {
+                        let h = &mut self.ports[i];
+                        let e = format!("{e:#}");
+                        if h.last_error.as_ref() != Some(&e) {
+                            tracing::warn!(
+                                "port {}: interface {} is back but cannot be opened yet \
+                                 (retrying): {e}",
+                                h.name,
+                                h.interface
+                            );
+                            h.last_error = Some(e);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// New sockets for every queue of port `i`'s returned interface, swapped in by its workers,
+    /// and its program attached.
+    fn reopen(&mut self, i: usize) -> anyhow::Result<()> {
+        let h = &self.ports[i];
+        // A new interface: the host's stack is quiet on it again before frames flow.
+        let (q, log) = crate::netdev::quiet(&h.interface)?;
+        q.keep();
+        for l in log {
+            tracing::info!("port {}: {l}", h.name);
+        }
+        let queues = h.queues.iter().map(|q| q.queue + 1).max().unwrap_or(1);
+        let (mut a, socks) = self.sockets(&h.interface, h.bind, queues)?;
+        if socks.len() != h.queues.len() {
+            bail!("{} sockets for {} queues", socks.len(), h.queues.len());
+        }
+        a.attach()?;
+        let (id, workers): (PortId, Vec<usize>) =
+            (h.id, h.queues.iter().map(|q| q.worker).collect());
+        for (sock, w) in socks.into_iter().zip(workers) {
+            self.send(w, WorkerCmd::ReplaceSocket { port: id, driver: Box::new(sock) });
+        }
+        self.ports[i].attachment = Some(a);
+        Ok(())
+    }
+
+    /// At a stop, after the workers have closed their sockets: the programs detached, then the
+    /// host's stack given back.
+    pub fn close(mut self) {
+        for h in &mut self.ports {
+            drop(h.attachment.take());
+            drop(h.pending.take());
+        }
+        tracing::info!("XDP programs detached");
+        for h in &mut self.ports {
+            drop(h.quiet.take());
+        }
+    }
+}
