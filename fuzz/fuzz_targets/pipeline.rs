@@ -74,14 +74,26 @@ fn fragment_of(f: &[u8]) -> Option<(Datagram, usize)> {
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Frame { port: u8, frame: FrameSpec },
-    Fragments { port: u8, spec: FragSpec },
-    Poll { advance_us: u16 },
+    Frame {
+        port: u8,
+        frame: FrameSpec,
+    },
+    Fragments {
+        port: u8,
+        spec: FragSpec,
+    },
+    Poll {
+        advance_us: u16,
+    },
     Reload,
     /// Removes tenant `t` (index mod 4), or brings it back if removed.
-    ToggleTenant { t: u8 },
+    ToggleTenant {
+        t: u8,
+    },
     /// Removes tenant port `p` (p1..p3) and the attachments to it, or brings it back.
-    TogglePort { p: u8 },
+    TogglePort {
+        p: u8,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
