@@ -3,6 +3,7 @@
 //!
 //! Errors name the file, the field path and the reason. Nothing here runs on the packet path.
 
+pub mod api;
 pub mod compile;
 pub mod config;
 pub mod diff;

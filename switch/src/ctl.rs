@@ -9,6 +9,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use control::api::{CaptureRequest, FlowOrder, Request, Response, TraceRequest};
 use serde_json::{Value, json};
 
 /// The socket to ask: `--socket` (or `XSWITCH_SOCKET`), else the `control.socket` of the
@@ -80,7 +81,7 @@ fn join(v: &Value) -> String {
 }
 
 /// Sends a request and returns the response's `data`, or the switch's error.
-pub fn request(socket: &Path, req: &Value) -> anyhow::Result<Value> {
+pub fn request(socket: &Path, req: &Request) -> anyhow::Result<Value> {
     use std::os::unix::fs::FileTypeExt;
     if let Ok(meta) = std::fs::metadata(socket)
         && !meta.file_type().is_socket()
@@ -106,16 +107,12 @@ pub fn request(socket: &Path, req: &Value) -> anyhow::Result<Value> {
     })?;
     // A reload compiles the config; give it time.
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
-    writeln!(&conn, "{req}")?;
+    writeln!(&conn, "{}", serde_json::to_string(req)?)?;
     let mut line = String::new();
     BufReader::new(&conn).read_line(&mut line).context("reading the switch's answer")?;
-    let reply: Value = serde_json::from_str(&line).context("the switch's answer is not JSON")?;
-    if reply.get("ok") == Some(&Value::Bool(true)) {
-        Ok(reply.get("data").cloned().unwrap_or(Value::Null))
-    } else {
-        let e = reply.get("error").and_then(Value::as_str).unwrap_or("unknown error");
-        bail!("{e}")
-    }
+    let reply: Response =
+        serde_json::from_str(&line).context("the switch's answer is not an answer")?;
+    reply.into_result().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Runs one ctl command and prints its answer. The exit status is failure only for a trace
@@ -125,14 +122,44 @@ pub fn run(
     what: &crate::cli::CtlCommand,
     as_json: bool,
 ) -> anyhow::Result<std::process::ExitCode> {
+    use crate::cli::{CaptureCommand, CtlCommand};
     let cmd = what.as_str();
     let req = match what {
-        crate::cli::CtlCommand::Trace(t) => json!({
-            "cmd": cmd, "port": t.port, "src": t.src, "dst": t.dst, "proto": t.proto,
-            "sport": t.sport, "dport": t.dport, "flags": t.flags, "vlan": t.vlan,
-            "src_mac": t.src_mac, "dst_mac": t.dst_mac,
+        CtlCommand::Status => Request::Status {},
+        CtlCommand::Ports => Request::Ports {},
+        CtlCommand::Tenants => Request::Tenants {},
+        CtlCommand::Counters => Request::Counters {},
+        CtlCommand::Reload { dry_run } => Request::Reload { dry_run: *dry_run, file: None },
+        CtlCommand::Fdb { tenant } => Request::Fdb { tenant: tenant.clone() },
+        CtlCommand::Connections { tenant } => Request::Connections { tenant: tenant.clone() },
+        CtlCommand::Flows { tenant, top, by } => Request::Flows {
+            tenant: tenant.clone(),
+            top: *top,
+            by: match by.as_str() {
+                "bytes" => FlowOrder::Bytes,
+                "packets" => FlowOrder::Packets,
+                other => bail!("--by {other:?}: bytes or packets"),
+            },
+        },
+        CtlCommand::Trace(t) => Request::Trace(TraceRequest {
+            port: t.port.clone(),
+            src: t.src.clone(),
+            dst: t.dst.clone(),
+            proto: t.proto.clone(),
+            sport: t.sport,
+            dport: t.dport,
+            flags: t.flags.clone(),
+            vlan: t.vlan,
+            src_mac: t.src_mac.clone(),
+            dst_mac: t.dst_mac.clone(),
         }),
-        crate::cli::CtlCommand::Capture(crate::cli::CaptureCommand::Start {
+        CtlCommand::TraceLive { tenant, count, every, timeout } => Request::TraceLive {
+            tenant: tenant.clone(),
+            count: *count,
+            every: *every,
+            timeout_secs: *timeout,
+        },
+        CtlCommand::Capture(CaptureCommand::Start {
             tenant,
             port,
             file,
@@ -148,33 +175,31 @@ pub fn run(
             duration,
             snaplen,
         }) => {
-            let req = json!({
-                "cmd": cmd, "tenant": tenant, "on_port": port, "format": format,
-                "drops_only": drops_only, "host": host, "net": net, "port": l4_port,
-                "proto": proto, "direction": direction, "count": count, "bytes": bytes,
-                "duration_secs": duration, "snaplen": snaplen,
-            });
+            let mut req = CaptureRequest {
+                tenant: tenant.clone(),
+                on_port: port.clone(),
+                file: PathBuf::new(),
+                format: format.clone(),
+                drops_only: *drops_only,
+                host: host.clone(),
+                net: net.clone(),
+                port: *l4_port,
+                proto: proto.clone(),
+                direction: direction.clone(),
+                count: *count,
+                bytes: *bytes,
+                duration_secs: *duration,
+                snaplen: *snaplen,
+            };
             if file == "-" {
                 return stream_capture(socket, req);
             }
             // The switch opens the file: make a relative path absolute here, where the user is.
-            let file = std::path::absolute(file).unwrap_or_else(|_| file.into());
-            let mut req = req;
-            req["file"] = json!(file);
-            req
+            req.file = std::path::absolute(file).unwrap_or_else(|_| file.into());
+            Request::CaptureStart(req)
         }
-        crate::cli::CtlCommand::LogLevel(l) => json!({ "cmd": cmd, "level": l.level }),
-        crate::cli::CtlCommand::Reload { dry_run } => json!({ "cmd": cmd, "dry_run": dry_run }),
-        crate::cli::CtlCommand::TraceLive { tenant, count, every, timeout } => json!({
-            "cmd": cmd, "tenant": tenant, "count": count, "every": every, "timeout_secs": timeout,
-        }),
-        crate::cli::CtlCommand::Flows { tenant, top, by } => {
-            json!({ "cmd": cmd, "tenant": tenant, "top": top, "by": by })
-        }
-        _ => match what.tenant() {
-            Some(t) => json!({ "cmd": cmd, "tenant": t }),
-            None => json!({ "cmd": cmd }),
-        },
+        CtlCommand::Capture(CaptureCommand::Stop) => Request::CaptureStop {},
+        CtlCommand::LogLevel(l) => Request::LogLevel { level: l.level.clone() },
     };
     let data = request(socket, &req)?;
     let status = match what {
@@ -301,7 +326,7 @@ pub fn run(
             let empty = data.as_array().is_none_or(Vec::is_empty);
             // An empty table could mean "no connections" or "nothing is tracked": say which.
             let grouped = || {
-                let all = request(socket, &json!({ "cmd": "tenants" })).unwrap_or(Value::Null);
+                let all = request(socket, &Request::Tenants {}).unwrap_or(Value::Null);
                 all.as_array().into_iter().flatten().any(|t| {
                     t["name"].as_str() == Some(tenant) && t["security_group"] == Value::Bool(true)
                 })
@@ -326,7 +351,10 @@ pub fn run(
 /// to standard output, until the capture's limits end it, the reader of standard output goes
 /// away, or SIGINT/SIGTERM; then the capture is stopped. What was written goes to standard
 /// error (standard output is the capture).
-fn stream_capture(socket: &Path, mut req: Value) -> anyhow::Result<std::process::ExitCode> {
+fn stream_capture(
+    socket: &Path,
+    mut req: CaptureRequest,
+) -> anyhow::Result<std::process::ExitCode> {
     use std::sync::atomic::{AtomicBool, Ordering};
     let dir = std::env::temp_dir().join(format!("xswitch-capture-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -354,8 +382,8 @@ fn stream_capture(socket: &Path, mut req: Value) -> anyhow::Result<std::process:
             r => r,
         }
     });
-    req["file"] = json!(fifo);
-    if let Err(e) = request(socket, &req) {
+    req.file = fifo.clone();
+    if let Err(e) = request(socket, &Request::CaptureStart(req)) {
         // Unblocks the reader, waiting in its open.
         let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
         let _ = reader.join();
@@ -365,7 +393,7 @@ fn stream_capture(socket: &Path, mut req: Value) -> anyhow::Result<std::process:
     while !reader.is_finished() && !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let stats = request(socket, &json!({ "cmd": "capture_stop" }));
+    let stats = request(socket, &Request::CaptureStop {});
     let copied = reader.join().map_err(|_| anyhow::anyhow!("the pipe reader panicked"))?;
     cleanup(&dir);
     match stats {

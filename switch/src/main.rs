@@ -14,6 +14,7 @@ mod netdev;
 mod reload;
 mod run;
 mod simulate;
+mod summary;
 mod table;
 
 use std::process::ExitCode;
@@ -96,7 +97,7 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
 fn against(file: &std::path::Path, socket: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let socket = ctl::socket_path(socket, Some(file))?;
     let file = std::path::absolute(file)?;
-    let req = serde_json::json!({ "cmd": "reload", "dry_run": true, "file": file });
+    let req = control::api::Request::Reload { dry_run: true, file: Some(file) };
     let d = ctl::request(&socket, &req)?;
     println!();
     ctl::print_reload(&d, true);

@@ -37,11 +37,9 @@ pub struct Request {
     pub reply: Sender<Result<Value, String>>,
 }
 
-/// From the control thread: has the main thread run the reload (or dry run) `req` asks for,
-/// and waits for its answer.
-pub fn ask(shared: &Shared, req: &Value) -> Result<Value, String> {
-    let dry_run = req.get("dry_run").and_then(Value::as_bool).unwrap_or(false);
-    let file = req.get("file").and_then(Value::as_str).map(PathBuf::from);
+/// From the control thread: has the main thread run the reload (or, `dry_run`, the dry run
+/// of `file` or the switch's own) and waits for its answer.
+pub fn ask(shared: &Shared, dry_run: bool, file: Option<PathBuf>) -> Result<Value, String> {
     if file.is_some() && !dry_run {
         return Err("\"file\" is for a dry run only: a reload reads the switch's own file".into());
     }

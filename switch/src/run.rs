@@ -14,25 +14,12 @@ use dataplane::port::afxdp::{XskPort, require_root};
 use dataplane::port::{FrameArea, PageSize};
 use dataplane::snapshot::{PortId, Snapshot};
 use dataplane::time::{Clock, MonotonicClock, Nanos};
-use dataplane::trace::{Counters, DropReason};
+use dataplane::trace::Counters;
 use dataplane::worker::mesh::mesh;
-use dataplane::worker::{Applied, FrameCensus, IdlePolicy, LoopStats, Worker, WorkerCmd};
+use dataplane::worker::{Applied, IdlePolicy, LoopStats, Worker, WorkerCmd};
 
 use crate::fabric::Fabric;
 use sd_notify::NotifyState;
-
-/// The CPU clock as the kernel reports it (for cycles from nanoseconds; 0 if unknown).
-fn cpu_mhz() -> f64 {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("cpu MHz"))
-                .and_then(|l| l.split(':').nth(1))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
-}
 
 /// What a run leaves behind: the final counters and where every frame was.
 pub struct Report {
@@ -116,9 +103,84 @@ fn take_commands(
 }
 
 /// What a worker thread hands back when it stops.
-struct Finished {
-    worker: Worker<XskPort>,
-    loops: LoopStats,
+pub struct Finished {
+    pub worker: Worker<XskPort>,
+    pub loops: LoopStats,
+}
+
+/// The frame area `switch.frames` × `frame_size`, on huge pages when asked and had (else a
+/// warning saying how to reserve them).
+fn frame_area(cfg: &Config) -> anyhow::Result<FrameArea> {
+    let pages = match (cfg.switch.huge_pages, cfg.switch.huge_page_size.as_str()) {
+        (false, _) => PageSize::Normal,
+        (true, "1G") => PageSize::Huge1G,
+        (true, _) => PageSize::Huge2M,
+    };
+    let area = FrameArea::new(cfg.switch.frames, cfg.switch.frame_size, pages)
+        .context("allocating the frame area")?;
+    if pages != PageSize::Normal && !area.huge_pages() {
+        let (size, dir) = if pages == PageSize::Huge1G {
+            ("1 GiB", "/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages")
+        } else {
+            ("2 MiB", "/proc/sys/vm/nr_hugepages")
+        };
+        tracing::warn!(
+            "switch.huge_pages: no {size} huge pages could be had for {} MiB \
+         (reserve them in {dir}; the area must be a multiple of the page size); using normal \
+         pages",
+            area.len() >> 20
+        );
+    }
+    tracing::info!(
+        "frame area {} frames x {} B ({} MiB, {} pages)",
+        area.chunks(),
+        area.chunk_size(),
+        area.len() >> 20,
+        area.page_size().as_str()
+    );
+    Ok(area)
+}
+
+/// Where the workers run: by their ports' NUMA nodes (`switch.numa`), or as configured; each
+/// worker's share of the frames kept on its node.
+fn place_workers(
+    cfg: &Config,
+    snap: &Snapshot,
+    plan: &[Vec<(PortId, u32)>],
+    area: &FrameArea,
+    links: &[dataplane::worker::mesh::Links],
+) -> control::sriov::Placement {
+    let workers = plan.len();
+    let sys = crate::host::sysfs();
+    let ports_of: Vec<Vec<String>> = plan
+        .iter()
+        .map(|socks| socks.iter().map(|&(p, _)| snap.ports[p.index()].interface.clone()).collect())
+        .collect();
+    let numa = match cfg.switch.numa {
+        control::config::model::NumaPolicy::Auto => {
+            control::sriov::place(&sys, &ports_of, &cfg.switch.cores)
+        }
+        control::config::model::NumaPolicy::Off => control::sriov::Placement {
+            nodes: vec![None; workers],
+            cores: (0..workers).map(|w| cfg.switch.cores.get(w).copied()).collect(),
+            warnings: Vec::new(),
+        },
+    };
+    for w in &numa.warnings {
+        tracing::warn!("{w}");
+    }
+    if sys.nodes().len() > 1 {
+        for (w, node) in numa.nodes.iter().enumerate() {
+            if let Some(n) = node {
+                if let Err(e) = area.prefer_node(links[w].shares.range(w), *n) {
+                    tracing::warn!("worker {w}'s frames on NUMA node {n}: {e}");
+                } else {
+                    tracing::info!("worker {w}'s frames kept on NUMA node {n}");
+                }
+            }
+        }
+    }
+    numa
 }
 
 /// Runs the switch on a loaded config until `stop` is set; sets `ready` once it switches.
@@ -162,64 +224,9 @@ pub fn serve(
     }
     let plan = plan_sockets(&snap, cfg, workers);
 
-    let pages = match (cfg.switch.huge_pages, cfg.switch.huge_page_size.as_str()) {
-        (false, _) => PageSize::Normal,
-        (true, "1G") => PageSize::Huge1G,
-        (true, _) => PageSize::Huge2M,
-    };
-    let area = FrameArea::new(cfg.switch.frames, cfg.switch.frame_size, pages)
-        .context("allocating the frame area")?;
-    if pages != PageSize::Normal && !area.huge_pages() {
-        let (size, dir) = if pages == PageSize::Huge1G {
-            ("1 GiB", "/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages")
-        } else {
-            ("2 MiB", "/proc/sys/vm/nr_hugepages")
-        };
-        tracing::warn!(
-            "switch.huge_pages: no {size} huge pages could be had for {} MiB \
-             (reserve them in {dir}; the area must be a multiple of the page size); using normal \
-             pages",
-            area.len() >> 20
-        );
-    }
-    tracing::info!(
-        "frame area {} frames x {} B ({} MiB, {} pages)",
-        area.chunks(),
-        area.chunk_size(),
-        area.len() >> 20,
-        area.page_size().as_str()
-    );
+    let area = frame_area(cfg)?;
     let links = mesh(workers, area.chunks());
-    // Where the workers run: by their ports' NUMA nodes (switch.numa), or as configured.
-    let sys = crate::host::sysfs();
-    let ports_of: Vec<Vec<String>> = plan
-        .iter()
-        .map(|socks| socks.iter().map(|&(p, _)| snap.ports[p.index()].interface.clone()).collect())
-        .collect();
-    let numa = match cfg.switch.numa {
-        control::config::model::NumaPolicy::Auto => {
-            control::sriov::place(&sys, &ports_of, &cfg.switch.cores)
-        }
-        control::config::model::NumaPolicy::Off => control::sriov::Placement {
-            nodes: vec![None; workers],
-            cores: (0..workers).map(|w| cfg.switch.cores.get(w).copied()).collect(),
-            warnings: Vec::new(),
-        },
-    };
-    for w in &numa.warnings {
-        tracing::warn!("{w}");
-    }
-    if sys.nodes().len() > 1 {
-        for (w, node) in numa.nodes.iter().enumerate() {
-            if let Some(n) = node {
-                if let Err(e) = area.prefer_node(links[w].shares.range(w), *n) {
-                    tracing::warn!("worker {w}'s frames on NUMA node {n}: {e}");
-                } else {
-                    tracing::info!("worker {w}'s frames kept on NUMA node {n}");
-                }
-            }
-        }
-    }
+    let numa = place_workers(cfg, &snap, &plan, &area, &links);
     for (w, socks) in plan.iter().enumerate() {
         let share = links[w].shares.range(w).len() as u64;
         let need = socks.len() as u64 * 3 * u64::from(cfg.switch.ring_size) + 256;
@@ -434,102 +441,7 @@ pub fn serve(
         done.push(f?);
     }
 
-    let mut c = Counters::default();
-    let mut census = FrameCensus { total: total_chunks, ..FrameCensus::default() };
-    for f in &done {
-        c.merge(&f.worker.pipeline().counters);
-        census = census.merge(f.worker.census());
-    }
-    let rx: u64 = c.port_rx.iter().map(|p| p.packets).sum();
-    let tx: u64 = c.port_tx.iter().map(|p| p.packets).sum();
-    // The XDP sockets' kernel counters, read once: what the kernel dropped before the switch
-    // saw it goes in the summary line (a summary of "0 dropped" must not hide the kernel's
-    // loss), and the same figures in the table per socket below.
-    let kernel: Vec<Vec<_>> = done
-        .iter_mut()
-        .map(|f| f.worker.sockets_mut().map(|(_, p)| p.kernel_stats().ok()).collect())
-        .collect();
-    let kernel_lost: u64 = kernel.iter().flatten().flatten().map(|s| s.lost()).sum();
-    tracing::info!(
-        "stopping: {rx} frames received, {tx} sent, {} dropped by the switch, {kernel_lost} lost \
-         in the kernel (XDP socket RX)",
-        c.total_drops()
-    );
-    for r in DropReason::ALL {
-        let n = c.drops(*r);
-        if n > 0 {
-            tracing::info!("  dropped {}: {n}", r.as_label());
-        }
-    }
-    for (t, hits) in snap.tenants.iter().zip(&c.acl_hits) {
-        for ((dir, r), n) in t.policy.rules().zip(hits) {
-            if *n > 0 {
-                tracing::info!("  acl {} {} {}: {n} matches", t.name, dir.as_str(), r.name);
-            }
-        }
-    }
-    if workers > 1 {
-        tracing::info!(
-            "  MAC announcements applied from other workers: {}, lost: {}",
-            c.fdb.remote,
-            c.fdb.unannounced
-        );
-    }
-    for (i, f) in done.iter_mut().enumerate() {
-        let loops = f.loops;
-        let total = loops.busy.0 + loops.idle.0;
-        tracing::info!(
-            "  worker {i}: {} busy polls, {} idle polls, busy {:.1} % of the time, {:.1} ns ({:.0} cycles at {:.0} MHz) busy per packet",
-            loops.busy_polls,
-            loops.idle_polls,
-            100.0 * loops.busy.0 as f64 / total.max(1) as f64,
-            loops.busy_ns_per_packet(),
-            loops.busy_ns_per_packet() * cpu_mhz() / 1000.0,
-            cpu_mhz()
-        );
-        // The XDP sockets' kernel counters and the wakeups, a row per socket.
-        tracing::info!(
-            "  {:<20} {:>12} {:>10} {:>10} {:>10} {:>10} {:>9} {:>10} {:>11}",
-            "socket",
-            "rx_ring_full",
-            "rx_dropped",
-            "fill_empty",
-            "rx_invalid",
-            "tx_invalid",
-            "tx_empty",
-            "wakeups",
-            "wake_errors"
-        );
-        for ((_, p), s) in f.worker.sockets_mut().zip(&kernel[i]) {
-            if let Some(s) = s {
-                tracing::info!(
-                    "  {:<20} {:>12} {:>10} {:>10} {:>10} {:>10} {:>9} {:>10} {:>11}",
-                    format!("{} queue {}", p.ifname(), p.queue()),
-                    s.rx_ring_full,
-                    s.rx_dropped,
-                    s.rx_fill_ring_empty_descs,
-                    s.rx_invalid_descs,
-                    s.tx_invalid_descs,
-                    s.tx_ring_empty_descs,
-                    p.stats.kicks,
-                    p.stats.kick_errors
-                );
-            }
-        }
-    }
-    tracing::info!(
-        "frame accounting: {} free, {} in fill rings, {} in TX, {} waiting, {} going \
-         home, {} in handoff rings, {} written off, {} total: {}",
-        census.free,
-        census.ports.fill,
-        census.ports.tx,
-        census.pending,
-        census.returning,
-        census.handoff,
-        census.lost,
-        census.total,
-        if census.balanced() { "balanced" } else { "UNBALANCED" }
-    );
+    let (c, census) = crate::summary::log(&mut done, &snap, total_chunks, workers);
     // The flow tables go with the workers; then the writer has every record.
     let flowlog_stats: Vec<_> =
         done.iter().filter_map(|f| f.worker.pipeline().flows.log_stats()).collect();

@@ -1,0 +1,128 @@
+//! What a stopping switch logs: traffic, drops by reason, rule matches, per worker its loop and
+//! its sockets' kernel counters, and the frame census.
+
+use dataplane::snapshot::Snapshot;
+use dataplane::trace::{Counters, DropReason};
+use dataplane::worker::FrameCensus;
+
+use crate::run::Finished;
+
+/// The CPU clock as the kernel reports it (for cycles from nanoseconds; 0 if unknown).
+fn cpu_mhz() -> f64 {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("cpu MHz"))
+                .and_then(|l| l.split(':').nth(1))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// Logs the summary of the workers that stopped (`done`); returns their counters and census
+/// summed (the area has `total_chunks` frames).
+pub fn log(
+    done: &mut [Finished],
+    snap: &Snapshot,
+    total_chunks: u32,
+    workers: usize,
+) -> (Counters, FrameCensus) {
+    let mut c = Counters::default();
+    let mut census = FrameCensus { total: total_chunks, ..FrameCensus::default() };
+    for f in done.iter() {
+        c.merge(&f.worker.pipeline().counters);
+        census = census.merge(f.worker.census());
+    }
+    let rx: u64 = c.port_rx.iter().map(|p| p.packets).sum();
+    let tx: u64 = c.port_tx.iter().map(|p| p.packets).sum();
+    // The XDP sockets' kernel counters, read once: what the kernel dropped before the switch
+    // saw it goes in the summary line (a summary of "0 dropped" must not hide the kernel's
+    // loss), and the same figures in the table per socket below.
+    let kernel: Vec<Vec<_>> = done
+        .iter_mut()
+        .map(|f| f.worker.sockets_mut().map(|(_, p)| p.kernel_stats().ok()).collect())
+        .collect();
+    let kernel_lost: u64 = kernel.iter().flatten().flatten().map(|s| s.lost()).sum();
+    tracing::info!(
+        "stopping: {rx} frames received, {tx} sent, {} dropped by the switch, {kernel_lost} lost \
+     in the kernel (XDP socket RX)",
+        c.total_drops()
+    );
+    for r in DropReason::ALL {
+        let n = c.drops(*r);
+        if n > 0 {
+            tracing::info!("  dropped {}: {n}", r.as_label());
+        }
+    }
+    for (t, hits) in snap.tenants.iter().zip(&c.acl_hits) {
+        for ((dir, r), n) in t.policy.rules().zip(hits) {
+            if *n > 0 {
+                tracing::info!("  acl {} {} {}: {n} matches", t.name, dir.as_str(), r.name);
+            }
+        }
+    }
+    if workers > 1 {
+        tracing::info!(
+            "  MAC announcements applied from other workers: {}, lost: {}",
+            c.fdb.remote,
+            c.fdb.unannounced
+        );
+    }
+    for (i, f) in done.iter_mut().enumerate() {
+        let loops = f.loops;
+        let total = loops.busy.0 + loops.idle.0;
+        tracing::info!(
+            "  worker {i}: {} busy polls, {} idle polls, busy {:.1} % of the time, {:.1} ns ({:.0} cycles at {:.0} MHz) busy per packet",
+            loops.busy_polls,
+            loops.idle_polls,
+            100.0 * loops.busy.0 as f64 / total.max(1) as f64,
+            loops.busy_ns_per_packet(),
+            loops.busy_ns_per_packet() * cpu_mhz() / 1000.0,
+            cpu_mhz()
+        );
+        // The XDP sockets' kernel counters and the wakeups, a row per socket.
+        tracing::info!(
+            "  {:<20} {:>12} {:>10} {:>10} {:>10} {:>10} {:>9} {:>10} {:>11}",
+            "socket",
+            "rx_ring_full",
+            "rx_dropped",
+            "fill_empty",
+            "rx_invalid",
+            "tx_invalid",
+            "tx_empty",
+            "wakeups",
+            "wake_errors"
+        );
+        for ((_, p), s) in f.worker.sockets_mut().zip(&kernel[i]) {
+            if let Some(s) = s {
+                tracing::info!(
+                    "  {:<20} {:>12} {:>10} {:>10} {:>10} {:>10} {:>9} {:>10} {:>11}",
+                    format!("{} queue {}", p.ifname(), p.queue()),
+                    s.rx_ring_full,
+                    s.rx_dropped,
+                    s.rx_fill_ring_empty_descs,
+                    s.rx_invalid_descs,
+                    s.tx_invalid_descs,
+                    s.tx_ring_empty_descs,
+                    p.stats.kicks,
+                    p.stats.kick_errors
+                );
+            }
+        }
+    }
+    tracing::info!(
+        "frame accounting: {} free, {} in fill rings, {} in TX, {} waiting, {} going \
+     home, {} in handoff rings, {} written off, {} total: {}",
+        census.free,
+        census.ports.fill,
+        census.ports.tx,
+        census.pending,
+        census.returning,
+        census.handoff,
+        census.lost,
+        census.total,
+        if census.balanced() { "balanced" } else { "UNBALANCED" }
+    );
+    (c, census)
+}
