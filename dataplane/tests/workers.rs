@@ -444,3 +444,24 @@ fn reloads_add_and_remove_ports_and_tenants_and_the_rest_keeps_its_state() {
     assert_eq!(red_rx(&w), rx + 2, "red counts on (two frames from a1 since)");
     assert!(w.census().balanced(), "{:?}", w.census());
 }
+
+// Issue 17: `Route` tells a worker which worker polls a port it has no socket of; `ShareRates`
+// how many workers share each port's rates.
+#[test]
+fn route_and_share_rates_commands_reach_the_worker() {
+    let [mut w0, mut w1] = two_workers();
+    let t = Nanos::from_secs(1);
+    // a2 moves from worker 1 to worker 0 (as a reload that removes and adds it would).
+    let removed = w1.apply(t, WorkerCmd::RemoveSocket { port: A2, queue: 0 });
+    assert!(matches!(removed, Applied::Removed { lost: 0, .. }));
+    assert_eq!(w1.routes()[2], Route::Unreachable, "nobody polls a2 now");
+    let cmd = WorkerCmd::AddSocket { port: A2, driver: Box::new(MemPort::new(128)) };
+    assert!(matches!(w0.apply(t, cmd), Applied::Done));
+    assert_eq!(w0.routes()[2], Route::Local(2));
+    w1.apply(t, WorkerCmd::Route { port: A2, owner: Some(0) });
+    assert_eq!(w1.routes()[2], Route::Peer(0));
+    w1.apply(t, WorkerCmd::Route { port: A2, owner: None });
+    assert_eq!(w1.routes()[2], Route::Unreachable);
+    w0.apply(t, WorkerCmd::ShareRates(vec![2, 1, 1]));
+    assert_eq!(w0.pipeline().rate_shares(), [2, 1, 1]);
+}

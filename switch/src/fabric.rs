@@ -37,6 +37,13 @@ use dataplane::worker::WorkerCmd;
 use crate::control_api::{Placement, Shared};
 use crate::netdev::Quieted;
 
+/// `EBUSY` (Linux): the queue is bound to another socket.
+const EBUSY: i32 = 16;
+
+/// How often and how long a bind that finds its queue busy is tried again.
+const BUSY_TRIES: u32 = 40;
+const BUSY_WAIT: Duration = Duration::from_millis(50);
+
 /// Frames a worker keeps beyond its sockets' rings (for TX lists and handoffs).
 const SPARE_FRAMES: u64 = 256;
 
@@ -291,8 +298,28 @@ impl Fabric {
     ) -> anyhow::Result<(XdpAttachment, Vec<XskPort>)> {
         let mut socks: Vec<XskPort> = Vec::new();
         for queue in 0..queues {
-            let sock =
-                XskPort::open(&self.area, interface, queue, self.ring_size, bind, socks.first())?;
+            let mut tries = 0;
+            let sock = loop {
+                match XskPort::open(
+                    &self.area,
+                    interface,
+                    queue,
+                    self.ring_size,
+                    bind,
+                    socks.first(),
+                ) {
+                    // The queue is still bound to a socket that is going away (a switch that
+                    // just exited: the kernel releases its sockets' pools from a work queue).
+                    Err(e) if e.source.raw_os_error() == Some(EBUSY) && tries < BUSY_TRIES => {
+                        tries += 1;
+                        std::thread::sleep(BUSY_WAIT);
+                    }
+                    r => break r?,
+                }
+            };
+            if tries > 0 {
+                tracing::info!("{interface} queue {queue}: bound after {tries} retries (was busy)");
+            }
             if self.busy_poll.0 > 0
                 && let Err(e) = sock.set_busy_poll(self.busy_poll.0, self.busy_poll.1)
             {
