@@ -147,17 +147,12 @@ fn facts<R>(f: impl FnOnce(&mut Facts) -> R) -> R {
     f(g.get_or_insert_with(Facts::default))
 }
 
-/// The placement found at start: each worker's and each port's NUMA node, and the config.
+/// Where the workers and the ports' devices are, and the config (at start and at each reload).
 pub fn record_host(host: &crate::control_api::HostInfo, snap: &Arc<Snapshot>) {
     facts(|f| {
         f.host = host.clone();
         f.snap = Some(snap.clone());
     });
-}
-
-/// The config a reload applied.
-pub fn record_config(snap: &Arc<Snapshot>) {
-    facts(|f| f.snap = Some(snap.clone()));
 }
 
 /// Whether a port's interface is there (1) or gone (0, frames for it dropped as `port_down`).

@@ -61,17 +61,19 @@ pub struct Live {
     pub flowlog: Writer,
 }
 
-/// The new config of a reload: the file read again (or `file`), its VFs resolved.
-fn read(shared: &Shared, file: Option<&Path>) -> Result<Config, String> {
+/// The new config of a reload: the file read again (or `file`), its VFs resolved; and the
+/// ports' devices (interface, VF, NUMA node).
+fn read(
+    shared: &Shared,
+    file: Option<&Path>,
+) -> Result<(Config, Vec<control::sriov::PortHost>), String> {
     let path = match file.or(shared.path.as_deref()) {
         Some(p) => p,
         None => return Err("the demo runs its embedded config: there is no file to reload".into()),
     };
     let new = control::config::load(path).map_err(|e| format!("{e}"))?;
     // VF ports get their interfaces, as at start (nothing is provisioned now).
-    let (new, _) =
-        crate::host::prepare(&new, control::sriov::Resolve::Look).map_err(|e| format!("{e:#}"))?;
-    Ok(new)
+    crate::host::prepare(&new, control::sriov::Resolve::Look).map_err(|e| format!("{e:#}"))
 }
 
 /// The diff as the API gives it: the [`Diff`] and whether it would apply.
@@ -105,7 +107,7 @@ fn waiting(d: &Diff, new: &Config) -> Vec<String> {
 
 /// Says what reloading `file` (default: the switch's own) would do, applying nothing.
 pub fn dry_run(live: &Live, shared: &Shared, file: Option<&Path>) -> Result<Value, String> {
-    let new = read(shared, file)?;
+    let (new, _) = read(shared, file)?;
     let (old, snap) = shared.running.lock().map_err(|_| "state lock poisoned")?.clone();
     let mut d = control::diff::diff(&old, &new);
     if d.refused.is_empty() {
@@ -144,7 +146,7 @@ pub fn reload(live: &mut Live, shared: &Shared) -> Result<Value, String> {
 }
 
 fn apply(live: &mut Live, shared: &Shared) -> Result<Value, String> {
-    let new = read(shared, None)?;
+    let (new, hosts) = read(shared, None)?;
     let name = shared.name();
     let (old, before) = shared.running.lock().map_err(|_| "state lock poisoned")?.clone();
     let d = control::diff::diff(&old, &new);
@@ -203,7 +205,11 @@ fn apply(live: &mut Live, shared: &Shared) -> Result<Value, String> {
     if let Ok(mut p) = shared.placement.lock() {
         *p = live.fabric.placement();
     }
-    crate::metrics::record_config(&snap);
+    // The added ports' devices, for `ctl ports` and the port series.
+    if let Ok(mut h) = shared.host.lock() {
+        h.ports = hosts;
+    }
+    crate::metrics::record_host(&shared.host(), &snap);
     // The added ports' programs once their workers hold the sockets (else by the next look
     // of `Fabric::check`).
     if live.fabric.wait(CATCH_UP) {
