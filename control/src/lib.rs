@@ -6,6 +6,7 @@
 pub mod api;
 pub mod compile;
 pub mod config;
+pub mod cpulist;
 pub mod diff;
 pub mod ipfix;
 pub mod sriov;

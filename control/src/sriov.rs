@@ -260,11 +260,11 @@ pub enum Resolve {
 /// interface of every VF port: `cfg` with each VF port's `interface` filled in, what every
 /// port is on the host, and a line for the log per change made.
 pub fn resolve(
-    cfg: &crate::config::Config,
+    cfg: &crate::config::model::Config,
     sys: &Sysfs,
     mode: Resolve,
     wait: Duration,
-) -> Result<(crate::config::Config, Vec<PortHost>, Vec<String>), SriovError> {
+) -> Result<(crate::config::model::Config, Vec<PortHost>, Vec<String>), SriovError> {
     let mut out = cfg.clone();
     let mut log = Vec::new();
     if mode == Resolve::Provision {
@@ -312,21 +312,7 @@ pub enum Provisioned {
     },
 }
 
-/// `"0-3,8-11"` → 0, 1, 2, 3, 8, 9, 10, 11 (what the kernel writes in `cpulist` files).
-pub fn parse_cpulist(s: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                if let (Ok(a), Ok(b)) = (a.trim().parse::<u32>(), b.trim().parse::<u32>()) {
-                    out.extend(a..=b.min(a.saturating_add(4096)));
-                }
-            }
-            None => out.extend(part.trim().parse::<u32>().ok()),
-        }
-    }
-    out
-}
+pub use crate::cpulist::parse_cpulist;
 
 /// Where the workers should run and why: per worker, the NUMA node of the ports it polls (the
 /// node of its first port that has one) and the CPU chosen on it, or a warning when the

@@ -6,21 +6,14 @@
 //! allocated once per worker and reused.
 #![forbid(unsafe_code)]
 
-use crate::snapshot::{AttachmentId, PortId, TenantId};
-use crate::trace::ParseError;
+use crate::vocab::ParseError;
+use crate::vocab::{AttachmentId, PortId, TenantId};
 use crate::wire::MacAddr;
 
 /// Most frames in one batch.
 pub const BATCH_SIZE: usize = 64;
 
-/// A frame in the shared frame area: the offset of its first byte and its length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct FrameRef {
-    /// Byte offset of the frame data in the area (inside one chunk).
-    pub addr: u64,
-    /// Length in bytes.
-    pub len: u32,
-}
+pub use crate::frame::FrameRef;
 
 /// The parsed L3/L4 fields that identify a flow. IPv4 addresses are stored v4-mapped
 /// (`::ffff:a.b.c.d`) so one key type serves both families.

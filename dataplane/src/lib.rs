@@ -8,6 +8,7 @@
 
 pub mod batch;
 pub mod flow;
+pub mod frame;
 pub mod handoff;
 pub mod mem;
 pub mod pipeline;
@@ -17,5 +18,6 @@ pub mod shaping;
 pub mod snapshot;
 pub mod time;
 pub mod trace;
+pub mod vocab;
 pub mod wire;
 pub mod worker;

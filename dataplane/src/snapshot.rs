@@ -12,40 +12,7 @@ use crate::policy::{Guard, TenantPolicy};
 use crate::time::Nanos;
 use crate::wire::MacAddr;
 
-/// The `since` of a vacant id.
-pub const VACANT: u64 = u64::MAX;
-
-/// Dense index of a port in [`Snapshot::ports`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct PortId(pub u16);
-
-impl PortId {
-    /// As an array index.
-    #[inline]
-    pub const fn index(self) -> usize {
-        self.0 as usize
-    }
-}
-
-/// Dense index of a tenant in [`Snapshot::tenants`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct TenantId(pub u16);
-
-impl TenantId {
-    /// No tenant: the frame's (port, VLAN) has none, or its tags could not be read. Indexes
-    /// nothing, so counters indexed by it are skipped.
-    pub const NONE: TenantId = TenantId(u16::MAX);
-
-    /// As an array index.
-    #[inline]
-    pub const fn index(self) -> usize {
-        self.0 as usize
-    }
-}
-
-/// Index of an attachment within its tenant's [`TenantSpec::attachments`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct AttachmentId(pub u16);
+pub use crate::vocab::{AttachmentId, PortId, TenantId, VACANT};
 
 /// What a port faces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

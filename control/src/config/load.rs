@@ -291,7 +291,7 @@ fn expand_vf_ranges(cfg: &mut Config) -> Vec<Issue> {
         let Some(p) = cfg.ports.remove(&name) else { continue };
         let at = format!("ports.{name}.vfs");
         let spec = p.vfs.clone().unwrap_or_default();
-        let list = crate::sriov::parse_cpulist(&spec);
+        let list = crate::cpulist::parse_cpulist(&spec);
         if list.is_empty() || p.pf.is_none() || p.vf.is_some() {
             issues.push(Issue::new(
                 at,

@@ -2,6 +2,7 @@
 //! overrides through the `config` crate) and validation (every problem, each with its field
 //! path and reason).
 
+pub mod issue;
 pub mod load;
 pub mod model;
 pub mod policy;

@@ -12,10 +12,10 @@ use dataplane::snapshot::PortId;
 use dataplane::time::Nanos;
 use dataplane::wire::MacAddr;
 
+use super::issue::Issue;
 use super::model::{
     AclActionConfig, AclDefault, AclRuleConfig, DirectionConfig, NumOrName, TenantConfig,
 };
-use super::validate::Issue;
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;

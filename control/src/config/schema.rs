@@ -13,12 +13,12 @@
 use serde::de::{self, DeserializeOwned, Visitor};
 use toml::de::{DeTable, DeValue};
 
+use super::issue::Issue;
 use super::model::{
     AclRuleConfig, AttachConfig, Config, ControlConfig, FlowLogConfig, MetricsConfig, PortConfig,
     RateConfig, SecurityGroupConfig, SgRuleConfig, ShapingConfig, SriovConfig, StaticMacConfig,
     SwitchConfig, TenantConfig, TimeoutsConfig, VfConfig,
 };
-use super::validate::Issue;
 
 /// Every schema problem of the TOML document `text`, in document order.
 pub fn check(text: &str) -> Vec<Issue> {

@@ -4,8 +4,8 @@
 
 use dataplane::shaping::{Rate, TenantShaping, Unit};
 
+use super::issue::Issue;
 use super::model::{Config, RateConfig, ShapingConfig};
-use super::validate::Issue;
 
 /// The largest Ethernet frame with one VLAN tag: a burst smaller than this could never pass a
 /// full-size frame.

@@ -2,33 +2,12 @@
 //! (`tenants.red.attach[1].vlan`) and the reason, so an operator fixes them all at once.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt;
 
 use dataplane::wire::MacAddr;
 
 use super::model::{Config, PortKindConfig, XdpMode};
 
-/// One problem with a config.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Issue {
-    /// Dotted path of the field.
-    pub path: String,
-    /// What is wrong with it.
-    pub reason: String,
-}
-
-impl Issue {
-    /// An issue at `path`.
-    pub fn new(path: impl Into<String>, reason: impl Into<String>) -> Issue {
-        Issue { path: path.into(), reason: reason.into() }
-    }
-}
-
-impl fmt::Display for Issue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.reason)
-    }
-}
+pub use super::issue::Issue;
 
 /// Highest VLAN id usable for a tenant (4095 is reserved, 0 means priority-tagged).
 const VLAN_MAX: u16 = 4094;

@@ -54,18 +54,16 @@
 //! a crate because it runs once per packet on 7 words and needs no DoS resistance: colliding
 //! flows only compete within one set, bounded by the tenant's share.
 
-use crate::batch::Meta;
+pub use super::key::{Key, hash, key_of};
 use crate::mem::{HugeSlice, prefetch};
-use crate::pipeline::Disposition;
-use crate::policy::Direction;
-use crate::snapshot::{CHECK_FLOWLOG, PortId, Snapshot, TenantId};
+use crate::snapshot::{CHECK_FLOWLOG, Snapshot};
 use crate::time::Nanos;
-use crate::trace::DropReason;
-use crate::trace::flowlog::{FlowExport, FlowLogStats, FlowRecord, RecordReason};
+use crate::trace::flowlog::{FlowExport, FlowLogStats, FlowView, RecordReason};
+use crate::vocab::Direction;
+use crate::vocab::Disposition;
+use crate::vocab::DropReason;
+use crate::vocab::{PortId, TenantId};
 use crate::wire::MacAddr;
-
-/// A flow: seven words (see [`key_of`]).
-pub type Key = [u64; 7];
 
 const WAYS: usize = 8;
 /// A TCP FIN or RST.
@@ -74,49 +72,6 @@ const FIN_RST: u8 = 0x01 | 0x04;
 const ENDED_QUIET: Nanos = Nanos::from_secs(1);
 /// The sweep visits every entry once per period.
 pub const SWEEP_PERIOD: Nanos = Nanos::from_millis(500);
-
-/// The flow key of a parsed frame that came in on `in_port`. Words: 0 in_port | (outer VLAN +
-/// 1, 0 untagged) << 16 | ether type << 32 | protocol << 48; 1 source MAC | source port (ICMP
-/// type) << 48; 2 destination MAC | destination port (ICMP code) << 48; 3-4 source address;
-/// 5-6 destination address (IPv4 v4-mapped; ARP: sender and target protocol addresses).
-#[inline]
-pub fn key_of(m: &Meta, in_port: PortId) -> Key {
-    let vlan = m.outer_vlan.map_or(0, |v| u64::from(v) + 1);
-    let k = &m.key;
-    let s = u128::from_be_bytes(k.src_ip);
-    let d = u128::from_be_bytes(k.dst_ip);
-    [
-        u64::from(in_port.0) | vlan << 16 | u64::from(k.ethertype) << 32 | u64::from(k.proto) << 48,
-        m.src.to_u64() | u64::from(k.src_port) << 48,
-        m.dst.to_u64() | u64::from(k.dst_port) << 48,
-        (s >> 64) as u64,
-        s as u64,
-        (d >> 64) as u64,
-        d as u64,
-    ]
-}
-
-/// The hash of a flow: the seven words and the tenant folded into four, each multiplied by
-/// its own odd constant (the four multiplies run in parallel), then one mixing step. Words
-/// that are often zero (the upper halves of IPv4 addresses) are folded into busy ones rather
-/// than given a multiply of their own. A collision costs only a key compare.
-#[inline]
-pub fn hash(t: TenantId, k: &Key) -> u64 {
-    const K: [u64; 5] = [
-        0x9e37_79b9_7f4a_7c15,
-        0xc2b2_ae3d_27d4_eb4f,
-        0x1656_67b1_9e37_79f9,
-        0x85eb_ca77_c2b2_ae63,
-        0xff51_afd7_ed55_8ccd,
-    ];
-    let a = (k[0] ^ k[3].rotate_left(23)).wrapping_mul(K[0]);
-    let b = (k[1] ^ k[4].rotate_left(41)).wrapping_mul(K[1]);
-    let c = (k[2] ^ k[5].rotate_left(13)).wrapping_mul(K[2]);
-    let d = (k[6] ^ u64::from(t.0) << 48).wrapping_mul(K[3]);
-    let h = a ^ b.rotate_left(16) ^ c.rotate_left(32) ^ d.rotate_left(48);
-    let h = (h ^ (h >> 31)).wrapping_mul(K[4]);
-    h ^ (h >> 29)
-}
 
 /// Key equality without a `memcmp` call: one pass of xors folded together.
 #[inline]
@@ -308,44 +263,6 @@ pub struct CacheStats {
     pub evictions: u64,
     /// New flows not cached because their tenant was at its share with no own entry in the set.
     pub refused: u64,
-}
-
-/// A cached flow, for the control API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FlowView {
-    /// The tenant.
-    pub tenant: TenantId,
-    /// Ingress port.
-    pub in_port: PortId,
-    /// Outer VLAN it came in with.
-    pub vlan: Option<u16>,
-    /// Ether type.
-    pub ethertype: u16,
-    /// IP protocol.
-    pub proto: u8,
-    /// Source address (v4-mapped for IPv4) and port.
-    pub src: ([u8; 16], u16),
-    /// Destination address and port.
-    pub dst: ([u8; 16], u16),
-    /// Frames since the span began.
-    pub packets: u64,
-    /// Bytes since the span began.
-    pub bytes: u64,
-    /// First frame of the span.
-    pub start: Nanos,
-    /// Last frame.
-    pub last: Nanos,
-    /// Some frame of the span was accepted.
-    pub accepted: bool,
-    /// The last drop reason.
-    pub reason: Option<DropReason>,
-}
-
-impl FlowView {
-    /// The flow log's record of this span.
-    pub fn record(self, why: RecordReason) -> FlowRecord {
-        FlowRecord { flow: self, why }
-    }
 }
 
 impl Entry {
@@ -921,6 +838,7 @@ fn lru(set: &[Entry], eligible: impl Fn(&Entry) -> bool) -> Option<usize> {
 mod tests {
     use super::*;
     use crate::snapshot::{Attachment, PortKind, SnapshotBuilder, TenantSpec};
+    use crate::trace::flowlog::FlowRecord;
     use crossbeam_channel::Receiver;
 
     fn snap(tenants: usize, logged: bool) -> Snapshot {

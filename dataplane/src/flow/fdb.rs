@@ -31,9 +31,10 @@
 
 use std::collections::HashMap;
 
-use crate::snapshot::{Attachment, Snapshot, TenantId};
+use crate::snapshot::{Attachment, Snapshot};
 use crate::time::Nanos;
 use crate::trace::counters::FdbStats;
+use crate::vocab::TenantId;
 use crate::wire::MacAddr;
 
 /// Where a MAC was seen.
@@ -322,7 +323,8 @@ impl Learn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{AttachmentId, PortId, PortKind, SnapshotBuilder, TenantSpec};
+    use crate::snapshot::{PortKind, SnapshotBuilder, TenantSpec};
+    use crate::vocab::{AttachmentId, PortId};
 
     fn mac(i: u32) -> MacAddr {
         let b = i.to_be_bytes();

@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod fdb;
+pub mod key;
 
 pub use cache::FlowCache;
 pub use fdb::{Fdb, FdbEntry, Learn};

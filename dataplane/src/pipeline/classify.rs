@@ -5,10 +5,12 @@
 use crate::batch::Meta;
 use crate::flow::Fdb;
 use crate::flow::fdb::Learn;
-use crate::pipeline::Disposition;
-use crate::snapshot::{Attachment, PortId};
+use crate::snapshot::Attachment;
 use crate::time::Nanos;
-use crate::trace::{DropReason, counters::FdbStats};
+use crate::trace::counters::FdbStats;
+use crate::vocab::Disposition;
+use crate::vocab::DropReason;
+use crate::vocab::PortId;
 
 /// Learns the source of one frame behind its ingress attachment.
 #[inline]

@@ -9,10 +9,10 @@
 //! touched only by fragments.
 
 use crate::batch::{BATCH_SIZE, Meta, PacketFlags};
-use crate::pipeline::Disposition;
 use crate::policy::fragments::{FirstL4, FragInfo, FragKey, FragTable, Handle};
 use crate::time::Nanos;
-use crate::trace::DropReason;
+use crate::vocab::Disposition;
+use crate::vocab::DropReason;
 use crate::wire::ipv6::FragmentHeader;
 use crate::wire::{Ipv4Packet, Ipv6Packet};
 

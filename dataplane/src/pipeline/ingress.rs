@@ -3,7 +3,7 @@
 //! comes with the policy stage.
 
 use crate::batch::Meta;
-use crate::trace::DropReason;
+use crate::vocab::DropReason;
 use crate::wire::MacAddr;
 
 /// Checks one frame's source.

@@ -29,17 +29,21 @@ pub mod trace;
 
 use crate::batch::{BATCH_SIZE, Batch, PacketFlags};
 use crate::flow::{Fdb, FlowCache};
-use crate::port::{FrameArea, FramePool};
+use crate::frame::{FrameArea, FramePool};
 use crate::snapshot::{
-    CHECK_FLOW, CHECK_FLOWLOG, CHECK_GUARD, CHECK_POLICE, CHECK_POLICY, PortId, Snapshot,
+    CHECK_FLOW, CHECK_FLOWLOG, CHECK_GUARD, CHECK_POLICE, CHECK_POLICY, Snapshot,
 };
 use crate::time::Nanos;
+use crate::trace::Counters;
 use crate::trace::counters::{PktBytes, TenantRun};
-use crate::trace::{Counters, DropReason, ParseError};
+use crate::vocab::PortId;
+use crate::vocab::{DropReason, ParseError};
 
+pub use crate::vocab::Disposition;
 pub use output::{Egress, TxLists};
 
-use crate::snapshot::{Attachment, TenantId};
+use crate::snapshot::Attachment;
+use crate::vocab::TenantId;
 use crate::wire::MacAddr;
 
 /// Announcements one worker buffers between breaths (more are counted as lost).
@@ -54,22 +58,6 @@ pub struct Announcement {
     pub mac: MacAddr,
     /// Where it was seen.
     pub at: Attachment,
-}
-
-/// What happens to one frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disposition {
-    /// Send on `port`, with the outer tag set to `vlan` (or untagged).
-    Tx {
-        /// Egress port.
-        port: PortId,
-        /// Egress VLAN of the tenant's attachment there.
-        vlan: Option<u16>,
-    },
-    /// Send to every attachment of the frame's tenant except those on the ingress port.
-    Flood,
-    /// Drop and count.
-    Drop(DropReason),
 }
 
 /// One disposition per frame of a batch.
@@ -120,7 +108,7 @@ pub struct Pipeline {
     announcements: Vec<Announcement>,
     /// What each ACL rule counter counts: (tenant, direction, rule) names, in the order of
     /// `counters.acl_hits`, so a new snapshot carries each rule's count to its new place.
-    acl_names: Vec<Vec<(String, crate::policy::Direction, String)>>,
+    acl_names: Vec<Vec<(String, crate::vocab::Direction, String)>>,
     /// Per port and per tenant id, the generation its holder took it in: an id whose holder
     /// changes across a snapshot change has its state reset.
     port_since: Vec<u64>,

@@ -9,14 +9,18 @@
 //! Flood copies are separate packets for the counters: a copy that finds no free frame or no
 //! room in a TX list is dropped under its own reason, while the other copies still go out.
 
-use crate::batch::{Batch, FrameRef, Meta, PacketFlags};
-use crate::pipeline::{Disposition, Dispositions};
-use crate::port::{FRAME_HEADROOM, FrameArea, FramePool, Port};
+use crate::batch::{Batch, Meta, PacketFlags};
+use crate::frame::FrameRef;
+use crate::frame::{FRAME_HEADROOM, FrameArea, FramePool};
+use crate::pipeline::Dispositions;
 use crate::shaping::PortSched;
-use crate::snapshot::{PortId, Snapshot, TenantId};
+use crate::snapshot::Snapshot;
 use crate::time::Nanos;
+use crate::trace::Counters;
 use crate::trace::counters::{PktBytes, TenantRun};
-use crate::trace::{Counters, DropReason};
+use crate::vocab::Disposition;
+use crate::vocab::DropReason;
+use crate::vocab::{PortId, TenantId};
 
 use crate::wire::checksum;
 
@@ -303,14 +307,6 @@ pub trait Egress {
     fn counts_tx(&self, port: PortId) -> bool {
         let _ = port;
         true
-    }
-}
-
-/// Port drivers indexed by `PortId`, all owned by one worker.
-impl<P: Port> Egress for [P] {
-    #[inline]
-    fn send(&mut self, port: PortId, frames: &[FrameRef], _: &[(TenantId, PortId)]) -> usize {
-        self.get_mut(port.index()).map_or(0, |p| p.tx(frames))
     }
 }
 

@@ -5,8 +5,8 @@
 //! Ether types the switch does not look into are fine: L2 switching needs only the MACs.
 
 use crate::batch::{Batch, FlowKey, Meta, PacketFlags};
-use crate::port::FrameArea;
-use crate::trace::ParseError;
+use crate::frame::FrameArea;
+use crate::vocab::ParseError;
 use crate::wire::{
     ArpPacket, EtherType, EthernetFrame, IcmpPacket, Ipv4Packet, Ipv6Packet, TcpSegment,
     UdpDatagram, VlanTag, checksum, ethernet, vlan,

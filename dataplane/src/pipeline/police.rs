@@ -6,8 +6,9 @@
 //! Runs before learning, so a frame dropped here teaches the MAC table nothing.
 
 use crate::shaping::{TokenBucket, Unit};
-use crate::snapshot::{PortKind, Snapshot, TenantId};
+use crate::snapshot::{PortKind, Snapshot};
 use crate::time::Nanos;
+use crate::vocab::TenantId;
 
 /// A policed tenant's bucket and what it counts, one cache line (tenants are policed in random
 /// order on a port that carries many; a 56-byte stride puts most across two lines).

@@ -6,8 +6,9 @@
 //! tenant and is removed on the way out.
 
 use crate::batch::Meta;
-use crate::snapshot::{PortId, Snapshot};
-use crate::trace::DropReason;
+use crate::snapshot::Snapshot;
+use crate::vocab::DropReason;
+use crate::vocab::PortId;
 
 /// Resolves the tenant of one parsed frame.
 #[inline]

@@ -7,14 +7,16 @@
 
 use super::{Disposition, Pipeline, classify, ingress, parse, policy, tenant};
 use crate::batch::Meta;
+use crate::policy::Action;
 use crate::policy::acl::key_of;
 use crate::policy::conntrack::Judgement;
 use crate::policy::spoof::Refusal;
-use crate::policy::{Action, Direction};
 use crate::shaping::Unit;
-use crate::snapshot::{PortId, PortKind, Snapshot};
+use crate::snapshot::{PortKind, Snapshot};
 use crate::time::Nanos;
-use crate::trace::ParseError;
+use crate::vocab::Direction;
+use crate::vocab::ParseError;
+use crate::vocab::PortId;
 
 /// One stage and what it decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,7 +113,7 @@ pub fn verdict(steps: &[Step]) -> Verdict {
 pub fn resolve_mac(
     p: &Pipeline,
     snap: &Snapshot,
-    t: crate::snapshot::TenantId,
+    t: crate::vocab::TenantId,
     ip: [u8; 16],
 ) -> Option<(crate::wire::MacAddr, String)> {
     let spec = snap.tenants.get(t.index())?;

@@ -8,7 +8,7 @@
 use super::Prefix;
 use super::classifier::{Classifier, Hit, Key, range_prefixes};
 use crate::batch::Meta;
-use crate::snapshot::PortId;
+use crate::vocab::PortId;
 use crate::wire::MacAddr;
 
 /// What a rule does.
@@ -77,18 +77,18 @@ const W0_FLAGS_SHIFT: u32 = 56;
 /// Words: 0 as above; 1 source MAC; 2 destination MAC; 3-4 source address; 5-6 destination
 /// address; 7 source port (ICMP type) | destination port (ICMP code) << 16.
 ///
-/// Derived from the flow cache's key ([`crate::flow::cache::key_of`]), the one place that
+/// Derived from the flow cache's key ([`crate::flow::key::key_of`]), the one place that
 /// reads a frame's fields into words: the same word 0 (plus the TCP flags, which a flow's key
 /// leaves out), the MACs without the ports packed beside them, and the ports in a word of
 /// their own that rule masks can select.
 #[inline]
 pub fn key_of(m: &Meta, in_port: PortId) -> Key {
-    from_flow(&crate::flow::cache::key_of(m, in_port), m.tcp_flags)
+    from_flow(&crate::flow::key::key_of(m, in_port), m.tcp_flags)
 }
 
 /// The classification key of a flow's key and a frame's TCP flags.
 #[inline]
-pub fn from_flow(f: &crate::flow::cache::Key, tcp_flags: u8) -> Key {
+pub fn from_flow(f: &crate::flow::key::Key, tcp_flags: u8) -> Key {
     const MAC: u64 = (1 << 48) - 1;
     [
         f[0] | u64::from(tcp_flags) << W0_FLAGS_SHIFT,

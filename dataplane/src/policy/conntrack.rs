@@ -39,8 +39,8 @@ use std::collections::HashMap;
 
 use super::{Direction, Prefix};
 use crate::batch::{Meta, PacketFlags};
-use crate::snapshot::TenantId;
 use crate::time::Nanos;
+use crate::vocab::TenantId;
 
 const ETH_IPV4: u16 = 0x0800;
 const ETH_IPV6: u16 = 0x86dd;

@@ -26,7 +26,7 @@
 //! between batches ([`FragTable::sweep`]).
 
 use crate::time::Nanos;
-use crate::trace::DropReason;
+use crate::vocab::DropReason;
 
 /// Entries per set.
 pub const WAYS: usize = 8;

@@ -25,36 +25,9 @@ pub mod spoof;
 
 use crate::wire::MacAddr;
 
+pub use crate::vocab::Direction;
 pub use acl::{Action, Match, Rule};
 pub use spoof::Guard;
-
-/// Which way a frame crosses the tenant boundary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// Sent by the tenant (arrived on a tenant port). Cloud "egress".
-    FromTenant,
-    /// Delivered to the tenant (leaves on a tenant port). Cloud "ingress".
-    ToTenant,
-}
-
-impl Direction {
-    /// Both, in index order.
-    pub const ALL: [Direction; 2] = [Direction::FromTenant, Direction::ToTenant];
-
-    /// Array index.
-    #[inline]
-    pub const fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The config spelling.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Direction::FromTenant => "from-tenant",
-            Direction::ToTenant => "to-tenant",
-        }
-    }
-}
 
 /// An IPv4 or IPv6 prefix, IPv4 held v4-mapped (`::ffff:a.b.c.d`, length + 96) like the flow
 /// key, so one comparison serves both families.

@@ -24,7 +24,7 @@
 
 use super::{Prefix, mac_in};
 use crate::batch::{Meta, PacketFlags};
-use crate::trace::{DropReason, ParseError};
+use crate::vocab::{DropReason, ParseError};
 use crate::wire::MacAddr;
 use crate::wire::tcp::flags::{ACK, FIN, RST, SYN, URG};
 

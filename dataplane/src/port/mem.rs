@@ -6,7 +6,8 @@
 use std::collections::VecDeque;
 
 use super::{Breath, FRAME_HEADROOM, FrameArea, FramePool, Port, PortCensus};
-use crate::batch::{Batch, FrameRef};
+use crate::batch::Batch;
+use crate::frame::FrameRef;
 
 /// A port backed by queues in memory.
 #[derive(Debug)]
@@ -122,8 +123,8 @@ impl Port for MemPort {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::port::PageSize;
-    use crate::snapshot::PortId;
+    use crate::frame::PageSize;
+    use crate::vocab::PortId;
 
     #[test]
     fn inject_rx_tx_reclaim_conserves_frames() {

@@ -29,10 +29,11 @@
 //! takes the room of another's.
 
 use super::{Rate, Unit};
-use crate::batch::FrameRef;
+use crate::frame::FrameRef;
 use crate::shaping::TokenBucket;
-use crate::snapshot::{PortId, PortKind, Snapshot, TenantId};
+use crate::snapshot::{PortKind, Snapshot};
 use crate::time::Nanos;
+use crate::vocab::{PortId, TenantId};
 
 /// Bytes of deficit a queue earns per round and unit of weight: at least the largest frame, so
 /// every head frame fits after one round.

@@ -15,8 +15,8 @@
 
 use crate::batch::Meta;
 use crate::policy::Prefix;
-use crate::snapshot::{PortId, TenantId};
-use crate::trace::DropReason;
+use crate::vocab::DropReason;
+use crate::vocab::{PortId, TenantId};
 
 /// What a capture takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +30,7 @@ pub enum Scope {
 /// The pipeline's verdict on a captured frame, as the ring carries it: 0 sent to one port, 1
 /// flooded, 2 + the reason's index dropped.
 pub mod verdict {
-    use crate::trace::DropReason;
+    use crate::vocab::DropReason;
 
     /// Sent to one port.
     pub const TX: u8 = 0;

@@ -10,8 +10,8 @@
 
 use crossbeam_channel::Sender;
 
-use crate::flow::cache::FlowView;
 use crate::time::Nanos;
+use crate::vocab::{DropReason, PortId, TenantId};
 
 /// One flow's record: the flow as the cache holds it, over the span since its last record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,5 +82,43 @@ impl FlowExport {
         } else {
             self.stats.lost += 1;
         }
+    }
+}
+
+/// A flow of the flow cache, as the control API and the flow log see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowView {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// Ingress port.
+    pub in_port: PortId,
+    /// Outer VLAN it came in with.
+    pub vlan: Option<u16>,
+    /// Ether type.
+    pub ethertype: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Source address (v4-mapped for IPv4) and port.
+    pub src: ([u8; 16], u16),
+    /// Destination address and port.
+    pub dst: ([u8; 16], u16),
+    /// Frames since the span began.
+    pub packets: u64,
+    /// Bytes since the span began.
+    pub bytes: u64,
+    /// First frame of the span.
+    pub start: Nanos,
+    /// Last frame.
+    pub last: Nanos,
+    /// Some frame of the span was accepted.
+    pub accepted: bool,
+    /// The last drop reason.
+    pub reason: Option<DropReason>,
+}
+
+impl FlowView {
+    /// The flow log's record of this span.
+    pub fn record(self, why: RecordReason) -> FlowRecord {
+        FlowRecord { flow: self, why }
     }
 }

@@ -8,9 +8,9 @@
 //! them ([`crate::pipeline::trace`]) between breaths: the explanation is computed against the
 //! same tables right after the batch, the outcome is the one the frame got.
 
-use crate::pipeline::Disposition;
-use crate::snapshot::{PortId, TenantId};
 use crate::time::Nanos;
+use crate::vocab::Disposition;
+use crate::vocab::{PortId, TenantId};
 
 /// Most bytes kept of a sampled frame (every frame of a 4096-byte chunk).
 pub const SAMPLE_BYTES: usize = 4096;
@@ -117,7 +117,7 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::DropReason;
+    use crate::vocab::DropReason;
 
     #[test]
     fn one_in_every_n_until_full() {

@@ -13,10 +13,11 @@
 
 use std::ops::Range;
 
-use crate::batch::FrameRef;
+use crate::frame::FrameRef;
 use crate::handoff::{self, Message, Receiver, Sender};
 use crate::pipeline::Announcement;
-use crate::snapshot::{Attachment, PortId, TenantId};
+use crate::snapshot::Attachment;
+use crate::vocab::{PortId, TenantId};
 use crate::wire::MacAddr;
 
 /// Frames one worker may have in flight towards another.
@@ -176,7 +177,7 @@ impl Handoff {
     /// port's current holder took the id (or the id is vacant): it was meant for another port.
     #[inline]
     pub fn is_stale(&self, since: u64) -> bool {
-        since == crate::snapshot::VACANT || (since as u16).wrapping_sub(self.stamp) as i16 > 0
+        since == crate::vocab::VACANT || (since as u16).wrapping_sub(self.stamp) as i16 > 0
     }
 
     /// The inverse of [`Handoff::encode`].
@@ -247,7 +248,7 @@ mod tests {
         assert_eq!(Handoff::decode(h.encode()), h);
         // Stale when the port's id changed hands after the stamp, across the 16-bit wrap too.
         assert!(!h.is_stale(0xfffe) && !h.is_stale(0x1_0000 - 100));
-        assert!(h.is_stale(0xffff) && h.is_stale(0x1_0003) && h.is_stale(crate::snapshot::VACANT));
+        assert!(h.is_stale(0xffff) && h.is_stale(0x1_0003) && h.is_stale(crate::vocab::VACANT));
         for vlan in [None, Some(0), Some(4095)] {
             let a = Announcement {
                 tenant: TenantId(65_535),

@@ -153,7 +153,7 @@ pub fn answer_query(w: &Worker<XskPort>, worker: usize, now: Nanos, q: Query) {
         Query::CaptureStart(..) | Query::CaptureStop(_) | Query::LiveTrace { .. } => {}
         Query::Flows(t, top, order, reply) => {
             let mut flows: Vec<_> = w.pipeline().flows.flows(t).collect();
-            let rank = |f: &dataplane::flow::cache::FlowView| match order {
+            let rank = |f: &dataplane::trace::flowlog::FlowView| match order {
                 FlowOrder::Bytes => f.bytes,
                 FlowOrder::Packets => f.packets,
             };

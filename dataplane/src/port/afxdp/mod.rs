@@ -15,7 +15,6 @@
 pub mod bpf;
 pub mod ring;
 pub mod socket;
-pub mod umem;
 
 use std::io;
 use std::os::fd::OwnedFd;

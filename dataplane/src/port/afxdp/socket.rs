@@ -12,8 +12,10 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use super::ring::Ring;
-use crate::batch::{Batch, FrameRef};
-use crate::port::{Breath, FrameArea, FramePool, Port, PortCensus, PortError};
+use crate::batch::Batch;
+use crate::frame::FrameRef;
+use crate::frame::{FrameArea, FramePool};
+use crate::port::{Breath, Port, PortCensus, PortError};
 
 /// Bind mode requested for a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

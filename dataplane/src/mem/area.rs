@@ -22,7 +22,14 @@ use std::io;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use crate::batch::FrameRef;
+/// A frame in the shared frame area: the offset of its first byte and its length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FrameRef {
+    /// Byte offset of the frame data in the area (inside one chunk).
+    pub addr: u64,
+    /// Length in bytes.
+    pub len: u32,
+}
 
 /// Where the data of a received frame starts inside its chunk (`XDP_PACKET_HEADROOM`). The
 /// headroom lets the switch push VLAN tags without moving the payload.

@@ -11,12 +11,16 @@
 //! 3 000 pages, more than the L2 TLB holds, so each probe adds a page walk. [`HugeSlice`]
 //! asks the kernel for transparent huge pages (2 MiB) before the table is first touched.
 //!
+//! [`area`] is the frame area (the one mapping every frame lives in).
+//!
 //! This is the one module outside `port::afxdp` with `unsafe`: the prefetch intrinsic is marked
 //! `#[target_feature(enable = "sse")]`, which makes every call `unsafe` unless the caller
 //! enables the feature too, and `madvise` is a system call on raw memory.
 //! JUSTIFICATION: touching loads instead of prefetches, and 4 KiB pages instead of huge ones,
 //! each cost tens of nanoseconds per packet on the flow-cache path (PERF(flow-cache) in
 //! docs/PERFORMANCE.md).
+
+pub mod area;
 
 /// Asks the CPU to bring every cache line of `*r` into L1. A hint only: nothing is read, and
 /// on targets without a prefetch instruction it does nothing.
