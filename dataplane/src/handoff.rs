@@ -11,6 +11,7 @@
 //! pair on the indexes orders the relaxed slot accesses (the usual Lamport queue).
 //!
 //! It does _not_ block, allocate after creation, or wake the reader: workers poll.
+#![forbid(unsafe_code)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -1,5 +1,6 @@
 //! Time as a parameter: the worker samples a clock once per batch and passes [`Nanos`] down, so
 //! every stage is deterministic under a manual clock in tests (no `Instant::now()` inside).
+#![forbid(unsafe_code)]
 
 use std::cell::Cell;
 use std::time::Instant;

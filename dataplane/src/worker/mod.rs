@@ -22,6 +22,7 @@
 //! after every breath that it equals the number of chunks, so a leaked or doubly-owned frame
 //! fails the first test that causes it. With several, the caller adds the parts up once the
 //! workers have stopped.
+#![forbid(unsafe_code)]
 
 pub mod mesh;
 

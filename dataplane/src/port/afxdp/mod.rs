@@ -11,6 +11,7 @@
 //! switch leaves the program on the interface and the next start fails
 //! (`XDP_FLAGS_UPDATE_IF_NOEXIST`). The ring protocol is small and stable; `libc` carries the
 //! structs. See docs/PERFORMANCE.md for the measurements.
+#![allow(unsafe_code)] // the memory boundary (docs/ARCHITECTURE.md); every block has its SAFETY comment
 
 pub mod bpf;
 pub mod ring;
