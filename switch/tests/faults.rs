@@ -1,6 +1,6 @@
 //! Faults: listeners already taken at start, a config replaced by garbage and reloaded, a
 //! tenant interface deleted while traffic runs and then created again. (The switch killed with
-//! SIGKILL and started again is `a_start_after_kill_9_succeeds` in afxdp.rs.)
+//! SIGKILL and started again is `a_start_after_kill_9_succeeds` in switching.rs.)
 #![allow(clippy::tests_outside_test_module)]
 
 mod common;

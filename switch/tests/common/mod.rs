@@ -513,3 +513,70 @@ pub fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
             .then(|| value.parse().ok())?
     })
 }
+
+/// Renames port h2 to z2. With one queue per port the sockets are cut into contiguous runs in
+/// port-name order (h1, h3, up, z2), so worker 0 polls h1 and h3 and worker 1 the uplink and
+/// z2: every frame between h1 and h2's host then crosses from one worker to the other.
+pub fn split_h1_h2(lab: &Lab) {
+    lab.edit_config(|c| {
+        c.replace("[ports.h2]", "[ports.z2]").replace("port = \"h2\"", "port = \"z2\"")
+    });
+}
+
+/// The worker that polls queue 0 of `port`, from the switch's start log.
+pub fn worker_of(log: &str, port: &str) -> Option<u32> {
+    let line = log.lines().find(|l| l.contains(&format!(" port {port} on ")))?;
+    line.rsplit("worker ").next()?.trim().parse().ok()
+}
+
+/// Sends raw frames (hex strings) out of eth0 of the namespace it runs in.
+pub const RAW_SEND: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+for h in sys.argv[1:]:
+    f = bytes.fromhex(h)
+    s.send(f + bytes(max(0, 60 - len(f))))
+"#;
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Ethernet + IPv4 + UDP; the IPv4 header checksum right (port-secured attachments and
+/// tenants with policy check it), the UDP checksum zero (none).
+pub fn raw_udp(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    tags: &[u16],
+    src: [u8; 4],
+    dst: [u8; 4],
+) -> Vec<u8> {
+    let mut f = [dst_mac, src_mac].concat();
+    for t in tags {
+        f.extend_from_slice(&[0x81, 0x00]);
+        f.extend_from_slice(&t.to_be_bytes());
+    }
+    f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 36, 0, 0, 0, 0, 64, 17, 0, 0]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&dst);
+    let ip = f.len() - 20;
+    let mut sum: u32 = f[ip..].chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    f[ip + 10..ip + 12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    f.extend_from_slice(&[0x30, 0x39, 0x30, 0x39, 0, 16, 0, 0]);
+    f.extend_from_slice(b"xswitch!");
+    f
+}
+
+/// Sends `n` UDP datagrams to `dst`:`port` from the namespace it runs in.
+pub const UDP_SEND: &str = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(int(sys.argv[3])):
+    print(time.time())
+    s.sendto(b"capture-me", (sys.argv[1], int(sys.argv[2])))
+    time.sleep(0.02)
+"#;
