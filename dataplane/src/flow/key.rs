@@ -1,12 +1,103 @@
 //! The flow key: seven words made of a parsed frame's fields and its ingress port, the one
-//! definition the flow cache and the ACLs share (the ACL key is derived from it), and its hash.
+//! definition the flow cache and the ACLs share, read back through named accessors; the ACL
+//! key derived from it; and its hash.
 #![forbid(unsafe_code)]
 
 use crate::batch::Meta;
 use crate::vocab::{PortId, TenantId};
+use crate::wire::MacAddr;
 
-/// A flow: seven words (see [`key_of`]).
-pub type Key = [u64; 7];
+/// A flow: seven words (their layout at [`key_of`]), read through the accessors below, never
+/// by shifting words where they are used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+#[repr(transparent)]
+pub struct Key([u64; 7]);
+
+impl Key {
+    /// No flow (an empty cache entry).
+    pub const ZERO: Key = Key([0; 7]);
+
+    /// The words, for hashing and comparing.
+    #[inline(always)]
+    pub const fn words(&self) -> &[u64; 7] {
+        &self.0
+    }
+
+    /// A key from its words (tests build keys this way).
+    pub const fn from_words(w: [u64; 7]) -> Key {
+        Key(w)
+    }
+
+    /// The port the flow came in on.
+    #[inline]
+    pub const fn in_port(&self) -> PortId {
+        PortId(self.0[0] as u16)
+    }
+
+    /// Its outer VLAN (`None`: untagged).
+    #[inline]
+    pub const fn vlan(&self) -> Option<u16> {
+        match (self.0[0] >> 16) as u16 {
+            0 => None,
+            v => Some(v - 1),
+        }
+    }
+
+    /// The ether type after the VLAN tags.
+    #[inline]
+    pub const fn ethertype(&self) -> u16 {
+        (self.0[0] >> 32) as u16
+    }
+
+    /// The IP protocol (0 when not IP).
+    #[inline]
+    pub const fn proto(&self) -> u8 {
+        (self.0[0] >> 48) as u8
+    }
+
+    /// The source MAC.
+    #[inline]
+    pub fn src_mac(&self) -> MacAddr {
+        MacAddr::from_u64(self.0[1])
+    }
+
+    /// The destination MAC.
+    #[inline]
+    pub fn dst_mac(&self) -> MacAddr {
+        MacAddr::from_u64(self.0[2])
+    }
+
+    /// The source and destination MACs as words (48 bits each).
+    #[inline]
+    pub const fn mac_words(&self) -> (u64, u64) {
+        const MAC: u64 = (1 << 48) - 1;
+        (self.0[1] & MAC, self.0[2] & MAC)
+    }
+
+    /// The source port (ICMP: type).
+    #[inline]
+    pub const fn src_port(&self) -> u16 {
+        (self.0[1] >> 48) as u16
+    }
+
+    /// The destination port (ICMP: code).
+    #[inline]
+    pub const fn dst_port(&self) -> u16 {
+        (self.0[2] >> 48) as u16
+    }
+
+    /// The source address (IPv4 v4-mapped; ARP: the sender's).
+    #[inline]
+    pub fn src_addr(&self) -> [u8; 16] {
+        (u128::from(self.0[3]) << 64 | u128::from(self.0[4])).to_be_bytes()
+    }
+
+    /// The destination address.
+    #[inline]
+    pub fn dst_addr(&self) -> [u8; 16] {
+        (u128::from(self.0[5]) << 64 | u128::from(self.0[6])).to_be_bytes()
+    }
+}
 
 /// The flow key of a parsed frame that came in on `in_port`. Words: 0 in_port | (outer VLAN +
 /// 1, 0 untagged) << 16 | ether type << 32 | protocol << 48; 1 source MAC | source port (ICMP
@@ -18,7 +109,7 @@ pub fn key_of(m: &Meta, in_port: PortId) -> Key {
     let k = &m.key;
     let s = u128::from_be_bytes(k.src_ip);
     let d = u128::from_be_bytes(k.dst_ip);
-    [
+    Key([
         u64::from(in_port.0) | vlan << 16 | u64::from(k.ethertype) << 32 | u64::from(k.proto) << 48,
         m.src.to_u64() | u64::from(k.src_port) << 48,
         m.dst.to_u64() | u64::from(k.dst_port) << 48,
@@ -26,7 +117,7 @@ pub fn key_of(m: &Meta, in_port: PortId) -> Key {
         s as u64,
         (d >> 64) as u64,
         d as u64,
-    ]
+    ])
 }
 
 /// The hash of a flow: the seven words and the tenant folded into four, each multiplied by
@@ -35,6 +126,7 @@ pub fn key_of(m: &Meta, in_port: PortId) -> Key {
 /// than given a multiply of their own. A collision costs only a key compare.
 #[inline]
 pub fn hash(t: TenantId, k: &Key) -> u64 {
+    let k = &k.0;
     const K: [u64; 5] = [
         0x9e37_79b9_7f4a_7c15,
         0xc2b2_ae3d_27d4_eb4f,

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod decision;
 pub mod fdb;
 pub mod key;
 

@@ -67,7 +67,7 @@ pub struct Scratch {
 impl Default for Scratch {
     fn default() -> Self {
         let none = Marked {
-            key: [0; 7],
+            key: Key::ZERO,
             hash: 0,
             ways: 0,
             len: 0,

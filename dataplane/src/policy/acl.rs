@@ -89,16 +89,18 @@ pub fn key_of(m: &Meta, in_port: PortId) -> Key {
 /// The classification key of a flow's key and a frame's TCP flags.
 #[inline]
 pub fn from_flow(f: &crate::flow::key::Key, tcp_flags: u8) -> Key {
-    const MAC: u64 = (1 << 48) - 1;
+    // Word 0 and the addresses have the flow key's layout, so they are copied as words.
+    let w = f.words();
+    let (src_mac, dst_mac) = f.mac_words();
     [
-        f[0] | u64::from(tcp_flags) << W0_FLAGS_SHIFT,
-        f[1] & MAC,
-        f[2] & MAC,
-        f[3],
-        f[4],
-        f[5],
-        f[6],
-        f[1] >> 48 | (f[2] >> 48) << 16,
+        w[0] | u64::from(tcp_flags) << W0_FLAGS_SHIFT,
+        src_mac,
+        dst_mac,
+        w[3],
+        w[4],
+        w[5],
+        w[6],
+        u64::from(f.src_port()) | u64::from(f.dst_port()) << 16,
     ]
 }
 

@@ -54,16 +54,19 @@
 //! a crate because it runs once per packet on 7 words and needs no DoS resistance: colliding
 //! flows only compete within one set, bounded by the tenant's share.
 
+use super::decision::NO_RULE;
+pub use super::decision::{AclOutcome, Decision};
 pub use super::key::{Key, hash, key_of};
 use crate::mem::{HugeSlice, prefetch};
 use crate::snapshot::{CHECK_FLOWLOG, Snapshot};
 use crate::time::Nanos;
 use crate::trace::flowlog::{FlowExport, FlowLogStats, FlowView, RecordReason};
-use crate::vocab::Direction;
 use crate::vocab::Disposition;
 use crate::vocab::DropReason;
-use crate::vocab::{PortId, TenantId};
+use crate::vocab::TenantId;
 use crate::wire::MacAddr;
+
+mod sweep;
 
 const WAYS: usize = 8;
 /// A TCP FIN or RST.
@@ -76,132 +79,12 @@ pub const SWEEP_PERIOD: Nanos = Nanos::from_millis(500);
 /// Key equality without a `memcmp` call: one pass of xors folded together.
 #[inline]
 fn same(a: &Key, b: &Key) -> bool {
-    a.iter().zip(b).fold(0u64, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.words().iter().zip(b.words()).fold(0u64, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// One direction's ACL outcome as cached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AclOutcome {
-    /// Allowed: by this rule, or by the default (`None`); also when the set has no rules.
-    Allow(Option<u32>),
-    /// Denied: by this rule, or by the default.
-    Deny(Option<u32>),
-    /// The set looks at TCP flags, which are not part of the flow: classify every packet.
-    PerPacket,
-}
-
-/// Where a flow goes and what the ACLs say of it, packed as an entry holds it: a hit copies
-/// 16 bytes, the disposition the MAC table gave is used as it is, and the accessors decode
-/// only what the packet needs.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Decision {
-    out: Disposition,
-    /// Per direction k (bits shifted by k): present, to-tenant, denied, per packet.
-    dirs: u8,
-    rules: [u32; 2],
-}
-
-const _: () = assert!(core::mem::size_of::<Decision>() == 16, "a decision is 16 bytes");
-
-const NO_RULE: u32 = u32::MAX;
-const D_PRESENT: u8 = 0x01;
-const D_TO_TENANT: u8 = 0x04;
-const D_DENY: u8 = 0x10;
-const D_PER_PACKET: u8 = 0x40;
 // Counter flags.
 const S_ACCEPTED: u8 = 1;
 const S_CLOSING: u8 = 2;
-
-impl Decision {
-    /// Packs what the MAC table said (`Tx`, `Flood` or `Drop(Hairpin)`), the directions crossed
-    /// (at most two) and each one's ACL outcome.
-    pub fn new(out: Disposition, dirs: &[Direction], acl: &[AclOutcome]) -> Decision {
-        let out = match out {
-            Disposition::Drop(_) => Disposition::Drop(DropReason::Hairpin),
-            o => o,
-        };
-        let mut d = Decision { out, dirs: 0, rules: [NO_RULE; 2] };
-        for (k, (dir, a)) in dirs.iter().zip(acl).take(2).enumerate() {
-            let mut bits = D_PRESENT;
-            if *dir == Direction::ToTenant {
-                bits |= D_TO_TENANT;
-            }
-            match *a {
-                AclOutcome::Allow(r) => d.rules[k] = r.unwrap_or(NO_RULE),
-                AclOutcome::Deny(r) => {
-                    bits |= D_DENY;
-                    d.rules[k] = r.unwrap_or(NO_RULE);
-                }
-                AclOutcome::PerPacket => bits |= D_PER_PACKET,
-            }
-            d.dirs |= bits << k;
-        }
-        d
-    }
-
-    /// What the MAC table said: `Tx`, `Flood`, or `Drop(Hairpin)`.
-    #[inline]
-    pub fn out(&self) -> Disposition {
-        self.out
-    }
-
-    /// The directions the flow crosses (the first `n`), in the order they are checked.
-    #[inline]
-    pub fn dirs(&self) -> ([Direction; 2], usize) {
-        let mut out = [Direction::FromTenant; 2];
-        let mut n = 0;
-        for (k, o) in out.iter_mut().enumerate() {
-            let bits = self.dirs >> k;
-            if bits & D_PRESENT == 0 {
-                break;
-            }
-            if bits & D_TO_TENANT != 0 {
-                *o = Direction::ToTenant;
-            }
-            n += 1;
-        }
-        (out, n)
-    }
-
-    /// The ACL outcome of direction `k` (of [`Decision::dirs`]).
-    #[inline]
-    pub fn acl(&self, k: usize) -> AclOutcome {
-        let bits = self.dirs >> k;
-        let rule = self.rules.get(k).copied().filter(|&r| r != NO_RULE);
-        if bits & D_PER_PACKET != 0 {
-            AclOutcome::PerPacket
-        } else if bits & D_DENY != 0 {
-            AclOutcome::Deny(rule)
-        } else {
-            AclOutcome::Allow(rule)
-        }
-    }
-
-    /// True when every direction is allowed by a cached verdict (nothing to classify per
-    /// packet, nothing denied): the common case, decided without decoding.
-    #[inline]
-    pub fn allowed(&self) -> bool {
-        self.dirs & (D_DENY | D_DENY << 1 | D_PER_PACKET | D_PER_PACKET << 1) == 0
-    }
-
-    /// The deciding rules of both directions (`None`: the default, or no direction).
-    #[inline]
-    pub fn rules(&self) -> [Option<u32>; 2] {
-        self.rules.map(|r| (r != NO_RULE).then_some(r))
-    }
-}
-
-impl core::fmt::Debug for Decision {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let (dirs, n) = self.dirs();
-        let acl: Vec<AclOutcome> = (0..n).map(|k| self.acl(k)).collect();
-        f.debug_struct("Decision")
-            .field("out", &self.out())
-            .field("dirs", &&dirs[..n])
-            .field("acl", &acl)
-            .finish()
-    }
-}
 
 /// One flow, two cache lines.
 #[derive(Debug, Clone, Copy)]
@@ -230,7 +113,7 @@ struct Entry {
 const _: () = assert!(core::mem::size_of::<Entry>() == 128, "an entry is two cache lines");
 
 const EMPTY: Entry = Entry {
-    key: [0; 7],
+    key: Key::ZERO,
     generation: 0,
     // No tenant's (there are at most `u16::MAX` of them, numbered from 0): a lookup told to
     // search every way of a set ([`ALL_WAYS`]) never takes an empty way for a flow.
@@ -303,15 +186,12 @@ impl Entry {
         let k = &self.key;
         FlowView {
             tenant: TenantId(self.tenant),
-            in_port: PortId(k[0] as u16),
-            vlan: match (k[0] >> 16) as u16 {
-                0 => None,
-                v => Some(v - 1),
-            },
-            ethertype: (k[0] >> 32) as u16,
-            proto: (k[0] >> 48) as u8,
-            src: (addr(k[3], k[4]), (k[1] >> 48) as u16),
-            dst: (addr(k[5], k[6]), (k[2] >> 48) as u16),
+            in_port: k.in_port(),
+            vlan: k.vlan(),
+            ethertype: k.ethertype(),
+            proto: k.proto(),
+            src: (k.src_addr(), k.src_port()),
+            dst: (k.dst_addr(), k.dst_port()),
             packets: self.packets,
             bytes: self.bytes,
             start: self.start,
@@ -652,97 +532,6 @@ impl FlowCache {
         Ok(d)
     }
 
-    /// Reports `e`'s span if its tenant logs flows and it counted something.
-    fn report(&mut self, e: &Entry, why: RecordReason) {
-        if e.packets == 0 || !self.logs.get(usize::from(e.tenant)).copied().unwrap_or(false) {
-            return;
-        }
-        if !matches!((e.key[0] >> 32) as u16, 0x0800 | 0x86dd) {
-            return;
-        }
-        if let Some(x) = &mut self.export {
-            x.emit(e.view().record(why));
-        }
-    }
-
-    /// Between breaths, when flows are logged: visits the next slice of the table (the whole
-    /// table once per [`SWEEP_PERIOD`]) and reports ended, idle and long-running flows of
-    /// logging tenants, starting their next span.
-    pub fn sweep(&mut self, now: Nanos) {
-        let Some(x) = &self.export else { return };
-        let (interval, idle) = (x.interval, x.idle);
-        if self.sets.is_empty() || !self.any_logs {
-            return;
-        }
-        let due =
-            self.size as u128 * u128::from(now.since(self.swept_at).0) / u128::from(SWEEP_PERIOD.0);
-        if due == 0 {
-            // Less than one entry's worth of time: let it add up.
-            return;
-        }
-        self.swept_at = now;
-        for _ in 0..due.min(self.size as u128) as usize {
-            let i = self.cursor;
-            self.cursor = (i + 1) & (self.size - 1);
-            if self.sig_at(i) == 0 {
-                continue;
-            }
-            let Some(&e) = self.entry(Slot(i)) else { continue };
-            if !e.occupied || e.packets == 0 {
-                continue;
-            }
-            let quiet = now.since(e.last);
-            let why = if e.flags & S_CLOSING != 0 && quiet >= ENDED_QUIET {
-                RecordReason::Ended
-            } else if quiet >= idle {
-                RecordReason::Idle
-            } else if now.since(e.start) >= interval {
-                RecordReason::Interval
-            } else {
-                continue;
-            };
-            self.report(&e, why);
-            if let Some(e) = self.entry_mut(Slot(i)) {
-                e.packets = 0;
-            }
-        }
-    }
-
-    /// Reports every counted flow of logging tenants (at a clean stop).
-    pub fn flush(&mut self) {
-        for set in 0..self.sets.len() {
-            for w in 0..WAYS {
-                let e = self.sets[set][w];
-                if e.occupied && e.packets > 0 {
-                    self.report(&e, RecordReason::Flushed);
-                    self.sets[set][w].packets = 0;
-                }
-            }
-        }
-    }
-
-    /// Tenant `t` is gone (a reload removed it): its entries are reported as flushed (those
-    /// that counted something, when flows are logged) and freed, so its id can be given to a
-    /// new tenant that starts with none. Between breaths (walks the whole table).
-    pub fn forget_tenant(&mut self, t: TenantId) {
-        for set in 0..self.sets.len() {
-            for w in 0..WAYS {
-                let e = self.sets[set][w];
-                if e.occupied && e.tenant == t.0 {
-                    if e.packets > 0 {
-                        self.report(&e, RecordReason::Flushed);
-                    }
-                    self.sets[set][w] = EMPTY;
-                    let line = &mut self.sigs[set];
-                    *line &= !(0xff << (8 * w));
-                }
-            }
-        }
-        if let Some(c) = self.per_tenant.get_mut(t.index()) {
-            *c = 0;
-        }
-    }
-
     /// The cached flows of tenant `t` that counted something (for the control API; walks the
     /// whole table).
     pub fn flows(&self, t: TenantId) -> impl Iterator<Item = FlowView> + '_ {
@@ -756,16 +545,12 @@ impl FlowCache {
     /// The source MAC of a flow of tenant `t` sent from address `ip`, the most recent one (for
     /// the decision trace, which needs a MAC for an address; walks the whole table).
     pub fn source_mac(&self, t: TenantId, ip: &[u8; 16]) -> Option<MacAddr> {
-        let (hi, lo) = {
-            let a = u128::from_be_bytes(*ip);
-            ((a >> 64) as u64, a as u64)
-        };
         self.sets
             .iter()
             .flatten()
-            .filter(|e| e.occupied && e.tenant == t.0 && e.key[3] == hi && e.key[4] == lo)
+            .filter(|e| e.occupied && e.tenant == t.0 && e.key.src_addr() == *ip)
             .max_by_key(|e| e.last.0)
-            .map(|e| MacAddr::from_u64(e.key[1]))
+            .map(|e| e.key.src_mac())
     }
 
     /// What the cache holds for a flow, without counting or changing anything (the decision
@@ -779,12 +564,6 @@ impl FlowCache {
     pub fn share_percent(&self) -> u32 {
         self.share_percent
     }
-}
-
-/// An address from its two key words.
-#[inline]
-fn addr(hi: u64, lo: u64) -> [u8; 16] {
-    (u128::from(hi) << 64 | u128::from(lo)).to_be_bytes()
 }
 
 /// The signature of a hash: bits the set index does not use; never 0 (an empty slot).
@@ -839,6 +618,7 @@ mod tests {
     use super::*;
     use crate::snapshot::{Attachment, PortKind, SnapshotBuilder, TenantSpec};
     use crate::trace::flowlog::FlowRecord;
+    use crate::vocab::{Direction, PortId};
     use crossbeam_channel::Receiver;
 
     fn snap(tenants: usize, logged: bool) -> Snapshot {
@@ -856,7 +636,15 @@ mod tests {
     }
 
     fn key(i: u64) -> Key {
-        [0x0800 << 32 | 6 << 48, 1 | 40_000 << 48, 2 | 80 << 48, 0, 0xffff_0a00_0001, 0, i]
+        Key::from_words([
+            0x0800 << 32 | 6 << 48,
+            1 | 40_000 << 48,
+            2 | 80 << 48,
+            0,
+            0xffff_0a00_0001,
+            0,
+            i,
+        ])
     }
 
     fn tx(port: u16) -> Decision {
@@ -927,7 +715,7 @@ mod tests {
     #[test]
     fn a_lookup_of_every_way_finds_the_flow_and_never_an_empty_way() {
         let mut c = cache(64, 100, 2);
-        let (t, zero) = (TenantId(0), [0u64; 7]);
+        let (t, zero) = (TenantId(0), Key::ZERO);
         assert_eq!(c.find_in(hash(t, &zero), ALL_WAYS, t, &zero), None);
         let k = key(3);
         let h = hash(t, &k);
