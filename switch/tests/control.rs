@@ -218,26 +218,7 @@ fn twenty_reloads_under_load_lose_nothing_and_a_bad_one_changes_nothing() {
     // 300 Mbit/s: below what the switch forwards here, so any loss would be the reloads', not
     // a saturated path's (a saturating TCP flow loses frames at the RX ring by design, and a
     // stream sharing that ring with it loses some too).
-    let recv = Command::new("ip")
-        .args(["netns", "exec", &lab.ns_name("h2"), "python3", "-c", SEQ_RECV, "3"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let send = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.ns_name("h1"),
-            "python3",
-            "-c",
-            SEQ_SEND,
-            "10.9.1.2",
-            "24000",
-            "2000",
-        ])
-        .spawn()
-        .unwrap();
+    let stream = lab.seq_stream("h1", "h2", "10.9.1.2", 24_000, 2_000);
     let tcp = std::thread::scope(|s| {
         let iperf =
             s.spawn(|| lab.iperf_with("h1", "h2", "10.9.1.2", "5304", &["-t", "10", "-b", "300M"]));
@@ -251,15 +232,7 @@ fn twenty_reloads_under_load_lose_nothing_and_a_bad_one_changes_nothing() {
         }
         iperf.join().unwrap()
     });
-    let mut send = send;
-    assert!(send.wait().unwrap().success());
-    let out = recv.wait_with_output().unwrap();
-    let got = String::from_utf8_lossy(&out.stdout).to_string();
-    let v: Vec<u64> = got.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-    if v != [24000, 0, 0] {
-        let (_, log) = lab.stop();
-        panic!("received, missing, duplicated: {got}\n{log}");
-    }
+    stream.expect_all(24_000, Duration::from_secs(30), &mut lab);
     assert!(tcp > 0.9 * 300e6, "iperf3 at 300 Mbit/s during the reloads: {tcp} bit/s");
 
     // An invalid file: rejected, reported, and the switch goes on with generation 21.

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -80,17 +80,7 @@ fn ports_and_tenants_come_and_go_under_load_and_the_stream_loses_nothing() {
     // so a loss would be the reloads', not a saturated path's (a saturating flow loses frames at
     // the RX ring by design, and a stream sharing the ring with it loses some too).
     let (count, pps) = (600_000u64, 20_000);
-    let recv = Command::new("ip")
-        .args(["netns", "exec", &lab.ns_name("h2"), "python3", "-c", SEQ_RECV, "3"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let mut send = Command::new("ip")
-        .args(["netns", "exec", &lab.ns_name("h1"), "python3", "-c", SEQ_SEND, "10.9.1.2"])
-        .args([count.to_string(), pps.to_string()])
-        .spawn()
-        .unwrap();
+    let stream = lab.seq_stream("h1", "h2", "10.9.1.2", count, pps);
     let mut generations = Vec::new();
     let tcp = std::thread::scope(|s| {
         let iperf =
@@ -119,14 +109,7 @@ fn ports_and_tenants_come_and_go_under_load_and_the_stream_loses_nothing() {
         iperf.join().unwrap()
     });
     assert_eq!(generations, (2..12).collect::<Vec<u64>>());
-    assert!(exits_within(&mut send, Duration::from_secs(60)).is_some_and(|s| s.success()));
-    let out = recv.wait_with_output().unwrap();
-    let got = String::from_utf8_lossy(&out.stdout).to_string();
-    let v: Vec<u64> = got.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-    if v != [count, 0, 0] {
-        let (_, log) = lab.stop();
-        panic!("received, missing, duplicated: {got}\n{log}");
-    }
+    stream.expect_all(count, Duration::from_secs(60), &mut lab);
     assert!(tcp > 0.9 * 300e6, "iperf3 at 300 Mbit/s during the reloads: {tcp} bit/s");
 
     // Red's series went on (no reset), green's went with green (after the exporter's idle

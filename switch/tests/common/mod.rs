@@ -580,3 +580,51 @@ for i in range(int(sys.argv[3])):
     s.sendto(b"capture-me", (sys.argv[1], int(sys.argv[2])))
     time.sleep(0.02)
 "#;
+
+/// A numbered UDP stream between two hosts of a lab ([`Lab::seq_stream`]).
+pub struct SeqStream {
+    recv: Child,
+    send: Child,
+}
+
+impl Lab {
+    /// `count` numbered datagrams from `from` to address `to` (on host `to_host`) at `pps`:
+    /// the receiver listens first (and stops 3 s after the last datagram).
+    pub fn seq_stream(
+        &self,
+        from: &str,
+        to_host: &str,
+        to: &str,
+        count: u64,
+        pps: u64,
+    ) -> SeqStream {
+        let recv = Command::new("ip")
+            .args(["netns", "exec", &self.ns_name(to_host), "python3", "-c", SEQ_RECV, "3"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let send = Command::new("ip")
+            .args(["netns", "exec", &self.ns_name(from), "python3", "-c", SEQ_SEND, to])
+            .args([count.to_string(), pps.to_string()])
+            .spawn()
+            .unwrap();
+        SeqStream { recv, send }
+    }
+}
+
+impl SeqStream {
+    /// Waits for the sender (at most `limit`) and the receiver; fails the test, with the
+    /// switch's log, unless every one of `count` datagrams arrived exactly once.
+    pub fn expect_all(mut self, count: u64, limit: Duration, lab: &mut Lab) {
+        let sent = exits_within(&mut self.send, limit);
+        assert!(sent.is_some_and(|s| s.success()), "the sender did not finish in {limit:?}");
+        let out = self.recv.wait_with_output().unwrap();
+        let got = String::from_utf8_lossy(&out.stdout).to_string();
+        let v: Vec<u64> = got.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        if v != [count, 0, 0] {
+            let (_, log) = lab.stop();
+            panic!("received, missing, duplicated: {got}\n{log}");
+        }
+    }
+}
