@@ -6,8 +6,7 @@
 //! allocated once per worker and reused.
 #![forbid(unsafe_code)]
 
-use crate::vocab::ParseError;
-use crate::vocab::{AttachmentId, PortId, TenantId};
+use crate::vocab::{AttachmentId, ParseError, PortId, TenantId};
 use crate::wire::MacAddr;
 
 /// Most frames in one batch.

@@ -8,9 +8,7 @@ use crate::flow::fdb::Learn;
 use crate::snapshot::Attachment;
 use crate::time::Nanos;
 use crate::trace::counters::FdbStats;
-use crate::vocab::Disposition;
-use crate::vocab::DropReason;
-use crate::vocab::PortId;
+use crate::vocab::{Disposition, DropReason, PortId};
 
 /// Learns the source of one frame behind its ingress attachment.
 #[inline]

@@ -24,8 +24,7 @@ use super::{Disposition, Pipeline, classify, learn, policy};
 use crate::batch::{BATCH_SIZE, Meta, PacketFlags};
 use crate::flow::FlowCache;
 use crate::flow::cache::{ALL_WAYS, AclOutcome, Decision, Key, Ways, hash, key_of};
-use crate::frame::FrameArea;
-use crate::frame::FrameRef;
+use crate::frame::{FrameArea, FrameRef};
 use crate::policy::Action;
 use crate::policy::acl::{self, AclSet};
 use crate::policy::classifier::Key as AclKey;
@@ -33,9 +32,7 @@ use crate::policy::conntrack::{ConnTable, Verdict};
 use crate::snapshot::{CHECK_POLICY, Snapshot, TenantSpec};
 use crate::time::Nanos;
 use crate::trace::sample::FlowPath;
-use crate::vocab::Direction;
-use crate::vocab::DropReason;
-use crate::vocab::{PortId, TenantId};
+use crate::vocab::{Direction, DropReason, PortId, TenantId};
 
 /// A frame of the batch marked for this stage: its flow's key and hash, the ways of its set
 /// whose signature matched, and what the common case needs of the frame (kept here, so a hit

@@ -11,8 +11,7 @@
 use crate::batch::{BATCH_SIZE, Meta, PacketFlags};
 use crate::policy::fragments::{FirstL4, FragInfo, FragKey, FragTable, Handle};
 use crate::time::Nanos;
-use crate::vocab::Disposition;
-use crate::vocab::DropReason;
+use crate::vocab::{Disposition, DropReason};
 use crate::wire::ipv6::FragmentHeader;
 use crate::wire::{Ipv4Packet, Ipv6Packet};
 

@@ -31,19 +31,16 @@ use crate::batch::{BATCH_SIZE, Batch, PacketFlags};
 use crate::flow::{Fdb, FlowCache};
 use crate::frame::{FrameArea, FramePool};
 use crate::snapshot::{
-    CHECK_FLOW, CHECK_FLOWLOG, CHECK_GUARD, CHECK_POLICE, CHECK_POLICY, Snapshot,
+    Attachment, CHECK_FLOW, CHECK_FLOWLOG, CHECK_GUARD, CHECK_POLICE, CHECK_POLICY, Snapshot,
 };
 use crate::time::Nanos;
 use crate::trace::Counters;
 use crate::trace::counters::{PktBytes, TenantRun};
-use crate::vocab::PortId;
-use crate::vocab::{DropReason, ParseError};
+use crate::vocab::{DropReason, ParseError, PortId, TenantId};
 
 pub use crate::vocab::Disposition;
 pub use output::{Egress, TxLists};
 
-use crate::snapshot::Attachment;
-use crate::vocab::TenantId;
 use crate::wire::MacAddr;
 
 /// Announcements one worker buffers between breaths (more are counted as lost).

@@ -10,17 +10,14 @@
 //! room in a TX list is dropped under its own reason, while the other copies still go out.
 
 use crate::batch::{Batch, Meta, PacketFlags};
-use crate::frame::FrameRef;
-use crate::frame::{FRAME_HEADROOM, FrameArea, FramePool};
+use crate::frame::{FRAME_HEADROOM, FrameArea, FramePool, FrameRef};
 use crate::pipeline::Dispositions;
 use crate::shaping::PortSched;
 use crate::snapshot::Snapshot;
 use crate::time::Nanos;
 use crate::trace::Counters;
 use crate::trace::counters::{PktBytes, TenantRun};
-use crate::vocab::Disposition;
-use crate::vocab::DropReason;
-use crate::vocab::{PortId, TenantId};
+use crate::vocab::{Disposition, DropReason, PortId, TenantId};
 
 use crate::wire::checksum;
 

@@ -10,10 +10,7 @@ use crate::policy::classifier::Key;
 use crate::policy::conntrack::ConnTable;
 pub use crate::policy::spoof::Refusal;
 use crate::snapshot::{CHECK_GUARD, PortKind, Snapshot, TenantSpec};
-use crate::vocab::Direction;
-use crate::vocab::Disposition;
-use crate::vocab::ParseError;
-use crate::vocab::PortId;
+use crate::vocab::{Direction, Disposition, ParseError, PortId};
 use crate::wire::{Ipv4Packet, checksum};
 
 const ETH_IPV4: u16 = 0x0800;

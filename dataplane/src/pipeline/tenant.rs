@@ -7,8 +7,7 @@
 
 use crate::batch::Meta;
 use crate::snapshot::Snapshot;
-use crate::vocab::DropReason;
-use crate::vocab::PortId;
+use crate::vocab::{DropReason, PortId};
 
 /// Resolves the tenant of one parsed frame.
 #[inline]

@@ -14,9 +14,7 @@ use crate::policy::spoof::Refusal;
 use crate::shaping::Unit;
 use crate::snapshot::{PortKind, Snapshot};
 use crate::time::Nanos;
-use crate::vocab::Direction;
-use crate::vocab::ParseError;
-use crate::vocab::PortId;
+use crate::vocab::{Direction, ParseError, PortId};
 
 /// One stage and what it decided.
 #[derive(Debug, Clone, PartialEq, Eq)]

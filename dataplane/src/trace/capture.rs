@@ -15,8 +15,7 @@
 
 use crate::batch::Meta;
 use crate::policy::Prefix;
-use crate::vocab::DropReason;
-use crate::vocab::{PortId, TenantId};
+use crate::vocab::{DropReason, PortId, TenantId};
 
 /// What a capture takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,8 +9,7 @@
 //! same tables right after the batch, the outcome is the one the frame got.
 
 use crate::time::Nanos;
-use crate::vocab::Disposition;
-use crate::vocab::{PortId, TenantId};
+use crate::vocab::{Disposition, PortId, TenantId};
 
 /// Most bytes kept of a sampled frame (every frame of a 4096-byte chunk).
 pub const SAMPLE_BYTES: usize = 4096;

@@ -31,14 +31,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::batch::{BATCH_SIZE, Batch};
-use crate::frame::FrameRef;
-use crate::frame::{FrameArea, FramePool};
+use crate::frame::{FrameArea, FramePool, FrameRef};
 use crate::pipeline::{Dispositions, Egress, Pipeline, TxLists};
 use crate::port::{Breath, Port, PortCensus};
 use crate::snapshot::Snapshot;
 use crate::time::{Clock, Nanos};
-use crate::vocab::DropReason;
-use crate::vocab::{PortId, TenantId};
+use crate::vocab::{DropReason, PortId, TenantId};
 use mesh::{Handoff, Links, PeerOut, decode_learn, encode_learn};
 
 /// Most batches taken from one port in one breath.

@@ -61,9 +61,7 @@ use crate::mem::{HugeSlice, prefetch};
 use crate::snapshot::{CHECK_FLOWLOG, Snapshot};
 use crate::time::Nanos;
 use crate::trace::flowlog::{FlowExport, FlowLogStats, FlowView, RecordReason};
-use crate::vocab::Disposition;
-use crate::vocab::DropReason;
-use crate::vocab::TenantId;
+use crate::vocab::{Disposition, DropReason, TenantId};
 use crate::wire::MacAddr;
 
 mod sweep;

@@ -13,8 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use super::ring::Ring;
 use crate::batch::Batch;
-use crate::frame::FrameRef;
-use crate::frame::{FrameArea, FramePool};
+use crate::frame::{FrameArea, FramePool, FrameRef};
 use crate::port::{Breath, Port, PortCensus, PortError};
 
 /// Bind mode requested for a socket.
