@@ -445,10 +445,10 @@ fn reloads_add_and_remove_ports_and_tenants_and_the_rest_keeps_its_state() {
     assert!(w.census().balanced(), "{:?}", w.census());
 }
 
-// Issue 17: `Route` tells a worker which worker polls a port it has no socket of; `ShareRates`
-// how many workers share each port's rates.
+// Issue 17: `Plan` tells a worker which worker polls each port it has no socket of, and how
+// many workers share each port's rates.
 #[test]
-fn route_and_share_rates_commands_reach_the_worker() {
+fn plan_commands_reach_the_worker() {
     let [mut w0, mut w1] = two_workers();
     let t = Nanos::from_secs(1);
     // a2 moves from worker 1 to worker 0 (as a reload that removes and adds it would).
@@ -458,10 +458,14 @@ fn route_and_share_rates_commands_reach_the_worker() {
     let cmd = WorkerCmd::AddSocket { port: A2, driver: Box::new(MemPort::new(128)) };
     assert!(matches!(w0.apply(t, cmd), Applied::Done));
     assert_eq!(w0.routes()[2], Route::Local(2));
-    w1.apply(t, WorkerCmd::Route { port: A2, owner: Some(0) });
+    let plan =
+        |owner| WorkerCmd::Plan { owners: vec![Some(0), Some(0), owner], shares: vec![2, 1, 1] };
+    w1.apply(t, plan(Some(0)));
     assert_eq!(w1.routes()[2], Route::Peer(0));
-    w1.apply(t, WorkerCmd::Route { port: A2, owner: None });
+    assert_eq!(w1.pipeline().rate_shares(), [2, 1, 1]);
+    w1.apply(t, plan(None));
     assert_eq!(w1.routes()[2], Route::Unreachable);
-    w0.apply(t, WorkerCmd::ShareRates(vec![2, 1, 1]));
-    assert_eq!(w0.pipeline().rate_shares(), [2, 1, 1]);
+    // A socket of its own wins over the plan.
+    w0.apply(t, plan(Some(1)));
+    assert_eq!(w0.routes()[2], Route::Local(2));
 }

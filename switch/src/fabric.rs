@@ -285,7 +285,7 @@ impl Fabric {
         for (w, cmd) in cmds {
             self.send(w, cmd);
         }
-        self.route(ports);
+        self.plan(ports);
         Ok(())
     }
 
@@ -356,15 +356,16 @@ impl Fabric {
             }
             self.ports.push(o.held);
         }
-        self.route(ports);
+        self.plan(ports);
     }
 
     /// Tells every worker, for each of the `ports` ids, which worker polls it, and how many
     /// workers share each port's rates.
-    fn route(&mut self, ports: usize) {
+    fn plan(&mut self, ports: usize) {
         let mut owners = vec![None; ports];
         let mut sharing = vec![1u64; ports];
-        for h in &self.ports {
+        // A port still waiting for its interface has no socket anywhere yet.
+        for h in self.ports.iter().filter(|h| h.handed) {
             if let Some(o) = owners.get_mut(h.id.index()) {
                 *o = h.queues.first().map(|q| q.worker);
             }
@@ -376,10 +377,8 @@ impl Fabric {
             }
         }
         for w in 0..self.workers.len() {
-            for (p, owner) in owners.iter().enumerate() {
-                self.send(w, WorkerCmd::Route { port: PortId(p as u16), owner: *owner });
-            }
-            self.send(w, WorkerCmd::ShareRates(sharing.clone()));
+            let plan = WorkerCmd::Plan { owners: owners.clone(), shares: sharing.clone() };
+            self.send(w, plan);
         }
     }
 
@@ -431,7 +430,7 @@ impl Fabric {
         for q in &h.queues {
             self.send(q.worker, WorkerCmd::RemoveSocket { port: h.id, queue: q.queue });
         }
-        self.route(ports);
+        self.plan(ports);
         tracing::info!("port {name} removed ({}: XDP program detached)", h.interface);
         // IPv6 and ARP back on the interface given back.
         drop(h.quiet.take());

@@ -92,15 +92,15 @@ pub enum WorkerCmd<P> {
         /// The new socket.
         driver: Box<P>,
     },
-    /// Frames for `port` go to worker `owner` when this worker has no socket of it.
-    Route {
-        /// The port.
-        port: PortId,
-        /// A worker polling it; `None`: nobody does.
-        owner: Option<usize>,
+    /// Who polls which port, after ports came or went: per port id, a worker polling it
+    /// (frames for a port this worker has no socket of go there; `None`: nobody does), and
+    /// how many workers poll it (each enforces that part of the port's and tenants' rates).
+    Plan {
+        /// Per port id, a worker polling it.
+        owners: Vec<Option<usize>>,
+        /// Per port id, the workers polling it.
+        shares: Vec<u64>,
     },
-    /// How many workers poll each port (each enforces that part of the rates).
-    ShareRates(Vec<u64>),
 }
 
 /// What applying a [`WorkerCmd`] left the caller.
@@ -659,7 +659,7 @@ impl<P: Port> Worker<P> {
         self.tx.resize(snap.ports.len());
         let old = std::mem::replace(&mut self.snap, snap);
         // A port added by the new snapshot has no socket yet: nothing reaches it until one
-        // comes ([`WorkerCmd::AddSocket`], [`WorkerCmd::Route`]).
+        // comes ([`WorkerCmd::AddSocket`], [`WorkerCmd::Plan`]).
         self.route();
         self.schedule_ports();
         old
@@ -671,13 +671,8 @@ impl<P: Port> Worker<P> {
             WorkerCmd::Install(snap) => Applied::Replaced(self.install(now, snap)),
             WorkerCmd::AddSocket { port, driver } => {
                 let queue = driver.queue();
+                // A port with a socket here is reached through it, whoever else polls it.
                 self.sockets.push(Socket { port, queue, driver: *driver, down: false });
-                if let Some(o) = self.owners.get_mut(port.index()) {
-                    o.get_or_insert(self.links.me);
-                } else {
-                    self.owners.resize(port.index() + 1, None);
-                    self.owners[port.index()] = Some(self.links.me);
-                }
                 self.route();
                 self.schedule_ports();
                 Applied::Done
@@ -702,16 +697,10 @@ impl<P: Port> Worker<P> {
                     None => Applied::NoSuchSocket,
                 }
             }
-            WorkerCmd::Route { port, owner } => {
-                if self.owners.len() <= port.index() {
-                    self.owners.resize(port.index() + 1, None);
-                }
-                self.owners[port.index()] = owner;
+            WorkerCmd::Plan { owners, shares } => {
+                self.owners = owners;
                 self.route();
-                self.schedule_ports();
-                Applied::Done
-            }
-            WorkerCmd::ShareRates(shares) => {
+                // Rebuilds the schedulers once, for the routes and the shares together.
                 self.share_rates(shares);
                 Applied::Done
             }
@@ -757,11 +746,8 @@ impl<P: Port> Worker<P> {
         }
         let lost = s.driver.retire(&mut self.pool);
         self.written_off += lost;
-        if !self.sockets.iter().any(|s| s.port == port)
-            && self.owners.get(port.index()) == Some(&Some(self.links.me))
-        {
-            self.owners[port.index()] = None;
-        }
+        // Without a socket here the port is reached through its owner, if another worker
+        // polls it (this worker as owner means nobody: `route` makes it unreachable).
         self.route();
         if !matches!(self.routes.get(port.index()), Some(Route::Local(_))) {
             self.tx.discard(
