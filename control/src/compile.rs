@@ -34,26 +34,35 @@ pub fn compile(cfg: &Config, generation: u64) -> Result<Snapshot, CompileError> 
 }
 
 /// Gives each name an id: its id in `before` (with the generation it took it in), else a
-/// vacant one of `before`'s, else a new one.
+/// vacant one of `before`'s, else a new one. `what` names them for the error when the ids run
+/// out (a vacant id counts: it is given again only after a reload that keeps it vacant).
 fn assign<'a>(
+    what: &'static str,
     names: impl Iterator<Item = &'a str>,
     before: &[(&str, u64)],
     generation: u64,
-) -> Vec<(&'a str, u16, u64)> {
-    let names: Vec<&str> = names.collect();
+) -> Result<Vec<(u16, u64)>, CompileError> {
     let mut free = before.iter().enumerate().filter(|(_, (n, _))| n.is_empty()).map(|(i, _)| i);
     let mut next = before.len();
+    let max = usize::from(u16::MAX);
     names
-        .into_iter()
-        .map(|n| match before.iter().position(|(b, _)| *b == n) {
-            Some(i) => (n, i as u16, before[i].1),
-            None => {
-                let i = free.next().unwrap_or_else(|| {
-                    next += 1;
-                    next - 1
-                });
-                (n, i as u16, generation)
-            }
+        .map(|n| {
+            let (i, since) = match before.iter().position(|(b, _)| *b == n) {
+                Some(i) => (i, before[i].1),
+                None => (
+                    free.next().unwrap_or_else(|| {
+                        next += 1;
+                        next - 1
+                    }),
+                    generation,
+                ),
+            };
+            let id = u16::try_from(i).ok().filter(|&id| usize::from(id) < max);
+            id.map(|id| (id, since)).ok_or(CompileError::Snapshot(SnapshotError::TooMany {
+                what,
+                n: i + 1,
+                max,
+            }))
         })
         .collect()
 }
@@ -78,8 +87,9 @@ pub fn compile_next(
         .map_or_else(Vec::new, |s| s.ports.iter().map(|p| (p.name.as_str(), p.since)).collect());
     let old_tenants: Vec<(&str, u64)> = before
         .map_or_else(Vec::new, |s| s.tenants.iter().map(|t| (t.name.as_str(), t.since)).collect());
-    let port_ids = assign(cfg.ports.keys().map(String::as_str), &old_ports, generation);
-    let tenant_ids = assign(cfg.tenants.keys().map(String::as_str), &old_tenants, generation);
+    let port_ids = assign("ports", cfg.ports.keys().map(String::as_str), &old_ports, generation)?;
+    let tenant_ids =
+        assign("tenants", cfg.tenants.keys().map(String::as_str), &old_tenants, generation)?;
     // Ids a removed port or tenant leaves behind stay vacant.
     for (i, (name, _)) in old_ports.iter().enumerate() {
         if !name.is_empty() && !cfg.ports.contains_key(*name) {
@@ -92,7 +102,7 @@ pub fn compile_next(
         }
     }
     let mut ids = std::collections::HashMap::new();
-    for ((name, p), (_, id, since)) in cfg.ports.iter().zip(&port_ids) {
+    for ((name, p), (id, since)) in cfg.ports.iter().zip(&port_ids) {
         let kind = match p.kind {
             PortKindConfig::Uplink => PortKind::Uplink,
             PortKindConfig::Tenant => PortKind::Tenant,
@@ -106,7 +116,7 @@ pub fn compile_next(
         }
         ids.insert(name.as_str(), id);
     }
-    for ((name, t), &(_, id, since)) in cfg.tenants.iter().zip(&tenant_ids) {
+    for ((name, t), &(id, since)) in cfg.tenants.iter().zip(&tenant_ids) {
         let mut attachments = Vec::with_capacity(t.attach.len());
         for a in &t.attach {
             let port = *ids
@@ -150,4 +160,27 @@ pub fn compile_next(
         b.tenant_at(TenantId(id), spec);
     }
     Ok(b.build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Review of issue 17: ids were cast to u16 unchecked, so the 65 536th would have wrapped
+    // onto a live one.
+    #[test]
+    fn ids_that_run_out_are_an_error_not_a_wrap() {
+        let names: Vec<String> = (0..65_534).map(|i| format!("t{i}")).collect();
+        let before: Vec<(&str, u64)> = names.iter().map(|n| (n.as_str(), 1)).collect();
+        // The last id below TenantId::NONE (65 535) is still there; one more is not.
+        let ok = assign("tenants", ["new"].into_iter(), &before, 2).unwrap();
+        assert_eq!(ok, [(65_534, 2)]);
+        let mut full = before.clone();
+        full.push(("new", 2));
+        let e = assign("tenants", ["newer"].into_iter(), &full, 3).unwrap_err();
+        assert!(e.to_string().contains("too many tenants"), "{e}");
+        // A vacant id is taken before a new one.
+        full[7] = ("", dataplane::snapshot::VACANT);
+        assert_eq!(assign("tenants", ["newer"].into_iter(), &full, 3).unwrap(), [(7, 3)]);
+    }
 }
