@@ -419,18 +419,18 @@ impl Fabric {
     }
 
     /// Removes port `name`: its program detached, its sockets closed by their workers (which
-    /// give their frames back), the host's stack on its interface as it was. `ports` is the
-    /// number of port ids of the snapshot without it.
-    pub fn remove(&mut self, name: &str, ports: usize) {
+    /// give their frames back), the host's stack on its interface as it was. The workers'
+    /// plan of who polls what follows with the next [`Fabric::hand_over`].
+    pub fn remove(&mut self, name: &str) {
         let Some(i) = self.ports.iter().position(|h| h.name == name) else { return };
         let mut h = self.ports.remove(i);
         // Detached first: nothing new arrives while the workers take the sockets out.
         drop(h.attachment.take());
         drop(h.pending.take());
-        for q in &h.queues {
+        // (A port still waiting for its interface has no sockets to take out.)
+        for q in h.queues.iter().filter(|_| h.handed) {
             self.send(q.worker, WorkerCmd::RemoveSocket { port: h.id, queue: q.queue });
         }
-        self.plan(ports);
         tracing::info!("port {name} removed ({}: XDP program detached)", h.interface);
         // IPv6 and ARP back on the interface given back.
         drop(h.quiet.take());

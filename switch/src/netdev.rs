@@ -35,6 +35,10 @@ pub fn fill_mtus(snap: &mut Snapshot) -> Vec<String> {
     let mut log = Vec::new();
     for i in 0..snap.ports.len() {
         let p = &snap.ports[i];
+        if p.is_vacant() {
+            // An id a reload emptied: no port, no interface, nothing to say.
+            continue;
+        }
         if let Some(m) = p.mtu {
             log.push(format!("port {}: MTU {m} (config)", p.name));
             continue;

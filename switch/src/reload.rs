@@ -183,10 +183,11 @@ fn apply(live: &mut Live, shared: &Shared) -> Result<Value, String> {
     // Applied from here on.
     live.flowlog.update(&new, &snap);
     for n in &d.ports_removed {
-        live.fabric.remove(n, snap.ports.len());
+        live.fabric.remove(n);
         shared.set_port_down(n, false);
     }
     live.fabric.install(&snap);
+    // The added ports' sockets, and every worker's new plan of who polls what (once).
     live.fabric.hand_over(opened, snap.ports.len());
     for (id, n, pc, workers) in later {
         tracing::warn!(
