@@ -128,53 +128,26 @@ pub fn publish(slot: &Slot, w: &mut Worker<XskPort>, loops: &LoopStats) {
 }
 
 /// What the exporter sets again on every round besides the workers' figures: where ports and
-/// workers are, the config's ports and attachments, ports up or down, reloads. Kept here and
-/// set every round (never once), because a series not set for [`IDLE`] is removed: that is
-/// how a removed port's or tenant's series disappear.
+/// workers are, the config's ports and attachments, ports up or down, reloads. Read from the
+/// control state every round (a closure given to [`start`]), never kept here, and set every
+/// round, because a series not set for [`IDLE`] is removed: that is how a removed port's or
+/// tenant's series disappear.
 #[derive(Default)]
-struct Facts {
-    host: crate::control_api::HostInfo,
-    snap: Option<Arc<Snapshot>>,
+pub struct Facts {
+    /// The ports' devices and the workers' placement.
+    pub host: crate::control_api::HostInfo,
+    /// The running config.
+    pub snap: Option<Arc<Snapshot>>,
     /// Ports whose interface is gone, by name.
-    down: std::collections::BTreeSet<String>,
-    reloads: [u64; 2],
-}
-
-static FACTS: Mutex<Option<Facts>> = Mutex::new(None);
-
-fn facts<R>(f: impl FnOnce(&mut Facts) -> R) -> R {
-    let mut g = FACTS.lock().unwrap_or_else(|p| p.into_inner());
-    f(g.get_or_insert_with(Facts::default))
-}
-
-/// Where the workers and the ports' devices are, and the config (at start and at each reload).
-pub fn record_host(host: &crate::control_api::HostInfo, snap: &Arc<Snapshot>) {
-    facts(|f| {
-        f.host = host.clone();
-        f.snap = Some(snap.clone());
-    });
-}
-
-/// Whether a port's interface is there (1) or gone (0, frames for it dropped as `port_down`).
-pub fn record_port_up(port: &str, up: bool) {
-    facts(|f| {
-        if up {
-            f.down.remove(port);
-        } else {
-            f.down.insert(port.to_string());
-        }
-    });
-}
-
-/// Counts a reload (applied: its generation; rejected: the reason).
-pub fn record_reload<E>(result: &Result<u64, E>) {
-    facts(|f| f.reloads[usize::from(result.is_err())] += 1);
+    pub down: std::collections::BTreeSet<String>,
+    /// Reloads applied and rejected.
+    pub reloads: [u64; 2],
 }
 
 /// Sets the facts' series (every round, see [`Facts`]).
-fn set_facts() {
+fn set_facts(f: &Facts) {
     let node = |n: Option<u32>| n.map_or(-1.0, f64::from);
-    facts(|f| {
+    {
         for (w, (n, _)) in f.host.workers.iter().enumerate() {
             metrics::gauge!("xswitch_worker_numa_node", "worker" => w.to_string()).set(node(*n));
         }
@@ -226,7 +199,7 @@ fn set_facts() {
                 .set(1.0);
             }
         }
-    });
+    }
 }
 
 /// The running exporter; stops its thread when dropped.
@@ -358,11 +331,12 @@ fn render_process(out: &mut String) {
     }
 }
 
-/// Starts the endpoint (if enabled) and the thread that feeds it from `slots`.
+/// Starts the endpoint (if enabled) and the thread that feeds it from `slots` and `facts`.
 pub fn start(
     cfg: &MetricsConfig,
     snap: &Arc<Snapshot>,
     slots: &[Slot],
+    facts: impl Fn() -> Facts + Send + 'static,
 ) -> anyhow::Result<Option<Exporter>> {
     if !cfg.enabled {
         return Ok(None);
@@ -401,11 +375,11 @@ pub fn start(
         .name("xswitch-metrics".into())
         .spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
-                families.update(&slots);
+                families.update(&slots, &facts());
                 handle.run_upkeep();
                 std::thread::sleep(EXPORT_INTERVAL);
             }
-            families.update(&slots);
+            families.update(&slots, &facts());
         })
         .context("starting the metrics thread")?;
     let http = std::thread::Builder::new()
@@ -763,7 +737,7 @@ impl Families {
         &self.sockets[i].1
     }
 
-    fn update(&mut self, slots: &[Slot]) {
+    fn update(&mut self, slots: &[Slot], facts: &Facts) {
         // The newest snapshot a worker runs: the handles follow its names.
         let newest = slots
             .iter()
@@ -772,7 +746,7 @@ impl Families {
         if let Some(s) = newest.filter(|s| s.generation > self.built_for) {
             self.build(&s);
         }
-        set_facts();
+        set_facts(facts);
         metrics::gauge!("process_start_time_seconds").set(self.started);
         let mut sum = Counters::new(self.port_rx.len(), self.tenant_rx.len());
         let mut census = FrameCensus::default();

@@ -141,7 +141,6 @@ pub fn reload(live: &mut Live, shared: &Shared) -> Result<Value, String> {
             tracing::warn!("reload rejected: {e}");
         }
     }
-    crate::metrics::record_reload(&result.as_ref().map(|v| v["generation"].as_u64().unwrap_or(0)));
     result
 }
 
@@ -210,7 +209,6 @@ fn apply(live: &mut Live, shared: &Shared) -> Result<Value, String> {
     if let Ok(mut h) = shared.host.lock() {
         h.ports = hosts;
     }
-    crate::metrics::record_host(&shared.host(), &snap);
     // The added ports' programs once their workers hold the sockets (else by the next look
     // of `Fabric::check`).
     if live.fabric.wait(CATCH_UP) {

@@ -283,7 +283,6 @@ pub fn serve(
     };
     let cores = &numa.cores;
     let slots: Vec<crate::metrics::Slot> = ws.iter().map(|_| Default::default()).collect();
-    let exporter = crate::metrics::start(&cfg.metrics, &snap, &slots)?;
     let every = Nanos::from_millis(crate::metrics::PUBLISH_INTERVAL.as_millis() as u64);
     let (queries, questions): (Vec<_>, Vec<_>) =
         ws.iter().map(|_| crossbeam_channel::bounded::<crate::control_api::Query>(4)).unzip();
@@ -306,7 +305,10 @@ pub fn serve(
     if let Ok(mut p) = shared.placement.lock() {
         *p = fabric.placement();
     }
-    crate::metrics::record_host(&shared.host(), &snap);
+    let exporter = {
+        let s = shared.clone();
+        crate::metrics::start(&cfg.metrics, &snap, &slots, move || s.facts())?
+    };
     let server = if cfg.control.enabled {
         Some(crate::control_api::serve(Path::new(&cfg.control.socket), shared.clone())?)
     } else {

@@ -58,7 +58,7 @@ fn ports_and_tenants_come_and_go_under_load_and_the_stream_loses_nothing() {
     // cores shared by the sender, the receiver, iperf3 and the switch, a worker is sometimes
     // descheduled for longer than the lab's 256 (11 ms) last, and the kernel drops what finds
     // the fill ring empty. The reloads themselves hold the worker for well under a millisecond
-    // (each command 40-130 µs, timed with `Instant` around `Worker::apply`).
+    // (a removal 40-135 µs, no command 1 ms, timed with `Instant` around `Worker::apply`).
     lab.edit_config(|c| {
         c.replace("frames = 8192\nring_size = 256", "frames = 16384\nring_size = 512")
     });

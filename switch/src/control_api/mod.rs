@@ -158,7 +158,17 @@ impl Shared {
                 d.remove(name);
             }
         }
-        crate::metrics::record_port_up(name, !down);
+    }
+
+    /// What the metrics exporter sets every round besides the workers' figures.
+    pub fn facts(&self) -> crate::metrics::Facts {
+        let st = self.reloads.lock().map(|s| s.clone()).unwrap_or_default();
+        crate::metrics::Facts {
+            host: self.host(),
+            snap: Some(self.snapshot()),
+            down: self.port_down.lock().map(|d| d.clone()).unwrap_or_default(),
+            reloads: [st.applied, st.rejected],
+        }
     }
 
     /// Which worker polls which socket.
