@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use control::config::model::{PortConfig, XdpMode};
+use control::config::model::{PortConfig, SwitchConfig, XdpMode};
 use crossbeam_channel::Sender;
 use dataplane::port::FrameArea;
 use dataplane::port::afxdp::{BindMode, XdpAttachment, XskPort, ifindex};
@@ -43,6 +43,11 @@ const EBUSY: i32 = 16;
 /// How often and how long a bind that finds its queue busy is tried again.
 const BUSY_TRIES: u32 = 40;
 const BUSY_WAIT: Duration = Duration::from_millis(50);
+
+/// Frames a worker with `sockets` sockets of rings of `ring_size` needs in its share.
+pub fn worker_frames(sockets: usize, ring_size: u32) -> u64 {
+    sockets as u64 * SwitchConfig::frames_per_socket(ring_size) + SPARE_FRAMES
+}
 
 /// Frames a worker keeps beyond its sockets' rings (for TX lists and handoffs).
 const SPARE_FRAMES: u64 = 256;
@@ -157,7 +162,7 @@ impl Fabric {
 
     /// Frames a worker with `sockets` sockets needs.
     fn need(&self, sockets: usize) -> u64 {
-        sockets as u64 * 3 * u64::from(self.ring_size) + SPARE_FRAMES
+        worker_frames(sockets, self.ring_size)
     }
 
     /// Sockets each worker polls (those opened but not handed over in `extra` included).
@@ -183,7 +188,7 @@ impl Fabric {
                             "switch.frames: no worker has frames for one more socket (each \
                              needs 3 x ring_size = {} of its share); raise switch.frames (at a \
                              restart)",
-                            3 * self.ring_size
+                            SwitchConfig::frames_per_socket(self.ring_size)
                         )
                     })?;
                 load[w] += 1;

@@ -229,7 +229,7 @@ pub fn serve(
     let numa = place_workers(cfg, &snap, &plan, &area, &links);
     for (w, socks) in plan.iter().enumerate() {
         let share = links[w].shares.range(w).len() as u64;
-        let need = socks.len() as u64 * 3 * u64::from(cfg.switch.ring_size) + 256;
+        let need = crate::fabric::worker_frames(socks.len(), cfg.switch.ring_size);
         if share < need {
             bail!(
                 "{name}: switch.frames: worker {w} gets {share} frames for {} socket(s) with rings \

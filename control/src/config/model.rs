@@ -175,6 +175,15 @@ pub enum NumaPolicy {
     Off,
 }
 
+impl SwitchConfig {
+    /// Frames one socket with rings of `ring_size` holds at most: a full fill ring (twice the
+    /// ring) and a full TX ring in flight. A worker needs this per socket it polls, and a
+    /// working set besides (batches, TX lists, flood copies).
+    pub fn frames_per_socket(ring_size: u32) -> u64 {
+        3 * u64::from(ring_size)
+    }
+}
+
 impl Default for SwitchConfig {
     fn default() -> Self {
         SwitchConfig {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use dataplane::wire::MacAddr;
 
-use super::model::{Config, PortKindConfig, XdpMode};
+use super::model::{Config, PortKindConfig, SwitchConfig, XdpMode};
 
 pub use super::issue::Issue;
 
@@ -178,10 +178,9 @@ fn check_switch(cfg: &Config, is: &mut Issues) {
     is.range("switch.fragment_entries", s.fragment_entries, 8..=1 << 20, "");
     is.range("switch.fragment_timeout_ms", s.fragment_timeout_ms, 1..=60_000, " ms");
     is.range("switch.conntrack_capacity", s.conntrack_capacity, 1..=1 << 24, "");
-    // Each socket keeps a full fill ring (2 x ring_size) and may have a full TX ring in flight;
-    // the rest is the working set of batches, TX lists and flood copies.
+    // The sockets' rings, and a working set of batches, TX lists and flood copies.
     let sockets: u64 = cfg.ports.values().map(|p| u64::from(p.queues)).sum();
-    let need = sockets * 3 * u64::from(s.ring_size) + 1024;
+    let need = sockets * SwitchConfig::frames_per_socket(s.ring_size) + 1024;
     if u64::from(s.frames) < need {
         is.add(
             "switch.frames",
