@@ -315,7 +315,7 @@ fn a_port_whose_device_vanished_drops_its_frames_as_port_down_and_comes_back_rep
         w.apply(Nanos::from_secs(1), WorkerCmd::SocketDown { port: A2, queue: 0 }),
         Applied::Done
     ));
-    assert!(w.is_down(2));
+    assert!(w.is_down(A2, 0));
     let before = w.pipeline().counters.drops(DropReason::PortDown);
     assert_eq!(step(&mut w, A1, 1, 2), [0, 0, 0]);
     assert_eq!(w.pipeline().counters.drops(DropReason::PortDown), before + 1);
@@ -337,7 +337,7 @@ fn a_port_whose_device_vanished_drops_its_frames_as_port_down_and_comes_back_rep
     let cmd = WorkerCmd::ReplaceSocket { port: A2, driver: Box::new(MemPort::new(128)) };
     assert!(matches!(w.apply(Nanos::from_secs(1), cmd), Applied::Removed { lost: 0, .. }));
     assert_eq!(w.census().free, free + 3, "the old socket's frames are free again");
-    assert!(!w.is_down(2));
+    assert!(!w.is_down(A2, 0));
     assert_eq!(step(&mut w, A1, 1, 2), [0, 0, 1]);
     assert!(w.census().balanced(), "{:?}", w.census());
 }

@@ -173,7 +173,7 @@ pub struct FrameCensus {
     /// In handoff rings this worker wrote (frames to send elsewhere, chunks going home); exact
     /// only when the readers are stopped.
     pub handoff: u32,
-    /// Written off: kept by the kernel for a device that vanished (see `Worker::replace_socket`).
+    /// Written off: kept by the kernel for a device that vanished (see `WorkerCmd::ReplaceSocket`).
     pub lost: u32,
     /// Chunks in the area.
     pub total: u32,
@@ -803,9 +803,9 @@ impl<P: Port> Worker<P> {
         }
     }
 
-    /// Socket `i` (in the order given at creation) lost its device: from now on nothing is
-    /// received on it or sent to it, and frames for its port are dropped as `port_down`.
-    pub fn socket_down(&mut self, i: usize) {
+    /// Socket `i` lost its device: from now on nothing is received on it or sent to it, and
+    /// frames for its port are dropped as `port_down`.
+    fn socket_down(&mut self, i: usize) {
         if let Some(s) = self.sockets.get_mut(i) {
             s.down = true;
             let port = s.port;
@@ -818,22 +818,14 @@ impl<P: Port> Worker<P> {
         }
     }
 
-    /// Whether socket `i` is down.
-    pub fn is_down(&self, i: usize) -> bool {
-        self.sockets.get(i).is_some_and(|s| s.down)
+    /// Whether the socket of (`port`, `queue`) is down (its device is gone).
+    pub fn is_down(&self, port: PortId, queue: u32) -> bool {
+        self.socket_index(port, queue).is_some_and(|i| self.sockets[i].down)
     }
 
     /// Socket `i`'s device is back: `new` takes its place (up). The old socket gives back what
     /// frames it can; those the kernel kept with the vanished device are written off in the
-    /// census (returned, so the caller can say how many). Between breaths only.
-    pub fn replace_socket(&mut self, i: usize, new: P) -> u32 {
-        if i >= self.sockets.len() {
-            return 0;
-        }
-        self.swap_socket(i, new).1
-    }
-
-    /// [`Worker::replace_socket`] that hands back the old socket (its closing is the caller's).
+    /// census. The old socket and that count are returned (closing it is the caller's).
     fn swap_socket(&mut self, i: usize, new: P) -> (P, u32) {
         let s = &mut self.sockets[i];
         let mut old = std::mem::replace(&mut s.driver, new);
