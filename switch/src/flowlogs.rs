@@ -22,6 +22,9 @@ struct Sink {
     tenant: String,
     /// Its IPFIX observation domain.
     domain: u32,
+    /// Its tenant (or the tenant's flow log) was removed by the last reload: kept until the
+    /// next one for the records its workers flush, then closed.
+    retiring: bool,
     /// The JSON-lines file, if the tenant has one.
     path: Option<PathBuf>,
     max: u64,
@@ -83,6 +86,7 @@ fn sinks_of(cfg: &Config, snap: &Snapshot) -> Vec<Option<Sink>> {
                 written: 0,
                 ipfix: f.ipfix,
                 pending: Vec::new(),
+                retiring: false,
             })
         })
         .collect()
@@ -145,8 +149,8 @@ pub fn start(cfg: &Config, snap: &Snapshot, clock: MonotonicClock) -> anyhow::Re
 }
 
 /// Adopts new sinks: a tenant whose file and export did not change keeps its sink (open file,
-/// IPFIX records waiting); an id the reload left vacant keeps its old sink until the next
-/// reload, so the records its workers flush when they forget the tenant are still written.
+/// IPFIX records waiting); a sink the reload dropped is kept until the next reload, so the
+/// records its workers flush when they forget the tenant are still written, and closed then.
 fn adopt(sinks: &mut Vec<Option<Sink>>, mut new: Vec<Option<Sink>>) {
     let len = new.len().max(sinks.len());
     new.resize_with(len, || None);
@@ -161,8 +165,16 @@ fn adopt(sinks: &mut Vec<Option<Sink>>, mut new: Vec<Option<Sink>>) {
                     && o.domain == n.domain =>
             {
                 *new = old.take();
+                if let Some(n) = new.as_mut() {
+                    n.retiring = false;
+                }
             }
-            (Some(_), None) => *new = old.take(),
+            (Some(o), None) if !o.retiring => {
+                *new = old.take();
+                if let Some(n) = new.as_mut() {
+                    n.retiring = true;
+                }
+            }
             _ => {}
         }
     }
@@ -294,5 +306,46 @@ fn write_all(
     // Records flushed at the stop.
     if let Some(sock) = &ipfix {
         send_ipfix(&mut sinks, sock, &mut exporter);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink(tenant: &str) -> Option<Sink> {
+        Some(Sink {
+            tenant: tenant.into(),
+            domain: 1,
+            path: Some(PathBuf::from(format!("/tmp/{tenant}.jsonl"))),
+            max: 4096,
+            file: None,
+            written: 7,
+            ipfix: false,
+            pending: Vec::new(),
+            retiring: false,
+        })
+    }
+
+    // Review of issue 17: a sink a reload dropped was kept for ever (an open file per removed
+    // tenant); it is kept one reload, for the records flushed with the tenant, then closed.
+    #[test]
+    fn a_dropped_sink_lives_one_reload_and_an_unchanged_one_keeps_its_state() {
+        let mut sinks = vec![sink("red"), sink("blue")];
+        // blue removed (its id vacant): kept, retiring; red unchanged keeps what it wrote.
+        adopt(&mut sinks, vec![sink("red"), None]);
+        assert_eq!(sinks[0].as_ref().map(|s| s.written), Some(7));
+        assert!(sinks[1].as_ref().is_some_and(|s| s.retiring));
+        // The next reload closes it.
+        adopt(&mut sinks, vec![sink("red"), None]);
+        assert!(sinks[1].is_none());
+        // A sink whose file changed is the new one, not the old one's state.
+        let mut moved = sink("red");
+        if let Some(s) = moved.as_mut() {
+            s.path = Some(PathBuf::from("/tmp/elsewhere.jsonl"));
+            s.written = 0;
+        }
+        adopt(&mut sinks, vec![moved, None]);
+        assert_eq!(sinks[0].as_ref().map(|s| s.written), Some(0));
     }
 }
