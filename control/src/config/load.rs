@@ -95,6 +95,18 @@ fn check_keys(file: &Path, text: &str, env: &[(String, String)]) -> Result<(), C
     }
 }
 
+/// The keys of `text` (and of the `env` overrides), then every unknown key and wrong value of
+/// the file at once, with places (serde alone stops at the first); `file` names it.
+fn check_text(file: &Path, text: &str, env: &[(String, String)]) -> Result<(), ConfigError> {
+    check_keys(file, text, env)?;
+    let schema = super::schema::check(text);
+    if schema.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid { file: file.to_path_buf(), issues: schema })
+    }
+}
+
 /// Loads, overrides from the process environment, and validates. The file is read once: the
 /// key check and the `config` crate see the same text even if the file changes meanwhile. Its
 /// `include` fragments join it (see [`with_fragments`]).
@@ -106,11 +118,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         return load_str_with_env(&name, &text, None);
     };
     // The main file's own keys, with its own lines, before the fragments join it.
-    check_keys(path, &text, &[])?;
-    let schema = super::schema::check(&text);
-    if !schema.is_empty() {
-        return Err(ConfigError::Invalid { file: path.to_path_buf(), issues: schema });
-    }
+    check_text(path, &text, &[])?;
     load_str_with_env(&name, &merged, None).map_err(|e| match e {
         // A problem in a fragment's port or tenant names the fragment.
         ConfigError::Invalid { file, mut issues } => {
@@ -202,11 +210,7 @@ pub fn with_fragments(path: &Path, text: &str) -> Result<Option<(String, Origin)
         for file in files {
             let frag = std::fs::read_to_string(&file)
                 .map_err(|source| ConfigError::Read { file: file.clone(), source })?;
-            check_keys(&file, &frag, &[])?;
-            let schema = super::schema::check(&frag);
-            if !schema.is_empty() {
-                return Err(ConfigError::Invalid { file, issues: schema });
-            }
+            check_text(&file, &frag, &[])?;
             let table = frag
                 .parse::<toml::Table>()
                 .map_err(|e| invalid(&file, "", format!("not TOML: {}", e.message())))?;
@@ -267,13 +271,7 @@ pub fn load_str_with_env(
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().unwrap_or_default())))
             .collect(),
     };
-    check_keys(Path::new(name), text, &vars)?;
-    // Every unknown key and wrong value of the file at once, with places (serde alone stops
-    // at the first).
-    let schema = super::schema::check(text);
-    if !schema.is_empty() {
-        return Err(ConfigError::Invalid { file: PathBuf::from(name), issues: schema });
-    }
+    check_text(Path::new(name), text, &vars)?;
     let built = config::Config::builder()
         .add_source(File::from_str(text, FileFormat::Toml))
         .add_source(env_source(env))
