@@ -13,7 +13,7 @@
 
 use serde::Serialize;
 
-use crate::config::model::{Config, PortConfig, TenantConfig};
+use crate::config::model::Config;
 
 /// A changed port or tenant and which of its fields changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -68,59 +68,9 @@ impl Diff {
     }
 }
 
-/// The fields of a port that make up its sockets: they cannot change while it runs.
-fn socket_fields(old: &PortConfig, new: &PortConfig) -> Vec<&'static str> {
-    let mut f = Vec::new();
-    if old.interface != new.interface {
-        f.push("interface");
-    }
-    if old.pf != new.pf || old.vf != new.vf || old.vfs != new.vfs {
-        f.push("pf/vf");
-    }
-    if old.kind != new.kind {
-        f.push("kind");
-    }
-    if old.queues != new.queues {
-        f.push("queues");
-    }
-    if old.mode != new.mode {
-        f.push("mode");
-    }
-    f
-}
-
-/// The fields of a port applied live.
-fn live_port_fields(old: &PortConfig, new: &PortConfig) -> Vec<&'static str> {
-    let mut f = Vec::new();
-    if old.rate != new.rate || old.burst != new.burst {
-        f.push("rate");
-    }
-    if old.mtu != new.mtu {
-        f.push("mtu");
-    }
-    f
-}
-
-/// The fields of a tenant that differ.
-fn tenant_fields(old: &TenantConfig, new: &TenantConfig) -> Vec<String> {
-    let mut f = Vec::new();
-    let mut cmp = |name: &str, same: bool| {
-        if !same {
-            f.push(name.to_string());
-        }
-    };
-    cmp("attach", old.attach == new.attach);
-    cmp("fdb_quota", old.fdb_quota == new.fdb_quota);
-    cmp("mac_aging_secs", old.mac_aging_secs == new.mac_aging_secs);
-    cmp("static_macs", old.static_macs == new.static_macs);
-    cmp("acl_default", old.acl_default == new.acl_default);
-    cmp("acl", old.acl == new.acl);
-    cmp("security_group", old.security_group == new.security_group);
-    cmp("flow_log", old.flow_log == new.flow_log);
-    cmp("shaping", old.shaping == new.shaping);
-    cmp("observation_domain", old.observation_domain == new.observation_domain);
-    f
-}
+/// The fields of a port that make up its sockets: they cannot change while it runs (the
+/// others, `rate`, `burst` and `mtu`, are applied live).
+const SOCKET_FIELDS: [&str; 7] = ["interface", "pf", "vf", "vfs", "kind", "queues", "mode"];
 
 /// Compares `new` with the running `old`.
 pub fn diff(old: &Config, new: &Config) -> Diff {
@@ -145,7 +95,12 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
         match old.ports.get(name) {
             None => d.ports_added.push(name.clone()),
             Some(o) => {
-                let sockets = socket_fields(o, p);
+                let fields = changed_keys(o, p);
+                let sockets: Vec<&str> = fields
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|f| SOCKET_FIELDS.contains(f))
+                    .collect();
                 if !sockets.is_empty() {
                     d.refused.push(format!(
                         "port {name}: {} changed: a port's sockets cannot change while it \
@@ -153,9 +108,7 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
                         sockets.join(", ")
                     ));
                 }
-                let live = live_port_fields(o, p);
-                if !live.is_empty() || !sockets.is_empty() {
-                    let fields = sockets.iter().chain(&live).map(|s| s.to_string()).collect();
+                if !fields.is_empty() {
                     d.ports_changed.push(Changed { name: name.clone(), fields });
                 }
             }
@@ -166,7 +119,7 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
         match old.tenants.get(name) {
             None => d.tenants_added.push(name.clone()),
             Some(o) => {
-                let fields = tenant_fields(o, t);
+                let fields = changed_keys(o, t);
                 if !fields.is_empty() {
                     d.tenants_changed.push(Changed { name: name.clone(), fields });
                 }
@@ -178,17 +131,17 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
     d
 }
 
-/// The top-level keys of two serializable sections that differ (for a refusal's reason).
+/// The keys of two sections of the config that differ, in name order: every field, so a field
+/// added to the model is compared without being listed here.
 fn changed_keys<T: Serialize>(a: &T, b: &T) -> Vec<String> {
     let (Ok(toml::Value::Table(a)), Ok(toml::Value::Table(b))) =
         (toml::Value::try_from(a), toml::Value::try_from(b))
     else {
         return Vec::new();
     };
-    let mut keys: Vec<String> =
-        a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).cloned().collect();
-    keys.dedup();
-    keys
+    let keys: std::collections::BTreeSet<&String> =
+        a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).collect();
+    keys.into_iter().cloned().collect()
 }
 
 #[cfg(test)]
@@ -248,11 +201,16 @@ attach = [{ port = "up", vlan = 200 }]
     #[test]
     fn what_is_set_at_start_is_refused_with_the_reason() {
         let new = BASE
-            .replace("frames = 16384", "frames = 32768")
+            .replace("frames = 16384", "frames = 32768\nring_size = 512")
             .replace("interface = \"veth-a\"", "interface = \"veth-z\"\nqueues = 2");
         let d = diff(&load(BASE), &load(&new));
         assert_eq!(d.refused.len(), 2, "{:?}", d.refused);
-        assert!(d.refused[0].contains("[switch] changed (frames)"), "{}", d.refused[0]);
+        // Every changed key once (two changed keys were each named twice).
+        assert!(
+            d.refused[0].starts_with("[switch] changed (frames, ring_size):"),
+            "{}",
+            d.refused[0]
+        );
         assert!(
             d.refused[1].starts_with("port a: interface, queues changed")
                 && d.refused[1].contains("remove the port in one reload"),
