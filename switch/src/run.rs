@@ -289,6 +289,7 @@ pub fn serve(
     let (reloads_to, reload_requests) = crossbeam_channel::bounded::<crate::reload::Request>(4);
     // Sockets the workers took out, for the main thread to close.
     let (closing, closed) = crossbeam_channel::unbounded::<Box<XskPort>>();
+    let mut retired = Vec::new();
     let shared = Arc::new(crate::control_api::Shared::new(
         file.map(Path::to_path_buf),
         cfg.clone(),
@@ -413,7 +414,8 @@ pub fn serve(
             }
             live.fabric.check(&shared, shared.snapshot().ports.len());
             while let Ok(sock) = closed.try_recv() {
-                drop(sock);
+                // Its kernel counters first: what it lost belongs in the stop summary.
+                retired.push(crate::summary::Retired::of(&sock));
             }
             // Rarely (this thread may share a core with a busy-polling worker), or at once when
             // `ctl reload` asks.
@@ -443,7 +445,9 @@ pub fn serve(
         done.push(f?);
     }
 
-    let (c, census) = crate::summary::log(&mut done, &snap, total_chunks, workers);
+    // Sockets taken out in the workers' last breaths.
+    retired.extend(closed.try_iter().map(|sock| crate::summary::Retired::of(&sock)));
+    let (c, census) = crate::summary::log(&mut done, &retired, &snap, total_chunks, workers);
     // The flow tables go with the workers; then the writer has every record.
     let flowlog_stats: Vec<_> =
         done.iter().filter_map(|f| f.worker.pipeline().flows.log_stats()).collect();

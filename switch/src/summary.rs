@@ -1,6 +1,7 @@
 //! What a stopping switch logs: traffic, drops by reason, rule matches, per worker its loop and
 //! its sockets' kernel counters, and the frame census.
 
+use dataplane::port::afxdp::{XskPort, XskStats};
 use dataplane::snapshot::Snapshot;
 use dataplane::trace::{Counters, DropReason};
 use dataplane::worker::FrameCensus;
@@ -20,10 +21,65 @@ fn cpu_mhz() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Logs the summary of the workers that stopped (`done`); returns their counters and census
-/// summed (the area has `total_chunks` frames).
+/// A socket taken out while the switch ran (its port removed, or its interface gone and back),
+/// with its kernel counters as they were when it was closed: its losses belong in the summary.
+pub struct Retired {
+    name: String,
+    stats: Option<XskStats>,
+    kicks: u64,
+    kick_errors: u64,
+}
+
+impl Retired {
+    /// Reads `sock`'s counters, before it is closed.
+    pub fn of(sock: &XskPort) -> Retired {
+        Retired {
+            name: format!("{} queue {}", sock.ifname(), sock.queue()),
+            stats: sock.kernel_stats().ok(),
+            kicks: sock.stats.kicks,
+            kick_errors: sock.stats.kick_errors,
+        }
+    }
+}
+
+/// One row of the socket table.
+fn socket_row(name: &str, s: &XskStats, kicks: u64, kick_errors: u64) {
+    tracing::info!(
+        "  {:<20} {:>12} {:>10} {:>10} {:>10} {:>10} {:>9} {:>10} {:>11}",
+        name,
+        s.rx_ring_full,
+        s.rx_dropped,
+        s.rx_fill_ring_empty_descs,
+        s.rx_invalid_descs,
+        s.tx_invalid_descs,
+        s.tx_ring_empty_descs,
+        kicks,
+        kick_errors
+    );
+}
+
+/// The socket table's header.
+fn socket_header() {
+    tracing::info!(
+        "  {:<20} {:>12} {:>10} {:>10} {:>10} {:>10} {:>9} {:>10} {:>11}",
+        "socket",
+        "rx_ring_full",
+        "rx_dropped",
+        "fill_empty",
+        "rx_invalid",
+        "tx_invalid",
+        "tx_empty",
+        "wakeups",
+        "wake_errors"
+    );
+}
+
+/// Logs the summary of the workers that stopped (`done`) and of the sockets taken out while
+/// they ran (`retired`); returns the workers' counters and census summed (the area has
+/// `total_chunks` frames).
 pub fn log(
     done: &mut [Finished],
+    retired: &[Retired],
     snap: &Snapshot,
     total_chunks: u32,
     workers: usize,
@@ -43,7 +99,13 @@ pub fn log(
         .iter_mut()
         .map(|f| f.worker.sockets_mut().map(|(_, p)| p.kernel_stats().ok()).collect())
         .collect();
-    let kernel_lost: u64 = kernel.iter().flatten().flatten().map(|s| s.lost()).sum();
+    let kernel_lost: u64 = kernel
+        .iter()
+        .flatten()
+        .flatten()
+        .chain(retired.iter().filter_map(|r| r.stats.as_ref()))
+        .map(|s| s.lost())
+        .sum();
     tracing::info!(
         "stopping: {rx} frames received, {tx} sent, {} dropped by the switch, {kernel_lost} lost \
      in the kernel (XDP socket RX)",
@@ -82,32 +144,20 @@ pub fn log(
             cpu_mhz()
         );
         // The XDP sockets' kernel counters and the wakeups, a row per socket.
-        tracing::info!(
-            "  {:<20} {:>12} {:>10} {:>10} {:>10} {:>10} {:>9} {:>10} {:>11}",
-            "socket",
-            "rx_ring_full",
-            "rx_dropped",
-            "fill_empty",
-            "rx_invalid",
-            "tx_invalid",
-            "tx_empty",
-            "wakeups",
-            "wake_errors"
-        );
+        socket_header();
         for ((_, p), s) in f.worker.sockets_mut().zip(&kernel[i]) {
             if let Some(s) = s {
-                tracing::info!(
-                    "  {:<20} {:>12} {:>10} {:>10} {:>10} {:>10} {:>9} {:>10} {:>11}",
-                    format!("{} queue {}", p.ifname(), p.queue()),
-                    s.rx_ring_full,
-                    s.rx_dropped,
-                    s.rx_fill_ring_empty_descs,
-                    s.rx_invalid_descs,
-                    s.tx_invalid_descs,
-                    s.tx_ring_empty_descs,
-                    p.stats.kicks,
-                    p.stats.kick_errors
-                );
+                let name = format!("{} queue {}", p.ifname(), p.queue());
+                socket_row(&name, s, p.stats.kicks, p.stats.kick_errors);
+            }
+        }
+    }
+    if !retired.is_empty() {
+        tracing::info!("  sockets taken out while running (ports removed, interfaces replaced):");
+        socket_header();
+        for r in retired {
+            if let Some(s) = &r.stats {
+                socket_row(&r.name, s, r.kicks, r.kick_errors);
             }
         }
     }

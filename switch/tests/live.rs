@@ -126,6 +126,13 @@ fn ports_and_tenants_come_and_go_under_load_and_the_stream_loses_nothing() {
     let (ok, log) = lab.stop();
     assert!(ok, "{log}");
     assert!(log.contains("frame accounting") && log.contains(": balanced"), "{log}");
+    // The sockets of the removed ports are in the stop summary: what the kernel dropped on
+    // them counts in its total (review: they had vanished from it), and their rows (h4's: five
+    // removals) are in the table that total is checked against.
+    let taken_out = log.split("sockets taken out while running").nth(1).unwrap_or_default();
+    let h4 = format!("{} queue 0", lab.ifname("h4"));
+    assert_eq!(taken_out.lines().filter(|l| l.contains(&h4)).count(), 5, "{log}");
+    kernel_lost(&log);
 }
 
 /// `ctl reload --dry-run` (table and JSON) and `check-config --against-running` say what a
