@@ -25,7 +25,7 @@ use dataplane::time::Nanos;
 #[derive(Debug, Default)]
 pub struct LoopbackPort {
     /// Sent frames not yet returned (`None`: never returned).
-    sent: Option<Vec<u64>>,
+    sent: Option<Vec<FrameRef>>,
 }
 
 impl LoopbackPort {
@@ -39,12 +39,13 @@ impl Port for LoopbackPort {
     fn rx(&mut self, _pool: &mut FramePool, _batch: &mut Batch) -> usize {
         0
     }
-    fn tx(&mut self, frames: &[FrameRef]) -> usize {
+    fn tx(&mut self, frames: &mut Vec<FrameRef>) -> usize {
         match &mut self.sent {
-            None => frames.len(),
+            // The bench keeps the frames' addresses and sends them again (`Setup::forward`).
+            None => frames.drain(..).count(),
             Some(sent) => {
                 let n = frames.len().min(sent.capacity() - sent.len());
-                sent.extend(frames[..n].iter().map(|f| f.addr));
+                sent.extend(frames.drain(..n));
                 n
             }
         }
@@ -52,8 +53,8 @@ impl Port for LoopbackPort {
     fn reclaim(&mut self, pool: &mut FramePool) -> usize {
         let Some(sent) = &mut self.sent else { return 0 };
         let n = sent.len();
-        for a in sent.drain(..) {
-            pool.free(a);
+        for f in sent.drain(..) {
+            pool.free(f);
         }
         n
     }
@@ -90,8 +91,11 @@ pub struct Setup {
     pub batch: Batch,
     /// Scratch dispositions.
     pub disp: Dispositions,
-    /// Prebuilt traffic: BATCHES batches of 64 frames from port A.
-    pub traffic: Vec<[FrameRef; BATCH_SIZE]>,
+    /// Prebuilt traffic: BATCHES batches of 64 frames from port A, by address and length.
+    /// The bench owns these chunks for good (they never go back to the pool) and makes them
+    /// frames again for every batch it forwards ([`Setup::forward`]), as a port driver does
+    /// with the addresses its kernel rings give back.
+    pub traffic: Vec<[(u64, u32); BATCH_SIZE]>,
 }
 
 fn mac(kind: u8, i: u32) -> [u8; 6] {
@@ -178,7 +182,7 @@ pub fn flows() -> u32 {
 /// Stamps flow `k` into a bench frame of tenant 0: source address 10.k.k.k, source port, and
 /// one of the `macs` learned destinations (a flow keeps its destination, as a real one does).
 #[inline]
-pub fn stamp_flow(area: &mut FrameArea, f: FrameRef, k: u32, macs: u32) {
+pub fn stamp_flow(area: &mut FrameArea, f: &FrameRef, k: u32, macs: u32) {
     if let Some(b) = area.frame_mut(f) {
         b[0..6].copy_from_slice(&mac(0xb, k % macs.max(1)));
         let [_, x, y, z] = k.to_be_bytes();
@@ -296,9 +300,9 @@ fn build(
     let learn = |s: &mut Setup, frames: &[([u8; 6], u16)]| {
         s.batch.reset(pb);
         for ((src, vlan), base) in frames.iter().zip(&scratch) {
-            let f = FrameRef { addr: base + FRAME_HEADROOM, len: 64 };
-            s.area.frame_mut(f).expect("frame").copy_from_slice(&frame(*src, [0xff; 6], *vlan));
-            s.batch.push(f);
+            let f = FrameRef::new(base + FRAME_HEADROOM, 64);
+            s.area.frame_mut(&f).expect("frame").copy_from_slice(&frame(*src, [0xff; 6], *vlan));
+            s.batch.push(f).expect("a batch of 64");
         }
         s.run(Nanos::from_secs(1));
     };
@@ -310,7 +314,7 @@ fn build(
     // Traffic: frame k goes from tenant t's source host to one of t's destinations.
     let mut rng = 0x9e37_79b9_u32;
     for _ in 0..BATCHES {
-        let mut batch = [FrameRef::default(); BATCH_SIZE];
+        let mut batch = [(0, 0); BATCH_SIZE];
         for slot in &mut batch {
             rng ^= rng << 13;
             rng ^= rng >> 17;
@@ -318,10 +322,10 @@ fn build(
             let d = rng % macs;
             let t = d % tenants;
             let base = s.pool.alloc().expect("frame");
-            let f = FrameRef { addr: base + FRAME_HEADROOM, len: 64 };
+            let f = FrameRef::new(base + FRAME_HEADROOM, 64);
             let bytes = frame(mac(0xa, t), mac(0xb, d), (t + 1) as u16);
-            s.area.frame_mut(f).expect("frame").copy_from_slice(&bytes);
-            *slot = f;
+            s.area.frame_mut(&f).expect("frame").copy_from_slice(&bytes);
+            *slot = (f.addr(), f.len());
         }
         s.traffic.push(batch);
     }
@@ -363,19 +367,13 @@ impl Setup {
     #[inline]
     pub fn forward_fresh(&mut self, i: usize, now: Nanos) {
         self.batch.reset(PortId(0));
-        for f in &self.traffic[i % BATCHES] {
+        for &(addr, len) in &self.traffic[i % BATCHES] {
             let Some(base) = self.pool.alloc() else { break };
-            let fresh = FrameRef { addr: base + FRAME_HEADROOM, len: f.len };
-            let mut bytes = [0u8; 64];
-            if let Some(b) = self.area.frame(*f) {
-                let n = b.len().min(bytes.len());
-                bytes[..n].copy_from_slice(&b[..n]);
+            let fresh = self.area.copy_frame(&FrameRef::new(addr, len), base + FRAME_HEADROOM);
+            match fresh {
+                Some(fresh) => self.batch.push(fresh).expect("a batch of 64"),
+                None => self.pool.free_addr(base),
             }
-            if let Some(b) = self.area.frame_mut(fresh) {
-                let n = b.len().min(bytes.len());
-                b[..n].copy_from_slice(&bytes[..n]);
-            }
-            self.batch.push(fresh);
         }
         self.run(now);
         for p in &mut self.ports {
@@ -388,8 +386,8 @@ impl Setup {
     /// `*flow` moves on past them.
     #[inline]
     pub fn forward_flows(&mut self, i: usize, flow: &mut u32, flows: u32, macs: u32, now: Nanos) {
-        for f in self.traffic[i % BATCHES] {
-            stamp_flow(&mut self.area, f, *flow, macs);
+        for &(addr, len) in &self.traffic[i % BATCHES] {
+            stamp_flow(&mut self.area, &FrameRef::new(addr, len), *flow, macs);
             *flow = (*flow + 1) % flows;
         }
         self.forward(i, now);
@@ -399,8 +397,9 @@ impl Setup {
     #[inline]
     pub fn forward(&mut self, i: usize, now: Nanos) {
         self.batch.reset(PortId(0));
-        for f in &self.traffic[i % BATCHES] {
-            self.batch.push(*f);
+        for &(addr, len) in &self.traffic[i % BATCHES] {
+            // Never more than a batch: the push cannot fail.
+            let _ = self.batch.push(FrameRef::new(addr, len));
         }
         self.run(now);
     }

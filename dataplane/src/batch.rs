@@ -1,9 +1,10 @@
 //! A batch of up to [`BATCH_SIZE`] frames received on one port, with per-packet metadata.
 //!
 //! A batch holds frame *references* (offset and length in the shared frame area), never frame
-//! bytes: moving a frame from RX to TX is moving 12 bytes. The metadata is filled by the parse
-//! stage and read by the later ones; it is `Copy` and lives in a fixed array, so a batch is
-//! allocated once per worker and reused.
+//! bytes: moving a frame from RX to TX is moving 12 bytes. A batch owns its frames until the
+//! output stage takes them ([`Batch::take_frames`]). The metadata is filled by the parse stage
+//! and read by the later ones; it is `Copy` and lives in a fixed array, so a batch is allocated
+//! once per worker and reused.
 #![forbid(unsafe_code)]
 
 use crate::vocab::{AttachmentId, ParseError, PortId, TenantId};
@@ -122,12 +123,12 @@ impl Default for Meta {
 }
 
 /// Up to [`BATCH_SIZE`] frames from one ingress port.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Batch {
     /// Ingress port of every frame in the batch.
     pub port: PortId,
-    len: usize,
-    frames: [FrameRef; BATCH_SIZE],
+    /// Never beyond its capacity of [`BATCH_SIZE`]: pushing does not allocate.
+    frames: Vec<FrameRef>,
     meta: [Meta; BATCH_SIZE],
 }
 
@@ -135,8 +136,7 @@ impl Default for Batch {
     fn default() -> Self {
         Batch {
             port: PortId(0),
-            len: 0,
-            frames: [FrameRef::default(); BATCH_SIZE],
+            frames: Vec::with_capacity(BATCH_SIZE),
             meta: [Meta::EMPTY; BATCH_SIZE],
         }
     }
@@ -148,71 +148,74 @@ impl Batch {
         Self::default()
     }
 
-    /// Empties the batch and sets its ingress port.
+    /// Sets the ingress port of an empty batch. A batch still holding frames keeps them (they
+    /// are owned: only [`Batch::take_frames`] gives them away).
     #[inline]
     pub fn reset(&mut self, port: PortId) {
+        debug_assert!(self.frames.is_empty(), "a batch reset with its frames still in it");
         self.port = port;
-        self.len = 0;
     }
 
     /// Frames in the batch.
     #[inline]
     pub fn len(&self) -> usize {
-        self.len
+        self.frames.len()
     }
 
     /// True when empty.
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.frames.is_empty()
     }
 
     /// True when no more frames fit.
     #[inline]
     pub fn is_full(&self) -> bool {
-        self.len == BATCH_SIZE
+        self.frames.len() == BATCH_SIZE
     }
 
     /// Free slots.
     #[inline]
     pub fn room(&self) -> usize {
-        BATCH_SIZE - self.len
+        BATCH_SIZE - self.frames.len()
     }
 
-    /// Appends a frame; returns false (and keeps the batch unchanged) when full. Its metadata
-    /// slot keeps stale contents until the parse stage resets it.
+    /// Appends a frame, or gives it back when the batch is full. Its metadata slot keeps stale
+    /// contents until the parse stage resets it.
     #[inline]
-    pub fn push(&mut self, f: FrameRef) -> bool {
-        if self.len == BATCH_SIZE {
-            return false;
+    pub fn push(&mut self, f: FrameRef) -> Result<(), FrameRef> {
+        if self.frames.len() == BATCH_SIZE {
+            return Err(f);
         }
-        self.frames[self.len] = f;
-        self.len += 1;
-        true
+        self.frames.push(f);
+        Ok(())
     }
 
     /// The frames.
     #[inline]
     pub fn frames(&self) -> &[FrameRef] {
-        &self.frames[..self.len]
-    }
-
-    /// The frames, mutable (stages that move the frame start, such as a VLAN pop).
-    #[inline]
-    pub fn frames_mut(&mut self) -> &mut [FrameRef] {
-        &mut self.frames[..self.len]
+        &self.frames
     }
 
     /// The metadata.
     #[inline]
     pub fn meta(&self) -> &[Meta] {
-        &self.meta[..self.len]
+        &self.meta[..self.frames.len()]
     }
 
     /// Frames and metadata together, metadata mutable.
     #[inline]
     pub fn split_mut(&mut self) -> (&[FrameRef], &mut [Meta]) {
-        (&self.frames[..self.len], &mut self.meta[..self.len])
+        let n = self.frames.len();
+        (&self.frames, &mut self.meta[..n])
+    }
+
+    /// Takes every frame out, with its metadata, leaving the batch empty: the output stage
+    /// gives each to a port, a queue or the pool.
+    #[inline]
+    pub fn take_frames(&mut self) -> impl Iterator<Item = (FrameRef, &Meta)> {
+        let meta = &self.meta[..self.frames.len()];
+        self.frames.drain(..).zip(meta)
     }
 }
 
@@ -225,14 +228,17 @@ mod tests {
         let mut b = Batch::new();
         b.reset(PortId(3));
         for i in 0..BATCH_SIZE {
-            assert!(b.push(FrameRef { addr: i as u64 * 2048, len: 60 }));
+            assert!(b.push(FrameRef::new(i as u64 * 2048, 60)).is_ok());
         }
         assert!(b.is_full());
-        assert!(!b.push(FrameRef::default()));
+        let extra = FrameRef::new(BATCH_SIZE as u64 * 2048, 60);
+        assert_eq!(b.push(extra), Err(FrameRef::new(BATCH_SIZE as u64 * 2048, 60)));
         assert_eq!(b.len(), BATCH_SIZE);
-        assert_eq!(b.frames()[5].addr, 5 * 2048);
-        b.reset(PortId(1));
+        assert_eq!(b.frames()[5].addr(), 5 * 2048);
+        let taken: Vec<u64> = b.take_frames().map(|(f, _)| f.addr()).collect();
+        assert_eq!(taken, (0..BATCH_SIZE as u64).map(|i| i * 2048).collect::<Vec<_>>());
         assert!(b.is_empty());
+        b.reset(PortId(1));
         assert_eq!(b.room(), BATCH_SIZE);
     }
 }

@@ -59,7 +59,15 @@ impl FramePool {
 
     /// Returns a frame's chunk.
     #[inline]
-    pub fn free(&mut self, addr: u64) {
+    pub fn free(&mut self, f: FrameRef) {
+        self.free_addr(f.addr());
+    }
+
+    /// Returns the chunk of a bare address: one the kernel gave back (a completion, a retired
+    /// ring) or that came home over a handoff ring, or a chunk taken by [`FramePool::alloc`]
+    /// that was never made a frame.
+    #[inline]
+    pub fn free_addr(&mut self, addr: u64) {
         let base = addr & self.chunk_mask;
         let idx = base >> self.chunk_shift;
         let list = if (u64::from(self.lo)..u64::from(self.hi)).contains(&idx) {
@@ -128,7 +136,7 @@ mod tests {
         assert_eq!(got, (0..8).map(|i| i * 2048).collect::<Vec<_>>());
         assert!(pool.is_empty());
         for a in &got {
-            pool.free(a + FRAME_HEADROOM); // any address inside the chunk
+            pool.free_addr(a + FRAME_HEADROOM); // any address inside the chunk
         }
         assert_eq!(pool.len(), 8);
         assert_eq!(pool.alloc(), Some(7 * 2048));
@@ -140,9 +148,9 @@ mod tests {
         let mut pool = FramePool::range(&area, 2..5);
         assert_eq!((pool.len(), pool.capacity(), pool.owned()), (3, 3, 2..5));
         assert_eq!(pool.alloc(), Some(2 * 2048));
-        pool.free(2 * 2048 + 300);
-        pool.free(6 * 2048 + FRAME_HEADROOM);
-        pool.free(0);
+        pool.free_addr(2 * 2048 + 300);
+        pool.free_addr(6 * 2048 + FRAME_HEADROOM);
+        pool.free_addr(0);
         assert_eq!((pool.len(), pool.foreign_len()), (3, 2));
         let mut back = Vec::new();
         // The taker's ring has room for one.

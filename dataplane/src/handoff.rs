@@ -91,6 +91,17 @@ impl<const N: usize> Sender<N> {
         size - self.tail.wrapping_sub(self.head) >= k
     }
 
+    /// How many of `want` more messages fit (the reader's position is read again only when
+    /// the last one seen leaves room for fewer).
+    #[inline]
+    pub fn room_for(&mut self, want: usize) -> usize {
+        let size = self.ring.mask + 1;
+        if size - self.tail.wrapping_sub(self.head) < want {
+            self.head = self.ring.head.0.load(Ordering::Acquire);
+        }
+        (size - self.tail.wrapping_sub(self.head)).min(want)
+    }
+
     /// Makes every message pushed so far visible to the reader.
     #[inline]
     pub fn publish(&mut self) {

@@ -56,8 +56,12 @@ fn two_workers_with(snap: Snapshot) -> [Worker<MemPort>; 2] {
     let snap = Arc::new(snap);
     let owners = [Some(0), Some(0), Some(1)];
     let mut links = mesh(2, area.chunks()).into_iter();
+    // SAFETY: the two workers keep the frame ownership discipline (FrameArea::share), which
+    // these tests exercise; each runs on one thread at a time.
+    #[allow(unsafe_code)]
+    let handle = unsafe { area.share() };
     let w0 = Worker::in_mesh(
-        area.share(),
+        handle,
         vec![(UP, MemPort::new(128)), (A1, MemPort::new(128))],
         links.next().unwrap(),
         &owners,

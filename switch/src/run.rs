@@ -250,7 +250,7 @@ pub fn serve(
     // over with commands, as a reload that adds a port does.
     let mut ws: Vec<Worker<XskPort>> = links
         .into_iter()
-        .map(|l| Worker::in_mesh(area.share(), Vec::new(), l, &[], snap.clone()))
+        .map(|l| Worker::in_mesh(worker_area(&area), Vec::new(), l, &[], snap.clone()))
         .collect();
     let total_chunks = area.chunks();
     let pages_got = area.page_size();
@@ -466,4 +466,19 @@ pub fn serve(
         bail!("frame accounting does not balance: {census:?}");
     }
     Ok(Report { snap, counters: c })
+}
+
+/// A worker's handle on the frame area.
+///
+/// The one `unsafe` outside the dataplane's memory and AF_XDP boundaries: the promise
+/// [`FrameArea::share`] asks for is kept by the workers' design, not by anything this call
+/// could check, so it is made here, where the workers are made, once per worker.
+#[allow(unsafe_code)]
+fn worker_area(area: &FrameArea) -> FrameArea {
+    // SAFETY: each handle goes to one worker, which touches only frames it owns: chunks of its
+    // own pool range, frames it received or was handed as owned `FrameRef`s (not `Copy`), and
+    // it gives a frame to another worker only through a handoff ring (release/acquire), after
+    // which it keeps no reference. The main thread's handle (the fabric's) only registers the
+    // area with the kernel and never reads or writes a frame.
+    unsafe { area.share() }
 }

@@ -15,20 +15,56 @@
 //! # Several workers
 //! [`FrameArea::share`] hands another worker a handle on the same memory. The mapping lives
 //! until the last handle drops. Handles on different threads may each write frames: the
-//! ownership discipline above is what keeps them apart (a frame address is held by one worker
-//! at a time and crosses to another only through a handoff ring, which orders the accesses).
+//! ownership discipline above is what keeps them apart (a frame is held by one worker at a
+//! time, as a [`FrameRef`] that cannot be copied, and crosses to another only through a
+//! handoff ring, which orders the accesses). Nothing in a handle can check that discipline, so
+//! `share` is `unsafe`: its caller promises it.
 
 use std::io;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
 /// A frame in the shared frame area: the offset of its first byte and its length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+///
+/// It is the right to the frame's chunk, so it is neither `Copy` nor `Clone`: a frame given to
+/// a port, a TX list, a scheduler queue, another worker or back to the pool is moved there and
+/// cannot also be kept. A stage that changes where the frame starts (a VLAN pop or push)
+/// consumes the reference and returns the new one. The frame census stays the runtime check
+/// of what the types cannot see: the kernel's rings and the handoff rings carry bare
+/// addresses, turned back into references by [`FrameRef::new`].
+#[derive(Debug, PartialEq, Eq)]
 pub struct FrameRef {
+    addr: u64,
+    len: u32,
+}
+
+impl FrameRef {
+    /// The frame at `addr` (inside one chunk) of `len` bytes. Only for the owner of the chunk:
+    /// a port driver turning a descriptor the kernel gave back into a frame, a worker taking a
+    /// frame off a handoff ring, a pool's owner filling a fresh chunk. Making a second
+    /// reference to a chunk that already has one is a bug the census reports.
+    #[inline]
+    pub const fn new(addr: u64, len: u32) -> FrameRef {
+        FrameRef { addr, len }
+    }
+
     /// Byte offset of the frame data in the area (inside one chunk).
-    pub addr: u64,
+    #[inline]
+    pub const fn addr(&self) -> u64 {
+        self.addr
+    }
+
     /// Length in bytes.
-    pub len: u32,
+    #[inline]
+    pub const fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// True for a frame of no bytes (which no port produces).
+    #[inline]
+    pub const fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// Where the data of a received frame starts inside its chunk (`XDP_PACKET_HEADROOM`). The
@@ -179,7 +215,14 @@ impl FrameArea {
     }
 
     /// Another handle on the same memory, for another worker.
-    pub fn share(&self) -> FrameArea {
+    ///
+    /// # Safety
+    /// Both handles can build `&mut [u8]` over any chunk from safe code, so the caller promises
+    /// that no chunk is touched through two handles at once: each handle's thread touches only
+    /// the frames it owns (whose [`FrameRef`] it holds, or chunks of its pool), and a frame
+    /// crosses between threads only through a channel that orders the accesses (the handoff
+    /// rings, whose release/acquire pairs do). The workers keep this (crate::worker docs).
+    pub unsafe fn share(&self) -> FrameArea {
         FrameArea {
             map: self.map.clone(),
             ptr: self.ptr,
@@ -285,7 +328,7 @@ impl FrameArea {
 
     /// The bytes of a frame, or None if it does not lie inside one chunk.
     #[inline]
-    pub fn frame(&self, f: FrameRef) -> Option<&[u8]> {
+    pub fn frame(&self, f: &FrameRef) -> Option<&[u8]> {
         let start = self.check(f.addr, f.len as usize)?;
         // SAFETY: `check` proved start..start+len is inside the mapping, which lives as long as
         // `self`. The caller owns this chunk (module docs), so no one writes it meanwhile.
@@ -294,7 +337,7 @@ impl FrameArea {
 
     /// The bytes of a frame, mutable.
     #[inline]
-    pub fn frame_mut(&mut self, f: FrameRef) -> Option<&mut [u8]> {
+    pub fn frame_mut(&mut self, f: &FrameRef) -> Option<&mut [u8]> {
         let start = self.check(f.addr, f.len as usize)?;
         // SAFETY: bounds as in `frame`; `&mut self` rules out any other slice of this area
         // from this handle while the returned one lives.
@@ -322,7 +365,7 @@ impl FrameArea {
     /// Copies the bytes of `src` to `dst_addr`, which must lie in another chunk. Returns the new
     /// frame, or None if either range is out of bounds or the chunks are the same.
     #[inline]
-    pub fn copy_frame(&mut self, src: FrameRef, dst_addr: u64) -> Option<FrameRef> {
+    pub fn copy_frame(&mut self, src: &FrameRef, dst_addr: u64) -> Option<FrameRef> {
         let len = src.len as usize;
         let s = self.check(src.addr, len)?;
         let d = self.check(dst_addr, len)?;
@@ -347,34 +390,35 @@ mod tests {
     fn bounds_are_per_chunk() {
         let mut a = FrameArea::new(4, 2048, PageSize::Normal).unwrap();
         assert_eq!((a.chunks(), a.len()), (4, 8192));
-        assert!(a.frame(FrameRef { addr: 256, len: 1792 }).is_some());
+        assert!(a.frame(&FrameRef::new(256, 1792)).is_some());
         // Crosses into the next chunk.
-        assert!(a.frame(FrameRef { addr: 256, len: 1793 }).is_none());
+        assert!(a.frame(&FrameRef::new(256, 1793)).is_none());
         // Past the end of the area.
-        assert!(a.frame(FrameRef { addr: 8192, len: 1 }).is_none());
-        assert!(a.frame(FrameRef { addr: u64::MAX, len: 1 }).is_none());
-        let f = FrameRef { addr: 2048 + 256, len: 4 };
-        a.frame_mut(f).unwrap().copy_from_slice(&[1, 2, 3, 4]);
-        assert_eq!(a.frame(f).unwrap(), &[1, 2, 3, 4]);
+        assert!(a.frame(&FrameRef::new(8192, 1)).is_none());
+        assert!(a.frame(&FrameRef::new(u64::MAX, 1)).is_none());
+        let f = FrameRef::new(2048 + 256, 4);
+        a.frame_mut(&f).unwrap().copy_from_slice(&[1, 2, 3, 4]);
+        assert_eq!(a.frame(&f).unwrap(), &[1, 2, 3, 4]);
         let (chunk, off) = a.chunk_mut(2048 + 300).unwrap();
         assert_eq!((chunk.len(), off), (2048, 300));
         assert_eq!(chunk[256..260], [1, 2, 3, 4]);
         assert_eq!(a.chunk_base(2048 + 300), 2048);
-        let c = a.copy_frame(f, 4096 + 256).unwrap();
-        assert_eq!(a.frame(c).unwrap(), &[1, 2, 3, 4]);
-        assert!(a.copy_frame(f, 2048 + 1024).is_none(), "same chunk");
-        assert!(a.copy_frame(f, 8190).is_none(), "out of bounds");
+        let c = a.copy_frame(&f, 4096 + 256).unwrap();
+        assert_eq!(a.frame(&c).unwrap(), &[1, 2, 3, 4]);
+        assert!(a.copy_frame(&f, 2048 + 1024).is_none(), "same chunk");
+        assert!(a.copy_frame(&f, 8190).is_none(), "out of bounds");
     }
 
     #[test]
     fn shared_handles_see_one_memory_that_outlives_the_first() {
         let mut a = FrameArea::new(4, 2048, PageSize::Normal).unwrap();
-        let b = a.share();
-        let f = FrameRef { addr: 3 * 2048 + 256, len: 3 };
-        a.frame_mut(f).unwrap().copy_from_slice(&[7, 8, 9]);
+        // SAFETY: one thread, and `a` is dropped before `b` reads.
+        let b = unsafe { a.share() };
+        let f = FrameRef::new(3 * 2048 + 256, 3);
+        a.frame_mut(&f).unwrap().copy_from_slice(&[7, 8, 9]);
         drop(a);
-        assert_eq!(b.frame(f).unwrap(), &[7, 8, 9]);
-        assert_eq!(b.chunk_index(f.addr), 3);
+        assert_eq!(b.frame(&f).unwrap(), &[7, 8, 9]);
+        assert_eq!(b.chunk_index(f.addr()), 3);
     }
 
     #[test]
@@ -399,10 +443,10 @@ mod tests {
     fn chunks_can_be_kept_on_node_zero() {
         // Every machine has a node 0; the call must be accepted and change nothing visible.
         let mut a = FrameArea::new(64, 2048, PageSize::Normal).unwrap();
-        let f = FrameRef { addr: 10 * 2048 + FRAME_HEADROOM, len: 4 };
-        a.frame_mut(f).unwrap().copy_from_slice(&[1, 2, 3, 4]);
+        let f = FrameRef::new(10 * 2048 + FRAME_HEADROOM, 4);
+        a.frame_mut(&f).unwrap().copy_from_slice(&[1, 2, 3, 4]);
         a.prefer_node(8..16, 0).unwrap();
-        assert_eq!(a.frame(f).unwrap(), &[1, 2, 3, 4]);
+        assert_eq!(a.frame(&f).unwrap(), &[1, 2, 3, 4]);
         assert!(a.prefer_node(0..4, 64).is_err());
     }
 }

@@ -185,7 +185,7 @@ pub(super) fn run(
                 later.iter_mut().for_each(|a| a.ways = ALL_WAYS);
             }
             if let Some(s) = s {
-                flows.record(s, now, f.len, o, m.tcp_flags);
+                flows.record(s, now, f.len(), o, m.tcp_flags);
             }
             continue;
         }
@@ -216,7 +216,7 @@ pub(super) fn run(
                 Some(h) => h.as_mut_slice(),
                 None => &mut [],
             };
-            let frame = || area.frame(*f).unwrap_or(&[]);
+            let frame = || area.frame(f).unwrap_or(&[]);
             apply(&dec, spec, &mut policy.conns, now, port, m, frame, hits)
         } else {
             // Flows logged, no policy: where the MAC table sends it.
@@ -224,7 +224,7 @@ pub(super) fn run(
         };
         *o = d;
         if let Some(s) = slot {
-            flows.record(s, now, f.len, &d, m.tcp_flags);
+            flows.record(s, now, f.len(), &d, m.tcp_flags);
         }
     }
 }

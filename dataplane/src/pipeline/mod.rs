@@ -284,7 +284,7 @@ impl Pipeline {
             .is_some_and(|p| p.kind == crate::snapshot::PortKind::Tenant);
         for (i, ((f, m), d)) in frames.iter().zip(meta.iter_mut()).zip(out.d.iter_mut()).enumerate()
         {
-            rx.add(f.len);
+            rx.add(f.len());
             if let Some(e) = m.parse_error {
                 c.parse_errors[e.index()] += 1;
                 *d = Disposition::Drop(DropReason::Malformed);
@@ -302,14 +302,14 @@ impl Pipeline {
                 *d = Disposition::Drop(r);
                 continue;
             }
-            tenant_rx.add(&mut c.tenant_rx, m.tenant, f.len);
+            tenant_rx.add(&mut c.tenant_rx, m.tenant, f.len());
             if let Err(r) = ingress::check_one(m) {
                 *d = Disposition::Drop(r);
                 continue;
             }
             let checks = snap.checks(m.tenant);
             if checks & (CHECK_GUARD | CHECK_POLICY) != 0
-                && let Err(r) = policy::check_one(snap, checks, m, area.frame(*f).unwrap_or(&[]))
+                && let Err(r) = policy::check_one(snap, checks, m, area.frame(f).unwrap_or(&[]))
             {
                 if let policy::Refusal::Malformed(e) = r {
                     c.parse_errors[e.index()] += 1;
@@ -317,15 +317,17 @@ impl Pipeline {
                 *d = Disposition::Drop(r.reason());
                 if checks & CHECK_FLOWLOG != 0 {
                     // Counted in its flow's log record.
-                    self.scratch.mark(&self.flows, i, m, f.len, port, false);
+                    self.scratch.mark(&self.flows, i, m, f.len(), port, false);
                 }
                 continue;
             }
-            if checks & CHECK_POLICE != 0 && from_tenant && !self.police.admit(m.tenant, now, f.len)
+            if checks & CHECK_POLICE != 0
+                && from_tenant
+                && !self.police.admit(m.tenant, now, f.len())
             {
                 *d = Disposition::Drop(DropReason::RateLimit);
                 if checks & CHECK_FLOWLOG != 0 {
-                    self.scratch.mark(&self.flows, i, m, f.len, port, false);
+                    self.scratch.mark(&self.flows, i, m, f.len(), port, false);
                 }
                 continue;
             }
@@ -337,12 +339,12 @@ impl Pipeline {
                     now,
                     i,
                     m,
-                    area.frame(*f).unwrap_or(&[]),
+                    area.frame(f).unwrap_or(&[]),
                 )
             {
                 *d = Disposition::Drop(r);
                 if checks & CHECK_FLOWLOG != 0 {
-                    self.scratch.mark(&self.flows, i, m, f.len, port, false);
+                    self.scratch.mark(&self.flows, i, m, f.len(), port, false);
                 }
                 continue;
             }
@@ -351,7 +353,7 @@ impl Pipeline {
                 // above by its disposition: anything but a drop).
                 *d = Disposition::Flood;
                 let plain = checks & CHECK_POLICY == 0;
-                self.scratch.mark(&self.flows, i, m, f.len, port, plain);
+                self.scratch.mark(&self.flows, i, m, f.len(), port, plain);
                 continue;
             }
             learn(&mut self.fdb, c, &mut self.announcements, now, port, m);
@@ -374,7 +376,7 @@ impl Pipeline {
                         Disposition::Drop(DropReason::Malformed | DropReason::UnknownTenant)
                     )
                 {
-                    let frame = area.frame(*f).unwrap_or(&[]);
+                    let frame = area.frame(f).unwrap_or(&[]);
                     s.offer(now, port, frame, *d, self.scratch.path(i));
                 }
             }
@@ -399,7 +401,7 @@ impl Pipeline {
                     Disposition::Drop(r) => verdict::drop(*r),
                 };
                 if tap.takes_verdict(code) {
-                    tap.offer(now.0, port, m, from_tenant, area.frame(*f).unwrap_or(&[]), code);
+                    tap.offer(now.0, port, m, from_tenant, area.frame(f).unwrap_or(&[]), code);
                 }
             }
             tap.publish();

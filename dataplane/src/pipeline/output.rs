@@ -32,9 +32,21 @@ const PROTO_UDP: u8 = 17;
 #[derive(Debug)]
 struct TxList {
     frames: Vec<FrameRef>,
-    /// Tenant and ingress port of each frame (for the counters), parallel to `frames`, which
-    /// stays a plain slice for `Port::tx`.
-    owners: Vec<(TenantId, PortId)>,
+    /// Who each frame is for the counters, parallel to `frames`, which stays a plain list of
+    /// frames for [`Egress::send`] to take from.
+    owners: Vec<Owner>,
+}
+
+/// Whose a frame in a TX list is, for the counters once it is sent: its tenant, the port it
+/// came in on, and its length (the frame itself is gone by then).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    /// The frame's tenant.
+    pub tenant: TenantId,
+    /// The port it came in on.
+    pub ingress: PortId,
+    /// Its length in bytes.
+    pub len: u32,
 }
 
 /// Frames waiting to be sent, per egress port.
@@ -104,7 +116,7 @@ impl TxLists {
             let Some(mut s) = s else { continue };
             let port = PortId(p as u16);
             s.take_all(|f, t, ingress| {
-                if self.push(port, f, t, ingress, now).is_err() {
+                if let Err((_, f)) = self.push(port, f, t, ingress, now) {
                     left.push((f, t, ingress));
                 }
             });
@@ -131,8 +143,8 @@ impl TxLists {
 
     /// Appends a frame to the port's list, or to its tenant's queue when the port has a
     /// scheduler (unless nothing is queued there and the rates allow it at `now`: then it goes
-    /// to the list at once); the reason to drop it when the list (`tx_full`) or the queue
-    /// (`queue_full`) is full, or the port does not exist.
+    /// to the list at once). When the list (`tx_full`) or the queue (`queue_full`) is full, or
+    /// the port does not exist, the frame comes back with the reason to drop it.
     #[inline]
     pub fn push(
         &mut self,
@@ -141,31 +153,28 @@ impl TxLists {
         tenant: TenantId,
         ingress: PortId,
         now: Nanos,
-    ) -> Result<Queued, DropReason> {
+    ) -> Result<Queued, (DropReason, FrameRef)> {
         if let Some(Some(s)) = self.scheds.get_mut(port.index()) {
             // Frames that cut through do not pass others (nothing is queued), so the list's
             // whole room may take them.
             if let Some(l) = self.lists.get_mut(port.index())
                 && l.frames.len() < self.capacity
-                && s.cut_through(tenant, f.len, now)
+                && s.cut_through(tenant, f.len(), now)
             {
-                l.frames.push(f);
-                l.owners.push((tenant, ingress));
+                l.push(f, tenant, ingress);
                 return Ok(Queued::Ready);
             }
-            return if s.enqueue(tenant, f, ingress) {
-                Ok(Queued::Scheduled)
-            } else {
-                Err(DropReason::QueueFull)
+            return match s.enqueue(tenant, f, ingress) {
+                Ok(()) => Ok(Queued::Scheduled),
+                Err(f) => Err((DropReason::QueueFull, f)),
             };
         }
         match self.lists.get_mut(port.index()) {
             Some(l) if l.frames.len() < self.capacity => {
-                l.frames.push(f);
-                l.owners.push((tenant, ingress));
+                l.push(f, tenant, ingress);
                 Ok(Queued::Ready)
             }
-            _ => Err(DropReason::TxFull),
+            _ => Err((DropReason::TxFull, f)),
         }
     }
 
@@ -217,11 +226,11 @@ impl TxLists {
     ) {
         let mut drop = |f: FrameRef, t: TenantId, ingress: PortId| {
             c.drop(ingress, Some(t), reason);
-            pool.free(f.addr);
+            pool.free(f);
         };
         if let Some(l) = self.lists.get_mut(port.index()) {
-            for (f, (t, ingress)) in l.frames.drain(..).zip(l.owners.drain(..)) {
-                drop(f, t, ingress);
+            for (f, o) in l.frames.drain(..).zip(l.owners.drain(..)) {
+                drop(f, o.tenant, o.ingress);
             }
         }
         if let Some(Some(s)) = self.scheds.get_mut(port.index()) {
@@ -245,10 +254,7 @@ impl TxLists {
             // tenants' queues, where the order can still change, not in the TX ring.
             loop {
                 let room = READY.saturating_sub(l.frames.len());
-                let got = s.schedule(now, room, |f, t, ingress| {
-                    l.frames.push(f);
-                    l.owners.push((t, ingress));
-                });
+                let got = s.schedule(now, room, |f, t, ingress| l.push(f, t, ingress));
                 let offered = l.frames.len();
                 if offered == 0 || send_list(out, port, l, c) < offered || got.frames < room {
                     break;
@@ -269,16 +275,18 @@ fn send_list<E: Egress + ?Sized>(
     if l.frames.is_empty() {
         return 0;
     }
-    let sent = out.send(port, &l.frames, &l.owners);
+    let before = l.frames.len();
+    let sent = out.send(port, &mut l.frames, &l.owners);
+    debug_assert_eq!(before - l.frames.len(), sent, "send took a prefix of the list");
     if sent == 0 {
         return 0;
     }
     if out.counts_tx(port) {
         let mut total = PktBytes::default();
         let mut tenant_tx = TenantRun::default();
-        for (f, (t, _)) in l.frames.iter().zip(&l.owners).take(sent) {
-            total.add(f.len);
-            tenant_tx.add(&mut c.tenant_tx, *t, f.len);
+        for o in &l.owners[..sent] {
+            total.add(o.len);
+            tenant_tx.add(&mut c.tenant_tx, o.tenant, o.len);
         }
         tenant_tx.flush(&mut c.tenant_tx);
         if let Some(pt) = c.port_tx.get_mut(port.index()) {
@@ -288,16 +296,24 @@ fn send_list<E: Egress + ?Sized>(
     }
     // Handed to another worker (not counted here: it counts them when it sends them), or
     // sent. Shifts the unsent rest to the front; never allocates.
-    l.frames.drain(..sent);
     l.owners.drain(..sent);
     sent
 }
 
+impl TxList {
+    #[inline]
+    fn push(&mut self, f: FrameRef, tenant: TenantId, ingress: PortId) {
+        self.owners.push(Owner { tenant, ingress, len: f.len() });
+        self.frames.push(f);
+    }
+}
+
 /// Where TX lists go: the port drivers of this worker, or another worker that owns the port.
 pub trait Egress {
-    /// Takes a prefix of `frames` (with their `(tenant, ingress port)` in `owners`) for
-    /// `port`; returns how many. The rest still belong to the caller.
-    fn send(&mut self, port: PortId, frames: &[FrameRef], owners: &[(TenantId, PortId)]) -> usize;
+    /// Takes a prefix of `frames` for `port` (removing it from the list: the frames are the
+    /// port's, or the other worker's, now); `owners[i]` says whose `frames[i]` is. Returns how
+    /// many it took; the rest stay in `frames`, still the caller's.
+    fn send(&mut self, port: PortId, frames: &mut Vec<FrameRef>, owners: &[Owner]) -> usize;
 
     /// True when `send` on `port` puts frames on the wire (they count as transmitted); false
     /// when it hands them to another worker, which counts them when it sends them.
@@ -307,41 +323,48 @@ pub trait Egress {
     }
 }
 
-/// How the outer tag must change between ingress and egress.
+/// How the outer tag must change between ingress and egress: the frame as it leaves, or back
+/// when it cannot be changed (too short, no headroom), for the caller to drop.
 #[inline]
-fn retag(area: &mut FrameArea, f: FrameRef, tagged: bool, vlan: Option<u16>) -> Option<FrameRef> {
+fn retag(
+    area: &mut FrameArea,
+    f: FrameRef,
+    tagged: bool,
+    vlan: Option<u16>,
+) -> Result<FrameRef, FrameRef> {
+    let (addr, len) = (f.addr(), f.len());
     match (tagged, vlan) {
-        (false, None) => Some(f),
+        (false, None) => Ok(f),
         (true, Some(v)) => {
             // Same length: rewrite TPID and VLAN id, keep the priority bits.
-            let b = area.frame_mut(f)?;
+            let Some(b) = area.frame_mut(&f) else { return Err(f) };
             if b.len() < 16 {
-                return None;
+                return Err(f);
             }
             b[12..14].copy_from_slice(&TPID_8021Q);
             let tci = (u16::from_be_bytes([b[14], b[15]]) & 0xf000) | (v & 0x0fff);
             b[14..16].copy_from_slice(&tci.to_be_bytes());
-            Some(f)
+            Ok(f)
         }
         (true, None) => {
             // Pop: the MACs move 4 bytes forward over the tag.
-            if f.len < 18 {
-                return None;
+            if len < 18 {
+                return Err(f);
             }
-            let (chunk, off) = area.chunk_mut(f.addr)?;
+            let Some((chunk, off)) = area.chunk_mut(addr) else { return Err(f) };
             chunk.copy_within(off..off + 12, off + 4);
-            Some(FrameRef { addr: f.addr + 4, len: f.len - 4 })
+            Ok(FrameRef::new(addr + 4, len - 4))
         }
         (false, Some(v)) => {
             // Push: the MACs move 4 bytes back into the headroom, the tag goes after them.
-            let (chunk, off) = area.chunk_mut(f.addr)?;
-            if off < 4 || f.len < 12 || off + f.len as usize > chunk.len() {
-                return None;
+            let Some((chunk, off)) = area.chunk_mut(addr) else { return Err(f) };
+            if off < 4 || len < 12 || off + len as usize > chunk.len() {
+                return Err(f);
             }
             chunk.copy_within(off..off + 12, off - 4);
             chunk[off + 8..off + 10].copy_from_slice(&TPID_8021Q);
             chunk[off + 10..off + 12].copy_from_slice(&(v & 0x0fff).to_be_bytes());
-            Some(FrameRef { addr: f.addr - 4, len: f.len + 4 })
+            Ok(FrameRef::new(addr - 4, len + 4))
         }
     }
 }
@@ -351,7 +374,7 @@ fn retag(area: &mut FrameArea, f: FrameRef, tagged: bool, vlan: Option<u16>) -> 
 /// a pseudo-header sum per TCP or UDP frame; the whole segment is summed only for a partial
 /// one.
 #[inline]
-fn complete_checksum(area: &mut FrameArea, f: FrameRef, m: &Meta) -> bool {
+fn complete_checksum(area: &mut FrameArea, f: &FrameRef, m: &Meta) -> bool {
     area.frame_mut(f).is_some_and(|b| complete_in(b, m))
 }
 
@@ -390,55 +413,88 @@ fn complete_in(b: &mut [u8], m: &Meta) -> bool {
     checksum::complete_partial(seg, field, pseudo, udp) == checksum::Partial::Completed
 }
 
-/// Applies every disposition of the batch at `now`. Each frame ends up in a TX list, a
-/// scheduler's queue, or back in the pool.
+/// Applies every disposition of the batch at `now`, taking its frames: each ends up in a TX
+/// list, a scheduler's queue, or back in the pool.
 #[allow(clippy::too_many_arguments)]
 pub fn deliver(
     now: Nanos,
     snap: &Snapshot,
     area: &mut FrameArea,
     pool: &mut FramePool,
-    batch: &Batch,
+    batch: &mut Batch,
     disp: &Dispositions,
     tx: &mut TxLists,
     c: &mut Counters,
 ) {
     let ingress = batch.port;
     // At most one frame per batch frame reaches a port (a flood sends one copy to each).
-    tx.begin_batch(now, batch.frames().len() as u64, area.chunk_size());
-    for ((f, m), d) in batch.frames().iter().zip(batch.meta()).zip(disp.as_slice()) {
+    tx.begin_batch(now, batch.len() as u64, area.chunk_size());
+    for ((f, m), d) in batch.take_frames().zip(disp.as_slice()) {
         let tagged = m.outer_vlan.is_some();
-        let tenant = Some(m.tenant);
         if m.flags.has(PacketFlags::PARTIAL_CSUM) && !matches!(d, Disposition::Drop(_)) {
-            c.checksums_completed += u64::from(complete_checksum(area, *f, m));
+            c.checksums_completed += u64::from(complete_checksum(area, &f, m));
         }
         match *d {
             Disposition::Drop(r) => {
                 // A frame of no known tenant carries TenantId::NONE: counted per port only.
-                c.drop(ingress, tenant, r);
-                pool.free(f.addr);
+                c.drop(ingress, Some(m.tenant), r);
+                pool.free(f);
             }
-            Disposition::Tx { port, vlan } => match retag(area, *f, tagged, vlan) {
-                Some(out) if out.len > snap.max_frame(port, vlan.is_some()) => {
-                    c.drop(ingress, tenant, DropReason::TooBig);
-                    pool.free(out.addr);
-                }
-                Some(out) => match tx.push(port, out, m.tenant, ingress, now) {
-                    Ok(q) => q.count(c, m.tenant, out.len),
-                    Err(r) => {
-                        c.drop(ingress, tenant, r);
-                        pool.free(out.addr);
-                    }
-                },
-                None => {
-                    c.drop(ingress, tenant, DropReason::NoHeadroom);
-                    pool.free(f.addr);
-                }
-            },
-            Disposition::Flood => flood(now, snap, area, pool, ingress, *f, m, tx, c),
+            Disposition::Tx { port, vlan } => {
+                let limit = snap.max_frame(port, vlan.is_some());
+                send_one(now, area, pool, ingress, f, m, tagged, port, vlan, limit, tx, c);
+            }
+            Disposition::Flood => flood(now, snap, area, pool, ingress, f, m, tx, c),
         }
     }
     tx.end_batch();
+}
+
+/// Re-tags frame `f` for `port` (and `vlan`) and queues it there, or drops it: too big for
+/// the port (`limit` bytes), no headroom for the tag, or no room to queue it.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn send_one(
+    now: Nanos,
+    area: &mut FrameArea,
+    pool: &mut FramePool,
+    ingress: PortId,
+    f: FrameRef,
+    m: &Meta,
+    tagged: bool,
+    port: PortId,
+    vlan: Option<u16>,
+    limit: u32,
+    tx: &mut TxLists,
+    c: &mut Counters,
+) -> bool {
+    let tenant = Some(m.tenant);
+    match retag(area, f, tagged, vlan) {
+        Ok(out) if out.len() > limit => {
+            c.drop(ingress, tenant, DropReason::TooBig);
+            pool.free(out);
+            false
+        }
+        Ok(out) => {
+            let len = out.len();
+            match tx.push(port, out, m.tenant, ingress, now) {
+                Ok(q) => {
+                    q.count(c, m.tenant, len);
+                    true
+                }
+                Err((r, out)) => {
+                    c.drop(ingress, tenant, r);
+                    pool.free(out);
+                    false
+                }
+            }
+        }
+        Err(f) => {
+            c.drop(ingress, tenant, DropReason::NoHeadroom);
+            pool.free(f);
+            false
+        }
+    }
 }
 
 /// Sends a frame to every attachment of its tenant that is not on the ingress port. The
@@ -459,63 +515,55 @@ fn flood(
     let tenant = Some(m.tenant);
     let Some(t) = snap.tenants.get(m.tenant.index()) else {
         c.drop(ingress, None, DropReason::NoRoute);
-        pool.free(f.addr);
+        pool.free(f);
         return;
     };
     let mut targets = t.attachments.iter().filter(|a| a.port != ingress);
     let Some(mut cur) = targets.next() else {
         c.drop(ingress, tenant, DropReason::NoRoute);
-        pool.free(f.addr);
+        pool.free(f);
         return;
     };
     for next in targets {
         // A copy for `cur`; the original stays untouched for later targets.
         // The copy's tag changes its length as it changes the limit: the frame without its
         // ingress tag must fit the port's MTU. Too big: no copy made.
-        if f.len > snap.max_frame(cur.port, tagged) {
+        if f.len() > snap.max_frame(cur.port, tagged) {
             c.drop(ingress, tenant, DropReason::TooBig);
             cur = next;
             continue;
         }
         match pool.alloc() {
-            Some(base) => {
-                let copied = area.copy_frame(f, base + FRAME_HEADROOM);
-                match copied.and_then(|cf| retag(area, cf, tagged, cur.vlan)) {
-                    Some(out) => match tx.push(cur.port, out, m.tenant, ingress, now) {
-                        Ok(q) => {
-                            q.count(c, m.tenant, out.len);
-                            c.flood_copies += 1;
-                        }
-                        Err(r) => {
-                            c.drop(ingress, tenant, r);
-                            pool.free(base);
-                        }
-                    },
-                    None => {
-                        c.drop(ingress, tenant, DropReason::NoHeadroom);
-                        pool.free(base);
+            Some(base) => match area.copy_frame(&f, base + FRAME_HEADROOM) {
+                Some(copy) => {
+                    // The copy's length is the original's, which fits (checked above): only
+                    // the tag can be refused.
+                    if send_one(
+                        now,
+                        area,
+                        pool,
+                        ingress,
+                        copy,
+                        m,
+                        tagged,
+                        cur.port,
+                        cur.vlan,
+                        u32::MAX,
+                        tx,
+                        c,
+                    ) {
+                        c.flood_copies += 1;
                     }
                 }
-            }
+                None => {
+                    c.drop(ingress, tenant, DropReason::NoHeadroom);
+                    pool.free_addr(base);
+                }
+            },
             None => c.drop(ingress, tenant, DropReason::NoFrame),
         }
         cur = next;
     }
-    match retag(area, f, tagged, cur.vlan) {
-        Some(out) if out.len > snap.max_frame(cur.port, cur.vlan.is_some()) => {
-            c.drop(ingress, tenant, DropReason::TooBig);
-            pool.free(out.addr);
-        }
-        Some(out) => match tx.push(cur.port, out, m.tenant, ingress, now) {
-            Ok(q) => q.count(c, m.tenant, out.len),
-            Err(r) => {
-                c.drop(ingress, tenant, r);
-                pool.free(out.addr);
-            }
-        },
-        None => {
-            c.drop(ingress, tenant, DropReason::NoHeadroom);
-            pool.free(f.addr);
-        }
-    }
+    let limit = snap.max_frame(cur.port, cur.vlan.is_some());
+    send_one(now, area, pool, ingress, f, m, tagged, cur.port, cur.vlan, limit, tx, c);
 }

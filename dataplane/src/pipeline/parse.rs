@@ -22,7 +22,7 @@ pub fn parse(area: &FrameArea, batch: &mut Batch) {
     let (frames, meta) = batch.split_mut();
     for (f, m) in frames.iter().zip(meta.iter_mut()) {
         *m = Meta::EMPTY;
-        let r = match area.frame(*f) {
+        let r = match area.frame(f) {
             Some(bytes) => parse_one(bytes, m),
             None => Err(ParseError::Ethernet),
         };

@@ -39,11 +39,11 @@ impl MemPort {
         let Some(base) = pool.alloc() else {
             return false;
         };
-        let f = FrameRef { addr: base + FRAME_HEADROOM, len: bytes.len() as u32 };
-        match area.frame_mut(f) {
+        let f = FrameRef::new(base + FRAME_HEADROOM, bytes.len() as u32);
+        match area.frame_mut(&f) {
             Some(dst) => dst.copy_from_slice(bytes),
             None => {
-                pool.free(base);
+                pool.free(f);
                 return false;
             }
         }
@@ -60,7 +60,7 @@ impl MemPort {
     pub fn take_sent(&mut self, area: &FrameArea) -> Vec<Vec<u8>> {
         let mut out = Vec::with_capacity(self.sent.len());
         while let Some(f) = self.sent.pop_front() {
-            out.push(area.frame(f).map(<[u8]>::to_vec).unwrap_or_default());
+            out.push(area.frame(&f).map(<[u8]>::to_vec).unwrap_or_default());
             self.done.push(f);
         }
         out
@@ -77,7 +77,7 @@ impl MemPort {
 impl Port for MemPort {
     fn retire(&mut self, pool: &mut FramePool) -> u32 {
         for f in self.rx.drain(..).chain(self.sent.drain(..)).chain(self.done.drain(..)) {
-            pool.free(f.addr);
+            pool.free(f);
         }
         0
     }
@@ -86,22 +86,25 @@ impl Port for MemPort {
         let mut n = 0;
         while !batch.is_full() {
             let Some(f) = self.rx.pop_front() else { break };
-            batch.push(f);
+            if let Err(f) = batch.push(f) {
+                self.rx.push_front(f);
+                break;
+            }
             n += 1;
         }
         n
     }
 
-    fn tx(&mut self, frames: &[FrameRef]) -> usize {
+    fn tx(&mut self, frames: &mut Vec<FrameRef>) -> usize {
         let n = frames.len().min(self.tx_capacity - self.sent.len());
-        self.sent.extend(&frames[..n]);
+        self.sent.extend(frames.drain(..n));
         n
     }
 
     fn reclaim(&mut self, pool: &mut FramePool) -> usize {
         let n = self.done.len();
         for f in self.done.drain(..) {
-            pool.free(f.addr);
+            pool.free(f);
         }
         n
     }
@@ -140,9 +143,11 @@ mod tests {
         batch.reset(PortId(0));
         assert_eq!(a.rx(&mut pool, &mut batch), 6);
         // TX ring holds 4: the other 2 stay with the caller.
-        assert_eq!(b.tx(batch.frames()), 4);
-        for f in &batch.frames()[4..] {
-            pool.free(f.addr);
+        let mut frames: Vec<FrameRef> = batch.take_frames().map(|(f, _)| f).collect();
+        assert_eq!(b.tx(&mut frames), 4);
+        assert_eq!(frames.len(), 2);
+        for f in frames {
+            pool.free(f);
         }
         assert_eq!(pool.len() + b.census().total() as usize, 16);
         let sent = b.take_sent(&area);

@@ -17,7 +17,8 @@ pub use crate::frame::{FRAME_HEADROOM, FrameArea, FramePool, PageSize};
 use crate::batch::Batch;
 use crate::frame::FrameRef;
 use crate::pipeline::Egress;
-use crate::vocab::{PortId, TenantId};
+use crate::pipeline::output::Owner;
+use crate::vocab::PortId;
 
 /// A port driver failed. Names the interface and queue so an operator can act on it.
 #[derive(Debug, thiserror::Error)]
@@ -69,9 +70,10 @@ pub trait Port {
     /// Returns how many were appended.
     fn rx(&mut self, pool: &mut FramePool, batch: &mut Batch) -> usize;
 
-    /// Queues frames for transmission, in order. Returns how many were taken (a prefix of
-    /// `frames`); the rest still belong to the caller.
-    fn tx(&mut self, frames: &[FrameRef]) -> usize;
+    /// Queues frames for transmission, in order: takes a prefix of `frames` (as many as its
+    /// TX side has room for), removing it from the list. Returns how many it took; the rest
+    /// stay in `frames`, still the caller's.
+    fn tx(&mut self, frames: &mut Vec<FrameRef>) -> usize;
 
     /// Returns frames whose transmission completed to `pool`. Returns how many.
     fn reclaim(&mut self, pool: &mut FramePool) -> usize;
@@ -98,7 +100,7 @@ pub trait Port {
 /// Port drivers indexed by `PortId`, all owned by one worker.
 impl<P: Port> Egress for [P] {
     #[inline]
-    fn send(&mut self, port: PortId, frames: &[FrameRef], _: &[(TenantId, PortId)]) -> usize {
+    fn send(&mut self, port: PortId, frames: &mut Vec<FrameRef>, _: &[Owner]) -> usize {
         self.get_mut(port.index()).map_or(0, |p| p.tx(frames))
     }
 }

@@ -28,6 +28,8 @@
 //! `queue_full`. A tenant's queue is its own share of frames, so one tenant's backlog never
 //! takes the room of another's.
 
+use std::collections::VecDeque;
+
 use super::{Rate, Unit};
 use crate::frame::FrameRef;
 use crate::shaping::TokenBucket;
@@ -82,14 +84,11 @@ impl Bucket {
 #[derive(Debug)]
 struct Queue {
     tenant: TenantId,
-    /// Frames and their ingress port, a ring whose size is a power of two (indexes are
-    /// masked: a `%` by a size not known at compile time is a division per frame).
-    ring: Box<[(FrameRef, PortId)]>,
-    mask: usize,
-    /// Most frames it holds (the tenant's `queue`; at most the ring's size).
+    /// Frames and their ingress port. Made with room for `limit` and never holding more, so it
+    /// never grows on the packet path (and its index wraps with a compare, no division).
+    ring: VecDeque<(FrameRef, PortId)>,
+    /// Most frames it holds (the tenant's `queue`).
     limit: usize,
-    head: usize,
-    len: usize,
     min: Option<Bucket>,
     weight: u64,
     deficit: u64,
@@ -100,15 +99,10 @@ struct Queue {
 }
 
 impl Queue {
+    /// The length of the frame at the head of the queue.
     #[inline]
-    fn front(&self) -> Option<(FrameRef, PortId)> {
-        (self.len > 0).then(|| self.ring[self.head])
-    }
-
-    #[inline]
-    fn pop(&mut self) {
-        self.head = (self.head + 1) & self.mask;
-        self.len -= 1;
+    fn front_len(&self) -> Option<u32> {
+        self.ring.front().map(|(f, _)| f.len())
     }
 
     #[inline]
@@ -174,14 +168,10 @@ impl PortSched {
             by_tenant[i] = queues.len() as u32;
             shapers[i] = egress.map(|r| Bucket::new(&r, share, now));
             let limit = s.queue.max(1) as usize;
-            let size = limit.next_power_of_two();
             queues.push(Queue {
                 tenant: TenantId(i as u16),
-                ring: vec![(FrameRef::default(), PortId(0)); size].into_boxed_slice(),
-                mask: size - 1,
+                ring: VecDeque::with_capacity(limit),
                 limit,
-                head: 0,
-                len: 0,
                 min: s.min_rate.map(|r| Bucket::new(&r, share, now)),
                 weight: u64::from(s.weight.max(1)),
                 deficit: 0,
@@ -210,18 +200,22 @@ impl PortSched {
         })
     }
 
-    /// Queues a frame of `tenant` (that came in on `ingress`). False when the tenant's queue is
-    /// full or the tenant is not attached here: the caller drops the frame (`queue_full`).
+    /// Queues a frame of `tenant` (that came in on `ingress`). The frame comes back when the
+    /// tenant's queue is full or the tenant is not attached here: the caller drops it
+    /// (`queue_full`).
     #[inline]
-    pub fn enqueue(&mut self, tenant: TenantId, f: FrameRef, ingress: PortId) -> bool {
-        let Some(&qi) = self.by_tenant.get(tenant.index()) else { return false };
-        let Some(q) = self.queues.get_mut(qi as usize) else { return false };
-        if q.len == q.limit {
-            return false;
+    pub fn enqueue(
+        &mut self,
+        tenant: TenantId,
+        f: FrameRef,
+        ingress: PortId,
+    ) -> Result<(), FrameRef> {
+        let Some(&qi) = self.by_tenant.get(tenant.index()) else { return Err(f) };
+        let Some(q) = self.queues.get_mut(qi as usize) else { return Err(f) };
+        if q.ring.len() >= q.limit {
+            return Err(f);
         }
-        let tail = (q.head + q.len) & q.mask;
-        q.ring[tail] = (f, ingress);
-        q.len += 1;
+        q.ring.push_back((f, ingress));
         self.queued += 1;
         if !q.active {
             q.active = true;
@@ -230,7 +224,7 @@ impl PortSched {
             self.round[slot] = qi;
             self.round_len += 1;
         }
-        true
+        Ok(())
     }
 
     /// A batch of at most `frames` frames of at most `max_len` bytes each begins at `now`:
@@ -333,16 +327,16 @@ impl PortSched {
                     b.b.refill(now);
                 }
                 while room > 0 {
-                    let Some((f, ingress)) = q.front() else { break };
-                    let under_min = q.min.as_ref().is_some_and(|m| m.has(f.len));
-                    if !under_min || !allows(sh, f.len) {
+                    let Some(len) = q.front_len() else { break };
+                    let under_min = q.min.as_ref().is_some_and(|m| m.has(len));
+                    if !under_min || !allows(sh, len) {
                         break;
                     }
-                    if !port_allows(port, f.len) {
+                    if !port_allows(port, len) {
                         done.port_limited = true;
                         return done;
                     }
-                    send(q, sh, port, f, ingress, Phase::Guarantee, &mut emit);
+                    send(q, sh, port, Phase::Guarantee, &mut emit);
                     self.queued -= 1;
                     room -= 1;
                     done.frames += 1;
@@ -367,27 +361,26 @@ impl PortSched {
             let mut sent = false;
             let mut shaped = false;
             while room > 0 {
-                let Some((f, ingress)) = q.front() else { break };
-                let len = u64::from(f.len);
-                if len > q.deficit {
+                let Some(len) = q.front_len() else { break };
+                if u64::from(len) > q.deficit {
                     break;
                 }
-                if !allows(sh, f.len) {
+                if !allows(sh, len) {
                     shaped = true;
                     break;
                 }
-                if !port_allows(port, f.len) {
+                if !port_allows(port, len) {
                     done.port_limited = true;
                     return done;
                 }
-                send(q, sh, port, f, ingress, Phase::Weight, &mut emit);
-                q.deficit -= len;
+                send(q, sh, port, Phase::Weight, &mut emit);
+                q.deficit -= u64::from(len);
                 self.queued -= 1;
                 room -= 1;
                 done.frames += 1;
                 sent = true;
             }
-            if q.len == 0 {
+            if q.ring.is_empty() {
                 // Leaves the round; an empty queue keeps no deficit.
                 q.active = false;
                 q.deficit = 0;
@@ -427,7 +420,7 @@ impl PortSched {
     /// Frames queued for `tenant`.
     pub fn depth(&self, tenant: TenantId) -> usize {
         match self.by_tenant.get(tenant.index()) {
-            Some(&qi) if qi != NONE => self.queues[qi as usize].len,
+            Some(&qi) if qi != NONE => self.queues[qi as usize].ring.len(),
             _ => 0,
         }
     }
@@ -443,8 +436,7 @@ impl PortSched {
     /// Takes every queued frame out (when the scheduler is replaced), in queue order.
     pub fn take_all(&mut self, mut f: impl FnMut(FrameRef, TenantId, PortId)) {
         for q in &mut self.queues {
-            while let Some((fr, ingress)) = q.front() {
-                q.pop();
+            while let Some((fr, ingress)) = q.ring.pop_front() {
                 f(fr, q.tenant, ingress);
             }
             q.active = false;
@@ -468,29 +460,28 @@ enum Phase {
     Weight,
 }
 
-/// Hands the head frame of `q` on and charges the buckets (the guarantee's only for frames
-/// sent under it).
+/// Hands the head frame of `q` (which has one) on and charges the buckets (the guarantee's
+/// only for frames sent under it).
 #[inline]
 fn send(
     q: &mut Queue,
     shaper: &mut Option<Bucket>,
     port: &mut Option<Bucket>,
-    f: FrameRef,
-    ingress: PortId,
     phase: Phase,
     emit: &mut impl FnMut(FrameRef, TenantId, PortId),
 ) {
-    q.pop();
+    let Some((f, ingress)) = q.ring.pop_front() else { return };
+    let len = f.len();
     if let Some(s) = shaper {
-        s.take(f.len);
+        s.take(len);
     }
     if phase == Phase::Guarantee
         && let Some(m) = &mut q.min
     {
-        m.take(f.len);
+        m.take(len);
     }
     if let Some(p) = port {
-        p.take(f.len);
+        p.take(len);
     }
     emit(f, q.tenant, ingress);
 }
@@ -524,7 +515,7 @@ mod tests {
     }
 
     fn frame(i: u64, len: u32) -> FrameRef {
-        FrameRef { addr: i * 4096, len }
+        FrameRef::new(i * 4096, len)
     }
 
     /// Keeps every tenant's queue full of `len`-byte frames for `secs` seconds, scheduling
@@ -535,11 +526,11 @@ mod tests {
         let mut t = 0;
         while t < secs * 1_000_000_000 {
             for &tn in tenants {
-                while s.enqueue(TenantId(tn as u16), frame(n, len), PortId(9)) {
+                while s.enqueue(TenantId(tn as u16), frame(n, len), PortId(9)).is_ok() {
                     n += 1;
                 }
             }
-            s.schedule(Nanos(t), 32, |f, tn, _| sent[tn.index()] += u64::from(f.len));
+            s.schedule(Nanos(t), 32, |f, tn, _| sent[tn.index()] += u64::from(f.len()));
             t += step;
         }
         sent
@@ -592,7 +583,7 @@ mod tests {
         let sn = snap(None, &[t]);
         let mut s = PortSched::new(&sn, PortId(0), 1, Nanos::ZERO).unwrap();
         for i in 0..20 {
-            assert!(s.enqueue(TenantId(0), frame(i, 1000), PortId(9)));
+            assert!(s.enqueue(TenantId(0), frame(i, 1000), PortId(9)).is_ok());
         }
         // At time zero exactly the burst: ten 1000-byte frames.
         let d = s.schedule(Nanos::ZERO, 64, |_, _, _| {});
@@ -602,7 +593,7 @@ mod tests {
         // The queue refuses beyond its 64 frames: queue_full for the caller.
         let mut refused = 0;
         for i in 0..100 {
-            refused += u32::from(!s.enqueue(TenantId(0), frame(100 + i, 1000), PortId(9)));
+            refused += u32::from(s.enqueue(TenantId(0), frame(100 + i, 1000), PortId(9)).is_err());
         }
         assert_eq!((refused, s.depth(TenantId(0)), s.limit(TenantId(0))), (45, 64, 64));
     }
@@ -626,10 +617,10 @@ mod tests {
         let sn = snap(Some(bytes(MBIT, 2000)), &[shaping(1), shaping(2)]);
         let mut s = PortSched::new(&sn, PortId(0), 1, Nanos::ZERO).unwrap();
         for i in 0..10 {
-            s.enqueue(TenantId((i % 2) as u16), frame(i, 100), PortId(3));
+            assert!(s.enqueue(TenantId((i % 2) as u16), frame(i, 100), PortId(3)).is_ok());
         }
         let mut back = Vec::new();
-        s.take_all(|f, t, p| back.push((f.addr, t.0, p.0)));
+        s.take_all(|f, t, p| back.push((f.addr(), t.0, p.0)));
         assert_eq!(back.len(), 10);
         assert!(s.is_empty());
         assert_eq!(s.schedule(Nanos::from_secs(1), 64, |_, _, _| panic!("empty")).frames, 0);

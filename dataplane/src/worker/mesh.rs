@@ -144,8 +144,9 @@ pub fn mesh(workers: usize, chunks: u32) -> Vec<Links> {
     links
 }
 
-/// A frame handed to the worker that owns its egress port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A frame handed to the worker that owns its egress port. Owns its frame, so it is not
+/// `Copy`: encoding it for the ring moves the frame onto the ring.
+#[derive(Debug, PartialEq, Eq)]
 pub struct Handoff {
     /// The frame, already re-tagged for `port`.
     pub frame: FrameRef,
@@ -161,11 +162,11 @@ pub struct Handoff {
 }
 
 impl Handoff {
-    /// Two words: address and length; ports, tenant and stamp.
+    /// Two words: address and length; ports, tenant and stamp. The frame goes with them.
     #[inline]
-    pub fn encode(&self) -> Message {
+    pub fn encode(self) -> Message {
         [
-            self.frame.addr | (u64::from(self.frame.len) << 48),
+            self.frame.addr() | (u64::from(self.frame.len()) << 48),
             u64::from(self.port.0)
                 | (u64::from(self.tenant.0) << 16)
                 | (u64::from(self.ingress.0) << 32)
@@ -180,11 +181,11 @@ impl Handoff {
         since == crate::vocab::VACANT || (since as u16).wrapping_sub(self.stamp) as i16 > 0
     }
 
-    /// The inverse of [`Handoff::encode`].
+    /// The inverse of [`Handoff::encode`]: the frame is the receiver's now.
     #[inline]
     pub fn decode(m: Message) -> Self {
         Handoff {
-            frame: FrameRef { addr: m[0] & ((1 << 48) - 1), len: (m[0] >> 48) as u32 },
+            frame: FrameRef::new(m[0] & ((1 << 48) - 1), (m[0] >> 48) as u32),
             port: PortId(m[1] as u16),
             tenant: TenantId((m[1] >> 16) as u16),
             ingress: PortId((m[1] >> 32) as u16),
@@ -238,14 +239,15 @@ mod tests {
 
     #[test]
     fn messages_round_trip() {
-        let h = Handoff {
-            frame: FrameRef { addr: 0xffff_ffff_f100, len: 9018 },
+        let h = || Handoff {
+            frame: FrameRef::new(0xffff_ffff_f100, 9018),
             port: PortId(65_000),
             tenant: TenantId(4095),
             ingress: PortId(3),
             stamp: 0xfffe,
         };
-        assert_eq!(Handoff::decode(h.encode()), h);
+        assert_eq!(Handoff::decode(h().encode()), h());
+        let h = h();
         // Stale when the port's id changed hands after the stamp, across the 16-bit wrap too.
         assert!(!h.is_stale(0xfffe) && !h.is_stale(0x1_0000 - 100));
         assert!(h.is_stale(0xffff) && h.is_stale(0x1_0003) && h.is_stale(crate::vocab::VACANT));

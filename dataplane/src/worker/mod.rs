@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use crate::batch::{BATCH_SIZE, Batch};
 use crate::frame::{FrameArea, FramePool, FrameRef};
+use crate::pipeline::output::Owner;
 use crate::pipeline::{Dispositions, Egress, Pipeline, TxLists};
 use crate::port::{Breath, Port, PortCensus};
 use crate::snapshot::Snapshot;
@@ -242,7 +243,7 @@ struct Out<'a, P> {
 
 impl<P: Port> Egress for Out<'_, P> {
     #[inline]
-    fn send(&mut self, port: PortId, frames: &[FrameRef], owners: &[(TenantId, PortId)]) -> usize {
+    fn send(&mut self, port: PortId, frames: &mut Vec<FrameRef>, owners: &[Owner]) -> usize {
         match self.routes.get(port.index()) {
             Some(&Route::Local(s)) => match self.sockets.get_mut(s) {
                 Some(s) if !s.down => s.driver.tx(frames),
@@ -250,14 +251,13 @@ impl<P: Port> Egress for Out<'_, P> {
             },
             Some(&Route::Peer(w)) => {
                 let Some(Some(link)) = self.peers.get_mut(w) else { return 0 };
-                let mut n = 0;
                 let stamp = self.stamp;
-                for (&frame, &(tenant, ingress)) in frames.iter().zip(owners) {
-                    let h = Handoff { frame, port, tenant, ingress, stamp };
-                    if !link.frames.push(h.encode()) {
-                        break;
-                    }
-                    n += 1;
+                let n = link.frames.room_for(frames.len());
+                for (frame, o) in frames.drain(..n).zip(owners) {
+                    let (tenant, ingress) = (o.tenant, o.ingress);
+                    let pushed =
+                        link.frames.push(Handoff { frame, port, tenant, ingress, stamp }.encode());
+                    debug_assert!(pushed, "room was checked");
                 }
                 link.frames.publish();
                 n
@@ -474,7 +474,7 @@ impl<P: Port> Worker<P> {
     fn take_inbox(&mut self, now: Nanos) {
         for inbox in self.links.inbox.iter_mut().flatten() {
             let pool = &mut self.pool;
-            inbox.returns.pop(usize::MAX, |m| pool.free(m[0]));
+            inbox.returns.pop(usize::MAX, |m| pool.free_addr(m[0]));
             let pipeline = &mut self.pipeline;
             inbox.learns.pop(LEARNS_PER_BREATH, |m| pipeline.learn_remote(now, decode_learn(m)));
             inbox.conns.pop(LEARNS_PER_BREATH, |m| pipeline.policy.conns.apply(now, m));
@@ -486,17 +486,19 @@ impl<P: Port> Worker<P> {
                 if h.is_stale(snap.port_since(h.port)) {
                     // For a port a reload removed (its id vacant or given to another).
                     c.drop(h.ingress, None, DropReason::PortDown);
-                    pool.free(h.frame.addr);
+                    pool.free(h.frame);
                     return true;
                 }
                 if !tx.has_room(h.port) {
+                    // Left on the ring (`false` does not pop it): the frame stays the ring's.
                     return false;
                 }
+                let len = h.frame.len();
                 match tx.push(h.port, h.frame, h.tenant, h.ingress, now) {
-                    Ok(q) => q.count(c, h.tenant, h.frame.len),
-                    Err(r) => {
+                    Ok(q) => q.count(c, h.tenant, len),
+                    Err((r, f)) => {
                         c.drop(h.ingress, Some(h.tenant), r);
-                        pool.free(h.frame.addr);
+                        pool.free(f);
                     }
                 }
                 true
@@ -733,12 +735,12 @@ impl<P: Port> Worker<P> {
             let n = s.driver.rx(&mut self.pool, &mut self.batch);
             // Received (counted so), and dropped: the port is going.
             let c = &mut self.pipeline.counters;
-            for f in self.batch.frames() {
+            for (f, _) in self.batch.take_frames() {
                 if let Some(rx) = c.port_rx.get_mut(port.index()) {
-                    rx.add(f.len);
+                    rx.add(f.len());
                 }
                 c.drop(port, None, DropReason::PortDown);
-                self.pool.free(f.addr);
+                self.pool.free(f);
             }
             if n == 0 {
                 break;
@@ -776,7 +778,7 @@ impl<P: Port> Worker<P> {
         let share = |p: PortId| shares.get(p.index()).copied().unwrap_or(1);
         for (f, t, ingress) in self.tx.schedule(&self.snap, local, share, Nanos::ZERO) {
             self.pipeline.counters.drop(ingress, Some(t), DropReason::QueueFull);
-            self.pool.free(f.addr);
+            self.pool.free(f);
         }
     }
 

@@ -411,8 +411,11 @@ impl Port for XskPort {
     fn rx(&mut self, pool: &mut FramePool, batch: &mut Batch) -> usize {
         self.refill(pool);
         let room = batch.room() as u32;
+        // The kernel gives the frame back: it is ours again. `room` keeps the pushes within
+        // the batch.
         let n = self.rx.consume(room, |d| {
-            batch.push(FrameRef { addr: d.addr, len: d.len });
+            let pushed = batch.push(FrameRef::new(d.addr, d.len));
+            debug_assert!(pushed.is_ok(), "a batch took fewer frames than its room");
         });
         self.in_fill -= n;
         if n == 0 && self.fill.needs_wakeup() {
@@ -421,18 +424,22 @@ impl Port for XskPort {
         n as usize
     }
 
-    fn tx(&mut self, frames: &[FrameRef]) -> usize {
-        let n = self.tx.produce(frames.iter().map(|f| libc::xdp_desc {
-            addr: f.addr,
-            len: f.len,
+    fn tx(&mut self, frames: &mut Vec<FrameRef>) -> usize {
+        // The frames become the kernel's: only bare addresses go on the ring, and the
+        // completion ring gives them back.
+        let take = (self.tx.free() as usize).min(frames.len());
+        let n = self.tx.produce(frames.drain(..take).map(|f| libc::xdp_desc {
+            addr: f.addr(),
+            len: f.len(),
             options: 0,
         }));
+        debug_assert_eq!(n as usize, take);
         self.in_tx += n;
         n as usize
     }
 
     fn reclaim(&mut self, pool: &mut FramePool) -> usize {
-        let n = self.comp.consume(u32::MAX, |addr| pool.free(addr));
+        let n = self.comp.consume(u32::MAX, |addr| pool.free_addr(addr));
         self.in_tx -= n;
         n as usize
     }
@@ -484,12 +491,12 @@ impl Port for XskPort {
         let mut returned = Vec::new();
         let n = self.rx.consume(u32::MAX, |d| {
             returned.push(d.addr & mask);
-            pool.free(d.addr);
+            pool.free_addr(d.addr);
         });
         self.in_fill = self.in_fill.saturating_sub(n);
         for addr in self.fill.unconsumed() {
             if self.in_fill > 0 && !returned.contains(&(addr & mask)) {
-                pool.free(addr);
+                pool.free_addr(addr);
                 self.in_fill -= 1;
             }
         }
