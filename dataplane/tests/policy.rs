@@ -509,7 +509,7 @@ mod pipeline {
     use std::sync::Arc;
 
     use dataplane::policy::acl::AclSet;
-    use dataplane::policy::conntrack::{SecurityGroup, SgRule};
+    use dataplane::policy::conntrack::{Judgement, SecurityGroup, SgRule};
     use dataplane::policy::{Action, Direction, Guard, Match, Rule, TenantPolicy};
     use dataplane::port::mem::MemPort;
     use dataplane::port::{FrameArea, PageSize};
@@ -517,6 +517,7 @@ mod pipeline {
         Attachment, PortId, PortKind, Snapshot, SnapshotBuilder, TenantSpec,
     };
     use dataplane::time::Nanos;
+    use dataplane::trace::record::{FlowPath, FrameTrace, Outcome};
     use dataplane::trace::{DropReason, ParseError};
     use dataplane::wire::MacAddr;
     use dataplane::worker::Worker;
@@ -637,7 +638,7 @@ mod pipeline {
     #[test]
     fn a_live_trace_samples_real_frames_with_their_outcome_and_cache_path() {
         use dataplane::pipeline::Disposition;
-        use dataplane::trace::sample::{FlowPath, Sampler};
+        use dataplane::trace::sample::Sampler;
         let mut w = worker(deny_telnet_to_tenant());
         send(&mut w, A2, &from_b(80, 1000, SYN), A1);
         w.pipeline_mut().sampler = Some(Sampler::new(dataplane::snapshot::TenantId(0), 3, 1));
@@ -649,7 +650,8 @@ mod pipeline {
         assert!(s.is_full());
         let v = s.into_samples();
         let tx = Disposition::Tx { port: A2, vlan: None };
-        let got: Vec<_> = v.iter().map(|x| (x.port, x.disposition, x.flow)).collect();
+        let got: Vec<_> =
+            v.iter().map(|x| (x.trace.port, x.trace.disposition, x.trace.flow_path())).collect();
         assert_eq!(
             got,
             [
@@ -659,6 +661,83 @@ mod pipeline {
             ]
         );
         assert_eq!(v[0].bytes, ok);
+        // The telnet SYN's record: its ACL step, written by the stage that denied it.
+        let acl: Vec<Outcome> =
+            v[2].trace.steps().filter(|o| matches!(o, Outcome::Acl { .. })).collect();
+        let to = Direction::ToTenant;
+        assert_eq!(
+            acl.last(),
+            Some(&Outcome::Acl { dir: to, open: false, rule: Some(0), deny: true })
+        );
+    }
+
+    /// What each stage recorded for a frame, as a list to compare.
+    fn recorded(t: &FrameTrace) -> Vec<Outcome> {
+        t.steps().collect()
+    }
+
+    #[test]
+    fn a_dry_run_records_the_real_stages_and_changes_nothing() {
+        use dataplane::pipeline::Disposition;
+        use dataplane::trace::sample::Sampler;
+        // Any host may open connections (a1 to a2 crosses both directions); telnet to the
+        // tenant is denied by the ACL.
+        let group = SecurityGroup {
+            rules: vec![SgRule { name: "any".into(), ..SgRule::default() }],
+            quota: 100,
+            ..SecurityGroup::default()
+        };
+        let mut w = worker(TenantPolicy { group: Some(group), ..deny_telnet_to_tenant() });
+        send(&mut w, A2, &from_b(80, 1000, SYN), A1);
+        let now = Nanos::from_secs(1);
+        let before = |w: &Worker<MemPort>| {
+            let p = w.pipeline();
+            (
+                p.counters.total_drops(),
+                p.counters.port_rx.iter().map(|c| c.packets).sum::<u64>(),
+                p.fdb().len(),
+                p.flows.len(),
+                p.flows.stats.hits + p.flows.stats.misses,
+                p.policy.conns.len(),
+                w.census().free,
+            )
+        };
+        let start = before(&w);
+        // A SYN a1's host would send (a connection of its own: b's SYN above opened b:80 to
+        // a:1000): decided from scratch, would open a connection.
+        let syn = from_a(2000, 80, SYN);
+        let dry = w.trace(now, A1, &syn).unwrap();
+        assert_eq!(before(&w), start, "a dry run changed the worker");
+        assert_eq!(dry.disposition, Disposition::Tx { port: A2, vlan: None });
+        assert_eq!(dry.flow_path(), FlowPath::Miss);
+        assert!(recorded(&dry).contains(&Outcome::Group(Some(Judgement::Open))), "{dry:?}");
+        // The same frame for real, recorded by a live trace: the same stages, the same verdicts
+        // (the real run opens the connection the dry run said it would).
+        w.pipeline_mut().sampler = Some(Sampler::new(dataplane::snapshot::TenantId(0), 1, 1));
+        assert_eq!(send(&mut w, A1, &syn, A2), 1);
+        let live = w.pipeline_mut().sampler.take().unwrap().into_samples().remove(0).trace;
+        assert_eq!(recorded(&live), recorded(&dry));
+        assert_eq!(live.disposition, dry.disposition);
+        assert_eq!(w.pipeline().policy.conns.len(), start.5 + 1, "the real run opened it");
+        // Now cached and part of a connection: the dry run says so, and still changes nothing.
+        let start = before(&w);
+        let again = w.trace(now, A1, &syn).unwrap();
+        assert_eq!(before(&w), start);
+        assert_eq!(again.flow_path(), FlowPath::Hit);
+        assert!(
+            recorded(&again).iter().any(|o| matches!(o, Outcome::Group(Some(Judgement::Known(_))))),
+            "{again:?}"
+        );
+        // Telnet from b's side to a: the to-tenant ACL denies it, and the record says which rule.
+        let telnet = from_b(1000, 23, SYN);
+        let denied = w.trace(now, A2, &telnet).unwrap();
+        assert_eq!(denied.disposition, Disposition::Drop(DropReason::Policy));
+        let to = Direction::ToTenant;
+        assert_eq!(
+            recorded(&denied).last(),
+            Some(&Outcome::Acl { dir: to, open: false, rule: Some(0), deny: true })
+        );
+        assert_eq!(before(&w), start);
     }
 
     #[test]

@@ -214,9 +214,7 @@ pub fn run(
     }
     let column = |row: &Value, col: &str| match (col, &row[col]) {
         ("drops", _) => drops(row),
-        ("proto", Value::Number(n)) => {
-            dataplane::pipeline::trace::proto_name(n.as_u64().unwrap_or(0) as u8)
-        }
+        ("proto", Value::Number(n)) => crate::explain::proto_name(n.as_u64().unwrap_or(0) as u8),
         ("vlan", Value::Null) => "untagged".into(),
         ("attachments", Value::Array(a)) => a
             .iter()

@@ -4,6 +4,7 @@
 mod cli;
 mod control_api;
 mod ctl;
+mod explain;
 mod fabric;
 mod flowlogs;
 mod host;

@@ -28,10 +28,10 @@ use crate::frame::{FrameArea, FrameRef};
 use crate::policy::Action;
 use crate::policy::acl::{self, AclSet};
 use crate::policy::classifier::Key as AclKey;
-use crate::policy::conntrack::{ConnTable, Verdict};
+use crate::policy::conntrack::{ConnTable, Judgement, Verdict};
 use crate::snapshot::{CHECK_POLICY, Snapshot, TenantSpec};
 use crate::time::Nanos;
-use crate::trace::sample::FlowPath;
+use crate::trace::record::{FlowPath, FrameTrace, Outcome};
 use crate::vocab::{Direction, DropReason, PortId, TenantId};
 
 /// A frame of the batch marked for this stage: its flow's key and hash, the ways of its set
@@ -51,14 +51,11 @@ struct Marked {
     plain: bool,
 }
 
-/// The frames of one batch that go through the flow cache, and how the cache took part in
-/// each frame's decision.
+/// The frames of one batch that go through the flow cache.
 #[derive(Debug)]
 pub struct Scratch {
     marked: [Marked; BATCH_SIZE],
     n: usize,
-    /// Per batch index.
-    path: [FlowPath; BATCH_SIZE],
 }
 
 impl Default for Scratch {
@@ -73,7 +70,7 @@ impl Default for Scratch {
             tcp_flags: 0,
             plain: false,
         };
-        Scratch { marked: [none; BATCH_SIZE], n: 0, path: [FlowPath::NotCached; BATCH_SIZE] }
+        Scratch { marked: [none; BATCH_SIZE], n: 0 }
     }
 }
 
@@ -82,13 +79,6 @@ impl Scratch {
     #[inline]
     pub fn reset(&mut self) {
         self.n = 0;
-        self.path = [FlowPath::NotCached; BATCH_SIZE];
-    }
-
-    /// How the flow cache took part in frame `i`'s decision (for live traces).
-    #[inline]
-    pub fn path(&self, i: usize) -> FlowPath {
-        self.path.get(i).copied().unwrap_or(FlowPath::NotCached)
     }
 
     /// Marks frame `i` (`m`, `len` bytes, from `port`) of the batch for this stage, and asks
@@ -104,7 +94,7 @@ impl Scratch {
         port: PortId,
         plain: bool,
     ) {
-        if let (Some(s), Some(p)) = (self.marked.get_mut(self.n), self.path.get_mut(i)) {
+        if let Some(s) = self.marked.get_mut(self.n) {
             s.key = key_of(m, port);
             s.hash = hash(m.tenant, &s.key);
             s.len = len;
@@ -113,7 +103,6 @@ impl Scratch {
             s.tcp_flags = m.tcp_flags;
             s.plain = plain;
             flows.prefetch_set(s.hash);
-            *p = FlowPath::Miss;
             self.n += 1;
         }
     }
@@ -128,9 +117,11 @@ impl Scratch {
 /// How many frames ahead an entry is asked for, relative to its lookup (PERF(flow-cache)).
 const AHEAD: usize = 8;
 
-/// Runs the stage on the marked frames of a batch from `port`.
+/// Runs the stage on the marked frames of a batch from `port`. `REC` and `DRY` as in
+/// `Pipeline::process_as`: record each frame's outcomes; change nothing that outlives the
+/// batch (no learning, no entry stored or counted, no connection opened).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn run(
+pub(super) fn run<const REC: bool, const DRY: bool>(
     p: &mut Pipeline,
     snap: &Snapshot,
     now: Nanos,
@@ -140,8 +131,8 @@ pub(super) fn run(
     meta: &[Meta],
     out: &mut [Disposition],
 ) {
-    let Pipeline { fdb, flows, policy, scratch, counters, announcements, .. } = p;
-    let Scratch { marked, n, path } = &mut **scratch;
+    let Pipeline { fdb, flows, policy, scratch, counters, announcements, records, .. } = p;
+    let Scratch { marked, n } = &mut **scratch;
     let marked = &mut marked[..(*n).min(BATCH_SIZE)];
     // A software pipeline: the signature lines were asked for while the frames were marked;
     // frame j's entry is asked for AHEAD frames before it is looked up. A bounded distance
@@ -158,16 +149,20 @@ pub(super) fn run(
             break;
         };
         let i = usize::from(cur.frame);
-        let (Some(o), Some(path)) = (out.get_mut(i), path.get_mut(i)) else { continue };
+        let Some(o) = out.get_mut(i) else { continue };
+        let mut rec = if REC { records.frame_mut(i) } else { None };
         let (h, key, t) = (cur.hash, &cur.key, cur.tenant);
-        let found = if cur.plain {
+        let found = if cur.plain && !DRY {
             // The common case of a tenant that logs its flows without policy: a current
             // decision, counted in the same visit of the entry.
             let g = fdb.generation(t);
             match flows.hit_and_count(h, cur.ways, t, key, g, now, cur.len, cur.tcp_flags) {
                 Ok(d) => {
                     *o = d;
-                    *path = FlowPath::Hit;
+                    if let Some(r) = rec.as_deref_mut() {
+                        r.push(Outcome::FlowCache(FlowPath::Hit));
+                        r.push(Outcome::Fdb(d));
+                    }
                     continue;
                 }
                 Err(found) => found,
@@ -180,6 +175,9 @@ pub(super) fn run(
             // Dropped before a decision (spoofed): counted in its flow, nothing decided. (A new
             // entry may have replaced a way another frame of this batch found: later frames
             // look their flow up again.)
+            if DRY {
+                continue;
+            }
             let s = found.or_else(|| flows.store(h, t, key, None, None, 0, Nanos::ZERO));
             if found.is_none() {
                 later.iter_mut().for_each(|a| a.ways = ALL_WAYS);
@@ -190,25 +188,44 @@ pub(super) fn run(
             continue;
         }
         let Some(spec) = snap.tenants.get(t.index()) else { continue };
-        let (dec, slot) = match flows.decision(found, fdb.generation(t), now) {
+        let cached = if DRY {
+            flows.decision_at(found, fdb.generation(t), now)
+        } else {
+            flows.decision(found, fdb.generation(t), now)
+        };
+        let (dec, slot) = match cached {
             Some(d) => {
-                *path = FlowPath::Hit;
+                if let Some(r) = rec.as_deref_mut() {
+                    r.push(Outcome::FlowCache(FlowPath::Hit));
+                    r.push(Outcome::Fdb(d.out()));
+                }
                 (d, found)
             }
             None => {
-                learn(fdb, counters, announcements, now, port, m);
-                let (out, until) = classify::forward_until(fdb, now, port, m);
-                let dec = decide(snap, spec, port, m, out);
-                let g = fdb.generation(t);
-                // Made again a quarter of the tenant's aging time from now (which refreshes
-                // the source in the MAC table), or when the destination's entry expires.
-                let recheck = now.add(Nanos(spec.mac_aging.0 / 4)).min(until);
-                if found.is_none() {
-                    // An insert may take a way a later frame of the batch found: they search
-                    // their whole set instead.
-                    later.iter_mut().for_each(|a| a.ways = ALL_WAYS);
+                if !DRY {
+                    learn(fdb, counters, announcements, now, port, m);
                 }
-                (dec, flows.store(h, t, key, found, Some(&dec), g, recheck))
+                let (out, until) = classify::forward_until(fdb, now, port, m);
+                if let Some(r) = rec.as_deref_mut() {
+                    let path = if found.is_some() { FlowPath::Stale } else { FlowPath::Miss };
+                    r.push(Outcome::FlowCache(path));
+                    r.push(Outcome::Fdb(out));
+                }
+                let dec = decide(snap, spec, port, m, out);
+                if DRY {
+                    (dec, None)
+                } else {
+                    let g = fdb.generation(t);
+                    // Made again a quarter of the tenant's aging time from now (which refreshes
+                    // the source in the MAC table), or when the destination's entry expires.
+                    let recheck = now.add(Nanos(spec.mac_aging.0 / 4)).min(until);
+                    if found.is_none() {
+                        // An insert may take a way a later frame of the batch found: they
+                        // search their whole set instead.
+                        later.iter_mut().for_each(|a| a.ways = ALL_WAYS);
+                    }
+                    (dec, flows.store(h, t, key, found, Some(&dec), g, recheck))
+                }
             }
         };
         let d = if snap.checks(t) & CHECK_POLICY != 0 {
@@ -217,7 +234,7 @@ pub(super) fn run(
                 None => &mut [],
             };
             let frame = || area.frame(f).unwrap_or(&[]);
-            apply(&dec, spec, &mut policy.conns, now, port, m, frame, hits)
+            apply::<DRY>(&dec, spec, &mut policy.conns, now, port, m, frame, hits, rec)
         } else {
             // Flows logged, no policy: where the MAC table sends it.
             dec.out()
@@ -271,10 +288,11 @@ fn masked_key(key: &mut Option<AclKey>, set: &AclSet, m: &Meta, port: PortId) ->
 
 /// Carries a decision out for one frame: the per-packet parts of the ACLs (`count` rules, sets
 /// that look at TCP flags, the rule counters `hits`, from-tenant rules first), then the
-/// security group.
+/// security group. Each step's outcome goes to `rec` when the frame is recorded. `DRY`: the
+/// security group judges without opening or moving a connection.
 #[allow(clippy::too_many_arguments)]
 #[inline]
-pub(crate) fn apply<'a>(
+pub(crate) fn apply<'a, const DRY: bool>(
     dec: &Decision,
     t: &TenantSpec,
     conns: &mut ConnTable,
@@ -283,6 +301,7 @@ pub(crate) fn apply<'a>(
     m: &Meta,
     frame: impl Fn() -> &'a [u8],
     hits: &mut [u64],
+    mut rec: Option<&mut FrameTrace>,
 ) -> Disposition {
     let out = dec.out();
     if let Disposition::Drop(_) = out {
@@ -297,6 +316,10 @@ pub(crate) fn apply<'a>(
             if let Some(h) = r.and_then(|r| hits.get_mut(offset + r as usize)) {
                 *h += 1;
             }
+            if let Some(x) = rec.as_deref_mut() {
+                let open = t.policy.acl[dir.index()].is_open();
+                x.push(Outcome::Acl { dir: *dir, open, rule: *r, deny: false });
+            }
         }
     } else {
         let mut key = None;
@@ -309,7 +332,12 @@ pub(crate) fn apply<'a>(
                 }
             };
             if set.has_counts() {
-                set.count(&masked_key(&mut key, set, m, port), &mut hit);
+                set.count(&masked_key(&mut key, set, m, port), |r| {
+                    hit(r);
+                    if let Some(x) = rec.as_deref_mut() {
+                        x.push(Outcome::Counted { dir, rule: r });
+                    }
+                });
             }
             let (deny, rule) = match dec.acl(k) {
                 AclOutcome::Allow(r) => (false, r),
@@ -322,6 +350,9 @@ pub(crate) fn apply<'a>(
             if let Some(r) = rule {
                 hit(r);
             }
+            if let Some(x) = rec.as_deref_mut() {
+                x.push(Outcome::Acl { dir, open: set.is_open(), rule, deny });
+            }
             if deny {
                 return Disposition::Drop(DropReason::Policy);
             }
@@ -329,14 +360,39 @@ pub(crate) fn apply<'a>(
     }
     // A later fragment was judged with its first fragment, whose verdict it takes (the
     // fragment stage drops it if that was a drop); it carries no header to track.
-    if let Some(g) = &t.policy.group
-        && !m.flags.has(PacketFlags::PORTS_FROM_FIRST)
-    {
-        match conns.check(now, g, &dirs[..n], m, frame()) {
-            Verdict::Denied => return Disposition::Drop(DropReason::Policy),
-            Verdict::Full => return Disposition::Drop(DropReason::ConntrackFull),
-            Verdict::Established | Verdict::Opened | Verdict::Untracked => {}
+    let Some(g) = &t.policy.group else {
+        if let Some(x) = rec {
+            x.push(Outcome::Group(None));
+        }
+        return out;
+    };
+    if m.flags.has(PacketFlags::PORTS_FROM_FIRST) {
+        if let Some(x) = rec {
+            x.push(Outcome::GroupFromFirstFragment);
+        }
+        return out;
+    }
+    let dirs = &dirs[..n];
+    if DRY || rec.is_some() {
+        // What the table decides, before anything changes (the same judgement `check` makes).
+        let j = conns.judge(now, g, dirs, m, frame());
+        if let Some(x) = rec {
+            x.push(Outcome::Group(Some(j)));
+        }
+        if DRY {
+            return match j {
+                Judgement::Denied(_) => Disposition::Drop(DropReason::Policy),
+                Judgement::Full => Disposition::Drop(DropReason::ConntrackFull),
+                Judgement::Untracked
+                | Judgement::Known(_)
+                | Judgement::Open
+                | Judgement::Reopen => out,
+            };
         }
     }
-    out
+    match conns.check(now, g, dirs, m, frame()) {
+        Verdict::Denied => Disposition::Drop(DropReason::Policy),
+        Verdict::Full => Disposition::Drop(DropReason::ConntrackFull),
+        Verdict::Established | Verdict::Opened | Verdict::Untracked => out,
+    }
 }

@@ -25,7 +25,6 @@ pub mod parse;
 pub mod police;
 pub mod policy;
 pub mod tenant;
-pub mod trace;
 
 use crate::batch::{BATCH_SIZE, Batch, PacketFlags};
 use crate::flow::{Fdb, FlowCache};
@@ -36,6 +35,7 @@ use crate::snapshot::{
 use crate::time::Nanos;
 use crate::trace::Counters;
 use crate::trace::counters::{PktBytes, TenantRun};
+use crate::trace::record::{BatchTrace, FlowPath, FrameTrace, Outcome};
 use crate::vocab::{DropReason, ParseError, PortId, TenantId};
 
 pub use crate::vocab::Disposition;
@@ -94,6 +94,8 @@ pub struct Pipeline {
     /// Per port, how many workers receive and send on it (rates are divided among them).
     rate_shares: Vec<u64>,
     scratch: Box<flow_cache::Scratch>,
+    /// What the stages recorded for each frame of the last recorded batch.
+    records: Box<BatchTrace>,
     /// A live capture of one tenant, if one runs.
     pub capture: Option<crate::trace::capture::Tap>,
     /// A sampled live trace of one tenant, if one runs.
@@ -133,6 +135,7 @@ impl Pipeline {
             police: police::Policers::default(),
             rate_shares: Vec::new(),
             scratch: Box::default(),
+            records: Box::default(),
             capture: None,
             sampler: None,
             counters: Counters::new(snap.ports.len(), snap.tenants.len()),
@@ -260,8 +263,77 @@ impl Pipeline {
         self.flows.sweep(now);
     }
 
-    /// Decides the fate of every frame in `batch`.
+    /// Decides the fate of every frame in `batch`. While a live trace samples a tenant, the
+    /// batch is recorded ([`crate::trace::record`]): the choice is made once per batch, and
+    /// the batches of a switch that traces nothing run a copy of the stages with no recording
+    /// compiled in.
     pub fn process(
+        &mut self,
+        now: Nanos,
+        snap: &Snapshot,
+        area: &FrameArea,
+        batch: &mut Batch,
+        out: &mut Dispositions,
+    ) {
+        if self.sampler.as_ref().is_some_and(|s| !s.is_full()) {
+            self.process_as::<true, false>(now, snap, area, batch, out);
+        } else {
+            self.process_as::<false, false>(now, snap, area, batch, out);
+        }
+    }
+
+    /// Runs `batch` through the stages with learning, caching, connection opening, policing
+    /// and counting off, recording what each stage decides ([`Pipeline::traced`]): the
+    /// decision trace of `ctl trace`. Nothing in the pipeline changes (its counters are set
+    /// aside meanwhile); the frames stay in the batch. Between breaths (it allocates).
+    pub fn process_dry(
+        &mut self,
+        now: Nanos,
+        snap: &Snapshot,
+        area: &FrameArea,
+        batch: &mut Batch,
+        out: &mut Dispositions,
+    ) {
+        let scratch = Counters::new(snap.ports.len(), snap.tenants.len());
+        let counters = std::mem::replace(&mut self.counters, scratch);
+        let (capture, sampler) = (self.capture.take(), self.sampler.take());
+        self.process_as::<true, true>(now, snap, area, batch, out);
+        self.counters = counters;
+        (self.capture, self.sampler) = (capture, sampler);
+    }
+
+    /// A MAC for address `ip` of tenant `t` (to trace a frame towards it), and where it was
+    /// found: the anti-spoofing config of an attachment that owns exactly that address and one
+    /// MAC, or a flow the tenant's host sent from it (the flow cache of tenants with policy or
+    /// flow logs). None: not known here.
+    pub fn resolve_mac(
+        &self,
+        snap: &Snapshot,
+        t: TenantId,
+        ip: [u8; 16],
+    ) -> Option<(MacAddr, String)> {
+        let spec = snap.tenants.get(t.index())?;
+        for (g, a) in spec.guards.iter().zip(&spec.attachments) {
+            let exact = g.ips.iter().any(|pfx| pfx.len == 128 && pfx.contains(&ip));
+            if exact && let [mac] = g.macs.as_slice() {
+                let port = snap.ports.get(a.port.index()).map_or("?", |p| p.name.as_str());
+                return Some((*mac, format!("anti-spoofing config of attachment {port}")));
+            }
+        }
+        self.flows
+            .source_mac(t, &ip)
+            .map(|mac| (mac, "learned: a flow the host sent (flow cache)".to_string()))
+    }
+
+    /// What the stages recorded for frame `i` of the last recorded batch.
+    pub fn traced(&self, i: usize) -> Option<&FrameTrace> {
+        self.records.frame(i)
+    }
+
+    /// The stages over a batch. `REC`: each stage records its outcome per frame. `DRY`:
+    /// nothing that outlives the batch changes (no learning, caching, connection, policer
+    /// tokens, fragment state, counting or tapping; the caller sets the counters aside).
+    fn process_as<const REC: bool, const DRY: bool>(
         &mut self,
         now: Nanos,
         snap: &Snapshot,
@@ -276,6 +348,15 @@ impl Pipeline {
         out.len = frames.len();
         self.scratch.reset();
         let c = &mut self.counters;
+        let rec = &mut self.records;
+        // Records outcome `$o` of frame `$i` when the batch is recorded (else compiled out).
+        macro_rules! note {
+            ($i:expr, $o:expr) => {
+                if REC && let Some(t) = rec.frame_mut($i) {
+                    t.push($o);
+                }
+            };
+        }
         let mut rx = PktBytes::default();
         let mut tenant_rx = TenantRun::default();
         let from_tenant = snap
@@ -284,8 +365,12 @@ impl Pipeline {
             .is_some_and(|p| p.kind == crate::snapshot::PortKind::Tenant);
         for (i, ((f, m), d)) in frames.iter().zip(meta.iter_mut()).zip(out.d.iter_mut()).enumerate()
         {
+            if REC && let Some(t) = rec.frame_mut(i) {
+                t.begin(port);
+            }
             rx.add(f.len());
             if let Some(e) = m.parse_error {
+                note!(i, Outcome::Parse(Err(e)));
                 c.parse_errors[e.index()] += 1;
                 *d = Disposition::Drop(DropReason::Malformed);
                 // Counted against the tenant of its attachment where the tags were read.
@@ -297,13 +382,18 @@ impl Pipeline {
                 }
                 continue;
             }
+            note!(i, Outcome::Parse(Ok(())));
             if let Err(r) = tenant::resolve_one(snap, port, m) {
+                note!(i, Outcome::Tenant(Err(r)));
                 m.tenant = TenantId::NONE;
                 *d = Disposition::Drop(r);
                 continue;
             }
+            note!(i, Outcome::Tenant(Ok(())));
             tenant_rx.add(&mut c.tenant_rx, m.tenant, f.len());
-            if let Err(r) = ingress::check_one(m) {
+            let source = ingress::check_one(m);
+            note!(i, Outcome::SourceMac(source));
+            if let Err(r) = source {
                 *d = Disposition::Drop(r);
                 continue;
             }
@@ -311,42 +401,55 @@ impl Pipeline {
             if checks & (CHECK_GUARD | CHECK_POLICY) != 0
                 && let Err(r) = policy::check_one(snap, checks, m, area.frame(f).unwrap_or(&[]))
             {
+                note!(i, Outcome::Guard(Err(r)));
                 if let policy::Refusal::Malformed(e) = r {
                     c.parse_errors[e.index()] += 1;
                 }
                 *d = Disposition::Drop(r.reason());
-                if checks & CHECK_FLOWLOG != 0 {
+                if !DRY && checks & CHECK_FLOWLOG != 0 {
                     // Counted in its flow's log record.
                     self.scratch.mark(&self.flows, i, m, f.len(), port, false);
                 }
                 continue;
             }
-            if checks & CHECK_POLICE != 0
-                && from_tenant
-                && !self.police.admit(m.tenant, now, f.len())
-            {
-                *d = Disposition::Drop(DropReason::RateLimit);
-                if checks & CHECK_FLOWLOG != 0 {
-                    self.scratch.mark(&self.flows, i, m, f.len(), port, false);
+            note!(i, Outcome::Guard(Ok(policy::guarded(snap, m))));
+            if checks & CHECK_POLICE != 0 && from_tenant {
+                let before = if REC { self.police.bucket(m.tenant) } else { None };
+                let admitted = if DRY {
+                    self.police.would_admit(m.tenant, now, f.len())
+                } else {
+                    self.police.admit(m.tenant, now, f.len())
+                };
+                note!(i, Outcome::Police(before.map(|b| police::policed(b, now, admitted))));
+                if !admitted {
+                    *d = Disposition::Drop(DropReason::RateLimit);
+                    if !DRY && checks & CHECK_FLOWLOG != 0 {
+                        self.scratch.mark(&self.flows, i, m, f.len(), port, false);
+                    }
+                    continue;
                 }
-                continue;
+            } else {
+                note!(i, Outcome::Police(None));
             }
-            if checks & CHECK_POLICY != 0
-                && m.flags.has(PacketFlags::FRAGMENT)
-                && let Err(r) = fragment::admit(
+            // A dry run's frames are whole datagrams (`ctl trace` builds them): the fragment
+            // stage, which keeps state across frames, is not run for them.
+            if !DRY && checks & CHECK_POLICY != 0 && m.flags.has(PacketFlags::FRAGMENT) {
+                let admitted = fragment::admit(
                     &mut self.frags,
                     &mut self.frag_batch,
                     now,
                     i,
                     m,
                     area.frame(f).unwrap_or(&[]),
-                )
-            {
-                *d = Disposition::Drop(r);
-                if checks & CHECK_FLOWLOG != 0 {
-                    self.scratch.mark(&self.flows, i, m, f.len(), port, false);
+                );
+                note!(i, Outcome::Fragment(admitted));
+                if let Err(r) = admitted {
+                    *d = Disposition::Drop(r);
+                    if checks & CHECK_FLOWLOG != 0 {
+                        self.scratch.mark(&self.flows, i, m, f.len(), port, false);
+                    }
+                    continue;
                 }
-                continue;
             }
             if checks & CHECK_FLOW != 0 {
                 // Decided by the flow-cache stage (which tells this frame from one dropped
@@ -356,17 +459,31 @@ impl Pipeline {
                 self.scratch.mark(&self.flows, i, m, f.len(), port, plain);
                 continue;
             }
-            learn(&mut self.fdb, c, &mut self.announcements, now, port, m);
+            if !DRY {
+                learn(&mut self.fdb, c, &mut self.announcements, now, port, m);
+            }
             *d = classify::forward_one(&self.fdb, now, port, m);
+            note!(i, Outcome::FlowCache(FlowPath::NotCached));
+            note!(i, Outcome::Fdb(*d));
         }
         tenant_rx.flush(&mut c.tenant_rx);
         if self.scratch.any() {
-            flow_cache::run(self, snap, now, port, area, frames, meta, &mut out.d[..frames.len()]);
+            let out = &mut out.d[..frames.len()];
+            flow_cache::run::<REC, DRY>(self, snap, now, port, area, frames, meta, out);
         }
         if self.frag_batch.any() {
             fragment::settle(&mut self.frags, &mut self.frag_batch, &mut out.d[..frames.len()]);
         }
-        if let Some(s) = &mut self.sampler
+        if REC {
+            for (i, (m, d)) in meta.iter().zip(&out.d).enumerate() {
+                if let Some(t) = self.records.frame_mut(i) {
+                    t.meta = *m;
+                    t.disposition = *d;
+                }
+            }
+        }
+        if !DRY
+            && let Some(s) = &mut self.sampler
             && !s.is_full()
         {
             for (i, ((f, m), d)) in frames.iter().zip(meta.iter()).zip(&out.d).enumerate() {
@@ -375,13 +492,13 @@ impl Pipeline {
                         d,
                         Disposition::Drop(DropReason::Malformed | DropReason::UnknownTenant)
                     )
+                    && let Some(t) = self.records.frame(i)
                 {
-                    let frame = area.frame(f).unwrap_or(&[]);
-                    s.offer(now, port, frame, *d, self.scratch.path(i));
+                    s.offer(now, area.frame(f).unwrap_or(&[]), t);
                 }
             }
         }
-        if let Some(tap) = &mut self.capture {
+        if !DRY && let Some(tap) = &mut self.capture {
             let from_tenant = snap
                 .ports
                 .get(port.index())

@@ -8,6 +8,7 @@
 use crate::shaping::{TokenBucket, Unit};
 use crate::snapshot::{PortKind, Snapshot};
 use crate::time::Nanos;
+use crate::trace::record::Policed;
 use crate::vocab::TenantId;
 
 /// A policed tenant's bucket and what it counts, one cache line (tenants are policed in random
@@ -60,16 +61,38 @@ impl Policers {
     #[inline]
     pub fn admit(&mut self, t: TenantId, now: Nanos, len: u32) -> bool {
         let Some(Some(Policer(b, unit))) = self.buckets.get_mut(t.index()) else { return true };
-        let cost = match unit {
-            Unit::Bytes => u64::from(len),
-            Unit::Packets => 1,
-        };
         // A frame larger than the whole burst passes when the bucket is full, and empties it.
-        b.take_at(now, cost)
+        b.take_at(now, cost(*unit, len))
+    }
+
+    /// True when tenant `t` could send a frame of `len` bytes now; nothing is taken (a dry
+    /// run's policer).
+    #[inline]
+    pub fn would_admit(&self, t: TenantId, now: Nanos, len: u32) -> bool {
+        let Some(Some(Policer(mut b, unit))) = self.buckets.get(t.index()).copied() else {
+            return true;
+        };
+        b.take_at(now, cost(unit, len))
     }
 
     /// Tenant `t`'s bucket, if it is policed (for traces).
     pub fn bucket(&self, t: TenantId) -> Option<(TokenBucket, Unit)> {
         self.buckets.get(t.index()).copied().flatten().map(|Policer(b, u)| (b, u))
     }
+}
+
+/// The tokens a frame of `len` bytes takes.
+#[inline]
+fn cost(unit: Unit, len: u32) -> u64 {
+    match unit {
+        Unit::Bytes => u64::from(len),
+        Unit::Packets => 1,
+    }
+}
+
+/// The record of a policer's judgement: its bucket `b` before the frame (refilled to `now`),
+/// and whether the frame passed.
+pub fn policed((mut b, unit): (TokenBucket, Unit), now: Nanos, passed: bool) -> Policed {
+    b.refill(now);
+    Policed { passed, tokens: b.tokens(), per_sec: b.rate(), packets: unit == Unit::Packets }
 }

@@ -46,6 +46,15 @@ pub fn guard_one(t: &TenantSpec, m: &Meta, frame: &[u8]) -> Result<(), Refusal> 
     }
 }
 
+/// True when the attachment `m` came in on has a guard (anti-spoofing configured).
+#[inline]
+pub fn guarded(snap: &Snapshot, m: &Meta) -> bool {
+    snap.tenants
+        .get(m.tenant.index())
+        .and_then(|t| t.guards.get(usize::from(m.attachment.0)))
+        .is_some_and(|g| !g.is_empty())
+}
+
 /// The checks of tenants with anti-spoofing or policy, before learning: the attachment's
 /// guard ([`guard_one`]), and the IPv4 header checksum (a frame the receiver would discard is
 /// not worth judging, and a forged header must not reach a policy that trusts its fields).

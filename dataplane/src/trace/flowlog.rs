@@ -56,10 +56,17 @@ pub struct FlowLogStats {
     pub full: u64,
 }
 
+/// Records one worker holds between two breaths (made on the packet path, when a new flow
+/// evicts a counted one); more are counted lost.
+pub const HELD_RECORDS: usize = 256;
+
 /// Where one worker's flow records go, and when.
 #[derive(Debug)]
 pub struct FlowExport {
     out: Sender<FlowRecord>,
+    /// Records made on the packet path, handed to the writer between breaths
+    /// ([`FlowExport::release`]): a channel send may wake the writer's thread, a syscall.
+    held: Vec<FlowRecord>,
     /// A flow still running is reported every `interval`.
     pub interval: Nanos,
     /// A flow quiet for `idle` is reported (once).
@@ -71,12 +78,43 @@ pub struct FlowExport {
 impl FlowExport {
     /// Reports to `out`: running flows every `interval`, a flow idle for `idle` once.
     pub fn new(interval: Nanos, idle: Nanos, out: Sender<FlowRecord>) -> Self {
-        FlowExport { out, interval, idle, stats: FlowLogStats::default() }
+        let held = Vec::with_capacity(HELD_RECORDS);
+        FlowExport { out, held, interval, idle, stats: FlowLogStats::default() }
     }
 
-    /// Hands a record to the writer, or counts it lost.
+    /// Between breaths: hands a record to the writer (after those held), or counts it lost.
     #[inline]
     pub fn emit(&mut self, r: FlowRecord) {
+        self.release();
+        self.send(r);
+    }
+
+    /// On the packet path: keeps a record for the next [`FlowExport::release`] (no allocation:
+    /// the buffer's room is fixed), or counts it lost when the buffer is full.
+    #[inline]
+    pub fn hold(&mut self, r: FlowRecord) {
+        if self.held.len() < self.held.capacity() {
+            self.held.push(r);
+        } else {
+            self.stats.lost += 1;
+        }
+    }
+
+    /// Between breaths: hands the held records to the writer.
+    pub fn release(&mut self) {
+        let mut held = std::mem::take(&mut self.held);
+        for r in held.drain(..) {
+            self.send(r);
+        }
+        self.held = held;
+    }
+
+    /// Records held for the writer.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    fn send(&mut self, r: FlowRecord) {
         if self.out.try_send(r).is_ok() {
             self.stats.exported += 1;
         } else {

@@ -6,6 +6,7 @@
 pub mod capture;
 pub mod counters;
 pub mod flowlog;
+pub mod record;
 pub mod sample;
 
 pub use counters::{Counters, DropReason, ParseError};

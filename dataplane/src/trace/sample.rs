@@ -1,54 +1,30 @@
-//! Sampled live traces: copies of real frames of one tenant, one in `every`, with the decision
-//! the pipeline actually took for each and whether the flow cache decided it.
+//! Sampled live traces: copies of real frames of one tenant, one in `every`, each with the
+//! record the stages wrote while deciding it ([`super::record`]).
 //!
 //! The sampler is installed between breaths with room for all its samples (allocated then, not
-//! on the packet path); the pipeline offers it every frame of the tenant after the decision
-//! stages, and it copies the chosen ones until it is full. Turning the copies into a per-stage
-//! explanation is left to the control plane, which re-runs the read-only decision trace on
-//! them ([`crate::pipeline::trace`]) between breaths: the explanation is computed against the
-//! same tables right after the batch, the outcome is the one the frame got.
+//! on the packet path). While it runs, the pipeline records the batches of the tenant's ports
+//! and offers the sampler every frame of the tenant after the decision stages; it copies the
+//! chosen ones, bytes and record, until it is full. The control plane turns the records into
+//! words between breaths: the explanation is what the stages did, as they did it.
 
+use super::record::FrameTrace;
 use crate::time::Nanos;
-use crate::vocab::{Disposition, PortId, TenantId};
+use crate::vocab::TenantId;
+
+pub use super::record::FlowPath;
 
 /// Most bytes kept of a sampled frame (every frame of a 4096-byte chunk).
 pub const SAMPLE_BYTES: usize = 4096;
 /// Most samples one sampler takes.
 pub const MAX_SAMPLES: usize = 100;
 
-/// How the flow cache took part in a frame's decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlowPath {
-    /// The tenant has no policy and no flow log: the MAC table alone decided.
-    NotCached,
-    /// A current decision was in the cache.
-    Hit,
-    /// Decided from scratch (and cached, when there was room).
-    Miss,
-}
-
-impl FlowPath {
-    /// For people.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FlowPath::NotCached => "not used (no policy, no flow log)",
-            FlowPath::Hit => "hit",
-            FlowPath::Miss => "miss",
-        }
-    }
-}
-
 /// One sampled frame.
 #[derive(Debug, Clone)]
 pub struct Sample {
-    /// Ingress port.
-    pub port: PortId,
     /// When it was processed (worker's clock).
     pub at: Nanos,
-    /// What the pipeline decided.
-    pub disposition: Disposition,
-    /// Whether the flow cache decided it.
-    pub flow: FlowPath,
+    /// What the stages recorded: ingress port, metadata, every stage's outcome, disposition.
+    pub trace: FrameTrace,
     /// The frame (the first [`SAMPLE_BYTES`]).
     pub bytes: Vec<u8>,
     /// Its length on the wire.
@@ -80,10 +56,10 @@ impl Sampler {
         }
     }
 
-    /// Offers a frame of the sampler's tenant and what became of it. No allocation: the copy
-    /// goes into a preallocated buffer.
+    /// Offers a frame of the sampler's tenant and the record of what became of it. No
+    /// allocation: the copy goes into a preallocated buffer.
     #[inline]
-    pub fn offer(&mut self, at: Nanos, port: PortId, frame: &[u8], d: Disposition, flow: FlowPath) {
+    pub fn offer(&mut self, at: Nanos, frame: &[u8], trace: &FrameTrace) {
         self.countdown -= 1;
         if self.countdown > 0 {
             return;
@@ -92,14 +68,7 @@ impl Sampler {
         let Some(mut bytes) = self.spare.pop() else { return };
         bytes.clear();
         bytes.extend_from_slice(&frame[..frame.len().min(SAMPLE_BYTES)]);
-        self.samples.push(Sample {
-            port,
-            at,
-            disposition: d,
-            flow,
-            bytes,
-            len: frame.len() as u32,
-        });
+        self.samples.push(Sample { at, trace: *trace, bytes, len: frame.len() as u32 });
     }
 
     /// True when every sample was taken.
@@ -116,19 +85,24 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vocab::DropReason;
+    use crate::vocab::{Disposition, DropReason, PortId};
 
     #[test]
     fn one_in_every_n_until_full() {
         let mut s = Sampler::new(TenantId(3), 2, 3);
         let d = Disposition::Drop(DropReason::Policy);
+        let mut t = FrameTrace::EMPTY;
+        t.begin(PortId(1));
+        t.disposition = d;
         for i in 0..20u8 {
-            s.offer(Nanos(u64::from(i)), PortId(1), &[i; 70], d, FlowPath::Hit);
+            t.meta.tcp_flags = i;
+            s.offer(Nanos(u64::from(i)), &[i; 70], &t);
         }
         assert!(s.is_full());
         let v = s.into_samples();
-        // The 1st, then every 3rd: frames 0 and 3.
+        // The 1st, then every 3rd: frames 0 and 3, each with its own record.
         assert_eq!(v.iter().map(|x| x.bytes[0]).collect::<Vec<_>>(), [0, 3]);
-        assert_eq!((v[1].len, v[1].bytes.len(), v[1].disposition), (70, 70, d));
+        assert_eq!(v.iter().map(|x| x.trace.meta.tcp_flags).collect::<Vec<_>>(), [0, 3]);
+        assert_eq!((v[1].len, v[1].bytes.len(), v[1].trace.disposition), (70, 70, d));
     }
 }

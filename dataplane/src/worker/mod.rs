@@ -37,6 +37,7 @@ use crate::pipeline::{Dispositions, Egress, Pipeline, TxLists};
 use crate::port::{Breath, Port, PortCensus};
 use crate::snapshot::Snapshot;
 use crate::time::{Clock, Nanos};
+use crate::trace::record::FrameTrace;
 use crate::vocab::{DropReason, PortId, TenantId};
 use mesh::{Handoff, Links, PeerOut, decode_learn, encode_learn};
 
@@ -850,6 +851,36 @@ impl<P: Port> Worker<P> {
     /// Frames received in the batches of each bucket of [`Worker::batch_sizes`].
     pub fn batch_frames(&self) -> &[u64; 8] {
         &self.batch_frames
+    }
+
+    /// The decision trace of `frame` arriving on `port` at `now` (`ctl trace`): the frame is
+    /// copied into a chunk of this worker's pool and run through the real stages with
+    /// learning, caching, connections and counting off ([`Pipeline::process_dry`]); the chunk
+    /// goes back to the pool. None when no chunk is free or the frame does not fit one.
+    /// Between breaths (it allocates).
+    pub fn trace(&mut self, now: Nanos, port: PortId, frame: &[u8]) -> Option<FrameTrace> {
+        let base = self.pool.alloc()?;
+        let room = u64::from(self.area.chunk_size()) - crate::frame::FRAME_HEADROOM;
+        let f = FrameRef::new(base + crate::frame::FRAME_HEADROOM, frame.len() as u32);
+        let copied = frame.len() as u64 <= room
+            && self.area.frame_mut(&f).map(|b| b.copy_from_slice(frame)).is_some();
+        if !copied {
+            self.pool.free(f);
+            return None;
+        }
+        let mut batch = Batch::new();
+        batch.reset(port);
+        if let Err(f) = batch.push(f) {
+            self.pool.free(f);
+            return None;
+        }
+        let mut disp = Dispositions::default();
+        self.pipeline.process_dry(now, &self.snap, &self.area, &mut batch, &mut disp);
+        let traced = self.pipeline.traced(0).copied();
+        for (f, _) in batch.take_frames() {
+            self.pool.free(f);
+        }
+        traced
     }
 
     /// The pipeline (counters, MAC table).

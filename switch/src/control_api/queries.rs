@@ -4,6 +4,8 @@
 use super::*;
 use dataplane::trace::capture::Tap;
 
+use crate::explain;
+
 /// A question for the workers, answered between breaths (within 250 ms) by each of them.
 pub enum Query {
     /// The MAC table entries of a tenant.
@@ -57,37 +59,20 @@ pub fn finish_live_trace(
     let rows = samples
         .iter()
         .map(|s| {
-            let steps: Vec<Value> =
-                dataplane::pipeline::trace::trace(w.pipeline(), &snap, s.at, s.port, &s.bytes)
-                    .into_iter()
-                    // The cache's part as it happened, not as the cache looks now.
-                    .map(|st| {
-                        let outcome = if st.stage == "flow cache" {
-                            s.flow.as_str().into()
-                        } else {
-                            st.outcome
-                        };
-                        json!({ "stage": st.stage, "outcome": outcome, "dropped": st.dropped })
-                    })
-                    .collect();
-            let outcome = match s.disposition {
-                dataplane::pipeline::Disposition::Tx { port, vlan } => {
-                    format!(
-                        "tx on {} {}",
-                        port_name(port),
-                        dataplane::pipeline::trace::vlan_name(vlan)
-                    )
-                }
-                dataplane::pipeline::Disposition::Flood => "flood".into(),
-                dataplane::pipeline::Disposition::Drop(r) => format!("drop ({})", r.as_label()),
-            };
+            // What the stages recorded as they decided the frame.
+            let steps: Vec<Value> = explain::steps(&snap, &s.trace, false)
+                .into_iter()
+                .map(
+                    |st| json!({ "stage": st.stage, "outcome": st.outcome, "dropped": st.dropped }),
+                )
+                .collect();
             json!({
                 "worker": worker,
-                "port": port_name(s.port),
+                "port": port_name(s.trace.port),
                 "len": s.len,
                 "ago_ms": now.since(s.at).0 as f64 / 1e6,
-                "outcome": outcome,
-                "flow_cache": s.flow.as_str(),
+                "outcome": explain::outcome(&snap, s.trace.disposition),
+                "flow_cache": s.trace.flow_path().as_str(),
                 "steps": steps,
             })
         })
@@ -128,29 +113,15 @@ pub fn answer_query(w: &Worker<XskPort>, worker: usize, now: Nanos, q: Query) {
                 .collect();
             let _ = reply.send(rows);
         }
-        Query::Trace(port, frame, reply) => {
-            let steps = dataplane::pipeline::trace::trace(w.pipeline(), snap, now, port, &frame);
-            let v = dataplane::pipeline::trace::verdict(&steps);
-            let mut rows: Vec<Value> = steps
-                .into_iter()
-                .map(|s| {
-                    json!({
-                        "stage": s.stage, "outcome": s.outcome, "dropped": s.dropped,
-                        "reason": s.reason, "rule": s.rule,
-                    })
-                })
-                .collect();
-            // The verdict last, as one row the control thread takes off.
-            rows.push(json!({
-                "action": v.action, "reason": v.reason, "rule": v.rule, "to": v.to,
-            }));
-            let _ = reply.send(rows);
-        }
         Query::ResolveMac(t, ip, reply) => {
-            let _ = reply.send(dataplane::pipeline::trace::resolve_mac(w.pipeline(), snap, t, ip));
+            let _ = reply.send(w.pipeline().resolve_mac(snap, t, ip));
         }
-        // Only `answer_query_mut` may change the taps; it never passes these here.
-        Query::CaptureStart(..) | Query::CaptureStop(_) | Query::LiveTrace { .. } => {}
+        // Only `answer_query_mut` may change the taps or run a frame through the stages; it
+        // never passes these here.
+        Query::CaptureStart(..)
+        | Query::CaptureStop(_)
+        | Query::LiveTrace { .. }
+        | Query::Trace(..) => {}
         Query::Flows(t, top, order, reply) => {
             let mut flows: Vec<_> = w.pipeline().flows.flows(t).collect();
             let rank = |f: &dataplane::trace::flowlog::FlowView| match order {
@@ -229,6 +200,33 @@ pub fn answer_query_mut(
         Query::CaptureStop(reply) => {
             let stats = w.pipeline_mut().capture.take().map_or((0, 0), |t| (t.copied, t.skipped));
             let _ = reply.send(stats);
+        }
+        Query::Trace(port, frame, reply) => {
+            // The frame through the real stages, nothing learned or counted; the words from
+            // what they recorded.
+            let rows = match w.trace(now, port, &frame) {
+                Some(t) => {
+                    let snap = w.snapshot().clone();
+                    let steps = explain::steps(&snap, &t, true);
+                    let v = explain::verdict(&steps);
+                    let mut rows: Vec<Value> = steps
+                        .into_iter()
+                        .map(|s| {
+                            json!({
+                                "stage": s.stage, "outcome": s.outcome, "dropped": s.dropped,
+                                "reason": s.reason, "rule": s.rule,
+                            })
+                        })
+                        .collect();
+                    // The verdict last, as one row the control thread takes off.
+                    rows.push(json!({
+                        "action": v.action, "reason": v.reason, "rule": v.rule, "to": v.to,
+                    }));
+                    rows
+                }
+                None => Vec::new(),
+            };
+            let _ = reply.send(rows);
         }
         other => answer_query(w, worker, now, other),
     }

@@ -1,10 +1,12 @@
 //! `trace`: what every stage of the pipeline would decide for a frame described by the
-//! request, computed by the worker that polls its port (read-only: nothing learned or counted).
+//! request: the worker that polls its port runs the frame through its stages with learning,
+//! caching, connections and counting off, and the stages' records are put in words
+//! ([`crate::explain`]).
 
 use super::*;
 
-/// `trace`: the verdict of every stage for the frame `req` describes, from the tables of the
-/// worker that polls its port's first queue (read-only).
+/// `trace`: the verdict of every stage for the frame `req` describes, from the stages and tables
+/// of the worker that polls its port's first queue (a dry run: nothing changes).
 pub(super) fn trace(mut req: TraceRequest, shared: &Shared) -> Result<Value, String> {
     let snap = shared.snapshot();
     let name = req.port.clone();
@@ -57,6 +59,11 @@ pub(super) fn trace(mut req: TraceRequest, shared: &Shared) -> Result<Value, Str
     let mut steps = rx
         .recv_timeout(Duration::from_secs(3))
         .map_err(|_| "the worker did not answer within 3 s")?;
+    if steps.is_empty() {
+        return Err(format!(
+            "worker {w} had no free frame to run the trace through (all in flight); try again"
+        ));
+    }
     let verdict = steps.pop().unwrap_or(Value::Null);
     Ok(json!({
         "worker": w, "dst_mac": dst_mac, "dst_mac_from": from, "steps": steps,

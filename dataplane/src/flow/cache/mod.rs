@@ -422,6 +422,18 @@ impl FlowCache {
         }
     }
 
+    /// The decision cached in `s`, if it is current; counts nothing (a dry run's lookup).
+    #[inline]
+    pub fn decision_at(
+        &self,
+        s: Option<Slot>,
+        fdb_generation: u32,
+        now: Nanos,
+    ) -> Option<Decision> {
+        let e = s.and_then(|s| self.entry(s))?;
+        e.current(self.generation, fdb_generation, now).then_some(e.decision)
+    }
+
     /// Caches `d` for the flow: in its entry `s` if it has one, else in a new entry; it is to
     /// be made again at `recheck_at`. `None` when the tenant is at its share and the set has
     /// no entry of its own to give.
@@ -482,7 +494,7 @@ impl FlowCache {
             if let Some(c) = self.per_tenant.get_mut(usize::from(old.tenant)) {
                 *c -= 1;
             }
-            self.report(&old, RecordReason::Evicted);
+            self.report_later(&old, RecordReason::Evicted);
         }
         self.per_tenant[t.index()] += 1;
         self.stats.inserts += 1;
@@ -549,13 +561,6 @@ impl FlowCache {
             .filter(|e| e.occupied && e.tenant == t.0 && e.key.src_addr() == *ip)
             .max_by_key(|e| e.last.0)
             .map(|e| e.key.src_mac())
-    }
-
-    /// What the cache holds for a flow, without counting or changing anything (the decision
-    /// trace): `None` when not cached, else whether its decision is current.
-    pub fn peek(&self, t: TenantId, key: &Key, fdb_generation: u32, now: Nanos) -> Option<bool> {
-        let s = self.find(hash(t, key), t, key)?;
-        Some(self.entry(s)?.current(self.generation, fdb_generation, now))
     }
 
     /// The configured share, in percent.
@@ -884,8 +889,13 @@ mod tests {
         }
         assert!(rx.try_recv().is_err());
         count(&mut c, &key(99), Nanos::from_secs(20), 0, Disposition::Flood);
+        // Made on the packet path, it waits for the breath's sweep (no channel send there).
+        assert!(rx.try_recv().is_err(), "a record sent from the packet path");
+        assert_eq!(c.export.as_ref().map(|x| x.held()), Some(1));
+        c.sweep(Nanos::from_secs(20));
         let r = rx.try_recv().expect("the evicted flow");
         assert_eq!((r.flow.packets, r.flow.start), (1, Nanos::ZERO), "key 0 was the oldest");
+        assert_eq!(c.export.as_ref().map(|x| x.held()), Some(0));
     }
 
     #[test]

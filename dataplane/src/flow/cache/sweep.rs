@@ -1,28 +1,45 @@
 //! The flow log's side of the cache: each entry's span reported when its flow ends, goes idle,
 //! runs long or is evicted, a slice of the table per breath; flushed at a stop; a removed
-//! tenant's entries reported and freed.
+//! tenant's entries reported and freed. Records go to the writer only between breaths: those
+//! the packet path makes (an eviction) wait in the exporter until the next sweep.
 
 use super::*;
 
 impl FlowCache {
-    /// Reports `e`'s span if its tenant logs flows and it counted something.
+    /// Reports `e`'s span if its tenant logs flows and it counted something. Between breaths:
+    /// the record goes to the writer now.
     pub(super) fn report(&mut self, e: &Entry, why: RecordReason) {
-        if e.packets == 0 || !self.logs.get(usize::from(e.tenant)).copied().unwrap_or(false) {
-            return;
-        }
-        if !matches!(e.key.ethertype(), 0x0800 | 0x86dd) {
-            return;
-        }
-        if let Some(x) = &mut self.export {
+        if self.logged(e)
+            && let Some(x) = &mut self.export
+        {
             x.emit(e.view().record(why));
         }
+    }
+
+    /// [`FlowCache::report`] on the packet path: the record waits for the next breath's
+    /// [`FlowCache::sweep`].
+    pub(super) fn report_later(&mut self, e: &Entry, why: RecordReason) {
+        if self.logged(e)
+            && let Some(x) = &mut self.export
+        {
+            x.hold(e.view().record(why));
+        }
+    }
+
+    /// True when `e` counted something of a tenant that logs flows, and is IP.
+    fn logged(&self, e: &Entry) -> bool {
+        e.packets > 0
+            && self.logs.get(usize::from(e.tenant)).copied().unwrap_or(false)
+            && matches!(e.key.ethertype(), 0x0800 | 0x86dd)
     }
 
     /// Between breaths, when flows are logged: visits the next slice of the table (the whole
     /// table once per [`SWEEP_PERIOD`]) and reports ended, idle and long-running flows of
     /// logging tenants, starting their next span.
     pub fn sweep(&mut self, now: Nanos) {
-        let Some(x) = &self.export else { return };
+        let Some(x) = &mut self.export else { return };
+        // What the packet path made since the last breath (evictions) first.
+        x.release();
         let (interval, idle) = (x.interval, x.idle);
         if self.sets.is_empty() || !self.any_logs {
             return;
