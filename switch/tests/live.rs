@@ -11,13 +11,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// The tests of this file one at a time: the stream test counts every datagram, and a switch
-/// of the other test on the same two cores would take its worker's time.
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    ONE.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// The config section of a port on host `host`'s interface.
 fn port(lab: &Lab, host: &str) -> String {
     format!("[ports.{host}]\ninterface = \"{}\"\nkind = \"tenant\"\n", lab.ifname(host))

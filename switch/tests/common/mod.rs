@@ -15,6 +15,14 @@ pub fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
 }
 
+/// The tests of one file that measure the switch one at a time: a stream that counts every
+/// datagram, a rate or a latency measured on two cores is a measure of the switch only when no
+/// other test's switch busy-polls beside it. (Tests of one file run in parallel threads.)
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Returns false (after saying so loudly) when the test cannot run here. Without root the
 /// tests fail unless XSWITCH_SKIP_ROOT_TESTS=1 is set, so CI can never skip them silently.
 pub fn can_run(name: &str) -> bool {
