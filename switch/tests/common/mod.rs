@@ -624,15 +624,22 @@ impl Lab {
 impl SeqStream {
     /// Waits for the sender (at most `limit`) and the receiver; fails the test, with the
     /// switch's log, unless every one of `count` datagrams arrived exactly once.
-    pub fn expect_all(mut self, count: u64, limit: Duration, lab: &mut Lab) {
+    pub fn expect_all(self, count: u64, limit: Duration, lab: &mut Lab) {
+        let v = self.counts(limit);
+        if v != [count, 0, 0] {
+            let (_, log) = lab.stop();
+            panic!("received, missing, duplicated: {v:?}\n{log}");
+        }
+    }
+
+    /// Waits for the sender (at most `limit`) and the receiver: datagrams received, missing
+    /// (below the highest number received) and duplicated.
+    pub fn counts(mut self, limit: Duration) -> [u64; 3] {
         let sent = exits_within(&mut self.send, limit);
         assert!(sent.is_some_and(|s| s.success()), "the sender did not finish in {limit:?}");
         let out = self.recv.wait_with_output().unwrap();
         let got = String::from_utf8_lossy(&out.stdout).to_string();
         let v: Vec<u64> = got.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-        if v != [count, 0, 0] {
-            let (_, log) = lab.stop();
-            panic!("received, missing, duplicated: {got}\n{log}");
-        }
+        v.try_into().unwrap_or_else(|_| panic!("the receiver said {got:?}"))
     }
 }
