@@ -473,3 +473,34 @@ fn plan_commands_reach_the_worker() {
     w0.apply(t, plan(Some(1)));
     assert_eq!(w0.routes()[2], Route::Local(2));
 }
+
+#[test]
+fn frames_for_a_port_no_socket_serves_drop_as_port_down_not_tx_full() {
+    let mut ws = two_workers();
+    let t = Nanos::from_secs(1);
+    // a2 loses its socket and nobody polls it (a port waiting for its interface).
+    assert!(matches!(
+        ws[1].apply(t, WorkerCmd::RemoveSocket { port: A2, queue: 0 }),
+        Applied::Removed { .. }
+    ));
+    let plan = WorkerCmd::Plan { owners: vec![Some(0), Some(0), None], shares: vec![1, 1, 1] };
+    ws[0].apply(t, plan);
+    assert_eq!(ws[0].routes()[2], Route::Unreachable);
+    // Broadcasts from a1 flood to the uplink and to a2: the uplink's copies go out, a2's are
+    // dropped at once as port_down, however many come (more than a TX list holds).
+    let frame = udp(mac(1), [0xff; 6], None);
+    let n = 300;
+    for k in 0..n {
+        assert!(ws[0].inject(A1, &frame), "frame {k}");
+        breathe(&mut ws, t);
+        ws[0].take_sent(UP);
+    }
+    let c = &ws[0].pipeline().counters;
+    assert_eq!(c.drops(DropReason::PortDown), n);
+    assert_eq!(c.drops(DropReason::TxFull), 0);
+    // Nothing waits for a2, and every frame is accounted for.
+    breathe(&mut ws, t);
+    let total = census(&ws);
+    assert_eq!(total.pending, 0, "{total:?}");
+    assert!(total.balanced(), "{total:?}");
+}

@@ -546,7 +546,7 @@ impl Pipeline {
     ) {
         self.process(now, snap, area, batch, disp);
         output::deliver(now, snap, area, pool, batch, disp, tx, &mut self.counters);
-        tx.flush(out, &mut self.counters, now);
+        tx.flush(out, &mut self.counters, pool, now);
     }
 }
 

@@ -241,10 +241,24 @@ impl TxLists {
     /// Hands each port's pending frames to `out`. What it does not take yet (a full TX ring
     /// or handoff ring) stays queued, in order, for the next call: a short burst is absorbed
     /// here instead of dropped; a list that is still full when more frames arrive drops those
-    /// as `tx_full`.
-    pub fn flush<E: Egress + ?Sized>(&mut self, out: &mut E, c: &mut Counters, now: Nanos) {
+    /// as `tx_full`. Frames for a port no socket serves ([`Egress::reachable`]: one still
+    /// waiting for its interface) are dropped as `port_down` and go back to `pool`.
+    pub fn flush<E: Egress + ?Sized>(
+        &mut self,
+        out: &mut E,
+        c: &mut Counters,
+        pool: &mut FramePool,
+        now: Nanos,
+    ) {
         for (i, l) in self.lists.iter_mut().enumerate() {
             let port = PortId(i as u16);
+            if !l.frames.is_empty() && !out.reachable(port) {
+                for (f, o) in l.frames.drain(..).zip(l.owners.drain(..)) {
+                    c.drop(o.ingress, Some(o.tenant), DropReason::PortDown);
+                    pool.free(f);
+                }
+                continue;
+            }
             let Some(Some(s)) = self.scheds.get_mut(i) else {
                 send_list(out, port, l, c);
                 continue;
@@ -318,6 +332,13 @@ pub trait Egress {
     /// True when `send` on `port` puts frames on the wire (they count as transmitted); false
     /// when it hands them to another worker, which counts them when it sends them.
     fn counts_tx(&self, port: PortId) -> bool {
+        let _ = port;
+        true
+    }
+
+    /// False when no socket serves `port`, here or on another worker (a port waiting for its
+    /// interface): its frames are dropped as `port_down` rather than left to fill its list.
+    fn reachable(&self, port: PortId) -> bool {
         let _ = port;
         true
     }

@@ -218,7 +218,7 @@ pub enum Route {
     Local(usize),
     /// Through the worker at this index.
     Peer(usize),
-    /// No socket anywhere (frames wait, then drop as `tx_full`).
+    /// No socket anywhere: its frames are dropped as `port_down`.
     Unreachable,
 }
 
@@ -270,6 +270,11 @@ impl<P: Port> Egress for Out<'_, P> {
     #[inline]
     fn counts_tx(&self, port: PortId) -> bool {
         matches!(self.routes.get(port.index()), Some(Route::Local(_)))
+    }
+
+    #[inline]
+    fn reachable(&self, port: PortId) -> bool {
+        matches!(self.routes.get(port.index()), Some(Route::Local(_) | Route::Peer(_)))
     }
 }
 
@@ -446,7 +451,7 @@ impl<P: Port> Worker<P> {
                 peers: &mut self.links.out,
                 stamp: self.snap.generation as u16,
             };
-            self.tx.flush(&mut out, &mut self.pipeline.counters, now);
+            self.tx.flush(&mut out, &mut self.pipeline.counters, &mut self.pool, now);
         }
         if self.links.has_peers() {
             self.tell_peers();
@@ -511,7 +516,7 @@ impl<P: Port> Worker<P> {
             peers: &mut self.links.out,
             stamp: self.snap.generation as u16,
         };
-        self.tx.flush(&mut out, &mut self.pipeline.counters, now);
+        self.tx.flush(&mut out, &mut self.pipeline.counters, &mut self.pool, now);
     }
 
     /// Applies every MAC announcement and connection the other workers sent so far, however
