@@ -14,9 +14,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use dataplane::batch::BATCH_SIZE;
-use dataplane::snapshot::TenantId;
 use dataplane::time::Nanos;
-use dataplane::trace::capture::{self, CaptureFilter, Scope, Tap};
 use xswitch_benches::{BATCHES, Setup, flows, paired, setup, setup_logged};
 
 /// A switch as the bench measures it: counters always, flow logs for the first `logged` of its
@@ -29,13 +27,7 @@ fn configure(logged: u32, cap: bool) -> (Setup, Option<Writer>) {
     }
     let mut writer = None;
     if cap {
-        let (ring, mut reader) = capture::ring(16_384);
-        s.pipeline.capture = Some(Tap::new(
-            Scope::Tenant(TenantId(0)),
-            CaptureFilter { proto: Some(17), port: Some(53), ..CaptureFilter::default() },
-            128,
-            ring,
-        ));
+        let mut reader = s.capture_tenant_zero();
         let done = Arc::new(AtomicBool::new(false));
         let done2 = done.clone();
         // Polls, as the switch's writer does.

@@ -5,22 +5,14 @@
 //! `valgrind --tool=callgrind target/release/examples/capture_count 20000`.
 use std::hint::black_box;
 
-use dataplane::snapshot::TenantId;
 use dataplane::time::Nanos;
-use dataplane::trace::capture::{self, CaptureFilter, Scope, Tap};
 use xswitch_benches::setup_logged;
 
 fn main() {
     let n: usize = std::env::args().nth(1).and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let mut s = setup_logged(100, 1000, 100);
     s.log_flows_nowhere();
-    let (ring, mut reader) = capture::ring(16_384);
-    s.pipeline.capture = Some(Tap::new(
-        Scope::Tenant(TenantId(0)),
-        CaptureFilter { proto: Some(17), port: Some(53), ..CaptureFilter::default() },
-        128,
-        ring,
-    ));
+    let mut reader = s.capture_tenant_zero();
     for i in 0..n {
         s.forward(i, Nanos(2_000_000_000 + i as u64 * 3_000));
         reader.drain(|c| _ = black_box(c.data.len()));

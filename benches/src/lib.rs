@@ -333,6 +333,20 @@ fn build(
 }
 
 impl Setup {
+    /// Starts a live capture of tenant 0's frames (UDP port 53: all its bench traffic), as the
+    /// tracing bench measures it; the caller drains the returned ring (a writer's part).
+    pub fn capture_tenant_zero(&mut self) -> dataplane::trace::capture::Reader {
+        use dataplane::trace::capture::{self, CaptureFilter, Scope, Tap};
+        let (ring, reader) = capture::ring(16_384);
+        self.pipeline.capture = Some(Tap::new(
+            Scope::Tenant(dataplane::snapshot::TenantId(0)),
+            CaptureFilter { proto: Some(17), port: Some(53), ..CaptureFilter::default() },
+            128,
+            ring,
+        ));
+        reader
+    }
+
     /// Turns flow logging on (for the tenants [`setup_logged`] marked) with records nobody
     /// reads: the channel fills and the rest are counted lost, like a slow writer (records
     /// leave only at flow ends, idle and interval, rare in a bench).

@@ -57,6 +57,27 @@ impl FramePool {
         self.free.pop()
     }
 
+    /// A frame of `bytes`, copied into a free chunk after its headroom. None when no chunk
+    /// is free or the bytes do not fit one (the chunk, if taken, goes back). Not for the
+    /// packet path: what a test injects, the frame a decision trace runs.
+    pub fn copy_in(&mut self, area: &mut FrameArea, bytes: &[u8]) -> Option<FrameRef> {
+        let room = u64::from(area.chunk_size()) - FRAME_HEADROOM;
+        if bytes.len() as u64 > room {
+            return None;
+        }
+        let f = FrameRef::new(self.alloc()? + FRAME_HEADROOM, bytes.len() as u32);
+        match area.frame_mut(&f) {
+            Some(dst) => {
+                dst.copy_from_slice(bytes);
+                Some(f)
+            }
+            None => {
+                self.free(f);
+                None
+            }
+        }
+    }
+
     /// Returns a frame's chunk.
     #[inline]
     pub fn free(&mut self, f: FrameRef) {

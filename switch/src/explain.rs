@@ -6,7 +6,7 @@ use dataplane::policy::conntrack::Judgement;
 use dataplane::policy::spoof::Refusal;
 use dataplane::snapshot::{PortId, PortKind, Snapshot};
 use dataplane::trace::ParseError;
-use dataplane::trace::record::{FlowPath, FrameTrace, Outcome};
+use dataplane::trace::record::{FlowPath, FrameTrace, MAX_STEPS, Outcome};
 use dataplane::vocab::{Direction, Disposition, DropReason};
 
 /// One stage and what it decided, for people.
@@ -276,7 +276,13 @@ pub fn steps(snap: &Snapshot, t: &FrameTrace, dry: bool) -> Vec<Step> {
         };
         out.push(s);
     }
-    let dropped = out.last().is_some_and(|s| s.dropped);
+    if t.truncated > 0 {
+        out.push(step(
+            "record",
+            format!("{} more outcomes not recorded (at most {MAX_STEPS} a frame)", t.truncated),
+        ));
+    }
+    let dropped = out.iter().any(|s| s.dropped);
     match t.disposition {
         Disposition::Drop(r) if !dropped => {
             // Dropped after the stages above (a fragment's datagram, or a later stage).
@@ -341,4 +347,86 @@ pub fn verdict(steps: &[Step]) -> Verdict {
     let to = steps.iter().find(|s| s.stage == "output").map(|s| s.outcome.clone());
     let flood = to.as_deref().is_some_and(|t| t.starts_with("flood"));
     Verdict { action: if flood { "flood" } else { "forward" }, reason: None, rule, to }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dataplane::policy::acl::AclSet;
+    use dataplane::policy::{Action, Match, Rule, TenantPolicy};
+    use dataplane::snapshot::{Attachment, SnapshotBuilder, TenantSpec};
+
+    fn rule(name: &str, priority: u32, action: Action) -> Rule {
+        Rule { name: name.into(), priority, action, m: Match::default() }
+    }
+
+    /// red on a1 and a2; to-tenant: a count rule, then a deny.
+    fn snap() -> (Snapshot, PortId, PortId) {
+        let mut b = SnapshotBuilder::new(1);
+        let a1 = b.port("a1", "a1", PortKind::Tenant);
+        let a2 = b.port("a2", "a2", PortKind::Tenant);
+        let mut red = TenantSpec::new(
+            "red",
+            vec![Attachment { port: a1, vlan: None }, Attachment { port: a2, vlan: None }],
+        );
+        let to = AclSet::new(
+            vec![rule("seen", 1, Action::Count), rule("no-23", 2, Action::Deny)],
+            Action::Allow,
+        );
+        red.policy = TenantPolicy { acl: [AclSet::new(vec![], Action::Allow), to], group: None };
+        b.tenant(red);
+        (b.build().unwrap(), a1, a2)
+    }
+
+    #[test]
+    fn a_recorded_denial_reads_with_its_rule_its_count_rules_and_the_verdict() {
+        let (snap, a1, a2) = snap();
+        let mut t = FrameTrace::EMPTY;
+        t.begin(a1);
+        let to = Direction::ToTenant;
+        for o in [
+            Outcome::Parse(Ok(())),
+            Outcome::Tenant(Ok(())),
+            Outcome::Guard(Ok(false)),
+            Outcome::Police(None),
+            Outcome::FlowCache(FlowPath::Miss),
+            Outcome::Fdb(Disposition::Tx { port: a2, vlan: None }),
+            Outcome::Acl { dir: Direction::FromTenant, open: true, rule: None, deny: false },
+            Outcome::Counted { dir: to, rule: 0 },
+            Outcome::Acl { dir: to, open: false, rule: Some(1), deny: true },
+        ] {
+            t.push(o);
+        }
+        t.disposition = Disposition::Drop(DropReason::Policy);
+        let steps = steps(&snap, &t, true);
+        let lines: Vec<String> =
+            steps.iter().map(|s| format!("{}: {}", s.stage, s.outcome)).collect();
+        assert_eq!(lines[0], "ingress port: a1");
+        assert!(lines.contains(&"ACL from-tenant: no rules: allow".to_string()), "{lines:?}");
+        assert_eq!(
+            lines.last().unwrap(),
+            "ACL to-tenant: drop (policy): denied by rule no-23 (counted by seen)"
+        );
+        let v = verdict(&steps);
+        assert_eq!(
+            (v.action, v.reason, v.rule.as_deref()),
+            ("drop", Some("policy"), Some("no-23"))
+        );
+    }
+
+    #[test]
+    fn outcomes_beyond_the_record_are_said_and_a_later_drop_is_explained() {
+        let (snap, a1, _) = snap();
+        let mut t = FrameTrace::EMPTY;
+        t.begin(a1);
+        for _ in 0..MAX_STEPS + 3 {
+            t.push(Outcome::Counted { dir: Direction::ToTenant, rule: 0 });
+        }
+        // Dropped by a stage that recorded no drop step (the fragment table's settling).
+        t.disposition = Disposition::Drop(DropReason::Fragment);
+        let steps = steps(&snap, &t, false);
+        assert!(steps.iter().any(|s| s.stage == "record" && s.outcome.starts_with("3 more")));
+        let v = verdict(&steps);
+        assert_eq!((v.action, v.reason), ("drop", Some("fragment")));
+    }
 }

@@ -224,17 +224,14 @@ impl TxLists {
         c: &mut Counters,
         pool: &mut FramePool,
     ) {
-        let mut drop = |f: FrameRef, t: TenantId, ingress: PortId| {
-            c.drop(ingress, Some(t), reason);
-            pool.free(f);
-        };
         if let Some(l) = self.lists.get_mut(port.index()) {
-            for (f, o) in l.frames.drain(..).zip(l.owners.drain(..)) {
-                drop(f, o.tenant, o.ingress);
-            }
+            l.drop_all(reason, c, pool);
         }
         if let Some(Some(s)) = self.scheds.get_mut(port.index()) {
-            s.take_all(&mut drop);
+            s.take_all(|f, t, ingress| {
+                c.drop(ingress, Some(t), reason);
+                pool.free(f);
+            });
         }
     }
 
@@ -253,10 +250,7 @@ impl TxLists {
         for (i, l) in self.lists.iter_mut().enumerate() {
             let port = PortId(i as u16);
             if !l.frames.is_empty() && !out.reachable(port) {
-                for (f, o) in l.frames.drain(..).zip(l.owners.drain(..)) {
-                    c.drop(o.ingress, Some(o.tenant), DropReason::PortDown);
-                    pool.free(f);
-                }
+                l.drop_all(DropReason::PortDown, c, pool);
                 continue;
             }
             let Some(Some(s)) = self.scheds.get_mut(i) else {
@@ -319,6 +313,15 @@ impl TxList {
     fn push(&mut self, f: FrameRef, tenant: TenantId, ingress: PortId) {
         self.owners.push(Owner { tenant, ingress, len: f.len() });
         self.frames.push(f);
+    }
+
+    /// Drops every frame of the list as `reason`, counted per ingress port and tenant, and
+    /// frees them.
+    fn drop_all(&mut self, reason: DropReason, c: &mut Counters, pool: &mut FramePool) {
+        for (f, o) in self.frames.drain(..).zip(self.owners.drain(..)) {
+            c.drop(o.ingress, Some(o.tenant), reason);
+            pool.free(f);
+        }
     }
 }
 

@@ -62,7 +62,7 @@ impl Policers {
     pub fn admit(&mut self, t: TenantId, now: Nanos, len: u32) -> bool {
         let Some(Some(Policer(b, unit))) = self.buckets.get_mut(t.index()) else { return true };
         // A frame larger than the whole burst passes when the bucket is full, and empties it.
-        b.take_at(now, cost(*unit, len))
+        b.take_at(now, unit.cost(len))
     }
 
     /// True when tenant `t` could send a frame of `len` bytes now; nothing is taken (a dry
@@ -72,21 +72,12 @@ impl Policers {
         let Some(Some(Policer(mut b, unit))) = self.buckets.get(t.index()).copied() else {
             return true;
         };
-        b.take_at(now, cost(unit, len))
+        b.take_at(now, unit.cost(len))
     }
 
     /// Tenant `t`'s bucket, if it is policed (for traces).
     pub fn bucket(&self, t: TenantId) -> Option<(TokenBucket, Unit)> {
         self.buckets.get(t.index()).copied().flatten().map(|Policer(b, u)| (b, u))
-    }
-}
-
-/// The tokens a frame of `len` bytes takes.
-#[inline]
-fn cost(unit: Unit, len: u32) -> u64 {
-    match unit {
-        Unit::Bytes => u64::from(len),
-        Unit::Packets => 1,
     }
 }
 

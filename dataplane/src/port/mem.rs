@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 
-use super::{Breath, FRAME_HEADROOM, FrameArea, FramePool, Port, PortCensus};
+use super::{Breath, FrameArea, FramePool, Port, PortCensus};
 use crate::batch::Batch;
 use crate::frame::FrameRef;
 
@@ -32,21 +32,7 @@ impl MemPort {
     /// Copies `bytes` into a free frame and queues it for RX. Returns false if no frame is free
     /// or the bytes do not fit a chunk after the headroom.
     pub fn inject(&mut self, area: &mut FrameArea, pool: &mut FramePool, bytes: &[u8]) -> bool {
-        let room = (area.chunk_size() as u64 - FRAME_HEADROOM) as usize;
-        if bytes.len() > room {
-            return false;
-        }
-        let Some(base) = pool.alloc() else {
-            return false;
-        };
-        let f = FrameRef::new(base + FRAME_HEADROOM, bytes.len() as u32);
-        match area.frame_mut(&f) {
-            Some(dst) => dst.copy_from_slice(bytes),
-            None => {
-                pool.free(f);
-                return false;
-            }
-        }
+        let Some(f) = pool.copy_in(area, bytes) else { return false };
         self.rx.push_back(f);
         true
     }

@@ -61,10 +61,7 @@ impl Bucket {
 
     #[inline]
     fn cost(&self, len: u32) -> u64 {
-        match self.unit {
-            Unit::Bytes => u64::from(len),
-            Unit::Packets => 1,
-        }
+        self.unit.cost(len)
     }
 
     /// True when a frame of `len` bytes may go. One larger than the whole bucket goes when the

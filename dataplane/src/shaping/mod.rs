@@ -33,6 +33,17 @@ pub enum Unit {
     Packets,
 }
 
+impl Unit {
+    /// What a frame of `len` bytes costs: its bytes, or one frame.
+    #[inline]
+    pub fn cost(self, len: u32) -> u64 {
+        match self {
+            Unit::Bytes => u64::from(len),
+            Unit::Packets => 1,
+        }
+    }
+}
+
 /// A rate and the burst it allows, in bytes or frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
@@ -45,15 +56,6 @@ pub struct Rate {
 }
 
 impl Rate {
-    /// What a frame of `len` bytes costs.
-    #[inline]
-    pub fn cost(&self, len: u32) -> u64 {
-        match self.unit {
-            Unit::Bytes => u64::from(len),
-            Unit::Packets => 1,
-        }
-    }
-
     /// A full bucket for this rate, divided among `share` workers.
     pub fn bucket(&self, share: u64, now: Nanos) -> TokenBucket {
         TokenBucket::new(self.per_sec / share.max(1), self.burst, now)

@@ -165,12 +165,6 @@ impl FrameTrace {
     }
 }
 
-impl Default for FrameTrace {
-    fn default() -> Self {
-        FrameTrace::EMPTY
-    }
-}
-
 /// The records of one batch, one per frame; written only when the batch is traced.
 #[derive(Debug)]
 pub struct BatchTrace {

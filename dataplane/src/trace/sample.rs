@@ -11,8 +11,6 @@ use super::record::FrameTrace;
 use crate::time::Nanos;
 use crate::vocab::TenantId;
 
-pub use super::record::FlowPath;
-
 /// Most bytes kept of a sampled frame (every frame of a 4096-byte chunk).
 pub const SAMPLE_BYTES: usize = 4096;
 /// Most samples one sampler takes.

@@ -864,28 +864,18 @@ impl<P: Port> Worker<P> {
     /// goes back to the pool. None when no chunk is free or the frame does not fit one.
     /// Between breaths (it allocates).
     pub fn trace(&mut self, now: Nanos, port: PortId, frame: &[u8]) -> Option<FrameTrace> {
-        let base = self.pool.alloc()?;
-        let room = u64::from(self.area.chunk_size()) - crate::frame::FRAME_HEADROOM;
-        let f = FrameRef::new(base + crate::frame::FRAME_HEADROOM, frame.len() as u32);
-        let copied = frame.len() as u64 <= room
-            && self.area.frame_mut(&f).map(|b| b.copy_from_slice(frame)).is_some();
-        if !copied {
+        let f = self.pool.copy_in(&mut self.area, frame)?;
+        // The worker's own batch, empty between breaths.
+        self.batch.reset(port);
+        if let Err(f) = self.batch.push(f) {
             self.pool.free(f);
             return None;
         }
-        let mut batch = Batch::new();
-        batch.reset(port);
-        if let Err(f) = batch.push(f) {
-            self.pool.free(f);
-            return None;
-        }
-        let mut disp = Dispositions::default();
-        self.pipeline.process_dry(now, &self.snap, &self.area, &mut batch, &mut disp);
-        let traced = self.pipeline.traced(0).copied();
-        for (f, _) in batch.take_frames() {
+        self.pipeline.process_dry(now, &self.snap, &self.area, &mut self.batch, &mut self.disp);
+        for (f, _) in self.batch.take_frames() {
             self.pool.free(f);
         }
-        traced
+        self.pipeline.traced(0).copied()
     }
 
     /// The pipeline (counters, MAC table).

@@ -78,8 +78,12 @@ impl FlowCache {
         }
     }
 
-    /// Reports every counted flow of logging tenants (at a clean stop).
+    /// Reports every counted flow of logging tenants (at a clean stop), after the records the
+    /// packet path still holds.
     pub fn flush(&mut self) {
+        if let Some(x) = &mut self.export {
+            x.release();
+        }
         for set in 0..self.sets.len() {
             for w in 0..WAYS {
                 let e = self.sets[set][w];
