@@ -80,6 +80,28 @@ pub enum Request {
         /// A level or a filter (`debug`, `xswitch=trace`).
         level: String,
     },
+    /// A new process asks for the running switch's ports and state (`xswitch run
+    /// --takeover`); the answer carries descriptors (docs/CONTROL.md, "Takeover").
+    Takeover(TakeoverOffer),
+}
+
+/// What a process that wants to take over brings: what it can read and the shape it would run
+/// with. The running switch refuses, saying why, what it cannot hand over as it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TakeoverOffer {
+    /// The version of the handed-over state the new process reads.
+    pub version: u32,
+    /// `switch.frames` of its config.
+    pub frames: u32,
+    /// `switch.frame_size`.
+    pub frame_size: u32,
+    /// `switch.workers`.
+    pub workers: u32,
+    /// `switch.ring_size`.
+    pub ring_size: u32,
+    /// Its ports: (name, interface, queues).
+    pub ports: Vec<(String, String, u32)>,
 }
 
 fn twenty() -> u64 {
@@ -248,7 +270,7 @@ pub fn parse(line: &str) -> Result<Request, String> {
         if e.contains("unknown variant") {
             format!(
                 "{e} (status, ports, tenants, counters, reload, fdb, connections, flows, trace, \
-                 trace_live, capture_start, capture_stop, log_level)"
+                 trace_live, capture_start, capture_stop, log_level, takeover)"
             )
         } else {
             format!("bad request: {e}")

@@ -61,6 +61,11 @@ pub enum Command {
         /// Log lines as text or as JSON objects.
         #[arg(long, value_enum, default_value = "text")]
         log_format: crate::logging::LogFormat,
+        /// Take the ports and state over from the switch running on the config's control
+        /// socket, losing no frame (an upgrade: run the new binary with this). `or-restart`:
+        /// where it refuses, stop it and start afresh.
+        #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "required")]
+        takeover: Option<crate::run::Takeover>,
     },
     /// Ask a running switch (through its control socket; root).
     Ctl {

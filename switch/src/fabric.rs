@@ -85,6 +85,19 @@ struct Held {
     handed: bool,
 }
 
+/// A port as a takeover hands it on: its XDP program and what quieting its interface changed
+/// (IPv6, ARP were on).
+pub struct Given {
+    /// The port's name.
+    pub name: String,
+    /// Its interface.
+    pub interface: String,
+    /// Its program, map and link.
+    pub attachment: Option<XdpAttachment>,
+    /// What was on before the switch quieted the interface.
+    pub quiet: Option<(bool, bool)>,
+}
+
 /// A port opened but not handed to the workers yet.
 pub struct Opened {
     held: Held,
@@ -542,6 +555,80 @@ impl Fabric {
         }
         self.ports[i].attachment = Some(a);
         Ok(())
+    }
+
+    /// The frame area (a handle, for handing its memory file over).
+    pub fn area_handle(&self) -> &FrameArea {
+        &self.area
+    }
+
+    /// A port that is not up (down, or waiting for its interface), if any: a takeover hands
+    /// over only ports that run.
+    pub fn not_up(&self) -> Option<&str> {
+        self.ports.iter().find(|h| !h.up || !h.handed || h.attachment.is_none()).map(|h| &*h.name)
+    }
+
+    /// At a takeover, after the workers have given up their sockets: every port's program
+    /// (still attached) and what was changed on its interface, for the new process. Nothing
+    /// is detached or put back here. The frame area comes back too (its memory file goes with
+    /// them).
+    pub fn give_up(mut self) -> (FrameArea, Vec<Given>) {
+        let given = self
+            .ports
+            .iter_mut()
+            .map(|h| {
+                let quiet = h.quiet.take().map(|q| {
+                    let (_, v6, arp) = q.parts();
+                    let was = (v6, arp);
+                    q.keep();
+                    was
+                });
+                Given {
+                    name: h.name.clone(),
+                    interface: h.interface.clone(),
+                    attachment: h.attachment.take(),
+                    quiet,
+                }
+            })
+            .collect();
+        (self.area, given)
+    }
+
+    /// Port `name` (id `id`) handed over by another process: its program attached already,
+    /// its `sockets` (queue order) to go to `workers[q]`, its interface quieted as `quiet`
+    /// says. Handed to the workers by [`Fabric::hand_over`], like an opened port.
+    pub fn adopt(
+        &self,
+        id: PortId,
+        given: Given,
+        pc: &PortConfig,
+        sockets: Vec<XskPort>,
+        workers: &[usize],
+    ) -> anyhow::Result<Opened> {
+        let bound = ifindex(&given.interface).with_context(|| {
+            format!("port {}: no interface named {}", given.name, given.interface)
+        })?;
+        let queues = sockets
+            .iter()
+            .zip(workers)
+            .map(|(s, &worker)| Queue { queue: s.queue(), worker, mode: s.mode().as_str() })
+            .collect();
+        let quiet = given.quiet.map(|(v6, arp)| Quieted::resume(&given.interface, v6, arp));
+        let held = Held {
+            id,
+            name: given.name,
+            interface: given.interface,
+            bind: bind_mode(pc.mode),
+            queues,
+            bound,
+            up: true,
+            attachment: given.attachment,
+            pending: None,
+            quiet,
+            last_error: None,
+            handed: true,
+        };
+        Ok(Opened { held, sockets })
     }
 
     /// At a stop, after the workers have closed their sockets: the programs detached, then the

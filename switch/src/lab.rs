@@ -211,7 +211,7 @@ pub fn run(keep: bool, stop: Arc<AtomicBool>, prefix: &str) -> anyhow::Result<()
     let ready = Arc::new(AtomicBool::new(false));
     let switch = {
         let (cfg, stop, ready) = (cfg.clone(), stop.clone(), ready.clone());
-        std::thread::spawn(move || serve(&cfg, None, stop, &ready))
+        std::thread::spawn(move || serve(&cfg, None, stop, &ready, None))
     };
     let deadline = Instant::now() + Duration::from_secs(15);
     while !ready.load(Ordering::SeqCst) {

@@ -17,6 +17,7 @@ mod run;
 mod simulate;
 mod summary;
 mod table;
+mod takeover;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -44,9 +45,11 @@ fn main() -> ExitCode {
         Command::Demo { keep, prefix, .. } => logging::init("info", logging::LogFormat::Text)
             .and_then(|()| stop_flag())
             .and_then(|stop| lab::run(keep, stop, &prefix)),
-        Command::Run { config, log_level, log_format } => logging::init(&log_level, log_format)
-            .and_then(|()| stop_flag())
-            .and_then(|stop| run::run(&config, stop)),
+        Command::Run { config, log_level, log_format, takeover } => {
+            logging::init(&log_level, log_format)
+                .and_then(|()| stop_flag())
+                .and_then(|stop| run::run(&config, stop, takeover))
+        }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let shell = match shell {

@@ -97,6 +97,17 @@ pub fn quiet(ifname: &str) -> anyhow::Result<(Quieted, Vec<String>)> {
 }
 
 impl Quieted {
+    /// The interface and what was on before the switch quieted it: (IPv6, ARP).
+    pub fn parts(&self) -> (&str, bool, bool) {
+        (&self.ifname, self.ipv6_was_on, self.arp_was_on)
+    }
+
+    /// What another process quieted on `ifname` and handed over (a takeover): put back at
+    /// this one's stop.
+    pub fn resume(ifname: &str, ipv6_was_on: bool, arp_was_on: bool) -> Quieted {
+        Quieted { ifname: ifname.to_string(), ipv6_was_on, arp_was_on }
+    }
+
     /// Leaves the interface quiet when this is dropped (a returning interface: the change
     /// made at start puts it back by name at stop).
     pub fn keep(mut self) {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use control::config::Config;
 use control::config::model::IdlePolicy as IdlePolicyConfig;
+use dataplane::pipeline::Pipeline;
 use dataplane::port::afxdp::{XskPort, require_root};
 use dataplane::port::{FrameArea, PageSize};
 use dataplane::snapshot::{PortId, Snapshot};
@@ -29,10 +30,60 @@ pub struct Report {
     pub counters: Counters,
 }
 
-/// Runs the switch on `file` until `stop` is set (by a signal).
-pub fn run(file: &Path, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+/// How a start treats a switch already running on the same control socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Takeover {
+    /// Take its ports and state over, or fail (it keeps switching).
+    Required,
+    /// Take over; where it refuses (or none runs), stop it and start afresh.
+    OrRestart,
+}
+
+/// Runs the switch on `file` until `stop` is set (by a signal); with `takeover`, from the
+/// switch running on the config's control socket.
+pub fn run(file: &Path, stop: Arc<AtomicBool>, takeover: Option<Takeover>) -> anyhow::Result<()> {
     let cfg = control::config::load(file)?;
-    serve(&cfg, Some(file), stop, &AtomicBool::new(false)).map(|_| ())
+    serve(&cfg, Some(file), stop, &AtomicBool::new(false), takeover).map(|_| ())
+}
+
+/// Asks the switch on `cfg`'s control socket for its ports and state. `None`: start afresh
+/// (`OrRestart` after a refusal, with the old switch stopped first, or with none running).
+fn take_over(cfg: &Config, mode: Takeover) -> anyhow::Result<Option<crate::takeover::Received>> {
+    use crate::takeover::{Answer, ask, offer};
+    let socket = Path::new(&cfg.control.socket);
+    if !cfg.control.enabled {
+        bail!("--takeover: control.enabled is false, so no switch can be reached to take over");
+    }
+    let started = Instant::now();
+    match ask(socket, &offer(cfg)) {
+        Ok(Answer::Taken(r)) => {
+            tracing::info!(
+                "took over from the running switch in {} ms: {} sockets, {} ports, {} MACs, {} \
+                 connections",
+                started.elapsed().as_millis(),
+                r.state.sockets.len(),
+                r.state.ports.len(),
+                r.state.macs.len(),
+                r.state.conns.len()
+            );
+            Ok(Some(*r))
+        }
+        Ok(Answer::Refused { why, pid }) if mode == Takeover::OrRestart => {
+            tracing::warn!(
+                "the running switch refused the takeover ({why}); stopping it (pid {pid}) to start afresh"
+            );
+            crate::takeover::stop_process(pid, Duration::from_secs(15))?;
+            Ok(None)
+        }
+        Ok(Answer::Refused { why, .. }) => {
+            bail!("the running switch refused the takeover and keeps switching: {why}")
+        }
+        Err(e) if mode == Takeover::OrRestart && !socket.exists() => {
+            tracing::warn!("{e:#}; starting afresh");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Tells systemd (when it started the switch with `Type=notify`); a failure to tell it is
@@ -191,6 +242,7 @@ pub fn serve(
     file: Option<&Path>,
     stop: Arc<AtomicBool>,
     ready: &AtomicBool,
+    takeover: Option<Takeover>,
 ) -> anyhow::Result<Report> {
     let name_owned = file
         .map_or_else(|| "configs/demo.toml (embedded)".to_string(), |f| f.display().to_string());
@@ -223,8 +275,34 @@ pub fn serve(
         );
     }
     let plan = plan_sockets(&snap, cfg, workers);
+    let snap = Arc::new(snap);
+    // The workers' tables, and the flow-log writer they report to, before the old process (in
+    // a takeover) stops switching: what happens from there to the first poll is the gap.
+    let mut pipelines: Vec<Pipeline> = (0..workers).map(|_| Pipeline::new(&snap)).collect();
+    // One clock for every worker and every writer that turns its readings into wall time.
+    let clock = MonotonicClock::new();
+    let flowlog = crate::flowlogs::start(cfg, &snap, clock)?;
+    for p in &mut pipelines {
+        p.flows.log_flows(flowlog.export(cfg));
+    }
+    let mut from = match takeover {
+        None => None,
+        Some(mode) => take_over(cfg, mode)?,
+    };
 
-    let area = frame_area(cfg)?;
+    let area = match &mut from {
+        None => frame_area(cfg)?,
+        Some(r) => {
+            let fd = r.fd(r.state.area)?;
+            let pages = match r.state.pages.as_str() {
+                "2 MiB" => PageSize::Huge2M,
+                "1 GiB" => PageSize::Huge1G,
+                _ => PageSize::Normal,
+            };
+            FrameArea::adopt(fd, r.state.chunks, r.state.chunk_size, pages)
+                .context("mapping the handed-over frame area")?
+        }
+    };
     let links = mesh(workers, area.chunks());
     let numa = place_workers(cfg, &snap, &plan, &area, &links);
     for (w, socks) in plan.iter().enumerate() {
@@ -240,7 +318,6 @@ pub fn serve(
         }
     }
 
-    let snap = Arc::new(snap);
     let n = plan.len();
     let shares: Vec<u64> = links.iter().map(|l| l.shares.range(l.me).len() as u64).collect();
     let (cmds, cmds_in): (Vec<_>, Vec<_>) =
@@ -250,8 +327,18 @@ pub fn serve(
     // over with commands, as a reload that adds a port does.
     let mut ws: Vec<Worker<XskPort>> = links
         .into_iter()
-        .map(|l| Worker::in_mesh(worker_area(&area), Vec::new(), l, &[], snap.clone()))
+        .zip(pipelines)
+        .map(|(l, p)| Worker::in_mesh_with(worker_area(&area), Vec::new(), l, &[], snap.clone(), p))
         .collect();
+    if let Some(r) = &from {
+        // The chunks the old process held free; the others are on the sockets' rings.
+        let now = MonotonicClock::new().now();
+        for (w, worker) in ws.iter_mut().enumerate() {
+            let share = dataplane::worker::mesh::Shares::new(area.chunks(), workers).range(w);
+            worker.take_free(crate::takeover::free_in(&r.state, share));
+        }
+        crate::takeover::restore(&mut ws, &snap, &r.state, now);
+    }
     let total_chunks = area.chunks();
     let pages_got = area.page_size();
     let mut fabric = Fabric::new(
@@ -268,15 +355,12 @@ pub fn serve(
         let workers: Vec<usize> = (0..pc.queues)
             .map(|q| plan.iter().position(|socks| socks.contains(&(id, q))).unwrap_or(0))
             .collect();
-        opened.push(fabric.open(id, &spec.name, &spec.interface, pc, &workers)?);
+        match &mut from {
+            None => opened.push(fabric.open(id, &spec.name, &spec.interface, pc, &workers)?),
+            Some(r) => opened.push(adopt_port(r, cfg, id, &spec.name, &workers, &fabric)?),
+        }
     }
     fabric.hand_over(opened, snap.ports.len());
-    // One clock for every worker and every writer that turns its readings into wall time.
-    let clock = MonotonicClock::new();
-    let flowlog = crate::flowlogs::start(cfg, &snap, clock)?;
-    for w in &mut ws {
-        w.pipeline_mut().flows.log_flows(flowlog.export(cfg));
-    }
     let idle = match cfg.switch.idle {
         IdlePolicyConfig::Busy => IdlePolicy::Busy,
         IdlePolicyConfig::Adaptive => IdlePolicy::Adaptive,
@@ -287,6 +371,7 @@ pub fn serve(
     let (queries, questions): (Vec<_>, Vec<_>) =
         ws.iter().map(|_| crossbeam_channel::bounded::<crate::control_api::Query>(4)).unzip();
     let (reloads_to, reload_requests) = crossbeam_channel::bounded::<crate::reload::Request>(4);
+    let (takeovers_to, takeovers) = crossbeam_channel::bounded::<crate::takeover::Asked>(1);
     // Sockets the workers took out, for the main thread to close.
     let (closing, closed) = crossbeam_channel::unbounded::<Box<XskPort>>();
     let mut retired = Vec::new();
@@ -301,24 +386,18 @@ pub fn serve(
             workers: numa.nodes.iter().copied().zip(numa.cores.iter().copied()).collect(),
             pages: pages_got.as_str().to_string(),
         },
-        reloads_to,
+        (reloads_to, takeovers_to),
     ));
     if let Ok(mut p) = shared.placement.lock() {
         *p = fabric.placement();
     }
-    let exporter = {
-        let s = shared.clone();
-        crate::metrics::start(&cfg.metrics, &snap, &slots, move || s.facts())?
-    };
-    let server = if cfg.control.enabled {
-        Some(crate::control_api::serve(Path::new(&cfg.control.socket), shared.clone())?)
-    } else {
-        None
-    };
     let hup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
         .context("registering SIGHUP")?;
     let mut live = crate::reload::Live { fabric, flowlog };
+    let mut handing: Option<std::os::unix::net::UnixStream> = None;
+    let mut failed: Option<anyhow::Error> = None;
+    let (mut exporter, mut server) = (None, None);
     let finished: Vec<anyhow::Result<Finished>> = std::thread::scope(|scope| {
         let handles: Vec<_> = ws
             .into_iter()
@@ -344,6 +423,8 @@ pub fn serve(
                         let clock = clock;
                         // The sockets of the start, before the first breath.
                         take_commands(&mut worker, i, &cmds, &applied, &closing, clock.now());
+                        // Figures from the start (after a takeover, the counters it continues).
+                        crate::metrics::publish(&slot, &mut worker, &LoopStats::default());
                         let mut pending_trace = None;
                         let loops = worker.run_reporting(&clock, idle, stop, every, |w, l| {
                             // Reloads and ports coming and going, between breaths.
@@ -369,6 +450,20 @@ pub fn serve(
                 )
             })
             .collect();
+        // The metrics listener and the control socket once the workers run (after a takeover
+        // the old process has just given them up; the workers poll already).
+        let listeners = listen(cfg, &snap, &slots, &shared, from.is_some());
+        let listeners = match listeners {
+            Ok(l) => Some(l),
+            Err(e) => {
+                stop.store(true, Ordering::SeqCst);
+                failed = Some(e);
+                None
+            }
+        };
+        if let Some(l) = listeners {
+            (exporter, server) = l;
+        }
         // The programs attached once the workers hold their sockets (their fill rings full).
         if !live.fabric.wait(Duration::from_secs(5)) {
             tracing::warn!("the workers are slow to take their sockets");
@@ -385,10 +480,32 @@ pub fn serve(
         notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
         let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
         let mut pinged = Instant::now();
+        if let Some(r) = from.take() {
+            // The new process switches: the old one may go.
+            r.confirm();
+        }
         // Until stopped: SIGHUP reloads. (A worker that ends early sets `stop` itself.)
         while !stop.load(Ordering::Relaxed)
             && handles.iter().all(|h| h.as_ref().is_ok_and(|h| !h.is_finished()))
         {
+            if let Ok((offer, stream)) = takeovers.try_recv() {
+                let cfg = shared.running.lock().map(|r| r.0.clone());
+                let why = match &cfg {
+                    Ok(cfg) => crate::takeover::refusal(&offer, cfg, live.fabric.not_up()),
+                    Err(_) => Some("the running config is unreadable".to_string()),
+                };
+                match why {
+                    Some(why) => {
+                        tracing::warn!("takeover refused: {why}");
+                        crate::takeover::refuse(&stream, &why);
+                    }
+                    None => {
+                        tracing::info!("handing the switch over to a new process");
+                        handing = Some(stream);
+                        break;
+                    }
+                }
+            }
             if hup.swap(false, Ordering::SeqCst) {
                 // systemd (v253 on) wants the reload's start time with RELOADING=1.
                 match NotifyState::monotonic_usec_now() {
@@ -444,6 +561,12 @@ pub fn serve(
     for f in finished {
         done.push(f?);
     }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if let Some(stream) = handing {
+        return hand_off(&stream, done, live, &shared, &snap);
+    }
 
     // Sockets taken out in the workers' last breaths.
     retired.extend(closed.try_iter().map(|sock| crate::summary::Retired::of(&sock)));
@@ -466,6 +589,196 @@ pub fn serve(
         bail!("frame accounting does not balance: {census:?}");
     }
     Ok(Report { snap, counters: c })
+}
+
+/// The metrics exporter and the control socket's server (each when enabled). After a takeover
+/// (`after_takeover`) the old process has just closed its metrics listener: binding is retried
+/// for a moment.
+fn listen(
+    cfg: &Config,
+    snap: &Arc<Snapshot>,
+    slots: &[crate::metrics::Slot],
+    shared: &Arc<crate::control_api::Shared>,
+    after_takeover: bool,
+) -> anyhow::Result<(Option<crate::metrics::Exporter>, Option<crate::control_api::Server>)> {
+    let tries = if after_takeover { 40 } else { 1 };
+    let mut k = 0;
+    let exporter = loop {
+        let s = shared.clone();
+        match crate::metrics::start(&cfg.metrics, snap, slots, move || s.facts()) {
+            Err(_) if k + 1 < tries => {
+                k += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            r => break r?,
+        }
+    };
+    let server = if cfg.control.enabled {
+        Some(crate::control_api::serve(Path::new(&cfg.control.socket), shared.clone())?)
+    } else {
+        None
+    };
+    Ok((exporter, server))
+}
+
+/// Port `name` (id `id`) from a takeover: its sockets adopted (queue order, to `workers[q]`),
+/// its program as the old process left it, attached.
+fn adopt_port(
+    r: &mut crate::takeover::Received,
+    cfg: &Config,
+    id: PortId,
+    name: &str,
+    workers: &[usize],
+    fabric: &Fabric,
+) -> anyhow::Result<crate::fabric::Opened> {
+    use dataplane::port::afxdp::{BoundMode, XdpAttachment};
+    let pc = &cfg.ports[name];
+    let p = r.state.ports.iter().position(|p| p.name == name);
+    let p = p.with_context(|| format!("the handover has no port {name}"))?;
+    let (map, prog, link, native, interface, quiet) = {
+        let p = &r.state.ports[p];
+        (p.map, p.prog, p.link, p.native, p.interface.clone(), p.quiet)
+    };
+    let link = link.map(|l| r.fd(l)).transpose()?;
+    let attachment = XdpAttachment::adopt(&interface, r.fd(map)?, r.fd(prog)?, link, native);
+    let mut socks: Vec<(u32, u32, u32, String, usize)> = r
+        .state
+        .sockets
+        .iter()
+        .filter(|s| s.port == name)
+        .map(|s| (s.queue, s.in_fill, s.in_tx, s.mode.clone(), s.fd))
+        .collect();
+    socks.sort_by_key(|s| s.0);
+    if socks.len() != pc.queues as usize {
+        bail!("the handover has {} sockets of port {name}, the config {}", socks.len(), pc.queues);
+    }
+    let mut sockets = Vec::new();
+    for (queue, in_fill, in_tx, mode, fd) in socks {
+        let mode = if mode == "zero-copy" { BoundMode::ZeroCopy } else { BoundMode::Copy };
+        let fd = r.fd(fd)?;
+        let ring = cfg.switch.ring_size;
+        let area = fabric.area_handle();
+        let sock = XskPort::adopt(fd, area, &interface, queue, ring, mode, in_fill, in_tx)?;
+        sockets.push(sock);
+    }
+    let given = crate::fabric::Given {
+        name: name.to_string(),
+        interface,
+        attachment: Some(attachment),
+        quiet,
+    };
+    fabric.adopt(id, given, pc, sockets, workers)
+}
+
+/// The old process's side of a takeover, once its workers have stopped: their sockets, the
+/// frame area, the programs and the state go to the new process on `stream`; it exits when the
+/// new one says it switches. Nothing is detached or put back.
+fn hand_off(
+    stream: &std::os::unix::net::UnixStream,
+    mut done: Vec<Finished>,
+    live: crate::reload::Live,
+    shared: &Arc<crate::control_api::Shared>,
+    snap: &Arc<Snapshot>,
+) -> anyhow::Result<Report> {
+    use crate::takeover::{Handover, PortState, SocketState};
+    use std::os::fd::BorrowedFd;
+    let mut sockets = Vec::new();
+    let mut free = Vec::new();
+    for f in &mut done {
+        let (socks, fr) = f.worker.hand_over();
+        sockets.extend(socks);
+        free.extend(fr);
+    }
+    let workers: Vec<&Worker<XskPort>> = done.iter().map(|f| &f.worker).collect();
+    let crate::takeover::Gathered { macs, conns, counters } =
+        crate::takeover::gather(&workers, snap);
+    let crate::reload::Live { fabric, flowlog } = live;
+    let (area, given) = fabric.give_up();
+    let (chunks, chunk_size, pages) = (area.chunks(), area.chunk_size(), area.page_size());
+    let mut fds: Vec<BorrowedFd<'_>> = vec![area.file()];
+    let mut in_rings = 0u64;
+    let mut socket_states = Vec::new();
+    for (port, s) in &sockets {
+        let c = dataplane::port::Port::census(s);
+        in_rings += u64::from(c.fill + c.tx);
+        socket_states.push(SocketState {
+            port: snap.ports[port.index()].name.clone(),
+            queue: s.queue(),
+            mode: s.mode().as_str().to_string(),
+            in_fill: c.fill,
+            in_tx: c.tx,
+            fd: fds.len(),
+        });
+        fds.push(s.fd());
+    }
+    let mut port_states = Vec::new();
+    for g in &given {
+        let Some(a) = &g.attachment else { continue };
+        let (map, prog, link) = a.fds();
+        let at = fds.len();
+        fds.push(map);
+        fds.push(prog);
+        if let Some(l) = link {
+            fds.push(l);
+        }
+        port_states.push(PortState {
+            name: g.name.clone(),
+            interface: g.interface.clone(),
+            map: at,
+            prog: at + 1,
+            link: link.map(|_| at + 2),
+            native: a.native,
+            quiet: g.quiet,
+        });
+    }
+    let total = u64::from(chunks);
+    if free.len() as u64 + in_rings != total {
+        tracing::error!(
+            "takeover: {} free frames and {in_rings} on the sockets' rings, of {total}: the \
+             census does not balance",
+            free.len()
+        );
+    }
+    let state = Handover {
+        version: crate::takeover::STATE_VERSION,
+        chunks,
+        chunk_size,
+        pages: pages.as_str().to_string(),
+        area: 0,
+        fds: fds.len(),
+        sockets: socket_states,
+        ports: port_states,
+        free: crate::takeover::free_ranges(&free, chunk_size),
+        macs,
+        conns,
+        counters,
+    };
+    crate::takeover::send(stream, &state, &fds)?;
+    tracing::info!(
+        "handed over: {} sockets, {} ports, {} free frames and {in_rings} on the rings, {} MACs, \
+         {} connections",
+        state.sockets.len(),
+        state.ports.len(),
+        free.len(),
+        state.macs.len(),
+        state.conns.len()
+    );
+    let confirmed = crate::takeover::wait_confirmed(stream, Duration::from_secs(30));
+    let mut c = Counters::default();
+    for f in &done {
+        c.merge(&f.worker.pipeline().counters);
+    }
+    // The flow tables go with the workers; then the writer has every record.
+    drop(done);
+    shared.end_capture();
+    flowlog.finish();
+    drop(sockets);
+    drop(given);
+    if !confirmed {
+        bail!("the new process did not say it took over (it may have failed: see its log)");
+    }
+    tracing::info!("the new process switches; exiting");
+    Ok(Report { snap: snap.clone(), counters: c })
 }
 
 /// A worker's handle on the frame area.

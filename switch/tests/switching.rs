@@ -80,60 +80,6 @@ fn tenants_reach_their_own_hosts_only_and_tags_go_out_on_the_uplink() {
 }
 
 /// Sums every `key` in a JSON value, however deep.
-fn sum_of(v: &serde_json::Value, key: &str) -> u64 {
-    match v {
-        serde_json::Value::Object(m) => m
-            .iter()
-            .map(|(k, x)| if k == key { x.as_u64().unwrap_or(0) } else { sum_of(x, key) })
-            .sum(),
-        serde_json::Value::Array(a) => a.iter().map(|x| sum_of(x, key)).sum(),
-        _ => 0,
-    }
-}
-
-/// Issue 20's crash case: a switch killed with SIGKILL under a numbered stream of 20 000
-/// datagrams/s and started again at once. What is lost is the gap while no process switches
-/// (recorded in docs/TESTING.md); the new process must not add to it by redirecting frames to
-/// sockets whose fill rings are still empty (it attaches its XDP programs only once its
-/// workers have filled them).
-#[test]
-fn a_restart_after_kill_9_loses_only_the_gap_and_no_frame_to_an_empty_fill_ring() {
-    if !can_run("a_restart_after_kill_9_loses_only_the_gap") {
-        return;
-    }
-    let mut lab = Lab::new();
-    lab.start();
-    assert!(lab.ping("h1", "10.9.1.2", "2"));
-    assert!(lab.ping("h2", "10.9.1.1", "1"));
-    let (count, pps) = (80_000, 20_000);
-    let stream = lab.seq_stream("h1", "h2", "10.9.1.2", count, pps);
-    std::thread::sleep(Duration::from_millis(1500));
-    let t0 = std::time::Instant::now();
-    lab.kill9();
-    lab.start();
-    let restart = t0.elapsed();
-    let [got, missing, duplicated] = stream.counts(Duration::from_secs(20));
-    let ports = lab.ctl_json("ports");
-    let empty = sum_of(&ports, "rx_fill_ring_empty_descs");
-    let (ok, log) = lab.stop();
-    let gap_ms = missing as f64 * 1e3 / pps as f64;
-    eprintln!(
-        "kill -9 and restart: {restart:?} until the new switch said 'switching'; {missing} of \
-         {count} datagrams lost ({gap_ms:.0} ms of the stream), {duplicated} duplicated; the new \
-         sockets' fill_empty: {empty}"
-    );
-    assert!(ok, "{log}");
-    assert_eq!(got + missing, count, "the stream's last datagrams did not arrive");
-    assert_eq!(duplicated, 0);
-    assert_eq!(empty, 0, "frames found an empty fill ring in the new process:\n{ports}");
-    // Lost: the frames that arrived while no process switched, and no more than the time the
-    // restart took (plus the old sockets' unread rings).
-    assert!(
-        gap_ms <= restart.as_secs_f64() * 1e3 + 100.0,
-        "{gap_ms:.0} ms of the stream lost for a restart of {restart:?}"
-    );
-}
-
 #[test]
 fn a_start_after_kill_9_succeeds() {
     if !can_run("a_start_after_kill_9_succeeds") {

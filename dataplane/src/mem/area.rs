@@ -1,4 +1,4 @@
-//! The frame area: one anonymous memory mapping cut into equal power-of-two chunks, shared by
+//! The frame area: one shared mapping of a memory file (memfd) cut into equal power-of-two chunks, shared by
 //! every port of the switch so that a frame received on one port is sent on another without a
 //! copy. AF_XDP registers this memory as its UMEM; the in-memory port uses the very same area,
 //! so tests exercise the real frame layout.
@@ -21,6 +21,7 @@
 //! `share` is `unsafe`: its caller promises it.
 
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -107,6 +108,8 @@ impl PageSize {
 struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
+    /// The memory file mapped (a memfd): another process maps the same memory from it.
+    fd: OwnedFd,
 }
 
 // SAFETY: the mapping is plain memory that no one else frees; the pointer is only dereferenced
@@ -125,6 +128,45 @@ impl Drop for Mapping {
             libc::munmap(self.ptr.as_ptr().cast(), self.len);
         }
     }
+}
+
+/// A memory file of `len` bytes (`memfd_create` with `flags` besides close-on-exec).
+fn memfd(len: usize, flags: libc::c_uint) -> io::Result<OwnedFd> {
+    let name = c"xswitch-frames";
+    // SAFETY: a valid NUL-terminated name; the call creates a new descriptor.
+    let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | flags) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a new descriptor owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: sizing a file we own.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Maps all `len` bytes of the memory file `fd`, shared (so another process that maps the
+/// same file sees the same frames).
+fn map_fd(fd: OwnedFd, len: usize) -> io::Result<Mapping> {
+    // SAFETY: a new shared mapping of a file we hold, with a null hint: no existing memory is
+    // affected. The kernel checks the length against the file.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+    Ok(Mapping { ptr, len, fd })
 }
 
 /// A handle on the shared frame memory.
@@ -157,40 +199,20 @@ impl FrameArea {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "zero frames"));
         }
         let len = chunks as usize * chunk_size as usize;
-        let base = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
         let mut got = PageSize::Normal;
-        let mut ptr = libc::MAP_FAILED;
+        let mut made = None;
         if pages != PageSize::Normal && len.is_multiple_of(pages.bytes()) {
             let size =
-                if pages == PageSize::Huge1G { libc::MAP_HUGE_1GB } else { libc::MAP_HUGE_2MB };
-            // SAFETY: anonymous mapping with a null hint: no existing memory is affected.
-            ptr = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    base | libc::MAP_HUGETLB | size | libc::MAP_POPULATE,
-                    -1,
-                    0,
-                )
-            };
-            if ptr != libc::MAP_FAILED {
+                if pages == PageSize::Huge1G { libc::MFD_HUGE_1GB } else { libc::MFD_HUGE_2MB };
+            if let Ok(m) = memfd(len, libc::MFD_HUGETLB | size).and_then(|fd| map_fd(fd, len)) {
+                made = Some(m);
                 got = pages;
             }
         }
-        if ptr == libc::MAP_FAILED {
-            // SAFETY: as above.
-            ptr = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    base,
-                    -1,
-                    0,
-                )
-            };
-            if ptr != libc::MAP_FAILED {
+        let mapping = match made {
+            Some(m) => m,
+            None => {
+                let m = map_fd(memfd(len, 0)?, len)?;
                 // Ask for transparent huge pages before the first touch, then populate: frames
                 // sit one or two per 4 KiB page, so a large area on 4 KiB pages spreads its TLB
                 // footprint thin. A precaution: the pipeline bench showed no measurable gain
@@ -199,19 +221,54 @@ impl FrameArea {
                 // SAFETY: ptr/len are the mapping just created; advice does not change its
                 // contents or validity, and writing zeros to it is within bounds.
                 unsafe {
+                    let ptr = m.ptr.as_ptr().cast::<libc::c_void>();
                     libc::madvise(ptr, len, libc::MADV_HUGEPAGE);
                     if libc::madvise(ptr, len, libc::MADV_POPULATE_WRITE) != 0 {
                         std::ptr::write_bytes(ptr.cast::<u8>(), 0, len);
                     }
                 }
+                m
             }
+        };
+        let ptr = mapping.ptr;
+        Ok(FrameArea { map: Arc::new(mapping), ptr, len, chunk_size, pages: got })
+    }
+
+    /// The area of another process, from the memory file it handed over ([`FrameArea::file`])
+    /// with its geometry: the same memory, so the UMEM the kernel registered for that
+    /// process's sockets is this area too (a takeover).
+    pub fn adopt(
+        fd: OwnedFd,
+        chunks: u32,
+        chunk_size: u32,
+        pages: PageSize,
+    ) -> io::Result<FrameArea> {
+        if !chunk_size.is_power_of_two() || !(2048..=4096).contains(&chunk_size) || chunks == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad frame area geometry"));
         }
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
+        let len = chunks as usize * chunk_size as usize;
+        // SAFETY: `st` is a plain struct the kernel fills; `fd` is a live descriptor.
+        let size = unsafe {
+            let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+            if libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            st.assume_init().st_size
+        };
+        if size as usize != len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the frame area handed over has {size} bytes, not {chunks} x {chunk_size}"),
+            ));
         }
-        let ptr =
-            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
-        Ok(FrameArea { map: Arc::new(Mapping { ptr, len }), ptr, len, chunk_size, pages: got })
+        let mapping = map_fd(fd, len)?;
+        let ptr = mapping.ptr;
+        Ok(FrameArea { map: Arc::new(mapping), ptr, len, chunk_size, pages })
+    }
+
+    /// The memory file behind the area, for handing it to another process (a takeover).
+    pub fn file(&self) -> BorrowedFd<'_> {
+        self.map.fd.as_fd()
     }
 
     /// Another handle on the same memory, for another worker.

@@ -178,6 +178,12 @@ impl Pipeline {
         self.counters.fdb.remote += 1;
     }
 
+    /// A MAC learned behind `at` in another process's table (a takeover), before the first
+    /// batch: learned afresh now (its aging starts again).
+    pub fn adopt_mac(&mut self, now: Nanos, t: TenantId, mac: MacAddr, at: Attachment) {
+        self.fdb.learn(now, t, mac, at);
+    }
+
     /// Adopts a new snapshot (between batches). Ids keep their state (see [`Snapshot`] on
     /// stable ids); an id that a reload emptied or gave to a new holder starts afresh: its
     /// counters at zero (when given again, so a removed port's or tenant's counts stay in the

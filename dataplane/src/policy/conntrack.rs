@@ -294,6 +294,29 @@ fn originator(k: &CtKey, c: &Conn) -> [u8; 16] {
 /// A connection opened by one worker, for the others: five words on a handoff ring.
 pub type ConnMessage = [u64; 5];
 
+/// A connection as five words.
+fn encode(k: &CtKey, c: &Conn) -> ConnMessage {
+    let (a, b) = (u128::from_be_bytes(k.a), u128::from_be_bytes(k.b));
+    [
+        u64::from(k.tenant)
+            | u64::from(k.proto) << 16
+            | u64::from(k.pa) << 24
+            | u64::from(k.pb) << 40
+            | (c.state as u64) << 56
+            | u64::from(c.origin_a) << 63,
+        (a >> 64) as u64,
+        a as u64,
+        (b >> 64) as u64,
+        b as u64,
+    ]
+}
+
+/// The message `m` for tenant `t` instead of the tenant it was made for.
+pub fn retenant(mut m: ConnMessage, t: TenantId) -> ConnMessage {
+    m[0] = (m[0] & !0xffff) | u64::from(t.0);
+    m
+}
+
 /// Openings one worker buffers between breaths.
 const OUTBOX: usize = 256;
 
@@ -455,19 +478,14 @@ impl ConnTable {
             self.stats.unannounced += 1;
             return;
         }
-        let (a, b) = (u128::from_be_bytes(k.a), u128::from_be_bytes(k.b));
-        self.outbox.push([
-            u64::from(k.tenant)
-                | u64::from(k.proto) << 16
-                | u64::from(k.pa) << 24
-                | u64::from(k.pb) << 40
-                | (c.state as u64) << 56
-                | u64::from(c.origin_a) << 63,
-            (a >> 64) as u64,
-            a as u64,
-            (b >> 64) as u64,
-            b as u64,
-        ]);
+        self.outbox.push(encode(k, c));
+    }
+
+    /// Tenant `t`'s connections as the messages a worker sends its peers, for handing them
+    /// to another process (a takeover), which applies them with [`ConnTable::apply`] after
+    /// [`retenant`] (its tenant ids may differ). Not the packet path.
+    pub fn messages(&self, t: TenantId) -> impl Iterator<Item = ConnMessage> + '_ {
+        self.map.iter().filter(move |(k, _)| k.tenant == t.0).map(|(k, c)| encode(k, c))
     }
 
     /// Applies a connection another worker opened (between batches): inserted, or replacing

@@ -70,6 +70,10 @@ pub trait Port {
     /// Returns how many were appended.
     fn rx(&mut self, pool: &mut FramePool, batch: &mut Batch) -> usize;
 
+    /// Gives the receive side every frame it has room for, from `pool`, without receiving:
+    /// the most room to receive into while nobody polls (a takeover). Nothing by default.
+    fn fill_up(&mut self, _pool: &mut FramePool) {}
+
     /// Queues frames for transmission, in order: takes a prefix of `frames` (as many as its
     /// TX side has room for), removing it from the list. Returns how many it took; the rest
     /// stay in `frames`, still the caller's.

@@ -326,12 +326,25 @@ impl<P: Port> Worker<P> {
         owners: &[Option<usize>],
         snap: Arc<Snapshot>,
     ) -> Self {
+        let pipeline = Pipeline::new(&snap);
+        Self::in_mesh_with(area, sockets, links, owners, snap, pipeline)
+    }
+
+    /// [`Worker::in_mesh`] around a pipeline made beforehand for `snap` (its tables are the
+    /// costly part: a takeover makes them before it stops the old process's workers).
+    pub fn in_mesh_with(
+        area: FrameArea,
+        sockets: Vec<(PortId, P)>,
+        links: Links,
+        owners: &[Option<usize>],
+        snap: Arc<Snapshot>,
+        mut pipeline: Pipeline,
+    ) -> Self {
         let pool = FramePool::range(&area, links.shares.range(links.me));
         let sockets: Vec<Socket<P>> = sockets
             .into_iter()
             .map(|(port, driver)| Socket { port, queue: driver.queue(), driver, down: false })
             .collect();
-        let mut pipeline = Pipeline::new(&snap);
         if links.has_peers() {
             pipeline.announce_to_peers();
         }
@@ -642,6 +655,58 @@ impl<P: Port> Worker<P> {
             std::thread::yield_now();
         }
         queued(self)
+    }
+
+    /// After the worker stopped, with every other worker of the mesh stopped too: gives up
+    /// its sockets for another process to poll (a takeover) and says which chunks it held
+    /// free. Frames other workers handed it to send, and frames still waiting in its TX lists
+    /// (none after [`Worker::drain`] unless a port could not take them), are dropped as
+    /// `port_down` and counted; chunks coming home, and other workers' chunks set aside here,
+    /// are free. Every chunk of the area is then either in the returned list or given to a
+    /// socket's rings (its census says how many), each once across all the workers.
+    pub fn hand_over(&mut self) -> (Vec<(PortId, P)>, Vec<u64>) {
+        // First, the most room for what arrives until the other process polls.
+        for s in self.sockets.iter_mut().filter(|s| !s.down) {
+            s.driver.fill_up(&mut self.pool);
+        }
+        for inbox in self.links.inbox.iter_mut().flatten() {
+            let (pool, c) = (&mut self.pool, &mut self.pipeline.counters);
+            inbox.returns.pop(usize::MAX, |m| pool.free_addr(m[0]));
+            inbox.frames.pop_while(usize::MAX, |m| {
+                let h = Handoff::decode(m);
+                c.drop(h.ingress, None, DropReason::PortDown);
+                pool.free(h.frame);
+                true
+            });
+        }
+        for p in 0..self.snap.ports.len() {
+            let id = PortId(p as u16);
+            self.tx.discard(id, DropReason::PortDown, &mut self.pipeline.counters, &mut self.pool);
+        }
+        for (f, _) in self.batch.take_frames() {
+            self.pool.free(f);
+        }
+        let mut free = Vec::with_capacity(self.pool.len() + self.pool.foreign_len());
+        while let Some(a) = self.pool.alloc() {
+            free.push(a);
+        }
+        self.pool.take_foreign(|a| {
+            free.push(a);
+            true
+        });
+        let sockets = std::mem::take(&mut self.sockets);
+        self.route();
+        (sockets.into_iter().map(|s| (s.port, s.driver)).collect(), free)
+    }
+
+    /// Before the first breath of a worker that takes over from another process: its pool
+    /// holds exactly `free` (the chunks of its share that process held free; the others are
+    /// in the sockets' rings it is given, and come back through them).
+    pub fn take_free(&mut self, free: impl Iterator<Item = u64>) {
+        while self.pool.alloc().is_some() {}
+        for a in free {
+            self.pool.free_addr(a);
+        }
     }
 
     /// Adopts a new snapshot between breaths; returns the old one so that the caller, not the

@@ -109,6 +109,8 @@ pub struct Shared {
     pub host: Mutex<HostInfo>,
     /// Reloads go to the main thread, which holds the ports (see `reload`).
     pub reloads_to: Sender<crate::reload::Request>,
+    /// So do takeovers, with the connection they came on (see `takeover`).
+    pub takeovers_to: Sender<crate::takeover::Asked>,
     /// The capture running, if any.
     capture: Mutex<Option<CaptureRun>>,
     /// When the switch started.
@@ -126,7 +128,10 @@ impl Shared {
         workers: WorkerLinks,
         chunks: u32,
         host: HostInfo,
-        reloads_to: Sender<crate::reload::Request>,
+        (reloads_to, takeovers_to): (
+            Sender<crate::reload::Request>,
+            Sender<crate::takeover::Asked>,
+        ),
     ) -> Self {
         Shared {
             host: Mutex::new(host),
@@ -138,6 +143,7 @@ impl Shared {
             placement: Mutex::new(Vec::new()),
             chunks,
             reloads_to,
+            takeovers_to,
             capture: Mutex::new(None),
             started: Instant::now(),
             port_down: Mutex::new(Default::default()),
@@ -290,7 +296,19 @@ fn handle(conn: UnixStream, shared: &Arc<Shared>) -> std::io::Result<()> {
     let mut line = String::new();
     // Bounded: a request is a short JSON object.
     BufReader::new(std::io::Read::take(&conn, 64 * 1024)).read_line(&mut line)?;
-    let reply = Response::of(control::api::parse(&line).and_then(|req| answer(req, shared)));
+    let reply = match control::api::parse(&line) {
+        // The main thread answers it, on this connection (it carries descriptors back).
+        Ok(Request::Takeover(offer)) => match shared.takeovers_to.try_send((offer, conn)) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                let conn = e.into_inner().1;
+                let reply = Response::of(Err("another takeover is being handled".into()));
+                let mut w = &conn;
+                return writeln!(w, "{}", serde_json::to_string(&reply).unwrap_or_default());
+            }
+        },
+        req => Response::of(req.and_then(|req| answer(req, shared))),
+    };
     let mut w = &conn;
     writeln!(w, "{}", serde_json::to_string(&reply).unwrap_or_default())
 }
@@ -341,6 +359,7 @@ fn answer(req: Request, shared: &Arc<Shared>) -> Result<Value, String> {
         }
         Request::CaptureStop {} => capture::capture_stop(shared),
         Request::Trace(req) => trace::trace(req, shared),
+        Request::Takeover(_) => Err("a takeover is answered by the main thread".into()),
     }
 }
 

@@ -96,6 +96,18 @@ pub fn kernel_lost(log: &str) -> u64 {
     summary
 }
 
+/// The sum of every `key` anywhere in `v` (the rows of `ctl ports`, say).
+pub fn sum_of(v: &serde_json::Value, key: &str) -> u64 {
+    match v {
+        serde_json::Value::Object(m) => m
+            .iter()
+            .map(|(k, x)| if k == key { x.as_u64().unwrap_or(0) } else { sum_of(x, key) })
+            .sum(),
+        serde_json::Value::Array(a) => a.iter().map(|x| sum_of(x, key)).sum(),
+        _ => 0,
+    }
+}
+
 /// Parses a MAC written `02:00:00:00:00:01`.
 pub fn parse_mac(s: &str) -> [u8; 6] {
     let v: Vec<u8> = s.split(':').map(|x| u8::from_str_radix(x, 16).unwrap()).collect();
@@ -128,6 +140,8 @@ pub struct Lab {
     /// The hosts' stacks speak IPv6 (on, as users have it, unless the test counts every
     /// frame: [`Lab::without_ipv6`]).
     pub ipv6: bool,
+    /// Switch processes started after the first by a takeover (each logs to its own file).
+    pub takeovers: u32,
 }
 
 impl Lab {
@@ -163,6 +177,7 @@ impl Lab {
             hosts: Vec::new(),
             env: Vec::new(),
             ipv6,
+            takeovers: 0,
         };
         for (host, ip) in [("h1", "1"), ("h2", "2"), ("h3", "3")] {
             lab.host(host, ip);
@@ -349,8 +364,58 @@ impl Lab {
         self.ns_run(from, &["ping", "-c", count, "-i", "0.2", "-W", "1", to]).status.success()
     }
 
+    /// The log of the switch process started last.
     pub fn log(&self) -> PathBuf {
-        self.dir.join("switch.log")
+        match self.takeovers {
+            0 => self.dir.join("switch.log"),
+            n => self.dir.join(format!("switch-{n}.log")),
+        }
+    }
+
+    /// `binary run --takeover[=mode]` on the lab's config, beside the running switch: waits
+    /// (bounded) until the new process says it switches, or exits. Returns the new process's
+    /// exit status if it exited (a refused takeover), else the old process's once it has
+    /// exited too (it must within 10 s), and the old and new logs.
+    pub fn take_over(
+        &mut self,
+        binary: &std::path::Path,
+        mode: &str,
+    ) -> (Option<std::process::ExitStatus>, String, String) {
+        let old_log = self.log();
+        self.takeovers += 1;
+        let log = std::fs::File::create(self.log()).unwrap();
+        let mut new = Command::new(binary)
+            .args(["run", mode, "-c"])
+            .arg(self.config())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(self.log()).unwrap_or_default();
+            if text.contains("INFO switching") {
+                break;
+            }
+            if let Some(st) = new.try_wait().unwrap() {
+                // Refused or failed: the old process stays the lab's switch.
+                self.takeovers -= 1;
+                let old = std::fs::read_to_string(self.log()).unwrap_or_default();
+                return (Some(st), old, text);
+            }
+            assert!(Instant::now() < deadline, "the new switch did not start:\n{text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut old = self.switch.replace(new).expect("a switch running");
+        let st = exits_within(&mut old, Duration::from_secs(10));
+        let old_text = std::fs::read_to_string(old_log).unwrap_or_default();
+        let new_text = std::fs::read_to_string(self.log()).unwrap_or_default();
+        assert!(
+            st.is_some(),
+            "the old switch did not exit after the takeover:\n{old_text}\nthe new one:\n{new_text}"
+        );
+        (st, old_text, new_text)
     }
 
     /// `xswitch run` on the lab's config and environment, its stderr into the log.

@@ -18,7 +18,7 @@ pub mod ring;
 pub mod socket;
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 pub use socket::{BindMode, BoundMode, XskPort, XskStats, ifindex};
 
@@ -48,6 +48,24 @@ impl XdpAttachment {
             bpf::create_xskmap(queues).map_err(|s| e("creating the XSKMAP (are we root?)", s))?;
         let prog = bpf::load_redirect_prog(&map).map_err(|s| e("loading the XDP program", s))?;
         Ok(XdpAttachment { ifname: ifname.into(), map, _prog: prog, link: None, native: false })
+    }
+
+    /// The map, the program and the link (when attached), for handing them to another
+    /// process (a takeover): while it holds them the program stays attached.
+    pub fn fds(&self) -> (BorrowedFd<'_>, BorrowedFd<'_>, Option<BorrowedFd<'_>>) {
+        (self.map.as_fd(), self._prog.as_fd(), self.link.as_ref().map(AsFd::as_fd))
+    }
+
+    /// The attachment of `ifname` another process made and handed over: its map, program
+    /// and link (the program attached, `native` or generic).
+    pub fn adopt(
+        ifname: &str,
+        map: OwnedFd,
+        prog: OwnedFd,
+        link: Option<OwnedFd>,
+        native: bool,
+    ) -> Self {
+        XdpAttachment { ifname: ifname.into(), map, _prog: prog, link, native }
     }
 
     /// Puts a socket in the map at its queue.

@@ -79,6 +79,19 @@ impl<T: Copy> Ring<T> {
         unsafe { self.producer.as_ref() }.load(Ordering::Acquire)
     }
 
+    /// A ring mapped from a socket another process used: our side starts where that
+    /// process left it (`producer`: we produce into this ring, fill or TX), the other side's
+    /// index as last published. The other process no longer touches the ring.
+    pub fn resume(&mut self, producer: bool) {
+        if producer {
+            self.local = self.producer_index();
+            self.cached = self.consumer_index();
+        } else {
+            self.local = self.consumer_index();
+            self.cached = self.producer_index();
+        }
+    }
+
     fn consumer_index(&self) -> u32 {
         // SAFETY: as above.
         unsafe { self.consumer.as_ref() }.load(Ordering::Acquire)

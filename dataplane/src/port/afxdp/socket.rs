@@ -293,6 +293,63 @@ impl XskPort {
         })
     }
 
+    /// The socket `fd` another process opened on `ifname` queue `queue` and handed over
+    /// (a takeover): its rings mapped again and resumed where that process left them, with
+    /// the frames it had given them (`in_fill` on the fill and RX rings, `in_tx` on TX and
+    /// completion). That process must have stopped polling the socket for good.
+    #[allow(clippy::too_many_arguments)]
+    pub fn adopt(
+        fd: OwnedFd,
+        area: &FrameArea,
+        ifname: &str,
+        queue: u32,
+        ring_size: u32,
+        mode: BoundMode,
+        in_fill: u32,
+        in_tx: u32,
+    ) -> Result<XskPort, PortError> {
+        let e = |what, source| err(ifname, queue, what, source);
+        let f = fd.as_raw_fd();
+        let fill_size = 2 * ring_size;
+        // SAFETY: xdp_mmap_offsets is integers only.
+        let off: libc::xdp_mmap_offsets = unsafe { get_struct(f, libc::XDP_MMAP_OFFSETS) }
+            .map_err(|s| e("reading ring offsets", s))?;
+        let mut fill = Ring::map(f, libc::XDP_UMEM_PGOFF_FILL_RING, fill_size, &off.fr)
+            .map_err(|s| e("mapping the fill ring", s))?;
+        let mut comp = Ring::map(f, libc::XDP_UMEM_PGOFF_COMPLETION_RING, fill_size, &off.cr)
+            .map_err(|s| e("mapping the completion ring", s))?;
+        let mut rx = Ring::map(f, libc::XDP_PGOFF_RX_RING as u64, fill_size, &off.rx)
+            .map_err(|s| e("mapping the RX ring", s))?;
+        let mut tx = Ring::map(f, libc::XDP_PGOFF_TX_RING as u64, ring_size, &off.tx)
+            .map_err(|s| e("mapping the TX ring", s))?;
+        fill.resume(true);
+        tx.resume(true);
+        rx.resume(false);
+        comp.resume(false);
+        Ok(XskPort {
+            fd,
+            ifname: ifname.into(),
+            queue,
+            mode,
+            fill,
+            comp,
+            rx,
+            tx,
+            in_fill,
+            in_tx,
+            fill_target: fill_size,
+            waiting: 0,
+            chunk_mask: !(u64::from(area.chunk_size()) - 1),
+            stats: XskPortStats::default(),
+        })
+    }
+
+    /// The socket descriptor, for handing it to another process (a takeover).
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+
     /// The socket descriptor (for the XSKMAP).
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
@@ -422,6 +479,11 @@ impl Port for XskPort {
             self.wake(Wake::Rx);
         }
         n as usize
+    }
+
+    fn fill_up(&mut self, pool: &mut FramePool) {
+        let want = self.fill_target.saturating_sub(self.in_fill).min(pool.len() as u32);
+        self.in_fill += self.fill.produce(std::iter::from_fn(|| pool.alloc()).take(want as usize));
     }
 
     fn tx(&mut self, frames: &mut Vec<FrameRef>) -> usize {
