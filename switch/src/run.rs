@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -396,6 +396,8 @@ pub fn serve(
         .context("registering SIGHUP")?;
     let mut live = crate::reload::Live { fabric, flowlog };
     let mut handing: Option<std::os::unix::net::UnixStream> = None;
+    // Workers that have left their poll loop (they drain once all have).
+    let out_of_loop = AtomicUsize::new(0);
     let mut failed: Option<anyhow::Error> = None;
     let (mut exporter, mut server) = (None, None);
     let finished: Vec<anyhow::Result<Finished>> = std::thread::scope(|scope| {
@@ -405,6 +407,7 @@ pub fn serve(
             .zip(cmds_in.into_iter().zip(questions))
             .map(|((i, mut worker), (cmds, questions))| {
                 let stop = &stop;
+                let out_of_loop = &out_of_loop;
                 let slot = slots[i].clone();
                 let applied = applied[i].clone();
                 let closing = closing.clone();
@@ -438,7 +441,16 @@ pub fn serve(
                             crate::control_api::finish_live_trace(w, i, clock.now(), t);
                             crate::metrics::publish(&slot, w, l)
                         });
-                        // A clean stop sends what was already accepted.
+                        // Every worker out of its loop first (none hands a frame over after
+                        // that; bounded, for a worker that failed to start), then each sends
+                        // what was already accepted, what the others handed it included.
+                        out_of_loop.fetch_add(1, Ordering::SeqCst);
+                        let since = Instant::now();
+                        while out_of_loop.load(Ordering::SeqCst) < n
+                            && since.elapsed() < Duration::from_millis(200)
+                        {
+                            std::thread::sleep(Duration::from_micros(100));
+                        }
                         let left = worker.drain(&clock, Duration::from_millis(200));
                         if left > 0 {
                             tracing::info!("worker {i}: {left} frames still queued at stop");

@@ -239,3 +239,36 @@ fn a_restart_after_kill_9_loses_only_the_gap_and_no_frame_to_an_empty_fill_ring(
         "{gap_ms:.0} ms of the stream lost for a restart of {restart:?}"
     );
 }
+
+/// Two workers, with h1 and h2 on different ones, so that frames cross between them on the
+/// handoff rings and chunks go home on the return rings while the stream runs: a takeover
+/// loses nothing and both processes' frame censuses balance.
+#[test]
+fn a_takeover_of_two_workers_with_frames_crossing_between_them_loses_nothing() {
+    if !can_run("a_takeover_of_two_workers_with_frames_crossing_between_them_loses_nothing") {
+        return;
+    }
+    let _one = one_at_a_time();
+    let mut lab = Lab::new();
+    lab.edit_config(|c| c.replace("[switch]\n", "[switch]\nworkers = 2\n"));
+    split_h1_h2(&lab);
+    lab.start();
+    assert!(lab.ping("h1", "10.9.1.2", "2"));
+    let new_binary = second_binary(&lab);
+    let (count, pps) = (60_000, 20_000);
+    let stream = lab.seq_stream("h1", "h2", "10.9.1.2", count, pps);
+    std::thread::sleep(Duration::from_millis(1000));
+    let (old, old_log, new_log) = lab.take_over(&new_binary, "--takeover");
+    let [got, missing, duplicated] = stream.counts(Duration::from_secs(20));
+    let (ok, log) = lab.stop();
+    eprintln!(
+        "two workers: sockets unpolled for at most {:.1} ms",
+        unpolled_ms(&old_log, &new_log)
+    );
+    assert!(old.is_some_and(|s| s.success()), "{old_log}");
+    assert!(!old_log.contains("does not balance"), "{old_log}");
+    assert_eq!(worker_of(&new_log, "h1"), Some(0), "{new_log}");
+    assert_eq!(worker_of(&new_log, "z2"), Some(1), "{new_log}");
+    assert_eq!([got, missing, duplicated], [count, 0, 0], "{old_log}\n{log}");
+    assert!(ok && log.contains("balanced"), "{log}");
+}

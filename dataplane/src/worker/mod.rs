@@ -638,12 +638,18 @@ impl<P: Port> Worker<P> {
     /// After [`Worker::run`]: keeps breathing without receiving until everything queued has been
     /// sent and completed (TX lists, handoffs, TX rings) or `limit` has passed, so a clean stop
     /// does not throw away frames the switch already accepted. Returns what is still queued.
+    /// With other workers, call it once every worker has stopped receiving (no frame is handed
+    /// over after that), so that each sends what the others handed it before it stops.
     pub fn drain(&mut self, clock: &impl Clock, limit: Duration) -> usize {
         self.draining = true;
         let end = clock.now().add(Nanos(limit.as_nanos() as u64));
+        // Frames handed to other workers count until they take them (they send them in their
+        // own drain); chunks going home do not (nothing is sent for them, and a peer that
+        // has finished no longer takes them: `hand_over` and the census find them there).
         let queued = |w: &Self| {
             let c = w.census();
-            c.pending as usize + (c.ports.tx + c.ports.completion) as usize + c.handoff as usize
+            let handed: usize = w.links.out.iter().flatten().map(|l| l.frames.len()).sum();
+            c.pending as usize + (c.ports.tx + c.ports.completion) as usize + handed
         };
         // Also bounded in breaths, so a clock that does not move cannot keep it here.
         for _ in 0..MAX_DRAIN_BREATHS {
