@@ -80,6 +80,15 @@ pub enum Request {
         /// A level or a filter (`debug`, `xswitch=trace`).
         level: String,
     },
+    /// Start a new process of the switch's binary (`binary`, or the path the running one was
+    /// started from, which an upgrade has replaced) with `--takeover`: it takes the switch
+    /// over as `xswitch run --takeover` does, as a child of the running one (so under systemd
+    /// it stays in the service and becomes its main process).
+    Upgrade {
+        /// The binary to start.
+        #[serde(default)]
+        binary: Option<String>,
+    },
     /// A new process asks for the running switch's ports and state (`xswitch run
     /// --takeover`); the answer carries descriptors (docs/CONTROL.md, "Takeover").
     Takeover(TakeoverOffer),
@@ -270,7 +279,7 @@ pub fn parse(line: &str) -> Result<Request, String> {
         if e.contains("unknown variant") {
             format!(
                 "{e} (status, ports, tenants, counters, reload, fdb, connections, flows, trace, \
-                 trace_live, capture_start, capture_stop, log_level, takeover)"
+                 trace_live, capture_start, capture_stop, log_level, upgrade, takeover)"
             )
         } else {
             format!("bad request: {e}")

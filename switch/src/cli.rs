@@ -159,6 +159,14 @@ pub enum CtlCommand {
     Capture(CaptureCommand),
     /// Change what the running switch logs (error, warn, info, debug, trace).
     LogLevel(LogLevelArgs),
+    /// Upgrade without losing a frame: the running switch starts its binary again (the new
+    /// version installed at the same path, or --binary) with `run --takeover`, which takes
+    /// its ports and state over; the old process then exits. `ctl status` says who runs.
+    Upgrade {
+        /// The binary to start instead of the one at the running switch's path.
+        #[arg(long)]
+        binary: Option<String>,
+    },
     /// A sampled live trace: real frames of a tenant, what the pipeline did with each, and
     /// every stage's verdict.
     TraceLive {
@@ -295,6 +303,7 @@ impl CtlCommand {
             CtlCommand::Capture(CaptureCommand::Start { .. }) => "capture_start",
             CtlCommand::Capture(CaptureCommand::Stop) => "capture_stop",
             CtlCommand::LogLevel(_) => "log_level",
+            CtlCommand::Upgrade { .. } => "upgrade",
         }
     }
 

@@ -200,6 +200,7 @@ pub fn run(
         }
         CtlCommand::Capture(CaptureCommand::Stop) => Request::CaptureStop {},
         CtlCommand::LogLevel(l) => Request::LogLevel { level: l.level.clone() },
+        CtlCommand::Upgrade { binary } => Request::Upgrade { binary: binary.clone() },
     };
     let data = request(socket, &req)?;
     let status = match what {
@@ -272,6 +273,12 @@ pub fn run(
             print_reload(&data, matches!(what, crate::cli::CtlCommand::Reload { dry_run: true }))
         }
         "log_level" => println!("log level {} (was {})", cell(&data["level"]), cell(&data["was"])),
+        "upgrade" => println!(
+            "started {} (pid {}): it takes the switch over, then this process exits; `xswitch \
+             ctl status` says which runs",
+            cell(&data["binary"]),
+            cell(&data["pid"])
+        ),
         "capture_start" => {
             println!("capturing {} into {}", cell(&data["tenant"]), cell(&data["file"]))
         }

@@ -78,10 +78,11 @@ fn take_over(cfg: &Config, mode: Takeover) -> anyhow::Result<Option<crate::takeo
         Ok(Answer::Refused { why, .. }) => {
             bail!("the running switch refused the takeover and keeps switching: {why}")
         }
-        Err(e) if mode == Takeover::OrRestart && !socket.exists() => {
-            tracing::warn!("{e:#}; starting afresh");
+        Ok(Answer::NoSwitch(why)) if mode == Takeover::OrRestart => {
+            tracing::warn!("{why}: starting afresh");
             Ok(None)
         }
+        Ok(Answer::NoSwitch(why)) => bail!("--takeover: {why}; is a switch running?"),
         Err(e) => Err(e),
     }
 }
@@ -489,7 +490,14 @@ pub fn serve(
         // Under systemd (Type=notify): ready now, a watchdog ping at half its interval while
         // every worker runs, reloads and the stop announced. Nothing without NOTIFY_SOCKET.
         let status = format!("switching {tenants} tenants");
-        notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        if from.is_some() {
+            // Started by the old process (`ctl upgrade`): this one is the service's process
+            // now (the unit has NotifyAccess=all), before the old one exits.
+            let me = std::process::id();
+            notify(&[NotifyState::MainPid(me), NotifyState::Ready, NotifyState::Status(&status)]);
+        } else {
+            notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        }
         let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
         let mut pinged = Instant::now();
         if let Some(r) = from.take() {

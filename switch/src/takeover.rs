@@ -432,6 +432,8 @@ impl Received {
 pub enum Answer {
     /// The switch's ports and state.
     Taken(Box<Received>),
+    /// No switch answers on the control socket.
+    NoSwitch(String),
     /// The running switch refused (it keeps switching): why, and its process id.
     Refused {
         /// Its reason.
@@ -443,9 +445,13 @@ pub enum Answer {
 
 /// Asks the switch on control socket `socket` to hand itself over (the new process's side).
 pub fn ask(socket: &Path, offer: &TakeoverOffer) -> anyhow::Result<Answer> {
-    let mut stream = UnixStream::connect(socket).with_context(|| {
-        format!("--takeover: no switch answers on {} (is one running?)", socket.display())
-    })?;
+    let mut stream = match UnixStream::connect(socket) {
+        Ok(s) => s,
+        Err(e) => {
+            let why = format!("no switch answers on {} ({e})", socket.display());
+            return Ok(Answer::NoSwitch(why));
+        }
+    };
     // The old switch stops its workers before it answers: a few hundred milliseconds.
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let req = control::api::Request::Takeover(offer.clone());
@@ -521,6 +527,45 @@ pub fn wait_confirmed(stream: &UnixStream, limit: Duration) -> bool {
     let mut line = String::new();
     let mut r = std::io::BufReader::new(stream);
     std::io::BufRead::read_line(&mut r, &mut line).is_ok() && line.trim() == "taken"
+}
+
+/// `ctl upgrade`: starts `binary` (default: the running switch's own path, which the upgrade
+/// has replaced) as `run --takeover` with the running switch's own arguments, as a child (under
+/// systemd it stays in the service's cgroup, and says it is the main process once it
+/// switches). Returns at once: the child asks for the takeover on the control socket like any
+/// other process; a thread reaps it and logs how it ended if it ends first (a refusal).
+pub fn spawn_upgrade(
+    binary: Option<String>,
+    shared: &crate::control_api::Shared,
+) -> Result<serde_json::Value, String> {
+    if shared.path.is_none() {
+        return Err("the demo's switch has no config file to start again from".into());
+    }
+    let binary = match binary {
+        Some(b) => std::path::PathBuf::from(b),
+        None => shared.exe.clone().ok_or("the running switch's binary path is unknown")?,
+    };
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) != Some("run") {
+        return Err("only a switch started with `xswitch run` can be upgraded".into());
+    }
+    args.retain(|a| !a.starts_with("--takeover"));
+    args.push("--takeover".into());
+    let mut child = std::process::Command::new(&binary)
+        .args(&args)
+        // The watchdog is the new process's once it is the service's main process.
+        .env_remove("WATCHDOG_PID")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", binary.display()))?;
+    let pid = child.id();
+    tracing::info!("upgrade: started {} {} (pid {pid})", binary.display(), args.join(" "));
+    let _ = std::thread::Builder::new().name("xswitch-upgrade".into()).spawn(move || {
+        if let Ok(st) = child.wait() {
+            tracing::warn!("upgrade: the new process (pid {pid}) ended before taking over: {st}");
+        }
+    });
+    Ok(serde_json::json!({ "binary": binary.display().to_string(), "pid": pid }))
 }
 
 /// Stops process `pid` (SIGTERM) and waits, bounded, until it is gone: a clean restart after

@@ -272,3 +272,84 @@ fn a_takeover_of_two_workers_with_frames_crossing_between_them_loses_nothing() {
     assert_eq!([got, missing, duplicated], [count, 0, 0], "{old_log}\n{log}");
     assert!(ok && log.contains("balanced"), "{log}");
 }
+
+/// Reads datagrams from the fake `NOTIFY_SOCKET` until one contains `until` (bounded).
+fn notifications(sock: &std::os::unix::net::UnixDatagram, until: &str, limit: Duration) -> String {
+    let t0 = std::time::Instant::now();
+    let mut all = String::new();
+    let mut buf = [0u8; 4096];
+    while t0.elapsed() < limit {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let m = String::from_utf8_lossy(&buf[..n]).to_string();
+            all.push_str(&m);
+            all.push('|');
+            if m.contains(until) {
+                break;
+            }
+        }
+    }
+    all
+}
+
+/// `xswitch ctl upgrade` as a systemd service runs it: the running switch starts the new
+/// binary as its child with `--takeover`; the new process tells the service manager it is the
+/// main process (`MAINPID=`, `READY=1`; the unit has `NotifyAccess=all`) before the old one
+/// exits 0, and pings the watchdog from then on. Under a numbered stream: nothing lost.
+#[test]
+fn ctl_upgrade_hands_the_service_to_the_new_binary_without_loss() {
+    if !can_run("ctl_upgrade_hands_the_service_to_the_new_binary_without_loss") {
+        return;
+    }
+    let _one = one_at_a_time();
+    let mut lab = Lab::new();
+    let path = lab.dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    lab.env.push(("NOTIFY_SOCKET".into(), path.display().to_string()));
+    lab.env.push(("WATCHDOG_USEC".into(), "400000".into()));
+    lab.start();
+    let ready = notifications(&sock, "READY=1", Duration::from_secs(5));
+    assert!(ready.contains("READY=1"), "{ready}");
+    assert!(lab.ping("h1", "10.9.1.2", "2"));
+    let new_binary = second_binary(&lab);
+    let (count, pps) = (40_000, 20_000);
+    let stream = lab.seq_stream("h1", "h2", "10.9.1.2", count, pps);
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, out, err) = lab.ctl(false, &["upgrade", "--binary", new_binary.to_str().unwrap()]);
+    assert!(ok && out.contains("started"), "{out}{err}");
+    let handed = notifications(&sock, "MAINPID=", Duration::from_secs(20));
+    let mut old = lab.switch.take().unwrap();
+    let st = exits_within(&mut old, Duration::from_secs(10));
+    let new_pid: u32 = handed
+        .split("MAINPID=")
+        .nth(1)
+        .and_then(|r| r.split(['\n', '|']).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no MAINPID: {handed}"));
+    let pings = notifications(&sock, "WATCHDOG=1", Duration::from_secs(3));
+    let [got, missing, duplicated] = stream.counts(Duration::from_secs(20));
+    let status = lab.ctl_json("status");
+    // The new process is the old one's orphan now: stopped by its pid, as systemd would.
+    must("kill", &["-TERM", &new_pid.to_string()]);
+    let t0 = std::time::Instant::now();
+    let proc = PathBuf::from(format!("/proc/{new_pid}/stat"));
+    while t0.elapsed() < Duration::from_secs(10) {
+        let stat = std::fs::read_to_string(&proc).unwrap_or_default();
+        if stat.is_empty() || stat.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')) {
+            break;
+        }
+        // Read what it tells the service manager meanwhile (as systemd would: a full socket
+        // would block it).
+        let mut buf = [0u8; 4096];
+        let _ = sock.recv(&mut buf);
+    }
+    let log = std::fs::read_to_string(lab.log()).unwrap();
+    assert!(st.is_some_and(|s| s.success()), "the old process:\n{log}");
+    assert_ne!(new_pid, old.id(), "{handed}");
+    assert!(handed.contains("READY=1"), "{handed}");
+    assert!(pings.contains("WATCHDOG=1"), "the new process does not ping: {pings}");
+    assert_eq!([got, missing, duplicated], [count, 0, 0], "{log}");
+    assert!(status["uptime_secs"].is_number(), "{status}");
+    assert!(log.contains("upgrade: started") && log.contains("took over"), "{log}");
+    assert!(log.matches("balanced").count() == 1, "the new process's stop:\n{log}");
+}

@@ -115,6 +115,8 @@ pub struct Shared {
     capture: Mutex<Option<CaptureRun>>,
     /// When the switch started.
     pub started: Instant,
+    /// The binary it was started from (read at start: an upgrade replaces the file).
+    pub exe: Option<PathBuf>,
     /// The ports whose interface is gone (see `fabric`), by name.
     port_down: Mutex<std::collections::BTreeSet<String>>,
 }
@@ -146,6 +148,7 @@ impl Shared {
             takeovers_to,
             capture: Mutex::new(None),
             started: Instant::now(),
+            exe: std::env::current_exe().ok(),
             port_down: Mutex::new(Default::default()),
         }
     }
@@ -359,6 +362,7 @@ fn answer(req: Request, shared: &Arc<Shared>) -> Result<Value, String> {
         }
         Request::CaptureStop {} => capture::capture_stop(shared),
         Request::Trace(req) => trace::trace(req, shared),
+        Request::Upgrade { binary } => crate::takeover::spawn_upgrade(binary, shared),
         Request::Takeover(_) => Err("a takeover is answered by the main thread".into()),
     }
 }
