@@ -79,6 +79,11 @@ impl<T: Copy> Ring<T> {
         unsafe { self.producer.as_ref() }.load(Ordering::Acquire)
     }
 
+    /// Entries the ring holds.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
     /// A ring mapped from a socket another process used: our side starts where that
     /// process left it (`producer`: we produce into this ring, fill or TX), the other side's
     /// index as last published. The other process no longer touches the ring.

@@ -149,6 +149,27 @@ unsafe fn get_struct<T>(fd: RawFd, opt: libc::c_int) -> io::Result<T> {
     Ok(unsafe { v.assume_init() })
 }
 
+/// A socket's fill, completion, RX and TX rings.
+type Rings = (Ring<u64>, Ring<u64>, Ring<libc::xdp_desc>, Ring<libc::xdp_desc>);
+
+/// Maps the four rings of socket `f`, sized for `ring_size` (the fill, completion and RX rings
+/// twice that, see [`XskPort::open`]); the error says which.
+fn map_rings(f: RawFd, ring_size: u32) -> Result<Rings, (&'static str, io::Error)> {
+    let fill_size = 2 * ring_size;
+    // SAFETY: xdp_mmap_offsets is integers only.
+    let off: libc::xdp_mmap_offsets = unsafe { get_struct(f, libc::XDP_MMAP_OFFSETS) }
+        .map_err(|s| ("reading ring offsets", s))?;
+    let fill = Ring::map(f, libc::XDP_UMEM_PGOFF_FILL_RING, fill_size, &off.fr)
+        .map_err(|s| ("mapping the fill ring", s))?;
+    let comp = Ring::map(f, libc::XDP_UMEM_PGOFF_COMPLETION_RING, fill_size, &off.cr)
+        .map_err(|s| ("mapping the completion ring", s))?;
+    let rx = Ring::map(f, libc::XDP_PGOFF_RX_RING as u64, fill_size, &off.rx)
+        .map_err(|s| ("mapping the RX ring", s))?;
+    let tx = Ring::map(f, libc::XDP_PGOFF_TX_RING as u64, ring_size, &off.tx)
+        .map_err(|s| ("mapping the TX ring", s))?;
+    Ok((fill, comp, rx, tx))
+}
+
 /// Which side of the socket a wakeup is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wake {
@@ -221,17 +242,7 @@ impl XskPort {
         ] {
             setsockopt(f, opt, &size).map_err(|s| e(what, s))?;
         }
-        // SAFETY: xdp_mmap_offsets is integers only.
-        let off: libc::xdp_mmap_offsets = unsafe { get_struct(f, libc::XDP_MMAP_OFFSETS) }
-            .map_err(|s| e("reading ring offsets", s))?;
-        let fill = Ring::map(f, libc::XDP_UMEM_PGOFF_FILL_RING, fill_size, &off.fr)
-            .map_err(|s| e("mapping the fill ring", s))?;
-        let comp = Ring::map(f, libc::XDP_UMEM_PGOFF_COMPLETION_RING, fill_size, &off.cr)
-            .map_err(|s| e("mapping the completion ring", s))?;
-        let rx = Ring::map(f, libc::XDP_PGOFF_RX_RING as u64, fill_size, &off.rx)
-            .map_err(|s| e("mapping the RX ring", s))?;
-        let tx = Ring::map(f, libc::XDP_PGOFF_TX_RING as u64, ring_size, &off.tx)
-            .map_err(|s| e("mapping the TX ring", s))?;
+        let rings = map_rings(f, ring_size).map_err(|(what, s)| e(what, s))?;
 
         let bind = |flags: u16| -> io::Result<()> {
             let sa = libc::sockaddr_xdp {
@@ -275,22 +286,36 @@ impl XskPort {
                 }
             },
         };
-        Ok(XskPort {
+        Ok(XskPort::with_rings(fd, area, ifname, queue, got, rings, (0, 0)))
+    }
+
+    /// The port around socket `fd` and its mapped rings, with `held` frames on them (fill and
+    /// RX, TX and completion).
+    fn with_rings(
+        fd: OwnedFd,
+        area: &FrameArea,
+        ifname: &str,
+        queue: u32,
+        mode: BoundMode,
+        (fill, comp, rx, tx): Rings,
+        (in_fill, in_tx): (u32, u32),
+    ) -> XskPort {
+        XskPort {
             fd,
             ifname: ifname.into(),
             queue,
-            mode: got,
+            mode,
+            fill_target: fill.size(),
             fill,
             comp,
             rx,
             tx,
-            in_fill: 0,
-            in_tx: 0,
-            fill_target: fill_size,
+            in_fill,
+            in_tx,
             waiting: 0,
             chunk_mask: !(u64::from(area.chunk_size()) - 1),
             stats: XskPortStats::default(),
-        })
+        }
     }
 
     /// The socket `fd` another process opened on `ifname` queue `queue` and handed over
@@ -309,39 +334,14 @@ impl XskPort {
         in_tx: u32,
     ) -> Result<XskPort, PortError> {
         let e = |what, source| err(ifname, queue, what, source);
-        let f = fd.as_raw_fd();
-        let fill_size = 2 * ring_size;
-        // SAFETY: xdp_mmap_offsets is integers only.
-        let off: libc::xdp_mmap_offsets = unsafe { get_struct(f, libc::XDP_MMAP_OFFSETS) }
-            .map_err(|s| e("reading ring offsets", s))?;
-        let mut fill = Ring::map(f, libc::XDP_UMEM_PGOFF_FILL_RING, fill_size, &off.fr)
-            .map_err(|s| e("mapping the fill ring", s))?;
-        let mut comp = Ring::map(f, libc::XDP_UMEM_PGOFF_COMPLETION_RING, fill_size, &off.cr)
-            .map_err(|s| e("mapping the completion ring", s))?;
-        let mut rx = Ring::map(f, libc::XDP_PGOFF_RX_RING as u64, fill_size, &off.rx)
-            .map_err(|s| e("mapping the RX ring", s))?;
-        let mut tx = Ring::map(f, libc::XDP_PGOFF_TX_RING as u64, ring_size, &off.tx)
-            .map_err(|s| e("mapping the TX ring", s))?;
+        let (mut fill, mut comp, mut rx, mut tx) =
+            map_rings(fd.as_raw_fd(), ring_size).map_err(|(what, s)| e(what, s))?;
         fill.resume(true);
         tx.resume(true);
         rx.resume(false);
         comp.resume(false);
-        Ok(XskPort {
-            fd,
-            ifname: ifname.into(),
-            queue,
-            mode,
-            fill,
-            comp,
-            rx,
-            tx,
-            in_fill,
-            in_tx,
-            fill_target: fill_size,
-            waiting: 0,
-            chunk_mask: !(u64::from(area.chunk_size()) - 1),
-            stats: XskPortStats::default(),
-        })
+        let rings = (fill, comp, rx, tx);
+        Ok(XskPort::with_rings(fd, area, ifname, queue, mode, rings, (in_fill, in_tx)))
     }
 
     /// The socket descriptor, for handing it to another process (a takeover).
