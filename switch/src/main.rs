@@ -1,6 +1,7 @@
 //! The `xswitch` binary: CLI parsing and wiring only; packet and policy logic live in the
 //! `dataplane` and `control` crates.
 
+mod bounded;
 mod cli;
 mod control_api;
 mod ctl;
@@ -12,6 +13,7 @@ mod lab;
 mod logging;
 mod metrics;
 mod netdev;
+mod privilege;
 mod reload;
 mod run;
 mod simulate;

@@ -206,13 +206,15 @@ fn set_facts(f: &Facts) {
 pub struct Exporter {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-    http: Option<JoinHandle<()>>,
+    http: Option<crate::bounded::Served>,
 }
 
 impl Drop for Exporter {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        for t in [self.thread.take(), self.http.take()].into_iter().flatten() {
+        // The listener closes with its threads.
+        drop(self.http.take());
+        if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
@@ -221,44 +223,52 @@ impl Drop for Exporter {
 /// How long a worker may go without publishing before /healthz says it is stuck.
 const STALE: Duration = Duration::from_secs(2);
 
-/// Answers HTTP until `stop`: `GET /metrics` (the exposition and the families rendered here),
+/// An HTTP/1.0-style answer: status, plain text, the body, and the connection closed.
+fn write_http(conn: &mut std::net::TcpStream, code: u16, body: &str) -> std::io::Result<()> {
+    let reason = match code {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Service Unavailable",
+    };
+    let ct = "text/plain; version=0.0.4; charset=utf-8";
+    let head = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    );
+    use std::io::Write;
+    conn.write_all(head.as_bytes())?;
+    conn.write_all(body.as_bytes())
+}
+
+/// Answers one request: `GET /metrics` (the exposition and the families rendered here),
 /// `GET /healthz` (200 while every worker publishes, else 503 with the reason), 404 elsewhere.
-fn serve_http(
-    server: &tiny_http::Server,
+fn answer_http(
+    mut conn: std::net::TcpStream,
+    request: &[u8],
     handle: &metrics_exporter_prometheus::PrometheusHandle,
     slots: &[Slot],
-    stop: &AtomicBool,
 ) {
-    let text = |s: String, code: u16| {
-        let ct = "text/plain; version=0.0.4; charset=utf-8";
-        tiny_http::Response::from_string(s)
-            .with_status_code(code)
-            .with_header(tiny_http::Header::from_bytes("Content-Type", ct).expect("a valid header"))
+    let line = request.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or(&[]);
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let _ = match (method == "GET", path) {
+        (true, "/metrics") => {
+            let mut body = handle.render();
+            render_busy(&mut body, slots);
+            render_process(&mut body);
+            write_http(&mut conn, 200, &body)
+        }
+        (true, "/healthz") => match health(slots) {
+            Ok(()) => write_http(&mut conn, 200, "ok\n"),
+            Err(why) => write_http(&mut conn, 503, &format!("unhealthy: {why}\n")),
+        },
+        (true, _) => write_http(&mut conn, 404, "not found: /metrics or /healthz\n"),
+        (false, _) => write_http(&mut conn, 405, "GET only\n"),
     };
-    while !stop.load(Ordering::Relaxed) {
-        let req = match server.recv_timeout(Duration::from_millis(200)) {
-            Ok(Some(r)) => r,
-            Ok(None) => continue,
-            Err(_) => break,
-        };
-        let path = req.url().split('?').next().unwrap_or("").to_string();
-        let get = *req.method() == tiny_http::Method::Get;
-        let resp = match (get, path.as_str()) {
-            (true, "/metrics") => {
-                let mut body = handle.render();
-                render_busy(&mut body, slots);
-                render_process(&mut body);
-                text(body, 200)
-            }
-            (true, "/healthz") => match health(slots) {
-                Ok(()) => text("ok\n".into(), 200),
-                Err(why) => text(format!("unhealthy: {why}\n"), 503),
-            },
-            (true, _) => text("not found: /metrics or /healthz\n".into(), 404),
-            (false, _) => text("GET only\n".into(), 405),
-        };
-        let _ = req.respond(resp);
-    }
 }
 
 /// Ok while every worker has published within [`STALE`].
@@ -343,9 +353,10 @@ pub fn start(
     }
     let addr: SocketAddr =
         cfg.listen.parse().with_context(|| format!("metrics.listen: {:?}", cfg.listen))?;
-    // Our own listener (tiny_http) rather than the exporter's: /metrics on its path only,
-    // /healthz, and the families the exporter cannot hold (fractional counters, the process).
-    let server = tiny_http::Server::http(addr)
+    // Our own listener rather than the exporter's: /metrics on its path only, /healthz, the
+    // families the exporter cannot hold (fractional counters, the process), and clients
+    // served with bounds (`crate::bounded`).
+    let listener = std::net::TcpListener::bind(addr)
         .map_err(|e| anyhow::anyhow!("metrics.listen: cannot serve metrics on {addr}: {e}"))?;
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(
@@ -370,7 +381,7 @@ pub fn start(
     let mut families = Families::new(snap, slots.len(), started);
     let stop = Arc::new(AtomicBool::new(false));
     let (slots, stop2) = (slots.to_vec(), stop.clone());
-    let (http_slots, http_stop, http_handle) = (slots.clone(), stop.clone(), handle.clone());
+    let (http_slots, http_handle) = (slots.clone(), handle.clone());
     let thread = std::thread::Builder::new()
         .name("xswitch-metrics".into())
         .spawn(move || {
@@ -382,10 +393,24 @@ pub fn start(
             families.update(&slots, &facts());
         })
         .context("starting the metrics thread")?;
-    let http = std::thread::Builder::new()
-        .name("xswitch-http".into())
-        .spawn(move || serve_http(&server, &http_handle, &http_slots, &http_stop))
-        .context("starting the metrics listener")?;
+    let bounds = crate::bounded::Bounds {
+        name: "xswitch-http",
+        connections: crate::bounded::connection_limit(),
+        request_deadline: Duration::from_secs(5),
+        request_max: 16 * 1024,
+        answer_deadline: Duration::from_secs(5),
+        answerers: 2,
+        end: |b| b.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4),
+    };
+    let http = crate::bounded::serve(
+        listener,
+        bounds,
+        move |conn, request| answer_http(conn, &request, &http_handle, &http_slots),
+        |conn, why| {
+            let _ = write_http(conn, 503, &format!("{why}\n"));
+        },
+    )
+    .context("starting the metrics listener")?;
     tracing::info!("metrics on http://{addr}/metrics, health on http://{addr}/healthz");
     Ok(Some(Exporter { stop, thread: Some(thread), http: Some(http) }))
 }

@@ -277,6 +277,12 @@ pub fn serve(
     }
     let plan = plan_sockets(&snap, cfg, workers);
     let snap = Arc::new(snap);
+    // From here on the switch needs only what ports coming and going need (every thread it
+    // starts inherits this; `crate::privilege`, docs/SECURITY.md), and its workers less.
+    let keep = crate::privilege::keep(cfg.metrics.enabled.then_some(cfg.metrics.listen.as_str()));
+    crate::privilege::drop_to(keep).context("dropping capabilities")?;
+    tracing::info!("capabilities kept: {keep:?}");
+    let filter = crate::privilege::worker_filter()?;
     // The workers' tables, and the flow-log writer they report to, before the old process (in
     // a takeover) stops switching: what happens from there to the first poll is the gap.
     let mut pipelines: Vec<Pipeline> = (0..workers).map(|_| Pipeline::new(&snap)).collect();
@@ -409,6 +415,7 @@ pub fn serve(
             .map(|((i, mut worker), (cmds, questions))| {
                 let stop = &stop;
                 let out_of_loop = &out_of_loop;
+                let filter = &filter;
                 let slot = slots[i].clone();
                 let applied = applied[i].clone();
                 let closing = closing.clone();
@@ -423,6 +430,16 @@ pub fn serve(
                                 bail!("cannot pin worker {i} to core {core}");
                             }
                             tracing::info!("worker {i} pinned to core {core}");
+                        }
+                        if let Err(e) = crate::privilege::confine_worker(filter) {
+                            stop.store(true, Ordering::SeqCst);
+                            bail!("worker {i}: {e:#}");
+                        }
+                        // A test-only hook (switch/tests/privilege.rs): a call the filter does
+                        // not allow, which must kill the process.
+                        if std::env::var_os("XSWITCH_TEST_FORBIDDEN_CALL").is_some() {
+                            tracing::warn!("worker {i}: making a forbidden call (test hook)");
+                            let _ = std::os::unix::process::parent_id();
                         }
                         let clock = clock;
                         // The sockets of the start, before the first breath.

@@ -262,3 +262,87 @@ fn twenty_reloads_under_load_lose_nothing_and_a_bad_one_changes_nothing() {
     assert!(ok, "{log}");
     assert!(log.contains("balanced"), "{log}");
 }
+
+/// Issue 24: the control socket and the metrics endpoint serve clients concurrently, with
+/// bounds. Beside 2 000 idle control connections, 2 000 idle metrics connections and ten
+/// clients that send a request one byte a second, `xswitch ctl status` and a scrape each answer
+/// within a second, and the switch forwards a numbered stream without losing a datagram.
+#[test]
+fn ctl_and_metrics_answer_within_a_second_beside_2000_idle_connections_and_slow_clients() {
+    if !can_run("ctl_and_metrics_answer_within_a_second_beside_2000_idle_connections") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let metrics = lab.enable_metrics(24_000);
+    lab.start();
+    assert!(lab.ping("h1", "10.9.1.2", "2"));
+    let (count, pps) = (60_000, 20_000);
+    let stream = lab.seq_stream("h1", "h2", "10.9.1.2", count, pps);
+    let sock = lab.dir.join("ctl.sock");
+    let idle: Vec<std::os::unix::net::UnixStream> = (0..2000)
+        .map(|i| {
+            std::os::unix::net::UnixStream::connect(&sock)
+                .unwrap_or_else(|e| panic!("control connection {i}: {e}"))
+        })
+        .collect();
+    let idle_http: Vec<std::net::TcpStream> = (0..2000)
+        .map(|i| {
+            std::net::TcpStream::connect(&metrics)
+                .unwrap_or_else(|e| panic!("metrics connection {i}: {e}"))
+        })
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let slow: Vec<_> = (0..10)
+        .map(|_| {
+            let (sock, stop) = (sock.clone(), stop.clone());
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let Ok(mut c) = std::os::unix::net::UnixStream::connect(&sock) else { return };
+                for b in b"{\"cmd\":\"status\"}\n" {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) || c.write_all(&[*b]).is_err()
+                    {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    // Bounded: no thread per connection (4 000 of them are open).
+    let pid = lab.switch.as_ref().unwrap().id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let threads: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap();
+    let mut ctl_times = Vec::new();
+    let mut scrape_times = Vec::new();
+    for _ in 0..3 {
+        let t0 = std::time::Instant::now();
+        let (ok, out, err) = lab.ctl(true, &["status"]);
+        ctl_times.push(t0.elapsed());
+        assert!(ok && out.contains("uptime_secs"), "{out}{err}");
+        let t0 = std::time::Instant::now();
+        let body = http_get(&metrics, "/metrics").unwrap();
+        scrape_times.push(t0.elapsed());
+        assert!(body.contains("xswitch_"), "{body}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let [got, missing, duplicated] = stream.counts(Duration::from_secs(20));
+    drop(idle);
+    drop(idle_http);
+    for t in slow {
+        let _ = t.join();
+    }
+    let (ok, log) = lab.stop();
+    eprintln!("ctl status in {ctl_times:?}; scrapes in {scrape_times:?}; {threads} threads");
+    assert!(threads < 32, "{threads} threads for 4 000 idle connections");
+    for t in ctl_times.iter().chain(&scrape_times) {
+        assert!(*t < Duration::from_secs(1), "ctl {ctl_times:?}, scrapes {scrape_times:?}");
+    }
+    assert_eq!([got, missing, duplicated], [count, 0, 0], "{log}");
+    assert!(ok, "{log}");
+}

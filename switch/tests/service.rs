@@ -36,6 +36,32 @@ fn the_shipped_unit_passes_systemd_analyze_verify() {
     assert!(!err.contains("xswitch.service"), "warnings about the unit:\n{err}");
 }
 
+/// Issue 24: the shipped unit bounds the service (capabilities, file system, address
+/// families...): `systemd-analyze security --offline=true` scores its exposure 5.0 or less
+/// (docs/SECURITY.md records the figure), and says the bounding set and `NoNewPrivileges` hold.
+#[test]
+fn the_shipped_unit_is_hardened_by_systemd_analyze_security() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let o = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(root.join("contrib/xswitch.service"))
+        .output()
+        .expect("systemd-analyze (apt-get install systemd)");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let score: f64 = out
+        .split("Overall exposure level for xswitch.service: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no score:\n{out}{}", String::from_utf8_lossy(&o.stderr)));
+    eprintln!("systemd-analyze security: exposure {score}");
+    assert!(score <= 5.0, "exposure {score}:\n{out}");
+    for line in ["NoNewPrivileges=", "ProtectSystem=", "RestrictAddressFamilies=~AF_PACKET"] {
+        let l = out.lines().find(|l| l.contains(line)).unwrap_or_else(|| panic!("{line}:\n{out}"));
+        assert!(l.trim_start().starts_with('✓'), "{l}");
+    }
+}
+
 /// The notify messages the switch sends within `limit`, until one contains `until`.
 fn messages(sock: &UnixDatagram, until: &str, limit: Duration) -> Vec<String> {
     let deadline = Instant::now() + limit;

@@ -14,7 +14,7 @@ mod queries;
 mod trace;
 mod views;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -229,19 +229,13 @@ impl Shared {
 
 /// The running control server; stops its thread and removes the socket when dropped.
 pub struct Server {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    served: Option<crate::bounded::Served>,
     path: PathBuf,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wakes the blocking accept; if the connect fails the thread is not waiting there.
-        let _ = UnixStream::connect(&self.path);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        drop(self.served.take());
         let _ = std::fs::remove_file(&self.path);
     }
 }
@@ -265,49 +259,50 @@ pub fn serve(path: &Path, shared: Arc<Shared>) -> anyhow::Result<Server> {
         .with_context(|| format!("control.socket: cannot listen on {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("control.socket: chmod 0600 {}", path.display()))?;
-    // A blocking accept: the thread sleeps in the kernel until a client comes, and takes no
-    // CPU from the workers otherwise (the switch may be pinned to the workers' cores; a
-    // polling loop here showed up in their latency). `Server::drop` wakes it with a connection
-    // of its own after setting `stop`.
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let thread = std::thread::Builder::new().name("xswitch-control".into()).spawn(move || {
-        for conn in listener.incoming() {
-            if stop2.load(Ordering::SeqCst) {
-                break;
+    // Clients served concurrently, with bounds (`crate::bounded`): an idle or slow client
+    // holds a descriptor, never the threads that answer the others.
+    let bounds = crate::bounded::Bounds {
+        name: "xswitch-ctl",
+        connections: crate::bounded::connection_limit(),
+        request_deadline: Duration::from_secs(5),
+        request_max: 64 * 1024,
+        answer_deadline: Duration::from_secs(5),
+        answerers: 4,
+        end: |b| b.iter().position(|&c| c == b'\n'),
+    };
+    let served = crate::bounded::serve(
+        listener,
+        bounds,
+        move |conn, request| {
+            let line = String::from_utf8_lossy(&request);
+            if let Err(e) = handle(conn, &line, &shared) {
+                tracing::info!("control: {e}");
             }
-            match conn {
-                Ok(conn) => {
-                    if let Err(e) = handle(conn, &shared) {
-                        tracing::info!("control: {e}");
-                    }
-                }
-                Err(e) => {
-                    tracing::info!("control: accept: {e}");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-        }
-    })?;
+        },
+        |conn, why| turn_away(conn, why),
+    )
+    .context("control.socket: starting its threads")?;
     tracing::info!("control socket {}", path.display());
-    Ok(Server { stop, thread: Some(thread), path: path.to_path_buf() })
+    Ok(Server { served: Some(served), path: path.to_path_buf() })
 }
 
-/// One request, one response.
-fn handle(conn: UnixStream, shared: &Arc<Shared>) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut line = String::new();
-    // Bounded: a request is a short JSON object.
-    BufReader::new(std::io::Read::take(&conn, 64 * 1024)).read_line(&mut line)?;
-    let reply = match control::api::parse(&line) {
+/// Tells a client why it is not served.
+fn turn_away(conn: &UnixStream, why: &str) {
+    let reply = Response::of(Err(format!("control socket: {why}")));
+    let mut w = conn;
+    let _ = writeln!(w, "{}", serde_json::to_string(&reply).unwrap_or_default());
+}
+
+/// One request, one response (the write within the server's deadline).
+fn handle(conn: UnixStream, line: &str, shared: &Arc<Shared>) -> std::io::Result<()> {
+    let reply = match control::api::parse(line) {
         // The main thread answers it, on this connection (it carries descriptors back).
         Ok(Request::Takeover(offer)) => match shared.takeovers_to.try_send((offer, conn)) {
             Ok(()) => return Ok(()),
             Err(e) => {
                 let conn = e.into_inner().1;
-                let reply = Response::of(Err("another takeover is being handled".into()));
-                let mut w = &conn;
-                return writeln!(w, "{}", serde_json::to_string(&reply).unwrap_or_default());
+                turn_away(&conn, "another takeover is being handled");
+                return Ok(());
             }
         },
         req => Response::of(req.and_then(|req| answer(req, shared))),
