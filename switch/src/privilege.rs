@@ -32,6 +32,23 @@ pub const RUNNING: CapabilitySet = CapabilitySet::NET_ADMIN
     .union(CapabilitySet::BPF)
     .union(CapabilitySet::IPC_LOCK);
 
+/// Checks early, with a clear message, that the process can do what a switch does: root, or
+/// (a process `ctl upgrade` started as `switch.user`) the capabilities of [`RUNNING`].
+pub fn require_running_capabilities() -> anyhow::Result<()> {
+    if rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    let now = capabilities(None).context("reading the capabilities")?;
+    if now.effective.contains(RUNNING) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "xswitch needs root, or CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF and CAP_IPC_LOCK, to open \
+         AF_XDP sockets (it has {:?})",
+        now.effective
+    )
+}
+
 /// What a switch with `metrics_listen` keeps: [`RUNNING`], and `CAP_NET_BIND_SERVICE` when the
 /// metrics listener is on a port below 1024 (a takeover's new process binds it again).
 pub fn keep(metrics_listen: Option<&str>) -> CapabilitySet {
@@ -62,6 +79,131 @@ pub fn drop_to(keep: CapabilitySet) -> anyhow::Result<()> {
         },
     )
     .context("setting the capabilities")
+}
+
+/// The uid and gid of local account `user` (and group `group`, else the user's own), from
+/// `/etc/passwd` and `/etc/group` (accounts of a directory service are not looked up).
+pub fn account(user: &str, group: Option<&str>) -> anyhow::Result<(u32, u32)> {
+    let field = |file: &str, name: &str, col: usize| -> anyhow::Result<Option<u32>> {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+        Ok(text.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&name)).then(|| f.get(col)?.parse().ok()).flatten()
+        }))
+    };
+    let uid = field("/etc/passwd", user, 2)?
+        .with_context(|| format!("switch.user: no local user {user:?} in /etc/passwd"))?;
+    let gid = match group {
+        Some(g) => field("/etc/group", g, 2)?
+            .with_context(|| format!("switch.group: no local group {g:?} in /etc/group"))?,
+        None => field("/etc/passwd", user, 3)?
+            .with_context(|| format!("switch.user: {user:?} has no group in /etc/passwd"))?,
+    };
+    Ok((uid, gid))
+}
+
+/// Becomes `uid`:`gid` (no supplementary groups), keeping the permitted capabilities across
+/// the change and making them effective again (the kernel clears the effective set). Only
+/// before any other thread exists: the calls change the calling thread.
+pub fn become_account(uid: u32, gid: u32) -> anyhow::Result<()> {
+    use rustix::process::{Gid, Uid};
+    use rustix::thread::{
+        set_keep_capabilities, set_thread_groups, set_thread_res_gid, set_thread_res_uid,
+    };
+    let (u, g) = (Uid::from_raw(uid), Gid::from_raw(gid));
+    if rustix::process::getuid() == u && rustix::process::getgid() == g {
+        return Ok(()); // started as it already (by `ctl upgrade`)
+    }
+    set_keep_capabilities(true).context("PR_SET_KEEPCAPS")?;
+    set_thread_groups(&[]).context("dropping the supplementary groups")?;
+    set_thread_res_gid(g, g, g).with_context(|| format!("becoming group {gid}"))?;
+    set_thread_res_uid(u, u, u).with_context(|| format!("becoming user {uid}"))?;
+    set_keep_capabilities(false).context("PR_SET_KEEPCAPS")?;
+    let now = capabilities(None).context("reading the capabilities")?;
+    set_capabilities(None, CapabilitySets { effective: now.permitted, ..now })
+        .context("raising the kept capabilities")
+}
+
+/// For a switch that runs as another user than root: makes `keep` ambient, so that a program
+/// it starts (`ctl upgrade`'s new process, not root, so it would get no capability at `exec`
+/// otherwise) has them too.
+pub fn keep_across_exec(keep: CapabilitySet) -> anyhow::Result<()> {
+    use rustix::thread::configure_capability_in_ambient_set;
+    let now = capabilities(None).context("reading the capabilities")?;
+    set_capabilities(None, CapabilitySets { inheritable: keep, ..now })
+        .context("making the kept capabilities inheritable")?;
+    for bit in 0..64 {
+        let c = CapabilitySet::from_bits_retain(1 << bit);
+        if keep.contains(c) {
+            configure_capability_in_ambient_set(c, true)
+                .with_context(|| format!("making {c:?} ambient"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Calls no part of the switch makes, for any of its threads: loading kernel modules,
+/// rebooting, mounting, entering or making namespaces, tracing or reading other processes,
+/// the kernel's keyring, setting the clock or the host name, performance counters. A thread
+/// that makes one kills the process. (Each worker adds its own, much narrower, allow-list.)
+const NEVER_CALLS: &[i64] = &[
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_reboot,
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_chroot,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_setns,
+    libc::SYS_unshare,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_perf_event_open,
+    libc::SYS_userfaultfd,
+    libc::SYS_open_by_handle_at,
+    libc::SYS_name_to_handle_at,
+    libc::SYS_iopl,
+    libc::SYS_ioperm,
+    libc::SYS_acct,
+    libc::SYS_settimeofday,
+    libc::SYS_clock_settime,
+    libc::SYS_clock_adjtime,
+    libc::SYS_adjtimex,
+    libc::SYS_sethostname,
+    libc::SYS_setdomainname,
+    libc::SYS_quotactl,
+    libc::SYS_fanotify_init,
+    libc::SYS_pidfd_getfd,
+];
+
+/// The filter of every thread: [`NEVER_CALLS`] kill the process, anything else is allowed.
+/// Installed on the thread that runs the switch before it starts any other (they inherit it);
+/// it sets `no_new_privs`, which a process started by `ctl upgrade` inherits too (it needs
+/// nothing beyond the capabilities it is given).
+pub fn confine_process() -> anyhow::Result<()> {
+    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
+        NEVER_CALLS.iter().map(|&n| (n, Vec::new())).collect();
+    let filter =
+        SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::KillProcess, arch()?)
+            .map_err(|e| anyhow::anyhow!("the switch's seccomp filter: {e}"))?;
+    let prog: BpfProgram = filter
+        .try_into()
+        .map_err(|e| anyhow::anyhow!("compiling the switch's seccomp filter: {e:?}"))?;
+    seccompiler::apply_filter(&prog).map_err(|e| anyhow::anyhow!("installing seccomp: {e}"))
+}
+
+fn arch() -> anyhow::Result<TargetArch> {
+    TargetArch::try_from(std::env::consts::ARCH)
+        .map_err(|e| anyhow::anyhow!("seccomp on {}: {e:?}", std::env::consts::ARCH))
 }
 
 /// The system calls of a worker's poll loop, and of what it does between breaths: waking the

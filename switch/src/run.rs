@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use control::config::Config;
 use control::config::model::IdlePolicy as IdlePolicyConfig;
 use dataplane::pipeline::Pipeline;
-use dataplane::port::afxdp::{XskPort, require_root};
+use dataplane::port::afxdp::XskPort;
 use dataplane::port::{FrameArea, PageSize};
 use dataplane::snapshot::{PortId, Snapshot};
 use dataplane::time::{Clock, MonotonicClock, Nanos};
@@ -248,7 +248,7 @@ pub fn serve(
     let name_owned = file
         .map_or_else(|| "configs/demo.toml (embedded)".to_string(), |f| f.display().to_string());
     let name = name_owned.as_str();
-    require_root()?;
+    crate::privilege::require_running_capabilities()?;
     // VFs provisioned and resolved to interfaces: from here on every port has one.
     let (resolved, hosts) = crate::host::prepare(cfg, control::sriov::Resolve::Provision)
         .with_context(|| format!("{name}: preparing the ports"))?;
@@ -280,7 +280,16 @@ pub fn serve(
     // From here on the switch needs only what ports coming and going need (every thread it
     // starts inherits this; `crate::privilege`, docs/SECURITY.md), and its workers less.
     let keep = crate::privilege::keep(cfg.metrics.enabled.then_some(cfg.metrics.listen.as_str()));
+    if let Some(user) = &cfg.switch.user {
+        let (uid, gid) = crate::privilege::account(user, cfg.switch.group.as_deref())?;
+        crate::privilege::become_account(uid, gid)?;
+        tracing::info!("running as {user} (uid {uid}, gid {gid})");
+    }
     crate::privilege::drop_to(keep).context("dropping capabilities")?;
+    if cfg.switch.user.is_some() {
+        crate::privilege::keep_across_exec(keep)?;
+    }
+    crate::privilege::confine_process()?;
     tracing::info!("capabilities kept: {keep:?}");
     let filter = crate::privilege::worker_filter()?;
     // The workers' tables, and the flow-log writer they report to, before the old process (in

@@ -136,3 +136,62 @@ fn a_forbidden_call_in_a_worker_kills_the_switch_and_the_kernel_names_it() {
 fn libc_sigsys() -> i32 {
     31
 }
+
+/// `switch.user = "nobody"`: the switch runs as that user once set up, with the same four
+/// capabilities, and still switches, answers root's `ctl` (its socket, mode 0600, is the
+/// user's) and adds a port on a reload.
+#[test]
+fn switch_user_runs_the_switch_as_nobody_with_the_four_capabilities() {
+    if !can_run("switch_user_runs_the_switch_as_nobody") {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.edit_config(|c| c.replace("[switch]\n", "[switch]\nuser = \"nobody\"\n"));
+    // The control socket's directory must be the user's to create the socket in.
+    must("chmod", &["0777", lab.dir.to_str().unwrap()]);
+    lab.start();
+    let pid = lab.switch.as_ref().unwrap().id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status_field(&status, "Uid").starts_with("65534"), "{status}");
+    assert_eq!(hex(&status_field(&status, "CapEff")), KEPT, "{status}");
+    assert_eq!(hex(&status_field(&status, "CapAmb")), KEPT, "{status}");
+    assert!(lab.ping("h1", "10.9.1.2", "2"));
+    lab.red_host("h4", "4");
+    let (ok, out, err) = lab.ctl(false, &["reload"]);
+    assert!(ok, "{out}{err}");
+    assert!(lab.ping("h1", "10.9.1.4", "3"), "h1 -> the added h4");
+    // An upgrade: the new process, started by nobody, has the four capabilities (ambient).
+    let copy = lab.dir.join("xswitch-up");
+    std::fs::copy(env!("CARGO_BIN_EXE_xswitch"), &copy).unwrap();
+    let (ok, out, err) = lab.ctl(false, &["upgrade", "--binary", copy.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    let mut old = lab.switch.take().unwrap();
+    let st = exits_within(&mut old, Duration::from_secs(20));
+    let log = std::fs::read_to_string(lab.log()).unwrap();
+    assert!(st.is_some_and(|s| s.success()), "{log}");
+    let new_pid = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(copy.to_str().unwrap()))
+        })
+        .unwrap_or_else(|| panic!("no new process:\n{log}"));
+    let status = std::fs::read_to_string(format!("/proc/{new_pid}/status")).unwrap();
+    let pinged = lab.ping("h1", "10.9.1.4", "3");
+    must("kill", &["-TERM", &new_pid.to_string()]);
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        let stat = std::fs::read_to_string(format!("/proc/{new_pid}/stat")).unwrap_or_default();
+        if stat.is_empty() || stat.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = std::fs::read_to_string(lab.log()).unwrap();
+    assert!(pinged, "no traffic after the upgrade:\n{log}");
+    assert!(status_field(&status, "Uid").starts_with("65534"), "{status}");
+    assert_eq!(hex(&status_field(&status, "CapEff")), KEPT, "{status}");
+    assert!(log.contains("running as nobody") && log.contains("took over"), "{log}");
+    assert_eq!(log.matches("balanced").count(), 1, "the new process's stop:\n{log}");
+}

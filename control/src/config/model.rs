@@ -160,6 +160,11 @@ pub struct SwitchConfig {
     pub huge_page_size: String,
     /// Worker placement by the ports' NUMA nodes.
     pub numa: NumaPolicy,
+    /// Run as this user once set up (a local account; the process keeps only the capabilities
+    /// it needs, docs/SECURITY.md). None: stay root.
+    pub user: Option<String>,
+    /// With `user`: this group (default: the user's own).
+    pub group: Option<String>,
 }
 
 /// `switch.numa`.
@@ -207,6 +212,8 @@ impl Default for SwitchConfig {
             flow_log_ipfix: None,
             huge_page_size: "2M".into(),
             numa: NumaPolicy::Auto,
+            user: None,
+            group: None,
         }
     }
 }

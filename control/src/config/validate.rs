@@ -159,6 +159,16 @@ fn check_switch(cfg: &Config, is: &mut Issues) {
             format!("{c:?} is not an address and port (10.0.0.9:4739)"),
         );
     }
+    for (f, v) in [("switch.user", &s.user), ("switch.group", &s.group)] {
+        if let Some(name) = v
+            && (name.is_empty() || name.contains([':', '/', '\n']))
+        {
+            is.add(f, format!("{name:?} is not an account name"));
+        }
+    }
+    if s.group.is_some() && s.user.is_none() {
+        is.add("switch.group", "needs switch.user (the switch runs as root otherwise)");
+    }
     // 128 bytes an entry: 2^21 entries are 256 MiB per worker.
     is.range("switch.flow_cache_entries", s.flow_cache_entries, 64..=1 << 21, "");
     is.range("switch.flow_cache_tenant_share", s.flow_cache_tenant_share, 1..=100, " %");
