@@ -11,7 +11,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -96,10 +96,11 @@ pub struct Bounds {
     pub end: fn(&[u8]) -> Option<usize>,
 }
 
-/// A running server: its threads end when it is dropped (the reading thread within its
-/// 200 ms tick, the answering threads once they have finished what they answer).
+/// A running server: its threads end when it is dropped (the reading thread at once, woken
+/// by an eventfd; the answering threads once they have finished what they answer).
 pub struct Served {
     stop: Arc<AtomicBool>,
+    wake: Arc<OwnedFd>,
     reader: Option<JoinHandle<()>>,
     answerers: Vec<JoinHandle<()>>,
 }
@@ -107,6 +108,7 @@ pub struct Served {
 impl Drop for Served {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        let _ = rustix::io::write(&*self.wake, &1u64.to_ne_bytes());
         if let Some(t) = self.reader.take() {
             let _ = t.join();
         }
@@ -144,10 +146,13 @@ pub fn serve<L: Listen>(
         )?);
     }
     let stop2 = stop.clone();
+    let flags = rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK;
+    let wake = Arc::new(rustix::event::eventfd(0, flags)?);
+    let wake2 = wake.clone();
     let reader = std::thread::Builder::new()
         .name(bounds.name.to_string())
-        .spawn(move || read_requests(&listener, bounds, &jobs, refuse, &stop2))?;
-    Ok(Served { stop, reader: Some(reader), answerers })
+        .spawn(move || read_requests(&listener, bounds, &jobs, refuse, &stop2, &wake2))?;
+    Ok(Served { stop, wake, reader: Some(reader), answerers })
 }
 
 /// A connection whose request has not all arrived.
@@ -165,14 +170,17 @@ fn read_requests<L: Listen>(
     jobs: &crossbeam_channel::Sender<(L::Conn, Vec<u8>)>,
     refuse: fn(&mut L::Conn, &str),
     stop: &AtomicBool,
+    wake: &OwnedFd,
 ) {
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
     let mut reading: Vec<Reading<L::Conn>> = Vec::new();
     let tick = Timespec { tv_sec: 0, tv_nsec: 200_000_000 };
     while !stop.load(Ordering::SeqCst) {
         let ready: Vec<bool> = {
-            let mut fds = Vec::with_capacity(reading.len() + 1);
+            let mut fds = Vec::with_capacity(reading.len() + 2);
             fds.push(PollFd::new(listener, PollFlags::IN));
+            // Last: the drop's wake-up (only its end matters; `stop` says it).
+            fds.push(PollFd::new(wake, PollFlags::IN));
             fds.extend(reading.iter().map(|r| PollFd::new(&r.conn, PollFlags::IN)));
             if poll(&mut fds, Some(&tick)).is_err() {
                 std::thread::sleep(Duration::from_millis(10));
@@ -180,8 +188,11 @@ fn read_requests<L: Listen>(
             }
             fds.iter().map(|f| !f.revents().is_empty()).collect()
         };
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
         let mut keep = Vec::with_capacity(reading.len());
-        for (mut r, ready) in reading.drain(..).zip(ready[1..].iter().copied()) {
+        for (mut r, ready) in reading.drain(..).zip(ready[2..].iter().copied()) {
             if ready {
                 let mut buf = [0u8; 4096];
                 match r.conn.read(&mut buf) {

@@ -547,6 +547,10 @@ pub fn serve(
                     }
                     None => {
                         tracing::info!("handing the switch over to a new process");
+                        // The listeners first, while the workers still switch: the new
+                        // process binds them once it has the sockets.
+                        exporter = None;
+                        server = None;
                         handing = Some(stream);
                         break;
                     }

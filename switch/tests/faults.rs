@@ -135,13 +135,8 @@ fn a_deleted_tenant_interface_goes_down_and_comes_back_with_its_interface() {
     assert!(drops > 0, "h1's pings to the vanished h2 count as port_down");
     assert!(lab.switch.as_mut().unwrap().try_wait().unwrap().is_none(), "the switch died");
     // The interface comes back (same name, a new index).
-    let ns = lab.ns_name("h2");
-    must("ip", &["link", "add", &h2, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
     // A VM's interface comes back with the VM's MAC.
-    must("ip", &["-n", &ns, "link", "set", "eth0", "address", &h2_mac]);
-    must("ip", &["-n", &ns, "addr", "add", "10.9.1.2/24", "dev", "eth0"]);
-    must("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
-    lab.bring_up(&ns, &h2);
+    lab.recreate_host_if("h2", "2", &h2_mac);
     assert!(eventually(10, || port_state(&lab, "h2") == "up"), "port h2 did not come back");
     assert!(
         lab.ping("h1", "10.9.1.2", "3"),

@@ -91,12 +91,7 @@ fn the_running_switch_keeps_four_capabilities_and_its_workers_none_under_seccomp
     let h2_mac = lab.mac("h2");
     must("ip", &["link", "del", &h2]);
     std::thread::sleep(Duration::from_millis(1500));
-    let ns = lab.ns_name("h2");
-    must("ip", &["link", "add", &h2, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
-    must("ip", &["-n", &ns, "link", "set", "eth0", "address", &h2_mac]);
-    must("ip", &["-n", &ns, "addr", "add", "10.9.1.2/24", "dev", "eth0"]);
-    must("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
-    lab.bring_up(&ns, &h2);
+    lab.recreate_host_if("h2", "2", &h2_mac);
     let back = (0..50).any(|_| {
         std::thread::sleep(Duration::from_millis(200));
         lab.ping("h1", "10.9.1.2", "1")
@@ -180,14 +175,7 @@ fn switch_user_runs_the_switch_as_nobody_with_the_four_capabilities() {
     let status = std::fs::read_to_string(format!("/proc/{new_pid}/status")).unwrap();
     let pinged = lab.ping("h1", "10.9.1.4", "3");
     must("kill", &["-TERM", &new_pid.to_string()]);
-    let t0 = std::time::Instant::now();
-    while t0.elapsed() < Duration::from_secs(10) {
-        let stat = std::fs::read_to_string(format!("/proc/{new_pid}/stat")).unwrap_or_default();
-        if stat.is_empty() || stat.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(wait_gone(new_pid, Duration::from_secs(10)), "the new process did not stop");
     let log = std::fs::read_to_string(lab.log()).unwrap();
     assert!(pinged, "no traffic after the upgrade:\n{log}");
     assert!(status_field(&status, "Uid").starts_with("65534"), "{status}");

@@ -331,18 +331,20 @@ fn ctl_upgrade_hands_the_service_to_the_new_binary_without_loss() {
     let status = lab.ctl_json("status");
     // The new process is the old one's orphan now: stopped by its pid, as systemd would.
     must("kill", &["-TERM", &new_pid.to_string()]);
-    let t0 = std::time::Instant::now();
-    let proc = PathBuf::from(format!("/proc/{new_pid}/stat"));
-    while t0.elapsed() < Duration::from_secs(10) {
-        let stat = std::fs::read_to_string(&proc).unwrap_or_default();
-        if stat.is_empty() || stat.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')) {
-            break;
-        }
-        // Read what it tells the service manager meanwhile (as systemd would: a full socket
-        // would block it).
-        let mut buf = [0u8; 4096];
-        let _ = sock.recv(&mut buf);
-    }
+    // Read what it tells the service manager meanwhile (as systemd would: a full socket would
+    // block it).
+    let reader = {
+        let sock = sock.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            let t0 = std::time::Instant::now();
+            while t0.elapsed() < Duration::from_secs(10) {
+                let _ = sock.recv(&mut buf);
+            }
+        })
+    };
+    assert!(wait_gone(new_pid, Duration::from_secs(10)), "the new process did not stop");
+    drop(reader);
     let log = std::fs::read_to_string(lab.log()).unwrap();
     assert!(st.is_some_and(|s| s.success()), "the old process:\n{log}");
     assert_ne!(new_pid, old.id(), "{handed}");

@@ -96,6 +96,20 @@ pub fn kernel_lost(log: &str) -> u64 {
     summary
 }
 
+/// Waits (at most `limit`) until process `pid`, not a child of the test, has ended (gone, or
+/// a zombie its new parent has not reaped).
+pub fn wait_gone(pid: u32, limit: Duration) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.is_empty() || stat.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
 /// The sum of every `key` anywhere in `v` (the rows of `ctl ports`, say).
 pub fn sum_of(v: &serde_json::Value, key: &str) -> u64 {
     match v {
@@ -468,6 +482,17 @@ impl Lab {
         let mut child = self.switch.take().expect("switch running");
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// Makes `host`'s interface again after it was deleted (same name, a new index), with the
+    /// MAC `mac` and address 10.9.1.`ip`, as a VM's interface comes back.
+    pub fn recreate_host_if(&self, host: &str, ip: &str, mac: &str) {
+        let (ns, hif) = (self.ns_name(host), self.ifname(host));
+        must("ip", &["link", "add", &hif, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+        must("ip", &["-n", &ns, "link", "set", "eth0", "address", mac]);
+        must("ip", &["-n", &ns, "addr", "add", &format!("10.9.1.{ip}/24"), "dev", "eth0"]);
+        must("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
+        self.bring_up(&ns, &hif);
     }
 
     /// Gives `host`'s interface the MAC `mac` as a VM or a container gets its own: before the
