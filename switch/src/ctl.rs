@@ -491,6 +491,10 @@ fn print_rows(data: &Value, cols: &[&str], get: impl Fn(&Value, &str) -> String)
 
 fn print_status(d: &Value) {
     println!("config      {}", cell(&d["config"]));
+    let from = d["took_over_from"]
+        .as_u64()
+        .map_or(String::new(), |p| format!(", took the switch over from pid {p}"));
+    println!("process     pid {}, version {}{from}", d["pid"], cell(&d["version"]));
     println!("generation  {}", d["generation"]);
     println!("uptime      {}", duration(d["uptime_secs"].as_f64().unwrap_or(0.0)));
     println!("ports       {}, tenants {}", d["ports"], d["tenants"]);

@@ -407,6 +407,9 @@ pub fn serve(
     if let Ok(mut p) = shared.placement.lock() {
         *p = fabric.placement();
     }
+    if let Some(r) = &from {
+        let _ = shared.took_over_from.set(r.from_pid);
+    }
     let hup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
         .context("registering SIGHUP")?;

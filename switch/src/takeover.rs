@@ -409,6 +409,8 @@ pub struct Received {
     fds: Vec<Option<OwnedFd>>,
     /// The connection to the old process (confirmed on when the workers hold the sockets).
     stream: UnixStream,
+    /// The old process.
+    pub from_pid: i32,
 }
 
 impl Received {
@@ -495,9 +497,7 @@ pub fn ask(socket: &Path, offer: &TakeoverOffer) -> anyhow::Result<Answer> {
                     .context("reading the running switch's answer")?;
                 match reply.into_result() {
                     Err(why) => {
-                        let pid = rustix::net::sockopt::socket_peercred(&stream)
-                            .map(|c| c.pid.as_raw_nonzero().get())
-                            .unwrap_or(0);
+                        let pid = peer_pid(&stream);
                         return Ok(Answer::Refused { why, pid });
                     }
                     Ok(v) => {
@@ -517,7 +517,13 @@ pub fn ask(socket: &Path, offer: &TakeoverOffer) -> anyhow::Result<Answer> {
         bail!("the handover announced {} descriptors and carried {}", state.fds, fds.len());
     }
     stream.set_read_timeout(None)?;
-    Ok(Answer::Taken(Box::new(Received { state, fds, stream })))
+    let from_pid = peer_pid(&stream);
+    Ok(Answer::Taken(Box::new(Received { state, fds, stream, from_pid })))
+}
+
+/// The process at the other end of a control connection (0 when unknown).
+fn peer_pid(stream: &UnixStream) -> i32 {
+    rustix::net::sockopt::socket_peercred(stream).map_or(0, |c| c.pid.as_raw_nonzero().get())
 }
 
 /// The old process's side, after it sent the handover: waits (bounded) for the new process to

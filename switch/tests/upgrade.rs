@@ -88,6 +88,7 @@ fn a_takeover_under_a_stream_and_a_tcp_connection_loses_nothing() {
     let stream = lab.seq_stream("h1", "h2", "10.9.1.2", count, pps);
     std::thread::sleep(Duration::from_millis(1500));
     let before = port_rx(&lab, "h1");
+    let old_pid = lab.switch.as_ref().unwrap().id();
     let t0 = std::time::Instant::now();
     let (old, old_log, new_log) = lab.take_over(&new_binary, "--takeover");
     let took = t0.elapsed();
@@ -99,6 +100,7 @@ fn a_takeover_under_a_stream_and_a_tcp_connection_loses_nothing() {
     let _ = server.wait();
     let iperf = String::from_utf8_lossy(&out.stdout).to_string();
     let status = lab.ctl_json("status");
+    let new_pid = lab.switch.as_ref().unwrap().id();
     let (ok, log) = lab.stop();
     eprintln!(
         "takeover in {took:?} (sockets unpolled for at most {gap:.1} ms); {missing} of {count} \
@@ -111,6 +113,8 @@ fn a_takeover_under_a_stream_and_a_tcp_connection_loses_nothing() {
     assert_eq!([got, missing, duplicated], [count, 0, 0], "stream\n{old_log}\n{log}");
     assert!(out.status.success(), "the TCP connection did not survive:\n{iperf}\n{log}");
     assert!(after >= before, "the counters started again: {before} then {after}");
+    assert_eq!(status["pid"], new_pid, "{status}");
+    assert_eq!(status["took_over_from"], old_pid, "{status}");
     assert!(ok && log.contains("balanced"), "{status}\n{log}");
 }
 

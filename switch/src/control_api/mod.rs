@@ -117,6 +117,8 @@ pub struct Shared {
     pub started: Instant,
     /// The binary it was started from (read at start: an upgrade replaces the file).
     pub exe: Option<PathBuf>,
+    /// The process this one took the switch over from, if it did.
+    pub took_over_from: std::sync::OnceLock<i32>,
     /// The ports whose interface is gone (see `fabric`), by name.
     port_down: Mutex<std::collections::BTreeSet<String>>,
 }
@@ -149,6 +151,7 @@ impl Shared {
             capture: Mutex::new(None),
             started: Instant::now(),
             exe: std::env::current_exe().ok(),
+            took_over_from: std::sync::OnceLock::new(),
             port_down: Mutex::new(Default::default()),
         }
     }

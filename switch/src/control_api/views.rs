@@ -19,6 +19,10 @@ pub(super) fn status(shared: &Shared) -> Value {
     let host = shared.host();
     json!({
         "config": shared.name(),
+        "pid": std::process::id(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "binary": shared.exe.as_ref().map(|p| p.display().to_string()),
+        "took_over_from": shared.took_over_from.get(),
         "generation": snap.generation,
         "uptime_secs": shared.started.elapsed().as_secs(),
         "ports": snap.live_ports().count(),
