@@ -207,6 +207,21 @@ pub struct Exporter {
 }
 
 impl Exporter {
+    /// Where each domain's numbering stands: (domain, data records sent, messages sent), for
+    /// the process that takes the switch over, so that a collector's sequence goes on.
+    pub fn positions(&self) -> Vec<(u32, u32, u32)> {
+        let mut v: Vec<_> = self.domains.iter().map(|(&d, &(seq, sent))| (d, seq, sent)).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Goes on numbering from `positions` (another process's [`Exporter::positions`]).
+    pub fn resume(&mut self, positions: &[(u32, u32, u32)]) {
+        for &(d, seq, sent) in positions {
+            self.domains.insert(d, (seq, sent));
+        }
+    }
+
     /// The messages carrying `records` of one domain (the tenant's), exported at `now_secs`
     /// (Unix seconds). Records of both families may be mixed; each message stays under
     /// [`MAX_MESSAGE`] bytes.

@@ -62,13 +62,17 @@ pub struct Writer {
     tx: Sender<FlowRecord>,
     /// New sinks and port names after a reload.
     updates: Sender<Update>,
-    thread: JoinHandle<()>,
+    /// It ends with where its IPFIX numbering stands.
+    thread: JoinHandle<Vec<(u32, u32, u32)>>,
 }
 
-/// What the writer needs from a config: per tenant id, its sink; per port id, its name.
+/// What the writer needs from a config: per tenant id, its sink; per port id, its name; and
+/// after a takeover, where the old process's IPFIX numbering stood (domain, records,
+/// messages).
 struct Update {
     sinks: Vec<Option<Sink>>,
     ports: Vec<String>,
+    resume: Vec<(u32, u32, u32)>,
 }
 
 /// The sinks of `cfg`'s tenants, by id in `snap`.
@@ -107,13 +111,25 @@ impl Writer {
     /// tenant whose sink did not change keeps its open file).
     pub fn update(&self, cfg: &Config, snap: &Snapshot) {
         let ports = snap.ports.iter().map(|p| p.name.clone()).collect();
-        let _ = self.updates.send(Update { sinks: sinks_of(cfg, snap), ports });
+        let _ = self.updates.send(Update { sinks: sinks_of(cfg, snap), ports, resume: Vec::new() });
     }
 
-    /// Waits until every table has been dropped and every record written.
-    pub fn finish(self) {
+    /// After a takeover, before the first record: IPFIX messages go on numbering where the old
+    /// process's stood (`positions`: domain, data records sent, messages sent), so that a
+    /// collector sees no gap.
+    pub fn resume_ipfix(&self, cfg: &Config, snap: &Snapshot, positions: &[(u32, u32, u32)]) {
+        let ports = snap.ports.iter().map(|p| p.name.clone()).collect();
+        let resume = positions.to_vec();
+        let _ = self.updates.send(Update { sinks: sinks_of(cfg, snap), ports, resume });
+    }
+
+    /// Waits until every table has been dropped and every record written; says where the
+    /// IPFIX numbering stands (for a takeover).
+    pub fn finish(self) -> Vec<(u32, u32, u32)> {
         drop(self.tx);
-        let _ = self.thread.join();
+        // It may be sleeping between polls: it sees the channel closed at once.
+        self.thread.thread().unpark();
+        self.thread.join().unwrap_or_default()
     }
 }
 
@@ -209,7 +225,7 @@ fn write_all(
     ipfix: Option<(std::net::UdpSocket, std::net::SocketAddr)>,
     clock: MonotonicClock,
     mut ports: Vec<String>,
-) {
+) -> Vec<(u32, u32, u32)> {
     let mut exporter = control::ipfix::Exporter::default();
     // Record times are on the workers' clock (the switch's one monotonic clock); files want
     // wall time: both read now, at one moment.
@@ -230,6 +246,7 @@ fn write_all(
             }
             adopt(&mut sinks, u.sinks);
             ports = u.ports;
+            exporter.resume(&u.resume);
         }
         let r = match rx.try_recv() {
             Ok(r) => r,
@@ -237,7 +254,7 @@ fn write_all(
                 if let Some(sock) = &ipfix {
                     send_ipfix(&mut sinks, sock, &mut exporter);
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::park_timeout(Duration::from_millis(20));
                 continue;
             }
             Err(crossbeam_channel::TryRecvError::Disconnected) => break,
@@ -307,6 +324,7 @@ fn write_all(
     if let Some(sock) = &ipfix {
         send_ipfix(&mut sinks, sock, &mut exporter);
     }
+    exporter.positions()
 }
 
 #[cfg(test)]

@@ -305,6 +305,9 @@ pub fn serve(
         None => None,
         Some(mode) => take_over(cfg, mode)?,
     };
+    if let Some(r) = &from {
+        flowlog.resume_ipfix(cfg, &snap, &r.state.ipfix);
+    }
 
     let area = match &mut from {
         None => frame_area(cfg)?,
@@ -792,6 +795,15 @@ fn hand_off(
             free.len()
         );
     }
+    let mut c = Counters::default();
+    for f in &done {
+        c.merge(&f.worker.pipeline().counters);
+    }
+    // The flow tables go with the workers; then the writer has every record, and its IPFIX
+    // numbering is final (the new process goes on from it).
+    drop(done);
+    shared.end_capture();
+    let ipfix = flowlog.finish();
     let state = Handover {
         version: crate::takeover::STATE_VERSION,
         chunks,
@@ -805,6 +817,7 @@ fn hand_off(
         macs,
         conns,
         counters,
+        ipfix,
     };
     crate::takeover::send(stream, &state, &fds)?;
     tracing::info!(
@@ -817,14 +830,6 @@ fn hand_off(
         state.conns.len()
     );
     let confirmed = crate::takeover::wait_confirmed(stream, Duration::from_secs(30));
-    let mut c = Counters::default();
-    for f in &done {
-        c.merge(&f.worker.pipeline().counters);
-    }
-    // The flow tables go with the workers; then the writer has every record.
-    drop(done);
-    shared.end_capture();
-    flowlog.finish();
     drop(sockets);
     drop(given);
     if !confirmed {

@@ -160,6 +160,10 @@ pub struct Handover {
     pub conns: Vec<(String, ConnMessage)>,
     /// Counters.
     pub counters: CounterState,
+    /// Where the IPFIX numbering stood: (observation domain, data records sent, messages
+    /// sent), so that a collector's sequence goes on.
+    #[serde(default)]
+    pub ipfix: Vec<(u32, u32, u32)>,
 }
 
 /// Why the running switch cannot hand itself over to `offer` as it is, if it cannot.

@@ -359,3 +359,58 @@ fn ctl_upgrade_hands_the_service_to_the_new_binary_without_loss() {
     assert!(log.contains("upgrade: started") && log.contains("took over"), "{log}");
     assert!(log.matches("balanced").count() == 1, "the new process's stop:\n{log}");
 }
+
+/// Flow records go on across a takeover: the IPFIX messages of red's observation domain keep
+/// their numbering (the sequence number counts the data records sent before; the new process
+/// starts where the old one's writer ended, so the collector sees no reset).
+#[test]
+fn ipfix_numbering_goes_on_across_a_takeover() {
+    if !can_run("ipfix_numbering_goes_on_across_a_takeover") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let collector = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    collector.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let addr = collector.local_addr().unwrap();
+    lab.edit_config(|c| {
+        c.replace(
+            "[tenants.blue]",
+            "observation_domain = 7\n[tenants.red.flow_log]\nipfix = true\n[tenants.blue]",
+        )
+        .replace(
+            "[switch]\n",
+            &format!(
+                "[switch]\nflow_log_ipfix = \"{addr}\"\nflow_log_interval_secs = 1\n\
+                 flow_log_idle_secs = 1\n"
+            ),
+        )
+    });
+    lab.start();
+    let new_binary = second_binary(&lab);
+    // (sequence number) of every message of domain 7, in arrival order.
+    let mut seqs = Vec::new();
+    let read_for = |secs: u64, seqs: &mut Vec<u32>| {
+        let t0 = std::time::Instant::now();
+        let mut buf = [0u8; 65536];
+        while t0.elapsed() < Duration::from_secs(secs) {
+            if let Ok(n) = collector.recv(&mut buf)
+                && n >= 16
+                && buf[12..16] == 7u32.to_be_bytes()
+            {
+                seqs.push(u32::from_be_bytes(buf[8..12].try_into().unwrap()));
+            }
+        }
+    };
+    assert!(lab.ping("h1", "10.9.1.2", "5"));
+    read_for(3, &mut seqs);
+    let before = seqs.len();
+    let (old, old_log, _) = lab.take_over(&new_binary, "--takeover");
+    assert!(old.is_some_and(|s| s.success()), "{old_log}");
+    assert!(lab.ping("h1", "10.9.1.2", "5"));
+    read_for(3, &mut seqs);
+    let (ok, log) = lab.stop();
+    assert!(ok, "{log}");
+    assert!(before > 0 && seqs.len() > before, "messages before and after: {seqs:?}");
+    // Each message's number is the records sent before it: strictly increasing, never reset.
+    assert!(seqs.windows(2).all(|w| w[1] > w[0]), "sequence numbers {seqs:?} (before: {before})");
+}
