@@ -38,6 +38,18 @@ fn unpolled_ms(old_log: &str, new_log: &str) -> f64 {
     (logged_at(new_log, "INFO switching") - logged_at(old_log, "handing the switch over")) * 1e3
 }
 
+/// A started lab whose h1 reaches h2, a second copy of the binary, and a numbered stream of
+/// `count` datagrams at 20 000/s from h1 to h2, running for half a second already.
+fn streaming(count: u64) -> (Lab, PathBuf, SeqStream) {
+    let mut lab = Lab::new();
+    lab.start();
+    assert!(lab.ping("h1", "10.9.1.2", "2"));
+    let new_binary = second_binary(&lab);
+    let stream = lab.seq_stream("h1", "h2", "10.9.1.2", count, 20_000);
+    std::thread::sleep(Duration::from_millis(500));
+    (lab, new_binary, stream)
+}
+
 /// Received packets on port `name`, from `ctl counters` (or `ctl ports`).
 fn port_rx(lab: &Lab, name: &str) -> u64 {
     let ports = lab.ctl_json("ports");
@@ -127,13 +139,8 @@ fn a_refused_takeover_leaves_the_old_switch_switching() {
         return;
     }
     let _one = one_at_a_time();
-    let mut lab = Lab::new();
-    lab.start();
-    assert!(lab.ping("h1", "10.9.1.2", "2"));
-    let new_binary = second_binary(&lab);
-    let (count, pps) = (40_000, 20_000);
-    let stream = lab.seq_stream("h1", "h2", "10.9.1.2", count, pps);
-    std::thread::sleep(Duration::from_millis(500));
+    let count = 40_000;
+    let (mut lab, new_binary, stream) = streaming(count);
     lab.edit_config(|c| c.replace("[switch]\n", "[switch]\nframe_size = 4096\n"));
     let (st, old_log, new_log) = lab.take_over(&new_binary, "--takeover");
     let st = st.expect("the new process exited");
@@ -174,13 +181,8 @@ fn ten_takeovers_in_a_row_lose_nothing() {
         return;
     }
     let _one = one_at_a_time();
-    let mut lab = Lab::new();
-    lab.start();
-    assert!(lab.ping("h1", "10.9.1.2", "2"));
-    let new_binary = second_binary(&lab);
-    let (count, pps) = (200_000, 20_000);
-    let stream = lab.seq_stream("h1", "h2", "10.9.1.2", count, pps);
-    std::thread::sleep(Duration::from_millis(500));
+    let count = 200_000;
+    let (mut lab, new_binary, stream) = streaming(count);
     let start = std::time::Instant::now();
     let mut gaps = Vec::new();
     for i in 0..10 {
