@@ -578,9 +578,8 @@ impl Fabric {
             .iter_mut()
             .map(|h| {
                 let quiet = h.quiet.take().map(|q| {
-                    let (_, v6, arp) = q.parts();
-                    let was = (v6, arp);
-                    q.keep();
+                    let was = q.was_on();
+                    q.keep(); // the new process puts it back at its stop
                     was
                 });
                 Given {

@@ -97,9 +97,9 @@ pub fn quiet(ifname: &str) -> anyhow::Result<(Quieted, Vec<String>)> {
 }
 
 impl Quieted {
-    /// The interface and what was on before the switch quieted it: (IPv6, ARP).
-    pub fn parts(&self) -> (&str, bool, bool) {
-        (&self.ifname, self.ipv6_was_on, self.arp_was_on)
+    /// What was on before the switch quieted the interface: (IPv6, ARP).
+    pub fn was_on(&self) -> (bool, bool) {
+        (self.ipv6_was_on, self.arp_was_on)
     }
 
     /// What another process quieted on `ifname` and handed over (a takeover): put back at

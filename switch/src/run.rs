@@ -313,11 +313,11 @@ pub fn serve(
         None => frame_area(cfg)?,
         Some(r) => {
             let fd = r.fd(r.state.area)?;
-            let pages = match r.state.pages.as_str() {
-                "2 MiB" => PageSize::Huge2M,
-                "1 GiB" => PageSize::Huge1G,
-                _ => PageSize::Normal,
-            };
+            // As the old process wrote it (`PageSize::as_str`).
+            let pages = [PageSize::Huge2M, PageSize::Huge1G]
+                .into_iter()
+                .find(|p| p.as_str() == r.state.pages)
+                .unwrap_or(PageSize::Normal);
             FrameArea::adopt(fd, r.state.chunks, r.state.chunk_size, pages)
                 .context("mapping the handed-over frame area")?
         }
@@ -497,44 +497,46 @@ pub fn serve(
             .collect();
         // The metrics listener and the control socket once the workers run (after a takeover
         // the old process has just given them up; the workers poll already).
-        let listeners = listen(cfg, &snap, &slots, &shared, from.is_some());
-        let listeners = match listeners {
-            Ok(l) => Some(l),
+        match listen(cfg, &snap, &slots, &shared, from.is_some()) {
+            Ok(l) => (exporter, server) = l,
             Err(e) => {
+                // Nothing attached, nothing announced: the workers stop and the start fails.
                 stop.store(true, Ordering::SeqCst);
                 failed = Some(e);
-                None
             }
-        };
-        if let Some(l) = listeners {
-            (exporter, server) = l;
-        }
-        // The programs attached once the workers hold their sockets (their fill rings full).
-        if !live.fabric.wait(Duration::from_secs(5)) {
-            tracing::warn!("the workers are slow to take their sockets");
-        }
-        for e in live.fabric.attach_pending(&shared) {
-            tracing::warn!("{e}");
-        }
-        let tenants = snap.live_tenants().count();
-        tracing::info!("switching {tenants} tenants; SIGINT or SIGTERM stops");
-        ready.store(true, Ordering::SeqCst);
-        // Under systemd (Type=notify): ready now, a watchdog ping at half its interval while
-        // every worker runs, reloads and the stop announced. Nothing without NOTIFY_SOCKET.
-        let status = format!("switching {tenants} tenants");
-        if from.is_some() {
-            // Started by the old process (`ctl upgrade`): this one is the service's process
-            // now (the unit has NotifyAccess=all), before the old one exits.
-            let me = std::process::id();
-            notify(&[NotifyState::MainPid(me), NotifyState::Ready, NotifyState::Status(&status)]);
-        } else {
-            notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
         }
         let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
         let mut pinged = Instant::now();
-        if let Some(r) = from.take() {
-            // The new process switches: the old one may go.
-            r.confirm();
+        if failed.is_none() {
+            // The programs attached once the workers hold their sockets (their fill rings full).
+            if !live.fabric.wait(Duration::from_secs(5)) {
+                tracing::warn!("the workers are slow to take their sockets");
+            }
+            for e in live.fabric.attach_pending(&shared) {
+                tracing::warn!("{e}");
+            }
+            let tenants = snap.live_tenants().count();
+            tracing::info!("switching {tenants} tenants; SIGINT or SIGTERM stops");
+            ready.store(true, Ordering::SeqCst);
+            // Under systemd (Type=notify): ready now, a watchdog ping at half its interval while
+            // every worker runs, reloads and the stop announced. Nothing without NOTIFY_SOCKET.
+            let status = format!("switching {tenants} tenants");
+            if from.is_some() {
+                // Started by the old process (`ctl upgrade`): this one is the service's process
+                // now (the unit has NotifyAccess=all), before the old one exits.
+                let me = std::process::id();
+                notify(&[
+                    NotifyState::MainPid(me),
+                    NotifyState::Ready,
+                    NotifyState::Status(&status),
+                ]);
+            } else {
+                notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+            }
+            if let Some(r) = from.take() {
+                // The new process switches: the old one may go.
+                r.confirm();
+            }
         }
         // Until stopped: SIGHUP reloads. (A worker that ends early sets `stop` itself.)
         while !stop.load(Ordering::Relaxed)
@@ -549,7 +551,7 @@ pub fn serve(
                 match why {
                     Some(why) => {
                         tracing::warn!("takeover refused: {why}");
-                        crate::takeover::refuse(&stream, &why);
+                        crate::control_api::reply_error(&stream, &why);
                     }
                     None => {
                         tracing::info!("handing the switch over to a new process");

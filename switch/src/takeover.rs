@@ -220,13 +220,6 @@ pub fn offer(cfg: &Config) -> TakeoverOffer {
     }
 }
 
-/// Answers a takeover with a refusal; the asking process gets `why`.
-pub fn refuse(stream: &UnixStream, why: &str) {
-    let reply = Response::of(Err(why.to_string()));
-    let mut w = stream;
-    let _ = writeln!(w, "{}", serde_json::to_string(&reply).unwrap_or_default());
-}
-
 /// Chunk indexes as sorted ranges.
 fn ranges(mut chunks: Vec<u32>) -> Vec<(u32, u32)> {
     chunks.sort_unstable();

@@ -25,6 +25,8 @@ fn a_taken_metrics_port_or_control_socket_stops_the_start_with_a_clear_error() {
     let (st, log) = lab.start_and_fail();
     assert!(!st.success(), "{log}");
     assert!(log.contains(&addr) && log.contains("metrics"), "the error names the address:\n{log}");
+    // Nothing was announced before the listeners were had.
+    assert!(!log.contains("INFO switching"), "{log}");
     for hif in lab.host_ifs() {
         assert!(!lab.xdp_attached(&hif), "a failed start left XDP on {hif}");
     }

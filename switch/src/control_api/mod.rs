@@ -282,16 +282,16 @@ pub fn serve(path: &Path, shared: Arc<Shared>) -> anyhow::Result<Server> {
                 tracing::info!("control: {e}");
             }
         },
-        |conn, why| turn_away(conn, why),
+        |conn, why| reply_error(conn, &format!("control socket: {why}")),
     )
     .context("control.socket: starting its threads")?;
     tracing::info!("control socket {}", path.display());
     Ok(Server { served: Some(served), path: path.to_path_buf() })
 }
 
-/// Tells a client why it is not served.
-fn turn_away(conn: &UnixStream, why: &str) {
-    let reply = Response::of(Err(format!("control socket: {why}")));
+/// Answers a request with `why` it is not served (best effort: the client may be gone).
+pub fn reply_error(conn: &UnixStream, why: &str) {
+    let reply = Response::of(Err(why.to_string()));
     let mut w = conn;
     let _ = writeln!(w, "{}", serde_json::to_string(&reply).unwrap_or_default());
 }
@@ -304,7 +304,7 @@ fn handle(conn: UnixStream, line: &str, shared: &Arc<Shared>) -> std::io::Result
             Ok(()) => return Ok(()),
             Err(e) => {
                 let conn = e.into_inner().1;
-                turn_away(&conn, "another takeover is being handled");
+                reply_error(&conn, "another takeover is being handled");
                 return Ok(());
             }
         },

@@ -413,14 +413,13 @@ impl XskPort {
         })
     }
 
-    /// Tops the fill ring up from the pool.
+    /// Tops the fill ring up from the pool, unless it lacks only a few frames.
     fn refill(&mut self, pool: &mut FramePool) {
         let want = self.fill_target.saturating_sub(self.in_fill).min(pool.len() as u32);
         if want < 16 && self.in_fill > 0 {
             return; // not worth touching the ring for a few frames
         }
-        let n = self.fill.produce(std::iter::from_fn(|| pool.alloc()).take(want as usize));
-        self.in_fill += n;
+        self.fill_up(pool);
     }
 
     fn wake(&mut self, side: Wake) -> bool {
