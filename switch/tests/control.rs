@@ -200,6 +200,9 @@ fn twenty_reloads_under_load_lose_nothing_and_a_bad_one_changes_nothing() {
     if !can_run("twenty_reloads_under_load") {
         return;
     }
+    // A stream that must lose nothing, and iperf3 or thousands of connections: not beside
+    // another test's load on two cores.
+    let _one = one_at_a_time();
     let mut lab = Lab::new();
     let base = std::fs::read_to_string(lab.config()).unwrap();
     // Two valid configs that differ in the rules of blue, the other tenant.
@@ -272,6 +275,9 @@ fn ctl_and_metrics_answer_within_a_second_beside_2000_idle_connections_and_slow_
     if !can_run("ctl_and_metrics_answer_within_a_second_beside_2000_idle_connections") {
         return;
     }
+    // A stream that must lose nothing, and iperf3 or thousands of connections: not beside
+    // another test's load on two cores.
+    let _one = one_at_a_time();
     let mut lab = Lab::new();
     let metrics = lab.enable_metrics(24_000);
     lab.start();
