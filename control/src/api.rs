@@ -101,7 +101,7 @@ pub enum Request {
 pub struct TakeoverOffer {
     /// The version of the handed-over state the new process reads.
     pub version: u32,
-    /// `switch.frames` of its config.
+    /// `switch.frames` of its config (0: sized from the ports, any running area will do).
     pub frames: u32,
     /// `switch.frame_size`.
     pub frame_size: u32,

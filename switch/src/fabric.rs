@@ -199,8 +199,7 @@ impl Fabric {
                     .ok_or_else(|| {
                         format!(
                             "switch.frames: no worker has frames for one more socket (each \
-                             needs 3 x ring_size = {} of its share); raise switch.frames (at a \
-                             restart)",
+                             needs {} of its share); raise switch.frames (at a restart)",
                             SwitchConfig::frames_per_socket(self.ring_size)
                         )
                     })?;

@@ -129,7 +129,7 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     println!(
         "  workers: {}, frames: {} x {} B, rings: {}, MAC table: {} entries",
         cfg.switch.workers,
-        cfg.switch.frames,
+        cfg.frames(),
         cfg.switch.frame_size,
         cfg.switch.ring_size,
         cfg.switch.fdb_capacity

@@ -24,8 +24,8 @@ use dataplane::port::afxdp::{XskPort, XskStats};
 use dataplane::snapshot::{PortId, Snapshot, TenantId};
 use dataplane::trace::{Counters, DropReason, ParseError};
 use dataplane::worker::{FrameCensus, LoopStats, Worker};
-use metrics::{Counter, Gauge, Histogram, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use metrics::{Counter, Gauge, Unit};
+use metrics_exporter_prometheus::PrometheusBuilder;
 
 /// How often workers publish their figures.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
@@ -259,6 +259,7 @@ fn answer_http(
         (true, "/metrics") => {
             let mut body = handle.render();
             render_busy(&mut body, slots);
+            render_batches(&mut body, slots);
             render_process(&mut body);
             write_http(&mut conn, 200, &body)
         }
@@ -303,6 +304,37 @@ fn render_busy(out: &mut String, slots: &[Slot]) {
                 f.loops.busy.0 as f64 / 1e9
             );
         }
+    }
+}
+
+/// The batch-size histogram, rendered from the workers' cumulative bucket counts rather than
+/// recorded into the exporter: recording hundreds of thousands of batches a second one by one
+/// (`record_many` loops) cost the exporter thread 5 ms slices on the workers' core, long
+/// enough for a fill ring to run dry (PERF(stalls) in docs/PERFORMANCE.md). The sum is exact
+/// (the frames of the batches).
+fn render_batches(out: &mut String, slots: &[Slot]) {
+    use std::fmt::Write;
+    let name = "xswitch_worker_batch_size";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Frames per received batch (bucketed by powers of two).\n# TYPE {name} histogram"
+    );
+    for (w, slot) in slots.iter().enumerate() {
+        let Ok(f) = slot.lock() else { continue };
+        let (sizes, frames) = (f.batch_sizes, f.batch_frames);
+        drop(f);
+        let mut seen = 0;
+        for (bound, n) in BATCH_BOUNDS[..7].iter().zip(sizes) {
+            seen += n;
+            let _ = writeln!(out, "{name}_bucket{{worker=\"{w}\",le=\"{bound}\"}} {seen}");
+        }
+        let count: u64 = sizes.iter().sum();
+        let sum: u64 = frames.iter().sum();
+        let _ = writeln!(out, "{name}_bucket{{worker=\"{w}\",le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{{worker=\"{w}\"}} {sum}\n{name}_count{{worker=\"{w}\"}} {count}"
+        );
     }
 }
 
@@ -359,14 +391,8 @@ pub fn start(
     let listener = std::net::TcpListener::bind(addr)
         .map_err(|e| anyhow::anyhow!("metrics.listen: cannot serve metrics on {addr}: {e}"))?;
     let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full("xswitch_worker_batch_size".into()),
-            &BATCH_BOUNDS[..7],
-        )
-        .context("metrics: histogram buckets")?
         // A counter or gauge not set for this long is dropped: the exporter sets every live
-        // one each round, so only a removed port's, tenant's or rule's go. (The histograms are
-        // per worker, which stay, and are recorded only when batches come.)
+        // one each round, so only a removed port's, tenant's or rule's go.
         .idle_timeout(
             metrics_util::MetricKindMask::COUNTER | metrics_util::MetricKindMask::GAUGE,
             Some(IDLE),
@@ -416,7 +442,7 @@ pub fn start(
 }
 
 fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    use metrics::{describe_counter, describe_gauge};
     let c = |n: &'static str, u: Unit, h: &'static str| describe_counter!(n, u, h);
     c("xswitch_port_received_packets_total", Unit::Count, "Frames received on a port.");
     c("xswitch_port_received_bytes_total", Unit::Bytes, "Bytes received on a port.");
@@ -519,12 +545,6 @@ fn describe() {
         "Busy poll time per received frame since start (times the CPU clock: busy cycles per \
          packet)."
     );
-    describe_histogram!(
-        "xswitch_worker_batch_size",
-        Unit::Count,
-        "Frames per received batch (bucketed by powers of two; the sum counts each batch at \
-         its bucket's upper bound)."
-    );
 }
 
 const XSK_HELP: [(&str, &str); 6] = [
@@ -600,9 +620,6 @@ struct WorkerFamilies {
     per_packet: Gauge,
     packets: Counter,
     last_loops: LoopStats,
-    batch: Histogram,
-    last_batches: [u64; 8],
-    last_frames: [u64; 8],
 }
 
 fn pair(prefix: &str, dir: &str, label: &'static str, value: &str) -> PktBytesPair {
@@ -657,9 +674,6 @@ impl Families {
                         per_packet: metrics::gauge!("xswitch_worker_busy_seconds_per_packet", "worker" => w.clone()),
                         last_loops: LoopStats::default(),
                         packets: metrics::counter!("xswitch_worker_received_packets_total", "worker" => w.clone()),
-                        batch: metrics::histogram!("xswitch_worker_batch_size", "worker" => w),
-                        last_batches: [0; 8],
-                        last_frames: [0; 8],
                     }
                 })
                 .collect(),
@@ -828,20 +842,6 @@ impl Families {
                 wf.per_packet.set(l.busy_ns_per_packet() * 1e-9);
                 wf.last_loops = *l;
                 wf.packets.absolute(l.packets);
-                for i in 0..8 {
-                    let (n, frames) = (f.batch_sizes[i], f.batch_frames[i]);
-                    let (last_n, last_frames) = (wf.last_batches[i], wf.last_frames[i]);
-                    if n > last_n {
-                        // The batches of one bucket recorded at their mean size: the buckets
-                        // count them right and the sum is of the sizes seen (it once added
-                        // each bucket's upper bound instead).
-                        let count = n - last_n;
-                        let mean = frames.saturating_sub(last_frames) as f64 / count as f64;
-                        wf.batch.record_many(mean, count as usize);
-                        wf.last_batches[i] = n;
-                        wf.last_frames[i] = frames;
-                    }
-                }
             }
             let sockets = f.sockets.clone();
             drop(f);

@@ -208,7 +208,8 @@ fn arch() -> anyhow::Result<TargetArch> {
 
 /// The system calls of a worker's poll loop, and of what it does between breaths: waking the
 /// kernel on its sockets (`sendto`, `recvfrom`), reading their statistics for the metrics
-/// (`getsockopt`), the clock when the vDSO does not answer, sleeping when idle and yielding
+/// (`getsockopt`), the clock when the vDSO does not answer, waiting when idle (`ppoll` on its
+/// sockets and its doorbell, an eventfd it empties with `read`), sleeping and yielding
 /// while it drains, locks and channels (`futex`), the allocator (a reload installs new tables),
 /// a log line (`write`), and its own end (a panic aborts through `tgkill`).
 const WORKER_CALLS: &[i64] = &[
@@ -218,6 +219,8 @@ const WORKER_CALLS: &[i64] = &[
     libc::SYS_clock_gettime,
     libc::SYS_clock_nanosleep,
     libc::SYS_nanosleep,
+    libc::SYS_ppoll,
+    libc::SYS_read,
     libc::SYS_sched_yield,
     libc::SYS_futex,
     libc::SYS_mmap,

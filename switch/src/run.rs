@@ -168,7 +168,7 @@ fn frame_area(cfg: &Config) -> anyhow::Result<FrameArea> {
         (true, "1G") => PageSize::Huge1G,
         (true, _) => PageSize::Huge2M,
     };
-    let area = FrameArea::new(cfg.switch.frames, cfg.switch.frame_size, pages)
+    let area = FrameArea::new(cfg.frames(), cfg.switch.frame_size, pages)
         .context("allocating the frame area")?;
     if pages != PageSize::Normal && !area.huge_pages() {
         let (size, dir) = if pages == PageSize::Huge1G {
@@ -545,7 +545,12 @@ pub fn serve(
             if let Ok((offer, stream)) = takeovers.try_recv() {
                 let cfg = shared.running.lock().map(|r| r.0.clone());
                 let why = match &cfg {
-                    Ok(cfg) => crate::takeover::refusal(&offer, cfg, live.fabric.not_up()),
+                    Ok(cfg) => crate::takeover::refusal(
+                        &offer,
+                        cfg,
+                        live.fabric.area_handle().chunks(),
+                        live.fabric.not_up(),
+                    ),
                     Err(_) => Some("the running config is unreadable".to_string()),
                 };
                 match why {

@@ -143,6 +143,11 @@ pub fn log(
             loops.busy_ns_per_packet() * cpu_mhz() / 1000.0,
             cpu_mhz()
         );
+        let [s50, s200, s1, s5] = loops.stalls;
+        tracing::info!(
+            "  worker {i}: breaths over 50 µs: {s50}, over 200 µs: {s200}, over 1 ms: {s1}, over 5 ms: {s5}; longest {} µs",
+            loops.longest.0 / 1000
+        );
         // The XDP sockets' kernel counters and the wakeups, a row per socket.
         socket_header();
         for ((_, p), s) in f.worker.sockets_mut().zip(&kernel[i]) {

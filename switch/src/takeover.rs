@@ -15,7 +15,7 @@
 //! tracked connections and the counters, by name (the new process's ids may differ).
 //!
 //! While the handover is in flight nobody polls the sockets; the kernel keeps receiving into
-//! them as long as their fill rings last (twice `ring_size` frames per socket), so nothing is
+//! them as long as their fill rings last (four times `ring_size` frames per socket), so nothing is
 //! lost when the new process starts polling within that time. The new process confirms once
 //! its workers hold the sockets; the old one then exits 0 without detaching anything.
 //!
@@ -166,8 +166,14 @@ pub struct Handover {
     pub ipfix: Vec<(u32, u32, u32)>,
 }
 
-/// Why the running switch cannot hand itself over to `offer` as it is, if it cannot.
-pub fn refusal(offer: &TakeoverOffer, cfg: &Config, down: Option<&str>) -> Option<String> {
+/// Why this process (running `cfg` over a frame area of `frames` frames) does not hand over
+/// to `offer`, if it does not.
+pub fn refusal(
+    offer: &TakeoverOffer,
+    cfg: &Config,
+    frames: u32,
+    down: Option<&str>,
+) -> Option<String> {
     if offer.version != STATE_VERSION {
         return Some(format!(
             "the new process reads state version {}, this one writes {STATE_VERSION}",
@@ -175,9 +181,11 @@ pub fn refusal(offer: &TakeoverOffer, cfg: &Config, down: Option<&str>) -> Optio
         ));
     }
     let s = &cfg.switch;
+    // `frames = 0` (sized from the ports) takes the running area as it is.
+    let wanted = if offer.frames == 0 { frames } else { offer.frames };
     for (what, new, old) in [
         ("switch.frame_size", offer.frame_size, s.frame_size),
-        ("switch.frames", offer.frames, s.frames),
+        ("switch.frames", wanted, frames),
         ("switch.workers", offer.workers, s.workers),
         ("switch.ring_size", offer.ring_size, s.ring_size),
     ] {

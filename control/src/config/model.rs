@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use dataplane::port::afxdp::FILL_RINGS;
+
 use serde::{Deserialize, Serialize};
 
 /// The whole file.
@@ -121,7 +123,8 @@ pub struct SwitchConfig {
     pub workers: u32,
     /// CPU cores to pin workers to, one per worker (empty: not pinned).
     pub cores: Vec<u32>,
-    /// Frames in the shared frame area (UMEM).
+    /// Frames in the shared frame area (UMEM); 0 (the default): sized from the ports, their
+    /// queues and the rings ([`Config::frames`]).
     pub frames: u32,
     /// Bytes per frame: 2048 or 4096.
     pub frame_size: u32,
@@ -181,11 +184,36 @@ pub enum NumaPolicy {
 }
 
 impl SwitchConfig {
-    /// Frames one socket with rings of `ring_size` holds at most: a full fill ring (twice the
-    /// ring) and a full TX ring in flight. A worker needs this per socket it polls, and a
-    /// working set besides (batches, TX lists, flood copies).
+    /// Frames one socket with rings of `ring_size` holds at most: a full fill ring
+    /// ([`FILL_RINGS`] times the ring, frames on the RX ring included) and a full TX ring in
+    /// flight. A worker needs this per socket it polls, and a working set besides (batches,
+    /// TX lists, flood copies).
     pub fn frames_per_socket(ring_size: u32) -> u64 {
-        3 * u64::from(ring_size)
+        u64::from(FILL_RINGS + 1) * u64::from(ring_size)
+    }
+
+    /// The least `frames` for `sockets` sockets: their rings and a working set of 1 024.
+    pub fn frames_needed(&self, sockets: u64) -> u64 {
+        sockets * Self::frames_per_socket(self.ring_size) + 1024
+    }
+}
+
+impl Config {
+    /// AF_XDP sockets the ports open (one per queue).
+    pub fn sockets(&self) -> u64 {
+        self.ports.values().map(|p| u64::from(p.queues)).sum()
+    }
+
+    /// The frame area's size: `switch.frames`, or when it is 0, what the ports' sockets need
+    /// plus room for two more sockets (ports added by a reload) and each worker's working set,
+    /// in whole 1 024s, at most 2^22.
+    pub fn frames(&self) -> u32 {
+        let s = &self.switch;
+        if s.frames != 0 {
+            return s.frames;
+        }
+        let want = s.frames_needed(self.sockets() + 2) + 1024 * u64::from(s.workers.max(1));
+        want.div_ceil(1024).saturating_mul(1024).min(1 << 22) as u32
     }
 }
 
@@ -194,7 +222,7 @@ impl Default for SwitchConfig {
         SwitchConfig {
             workers: 1,
             cores: Vec::new(),
-            frames: 8192,
+            frames: 0,
             frame_size: 2048,
             ring_size: 1024,
             idle: IdlePolicy::Busy,

@@ -176,7 +176,7 @@ pub fn tenant(
             format!("{} is out of range 1..=1000", s.weight),
         ));
     }
-    let quarter = (cfg.switch.frames / 4).max(1);
+    let quarter = (cfg.frames() / 4).max(1);
     if s.queue == 0 || s.queue > quarter {
         issues.push(Issue::new(
             format!("{at}.queue"),

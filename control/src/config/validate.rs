@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use dataplane::wire::MacAddr;
 
-use super::model::{Config, PortKindConfig, SwitchConfig, XdpMode};
+use super::model::{Config, PortKindConfig, XdpMode};
 
 pub use super::issue::Issue;
 
@@ -189,9 +189,9 @@ fn check_switch(cfg: &Config, is: &mut Issues) {
     is.range("switch.fragment_timeout_ms", s.fragment_timeout_ms, 1..=60_000, " ms");
     is.range("switch.conntrack_capacity", s.conntrack_capacity, 1..=1 << 24, "");
     // The sockets' rings, and a working set of batches, TX lists and flood copies.
-    let sockets: u64 = cfg.ports.values().map(|p| u64::from(p.queues)).sum();
-    let need = sockets * SwitchConfig::frames_per_socket(s.ring_size) + 1024;
-    if u64::from(s.frames) < need {
+    let sockets = cfg.sockets();
+    let need = s.frames_needed(sockets);
+    if s.frames != 0 && u64::from(s.frames) < need {
         is.add(
             "switch.frames",
             format!(

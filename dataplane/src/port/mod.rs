@@ -90,6 +90,12 @@ pub trait Port {
     /// Where this port's frames are.
     fn census(&self) -> PortCensus;
 
+    /// A descriptor that turns readable when frames arrive, for an idle worker to wait on
+    /// (`poll`); None for ports that have none (the worker then sleeps in short steps).
+    fn wait_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+
     /// The queue of its interface this port drives (0 for ports without queues).
     fn queue(&self) -> u32 {
         0

@@ -12,10 +12,12 @@
 //! a frame is never lost on the way home.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use crate::frame::FrameRef;
 use crate::handoff::{self, Message, Receiver, Sender};
 use crate::pipeline::Announcement;
+use crate::port::afxdp::wait::Bell;
 use crate::snapshot::Attachment;
 use crate::vocab::{PortId, TenantId};
 use crate::wire::MacAddr;
@@ -64,17 +66,47 @@ pub struct Links {
     pub inbox: Vec<Option<PeerIn>>,
     /// Which chunks each worker's pool owns, indexed by worker.
     pub shares: Shares,
+    /// Every worker's doorbell, indexed by worker: rung when frames are handed to a worker
+    /// that sleeps.
+    pub bells: Arc<[Bell]>,
 }
 
 impl Links {
     /// A lone worker: no peers, owns every chunk.
     pub fn alone(chunks: u32) -> Self {
-        Links { me: 0, out: vec![None], inbox: vec![None], shares: Shares::new(chunks, 1) }
+        Links {
+            me: 0,
+            out: vec![None],
+            inbox: vec![None],
+            shares: Shares::new(chunks, 1),
+            bells: Arc::new([]),
+        }
     }
 
     /// True when there are other workers.
     pub fn has_peers(&self) -> bool {
         self.out.len() > 1
+    }
+
+    /// This worker's doorbell (None when alone: nobody rings).
+    pub fn bell(&self) -> Option<&Bell> {
+        if self.has_peers() { self.bells.get(self.me) } else { None }
+    }
+
+    /// True when another worker has published frames for this one.
+    pub fn frames_waiting(&self) -> bool {
+        self.inbox.iter().flatten().any(|i| !i.frames.is_empty())
+    }
+
+    /// After a breath: wakes the workers that sleep with frames from this one waiting.
+    pub fn ring_sleepers(&self) {
+        for (w, link) in self.out.iter().enumerate() {
+            if let (Some(link), Some(bell)) = (link, self.bells.get(w))
+                && !link.frames.is_empty()
+            {
+                bell.ring_if_asleep();
+            }
+        }
     }
 }
 
@@ -114,12 +146,14 @@ impl Shares {
 /// [`Links`].
 pub fn mesh(workers: usize, chunks: u32) -> Vec<Links> {
     let shares = Shares::new(chunks, workers);
+    let bells: Arc<[Bell]> = (0..workers).map(|_| Bell::new()).collect();
     let mut links: Vec<Links> = (0..workers)
         .map(|me| Links {
             me,
             out: (0..workers).map(|_| None).collect(),
             inbox: (0..workers).map(|_| None).collect(),
             shares,
+            bells: bells.clone(),
         })
         .collect();
     for from in 0..workers {

@@ -34,6 +34,7 @@ use crate::batch::{BATCH_SIZE, Batch};
 use crate::frame::{FrameArea, FramePool, FrameRef};
 use crate::pipeline::output::Owner;
 use crate::pipeline::{Dispositions, Egress, Pipeline, TxLists};
+use crate::port::afxdp::wait::Waiter;
 use crate::port::{Breath, Port, PortCensus};
 use crate::snapshot::Snapshot;
 use crate::time::{Clock, Nanos};
@@ -129,14 +130,19 @@ pub enum Applied<P> {
 pub enum IdlePolicy {
     /// Poll again at once: lowest latency, one core at 100 %.
     Busy,
-    /// After a run of empty breaths, sleep a little, longer the longer it stays idle (up to
-    /// 500 µs), so an idle switch does not burn a core.
+    /// After a run of empty breaths, wait in `poll` on the sockets (every fill ring topped
+    /// up first) until a frame arrives, another worker hands one over, or [`IDLE_WAIT`]
+    /// passes, so an idle switch does not burn a core and a waking one loses nothing.
     Adaptive,
 }
 
-/// Empty breaths before an adaptive worker starts sleeping.
+/// Empty breaths before an adaptive worker starts waiting.
 const IDLE_SPIN: u32 = 256;
-/// Longest adaptive sleep, in microseconds.
+/// Longest wait of an adaptive worker whose ports can all wake it: it still breathes this
+/// often (ageing, commands, figures).
+pub const IDLE_WAIT: Duration = Duration::from_millis(10);
+/// Longest sleep, in microseconds, of an adaptive worker with a port that cannot wake it
+/// (in-memory ports): it sleeps in growing steps up to this.
 const IDLE_MAX_SLEEP_US: u32 = 500;
 
 /// Where the worker's time went, as Open vSwitch's `pmd-perf-show` reports it.
@@ -152,12 +158,32 @@ pub struct LoopStats {
     pub idle: Nanos,
     /// Frames received.
     pub packets: u64,
+    /// Breaths (not counting an adaptive worker's waits) that lasted longer than each of
+    /// [`STALL_BOUNDS`], and the worker's business between breaths (commands, figures): a breath
+    /// that long is a time the worker's fill rings were not topped up (descheduled, a long
+    /// run of wakeups, a slow command), where a burst can empty them.
+    pub stalls: [u64; 4],
+    /// The longest breath.
+    pub longest: Nanos,
 }
+
+/// The breath lengths [`LoopStats::stalls`] counts beyond: 50 µs, 200 µs, 1 ms, 5 ms.
+pub const STALL_BOUNDS: [Nanos; 4] =
+    [Nanos(50_000), Nanos(200_000), Nanos(1_000_000), Nanos(5_000_000)];
 
 impl LoopStats {
     /// Busy nanoseconds per received frame.
     pub fn busy_ns_per_packet(&self) -> f64 {
         if self.packets == 0 { 0.0 } else { self.busy.0 as f64 / self.packets as f64 }
+    }
+
+    /// Counts a breath of `took`, longer than the first bound.
+    #[cold]
+    fn stall(&mut self, took: Nanos) {
+        for (n, bound) in self.stalls.iter_mut().zip(STALL_BOUNDS) {
+            *n += u64::from(took > bound);
+        }
+        self.longest = self.longest.max(took);
     }
 }
 
@@ -305,6 +331,8 @@ pub struct Worker<P: Port> {
     draining: bool,
     /// Frames written off with sockets whose device vanished.
     written_off: u32,
+    /// What an idle worker waits on.
+    waiter: Waiter,
 }
 
 impl<P: Port> Worker<P> {
@@ -366,6 +394,7 @@ impl<P: Port> Worker<P> {
             paused: 0,
             draining: false,
             written_off: 0,
+            waiter: Waiter::default(),
         };
         w.route();
         w.schedule_ports();
@@ -544,6 +573,42 @@ impl<P: Port> Worker<P> {
         }
     }
 
+    /// An idle worker's sleep: every fill ring topped up (the most room to receive into while
+    /// nobody polls), then a wait in `poll` on the sockets and this worker's bell until a frame
+    /// arrives, another worker hands frames over, or [`IDLE_WAIT`] passes. When some port
+    /// cannot wake it, it sleeps `step` instead. Not when frames from other workers wait.
+    fn wait(&mut self, step: Duration) {
+        self.waiter.clear();
+        let mut wakes = true;
+        for s in self.sockets.iter_mut().filter(|s| !s.down) {
+            s.driver.fill_up(&mut self.pool);
+            match s.driver.wait_fd() {
+                Some(fd) => self.waiter.add(fd),
+                None => wakes = false,
+            }
+        }
+        let bell = self.links.bell();
+        if let Some(b) = bell {
+            b.arm();
+            if self.links.frames_waiting() {
+                b.disarm();
+                return;
+            }
+            match b.fd() {
+                Some(fd) => self.waiter.add(fd),
+                None => wakes = false,
+            }
+        }
+        if wakes {
+            self.waiter.wait(IDLE_WAIT);
+        } else {
+            std::thread::sleep(step);
+        }
+        if let Some(b) = bell {
+            b.disarm();
+        }
+    }
+
     /// Sends this breath's announcements to every other worker and other workers' chunks home.
     fn tell_peers(&mut self) {
         let mut lost = 0;
@@ -581,6 +646,7 @@ impl<P: Port> Worker<P> {
             link.conns.publish();
             link.returns.publish();
         }
+        self.links.ring_sleepers();
     }
 
     /// Breathes until `stop` is set, following `idle`; accounts busy and idle time (two clock
@@ -606,16 +672,23 @@ impl<P: Port> Worker<P> {
         let mut t0 = clock.now();
         while !stop.load(Ordering::Relaxed) {
             let n = self.poll(t0);
+            let mut waited = false;
             if n > 0 {
                 empty = 0;
             } else if idle == IdlePolicy::Adaptive {
                 empty = empty.saturating_add(1);
                 if empty > IDLE_SPIN {
                     let us = (empty - IDLE_SPIN).min(IDLE_MAX_SLEEP_US);
-                    std::thread::sleep(Duration::from_micros(u64::from(us)));
+                    self.wait(Duration::from_micros(u64::from(us)));
+                    waited = true;
                 }
             }
             let t1 = clock.now();
+            let took = t1.since(t0);
+            // A wait is no stall: the fill rings were topped up before it.
+            if took > STALL_BOUNDS[0] && !waited {
+                st.stall(took);
+            }
             if n > 0 {
                 st.busy_polls += 1;
                 st.busy = st.busy.add(t1.since(t0));
@@ -629,6 +702,10 @@ impl<P: Port> Worker<P> {
                 report(self, &st);
                 next_report = t1.add(every);
                 t0 = clock.now();
+                // Nobody polls while the report runs either.
+                if t0.since(t1) > STALL_BOUNDS[0] {
+                    st.stall(t0.since(t1));
+                }
             }
         }
         report(self, &st);

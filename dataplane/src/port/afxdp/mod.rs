@@ -16,11 +16,12 @@
 pub mod bpf;
 pub mod ring;
 pub mod socket;
+pub mod wait;
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-pub use socket::{BindMode, BoundMode, XskPort, XskStats, ifindex};
+pub use socket::{BindMode, BoundMode, FILL_RINGS, XskPort, XskStats, ifindex};
 
 use crate::port::PortError;
 

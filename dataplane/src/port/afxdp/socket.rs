@@ -81,6 +81,10 @@ pub struct XskPortStats {
     pub kicks: u64,
 }
 
+/// The fill, completion and RX rings are this many times `ring_size` (the TX ring is
+/// `ring_size`): PERF(stalls) in docs/PERFORMANCE.md.
+pub const FILL_RINGS: u32 = 4;
+
 /// Most `sendto` wakeups per kick: 8 x 32 frames covers a full TX list.
 const MAX_KICKS: u32 = 8;
 /// Frames the kernel sends per `sendto` in copy mode (`TX_BATCH_SIZE`).
@@ -155,7 +159,7 @@ type Rings = (Ring<u64>, Ring<u64>, Ring<libc::xdp_desc>, Ring<libc::xdp_desc>);
 /// Maps the four rings of socket `f`, sized for `ring_size` (the fill, completion and RX rings
 /// twice that, see [`XskPort::open`]); the error says which.
 fn map_rings(f: RawFd, ring_size: u32) -> Result<Rings, (&'static str, io::Error)> {
-    let fill_size = 2 * ring_size;
+    let fill_size = FILL_RINGS * ring_size;
     // SAFETY: xdp_mmap_offsets is integers only.
     let off: libc::xdp_mmap_offsets = unsafe { get_struct(f, libc::XDP_MMAP_OFFSETS) }
         .map_err(|s| ("reading ring offsets", s))?;
@@ -227,13 +231,14 @@ impl XskPort {
             };
             setsockopt(f, libc::XDP_UMEM_REG, &reg).map_err(|s| e("registering the UMEM", s))?;
         }
-        // The fill ring is twice `ring_size` so that the kernel still finds empty frames while
-        // received ones wait for the worker (libxdp's default proportions), and the RX ring is
-        // as large as the fill ring: when the worker is descheduled for a moment, every frame
-        // the fill ring provides can wait in the RX ring instead of being dropped as
-        // `rx_ring_full` (PERF(rx-ring) in docs/PERFORMANCE.md). This adds no frames in
-        // circulation, unlike a larger `ring_size`.
-        let fill_size = 2 * ring_size;
+        // The fill ring is `FILL_RINGS` times `ring_size`, so that the kernel still finds empty
+        // frames while the worker cannot refill: on a core it shares with the kernel's
+        // softirqs, a `sendto` in copy mode can run the core's pending NET_RX work for a few
+        // milliseconds, thousands of frames at line rate (PERF(stalls) in
+        // docs/PERFORMANCE.md). The RX ring is as large as the fill ring, so every frame the
+        // fill ring provides can wait there instead of being dropped as `rx_ring_full`
+        // (PERF(rx-ring)).
+        let fill_size = FILL_RINGS * ring_size;
         for (opt, size, what) in [
             (libc::XDP_UMEM_FILL_RING, fill_size, "sizing the fill ring"),
             (libc::XDP_UMEM_COMPLETION_RING, fill_size, "sizing the completion ring"),
@@ -462,6 +467,10 @@ impl XskPort {
 impl Port for XskPort {
     fn queue(&self) -> u32 {
         XskPort::queue(self)
+    }
+
+    fn wait_fd(&self) -> Option<RawFd> {
+        Some(self.raw_fd())
     }
 
     fn rx(&mut self, pool: &mut FramePool, batch: &mut Batch) -> usize {
