@@ -312,7 +312,7 @@ pub fn run(keep: bool, stop: Arc<AtomicBool>, prefix: &str) -> anyhow::Result<()
         Err(_) => bail!("the switch thread panicked"),
     };
     drop(lab);
-    crate::table::print_tenants(&report.snap, &report.counters);
+    crate::table::print_tenants(&report.snap, &report.counters, &report.kernel_lost);
     let leftovers = Command::new("ip")
         .args(["-br", "link"])
         .output()

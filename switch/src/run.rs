@@ -28,6 +28,8 @@ pub struct Report {
     pub snap: Arc<Snapshot>,
     /// The worker's counters.
     pub counters: Counters,
+    /// Frames the kernel dropped before the switch saw them, by port (`PortId` index).
+    pub kernel_lost: Vec<u64>,
 }
 
 /// How a start treats a switch already running on the same control socket.
@@ -633,7 +635,8 @@ pub fn serve(
 
     // Sockets taken out in the workers' last breaths.
     retired.extend(closed.try_iter().map(|sock| crate::summary::Retired::of(&sock)));
-    let (c, census) = crate::summary::log(&mut done, &retired, &snap, total_chunks, workers);
+    let (c, census, kernel_lost) =
+        crate::summary::log(&mut done, &retired, &snap, total_chunks, workers);
     // The flow tables go with the workers; then the writer has every record.
     let flowlog_stats: Vec<_> =
         done.iter().filter_map(|f| f.worker.pipeline().flows.log_stats()).collect();
@@ -651,7 +654,7 @@ pub fn serve(
     if !census.balanced() {
         bail!("frame accounting does not balance: {census:?}");
     }
-    Ok(Report { snap, counters: c })
+    Ok(Report { snap, counters: c, kernel_lost })
 }
 
 /// The metrics exporter and the control socket's server (each when enabled). After a takeover
@@ -843,7 +846,7 @@ fn hand_off(
         bail!("the new process did not say it took over (it may have failed: see its log)");
     }
     tracing::info!("the new process switches; exiting");
-    Ok(Report { snap: snap.clone(), counters: c })
+    Ok(Report { snap: snap.clone(), counters: c, kernel_lost: Vec::new() })
 }
 
 /// A worker's handle on the frame area.

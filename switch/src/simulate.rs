@@ -97,7 +97,7 @@ pub fn simulate(frames: u32) -> anyhow::Result<()> {
     w.poll(now);
 
     let c = &w.pipeline().counters;
-    crate::table::print_tenants(&snap, c);
+    crate::table::print_tenants(&snap, c, &[]);
     println!(
         "frames sent {sent}, frames delivered {delivered} (flood copies {}), MACs learned {}",
         c.flood_copies, c.fdb.learned

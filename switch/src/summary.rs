@@ -76,14 +76,14 @@ fn socket_header() {
 
 /// Logs the summary of the workers that stopped (`done`) and of the sockets taken out while
 /// they ran (`retired`); returns the workers' counters and census summed (the area has
-/// `total_chunks` frames).
+/// `total_chunks` frames), and what the kernel lost by port.
 pub fn log(
     done: &mut [Finished],
     retired: &[Retired],
     snap: &Snapshot,
     total_chunks: u32,
     workers: usize,
-) -> (Counters, FrameCensus) {
+) -> (Counters, FrameCensus, Vec<u64>) {
     let mut c = Counters::default();
     let mut census = FrameCensus { total: total_chunks, ..FrameCensus::default() };
     for f in done.iter() {
@@ -99,6 +99,15 @@ pub fn log(
         .iter_mut()
         .map(|f| f.worker.sockets_mut().map(|(_, p)| p.kernel_stats().ok()).collect())
         .collect();
+    // By port, for the demo's table (sockets taken out while running are in the total only).
+    let mut by_port = vec![0u64; snap.ports.len()];
+    for (f, k) in done.iter_mut().zip(&kernel) {
+        for ((port, _), s) in f.worker.sockets_mut().zip(k) {
+            if let (Some(n), Some(s)) = (by_port.get_mut(port.index()), s) {
+                *n += s.lost();
+            }
+        }
+    }
     let kernel_lost: u64 = kernel
         .iter()
         .flatten()
@@ -179,5 +188,5 @@ pub fn log(
         census.total,
         if census.balanced() { "balanced" } else { "UNBALANCED" }
     );
-    (c, census)
+    (c, census, by_port)
 }

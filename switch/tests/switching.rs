@@ -177,6 +177,19 @@ fn the_demo_lab_runs_to_completion_and_leaves_nothing_behind() {
         assert!(out.contains(s), "{s} missing:\n{out}");
     }
     assert!(out.contains(&format!("/run/xswitch/{prefix}.sock")), "its own socket:\n{out}");
+    // Issue 23: the demo (idle = "adaptive", iperf3 between red1 and red2) loses nothing in
+    // the kernel, and its table says so in a column of its own: rx, tx, dropped, kernel.
+    // The last row leaves rx and tx empty: its kernel figure is its third word.
+    let kernel = |tenant: &str| {
+        let at = if tenant == "-" { 2 } else { 4 };
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(tenant))
+            .and_then(|l| l.split_whitespace().nth(at).and_then(|v| v.parse::<u64>().ok()))
+    };
+    assert!(out.contains("kernel"), "no kernel column:\n{out}");
+    for t in ["red", "blue", "green", "-"] {
+        assert_eq!(kernel(t), Some(0), "{t}: frames lost in the kernel:\n{out}");
+    }
     assert!(!made || decoy_left, "the demo removed another lab's {decoy}");
     let mine = format!("{prefix}-");
     let links = String::from_utf8_lossy(&run("ip", &["-br", "link"]).stdout).to_string();
