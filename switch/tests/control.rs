@@ -250,7 +250,7 @@ fn twenty_reloads_under_load_lose_nothing_and_a_bad_one_changes_nothing() {
     );
     assert!(st["reloads"]["last_error"].as_str().unwrap().contains("kind"), "{st}");
     // A change that cannot be made live: refused with the reason.
-    std::fs::write(lab.config(), a.replace("ring_size = 256", "ring_size = 512")).unwrap();
+    std::fs::write(lab.config(), a.replace("ring_size = 256", "ring_size = 128")).unwrap();
     let (ok, _, err) = lab.ctl(false, &["reload"]);
     assert!(!ok && err.contains("[switch] changed"), "{err}");
     assert!(lab.ping("h1", "10.9.1.2", "2"), "the switch stopped switching");

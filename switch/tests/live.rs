@@ -175,7 +175,7 @@ fn a_dry_run_says_what_a_reload_would_do_and_applies_nothing() {
 
     // The same through check-config, against another file.
     let other = lab.dir.join("other.toml");
-    std::fs::write(&other, next.replace("ring_size = 256", "ring_size = 512")).unwrap();
+    std::fs::write(&other, next.replace("ring_size = 256", "ring_size = 128")).unwrap();
     let sock = lab.dir.join("ctl.sock");
     let o = Command::new(env!("CARGO_BIN_EXE_xswitch"))
         .args(["check-config", "--against-running", "--socket"])
