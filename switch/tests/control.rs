@@ -37,7 +37,7 @@ fn every_ctl_command_answers_a_running_switch() {
     assert_eq!((st["ports"].as_u64(), st["tenants"].as_u64()), (Some(4), Some(2)));
     assert_eq!(st["workers"][0]["generation"], 1);
     assert!(st["workers"][0]["packets"].as_u64().unwrap() >= 6, "{st}");
-    assert_eq!(st["frames"]["total"], 8192);
+    assert_eq!(st["frames"]["total"], 16384);
     assert_eq!(st["reloads"]["applied"], 0);
 
     let ports = lab.ctl_json("ports");

@@ -53,7 +53,7 @@ fn ports_and_tenants_come_and_go_under_load_and_the_stream_loses_nothing() {
     // the fill ring empty. The reloads themselves hold the worker for well under a millisecond
     // (a removal 40-135 µs, no command 1 ms, timed with `Instant` around `Worker::apply`).
     lab.edit_config(|c| {
-        c.replace("frames = 8192\nring_size = 256", "frames = 16384\nring_size = 512")
+        c.replace("frames = 16384\nring_size = 256", "frames = 32768\nring_size = 512")
     });
     // The hosts of the ports that come and go exist throughout; their ports do not.
     for (h, ip) in [("h4", "4"), ("h5", "5"), ("h6", "6"), ("h7", "7")] {

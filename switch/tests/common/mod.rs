@@ -209,7 +209,7 @@ impl Lab {
         must("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
         lab.bring_up(&ns, &hif);
         let cfg = format!(
-            "[switch]\nframes = 8192\nring_size = 256\nidle = \"adaptive\"\n\
+            "[switch]\nframes = 16384\nring_size = 256\nidle = \"adaptive\"\n\
              [metrics]\nenabled = false\n\
              [control]\nsocket = \"{ctl}\"\n\
              [ports.up]\ninterface = \"{up}\"\nkind = \"uplink\"\n\
