@@ -137,7 +137,7 @@ fn the_frame_area_is_on_huge_pages_when_reserved_and_falls_back_otherwise() {
         return;
     }
     let mut lab = Lab::new();
-    // 8 192 frames of 2 KiB: 16 MiB, eight 2 MiB pages.
+    // The lab's 16 384 frames of 2 KiB: 32 MiB, sixteen 2 MiB pages.
     lab.edit_config(|c| c.replace("[switch]\n", "[switch]\nhuge_pages = true\n"));
     const PATH: &str = "/proc/sys/vm/nr_hugepages";
     let before: u64 =
@@ -150,7 +150,9 @@ fn the_frame_area_is_on_huge_pages_when_reserved_and_falls_back_otherwise() {
         }
     }
     let _restore = Restore(before);
-    let reserved = std::fs::write(PATH, (before + 8).to_string()).is_ok() && hugepages_free() >= 8;
+    const PAGES: u64 = 16;
+    let reserved =
+        std::fs::write(PATH, (before + PAGES).to_string()).is_ok() && hugepages_free() >= PAGES;
     eprintln!("huge pages reserved for the test: {reserved} (free: {})", hugepages_free());
     lab.start();
     assert!(lab.ping("h1", "10.9.1.2", "2"));

@@ -157,7 +157,7 @@ unsafe fn get_struct<T>(fd: RawFd, opt: libc::c_int) -> io::Result<T> {
 type Rings = (Ring<u64>, Ring<u64>, Ring<libc::xdp_desc>, Ring<libc::xdp_desc>);
 
 /// Maps the four rings of socket `f`, sized for `ring_size` (the fill, completion and RX rings
-/// twice that, see [`XskPort::open`]); the error says which.
+/// [`FILL_RINGS`] times that, see [`XskPort::open`]); the error says which.
 fn map_rings(f: RawFd, ring_size: u32) -> Result<Rings, (&'static str, io::Error)> {
     let fill_size = FILL_RINGS * ring_size;
     // SAFETY: xdp_mmap_offsets is integers only.
