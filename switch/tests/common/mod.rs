@@ -688,6 +688,13 @@ pub struct SeqStream {
 impl Lab {
     /// `count` numbered datagrams from `from` to address `to` (on host `to_host`) at `pps`:
     /// the receiver listens first (and stops 3 s after the last datagram).
+    ///
+    /// The sender's interface gets a queue (`pfifo`). A veth whose peer runs an XDP program
+    /// hands frames to the peer's NAPI ring (256 frames); with the default `noqueue` a full
+    /// ring drops the frame on the sender's side (its `tx_dropped`, UDP's `SndbufErrors`)
+    /// before the switch sees it, whenever that ring's softirq waits 6 ms for a CPU, which the
+    /// sender, the receiver, iperf3 and the switch share here. With a qdisc the kernel (6.16+)
+    /// stops the queue instead and nothing is lost (docs/TUNING.md, "Tenants on veth").
     pub fn seq_stream(
         &self,
         from: &str,
@@ -696,6 +703,11 @@ impl Lab {
         count: u64,
         pps: u64,
     ) -> SeqStream {
+        let ns = self.ns_name(from);
+        must(
+            "ip",
+            &["netns", "exec", &ns, "tc", "qdisc", "replace", "dev", "eth0", "root", "pfifo"],
+        );
         let recv = Command::new("ip")
             .args(["netns", "exec", &self.ns_name(to_host), "python3", "-c", SEQ_RECV, "3"])
             .stdout(Stdio::piped())
