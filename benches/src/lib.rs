@@ -36,10 +36,10 @@ impl LoopbackPort {
 }
 
 impl Port for LoopbackPort {
-    fn rx(&mut self, _pool: &mut FramePool, _batch: &mut Batch) -> usize {
+    fn rx(&mut self, _area: &mut FrameArea, _pool: &mut FramePool, _batch: &mut Batch) -> usize {
         0
     }
-    fn tx(&mut self, frames: &mut Vec<FrameRef>) -> usize {
+    fn tx(&mut self, _area: &FrameArea, frames: &mut Vec<FrameRef>) -> usize {
         match &mut self.sent {
             // The bench keeps the frames' addresses and sends them again (`Setup::forward`).
             None => frames.drain(..).count(),
@@ -50,11 +50,11 @@ impl Port for LoopbackPort {
             }
         }
     }
-    fn reclaim(&mut self, pool: &mut FramePool) -> usize {
+    fn reclaim(&mut self, area: &FrameArea, pool: &mut FramePool) -> usize {
         let Some(sent) = &mut self.sent else { return 0 };
         let n = sent.len();
         for f in sent.drain(..) {
-            pool.free(f);
+            pool.free(area, f);
         }
         n
     }
@@ -64,7 +64,7 @@ impl Port for LoopbackPort {
     fn census(&self) -> PortCensus {
         PortCensus::default()
     }
-    fn retire(&mut self, _pool: &mut FramePool) -> u32 {
+    fn retire(&mut self, _area: &FrameArea, _pool: &mut FramePool) -> u32 {
         0
     }
 }
@@ -391,7 +391,7 @@ impl Setup {
         }
         self.run(now);
         for p in &mut self.ports {
-            p.reclaim(&mut self.pool);
+            p.reclaim(&self.area, &mut self.pool);
         }
     }
 

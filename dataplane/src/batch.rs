@@ -130,6 +130,8 @@ pub struct Batch {
     /// Never beyond its capacity of [`BATCH_SIZE`]: pushing does not allocate.
     frames: Vec<FrameRef>,
     meta: [Meta; BATCH_SIZE],
+    /// The most bytes beyond its first segment any frame of the batch has (0 without chains).
+    extra: u32,
 }
 
 impl Default for Batch {
@@ -138,6 +140,7 @@ impl Default for Batch {
             port: PortId(0),
             frames: Vec::with_capacity(BATCH_SIZE),
             meta: [Meta::EMPTY; BATCH_SIZE],
+            extra: 0,
         }
     }
 }
@@ -154,6 +157,13 @@ impl Batch {
     pub fn reset(&mut self, port: PortId) {
         debug_assert!(self.frames.is_empty(), "a batch reset with its frames still in it");
         self.port = port;
+    }
+
+    /// The most bytes any frame of the batch has beyond its first segment (0 when no frame is
+    /// a chain).
+    #[inline]
+    pub fn extra(&self) -> u32 {
+        self.extra
     }
 
     /// Frames in the batch.
@@ -187,6 +197,7 @@ impl Batch {
         if self.frames.len() == BATCH_SIZE {
             return Err(f);
         }
+        self.extra = self.extra.max(f.extra());
         self.frames.push(f);
         Ok(())
     }
@@ -214,6 +225,7 @@ impl Batch {
     /// gives each to a port, a queue or the pool.
     #[inline]
     pub fn take_frames(&mut self) -> impl Iterator<Item = (FrameRef, &Meta)> {
+        self.extra = 0;
         let meta = &self.meta[..self.frames.len()];
         self.frames.drain(..).zip(meta)
     }

@@ -4,7 +4,7 @@
 //! them without the pipeline importing a driver.
 #![forbid(unsafe_code)]
 
-pub use crate::mem::area::{FRAME_HEADROOM, FrameArea, FrameRef, PageSize};
+pub use crate::mem::area::{FRAME_HEADROOM, FrameArea, FrameRef, MAX_SEGS, PageSize};
 
 /// The free list of chunk addresses. Its capacity is fixed at creation to the number of chunks,
 /// so returning a frame never allocates; a free beyond that capacity can only be a double free
@@ -57,30 +57,105 @@ impl FramePool {
         self.free.pop()
     }
 
-    /// A frame of `bytes`, copied into a free chunk after its headroom. None when no chunk
-    /// is free or the bytes do not fit one (the chunk, if taken, goes back). Not for the
-    /// packet path: what a test injects, the frame a decision trace runs.
+    /// A frame of `bytes`, copied into a free chunk after its headroom, or into a chain of
+    /// chunks when it is larger than one (as the kernel's multi-buffer RX fills them: every
+    /// segment but the last full). None when too few chunks are free or the bytes need more
+    /// than [`MAX_SEGS`] segments (the chunks taken go back). Not for the packet path: what a
+    /// test injects, the frame a decision trace runs.
     pub fn copy_in(&mut self, area: &mut FrameArea, bytes: &[u8]) -> Option<FrameRef> {
-        let room = u64::from(area.chunk_size()) - FRAME_HEADROOM;
-        if bytes.len() as u64 > room {
+        let room = (u64::from(area.chunk_size()) - FRAME_HEADROOM) as usize;
+        let mut parts = bytes.chunks(room.max(1));
+        let head_bytes = parts.next().unwrap_or(&[]);
+        if bytes.len().div_ceil(room.max(1)) > 1 + MAX_SEGS as usize {
             return None;
         }
-        let f = FrameRef::new(self.alloc()? + FRAME_HEADROOM, bytes.len() as u32);
-        match area.frame_mut(&f) {
-            Some(dst) => {
-                dst.copy_from_slice(bytes);
-                Some(f)
+        let head = FrameRef::new(self.alloc()? + FRAME_HEADROOM, head_bytes.len() as u32);
+        let Some(dst) = area.frame_mut(&head) else {
+            self.free(area, head);
+            return None;
+        };
+        dst.copy_from_slice(head_bytes);
+        let mut f = head;
+        for part in parts {
+            let Some(base) = self.alloc() else {
+                self.free(area, f);
+                return None;
+            };
+            f = self.append(area, f, base + FRAME_HEADROOM, part);
+        }
+        Some(f)
+    }
+
+    /// `f` with one more segment at `at` (a chunk just taken from this pool) holding `bytes`.
+    fn append(&mut self, area: &mut FrameArea, f: FrameRef, at: u64, bytes: &[u8]) -> FrameRef {
+        let mut last = f.addr();
+        area.each_seg(&f, |a, _| last = a);
+        if let Some(dst) = area.seg_mut(at, bytes.len() as u32) {
+            dst.copy_from_slice(bytes);
+        }
+        area.link(last, at, bytes.len() as u32);
+        f.grown(bytes.len() as u32)
+    }
+
+    /// A copy of frame `f` in fresh chunks of this pool, every segment of a chain (a flood
+    /// copy). None when too few chunks are free (those taken go back) or `f` is out of bounds.
+    #[inline]
+    pub fn copy_frame(&mut self, area: &mut FrameArea, f: &FrameRef) -> Option<FrameRef> {
+        let base = self.alloc()?;
+        let Some(copy) = area.copy_frame(f, base + FRAME_HEADROOM) else {
+            self.free_addr(base);
+            return None;
+        };
+        if f.segs() == 0 {
+            return Some(copy);
+        }
+        self.copy_segs(area, f, copy)
+    }
+
+    /// The segments of `f` after its first, copied after `copy` (its first segment's copy).
+    #[cold]
+    fn copy_segs(
+        &mut self,
+        area: &mut FrameArea,
+        f: &FrameRef,
+        copy: FrameRef,
+    ) -> Option<FrameRef> {
+        let mut last = copy.addr();
+        let mut copy = copy;
+        let mut src = f.addr();
+        let mut ok = true;
+        for _ in 0..f.segs() {
+            let Some((next, len)) = area.next_seg(src) else {
+                ok = false;
+                break;
+            };
+            let Some(base) = self.alloc() else {
+                ok = false;
+                break;
+            };
+            let at = base + FRAME_HEADROOM;
+            if area.copy_frame(&FrameRef::new(next, len), at).is_none() || !area.link(last, at, len)
+            {
+                self.free_addr(base);
+                ok = false;
+                break;
             }
-            None => {
-                self.free(f);
-                None
-            }
+            (copy, last, src) = (copy.grown(len), at, next);
+        }
+        if ok {
+            Some(copy)
+        } else {
+            self.free(area, copy);
+            None
         }
     }
 
-    /// Returns a frame's chunk.
+    /// Returns a frame's chunks: its own, and every segment's of a chain.
     #[inline]
-    pub fn free(&mut self, f: FrameRef) {
+    pub fn free(&mut self, area: &FrameArea, f: FrameRef) {
+        if f.segs() != 0 {
+            area.each_seg(&f, |a, _| self.free_addr(a));
+        }
         self.free_addr(f.addr());
     }
 

@@ -118,6 +118,18 @@ impl<const N: usize> Sender<N> {
         self.len() == 0
     }
 
+    /// Sums `f` over the messages written and not yet taken (exact when the reader is
+    /// stopped; for the frame census, not the packet path).
+    pub fn sum_unread(&self, f: impl Fn(Message<N>) -> usize) -> usize {
+        let head = self.ring.head.0.load(Ordering::Acquire);
+        (0..self.tail.wrapping_sub(head))
+            .map(|i| {
+                let slot = &self.ring.slots[head.wrapping_add(i) & self.ring.mask];
+                f(std::array::from_fn(|w| slot[w].load(Ordering::Relaxed)))
+            })
+            .sum()
+    }
+
     /// How many messages the ring holds at most.
     pub fn capacity(&self) -> usize {
         self.ring.mask + 1

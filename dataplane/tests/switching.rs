@@ -332,6 +332,76 @@ fn partial_checksums_are_completed_on_the_way_out() {
     assert_eq!(w.pipeline().counters.checksums_completed, 1);
 }
 
+// Issue 23: a jumbo frame is a chain of frames; it is flooded (copies of whole chains),
+// untagged, re-tagged, its partial checksum completed across the segments, and every chunk
+// comes back.
+#[test]
+fn a_jumbo_frame_crosses_as_a_chain_popped_retagged_flooded_and_checksummed() {
+    let mut w = lab(100);
+    let t = Nanos::from_secs(1);
+    let before = w.census();
+    // 8 973 bytes of payload: an odd length, so the last segment ends on an odd byte.
+    let payload: Vec<u8> = (0..8973u32).map(|i| (i * 31 + 7) as u8).collect();
+    let build = |vlan: Option<u16>| {
+        let mut out = Vec::new();
+        let b = PacketBuilder::ethernet2(mac(9), [0xff; 6]);
+        match vlan {
+            Some(v) => b
+                .single_vlan(v.try_into().unwrap())
+                .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+                .tcp(40000, 80, 7, 1024)
+                .ack(1)
+                .write(&mut out, &payload),
+            None => b
+                .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+                .tcp(40000, 80, 7, 1024)
+                .ack(1)
+                .write(&mut out, &payload),
+        }
+        .unwrap();
+        out
+    };
+    let right = build(None);
+    let mut partial = build(Some(100));
+    let pseudo = dataplane::wire::checksum::pseudo_header(
+        false,
+        &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1],
+        &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 2],
+        6,
+        (right.len() - 34) as u32,
+    );
+    let folded = dataplane::wire::checksum::fold(pseudo);
+    partial[54..56].copy_from_slice(&folded.to_be_bytes());
+    assert!(w.inject(UP, &partial), "a 9 000-byte frame fits a chain");
+    let out = step(&mut w, t);
+    let mut ports: Vec<PortId> = out.iter().map(|(p, _)| *p).collect();
+    ports.sort();
+    assert_eq!(ports, [A1, A2, M]);
+    for (p, f) in &out {
+        let want_tag = if *p == M { Some(10) } else { None };
+        assert_eq!(outer_vlan(f), want_tag, "port {p:?}");
+        assert!(untag(f) == right, "port {p:?}: the whole packet, checksum completed");
+    }
+    assert_eq!(w.pipeline().counters.checksums_completed, 1);
+    assert_eq!(w.pipeline().counters.flood_copies, 2);
+    assert_eq!(w.census().free, before.free, "every chunk of every chain back");
+}
+
+#[test]
+fn a_jumbo_frame_larger_than_the_egress_mtu_is_dropped_whole() {
+    let mut w = lab_mtu(9000);
+    let t = Nanos::from_secs(1);
+    let before = w.census();
+    w.inject(A2, &udp(mac(2), [0xff; 6], None));
+    step(&mut w, t);
+    w.inject(A1, &udp_sized(mac(2), 9000, None));
+    w.inject(A1, &udp_sized(mac(2), 9001, None));
+    let out = step(&mut w, t);
+    assert_eq!(out.iter().map(|(p, f)| (*p, f.len())).collect::<Vec<_>>(), [(A2, 9014)]);
+    assert_eq!(drops(&w, DropReason::TooBig), 1);
+    assert_eq!(w.census().free, before.free);
+}
+
 #[test]
 fn a_tenant_with_one_attachment_has_nowhere_to_flood() {
     let mut w = lab(100);

@@ -243,6 +243,13 @@ impl Fabric {
             handed: true,
         };
         let (attachment, sockets) = self.sockets(&held.interface, bind, pc.queues)?;
+        if sockets.iter().any(|s| !s.multi_buffer()) {
+            let room = u64::from(self.area_handle().chunk_size()) - dataplane::port::FRAME_HEADROOM;
+            tracing::warn!(
+                "port {name}: the kernel refused multi-buffer AF_XDP (XDP_USE_SG): single-buffer, \
+                 packets longer than one frame ({room} bytes) are dropped"
+            );
+        }
         for (sock, &worker) in sockets.iter().zip(workers) {
             held.queues.push(Queue { queue: sock.queue(), worker, mode: sock.mode().as_str() });
         }

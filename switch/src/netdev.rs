@@ -30,9 +30,12 @@ pub fn mtu(ifname: &str) -> Option<u32> {
 }
 
 /// Gives every port of `snap` whose config sets no MTU its interface's; returns a line per
-/// port for the log.
-pub fn fill_mtus(snap: &mut Snapshot) -> Vec<String> {
+/// port for the log, and whether it is a warning: an interface MTU larger than a chain of
+/// frames of `frame_size` carries (the config's own MTUs are checked by validation), whose
+/// larger packets the socket drops (`chains_too_long`).
+pub fn fill_mtus(snap: &mut Snapshot, frame_size: u32) -> Vec<(bool, String)> {
     let mut log = Vec::new();
+    let limit = control::config::validate::longest_mtu(frame_size);
     for i in 0..snap.ports.len() {
         let p = &snap.ports[i];
         if p.is_vacant() {
@@ -40,17 +43,32 @@ pub fn fill_mtus(snap: &mut Snapshot) -> Vec<String> {
             continue;
         }
         if let Some(m) = p.mtu {
-            log.push(format!("port {}: MTU {m} (config)", p.name));
+            log.push((false, format!("port {}: MTU {m} (config)", p.name)));
             continue;
         }
         match mtu(&p.interface) {
-            Some(m) => {
-                log.push(format!("port {}: MTU {m} (interface {})", p.name, p.interface));
+            Some(m) if m > limit => {
+                log.push((
+                    true,
+                    format!(
+                        "port {}: MTU {m} of interface {} is more than 18 frames of {frame_size} \
+                         bytes carry ({limit}): larger packets are dropped (set \
+                         switch.frame_size = 4096, or a smaller MTU)",
+                        p.name, p.interface
+                    ),
+                ));
                 snap.set_port_mtu(PortId(i as u16), m);
             }
-            None => log.push(format!(
-                "port {}: MTU of {} unknown: frames are not checked against it",
-                p.name, p.interface
+            Some(m) => {
+                log.push((false, format!("port {}: MTU {m} (interface {})", p.name, p.interface)));
+                snap.set_port_mtu(PortId(i as u16), m);
+            }
+            None => log.push((
+                false,
+                format!(
+                    "port {}: MTU of {} unknown: frames are not checked against it",
+                    p.name, p.interface
+                ),
             )),
         }
     }

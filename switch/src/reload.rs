@@ -160,8 +160,12 @@ fn apply(live: &mut Live, shared: &Shared) -> Result<Value, String> {
     let generation = before.generation + 1;
     let mut snap =
         control::compile_next(&new, Some(&before), generation).map_err(|e| e.to_string())?;
-    for l in crate::netdev::fill_mtus(&mut snap) {
-        tracing::info!("{l}");
+    for (warn, l) in crate::netdev::fill_mtus(&mut snap, new.switch.frame_size) {
+        if warn {
+            tracing::warn!("{l}");
+        } else {
+            tracing::info!("{l}");
+        }
     }
     // Added ports opened (not handed over yet): a failure here leaves everything as it was.
     let mut opened: Vec<Opened> = Vec::new();

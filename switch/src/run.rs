@@ -256,8 +256,12 @@ pub fn serve(
         .with_context(|| format!("{name}: preparing the ports"))?;
     let cfg = &resolved;
     let mut snap = control::compile(cfg, 1)?;
-    for l in crate::netdev::fill_mtus(&mut snap) {
-        tracing::info!("{l}");
+    for (warn, l) in crate::netdev::fill_mtus(&mut snap, cfg.switch.frame_size) {
+        if warn {
+            tracing::warn!("{l}");
+        } else {
+            tracing::info!("{l}");
+        }
     }
     // Every missing interface in one sentence, before anything is taken.
     let missing: Vec<String> = snap
@@ -707,20 +711,17 @@ fn adopt_port(
     };
     let link = link.map(|l| r.fd(l)).transpose()?;
     let attachment = XdpAttachment::adopt(&interface, r.fd(map)?, r.fd(prog)?, link, native);
-    let mut socks: Vec<(u32, u32, u32, String, usize)> = r
-        .state
-        .sockets
-        .iter()
-        .filter(|s| s.port == name)
-        .map(|s| (s.queue, s.in_fill, s.in_tx, s.mode.clone(), s.fd))
-        .collect();
-    socks.sort_by_key(|s| s.0);
+    let mut socks: Vec<crate::takeover::SocketState> =
+        r.state.sockets.iter().filter(|s| s.port == name).cloned().collect();
+    socks.sort_by_key(|s| s.queue);
     if socks.len() != pc.queues as usize {
         bail!("the handover has {} sockets of port {name}, the config {}", socks.len(), pc.queues);
     }
     let mut sockets = Vec::new();
-    for (queue, in_fill, in_tx, mode, fd) in socks {
-        let mode = if mode == "zero-copy" { BoundMode::ZeroCopy } else { BoundMode::Copy };
+    for s in socks {
+        let (queue, in_fill, in_tx, fd) = (s.queue, s.in_fill, s.in_tx, s.fd);
+        let mode = if s.mode == "zero-copy" { BoundMode::ZeroCopy } else { BoundMode::Copy };
+        let mode = (mode, s.multi_buffer);
         let fd = r.fd(fd)?;
         let ring = cfg.switch.ring_size;
         let area = fabric.area_handle();
@@ -771,6 +772,7 @@ fn hand_off(
             port: snap.ports[port.index()].name.clone(),
             queue: s.queue(),
             mode: s.mode().as_str().to_string(),
+            multi_buffer: s.multi_buffer(),
             in_fill: c.fill,
             in_tx: c.tx,
             fd: fds.len(),

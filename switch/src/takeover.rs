@@ -57,7 +57,7 @@ const FDS_PER_MESSAGE: usize = 200;
 pub type Asked = (TakeoverOffer, UnixStream);
 
 /// One AF_XDP socket handed over.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SocketState {
     /// Its port's name.
     pub port: String,
@@ -65,6 +65,10 @@ pub struct SocketState {
     pub queue: u32,
     /// `copy` or `zero-copy`.
     pub mode: String,
+    /// Bound with `XDP_USE_SG` (multi-buffer); false from a process that predates it (its
+    /// sockets were bound without).
+    #[serde(default)]
+    pub multi_buffer: bool,
     /// Frames on its fill and RX rings.
     pub in_fill: u32,
     /// Frames on its TX and completion rings.

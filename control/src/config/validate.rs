@@ -123,6 +123,14 @@ pub fn validate(cfg: &Config) -> Vec<Issue> {
     is.0
 }
 
+/// The largest MTU a port can carry with frames of `frame_size` bytes: a packet is at most 18
+/// frames (AF_XDP multi-buffer in copy mode: `MAX_SKB_FRAGS` + 1), each holding a frame less
+/// its 256 bytes of headroom, and the frame carries the Ethernet header and up to two VLAN tags
+/// (22 bytes) on top of the MTU.
+pub fn longest_mtu(frame_size: u32) -> u32 {
+    (frame_size.saturating_sub(256) * 18).saturating_sub(22)
+}
+
 fn check_switch(cfg: &Config, is: &mut Issues) {
     let s = &cfg.switch;
     is.range("switch.workers", s.workers, 1..=64, "");
@@ -180,9 +188,21 @@ fn check_switch(cfg: &Config, is: &mut Issues) {
             is.add(format!("switch.{f}"), "must be at least 1");
         }
     }
+    let longest = u64::from(longest_mtu(s.frame_size)) + 22;
     for (name, p) in &cfg.ports {
         if let Some(m) = p.mtu {
             is.range(format!("ports.{name}.mtu"), m, 68..=65_535, "");
+            if matches!(s.frame_size, 2048 | 4096) && u64::from(m) + 22 > longest {
+                let hint = if s.frame_size == 2048 { ": set switch.frame_size = 4096" } else { "" };
+                is.add(
+                    format!("ports.{name}.mtu"),
+                    format!(
+                        "{m} does not fit 18 frames of {} bytes ({} bytes with headers at most){hint}",
+                        s.frame_size,
+                        longest - 22
+                    ),
+                );
+            }
         }
     }
     is.range("switch.fragment_entries", s.fragment_entries, 8..=1 << 20, "");

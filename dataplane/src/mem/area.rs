@@ -33,11 +33,26 @@ use std::sync::Arc;
 /// consumes the reference and returns the new one. The frame census stays the runtime check
 /// of what the types cannot see: the kernel's rings and the handoff rings carry bare
 /// addresses, turned back into references by [`FrameRef::new`].
+///
+/// # Chains
+/// A packet larger than one chunk (a jumbo frame received with AF_XDP multi-buffer) is a
+/// chain: the reference names its first segment (`addr`, [`FrameRef::head_len`] bytes: the
+/// headers, all that [`FrameArea::frame`] shows) and says how many segments and bytes follow
+/// ([`FrameRef::segs`], [`FrameRef::extra`]); [`FrameRef::len`] is the whole packet's. Each
+/// segment's chunk holds the link to the next one in its first 8 bytes (the headroom, which no
+/// data reaches: [`FrameArea::link`]), so a chain crosses between workers as its head alone and
+/// the reference stays two words. The reference owns every chunk of its chain.
 #[derive(Debug, PartialEq, Eq)]
 pub struct FrameRef {
     addr: u64,
     len: u32,
+    /// Segments after the first (high 8 bits) and their bytes (low 24 bits); 0 for one chunk.
+    more: u32,
 }
+
+/// Most segments after the first a chain may have: the kernel's `MAX_SKB_FRAGS` (17), so a
+/// chain is at most 18 frames, as AF_XDP in copy mode delivers them.
+pub const MAX_SEGS: u32 = 17;
 
 impl FrameRef {
     /// The frame at `addr` (inside one chunk) of `len` bytes. Only for the owner of the chunk:
@@ -46,25 +61,81 @@ impl FrameRef {
     /// reference to a chunk that already has one is a bug the census reports.
     #[inline]
     pub const fn new(addr: u64, len: u32) -> FrameRef {
-        FrameRef { addr, len }
+        FrameRef { addr, len, more: 0 }
     }
 
-    /// Byte offset of the frame data in the area (inside one chunk).
+    /// A chain: the first segment at `addr` of `head` bytes, then `segs` segments of `extra`
+    /// bytes in all, linked from its chunk ([`FrameArea::link`]). Same rules as [`FrameRef::new`].
+    #[inline]
+    pub const fn chain(addr: u64, head: u32, segs: u32, extra: u32) -> FrameRef {
+        FrameRef { addr, len: head, more: (segs << 24) | (extra & 0xff_ffff) }
+    }
+
+    /// The same packet with its first segment moved to `addr` and `head` bytes long (a VLAN
+    /// push or pop); the segments after it are unchanged.
+    #[inline]
+    pub const fn with_head(self, addr: u64, head: u32) -> FrameRef {
+        FrameRef { addr, len: head, more: self.more }
+    }
+
+    /// The same chain with one more segment of `len` bytes at its end (linked by the caller).
+    #[inline]
+    pub const fn grown(self, len: u32) -> FrameRef {
+        FrameRef::chain(self.addr, self.len, self.segs() + 1, self.extra() + len)
+    }
+
+    /// Byte offset of the first byte in the area (inside the first segment's chunk).
     #[inline]
     pub const fn addr(&self) -> u64 {
         self.addr
     }
 
-    /// Length in bytes.
+    /// Length of the whole packet in bytes (every segment).
     #[inline]
     pub const fn len(&self) -> u32 {
+        self.len + (self.more & 0xff_ffff)
+    }
+
+    /// Bytes in the first segment: the headers, what [`FrameArea::frame`] shows.
+    #[inline]
+    pub const fn head_len(&self) -> u32 {
         self.len
+    }
+
+    /// Segments after the first (0 for a frame of one chunk).
+    #[inline]
+    pub const fn segs(&self) -> u32 {
+        self.more >> 24
+    }
+
+    /// Bytes in the segments after the first.
+    #[inline]
+    pub const fn extra(&self) -> u32 {
+        self.more & 0xff_ffff
+    }
+
+    /// Chunks this reference owns (1 + [`FrameRef::segs`]), for the frame census.
+    #[inline]
+    pub const fn chunks(&self) -> u32 {
+        1 + self.segs()
+    }
+
+    /// The segment words for a handoff ring: segments and their bytes (0 for one chunk).
+    #[inline]
+    pub const fn more_word(&self) -> u32 {
+        self.more
+    }
+
+    /// The inverse of [`FrameRef::more_word`] with the head's address and length.
+    #[inline]
+    pub const fn from_words(addr: u64, head: u32, more: u32) -> FrameRef {
+        FrameRef { addr, len: head, more }
     }
 
     /// True for a frame of no bytes (which no port produces).
     #[inline]
     pub const fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len == 0 && self.more == 0
     }
 }
 
@@ -435,7 +506,82 @@ impl FrameArea {
         unsafe {
             std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(s), self.ptr.as_ptr().add(d), len);
         }
-        Some(FrameRef { addr: dst_addr, len: src.len })
+        Some(FrameRef::new(dst_addr, src.len))
+    }
+
+    /// Links the segment at `from` (any address in its chunk) to the next one at `next`, of
+    /// `len` bytes: the word goes in the first 8 bytes of `from`'s chunk, which frame data never
+    /// reaches (it starts at [`FRAME_HEADROOM`], less a VLAN push). False when either address
+    /// is outside the area.
+    #[inline]
+    pub fn link(&mut self, from: u64, next: u64, len: u32) -> bool {
+        if next >= 1 << 40 || self.check(next, len as usize).is_none() {
+            return false;
+        }
+        let Some((chunk, _)) = self.chunk_mut(from) else { return false };
+        chunk[..8].copy_from_slice(&(next | (u64::from(len) << 40)).to_le_bytes());
+        true
+    }
+
+    /// The segment after the one at `addr` (address and length), as [`FrameArea::link`] wrote
+    /// it; None when the word does not name a range inside one chunk of the area.
+    #[inline]
+    pub fn next_seg(&self, addr: u64) -> Option<(u64, u32)> {
+        let base = self.chunk_base(addr);
+        let start = self.check(base, 8)?;
+        let mut w = [0u8; 8];
+        // SAFETY: `check` bounded the 8 bytes inside the mapping; the caller owns the chunk.
+        w.copy_from_slice(unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(start), 8) });
+        let w = u64::from_le_bytes(w);
+        let (next, len) = (w & ((1 << 40) - 1), (w >> 40) as u32);
+        self.check(next, len as usize)?;
+        if self.chunk_base(next) == base {
+            return None;
+        }
+        Some((next, len))
+    }
+
+    /// Calls `each(addr, len)` for the segments of `f` after the first, in order (none for a
+    /// frame of one chunk). Stops early at a link that names nothing valid (the chain was
+    /// corrupted: a bug) and returns how many it visited.
+    #[inline]
+    pub fn each_seg(&self, f: &FrameRef, mut each: impl FnMut(u64, u32)) -> u32 {
+        let mut at = f.addr;
+        for i in 0..f.segs() {
+            let Some((next, len)) = self.next_seg(at) else { return i };
+            each(next, len);
+            at = next;
+        }
+        f.segs()
+    }
+
+    /// The bytes of every segment of `f` in order, the head first (lazily: a reader that stops
+    /// early follows no further link). Stops at a link that names nothing valid.
+    #[inline]
+    pub fn segments<'a>(&'a self, f: &FrameRef) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let head = self.frame(f).map(|b| (f.addr, b));
+        let segs = f.segs();
+        let mut left = segs;
+        std::iter::successors(head, move |&(at, _)| {
+            left = left.checked_sub(1)?;
+            let (next, len) = self.next_seg(at)?;
+            Some((next, self.seg(next, len)?))
+        })
+        .take(1 + segs as usize)
+        .map(|(_, b)| b)
+    }
+
+    /// The bytes of the segment at `addr` of `len` bytes (one of a chain), or None when out of
+    /// bounds.
+    #[inline]
+    pub fn seg(&self, addr: u64, len: u32) -> Option<&[u8]> {
+        self.frame(&FrameRef::new(addr, len))
+    }
+
+    /// The bytes of the segment at `addr` of `len` bytes, mutable.
+    #[inline]
+    pub fn seg_mut(&mut self, addr: u64, len: u32) -> Option<&mut [u8]> {
+        self.frame_mut(&FrameRef::new(addr, len))
     }
 }
 

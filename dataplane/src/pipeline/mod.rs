@@ -524,7 +524,8 @@ impl Pipeline {
                     Disposition::Drop(r) => verdict::drop(*r),
                 };
                 if tap.takes_verdict(code) {
-                    tap.offer(now.0, port, m, from_tenant, area.frame(f).unwrap_or(&[]), code);
+                    let (len, parts) = (f.len() as usize, area.segments(f));
+                    tap.offer(now.0, port, m, from_tenant, len, parts, code);
                 }
             }
             tap.publish();
@@ -552,7 +553,7 @@ impl Pipeline {
     ) {
         self.process(now, snap, area, batch, disp);
         output::deliver(now, snap, area, pool, batch, disp, tx, &mut self.counters);
-        tx.flush(out, &mut self.counters, pool, now);
+        tx.flush(out, &mut self.counters, area, pool, now);
     }
 }
 

@@ -10,7 +10,7 @@
 //! room in a TX list is dropped under its own reason, while the other copies still go out.
 
 use crate::batch::{Batch, Meta, PacketFlags};
-use crate::frame::{FRAME_HEADROOM, FrameArea, FramePool, FrameRef};
+use crate::frame::{FrameArea, FramePool, FrameRef};
 use crate::pipeline::Dispositions;
 use crate::shaping::PortSched;
 use crate::snapshot::Snapshot;
@@ -215,6 +215,14 @@ impl TxLists {
             + self.scheds.iter().flatten().map(PortSched::len).sum::<usize>()
     }
 
+    /// Chunks held by the frames pending on all ports (a chain holds several), for the frame
+    /// census.
+    pub fn pending_chunks(&self) -> usize {
+        let lists = self.lists.iter().flat_map(|l| l.frames.iter());
+        lists.map(|f| f.chunks() as usize).sum::<usize>()
+            + self.scheds.iter().flatten().map(PortSched::chunks).sum::<usize>()
+    }
+
     /// Drops every frame waiting for `port` (in its list and its scheduler's queues) as
     /// `reason`, counted per ingress port and tenant, and frees them: the port is down.
     pub fn discard(
@@ -222,15 +230,16 @@ impl TxLists {
         port: PortId,
         reason: DropReason,
         c: &mut Counters,
+        area: &FrameArea,
         pool: &mut FramePool,
     ) {
         if let Some(l) = self.lists.get_mut(port.index()) {
-            l.drop_all(reason, c, pool);
+            l.drop_all(reason, c, area, pool);
         }
         if let Some(Some(s)) = self.scheds.get_mut(port.index()) {
             s.take_all(|f, t, ingress| {
                 c.drop(ingress, Some(t), reason);
-                pool.free(f);
+                pool.free(area, f);
             });
         }
     }
@@ -244,17 +253,18 @@ impl TxLists {
         &mut self,
         out: &mut E,
         c: &mut Counters,
+        area: &FrameArea,
         pool: &mut FramePool,
         now: Nanos,
     ) {
         for (i, l) in self.lists.iter_mut().enumerate() {
             let port = PortId(i as u16);
             if !l.frames.is_empty() && !out.reachable(port) {
-                l.drop_all(DropReason::PortDown, c, pool);
+                l.drop_all(DropReason::PortDown, c, area, pool);
                 continue;
             }
             let Some(Some(s)) = self.scheds.get_mut(i) else {
-                send_list(out, port, l, c);
+                send_list(out, area, port, l, c);
                 continue;
             };
             // The scheduler fills the ready list as far as rates and weights allow, a few
@@ -264,7 +274,7 @@ impl TxLists {
                 let room = READY.saturating_sub(l.frames.len());
                 let got = s.schedule(now, room, |f, t, ingress| l.push(f, t, ingress));
                 let offered = l.frames.len();
-                if offered == 0 || send_list(out, port, l, c) < offered || got.frames < room {
+                if offered == 0 || send_list(out, area, port, l, c) < offered || got.frames < room {
                     break;
                 }
             }
@@ -276,6 +286,7 @@ impl TxLists {
 /// list, in order. Returns how many it took.
 fn send_list<E: Egress + ?Sized>(
     out: &mut E,
+    area: &FrameArea,
     port: PortId,
     l: &mut TxList,
     c: &mut Counters,
@@ -284,7 +295,7 @@ fn send_list<E: Egress + ?Sized>(
         return 0;
     }
     let before = l.frames.len();
-    let sent = out.send(port, &mut l.frames, &l.owners);
+    let sent = out.send(area, port, &mut l.frames, &l.owners);
     debug_assert_eq!(before - l.frames.len(), sent, "send took a prefix of the list");
     if sent == 0 {
         return 0;
@@ -317,10 +328,16 @@ impl TxList {
 
     /// Drops every frame of the list as `reason`, counted per ingress port and tenant, and
     /// frees them.
-    fn drop_all(&mut self, reason: DropReason, c: &mut Counters, pool: &mut FramePool) {
+    fn drop_all(
+        &mut self,
+        reason: DropReason,
+        c: &mut Counters,
+        area: &FrameArea,
+        pool: &mut FramePool,
+    ) {
         for (f, o) in self.frames.drain(..).zip(self.owners.drain(..)) {
             c.drop(o.ingress, Some(o.tenant), reason);
-            pool.free(f);
+            pool.free(area, f);
         }
     }
 }
@@ -329,8 +346,15 @@ impl TxList {
 pub trait Egress {
     /// Takes a prefix of `frames` for `port` (removing it from the list: the frames are the
     /// port's, or the other worker's, now); `owners[i]` says whose `frames[i]` is. Returns how
-    /// many it took; the rest stay in `frames`, still the caller's.
-    fn send(&mut self, port: PortId, frames: &mut Vec<FrameRef>, owners: &[Owner]) -> usize;
+    /// many it took; the rest stay in `frames`, still the caller's. `area` holds the frames
+    /// (a chain's segments are read from it).
+    fn send(
+        &mut self,
+        area: &FrameArea,
+        port: PortId,
+        frames: &mut Vec<FrameRef>,
+        owners: &[Owner],
+    ) -> usize;
 
     /// True when `send` on `port` puts frames on the wire (they count as transmitted); false
     /// when it hands them to another worker, which counts them when it sends them.
@@ -356,7 +380,8 @@ fn retag(
     tagged: bool,
     vlan: Option<u16>,
 ) -> Result<FrameRef, FrameRef> {
-    let (addr, len) = (f.addr(), f.len());
+    // Only the first segment changes: the tag is in the headers.
+    let (addr, len) = (f.addr(), f.head_len());
     match (tagged, vlan) {
         (false, None) => Ok(f),
         (true, Some(v)) => {
@@ -377,7 +402,7 @@ fn retag(
             }
             let Some((chunk, off)) = area.chunk_mut(addr) else { return Err(f) };
             chunk.copy_within(off..off + 12, off + 4);
-            Ok(FrameRef::new(addr + 4, len - 4))
+            Ok(f.with_head(addr + 4, len - 4))
         }
         (false, Some(v)) => {
             // Push: the MACs move 4 bytes back into the headroom, the tag goes after them.
@@ -388,7 +413,7 @@ fn retag(
             chunk.copy_within(off..off + 12, off - 4);
             chunk[off + 8..off + 10].copy_from_slice(&TPID_8021Q);
             chunk[off + 10..off + 12].copy_from_slice(&(v & 0x0fff).to_be_bytes());
-            Ok(FrameRef::new(addr - 4, len + 4))
+            Ok(f.with_head(addr - 4, len + 4))
         }
     }
 }
@@ -399,7 +424,77 @@ fn retag(
 /// one.
 #[inline]
 fn complete_checksum(area: &mut FrameArea, f: &FrameRef, m: &Meta) -> bool {
+    if f.segs() != 0 {
+        return complete_chain(area, f, m);
+    }
     area.frame_mut(f).is_some_and(|b| complete_in(b, m))
+}
+
+/// [`complete_checksum`] for a chain: the segment's bytes run on from the first frame's L4
+/// header through every segment after it.
+#[cold]
+fn complete_chain(area: &mut FrameArea, f: &FrameRef, m: &Meta) -> bool {
+    let Some((udp, field, l4, len, pseudo)) = area.frame(f).and_then(|b| target(b, f.len(), m))
+    else {
+        return false;
+    };
+    let Some(b) = area.frame_mut(f) else { return false };
+    let at = l4 + field;
+    let stored = u16::from_be_bytes([b[at], b[at + 1]]);
+    if stored != checksum::fold(pseudo) || (udp && stored == 0) {
+        return false;
+    }
+    b[at..at + 2].fill(0);
+    let head = &b[l4..b.len().min(l4 + len)];
+    let (mut sum, mut done) = (checksum::add(pseudo, head), head.len());
+    area.each_seg(f, |a, n| {
+        let take = (n as usize).min(len - done);
+        if let Some(seg) = area.seg(a, take as u32) {
+            // A piece that starts at an odd offset of the segment sums byte-swapped (RFC 1071).
+            let part = u64::from(checksum::fold(checksum::add(0, seg)));
+            sum += if done % 2 == 1 { u64::from((part as u16).swap_bytes()) } else { part };
+        }
+        done += take;
+    });
+    let mut c = !checksum::fold(sum);
+    if udp && c == 0 {
+        c = 0xffff;
+    }
+    if let Some(b) = area.frame_mut(f) {
+        b[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    }
+    true
+}
+
+/// Where the TCP or UDP checksum of a packet of `wire` bytes whose first segment is `b` lies:
+/// (UDP?, the field's offset in the L4 header, the L4 offset, the L4 length, the
+/// pseudo-header sum); None for other packets, fragments, or a field outside `b`.
+fn target(b: &[u8], wire: u32, m: &Meta) -> Option<(bool, usize, usize, usize, u64)> {
+    let udp = match m.key.proto {
+        PROTO_TCP => false,
+        PROTO_UDP => true,
+        _ => return None,
+    };
+    let v6 = match m.key.ethertype {
+        ETH_IPV4 => false,
+        ETH_IPV6 => true,
+        _ => return None,
+    };
+    if m.flags.has(PacketFlags::FRAGMENT) {
+        return None;
+    }
+    let (l3, l4) = (usize::from(m.l3_offset), usize::from(m.l4_offset));
+    let field = if udp { 6 } else { 16 };
+    let len_at = if v6 { l3 + 4 } else { l3 + 2 };
+    let &[hi, lo] = b.get(len_at..len_at + 2)? else { return None };
+    let len = usize::from(u16::from_be_bytes([hi, lo]));
+    let end = if v6 { l3 + 40 + len } else { l3 + len };
+    if end > wire as usize || end < l4 || l4 + field + 2 > b.len() {
+        return None;
+    }
+    let pseudo =
+        checksum::pseudo_header(v6, &m.key.src_ip, &m.key.dst_ip, m.key.proto, (end - l4) as u32);
+    Some((udp, field, l4, end - l4, pseudo))
 }
 
 /// A frame as the switch sends it: its partial TCP or UDP checksum completed, if it had one
@@ -452,7 +547,7 @@ pub fn deliver(
 ) {
     let ingress = batch.port;
     // At most one frame per batch frame reaches a port (a flood sends one copy to each).
-    tx.begin_batch(now, batch.len() as u64, area.chunk_size());
+    tx.begin_batch(now, batch.len() as u64, area.chunk_size() + batch.extra());
     for ((f, m), d) in batch.take_frames().zip(disp.as_slice()) {
         let tagged = m.outer_vlan.is_some();
         if m.flags.has(PacketFlags::PARTIAL_CSUM) && !matches!(d, Disposition::Drop(_)) {
@@ -462,7 +557,7 @@ pub fn deliver(
             Disposition::Drop(r) => {
                 // A frame of no known tenant carries TenantId::NONE: counted per port only.
                 c.drop(ingress, Some(m.tenant), r);
-                pool.free(f);
+                pool.free(area, f);
             }
             Disposition::Tx { port, vlan } => {
                 let limit = snap.max_frame(port, vlan.is_some());
@@ -496,7 +591,7 @@ fn send_one(
     match retag(area, f, tagged, vlan) {
         Ok(out) if out.len() > limit => {
             c.drop(ingress, tenant, DropReason::TooBig);
-            pool.free(out);
+            pool.free(area, out);
             false
         }
         Ok(out) => {
@@ -508,14 +603,14 @@ fn send_one(
                 }
                 Err((r, out)) => {
                     c.drop(ingress, tenant, r);
-                    pool.free(out);
+                    pool.free(area, out);
                     false
                 }
             }
         }
         Err(f) => {
             c.drop(ingress, tenant, DropReason::NoHeadroom);
-            pool.free(f);
+            pool.free(area, f);
             false
         }
     }
@@ -539,13 +634,13 @@ fn flood(
     let tenant = Some(m.tenant);
     let Some(t) = snap.tenants.get(m.tenant.index()) else {
         c.drop(ingress, None, DropReason::NoRoute);
-        pool.free(f);
+        pool.free(area, f);
         return;
     };
     let mut targets = t.attachments.iter().filter(|a| a.port != ingress);
     let Some(mut cur) = targets.next() else {
         c.drop(ingress, tenant, DropReason::NoRoute);
-        pool.free(f);
+        pool.free(area, f);
         return;
     };
     for next in targets {
@@ -557,33 +652,27 @@ fn flood(
             cur = next;
             continue;
         }
-        match pool.alloc() {
-            Some(base) => match area.copy_frame(&f, base + FRAME_HEADROOM) {
-                Some(copy) => {
-                    // The copy's length is the original's, which fits (checked above): only
-                    // the tag can be refused.
-                    if send_one(
-                        now,
-                        area,
-                        pool,
-                        ingress,
-                        copy,
-                        m,
-                        tagged,
-                        cur.port,
-                        cur.vlan,
-                        u32::MAX,
-                        tx,
-                        c,
-                    ) {
-                        c.flood_copies += 1;
-                    }
+        match pool.copy_frame(area, &f) {
+            Some(copy) => {
+                // The copy's length is the original's, which fits (checked above): only the
+                // tag can be refused.
+                if send_one(
+                    now,
+                    area,
+                    pool,
+                    ingress,
+                    copy,
+                    m,
+                    tagged,
+                    cur.port,
+                    cur.vlan,
+                    u32::MAX,
+                    tx,
+                    c,
+                ) {
+                    c.flood_copies += 1;
                 }
-                None => {
-                    c.drop(ingress, tenant, DropReason::NoHeadroom);
-                    pool.free_addr(base);
-                }
-            },
+            }
             None => c.drop(ingress, tenant, DropReason::NoFrame),
         }
         cur = next;

@@ -23,7 +23,7 @@ pub fn parse(area: &FrameArea, batch: &mut Batch) {
     for (f, m) in frames.iter().zip(meta.iter_mut()) {
         *m = Meta::EMPTY;
         let r = match area.frame(f) {
-            Some(bytes) => parse_one(bytes, m),
+            Some(bytes) => parse_head(bytes, f.extra() as usize, m),
             None => Err(ParseError::Ethernet),
         };
         m.parse_error = r.err();
@@ -33,6 +33,14 @@ pub fn parse(area: &FrameArea, batch: &mut Batch) {
 /// Parses one frame. On error `m` holds what was parsed before the failing header.
 #[inline]
 pub fn parse_one(b: &[u8], m: &mut Meta) -> Result<(), ParseError> {
+    parse_head(b, 0, m)
+}
+
+/// Parses the first segment `b` of a packet whose other segments hold `beyond` more bytes
+/// (0: the packet is `b`). The headers must all be in `b` (the kernel puts them in a chain's
+/// first frame); lengths may reach beyond it.
+#[inline]
+pub fn parse_head(b: &[u8], beyond: usize, m: &mut Meta) -> Result<(), ParseError> {
     let eth = EthernetFrame::new_checked(b).map_err(|_| ParseError::Ethernet)?;
     m.dst = eth.dst();
     m.src = eth.src();
@@ -57,12 +65,12 @@ pub fn parse_one(b: &[u8], m: &mut Meta) -> Result<(), ParseError> {
     m.key.ethertype = u16::from(et);
     let l3 = &b[off..];
     match et {
-        EtherType::Ipv4 => parse_ipv4(l3, off, m),
-        EtherType::Ipv6 => parse_ipv6(l3, off, m),
+        EtherType::Ipv4 => parse_ipv4(l3, beyond, off, m),
+        EtherType::Ipv6 => parse_ipv6(l3, beyond, off, m),
         EtherType::Arp => parse_arp(l3, &mut m.key),
         EtherType::Unknown(len) if len <= 1500 => {
             // 802.3: the field is the payload length; padding may follow it.
-            if usize::from(len) > l3.len() { Err(ParseError::Length) } else { Ok(()) }
+            if usize::from(len) > l3.len() + beyond { Err(ParseError::Length) } else { Ok(()) }
         }
         EtherType::Unknown(len) if len < 0x0600 => Err(ParseError::Length),
         _ => Ok(()),
@@ -84,8 +92,8 @@ fn parse_arp(l3: &[u8], key: &mut FlowKey) -> Result<(), ParseError> {
     Ok(())
 }
 
-fn parse_ipv4(l3: &[u8], off: usize, m: &mut Meta) -> Result<(), ParseError> {
-    let ip = Ipv4Packet::new_checked(l3).map_err(|_| ParseError::Ipv4)?;
+fn parse_ipv4(l3: &[u8], beyond: usize, off: usize, m: &mut Meta) -> Result<(), ParseError> {
+    let ip = Ipv4Packet::new_checked_head(l3, beyond).map_err(|_| ParseError::Ipv4)?;
     m.key.proto = ip.protocol();
     m.key.src_ip = v4_mapped(ip.src());
     m.key.dst_ip = v4_mapped(ip.dst());
@@ -103,11 +111,12 @@ fn parse_ipv4(l3: &[u8], off: usize, m: &mut Meta) -> Result<(), ParseError> {
     }
     m.flags = PacketFlags(flags);
     m.l4_offset = (off + ip.header_len()) as u16;
-    parse_l4(ip.protocol(), ip.payload(), m)
+    let l4_len = usize::from(ip.total_len()) - ip.header_len();
+    parse_l4(ip.protocol(), ip.payload(), l4_len, m)
 }
 
-fn parse_ipv6(l3: &[u8], off: usize, m: &mut Meta) -> Result<(), ParseError> {
-    let ip = Ipv6Packet::new_checked(l3).map_err(|_| ParseError::Ipv6)?;
+fn parse_ipv6(l3: &[u8], beyond: usize, off: usize, m: &mut Meta) -> Result<(), ParseError> {
+    let ip = Ipv6Packet::new_checked_head(l3, beyond).map_err(|_| ParseError::Ipv6)?;
     m.key.src_ip = ip.src();
     m.key.dst_ip = ip.dst();
     let up = ip.upper_layer().map_err(|_| ParseError::Ipv6)?;
@@ -125,19 +134,21 @@ fn parse_ipv6(l3: &[u8], off: usize, m: &mut Meta) -> Result<(), ParseError> {
     }
     m.flags = PacketFlags(flags);
     m.l4_offset = (off + up.offset) as u16;
-    parse_l4(up.protocol, &ip.packet()[up.offset..], m)
+    let l4_len = (crate::wire::ipv6::HEADER_LEN + usize::from(ip.payload_len())) - up.offset;
+    let l4 = ip.packet().get(up.offset..).ok_or(ParseError::Ipv6)?;
+    parse_l4(up.protocol, l4, l4_len, m)
 }
 
 // PERF(policy): kept inline in the parse loop (out of line it cost 19 instructions a frame).
 #[inline(always)]
-fn parse_l4(proto: u8, l4: &[u8], m: &mut Meta) -> Result<(), ParseError> {
+fn parse_l4(proto: u8, l4: &[u8], l4_len: usize, m: &mut Meta) -> Result<(), ParseError> {
     match proto {
         PROTO_TCP => {
             let s = TcpSegment::new_checked(l4).map_err(|_| ParseError::Tcp)?;
             m.key.src_port = s.src_port();
             m.key.dst_port = s.dst_port();
             m.tcp_flags = s.flags();
-            partial(m, l4, 16);
+            partial(m, l4, l4_len, 16);
         }
         PROTO_UDP => {
             // A first fragment holds only the start of its datagram: the length field covers
@@ -145,12 +156,12 @@ fn parse_l4(proto: u8, l4: &[u8], m: &mut Meta) -> Result<(), ParseError> {
             let d = if m.flags.has(PacketFlags::FRAGMENT) {
                 UdpDatagram::new_checked_first_fragment(l4)
             } else {
-                UdpDatagram::new_checked(l4)
+                UdpDatagram::new_checked_head(l4, l4_len - l4.len())
             };
             let d = d.map_err(|_| ParseError::Udp)?;
             m.key.src_port = d.src_port();
             m.key.dst_port = d.dst_port();
-            partial(m, l4, 6);
+            partial(m, l4, l4_len, 6);
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
             let p = IcmpPacket::new_checked(l4).map_err(|_| ParseError::Icmp)?;
@@ -162,13 +173,13 @@ fn parse_l4(proto: u8, l4: &[u8], m: &mut Meta) -> Result<(), ParseError> {
     Ok(())
 }
 
-/// Flags a TCP or UDP segment (`l4`, its checksum at `field`) whose checksum field holds
+/// Flags a TCP or UDP segment (`l4`, `len` bytes in all, its checksum at `field`) whose checksum field holds
 /// exactly its pseudo-header sum, as a sender with checksum offload leaves it
 /// ([`crate::wire::checksum`]). The headers are in cache here; the segment is summed only on
 /// the way out, for the frames flagged. A fragment never is: a sender completes the checksum
 /// before it fragments. A UDP checksum of zero means none.
 #[inline]
-fn partial(m: &mut Meta, l4: &[u8], field: usize) {
+fn partial(m: &mut Meta, l4: &[u8], len: usize, field: usize) {
     let stored = match l4.get(field..field + 2) {
         Some(&[hi, lo]) => u16::from_be_bytes([hi, lo]),
         _ => return,
@@ -177,8 +188,7 @@ fn partial(m: &mut Meta, l4: &[u8], field: usize) {
         return;
     }
     let v6 = m.key.ethertype == u16::from(EtherType::Ipv6);
-    let pseudo =
-        checksum::pseudo_header(v6, &m.key.src_ip, &m.key.dst_ip, m.key.proto, l4.len() as u32);
+    let pseudo = checksum::pseudo_header(v6, &m.key.src_ip, &m.key.dst_ip, m.key.proto, len as u32);
     if checksum::fold(pseudo) == stored {
         m.flags.0 |= PacketFlags::PARTIAL_CSUM;
     }

@@ -66,9 +66,14 @@ pub enum Breath {
 
 /// Burst I/O of frame references.
 pub trait Port {
-    /// Tops up the receive side from `pool`, then appends up to `batch.room()` received frames.
-    /// Returns how many were appended.
-    fn rx(&mut self, pool: &mut FramePool, batch: &mut Batch) -> usize;
+    /// Tops up the receive side from `pool`, then appends up to `batch.room()` received frames
+    /// (a packet received as several frames is one chain, linked in `area`). Returns how
+    /// many were appended.
+    fn rx(&mut self, area: &mut FrameArea, pool: &mut FramePool, batch: &mut Batch) -> usize;
+
+    /// Frees the frames of a packet whose first frames arrived and whose last has not (before
+    /// the port is handed to another process). Nothing by default.
+    fn drop_partial(&mut self, _area: &FrameArea, _pool: &mut FramePool) {}
 
     /// Gives the receive side every frame it has room for, from `pool`, without receiving:
     /// the most room to receive into while nobody polls (a takeover). Nothing by default.
@@ -76,11 +81,12 @@ pub trait Port {
 
     /// Queues frames for transmission, in order: takes a prefix of `frames` (as many as its
     /// TX side has room for), removing it from the list. Returns how many it took; the rest
-    /// stay in `frames`, still the caller's.
-    fn tx(&mut self, frames: &mut Vec<FrameRef>) -> usize;
+    /// stay in `frames`, still the caller's. A chain is taken whole or not at all (its
+    /// segments are read from `area`).
+    fn tx(&mut self, area: &FrameArea, frames: &mut Vec<FrameRef>) -> usize;
 
-    /// Returns frames whose transmission completed to `pool`. Returns how many.
-    fn reclaim(&mut self, pool: &mut FramePool) -> usize;
+    /// Returns frames whose transmission completed to `pool`. Returns how many chunks.
+    fn reclaim(&mut self, area: &FrameArea, pool: &mut FramePool) -> usize;
 
     /// Tells the kernel about queued TX work when it needs telling; `breath` says whether more
     /// traffic is likely to follow at once. Returns false if a wakeup failed (the caller
@@ -104,13 +110,19 @@ pub trait Port {
     /// The port is being replaced (its device went away and came back): returns every frame
     /// it can to `pool` and says how many it cannot (the kernel kept them with the vanished
     /// device), so the frame accounting can write them off. Called once, between breaths.
-    fn retire(&mut self, pool: &mut FramePool) -> u32;
+    fn retire(&mut self, area: &FrameArea, pool: &mut FramePool) -> u32;
 }
 
 /// Port drivers indexed by `PortId`, all owned by one worker.
 impl<P: Port> Egress for [P] {
     #[inline]
-    fn send(&mut self, port: PortId, frames: &mut Vec<FrameRef>, _: &[Owner]) -> usize {
-        self.get_mut(port.index()).map_or(0, |p| p.tx(frames))
+    fn send(
+        &mut self,
+        area: &FrameArea,
+        port: PortId,
+        frames: &mut Vec<FrameRef>,
+        _: &[Owner],
+    ) -> usize {
+        self.get_mut(port.index()).map_or(0, |p| p.tx(area, frames))
     }
 }

@@ -414,6 +414,11 @@ impl PortSched {
         self.queued == 0
     }
 
+    /// Chunks the queued frames hold (a chain holds several), for the frame census.
+    pub fn chunks(&self) -> usize {
+        self.queues.iter().flat_map(|q| q.ring.iter()).map(|(f, _)| f.chunks() as usize).sum()
+    }
+
     /// Frames queued for `tenant`.
     pub fn depth(&self, tenant: TenantId) -> usize {
         match self.by_tenant.get(tenant.index()) {

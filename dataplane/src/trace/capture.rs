@@ -163,40 +163,62 @@ impl Tap {
         tenant_known && (!self.drops_only || code >= 2)
     }
 
-    /// Offers a frame that arrived on `port`, with verdict `code`; copies it into the ring if
-    /// it passes the filter and the ring has room. No allocation, no system call, no lock: the
-    /// copy becomes visible to the writer at the next [`Tap::publish`].
+    /// Offers a frame that arrived on `port`, `wire_len` bytes long in `parts` (its segments in
+    /// order: one for a frame of one chunk), with verdict `code`; copies up to the snap length
+    /// into the ring if it passes the filter and the ring has room. No allocation, no system
+    /// call, no lock: the copy becomes visible to the writer at the next [`Tap::publish`].
     #[inline]
-    pub fn offer(
+    #[allow(clippy::too_many_arguments)]
+    pub fn offer<'a>(
         &mut self,
         now_ns: u64,
         port: PortId,
         m: &Meta,
         from_tenant: bool,
-        frame: &[u8],
+        wire_len: usize,
+        parts: impl IntoIterator<Item = &'a [u8]>,
         code: u8,
     ) {
         if !self.filter.matches(m, from_tenant) {
             return;
         }
-        let n = frame.len().min(self.snaplen).min(MAX_SNAPLEN);
-        let chunks = n.div_ceil(CHUNK).max(1);
-        if !self.out.has_room(chunks) {
+        let want = wire_len.min(self.snaplen).min(MAX_SNAPLEN);
+        if !self.out.has_room(want.div_ceil(CHUNK).max(1)) {
             self.skipped += 1;
             return;
         }
-        for (c, bytes) in frame[..n].chunks(CHUNK).chain((n == 0).then_some(&[][..])).enumerate() {
+        // The parts are streamed into messages of CHUNK bytes each (the last one shorter); a
+        // chain that ends before `want` bytes (a corrupted link: a bug) is padded with zeros so
+        // the message count always matches the header's.
+        let mut parts = parts.into_iter();
+        let mut cur: &[u8] = &[];
+        for c in 0..want.div_ceil(CHUNK).max(1) {
+            let n = (want - c * CHUNK).min(CHUNK);
+            let mut buf = [0u8; CHUNK];
+            let mut fill = 0;
+            while fill < n {
+                if cur.is_empty() {
+                    match parts.next() {
+                        Some(p) => cur = p,
+                        None => break,
+                    }
+                    continue;
+                }
+                let k = (n - fill).min(cur.len());
+                buf[fill..fill + k].copy_from_slice(&cur[..k]);
+                (fill, cur) = (fill + k, &cur[k..]);
+            }
             let mut msg: Message = [0; MESSAGE_WORDS];
             if c == 0 {
                 msg[0] = FIRST
                     | u64::from(from_tenant) << 56
                     | u64::from(code) << 48
                     | u64::from(port.0) << 32
-                    | (frame.len() as u64 & 0xf_ffff) << 12
-                    | n as u64;
+                    | (wire_len as u64 & 0xf_ffff) << 12
+                    | want as u64;
                 msg[1] = now_ns;
             }
-            for (w, b) in msg[2..].iter_mut().zip(bytes.chunks(8)) {
+            for (w, b) in msg[2..].iter_mut().zip(buf[..n].chunks(8)) {
                 let mut word = [0u8; 8];
                 word[..b.len()].copy_from_slice(b);
                 *w = u64::from_le_bytes(word);
@@ -308,6 +330,27 @@ mod tests {
     use crate::batch::Meta;
 
     #[test]
+    fn a_chain_is_captured_across_its_segments_up_to_the_snap_length() {
+        let (tx, mut rd) = ring(16);
+        let mut tap = Tap::new(Scope::Tenant(TenantId(1)), CaptureFilter::default(), 1500, tx);
+        let mut m = Meta::EMPTY;
+        m.tenant = TenantId(1);
+        let big: Vec<u8> = (0..9000u32).map(|i| (i % 251) as u8).collect();
+        // Segments that do not fall on message boundaries (100 + 1050 + the rest).
+        let parts = [&big[..100], &big[100..1150], &big[1150..]];
+        tap.offer(1, PortId(1), &m, true, big.len(), parts, verdict::TX);
+        // A chain shorter than it claims (a broken link) is padded, never misread.
+        tap.offer(2, PortId(1), &m, true, 400, [&big[..90]], verdict::TX);
+        tap.publish();
+        let mut got = Vec::new();
+        rd.drain(|c| got.push((c.orig_len, c.data.to_vec())));
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].0, &got[0].1[..]), (9000, &big[..1500]));
+        assert_eq!((got[1].0, got[1].1.len(), &got[1].1[..90]), (400, 400, &big[..90]));
+        assert!(got[1].1[90..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
     fn frames_cross_the_ring_whole_and_a_full_ring_skips() {
         let (tx, mut rd) = ring(8);
         let mut tap = Tap::new(Scope::Tenant(TenantId(1)), CaptureFilter::default(), 300, tx);
@@ -318,8 +361,8 @@ mod tests {
         let p = PortId(3);
         let policy = verdict::drop(DropReason::Policy);
         assert!(tap.wants(p, &m, verdict::TX));
-        tap.offer(5, p, &m, true, &big, verdict::TX); // 300 bytes kept: 3 messages
-        tap.offer(6, p, &m, true, &small, policy); // 1 message
+        tap.offer(5, p, &m, true, big.len(), [&big[..]], verdict::TX); // 300 kept: 3 messages
+        tap.offer(6, p, &m, true, small.len(), [&small[..]], policy); // 1 message
         m.tenant = TenantId(2);
         assert!(!tap.wants(p, &m, verdict::TX), "another tenant's");
         assert_eq!(rd.drain(|_| panic!("not published yet")), 0);
@@ -333,7 +376,7 @@ mod tests {
         // Eight messages of room: two 3-message frames fit, the third is skipped.
         m.tenant = TenantId(1);
         for t in 0..3 {
-            tap.offer(t, p, &m, false, &big, verdict::TX);
+            tap.offer(t, p, &m, false, big.len(), [&big[..]], verdict::TX);
         }
         assert_eq!((tap.copied, tap.skipped), (4, 1));
         tap.publish();

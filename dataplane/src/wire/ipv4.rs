@@ -22,6 +22,14 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// Checks version 4, 5 <= IHL, header <= total length <= buffer.
     #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
+        Self::new_checked_head(buffer, 0)
+    }
+
+    /// [`Ipv4Packet::new_checked`] for the first segment of a chain, `beyond` bytes of the
+    /// packet following in other segments: the header must be here, the total length may
+    /// reach into them.
+    #[inline]
+    pub fn new_checked_head(buffer: T, beyond: usize) -> Result<Self> {
         let p = Self::new_unchecked(buffer);
         let b = p.buffer.as_ref();
         if b.len() < MIN_HEADER_LEN || b[0] >> 4 != 4 {
@@ -29,7 +37,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         }
         let hl = p.header_len();
         let total = usize::from(p.total_len());
-        if hl < MIN_HEADER_LEN || hl > total || total > b.len() {
+        if hl < MIN_HEADER_LEN || hl > total || hl > b.len() || total > b.len() + beyond {
             return Err(Error);
         }
         Ok(p)
@@ -99,10 +107,12 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         let b = self.buffer.as_ref();
         [b[16], b[17], b[18], b[19]]
     }
-    /// The L4 bytes: from the end of the header to the total length.
+    /// The L4 bytes: from the end of the header to the total length (or to the end of the
+    /// buffer, for the first segment of a chain).
     #[inline]
     pub fn payload(&self) -> &[u8] {
-        &self.buffer.as_ref()[self.header_len()..usize::from(self.total_len())]
+        let b = self.buffer.as_ref();
+        &b[self.header_len()..usize::from(self.total_len()).min(b.len())]
     }
 }
 

@@ -49,12 +49,19 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
     /// Checks version 6 and that the payload length fits in the buffer.
     #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
+        Self::new_checked_head(buffer, 0)
+    }
+
+    /// [`Ipv6Packet::new_checked`] for the first segment of a chain, `beyond` bytes of the
+    /// packet following in other segments.
+    #[inline]
+    pub fn new_checked_head(buffer: T, beyond: usize) -> Result<Self> {
         let p = Self::new_unchecked(buffer);
         let b = p.buffer.as_ref();
         if b.len() < HEADER_LEN || b[0] >> 4 != 6 {
             return Err(Error);
         }
-        if HEADER_LEN + usize::from(p.payload_len()) > b.len() {
+        if HEADER_LEN + usize::from(p.payload_len()) > b.len() + beyond {
             return Err(Error);
         }
         Ok(p)
@@ -92,7 +99,8 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
     /// The packet up to the end of its payload length (padding excluded).
     #[inline]
     pub fn packet(&self) -> &[u8] {
-        &self.buffer.as_ref()[..HEADER_LEN + usize::from(self.payload_len())]
+        let b = self.buffer.as_ref();
+        &b[..(HEADER_LEN + usize::from(self.payload_len())).min(b.len())]
     }
 
     /// Walks the extension headers to the upper-layer protocol.

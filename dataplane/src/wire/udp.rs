@@ -21,13 +21,20 @@ impl<T: AsRef<[u8]>> UdpDatagram<T> {
     /// Checks 8 <= length field <= buffer.
     #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
+        Self::new_checked_head(buffer, 0)
+    }
+
+    /// [`UdpDatagram::new_checked`] for the first segment of a chain, `beyond` bytes of the
+    /// datagram following in other segments.
+    #[inline]
+    pub fn new_checked_head(buffer: T, beyond: usize) -> Result<Self> {
         let d = Self::new_unchecked(buffer);
         let b = d.buffer.as_ref();
         if b.len() < HEADER_LEN {
             return Err(Error);
         }
         let len = usize::from(d.len());
-        if !(HEADER_LEN..=b.len()).contains(&len) {
+        if !(HEADER_LEN..=b.len() + beyond).contains(&len) {
             return Err(Error);
         }
         Ok(d)

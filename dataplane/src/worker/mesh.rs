@@ -33,7 +33,7 @@ pub const CONN_RING: usize = 1024;
 #[derive(Debug)]
 pub struct PeerOut {
     /// Frames for ports the other worker owns.
-    pub frames: Sender,
+    pub frames: Sender<3>,
     /// Chunks of the other worker's pool.
     pub returns: Sender,
     /// MACs learned here.
@@ -46,7 +46,7 @@ pub struct PeerOut {
 #[derive(Debug)]
 pub struct PeerIn {
     /// Frames to send on this worker's ports.
-    pub frames: Receiver,
+    pub frames: Receiver<3>,
     /// Chunks of this worker's pool coming home.
     pub returns: Receiver,
     /// MACs the other worker learned.
@@ -196,16 +196,24 @@ pub struct Handoff {
 }
 
 impl Handoff {
-    /// Two words: address and length; ports, tenant and stamp. The frame goes with them.
+    /// Three words: address and length of the first segment; ports, tenant and stamp; the
+    /// segments after the first (0 for a frame of one chunk). The frame goes with them.
     #[inline]
-    pub fn encode(self) -> Message {
+    pub fn encode(self) -> Message<3> {
         [
-            self.frame.addr() | (u64::from(self.frame.len()) << 48),
+            self.frame.addr() | (u64::from(self.frame.head_len()) << 48),
             u64::from(self.port.0)
                 | (u64::from(self.tenant.0) << 16)
                 | (u64::from(self.ingress.0) << 32)
                 | (u64::from(self.stamp) << 48),
+            u64::from(self.frame.more_word()),
         ]
+    }
+
+    /// Chunks the frame of an encoded handoff holds (for the census).
+    #[inline]
+    pub fn chunks(m: Message<3>) -> usize {
+        1 + (m[2] >> 24) as usize
     }
 
     /// True when the frame was handed over before `since`, the generation in which its
@@ -217,9 +225,9 @@ impl Handoff {
 
     /// The inverse of [`Handoff::encode`]: the frame is the receiver's now.
     #[inline]
-    pub fn decode(m: Message) -> Self {
+    pub fn decode(m: Message<3>) -> Self {
         Handoff {
-            frame: FrameRef::new(m[0] & ((1 << 48) - 1), (m[0] >> 48) as u32),
+            frame: FrameRef::from_words(m[0] & ((1 << 48) - 1), (m[0] >> 48) as u32, m[2] as u32),
             port: PortId(m[1] as u16),
             tenant: TenantId((m[1] >> 16) as u16),
             ingress: PortId((m[1] >> 32) as u16),

@@ -270,10 +270,16 @@ struct Out<'a, P> {
 
 impl<P: Port> Egress for Out<'_, P> {
     #[inline]
-    fn send(&mut self, port: PortId, frames: &mut Vec<FrameRef>, owners: &[Owner]) -> usize {
+    fn send(
+        &mut self,
+        area: &FrameArea,
+        port: PortId,
+        frames: &mut Vec<FrameRef>,
+        owners: &[Owner],
+    ) -> usize {
         match self.routes.get(port.index()) {
             Some(&Route::Local(s)) => match self.sockets.get_mut(s) {
-                Some(s) if !s.down => s.driver.tx(frames),
+                Some(s) if !s.down => s.driver.tx(area, frames),
                 _ => 0,
             },
             Some(&Route::Peer(w)) => {
@@ -426,13 +432,14 @@ impl<P: Port> Worker<P> {
         let mut held_back = false;
         for i in 0..self.sockets.len() {
             let port = self.sockets[i].port;
-            self.sockets[i].driver.reclaim(&mut self.pool);
+            self.sockets[i].driver.reclaim(&self.area, &mut self.pool);
             if self.sockets[i].down {
                 // Nothing arrives on a vanished device; what waits for it is dropped.
                 self.tx.discard(
                     port,
                     DropReason::PortDown,
                     &mut self.pipeline.counters,
+                    &self.area,
                     &mut self.pool,
                 );
                 continue;
@@ -454,7 +461,7 @@ impl<P: Port> Worker<P> {
                     break;
                 }
                 self.batch.reset(port);
-                let n = self.sockets[i].driver.rx(&mut self.pool, &mut self.batch);
+                let n = self.sockets[i].driver.rx(&mut self.area, &mut self.pool, &mut self.batch);
                 if n == 0 {
                     break;
                 }
@@ -493,7 +500,7 @@ impl<P: Port> Worker<P> {
                 peers: &mut self.links.out,
                 stamp: self.snap.generation as u16,
             };
-            self.tx.flush(&mut out, &mut self.pipeline.counters, &mut self.pool, now);
+            self.tx.flush(&mut out, &mut self.pipeline.counters, &self.area, &mut self.pool, now);
         }
         if self.links.has_peers() {
             self.tell_peers();
@@ -521,7 +528,7 @@ impl<P: Port> Worker<P> {
     /// this worker's sockets.
     fn take_inbox(&mut self, now: Nanos) {
         for inbox in self.links.inbox.iter_mut().flatten() {
-            let pool = &mut self.pool;
+            let (pool, area) = (&mut self.pool, &self.area);
             inbox.returns.pop(usize::MAX, |m| pool.free_addr(m[0]));
             let pipeline = &mut self.pipeline;
             inbox.learns.pop(LEARNS_PER_BREATH, |m| pipeline.learn_remote(now, decode_learn(m)));
@@ -534,7 +541,7 @@ impl<P: Port> Worker<P> {
                 if h.is_stale(snap.port_since(h.port)) {
                     // For a port a reload removed (its id vacant or given to another).
                     c.drop(h.ingress, None, DropReason::PortDown);
-                    pool.free(h.frame);
+                    pool.free(area, h.frame);
                     return true;
                 }
                 if !tx.has_room(h.port) {
@@ -546,7 +553,7 @@ impl<P: Port> Worker<P> {
                     Ok(q) => q.count(c, h.tenant, len),
                     Err((r, f)) => {
                         c.drop(h.ingress, Some(h.tenant), r);
-                        pool.free(f);
+                        pool.free(area, f);
                     }
                 }
                 true
@@ -558,7 +565,7 @@ impl<P: Port> Worker<P> {
             peers: &mut self.links.out,
             stamp: self.snap.generation as u16,
         };
-        self.tx.flush(&mut out, &mut self.pipeline.counters, &mut self.pool, now);
+        self.tx.flush(&mut out, &mut self.pipeline.counters, &self.area, &mut self.pool, now);
     }
 
     /// Applies every MAC announcement and connection the other workers sent so far, however
@@ -750,24 +757,28 @@ impl<P: Port> Worker<P> {
     pub fn hand_over(&mut self) -> (Vec<(PortId, P)>, Vec<u64>) {
         // First, the most room for what arrives until the other process polls.
         for s in self.sockets.iter_mut().filter(|s| !s.down) {
+            // A packet half received cannot be handed over: its frames are freed (the rest
+            // arrives in the other process, which drops it as a malformed frame).
+            s.driver.drop_partial(&self.area, &mut self.pool);
             s.driver.fill_up(&mut self.pool);
         }
         for inbox in self.links.inbox.iter_mut().flatten() {
-            let (pool, c) = (&mut self.pool, &mut self.pipeline.counters);
+            let (pool, c, area) = (&mut self.pool, &mut self.pipeline.counters, &self.area);
             inbox.returns.pop(usize::MAX, |m| pool.free_addr(m[0]));
             inbox.frames.pop_while(usize::MAX, |m| {
                 let h = Handoff::decode(m);
                 c.drop(h.ingress, None, DropReason::PortDown);
-                pool.free(h.frame);
+                pool.free(area, h.frame);
                 true
             });
         }
         for p in 0..self.snap.ports.len() {
             let id = PortId(p as u16);
-            self.tx.discard(id, DropReason::PortDown, &mut self.pipeline.counters, &mut self.pool);
+            let c = &mut self.pipeline.counters;
+            self.tx.discard(id, DropReason::PortDown, c, &self.area, &mut self.pool);
         }
         for (f, _) in self.batch.take_frames() {
-            self.pool.free(f);
+            self.pool.free(&self.area, f);
         }
         let mut free = Vec::with_capacity(self.pool.len() + self.pool.foreign_len());
         while let Some(a) = self.pool.alloc() {
@@ -807,6 +818,7 @@ impl<P: Port> Worker<P> {
                     id,
                     DropReason::PortDown,
                     &mut self.pipeline.counters,
+                    &self.area,
                     &mut self.pool,
                 );
             }
@@ -878,7 +890,7 @@ impl<P: Port> Worker<P> {
         let mut s = self.sockets.remove(i);
         // Bounded: copy mode completes a kicked frame within the `sendto`.
         for _ in 0..RETIRE_KICKS {
-            s.driver.reclaim(&mut self.pool);
+            s.driver.reclaim(&self.area, &mut self.pool);
             if s.driver.census().tx == 0 {
                 break;
             }
@@ -886,7 +898,7 @@ impl<P: Port> Worker<P> {
         }
         loop {
             self.batch.reset(port);
-            let n = s.driver.rx(&mut self.pool, &mut self.batch);
+            let n = s.driver.rx(&mut self.area, &mut self.pool, &mut self.batch);
             // Received (counted so), and dropped: the port is going.
             let c = &mut self.pipeline.counters;
             for (f, _) in self.batch.take_frames() {
@@ -894,13 +906,13 @@ impl<P: Port> Worker<P> {
                     rx.add(f.len());
                 }
                 c.drop(port, None, DropReason::PortDown);
-                self.pool.free(f);
+                self.pool.free(&self.area, f);
             }
             if n == 0 {
                 break;
             }
         }
-        let lost = s.driver.retire(&mut self.pool);
+        let lost = s.driver.retire(&self.area, &mut self.pool);
         self.written_off += lost;
         // Without a socket here the port is reached through its owner, if another worker
         // polls it (this worker as owner means nobody: `route` makes it unreachable).
@@ -910,6 +922,7 @@ impl<P: Port> Worker<P> {
                 port,
                 DropReason::PortDown,
                 &mut self.pipeline.counters,
+                &self.area,
                 &mut self.pool,
             );
         }
@@ -932,7 +945,7 @@ impl<P: Port> Worker<P> {
         let share = |p: PortId| shares.get(p.index()).copied().unwrap_or(1);
         for (f, t, ingress) in self.tx.schedule(&self.snap, local, share, Nanos::ZERO) {
             self.pipeline.counters.drop(ingress, Some(t), DropReason::QueueFull);
-            self.pool.free(f);
+            self.pool.free(&self.area, f);
         }
     }
 
@@ -946,12 +959,17 @@ impl<P: Port> Worker<P> {
             ports.tx += c.tx;
             ports.completion += c.completion;
         }
-        let handoff: usize =
-            self.links.out.iter().flatten().map(|l| l.frames.len() + l.returns.len()).sum();
+        let handoff: usize = self
+            .links
+            .out
+            .iter()
+            .flatten()
+            .map(|l| l.frames.sum_unread(Handoff::chunks) + l.returns.len())
+            .sum();
         FrameCensus {
             free: self.pool.len() as u32,
             ports,
-            pending: self.tx.total_pending() as u32,
+            pending: self.tx.pending_chunks() as u32,
             returning: self.pool.foreign_len() as u32,
             handoff: handoff as u32,
             lost: self.written_off,
@@ -969,6 +987,7 @@ impl<P: Port> Worker<P> {
                 port,
                 DropReason::PortDown,
                 &mut self.pipeline.counters,
+                &self.area,
                 &mut self.pool,
             );
         }
@@ -986,7 +1005,7 @@ impl<P: Port> Worker<P> {
         let s = &mut self.sockets[i];
         let mut old = std::mem::replace(&mut s.driver, new);
         s.down = false;
-        let lost = old.retire(&mut self.pool);
+        let lost = old.retire(&self.area, &mut self.pool);
         self.written_off += lost;
         (old, lost)
     }
@@ -1016,12 +1035,12 @@ impl<P: Port> Worker<P> {
         // The worker's own batch, empty between breaths.
         self.batch.reset(port);
         if let Err(f) = self.batch.push(f) {
-            self.pool.free(f);
+            self.pool.free(&self.area, f);
             return None;
         }
         self.pipeline.process_dry(now, &self.snap, &self.area, &mut self.batch, &mut self.disp);
         for (f, _) in self.batch.take_frames() {
-            self.pool.free(f);
+            self.pool.free(&self.area, f);
         }
         self.pipeline.traced(0).copied()
     }

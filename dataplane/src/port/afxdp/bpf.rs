@@ -93,6 +93,20 @@ fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
 
 /// Loads `return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);`.
 pub fn load_redirect_prog(map: &OwnedFd) -> io::Result<OwnedFd> {
+    // Marked `xdp.frags` (BPF_F_XDP_HAS_FRAGS, Linux 5.18): the program only redirects, so it
+    // is right for packets of several buffers, and a driver lets such a program run at an MTU
+    // larger than a page (veth: up to about 73 000). A kernel that does not know the flag
+    // gets the program without it.
+    match load(map, BPF_F_XDP_HAS_FRAGS) {
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => load(map, 0),
+        r => r,
+    }
+}
+
+/// The program's `prog_flags` for packets of several buffers.
+const BPF_F_XDP_HAS_FRAGS: u32 = 1 << 5;
+
+fn load(map: &OwnedFd, flags: u32) -> io::Result<OwnedFd> {
     let prog: Vec<[u8; 8]> = vec![
         insn(0x61, 2, 1, 16, 0), // r2 = *(u32 *)(r1 + 16): rx_queue_index
         insn(0x18, 1, BPF_PSEUDO_MAP_FD, 0, map.as_raw_fd()), // r1 = map (ld_imm64)
@@ -111,7 +125,8 @@ pub fn load_redirect_prog(map: &OwnedFd) -> io::Result<OwnedFd> {
         .u64(16, license.as_ptr() as u64)
         .u32(24, 1) // log level
         .u32(28, log.len() as u32)
-        .u64(32, log.as_mut_ptr() as u64);
+        .u64(32, log.as_mut_ptr() as u64)
+        .u32(44, flags);
     a.0[48..48 + 10].copy_from_slice(b"xswitch_rx");
     a.u32(68, BPF_XDP); // expected_attach_type
     bpf(BPF_PROG_LOAD, &mut a).map(owned).map_err(|e| {

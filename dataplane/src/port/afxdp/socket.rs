@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use super::ring::Ring;
 use crate::batch::Batch;
-use crate::frame::{FrameArea, FramePool, FrameRef};
+use crate::frame::{FrameArea, FramePool, FrameRef, MAX_SEGS};
 use crate::port::{Breath, Port, PortCensus, PortError};
 
 /// Bind mode requested for a socket.
@@ -79,6 +79,17 @@ pub struct XskPortStats {
     pub kick_errors: u64,
     /// Wakeups issued.
     pub kicks: u64,
+    /// Packets received as chains longer than [`MAX_SEGS`] segments after the first, dropped
+    /// whole (the kernel's copy mode never builds one).
+    pub chains_too_long: u64,
+}
+
+/// A packet whose first frames arrived and whose last has not (an RX read may end in the
+/// middle of a chain): its head so far and the address of its last segment.
+#[derive(Debug)]
+struct Partial {
+    head: FrameRef,
+    last: u64,
 }
 
 /// The fill, completion and RX rings are this many times `ring_size` (the TX ring is
@@ -113,6 +124,12 @@ pub struct XskPort {
     waiting: u32,
     /// Masks a frame address to its chunk (`retire` compares chunks).
     chunk_mask: u64,
+    /// Bound with `XDP_USE_SG`: packets larger than a frame arrive and leave as chains.
+    multi_buffer: bool,
+    /// A chain being received.
+    partial: Option<Partial>,
+    /// The rest of a chain dropped whole is still to come: drop it too.
+    skip: bool,
     /// Glue counters.
     pub stats: XskPortStats,
 }
@@ -267,27 +284,41 @@ impl XskPort {
             };
             if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
         };
+        // Multi-buffer (`XDP_USE_SG`, Linux 6.6) is asked for on the socket that registers the
+        // UMEM; the sockets sharing it inherit it (the kernel refuses the flag on them). A
+        // kernel or driver that refuses it gets the same bind without: single-buffer, whose
+        // ports carry only what fits one frame (`multi_buffer` says which).
+        let bind_sg = |flags: u16| -> io::Result<bool> {
+            match bind(flags | libc::XDP_USE_SG) {
+                Ok(()) => Ok(true),
+                Err(x) if matches!(x.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
+                    bind(flags).map(|()| false)
+                }
+                Err(x) => Err(x),
+            }
+        };
         let got = match (shared, mode) {
             (Some(s), _) => {
                 bind(libc::XDP_SHARED_UMEM).map_err(|x| e("binding (shared UMEM)", x))?;
-                s.mode
+                (s.mode, s.multi_buffer)
             }
             (None, BindMode::Copy) => {
-                bind(libc::XDP_USE_NEED_WAKEUP | libc::XDP_COPY)
+                let sg = bind_sg(libc::XDP_USE_NEED_WAKEUP | libc::XDP_COPY)
                     .map_err(|x| e("binding (copy mode)", x))?;
-                BoundMode::Copy
+                (BoundMode::Copy, sg)
             }
             (None, BindMode::ZeroCopy) => {
-                bind(libc::XDP_USE_NEED_WAKEUP | libc::XDP_ZEROCOPY)
+                let sg = bind_sg(libc::XDP_USE_NEED_WAKEUP | libc::XDP_ZEROCOPY)
                     .map_err(|x| e("binding (zero-copy mode)", x))?;
-                BoundMode::ZeroCopy
+                (BoundMode::ZeroCopy, sg)
             }
-            (None, BindMode::Auto) => match bind(libc::XDP_USE_NEED_WAKEUP | libc::XDP_ZEROCOPY) {
-                Ok(()) => BoundMode::ZeroCopy,
+            (None, BindMode::Auto) => match bind_sg(libc::XDP_USE_NEED_WAKEUP | libc::XDP_ZEROCOPY)
+            {
+                Ok(sg) => (BoundMode::ZeroCopy, sg),
                 Err(_) => {
-                    bind(libc::XDP_USE_NEED_WAKEUP | libc::XDP_COPY)
+                    let sg = bind_sg(libc::XDP_USE_NEED_WAKEUP | libc::XDP_COPY)
                         .map_err(|x| e("binding (copy mode)", x))?;
-                    BoundMode::Copy
+                    (BoundMode::Copy, sg)
                 }
             },
         };
@@ -301,7 +332,7 @@ impl XskPort {
         area: &FrameArea,
         ifname: &str,
         queue: u32,
-        mode: BoundMode,
+        (mode, multi_buffer): (BoundMode, bool),
         (fill, comp, rx, tx): Rings,
         (in_fill, in_tx): (u32, u32),
     ) -> XskPort {
@@ -319,6 +350,9 @@ impl XskPort {
             in_tx,
             waiting: 0,
             chunk_mask: !(u64::from(area.chunk_size()) - 1),
+            multi_buffer,
+            partial: None,
+            skip: false,
             stats: XskPortStats::default(),
         }
     }
@@ -334,7 +368,7 @@ impl XskPort {
         ifname: &str,
         queue: u32,
         ring_size: u32,
-        mode: BoundMode,
+        (mode, multi_buffer): (BoundMode, bool),
         in_fill: u32,
         in_tx: u32,
     ) -> Result<XskPort, PortError> {
@@ -346,7 +380,14 @@ impl XskPort {
         rx.resume(false);
         comp.resume(false);
         let rings = (fill, comp, rx, tx);
-        Ok(XskPort::with_rings(fd, area, ifname, queue, mode, rings, (in_fill, in_tx)))
+        let modes = (mode, multi_buffer);
+        Ok(XskPort::with_rings(fd, area, ifname, queue, modes, rings, (in_fill, in_tx)))
+    }
+
+    /// True when the socket was bound with `XDP_USE_SG`: packets larger than one frame are
+    /// received and sent as chains. False: single-buffer, one frame a packet.
+    pub fn multi_buffer(&self) -> bool {
+        self.multi_buffer
     }
 
     /// The socket descriptor, for handing it to another process (a takeover).
@@ -473,20 +514,61 @@ impl Port for XskPort {
         Some(self.raw_fd())
     }
 
-    fn rx(&mut self, pool: &mut FramePool, batch: &mut Batch) -> usize {
+    fn rx(&mut self, area: &mut FrameArea, pool: &mut FramePool, batch: &mut Batch) -> usize {
         self.refill(pool);
         let room = batch.room() as u32;
-        // The kernel gives the frame back: it is ours again. `room` keeps the pushes within
-        // the batch.
+        let before = batch.len();
+        // The kernel gives the frames back: they are ours again. A packet is as many
+        // descriptors as frames, all but its last marked `XDP_PKT_CONTD`, so `room`
+        // descriptors never complete more than `room` packets. A chain cut by the end of the
+        // read waits in `partial` for the next.
         let n = self.rx.consume(room, |d| {
-            let pushed = batch.push(FrameRef::new(d.addr, d.len));
+            let more = d.options & libc::XDP_PKT_CONTD != 0;
+            if self.skip {
+                // The rest of a chain dropped whole.
+                pool.free_addr(d.addr);
+                self.skip = more;
+                return;
+            }
+            let f = match self.partial.take() {
+                None if !more => FrameRef::new(d.addr, d.len),
+                None => {
+                    let head = FrameRef::new(d.addr, d.len);
+                    self.partial = Some(Partial { head, last: d.addr });
+                    return;
+                }
+                Some(Partial { head, last }) => {
+                    let next = head.grown(d.len);
+                    if next.segs() > MAX_SEGS || !area.link(last, d.addr, d.len) {
+                        // Dropped whole: what came so far, this frame, and what follows.
+                        self.stats.chains_too_long += 1;
+                        pool.free(area, next);
+                        pool.free_addr(d.addr);
+                        self.skip = more;
+                        return;
+                    }
+                    if more {
+                        self.partial = Some(Partial { head: next, last: d.addr });
+                        return;
+                    }
+                    next
+                }
+            };
+            let pushed = batch.push(f);
             debug_assert!(pushed.is_ok(), "a batch took fewer frames than its room");
         });
         self.in_fill -= n;
         if n == 0 && self.fill.needs_wakeup() {
             self.wake(Wake::Rx);
         }
-        n as usize
+        batch.len() - before
+    }
+
+    fn drop_partial(&mut self, area: &FrameArea, pool: &mut FramePool) {
+        if let Some(p) = self.partial.take() {
+            pool.free(area, p.head);
+        }
+        self.skip = false;
     }
 
     fn fill_up(&mut self, pool: &mut FramePool) {
@@ -494,21 +576,35 @@ impl Port for XskPort {
         self.in_fill += self.fill.produce(std::iter::from_fn(|| pool.alloc()).take(want as usize));
     }
 
-    fn tx(&mut self, frames: &mut Vec<FrameRef>) -> usize {
+    fn tx(&mut self, area: &FrameArea, frames: &mut Vec<FrameRef>) -> usize {
         // The frames become the kernel's: only bare addresses go on the ring, and the
-        // completion ring gives them back.
-        let take = (self.tx.free() as usize).min(frames.len());
-        let n = self.tx.produce(frames.drain(..take).map(|f| libc::xdp_desc {
-            addr: f.addr(),
-            len: f.len(),
-            options: 0,
-        }));
-        debug_assert_eq!(n as usize, take);
+        // completion ring gives them back, one per frame of a chain.
+        let free = self.tx.free();
+        let (mut take, mut descs) = (0, 0);
+        for f in frames.iter() {
+            if descs + f.chunks() > free {
+                break; // a chain goes whole or waits
+            }
+            descs += f.chunks();
+            take += 1;
+        }
+        if descs == take as u32 {
+            let n = self.tx.produce(frames.drain(..take).map(|f| libc::xdp_desc {
+                addr: f.addr(),
+                len: f.len(),
+                options: 0,
+            }));
+            debug_assert_eq!(n as usize, take);
+            self.in_tx += n;
+            return take;
+        }
+        let n = self.tx.produce(chain_descs(area, frames.drain(..take)));
+        debug_assert_eq!(n, descs);
         self.in_tx += n;
-        n as usize
+        take
     }
 
-    fn reclaim(&mut self, pool: &mut FramePool) -> usize {
+    fn reclaim(&mut self, _area: &FrameArea, pool: &mut FramePool) -> usize {
         let n = self.comp.consume(u32::MAX, |addr| pool.free_addr(addr));
         self.in_tx -= n;
         n as usize
@@ -546,7 +642,8 @@ impl Port for XskPort {
     }
 
     fn census(&self) -> PortCensus {
-        PortCensus { fill: self.in_fill, rx: 0, tx: self.in_tx, completion: 0 }
+        let rx = self.partial.as_ref().map_or(0, |p| p.head.chunks());
+        PortCensus { fill: self.in_fill, rx, tx: self.in_tx, completion: 0 }
     }
 
     /// Takes back what a socket whose device is gone still holds: completions, frames on the
@@ -555,10 +652,14 @@ impl Port for XskPort {
     /// consumer index lazily), so the fill ring's are taken only when RX did not return them.
     /// The rest (frames the kernel had taken for itself, TX frames never completed) are lost
     /// with the device and written off. Not per packet: it allocates.
-    fn retire(&mut self, pool: &mut FramePool) -> u32 {
-        self.reclaim(pool);
+    fn retire(&mut self, area: &FrameArea, pool: &mut FramePool) -> u32 {
+        self.reclaim(area, pool);
+        if let Some(p) = self.partial.take() {
+            pool.free(area, p.head);
+        }
         let mask = self.chunk_mask;
         let mut returned = Vec::new();
+        self.skip = false;
         let n = self.rx.consume(u32::MAX, |d| {
             returned.push(d.addr & mask);
             pool.free_addr(d.addr);
@@ -575,4 +676,34 @@ impl Port for XskPort {
         self.in_tx = 0;
         lost
     }
+}
+
+/// The descriptors of `frames`, each chain's frames in order, all but its last marked
+/// `XDP_PKT_CONTD` (Documentation/networking/af_xdp.rst, multi-buffer).
+fn chain_descs(
+    area: &FrameArea,
+    mut frames: impl Iterator<Item = FrameRef>,
+) -> impl Iterator<Item = libc::xdp_desc> {
+    let desc = |addr, len, more: bool| libc::xdp_desc {
+        addr,
+        len,
+        options: if more { libc::XDP_PKT_CONTD } else { 0 },
+    };
+    // The segment last written and how many of its chain follow it.
+    let mut at: Option<(u64, u32)> = None;
+    std::iter::from_fn(move || {
+        if let Some((addr, left)) = at {
+            // The links were checked when the chain was built; a broken one (a bug) ends the
+            // chain with an empty frame, which the kernel refuses and counts as invalid.
+            let (next, len) = area.next_seg(addr).unwrap_or((addr, 0));
+            debug_assert!(len != 0, "a broken chain link at {addr:#x}");
+            at = (left > 1 && len != 0).then_some((next, left - 1));
+            return Some(desc(next, len, left > 1 && len != 0));
+        }
+        let f = frames.next()?;
+        if f.segs() != 0 {
+            at = Some((f.addr(), f.segs()));
+        }
+        Some(desc(f.addr(), f.head_len(), f.segs() != 0))
+    })
 }
