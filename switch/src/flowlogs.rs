@@ -237,7 +237,10 @@ fn write_all(
         v6.to_ipv4_mapped().map_or_else(|| v6.to_string(), |v4| v4.to_string())
     };
     // Polled rather than a blocking receive, so that a worker's send never has to wake this
-    // thread with a syscall.
+    // thread with a syscall. Idle, the polls space out from 20 to 160 ms (an idle switch's
+    // writer woke 50 times a second, 0.4 % of a core here); the channel holds 65 536 records,
+    // 400 000 a second for the longest sleep.
+    let mut empty = 0u32;
     loop {
         // A reload's sinks before the next record (one empty-channel check per record).
         while let Ok(u) = news.try_recv() {
@@ -254,11 +257,13 @@ fn write_all(
                 if let Some(sock) = &ipfix {
                     send_ipfix(&mut sinks, sock, &mut exporter);
                 }
-                std::thread::park_timeout(Duration::from_millis(20));
+                std::thread::park_timeout(Duration::from_millis(20) * (1 << empty.min(3)));
+                empty = empty.saturating_add(1);
                 continue;
             }
             Err(crossbeam_channel::TryRecvError::Disconnected) => break,
         };
+        empty = 0;
         let Some(Some(sink)) = sinks.get_mut(r.flow.tenant.index()) else { continue };
         if sink.ipfix {
             use control::ipfix::EndReason;
