@@ -295,10 +295,10 @@ fn a_quiet_tenants_ping_stays_fast_while_another_saturates_the_uplink() {
     // The uplink was saturated: blue's excess overflowed its queue.
     assert!(sent > 100_000 && log.contains("dropped queue_full:"), "{sent} sent\n{log}");
     assert!(loaded.len() >= 55, "pings lost under load: {loaded:?}");
-    // Behind blue's full queue red would wait 30 ms. Not that: within twice its idle median,
-    // or within 1 ms, whichever is larger (an adaptive worker that waits in poll answers an
-    // idle ping in about 0.05 ms, a busy one in about 0.15 ms: issue 23's idle wait made the
-    // idle figure fall from about 0.23 ms, and a bar of twice it alone would then measure the
-    // worker's wakeup, not the queue).
-    assert!(l <= (2.0 * i).max(1.0), "red's median ping {l:.3} ms under load, {i:.3} ms idle");
+    // Behind blue's full queue red would wait 30 ms. Not that: within a sixth of it, 5 ms. The
+    // bar is set against the queue, not against the idle figure: on two cores that also run
+    // blue's sender, the responder and ping, a scheduler's delay alone took red's median from
+    // 0.37 ms idle to 1.19 ms under load in a CI run (an adaptive worker's wakeup, blue's
+    // sender taking a core): a 25th of the wait behind blue's queue, yet over twice idle.
+    assert!(l <= 5.0, "red's median ping {l:.3} ms under load, {i:.3} ms idle");
 }
