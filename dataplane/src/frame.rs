@@ -75,26 +75,22 @@ impl FramePool {
             return None;
         };
         dst.copy_from_slice(head_bytes);
+        let mut last = head.addr();
         let mut f = head;
         for part in parts {
             let Some(base) = self.alloc() else {
                 self.free(area, f);
                 return None;
             };
-            f = self.append(area, f, base + FRAME_HEADROOM, part);
+            // A chunk's room at most, in a chunk of the area: it fits.
+            let (at, len) = (base + FRAME_HEADROOM, part.len() as u32);
+            if let Some(dst) = area.seg_mut(at, len) {
+                dst.copy_from_slice(part);
+            }
+            area.link(last, at, len);
+            (f, last) = (f.grown(len), at);
         }
         Some(f)
-    }
-
-    /// `f` with one more segment at `at` (a chunk just taken from this pool) holding `bytes`.
-    fn append(&mut self, area: &mut FrameArea, f: FrameRef, at: u64, bytes: &[u8]) -> FrameRef {
-        let mut last = f.addr();
-        area.each_seg(&f, |a, _| last = a);
-        if let Some(dst) = area.seg_mut(at, bytes.len() as u32) {
-            dst.copy_from_slice(bytes);
-        }
-        area.link(last, at, bytes.len() as u32);
-        f.grown(bytes.len() as u32)
     }
 
     /// A copy of frame `f` in fresh chunks of this pool, every segment of a chain (a flood

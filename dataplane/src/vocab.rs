@@ -103,7 +103,8 @@ labelled_enum! {
         /// whose first fragment was not seen (or expired), one that overlaps another fragment
         /// of its datagram, or a first fragment the fragment table had no room for.
         Fragment => "fragment",
-        /// Larger than the egress port's MTU.
+        /// Larger than the egress port's MTU; or, received, a chain longer than the longest
+        /// the switch takes (`MAX_SEGS` + 1 frames).
         TooBig => "too_big",
         /// An attachment with anti-spoofing sent an ether type it may not (IPv4, IPv6, ARP
         /// and the attachment's `allow_ethertypes` only).

@@ -725,7 +725,14 @@ fn adopt_port(
         let fd = r.fd(fd)?;
         let ring = cfg.switch.ring_size;
         let area = fabric.area_handle();
-        let sock = XskPort::adopt(fd, area, &interface, queue, ring, mode, in_fill, in_tx)?;
+        let mut sock = XskPort::adopt(fd, area, &interface, queue, ring, mode, in_fill, in_tx)?;
+        if s.skip_rest {
+            tracing::info!(
+                "port {name} queue {queue}: skipping the rest of a packet the old process \
+                 was receiving when it handed over"
+            );
+            sock.skip_rest();
+        }
         sockets.push(sock);
     }
     let given = crate::fabric::Given {
@@ -773,6 +780,7 @@ fn hand_off(
             queue: s.queue(),
             mode: s.mode().as_str().to_string(),
             multi_buffer: s.multi_buffer(),
+            skip_rest: s.skipping(),
             in_fill: c.fill,
             in_tx: c.tx,
             fd: fds.len(),

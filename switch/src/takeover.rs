@@ -69,6 +69,10 @@ pub struct SocketState {
     /// sockets were bound without).
     #[serde(default)]
     pub multi_buffer: bool,
+    /// The frames it receives next are the rest of a packet whose start the old process
+    /// dropped: the new one skips them.
+    #[serde(default)]
+    pub skip_rest: bool,
     /// Frames on its fill and RX rings.
     pub in_fill: u32,
     /// Frames on its TX and completion rings.

@@ -481,7 +481,7 @@ fn target(b: &[u8], wire: u32, m: &Meta) -> Option<(bool, usize, usize, usize, u
         _ => return None,
     };
     if m.flags.has(PacketFlags::FRAGMENT) {
-        return None;
+        return None; // a sender completes checksums before it fragments
     }
     let (l3, l4) = (usize::from(m.l3_offset), usize::from(m.l4_offset));
     let field = if udp { 6 } else { 16 };
@@ -507,28 +507,8 @@ pub fn complete_partial_checksum(b: &mut [u8]) -> bool {
 /// [`complete_checksum`] on the bytes `b` of a frame parsed into `m`.
 #[inline]
 fn complete_in(b: &mut [u8], m: &Meta) -> bool {
-    let udp = match m.key.proto {
-        PROTO_TCP => false,
-        PROTO_UDP => true,
-        _ => return false,
-    };
-    let v6 = match m.key.ethertype {
-        ETH_IPV4 => false,
-        ETH_IPV6 => true,
-        _ => return false,
-    };
-    if m.flags.has(PacketFlags::FRAGMENT) {
-        return false; // a sender completes checksums before it fragments
-    }
-    let (l3, l4) = (usize::from(m.l3_offset), usize::from(m.l4_offset));
-    let field = if udp { 6 } else { 16 };
-    let len_at = if v6 { l3 + 4 } else { l3 + 2 };
-    let Some(&[hi, lo]) = b.get(len_at..len_at + 2) else { return false };
-    let len = usize::from(u16::from_be_bytes([hi, lo]));
-    let end = if v6 { l3 + 40 + len } else { l3 + len };
-    let Some(seg) = b.get_mut(l4..end) else { return false };
-    let pseudo =
-        checksum::pseudo_header(v6, &m.key.src_ip, &m.key.dst_ip, m.key.proto, seg.len() as u32);
+    let Some((udp, field, l4, len, pseudo)) = target(b, b.len() as u32, m) else { return false };
+    let Some(seg) = b.get_mut(l4..l4 + len) else { return false };
     checksum::complete_partial(seg, field, pseudo, udp) == checksum::Partial::Completed
 }
 

@@ -173,8 +173,8 @@ fn parse_l4(proto: u8, l4: &[u8], l4_len: usize, m: &mut Meta) -> Result<(), Par
     Ok(())
 }
 
-/// Flags a TCP or UDP segment (`l4`, `len` bytes in all, its checksum at `field`) whose checksum field holds
-/// exactly its pseudo-header sum, as a sender with checksum offload leaves it
+/// Flags a TCP or UDP segment (`l4`, `len` bytes in all, its checksum at `field`) whose
+/// checksum field holds exactly its pseudo-header sum, as a sender with checksum offload leaves it
 /// ([`crate::wire::checksum`]). The headers are in cache here; the segment is summed only on
 /// the way out, for the frames flagged. A fragment never is: a sender completes the checksum
 /// before it fragments. A UDP checksum of zero means none.

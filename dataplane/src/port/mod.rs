@@ -72,8 +72,17 @@ pub trait Port {
     fn rx(&mut self, area: &mut FrameArea, pool: &mut FramePool, batch: &mut Batch) -> usize;
 
     /// Frees the frames of a packet whose first frames arrived and whose last has not (before
-    /// the port is handed to another process). Nothing by default.
-    fn drop_partial(&mut self, _area: &FrameArea, _pool: &mut FramePool) {}
+    /// the port is handed to another process, which skips the rest). True when there was one
+    /// (a dropped packet). Nothing by default.
+    fn drop_partial(&mut self, _area: &FrameArea, _pool: &mut FramePool) -> bool {
+        false
+    }
+
+    /// Packets the receive side dropped since the last call (a chain longer than the longest
+    /// the switch takes), for the worker to count as `too_big`. None by default.
+    fn take_rx_drops(&mut self) -> u32 {
+        0
+    }
 
     /// Gives the receive side every frame it has room for, from `pool`, without receiving:
     /// the most room to receive into while nobody polls (a takeover). Nothing by default.

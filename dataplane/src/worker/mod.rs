@@ -462,6 +462,9 @@ impl<P: Port> Worker<P> {
                 }
                 self.batch.reset(port);
                 let n = self.sockets[i].driver.rx(&mut self.area, &mut self.pool, &mut self.batch);
+                for _ in 0..self.sockets[i].driver.take_rx_drops() {
+                    self.pipeline.counters.drop(port, None, DropReason::TooBig);
+                }
                 if n == 0 {
                     break;
                 }
@@ -757,9 +760,11 @@ impl<P: Port> Worker<P> {
     pub fn hand_over(&mut self) -> (Vec<(PortId, P)>, Vec<u64>) {
         // First, the most room for what arrives until the other process polls.
         for s in self.sockets.iter_mut().filter(|s| !s.down) {
-            // A packet half received cannot be handed over: its frames are freed (the rest
-            // arrives in the other process, which drops it as a malformed frame).
-            s.driver.drop_partial(&self.area, &mut self.pool);
+            // A packet half received cannot be handed over: its frames are freed and it is
+            // dropped (the other process skips the rest of it: `XskPort::skipping`).
+            if s.driver.drop_partial(&self.area, &mut self.pool) {
+                self.pipeline.counters.drop(s.port, None, DropReason::PortDown);
+            }
             s.driver.fill_up(&mut self.pool);
         }
         for inbox in self.links.inbox.iter_mut().flatten() {

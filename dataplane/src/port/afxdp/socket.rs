@@ -80,7 +80,8 @@ pub struct XskPortStats {
     /// Wakeups issued.
     pub kicks: u64,
     /// Packets received as chains longer than [`MAX_SEGS`] segments after the first, dropped
-    /// whole (the kernel's copy mode never builds one).
+    /// whole (the kernel's copy mode never builds one); also counted as `too_big` drops of
+    /// the port ([`Port::take_rx_drops`]).
     pub chains_too_long: u64,
 }
 
@@ -130,6 +131,8 @@ pub struct XskPort {
     partial: Option<Partial>,
     /// The rest of a chain dropped whole is still to come: drop it too.
     skip: bool,
+    /// Packets dropped while receiving since the worker last asked.
+    rx_drops: u32,
     /// Glue counters.
     pub stats: XskPortStats,
 }
@@ -353,6 +356,7 @@ impl XskPort {
             multi_buffer,
             partial: None,
             skip: false,
+            rx_drops: 0,
             stats: XskPortStats::default(),
         }
     }
@@ -388,6 +392,19 @@ impl XskPort {
     /// received and sent as chains. False: single-buffer, one frame a packet.
     pub fn multi_buffer(&self) -> bool {
         self.multi_buffer
+    }
+
+    /// True when the frames the socket receives next are the rest of a packet whose start was
+    /// dropped (by [`Port::drop_partial`] before a takeover, or as too long): the process that
+    /// polls it next skips them ([`XskPort::skip_rest`]).
+    pub fn skipping(&self) -> bool {
+        self.skip
+    }
+
+    /// Skips the frames received up to the end of the packet under way: a socket adopted from
+    /// a process that was [`XskPort::skipping`].
+    pub fn skip_rest(&mut self) {
+        self.skip = true;
     }
 
     /// The socket descriptor, for handing it to another process (a takeover).
@@ -542,6 +559,7 @@ impl Port for XskPort {
                     if next.segs() > MAX_SEGS || !area.link(last, d.addr, d.len) {
                         // Dropped whole: what came so far, this frame, and what follows.
                         self.stats.chains_too_long += 1;
+                        self.rx_drops += 1;
                         pool.free(area, next);
                         pool.free_addr(d.addr);
                         self.skip = more;
@@ -564,11 +582,16 @@ impl Port for XskPort {
         batch.len() - before
     }
 
-    fn drop_partial(&mut self, area: &FrameArea, pool: &mut FramePool) {
-        if let Some(p) = self.partial.take() {
-            pool.free(area, p.head);
-        }
-        self.skip = false;
+    fn drop_partial(&mut self, area: &FrameArea, pool: &mut FramePool) -> bool {
+        // The rest of that packet is still to come: whoever polls the socket next skips it
+        // (`skipping`, handed over with the socket).
+        let cut = self.partial.take().map(|p| pool.free(area, p.head)).is_some();
+        self.skip |= cut;
+        cut
+    }
+
+    fn take_rx_drops(&mut self) -> u32 {
+        std::mem::take(&mut self.rx_drops)
     }
 
     fn fill_up(&mut self, pool: &mut FramePool) {
