@@ -27,10 +27,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use control::config::model::{PortConfig, SwitchConfig, XdpMode};
+use control::config::model::{PortConfig, SwitchConfig, VhostMode, VhostUserConfig, XdpMode};
 use crossbeam_channel::Sender;
+use dataplane::port::Driver;
 use dataplane::port::FrameArea;
 use dataplane::port::afxdp::{BindMode, XdpAttachment, XskPort, ifindex};
+use dataplane::port::vhost::{self, Link};
 use dataplane::snapshot::{PortId, Snapshot};
 use dataplane::worker::WorkerCmd;
 
@@ -60,6 +62,29 @@ struct Queue {
     mode: &'static str,
 }
 
+/// The protocol side of a vhost-user port: what it shares with the worker's port, and the
+/// thread serving its socket. Dropped, it stops the thread (within 200 ms) and waits for it,
+/// which unlinks a server socket.
+struct VhostHeld {
+    link: Arc<Link>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for VhostHeld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VhostHeld")
+    }
+}
+
+impl Drop for VhostHeld {
+    fn drop(&mut self) {
+        self.link.closing.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A port the switch holds.
 #[derive(Debug)]
 struct Held {
@@ -83,6 +108,8 @@ struct Held {
     /// Its sockets were handed to the workers (false: added while its interface did not
     /// exist; opened when it appears).
     handed: bool,
+    /// A vhost-user port's protocol side (`interface` is then its socket's path).
+    vhost: Option<VhostHeld>,
 }
 
 /// A port as a takeover hands it on: its XDP program and what quieting its interface changed
@@ -101,7 +128,7 @@ pub struct Given {
 /// A port opened but not handed to the workers yet.
 pub struct Opened {
     held: Held,
-    sockets: Vec<XskPort>,
+    sockets: Vec<Driver>,
 }
 
 /// The ports of the running switch.
@@ -110,7 +137,7 @@ pub struct Fabric {
     ring_size: u32,
     busy_poll: (u32, u32),
     ports: Vec<Held>,
-    workers: Vec<Sender<WorkerCmd<XskPort>>>,
+    workers: Vec<Sender<WorkerCmd<Driver>>>,
     /// Commands sent to each worker, and how many each has applied (its thread counts them).
     sent: Vec<u64>,
     applied: Vec<Arc<AtomicU64>>,
@@ -133,7 +160,7 @@ impl Fabric {
         area: FrameArea,
         ring_size: u32,
         busy_poll: (u32, u32),
-        workers: Vec<Sender<WorkerCmd<XskPort>>>,
+        workers: Vec<Sender<WorkerCmd<Driver>>>,
         applied: Vec<Arc<AtomicU64>>,
         shares: Vec<u64>,
     ) -> Fabric {
@@ -142,7 +169,7 @@ impl Fabric {
     }
 
     /// Sends `cmd` to worker `w`.
-    fn send(&mut self, w: usize, cmd: WorkerCmd<XskPort>) {
+    fn send(&mut self, w: usize, cmd: WorkerCmd<Driver>) {
         if self.workers[w].send(cmd).is_ok() {
             self.sent[w] += 1;
         }
@@ -220,6 +247,9 @@ impl Fabric {
         pc: &PortConfig,
         workers: &[usize],
     ) -> anyhow::Result<Opened> {
+        if let Some(v) = &pc.vhost_user {
+            return self.open_vhost(id, name, v, workers);
+        }
         let bound = ifindex(interface)
             .with_context(|| format!("port {name}: no interface named {interface}"))?;
         let (quiet, log) = crate::netdev::quiet(interface)
@@ -241,6 +271,7 @@ impl Fabric {
             quiet: Some(quiet),
             last_error: None,
             handed: true,
+            vhost: None,
         };
         let (attachment, sockets) = self.sockets(&held.interface, bind, pc.queues)?;
         if sockets.iter().any(|s| !s.multi_buffer()) {
@@ -254,7 +285,54 @@ impl Fabric {
             held.queues.push(Queue { queue: sock.queue(), worker, mode: sock.mode().as_str() });
         }
         held.pending = Some(attachment);
-        Ok(Opened { held, sockets })
+        Ok(Opened { held, sockets: sockets.into_iter().map(Driver::Xsk).collect() })
+    }
+
+    /// Opens vhost-user port `name`: its socket bound (server mode) or its directory checked
+    /// (client mode), its protocol thread started; its port goes to `workers[0]`.
+    fn open_vhost(
+        &self,
+        id: PortId,
+        name: &str,
+        v: &VhostUserConfig,
+        workers: &[usize],
+    ) -> anyhow::Result<Opened> {
+        let mode = match v.mode {
+            VhostMode::Server => vhost::backend::Mode::Server,
+            VhostMode::Client => vhost::backend::Mode::Client,
+        };
+        let ep = vhost::backend::Endpoint::open(std::path::Path::new(&v.socket), mode)
+            .with_context(|| format!("port {name}: vhost-user socket {}", v.socket))?;
+        let link = vhost::Link::new().with_context(|| format!("port {name}: an eventfd"))?;
+        let port = vhost::VhostPort::new(name, link.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("vhost-{name}"))
+            .spawn({
+                let (link, name) = (link.clone(), name.to_string());
+                move || vhost::backend::serve(&name, ep, link)
+            })
+            .with_context(|| format!("port {name}: its vhost-user thread"))?;
+        let worker = *workers.first().context("no worker chosen")?;
+        let mode = match v.mode {
+            VhostMode::Server => "vhost-user server",
+            VhostMode::Client => "vhost-user client",
+        };
+        let held = Held {
+            id,
+            name: name.to_string(),
+            interface: v.socket.clone(),
+            bind: BindMode::Auto,
+            queues: vec![Queue { queue: 0, worker, mode }],
+            bound: 0,
+            up: true,
+            attachment: None,
+            pending: None,
+            quiet: None,
+            last_error: None,
+            handed: true,
+            vhost: Some(VhostHeld { link, thread: Some(thread) }),
+        };
+        Ok(Opened { held, sockets: vec![Driver::Vhost(port)] })
     }
 
     /// Port `name` (id `id`) whose interface does not exist yet: held down, and opened by
@@ -284,6 +362,7 @@ impl Fabric {
             quiet: None,
             last_error: None,
             handed: false,
+            vhost: None,
         });
     }
 
@@ -304,7 +383,8 @@ impl Fabric {
         let mut cmds = Vec::new();
         for (sock, q) in socks.into_iter().zip(&mut h.queues) {
             q.mode = sock.mode().as_str();
-            cmds.push((q.worker, WorkerCmd::AddSocket { port: id, driver: Box::new(sock) }));
+            let driver = Box::new(Driver::Xsk(sock));
+            cmds.push((q.worker, WorkerCmd::AddSocket { port: id, driver }));
         }
         for (w, cmd) in cmds {
             self.send(w, cmd);
@@ -455,6 +535,10 @@ impl Fabric {
         for q in h.queues.iter().filter(|_| h.handed) {
             self.send(q.worker, WorkerCmd::RemoveSocket { port: h.id, queue: q.queue });
         }
+        if h.vhost.take().is_some() {
+            tracing::info!("port {name} removed (vhost-user {}: connection closed)", h.interface);
+            return;
+        }
         tracing::info!("port {name} removed ({}: XDP program detached)", h.interface);
         // IPv6 and ARP back on the interface given back.
         drop(h.quiet.take());
@@ -483,6 +567,10 @@ impl Fabric {
             self.attach_pending(shared);
         }
         for i in 0..self.ports.len() {
+            if self.ports[i].vhost.is_some() {
+                // No interface: its thread serves the socket, and says when guests come and go.
+                continue;
+            }
             let now = ifindex(&self.ports[i].interface).ok();
             let h = &mut self.ports[i];
             if h.up && now != Some(h.bound) {
@@ -557,7 +645,8 @@ impl Fabric {
         let (id, workers): (PortId, Vec<usize>) =
             (h.id, h.queues.iter().map(|q| q.worker).collect());
         for (sock, w) in socks.into_iter().zip(workers) {
-            self.send(w, WorkerCmd::ReplaceSocket { port: id, driver: Box::new(sock) });
+            let driver = Box::new(Driver::Xsk(sock));
+            self.send(w, WorkerCmd::ReplaceSocket { port: id, driver });
         }
         self.ports[i].attachment = Some(a);
         Ok(())
@@ -632,8 +721,9 @@ impl Fabric {
             quiet,
             last_error: None,
             handed: true,
+            vhost: None,
         };
-        Ok(Opened { held, sockets })
+        Ok(Opened { held, sockets: sockets.into_iter().map(Driver::Xsk).collect() })
     }
 
     /// At a stop, after the workers have closed their sockets: the programs detached, then the
@@ -642,6 +732,7 @@ impl Fabric {
         for h in &mut self.ports {
             drop(h.attachment.take());
             drop(h.pending.take());
+            drop(h.vhost.take());
         }
         tracing::info!("XDP programs detached");
         for h in &mut self.ports {

@@ -20,7 +20,8 @@ use anyhow::Context;
 use control::config::model::MetricsConfig;
 use dataplane::flow::cache::CacheStats;
 use dataplane::policy::conntrack::ConnStats;
-use dataplane::port::afxdp::{XskPort, XskStats};
+use dataplane::port::Driver;
+use dataplane::port::afxdp::XskStats;
 use dataplane::snapshot::{PortId, Snapshot, TenantId};
 use dataplane::trace::{Counters, DropReason, ParseError};
 use dataplane::worker::{FrameCensus, LoopStats, Worker};
@@ -92,7 +93,7 @@ pub type Slot = Arc<Mutex<WorkerFigures>>;
 /// Copies a worker's figures into its slot, unless the exporter is reading it right now.
 /// Called between breaths; copies into buffers that keep their size, so after the first call it
 /// does not allocate.
-pub fn publish(slot: &Slot, w: &mut Worker<XskPort>, loops: &LoopStats) {
+pub fn publish(slot: &Slot, w: &mut Worker<Driver>, loops: &LoopStats) {
     let Ok(mut f) = slot.try_lock() else { return };
     f.at = Some(std::time::Instant::now());
     f.counters.clone_from(&w.pipeline().counters);
@@ -118,6 +119,7 @@ pub fn publish(slot: &Slot, w: &mut Worker<XskPort>, loops: &LoopStats) {
     f.queue_depth.extend((0..tenants).map(|t| w.tx_queue_depth(TenantId(t as u16)).0 as u32));
     f.sockets.clear();
     for (port, s) in w.sockets_mut() {
+        let Some(s) = s.xsk() else { continue };
         f.sockets.push(SocketFigures {
             port,
             queue: s.queue(),

@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use control::config::Config;
 use control::config::model::IdlePolicy as IdlePolicyConfig;
 use dataplane::pipeline::Pipeline;
+use dataplane::port::Driver;
 use dataplane::port::afxdp::XskPort;
 use dataplane::port::{FrameArea, PageSize};
 use dataplane::snapshot::{PortId, Snapshot};
@@ -122,11 +123,11 @@ fn plan_sockets(snap: &Snapshot, cfg: &Config, workers: usize) -> Vec<Vec<(PortI
 /// Applies the commands waiting for worker `i` (between breaths) and counts them in
 /// `applied`, where the main thread sees that they were taken.
 fn take_commands(
-    w: &mut Worker<XskPort>,
+    w: &mut Worker<Driver>,
     i: usize,
-    cmds: &crossbeam_channel::Receiver<WorkerCmd<XskPort>>,
+    cmds: &crossbeam_channel::Receiver<WorkerCmd<Driver>>,
     applied: &AtomicU64,
-    closing: &crossbeam_channel::Sender<Box<XskPort>>,
+    closing: &crossbeam_channel::Sender<Box<Driver>>,
     now: Nanos,
 ) {
     let mut n = 0;
@@ -135,10 +136,9 @@ fn take_commands(
             Applied::Removed { driver, lost } => {
                 if lost > 0 {
                     tracing::warn!(
-                        "worker {i}: {} queue {}: {lost} frames stayed with the socket taken \
-                         out and are written off",
-                        driver.ifname(),
-                        driver.queue()
+                        "worker {i}: {}: {lost} frames stayed with the socket taken out and \
+                         are written off",
+                        driver.label()
                     );
                 }
                 // Closed by the main thread: closing an XDP socket waits for the kernel's
@@ -158,7 +158,7 @@ fn take_commands(
 
 /// What a worker thread hands back when it stops.
 pub struct Finished {
-    pub worker: Worker<XskPort>,
+    pub worker: Worker<Driver>,
     pub loops: LoopStats,
 }
 
@@ -346,11 +346,11 @@ pub fn serve(
     let n = plan.len();
     let shares: Vec<u64> = links.iter().map(|l| l.shares.range(l.me).len() as u64).collect();
     let (cmds, cmds_in): (Vec<_>, Vec<_>) =
-        (0..n).map(|_| crossbeam_channel::unbounded::<WorkerCmd<XskPort>>()).unzip();
+        (0..n).map(|_| crossbeam_channel::unbounded::<WorkerCmd<Driver>>()).unzip();
     let applied: Vec<Arc<AtomicU64>> = (0..n).map(|_| Arc::new(AtomicU64::new(0))).collect();
     // The workers start without sockets: the fabric opens every port and hands its sockets
     // over with commands, as a reload that adds a port does.
-    let mut ws: Vec<Worker<XskPort>> = links
+    let mut ws: Vec<Worker<Driver>> = links
         .into_iter()
         .zip(pipelines)
         .map(|(l, p)| Worker::in_mesh_with(worker_area(&area), Vec::new(), l, &[], snap.clone(), p))
@@ -398,7 +398,7 @@ pub fn serve(
     let (reloads_to, reload_requests) = crossbeam_channel::bounded::<crate::reload::Request>(4);
     let (takeovers_to, takeovers) = crossbeam_channel::bounded::<crate::takeover::Asked>(1);
     // Sockets the workers took out, for the main thread to close.
-    let (closing, closed) = crossbeam_channel::unbounded::<Box<XskPort>>();
+    let (closing, closed) = crossbeam_channel::unbounded::<Box<Driver>>();
     let mut retired = Vec::new();
     let shared = Arc::new(crate::control_api::Shared::new(
         file.map(Path::to_path_buf),
@@ -763,7 +763,7 @@ fn hand_off(
         sockets.extend(socks);
         free.extend(fr);
     }
-    let workers: Vec<&Worker<XskPort>> = done.iter().map(|f| &f.worker).collect();
+    let workers: Vec<&Worker<Driver>> = done.iter().map(|f| &f.worker).collect();
     let crate::takeover::Gathered { macs, conns, counters } =
         crate::takeover::gather(&workers, snap);
     let crate::reload::Live { fabric, flowlog } = live;
@@ -773,6 +773,8 @@ fn hand_off(
     let mut in_rings = 0u64;
     let mut socket_states = Vec::new();
     for (port, s) in &sockets {
+        // Vhost-user ports refuse a takeover before it starts (`Fabric::not_up`).
+        let Some(s) = s.xsk() else { continue };
         let c = dataplane::port::Port::census(s);
         in_rings += u64::from(c.fill + c.tx);
         socket_states.push(SocketState {

@@ -1,7 +1,8 @@
 //! What a stopping switch logs: traffic, drops by reason, rule matches, per worker its loop and
 //! its sockets' kernel counters, and the frame census.
 
-use dataplane::port::afxdp::{XskPort, XskStats};
+use dataplane::port::Driver;
+use dataplane::port::afxdp::XskStats;
 use dataplane::snapshot::Snapshot;
 use dataplane::trace::{Counters, DropReason};
 use dataplane::worker::FrameCensus;
@@ -32,12 +33,13 @@ pub struct Retired {
 
 impl Retired {
     /// Reads `sock`'s counters, before it is closed.
-    pub fn of(sock: &XskPort) -> Retired {
+    pub fn of(driver: &Driver) -> Retired {
+        let sock = driver.xsk();
         Retired {
-            name: format!("{} queue {}", sock.ifname(), sock.queue()),
-            stats: sock.kernel_stats().ok(),
-            kicks: sock.stats.kicks,
-            kick_errors: sock.stats.kick_errors,
+            name: driver.label(),
+            stats: sock.and_then(|s| s.kernel_stats().ok()),
+            kicks: sock.map_or(0, |s| s.stats.kicks),
+            kick_errors: sock.map_or(0, |s| s.stats.kick_errors),
         }
     }
 }
@@ -97,7 +99,12 @@ pub fn log(
     // loss), and the same figures in the table per socket below.
     let kernel: Vec<Vec<_>> = done
         .iter_mut()
-        .map(|f| f.worker.sockets_mut().map(|(_, p)| p.kernel_stats().ok()).collect())
+        .map(|f| {
+            f.worker
+                .sockets_mut()
+                .map(|(_, p)| p.xsk().and_then(|x| x.kernel_stats().ok()))
+                .collect()
+        })
         .collect();
     // By port, for the demo's table (sockets taken out while running are in the total only).
     let mut by_port = vec![0u64; snap.ports.len()];
@@ -160,9 +167,8 @@ pub fn log(
         // The XDP sockets' kernel counters and the wakeups, a row per socket.
         socket_header();
         for ((_, p), s) in f.worker.sockets_mut().zip(&kernel[i]) {
-            if let Some(s) = s {
-                let name = format!("{} queue {}", p.ifname(), p.queue());
-                socket_row(&name, s, p.stats.kicks, p.stats.kick_errors);
+            if let (Some(s), Some(x)) = (s, p.xsk()) {
+                socket_row(&p.label(), s, x.stats.kicks, x.stats.kick_errors);
             }
         }
     }

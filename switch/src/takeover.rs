@@ -216,6 +216,12 @@ pub fn refusal(
             name(&ports)
         ));
     }
+    if let Some((p, _)) = cfg.ports.iter().find(|(_, p)| p.vhost_user.is_some()) {
+        return Some(format!(
+            "port {p} is a vhost-user port, whose guest connection cannot be handed to a new \
+             process yet: restart the switch instead (guests in client mode reconnect)"
+        ));
+    }
     down.map(|p| format!("port {p} is not up: a takeover hands over running ports only"))
 }
 

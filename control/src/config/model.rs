@@ -305,6 +305,33 @@ pub struct PortConfig {
     /// starts); larger frames are dropped as `too_big`.
     #[serde(default)]
     pub mtu: Option<u32>,
+    /// A vhost-user port (a VM's virtio-net device, or DPDK's virtio-user) on this socket,
+    /// instead of an interface.
+    #[serde(default)]
+    pub vhost_user: Option<VhostUserConfig>,
+}
+
+/// `[ports.NAME.vhost_user]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VhostUserConfig {
+    /// The Unix socket's path.
+    pub socket: String,
+    /// `server`: the switch creates the socket and the VM connects; `client`: the VM (QEMU
+    /// with `server=on`) created it, the switch connects, and again after either restarts.
+    #[serde(default)]
+    pub mode: VhostMode,
+}
+
+/// Who creates a vhost-user socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum VhostMode {
+    /// The switch listens.
+    #[default]
+    Server,
+    /// The switch connects.
+    Client,
 }
 
 fn one() -> u32 {

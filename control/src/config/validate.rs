@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use dataplane::wire::MacAddr;
 
-use super::model::{Config, PortKindConfig, XdpMode};
+use super::model::{Config, PortConfig, PortKindConfig, VhostUserConfig, XdpMode};
 
 pub use super::issue::Issue;
 
@@ -231,10 +231,15 @@ fn check_ports(cfg: &Config, is: &mut Issues) {
     }
     let mut ifnames: HashMap<&str, &str> = HashMap::new();
     let mut vfs: HashMap<(&str, u32), &str> = HashMap::new();
+    let mut sockets: HashMap<&str, &str> = HashMap::new();
     for (name, p) in &cfg.ports {
         let at = format!("ports.{name}");
         if !valid_name(name) {
             is.add(&at, "name must be 1-64 characters of [A-Za-z0-9_-]");
+        }
+        if let Some(v) = &p.vhost_user {
+            check_vhost(&at, p, v, &mut sockets, name, is);
+            continue;
         }
         match (&p.pf, p.vf, p.interface.is_empty()) {
             // A VF: its interface is found at start (control::sriov).
@@ -289,6 +294,35 @@ fn check_ports(cfg: &Config, is: &mut Issues) {
                  whose sockets the kernel binds in one mode; use the same mode or auto"
             ),
         );
+    }
+}
+
+/// A vhost-user port: a socket path instead of an interface, one queue pair.
+fn check_vhost<'a>(
+    at: &str,
+    p: &PortConfig,
+    v: &'a VhostUserConfig,
+    sockets: &mut HashMap<&'a str, &'a str>,
+    name: &'a str,
+    is: &mut Issues,
+) {
+    if !p.interface.is_empty() || p.pf.is_some() || p.vf.is_some() || p.vfs.is_some() {
+        is.add(at, "a vhost-user port has a socket, not an interface, pf, vf or vfs");
+    }
+    if !v.socket.starts_with('/') || v.socket.len() > 107 {
+        is.add(
+            format!("{at}.vhost_user.socket"),
+            format!("{:?} is not an absolute path of at most 107 bytes", v.socket),
+        );
+    }
+    if let Some(other) = sockets.insert(&v.socket, name) {
+        is.add(
+            format!("{at}.vhost_user.socket"),
+            format!("socket {} is already used by port {other}", v.socket),
+        );
+    }
+    if p.queues != 1 {
+        is.add(format!("{at}.queues"), "a vhost-user port has one queue pair (for now)");
     }
 }
 

@@ -3,12 +3,15 @@
 //! A [`Port`] is thin glue in the manner of Snabb's `XDP:pull`/`XDP:push`: it refills its
 //! receive side from the [`FramePool`], moves up to a batch of frame references in or out, and
 //! returns completed frames to the pool. It never copies frame bytes and never parses them.
-//! Drivers: [`mem::MemPort`] (tests, benches, fuzzing) and, behind the same trait, AF_XDP.
+//! Drivers: [`mem::MemPort`] (tests, benches, fuzzing) and, behind the same trait, AF_XDP
+//! ([`afxdp::XskPort`]) and vhost-user ([`vhost::VhostPort`]); the switch's workers poll
+//! [`Driver`], either of the last two.
 //!
 //! Frames live in the shared [`FrameArea`]; the pool holds the chunk addresses nobody uses.
 
 pub mod afxdp;
 pub mod mem;
+pub mod vhost;
 
 use std::io;
 
@@ -133,5 +136,102 @@ impl<P: Port> Egress for [P] {
         _: &[Owner],
     ) -> usize {
         self.get_mut(port.index()).map_or(0, |p| p.tx(area, frames))
+    }
+}
+
+/// A port of the running switch: an AF_XDP socket or a vhost-user device. One match per call
+/// (a burst), so the worker stays generic over one type.
+// Held in place in the worker's list of sockets: boxing the larger variant would add a pointer
+// to follow on every call.
+#[allow(clippy::large_enum_variant)]
+pub enum Driver {
+    /// An AF_XDP socket on one queue of an interface.
+    Xsk(afxdp::XskPort),
+    /// A vhost-user device (a VM's virtio-net).
+    Vhost(vhost::VhostPort),
+}
+
+impl Driver {
+    /// The AF_XDP socket, if it is one.
+    pub fn xsk(&self) -> Option<&afxdp::XskPort> {
+        match self {
+            Driver::Xsk(x) => Some(x),
+            Driver::Vhost(_) => None,
+        }
+    }
+
+    /// The AF_XDP socket, mutable, if it is one.
+    pub fn xsk_mut(&mut self) -> Option<&mut afxdp::XskPort> {
+        match self {
+            Driver::Xsk(x) => Some(x),
+            Driver::Vhost(_) => None,
+        }
+    }
+
+    /// What the logs call it: "IFNAME queue Q", or "vhost-user NAME".
+    pub fn label(&self) -> String {
+        match self {
+            Driver::Xsk(x) => format!("{} queue {}", x.ifname(), x.queue()),
+            Driver::Vhost(v) => format!("vhost-user {}", v.name()),
+        }
+    }
+
+    /// The vhost-user device, if it is one.
+    pub fn vhost(&self) -> Option<&vhost::VhostPort> {
+        match self {
+            Driver::Vhost(v) => Some(v),
+            Driver::Xsk(_) => None,
+        }
+    }
+}
+
+/// Calls `$body` with `$p` bound to whichever driver `$d` holds.
+macro_rules! each {
+    ($d:expr, $p:ident => $body:expr) => {
+        match $d {
+            Driver::Xsk($p) => $body,
+            Driver::Vhost($p) => $body,
+        }
+    };
+}
+
+impl Port for Driver {
+    #[inline]
+    fn rx(&mut self, area: &mut FrameArea, pool: &mut FramePool, batch: &mut Batch) -> usize {
+        each!(self, p => p.rx(area, pool, batch))
+    }
+    fn drop_partial(&mut self, area: &FrameArea, pool: &mut FramePool) -> bool {
+        each!(self, p => p.drop_partial(area, pool))
+    }
+    #[inline]
+    fn take_rx_drops(&mut self) -> u32 {
+        each!(self, p => p.take_rx_drops())
+    }
+    fn fill_up(&mut self, pool: &mut FramePool) {
+        each!(self, p => p.fill_up(pool))
+    }
+    #[inline]
+    fn tx(&mut self, area: &FrameArea, frames: &mut Vec<FrameRef>) -> usize {
+        each!(self, p => p.tx(area, frames))
+    }
+    #[inline]
+    fn reclaim(&mut self, area: &FrameArea, pool: &mut FramePool) -> usize {
+        each!(self, p => p.reclaim(area, pool))
+    }
+    #[inline]
+    fn kick(&mut self, breath: Breath) -> bool {
+        each!(self, p => p.kick(breath))
+    }
+    fn census(&self) -> PortCensus {
+        each!(self, p => p.census())
+    }
+    fn wait_fd(&self) -> Option<std::os::fd::RawFd> {
+        each!(self, p => p.wait_fd())
+    }
+    fn queue(&self) -> u32 {
+        each!(self, p => p.queue())
+    }
+    fn retire(&mut self, area: &FrameArea, pool: &mut FramePool) -> u32 {
+        each!(self, p => p.retire(area, pool))
     }
 }

@@ -27,7 +27,6 @@ use anyhow::{Context, bail};
 use control::api::{CaptureRequest, FlowOrder, Request, Response, TraceRequest};
 use control::config::Config;
 use crossbeam_channel::Sender;
-use dataplane::port::afxdp::XskPort;
 use dataplane::snapshot::{PortId, PortKind, Snapshot, TenantId};
 use dataplane::time::Nanos;
 use dataplane::trace::{Counters, DropReason, ParseError};

@@ -2,6 +2,7 @@
 //! publishing interval), only when asked, so the answers may allocate.
 
 use super::*;
+use dataplane::port::Driver;
 use dataplane::trace::capture::Tap;
 
 use crate::explain;
@@ -43,7 +44,7 @@ pub struct PendingTrace {
 /// Between breaths on a worker: answers a live trace once its sampler is full or its time is
 /// up (the explanations are built here, off the packet path).
 pub fn finish_live_trace(
-    w: &mut Worker<XskPort>,
+    w: &mut Worker<Driver>,
     worker: usize,
     now: Nanos,
     pending: &mut Option<PendingTrace>,
@@ -90,7 +91,7 @@ fn ip_str(a: [u8; 16]) -> String {
 
 /// Answers `q` from worker `w`'s tables at time `now`. Runs on the worker thread between
 /// breaths, only when asked (it allocates the answer).
-pub fn answer_query(w: &Worker<XskPort>, worker: usize, now: Nanos, q: Query) {
+pub fn answer_query(w: &Worker<Driver>, worker: usize, now: Nanos, q: Query) {
     let snap = w.snapshot();
     let port_name = |p: PortId| snap.ports.get(p.index()).map_or("?".into(), |s| s.name.clone());
     let secs = |t: Nanos| now.since(t).0 as f64 / 1e9;
@@ -181,7 +182,7 @@ pub fn answer_query(w: &Worker<XskPort>, worker: usize, now: Nanos, q: Query) {
 /// Like [`answer_query`], for the questions that change what the worker taps; a live trace
 /// is answered later by [`finish_live_trace`].
 pub fn answer_query_mut(
-    w: &mut Worker<XskPort>,
+    w: &mut Worker<Driver>,
     worker: usize,
     now: Nanos,
     q: Query,

@@ -1,0 +1,658 @@
+//! The vhost-user protocol side of a port: the Unix socket (listening in server mode,
+//! connecting and reconnecting in client mode), the frontend's messages (rust-vmm's `vhost`
+//! crate parses them and calls [`Conn`]), the guest's memory table mapped once per
+//! `SET_MEM_TABLE`, and the rings handed to the port's worker when both are ready. Runs on a
+//! thread of its own per port ([`serve`]); never on a worker.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vhost::VhostUserMemoryRegionBase;
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
+    VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig,
+    VhostUserSharedMsg, VhostUserSingleMemoryRegion, VhostUserVirtioFeatures,
+    VhostUserVringAddrFlags, VhostUserVringState,
+};
+use vhost::vhost_user::{
+    BackendReqHandler, Error as VhostError, GpuBackend, Result as VhostResult,
+    VhostUserBackendReqHandlerMut,
+};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+
+use super::{Fault, Link, Rings, Stopped, Update, set_nonblocking};
+
+/// `VIRTIO_NET_F_MRG_RXBUF` (virtio 1.2, 5.1.3): packets may span several receive buffers.
+const F_MRG_RXBUF: u64 = 1 << 15;
+/// `VIRTIO_RING_F_INDIRECT_DESC` (2.7.5.3): indirect descriptor tables.
+const F_INDIRECT_DESC: u64 = 1 << 28;
+/// `VIRTIO_RING_F_EVENT_IDX` (2.7.7): notifications suppressed by index.
+const F_EVENT_IDX: u64 = 1 << 29;
+/// `VIRTIO_F_VERSION_1` (6): a modern device (12-byte net header, little endian).
+const F_VERSION_1: u64 = 1 << 32;
+
+/// What the port offers the guest.
+pub const FEATURES: u64 = F_MRG_RXBUF
+    | F_INDIRECT_DESC
+    | F_EVENT_IDX
+    | F_VERSION_1
+    | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+
+/// How long the protocol thread waits for a message before it looks at its link again.
+const TICK: Duration = Duration::from_millis(200);
+
+/// How long a stop waits for the worker's answer (it takes updates between breaths, at least
+/// every 10 ms while idle).
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
+/// Who makes the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The switch creates the socket and the frontend (QEMU, testpmd) connects.
+    Server,
+    /// The frontend created it; the switch connects, and again after either side restarts.
+    Client,
+}
+
+/// The socket of a port, opened before its thread starts (so a bad path is an error of the
+/// reload that adds the port, not a log line later).
+pub enum Endpoint {
+    /// Listening (server mode).
+    Listening(UnixListener, PathBuf),
+    /// To connect to (client mode).
+    Connect(PathBuf),
+}
+
+impl Endpoint {
+    /// Opens the socket at `path`: in server mode binds it (a stale socket left by a switch
+    /// that died is replaced; any other file there is an error), in client mode only checks
+    /// that its directory exists.
+    pub fn open(path: &Path, mode: Mode) -> std::io::Result<Endpoint> {
+        match mode {
+            Mode::Server => {
+                if let Ok(m) = std::fs::symlink_metadata(path) {
+                    if !m.file_type().is_socket() {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::AlreadyExists,
+                            format!("{} exists and is not a socket", path.display()),
+                        ));
+                    }
+                    std::fs::remove_file(path)?;
+                }
+                let l = UnixListener::bind(path)?;
+                l.set_nonblocking(true)?;
+                Ok(Endpoint::Listening(l, path.to_path_buf()))
+            }
+            Mode::Client => {
+                let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+                if let Some(d) = dir
+                    && !d.is_dir()
+                {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("no directory {}", d.display()),
+                    ));
+                }
+                Ok(Endpoint::Connect(path.to_path_buf()))
+            }
+        }
+    }
+}
+
+/// Serves the port's socket until `link.closing`: accepts (or makes) one connection at a time,
+/// handles its messages, and when it ends (the frontend went away, broke the protocol, or a
+/// guest faulted its rings) stops the rings and waits for the next. Unlinks a server socket at
+/// the end.
+pub fn serve(name: &str, ep: Endpoint, link: Arc<Link>) {
+    let mut said_waiting = false;
+    while !link.closing.load(Ordering::Acquire) {
+        link.sweep();
+        let stream = match &ep {
+            Endpoint::Listening(l, _) => match l.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    wait_readable(l.as_raw_fd(), TICK);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!("vhost-user port {name}: accept: {e}");
+                    std::thread::sleep(TICK);
+                    continue;
+                }
+            },
+            Endpoint::Connect(p) => match UnixStream::connect(p) {
+                Ok(s) => s,
+                Err(e) => {
+                    if !said_waiting {
+                        tracing::info!(
+                            "vhost-user port {name}: waiting for {} ({e}); retrying every {} ms",
+                            p.display(),
+                            TICK.as_millis() * 2
+                        );
+                        said_waiting = true;
+                    }
+                    std::thread::sleep(TICK * 2);
+                    continue;
+                }
+            },
+        };
+        said_waiting = false;
+        if stream.set_nonblocking(false).is_err() {
+            continue;
+        }
+        link.connections.fetch_add(1, Ordering::Relaxed);
+        tracing::info!("vhost-user port {name}: frontend connected");
+        let why = connection(name, stream, &link);
+        tracing::info!("vhost-user port {name}: connection closed: {why}");
+    }
+    if let Endpoint::Listening(_, p) = &ep {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Handles one connection until it ends; says why it ended.
+fn connection(name: &str, stream: UnixStream, link: &Arc<Link>) -> String {
+    let conn = Arc::new(Mutex::new(Conn::new(name, link.clone())));
+    let mut req = BackendReqHandler::from_stream(stream, conn.clone());
+    let faults = link.faults.load(Ordering::Relaxed);
+    let why = loop {
+        if link.closing.load(Ordering::Acquire) {
+            break "the port is closing".to_string();
+        }
+        if link.faults.load(Ordering::Relaxed) != faults {
+            let what = link.last_fault().map_or("?", Fault::as_str);
+            tracing::error!(
+                "vhost-user port {name}: the guest broke the ring protocol ({what}): its rings \
+                 are stopped and the connection closed; the port is down until it reconnects"
+            );
+            break format!("guest fault: {what}");
+        }
+        link.sweep();
+        if !wait_readable(req.as_raw_fd(), TICK) {
+            continue;
+        }
+        if early_enable(req.as_raw_fd(), &conn) {
+            continue;
+        }
+        match req.handle_request() {
+            Ok(()) => {}
+            Err(VhostError::Disconnected | VhostError::PartialMessage) => {
+                break "the frontend disconnected".to_string();
+            }
+            Err(e) => {
+                link.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("vhost-user port {name}: bad message from the frontend: {e}");
+                break format!("protocol error: {e}");
+            }
+        }
+    };
+    conn.lock().unwrap_or_else(|e| e.into_inner()).stop();
+    link.sweep();
+    why
+}
+
+/// `VHOST_USER_SET_VRING_ENABLE`.
+const SET_VRING_ENABLE: u32 = 18;
+
+/// DPDK's virtio-user (22.11 at least), reconnecting in server mode, sends
+/// `SET_VRING_ENABLE` before it negotiates features again. The vhost crate refuses it (the
+/// spec allows it once `VHOST_USER_F_PROTOCOL_FEATURES` is acked) and the frontend gives up
+/// for good. Such a message (header and 8-byte body, no descriptors, no reply asked) is taken
+/// here, before the crate sees it: true when it was.
+fn early_enable(fd: std::os::fd::RawFd, conn: &Mutex<Conn>) -> bool {
+    let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
+    if c.features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+        return false;
+    }
+    let mut m = [0u8; 20];
+    let peek = |m: &mut [u8; 20], flags: i32| {
+        // SAFETY: receives at most 20 bytes into a live stack buffer from a socket the
+        // handler keeps open.
+        #[allow(unsafe_code)]
+        let n = unsafe { libc::recv(fd, m.as_mut_ptr().cast(), m.len(), flags) };
+        n
+    };
+    if peek(&mut m, libc::MSG_PEEK | libc::MSG_DONTWAIT) != 20 {
+        return false;
+    }
+    let word =
+        |m: &[u8; 20], at: usize| u32::from_le_bytes([m[at], m[at + 1], m[at + 2], m[at + 3]]);
+    // Header: request, flags (version 1, no NEED_REPLY), size 8; body: index, num.
+    if word(&m, 0) != SET_VRING_ENABLE || word(&m, 4) & !0x3 != 0 || word(&m, 8) != 8 {
+        return false;
+    }
+    if peek(&mut m, libc::MSG_DONTWAIT) != 20 {
+        return false;
+    }
+    tracing::debug!("vhost-user port {}: SET_VRING_ENABLE before features, taken", c.name);
+    let _ = c.set_vring_enable(word(&m, 12), word(&m, 16) == 1);
+    true
+}
+
+/// Polls `fd` for input for at most `limit`. True when readable (or hung up).
+fn wait_readable(fd: std::os::fd::RawFd, limit: Duration) -> bool {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one pollfd on the stack, alive for the call; `fd` stays open during it.
+    #[allow(unsafe_code)]
+    let n = unsafe { libc::poll(&mut p, 1, limit.as_millis() as i32) };
+    n > 0
+}
+
+/// A vring as the frontend configured it.
+#[derive(Default)]
+struct Vring {
+    num: u16,
+    /// Descriptor table, available and used ring: the frontend's virtual addresses.
+    addrs: Option<(u64, u64, u64)>,
+    base: u16,
+    kick: Option<File>,
+    call: Option<File>,
+    enabled: bool,
+    /// A kick descriptor came and no GET_VRING_BASE since.
+    started: bool,
+}
+
+/// One region of the guest's memory: guest physical address, size, the frontend's virtual
+/// address of it.
+#[derive(Debug, Clone, Copy)]
+struct Region {
+    gpa: u64,
+    size: u64,
+    uaddr: u64,
+}
+
+/// One connection's state; the `vhost` crate calls it for each message.
+pub struct Conn {
+    name: String,
+    link: Arc<Link>,
+    features: u64,
+    protocol: u64,
+    regions: Vec<Region>,
+    mem: Option<Arc<GuestMemoryMmap>>,
+    vrings: [Vring; 2],
+    running: bool,
+}
+
+fn unsupported(what: &'static str) -> VhostError {
+    VhostError::InvalidOperation(what)
+}
+
+impl Conn {
+    fn new(name: &str, link: Arc<Link>) -> Conn {
+        Conn {
+            name: name.to_string(),
+            link,
+            features: 0,
+            protocol: 0,
+            regions: Vec::new(),
+            mem: None,
+            vrings: Default::default(),
+            running: false,
+        }
+    }
+
+    fn vring(&mut self, index: u32) -> VhostResult<&mut Vring> {
+        self.vrings.get_mut(index as usize).ok_or(VhostError::InvalidParam)
+    }
+
+    /// The guest physical address of the frontend's virtual address `va`.
+    fn gpa(&self, va: u64) -> Option<u64> {
+        self.regions
+            .iter()
+            .find(|r| va >= r.uaddr && va - r.uaddr < r.size)
+            .map(|r| r.gpa + (va - r.uaddr))
+    }
+
+    /// Starts the rings once both are configured, kicked and enabled and the memory is known.
+    fn maybe_start(&mut self) {
+        if self.running || self.mem.is_none() {
+            return;
+        }
+        if !self.vrings.iter().all(|v| v.started && v.enabled && v.addrs.is_some() && v.num > 0) {
+            return;
+        }
+        match self.rings() {
+            Ok(r) => {
+                if self.link.send(Update::Start(Box::new(r))) {
+                    self.running = true;
+                    tracing::info!(
+                        "vhost-user port {}: rings running ({} and {} descriptors)",
+                        self.name,
+                        self.vrings[0].num,
+                        self.vrings[1].num
+                    );
+                }
+            }
+            Err(f) => {
+                tracing::error!("vhost-user port {}: rings not started: {}", self.name, f.as_str());
+                self.link.fault(f);
+            }
+        }
+    }
+
+    /// The rings as the port will drive them.
+    fn rings(&self) -> Result<Rings, Fault> {
+        let mem = self.mem.clone().ok_or(Fault::OutOfMemory)?;
+        let event_idx = self.features & F_EVENT_IDX != 0;
+        let queue = |v: &Vring| -> Result<Queue, Fault> {
+            let (d, u, a) = v.addrs.ok_or(Fault::OutOfMemory)?;
+            let (d, u, a) = (
+                self.gpa(d).ok_or(Fault::OutOfMemory)?,
+                self.gpa(u).ok_or(Fault::OutOfMemory)?,
+                self.gpa(a).ok_or(Fault::OutOfMemory)?,
+            );
+            let mut q = Queue::new(v.num).map_err(|_| Fault::BadIndex)?;
+            let split = |x: u64| (Some(x as u32), Some((x >> 32) as u32));
+            let (lo, hi) = split(d);
+            q.set_desc_table_address(lo, hi);
+            let (lo, hi) = split(a);
+            q.set_avail_ring_address(lo, hi);
+            let (lo, hi) = split(u);
+            q.set_used_ring_address(lo, hi);
+            q.set_event_idx(event_idx);
+            q.set_next_avail(v.base);
+            q.set_next_used(v.base);
+            q.set_ready(true);
+            if !q.is_valid(&*mem) {
+                return Err(Fault::OutOfMemory);
+            }
+            // A frontend that reconnects may give base 0 for rings it has used (DPDK's
+            // virtio-user does, for split rings): the used index in its memory is where they
+            // stand, as DPDK's own vhost library also takes it.
+            let used = q
+                .used_idx(&*mem, std::sync::atomic::Ordering::Acquire)
+                .map_err(|_| Fault::OutOfMemory)?
+                .0;
+            if used != v.base {
+                tracing::info!(
+                    "vhost-user port {}: a ring's base is {}, its used index {used}: resuming there",
+                    self.name,
+                    v.base
+                );
+                q.set_next_avail(used);
+                q.set_next_used(used);
+            }
+            Ok(q)
+        };
+        let rx = queue(&self.vrings[0])?;
+        let tx = queue(&self.vrings[1])?;
+        let clone = |f: &Option<File>| f.as_ref().and_then(|f| f.try_clone().ok());
+        let tx_kick = clone(&self.vrings[1].kick);
+        if let Some(k) = &tx_kick {
+            set_nonblocking(k);
+        }
+        Ok(Rings {
+            mem,
+            rx,
+            tx,
+            rx_call: clone(&self.vrings[0].call),
+            tx_call: clone(&self.vrings[1].call),
+            tx_kick,
+            hdr_len: if self.features & (F_VERSION_1 | F_MRG_RXBUF) != 0 { 12 } else { 10 },
+            mrg_rxbuf: self.features & F_MRG_RXBUF != 0,
+        })
+    }
+
+    /// Stops the rings (the worker answers with where they stand, kept for a restart).
+    fn stop(&mut self) {
+        if !self.running {
+            return;
+        }
+        self.running = false;
+        while self.link.replies.1.try_recv().is_ok() {}
+        // Closing (the port removed, the switch stopping): its worker may have let go of it
+        // already, and nobody restarts these rings.
+        if !self.link.send(Update::Stop) || self.link.closing.load(Ordering::Acquire) {
+            return;
+        }
+        match self.link.replies.1.recv_timeout(STOP_WAIT) {
+            Ok(Some(Stopped { rx, tx })) => {
+                self.vrings[0].base = rx;
+                self.vrings[1].base = tx;
+            }
+            Ok(None) => {}
+            Err(_) => tracing::warn!(
+                "vhost-user port {}: its worker did not stop the rings within {} s",
+                self.name,
+                STOP_WAIT.as_secs()
+            ),
+        }
+    }
+
+    /// Applies a change to running rings: stopped, then started again as they now are.
+    fn restart(&mut self) {
+        if self.running {
+            self.stop();
+            self.maybe_start();
+        }
+    }
+}
+
+impl VhostUserBackendReqHandlerMut for Conn {
+    fn set_owner(&mut self) -> VhostResult<()> {
+        Ok(())
+    }
+
+    fn reset_owner(&mut self) -> VhostResult<()> {
+        self.stop();
+        self.vrings = Default::default();
+        Ok(())
+    }
+
+    fn reset_device(&mut self) -> VhostResult<()> {
+        self.reset_owner()
+    }
+
+    fn get_features(&mut self) -> VhostResult<u64> {
+        Ok(FEATURES)
+    }
+
+    fn set_features(&mut self, features: u64) -> VhostResult<()> {
+        if features & !FEATURES != 0 {
+            return Err(VhostError::InvalidParam);
+        }
+        self.features = features;
+        self.restart();
+        Ok(())
+    }
+
+    fn set_mem_table(
+        &mut self,
+        ctx: &[VhostUserMemoryRegion],
+        files: Vec<File>,
+        _postcopy_listening: Option<bool>,
+    ) -> VhostResult<Option<Vec<VhostUserMemoryRegionBase>>> {
+        if ctx.len() != files.len() {
+            return Err(VhostError::InvalidParam);
+        }
+        let mut ranges = Vec::with_capacity(ctx.len());
+        let mut regions = Vec::with_capacity(ctx.len());
+        for (r, f) in ctx.iter().zip(files) {
+            let size = usize::try_from(r.memory_size).map_err(|_| VhostError::InvalidParam)?;
+            ranges.push((
+                GuestAddress(r.guest_phys_addr),
+                size,
+                Some(FileOffset::new(f, r.mmap_offset)),
+            ));
+            regions.push(Region {
+                gpa: r.guest_phys_addr,
+                size: r.memory_size,
+                uaddr: r.user_addr,
+            });
+        }
+        let mem = GuestMemoryMmap::from_ranges_with_files(ranges).map_err(|e| {
+            tracing::warn!("vhost-user port {}: mapping the guest's memory: {e}", self.name);
+            VhostError::InvalidParam
+        })?;
+        let mem = Arc::new(mem);
+        self.regions = regions;
+        self.mem = Some(mem.clone());
+        if self.running {
+            self.link.send(Update::Memory(mem));
+        }
+        self.maybe_start();
+        Ok(None)
+    }
+
+    fn set_vring_num(&mut self, index: u32, num: u32) -> VhostResult<()> {
+        if num == 0 || num > 32_768 || !num.is_power_of_two() {
+            return Err(VhostError::InvalidParam);
+        }
+        self.vring(index)?.num = num as u16;
+        Ok(())
+    }
+
+    fn set_vring_addr(
+        &mut self,
+        index: u32,
+        _flags: VhostUserVringAddrFlags,
+        descriptor: u64,
+        used: u64,
+        available: u64,
+        _log: u64,
+    ) -> VhostResult<()> {
+        self.vring(index)?.addrs = Some((descriptor, used, available));
+        self.restart();
+        Ok(())
+    }
+
+    fn set_vring_base(&mut self, index: u32, base: u32) -> VhostResult<()> {
+        self.vring(index)?.base = base as u16;
+        Ok(())
+    }
+
+    fn get_vring_base(&mut self, index: u32) -> VhostResult<VhostUserVringState> {
+        self.vring(index)?;
+        self.stop();
+        let v = self.vring(index)?;
+        v.started = false;
+        v.kick = None;
+        Ok(VhostUserVringState::new(index, u32::from(v.base)))
+    }
+
+    fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VhostResult<()> {
+        let plain = self.protocol == 0
+            && self.features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() == 0;
+        let v = self.vring(u32::from(index))?;
+        v.kick = fd;
+        v.started = true;
+        if plain {
+            // Without protocol features a ring is enabled by its kick.
+            v.enabled = true;
+        }
+        self.restart();
+        self.maybe_start();
+        Ok(())
+    }
+
+    fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VhostResult<()> {
+        self.vring(u32::from(index))?.call = fd;
+        self.restart();
+        Ok(())
+    }
+
+    fn set_vring_err(&mut self, index: u8, _fd: Option<File>) -> VhostResult<()> {
+        self.vring(u32::from(index))?;
+        Ok(())
+    }
+
+    fn get_protocol_features(&mut self) -> VhostResult<VhostUserProtocolFeatures> {
+        Ok(VhostUserProtocolFeatures::REPLY_ACK)
+    }
+
+    fn set_protocol_features(&mut self, features: u64) -> VhostResult<()> {
+        self.protocol = features;
+        Ok(())
+    }
+
+    fn get_queue_num(&mut self) -> VhostResult<u64> {
+        Ok(2)
+    }
+
+    fn set_vring_enable(&mut self, index: u32, enable: bool) -> VhostResult<()> {
+        self.vring(index)?.enabled = enable;
+        if enable {
+            self.maybe_start();
+        } else {
+            self.stop();
+        }
+        Ok(())
+    }
+
+    fn get_config(
+        &mut self,
+        _offset: u32,
+        _size: u32,
+        _flags: VhostUserConfigFlags,
+    ) -> VhostResult<Vec<u8>> {
+        Err(unsupported("get_config"))
+    }
+
+    fn set_config(&mut self, _: u32, _: &[u8], _: VhostUserConfigFlags) -> VhostResult<()> {
+        Err(unsupported("set_config"))
+    }
+
+    fn set_gpu_socket(&mut self, _gpu_backend: GpuBackend) -> VhostResult<()> {
+        Err(unsupported("gpu socket"))
+    }
+
+    fn get_shared_object(&mut self, _uuid: VhostUserSharedMsg) -> VhostResult<File> {
+        Err(unsupported("shared objects"))
+    }
+
+    fn get_inflight_fd(
+        &mut self,
+        _inflight: &VhostUserInflight,
+    ) -> VhostResult<(VhostUserInflight, File)> {
+        Err(unsupported("inflight descriptors"))
+    }
+
+    fn set_inflight_fd(&mut self, _: &VhostUserInflight, _: File) -> VhostResult<()> {
+        Err(unsupported("inflight descriptors"))
+    }
+
+    fn get_max_mem_slots(&mut self) -> VhostResult<u64> {
+        Err(unsupported("memory slots"))
+    }
+
+    fn add_mem_region(
+        &mut self,
+        _region: &VhostUserSingleMemoryRegion,
+        _fd: File,
+        _postcopy_listening: Option<bool>,
+    ) -> VhostResult<Option<VhostUserMemoryRegionBase>> {
+        Err(unsupported("memory slots"))
+    }
+
+    fn remove_mem_region(&mut self, _region: &VhostUserSingleMemoryRegion) -> VhostResult<()> {
+        Err(unsupported("memory slots"))
+    }
+
+    fn set_device_state_fd(
+        &mut self,
+        _direction: VhostTransferStateDirection,
+        _phase: VhostTransferStatePhase,
+        _fd: File,
+    ) -> VhostResult<Option<File>> {
+        Err(unsupported("device state"))
+    }
+
+    fn check_device_state(&mut self) -> VhostResult<()> {
+        Err(unsupported("device state"))
+    }
+
+    fn get_shmem_config(&mut self) -> VhostResult<VhostUserShMemConfig> {
+        Err(unsupported("shared memory"))
+    }
+
+    fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> VhostResult<()> {
+        Err(unsupported("dirty logging (live migration)"))
+    }
+}

@@ -1,0 +1,662 @@
+//! vhost-user ports: a VM's (or DPDK virtio-user's) virtio-net device, driven through the
+//! guest's own memory. The vhost-user protocol (the socket, the memory table, the vrings'
+//! addresses and eventfds) is served by a thread of its own ([`backend`], with rust-vmm's
+//! `vhost` crate); the rings are polled here, by the worker that owns the port, like any other
+//! port: no syscall per packet (an eventfd write per burst only when the guest asks for one,
+//! with event-idx suppression), no allocation per packet, one copy each way between guest
+//! memory and the frame area (`vm-memory` does the bounds checks against the guest's regions).
+//!
+//! Queue pair 0 only: vring 0 is the guest's receive queue (our transmit), vring 1 its transmit
+//! queue (our receive).
+//!
+//! The two sides share a [`Link`]: the protocol thread sends [`Update`]s (rings to start, a new
+//! memory table, stop), the port answers a stop with where its rings stand. A guest that breaks
+//! the ring protocol (a descriptor outside its memory, a chain that loops or never ends, an
+//! index far beyond the ring) stops only this port: the rings are dropped, the fault counted and
+//! named in the link, and the protocol thread closes the connection.
+#![allow(unsafe_code)] // eventfds (the vhost-user memory boundary); every block has its SAFETY comment
+
+pub mod backend;
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::{Receiver, Sender};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::batch::Batch;
+use crate::frame::{FRAME_HEADROOM, FrameArea, FramePool, FrameRef, MAX_SEGS};
+use crate::port::{Breath, Port, PortCensus};
+
+/// The largest packet taken from a guest (a 64 KiB TSO segment and its Ethernet header would
+/// be; without TSO offered, an MTU-sized frame is). A chain of more bytes is a broken guest.
+pub const MAX_PACKET: usize = 65_536 + 14 + 4;
+
+/// Guest receive buffers one packet may take with `VIRTIO_NET_F_MRG_RXBUF`.
+const MAX_RX_BUFS: usize = 1 + MAX_SEGS as usize + 1;
+
+/// A guest that broke the ring protocol, by what it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// A descriptor (or a ring) outside the guest's memory.
+    OutOfMemory,
+    /// A descriptor chain that loops, or names a descriptor beyond the table.
+    BadChain,
+    /// The available index ran further ahead of ours than the ring is long.
+    BadIndex,
+    /// A packet longer than [`MAX_PACKET`], or a transmit chain with a buffer to write.
+    BadPacket,
+}
+
+impl Fault {
+    /// The reason as the logs and counters spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::OutOfMemory => "descriptor outside guest memory",
+            Fault::BadChain => "descriptor chain loops or is cut",
+            Fault::BadIndex => "ring index beyond the ring",
+            Fault::BadPacket => "packet too long or chain malformed",
+        }
+    }
+}
+
+/// The guest's rings, ready to switch through.
+pub struct Rings {
+    mem: Arc<GuestMemoryMmap>,
+    /// The guest's receive queue (vring 0): we write into it.
+    rx: Queue,
+    /// The guest's transmit queue (vring 1): we read from it.
+    tx: Queue,
+    rx_call: Option<File>,
+    tx_call: Option<File>,
+    /// The guest's kicks on its transmit queue (what an idle worker waits on).
+    tx_kick: Option<File>,
+    /// Bytes of the virtio-net header before every packet (12 with VERSION_1 or MRG_RXBUF).
+    hdr_len: usize,
+    /// Packets may span several receive buffers.
+    mrg_rxbuf: bool,
+}
+
+/// What the protocol thread tells the port.
+pub enum Update {
+    /// Rings ready: switch through them.
+    Start(Box<Rings>),
+    /// A new memory table, for the rings already running.
+    Memory(Arc<GuestMemoryMmap>),
+    /// Stop using the rings and answer with where they stand.
+    Stop,
+}
+
+/// Where stopped rings stand: the next available index of the receive and transmit queues.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stopped {
+    /// Vring 0's next available index.
+    pub rx: u16,
+    /// Vring 1's next available index.
+    pub tx: u16,
+}
+
+/// What a worker is done with, for the protocol thread to drop: closing descriptors and
+/// unmapping guest memory are not a worker's calls (its seccomp filter refuses some of what
+/// dropping them does, and an unmap of a guest's memory takes long).
+pub enum Gone {
+    /// Rings stopped, or given up after a fault.
+    Rings(Box<Rings>),
+    /// A memory table replaced by a newer one.
+    Memory(Arc<GuestMemoryMmap>),
+}
+
+/// What the port and its protocol thread share.
+pub struct Link {
+    updates: (Sender<Update>, Receiver<Update>),
+    replies: (Sender<Option<Stopped>>, Receiver<Option<Stopped>>),
+    gone: (Sender<Gone>, Receiver<Gone>),
+    /// Rung with every update: the port's wait descriptor while it has no rings.
+    bell: File,
+    /// The port should close its connection and stop serving (removal, switch stop).
+    pub closing: AtomicBool,
+    /// Faults of guests on this port, and the last one's reason.
+    pub faults: AtomicU64,
+    last_fault: Mutex<Option<Fault>>,
+    /// Connections accepted or made.
+    pub connections: AtomicU64,
+    /// Connections closed for a message the protocol does not allow.
+    pub protocol_errors: AtomicU64,
+    /// The rings are running (a guest is connected and switching).
+    pub running: AtomicBool,
+}
+
+impl Link {
+    /// A new link (its bell an eventfd).
+    pub fn new() -> std::io::Result<Arc<Link>> {
+        Ok(Arc::new(Link {
+            updates: crossbeam_channel::bounded(16),
+            replies: crossbeam_channel::bounded(4),
+            gone: crossbeam_channel::bounded(64),
+            bell: eventfd()?,
+            closing: AtomicBool::new(false),
+            faults: AtomicU64::new(0),
+            last_fault: Mutex::new(None),
+            connections: AtomicU64::new(0),
+            protocol_errors: AtomicU64::new(0),
+            running: AtomicBool::new(false),
+        }))
+    }
+
+    /// Sends `u` to the port and rings its bell.
+    fn send(&self, u: Update) -> bool {
+        let ok = self.updates.0.try_send(u).is_ok();
+        ring(&self.bell);
+        ok
+    }
+
+    /// The last fault's reason, if any.
+    pub fn last_fault(&self) -> Option<Fault> {
+        *self.last_fault.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands what a worker is done with to the protocol thread (which drops it at its next
+    /// look). Were the channel full (64 updates not yet looked at), it is leaked rather than
+    /// dropped on the worker.
+    fn bury(&self, g: Gone) {
+        if let Err(e) = self.gone.0.try_send(g) {
+            std::mem::forget(e.into_inner());
+        }
+    }
+
+    /// Drops what the workers are done with (the protocol thread, between messages).
+    pub fn sweep(&self) {
+        while self.gone.1.try_recv().is_ok() {}
+    }
+
+    fn fault(&self, f: Fault) {
+        self.faults.fetch_add(1, Ordering::Relaxed);
+        *self.last_fault.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
+    }
+}
+
+/// Counters of a vhost-user port, kept by its worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VhostStats {
+    /// Packets taken from the guest.
+    pub rx_packets: u64,
+    /// Packets written into the guest.
+    pub tx_packets: u64,
+    /// Packets longer than the guest's receive buffers hold (dropped).
+    pub too_big_for_guest: u64,
+    /// Packets from the guest dropped for want of frames.
+    pub no_frame: u64,
+    /// Eventfd writes to the guest (notifications it asked for).
+    pub calls: u64,
+}
+
+/// A vhost-user port as its worker polls it.
+pub struct VhostPort {
+    name: String,
+    link: Arc<Link>,
+    run: Option<Box<Rings>>,
+    /// Frames written into the guest, to go back to the pool at the next reclaim.
+    done: Vec<FrameRef>,
+    /// The guest's transmit kicks are enabled: the worker is about to wait on them.
+    armed: bool,
+    /// Used entries added since the last notification, per queue.
+    rx_used: bool,
+    tx_used: bool,
+    /// Packets dropped on receive since the worker last asked (too long for a chain).
+    rx_drops: u32,
+    /// Its counters.
+    pub stats: VhostStats,
+}
+
+impl VhostPort {
+    /// The port of `name`, served through `link`.
+    pub fn new(name: &str, link: Arc<Link>) -> VhostPort {
+        VhostPort {
+            name: name.to_string(),
+            link,
+            run: None,
+            done: Vec::with_capacity(crate::batch::BATCH_SIZE * 4),
+            armed: false,
+            rx_used: false,
+            tx_used: false,
+            rx_drops: 0,
+            stats: VhostStats::default(),
+        }
+    }
+
+    /// The port's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// True while a guest's rings are running.
+    pub fn running(&self) -> bool {
+        self.run.is_some()
+    }
+
+    /// Applies what the protocol thread sent (between bursts: one channel poll per call).
+    fn updates(&mut self) {
+        while let Ok(u) = self.link.updates.1.try_recv() {
+            match u {
+                Update::Start(r) => {
+                    if let Some(old) = self.run.replace(r) {
+                        self.link.bury(Gone::Rings(old));
+                    }
+                    self.armed = false;
+                    self.link.running.store(true, Ordering::Release);
+                }
+                Update::Memory(m) => match &mut self.run {
+                    Some(r) => self.link.bury(Gone::Memory(std::mem::replace(&mut r.mem, m))),
+                    None => self.link.bury(Gone::Memory(m)),
+                },
+                Update::Stop => {
+                    let at = self.run.take().map(|r| {
+                        let at = Stopped { rx: r.rx.next_avail(), tx: r.tx.next_avail() };
+                        self.link.bury(Gone::Rings(r));
+                        at
+                    });
+                    self.link.running.store(false, Ordering::Release);
+                    let _ = self.link.replies.0.try_send(at);
+                }
+            }
+        }
+    }
+
+    /// The guest broke the ring protocol: its rings are dropped, the fault counted, and the
+    /// protocol thread closes the connection.
+    #[cold]
+    fn faulted(&mut self, f: Fault) {
+        if let Some(r) = self.run.take() {
+            self.link.bury(Gone::Rings(r));
+        }
+        self.link.running.store(false, Ordering::Release);
+        self.link.fault(f);
+        ring(&self.link.bell);
+    }
+}
+
+/// What reading a packet from the guest gave.
+enum Read {
+    /// The packet, in a frame or a chain of frames.
+    Packet(FrameRef),
+    /// No frame was free (nothing taken from the pool).
+    NoFrame,
+    /// More bytes than a chain of frames holds (counted `too_big`).
+    TooBig,
+}
+
+/// Reads one packet of a guest transmit chain into frames from `pool`: the virtio-net header
+/// skipped, the bytes after it copied into a frame, or a chain of frames when they are more
+/// than one holds (every segment but the last full, as [`FramePool::copy_in`] makes them).
+fn read_packet(
+    mem: &GuestMemoryMmap,
+    hdr_len: usize,
+    chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+    area: &mut FrameArea,
+    pool: &mut FramePool,
+) -> Result<Read, Fault> {
+    let room = (u64::from(area.chunk_size()) - FRAME_HEADROOM) as u32;
+    // The segments filled so far (address, length): the last is being filled.
+    let mut segs = [(0u64, 0u32); 1 + MAX_SEGS as usize];
+    let mut n = 0usize;
+    let mut skip = hdr_len;
+    let mut total = 0usize;
+    let mut cut = false;
+    let mut too_big = false;
+    let give_back = |pool: &mut FramePool, segs: &[(u64, u32)]| {
+        for &(a, _) in segs {
+            pool.free_addr(a);
+        }
+    };
+    for d in chain {
+        if d.is_write_only() {
+            give_back(pool, &segs[..n]);
+            return Err(Fault::BadPacket);
+        }
+        cut = d.has_next();
+        let (mut addr, mut len) = (d.addr().0, d.len() as usize);
+        let s = skip.min(len);
+        (addr, len, skip) = (addr + s as u64, len - s, skip - s);
+        total += len;
+        if total > MAX_PACKET {
+            give_back(pool, &segs[..n]);
+            return Err(Fault::BadPacket);
+        }
+        while len > 0 && !too_big {
+            if n == 0 || segs[n - 1].1 == room {
+                if n == segs.len() {
+                    too_big = true;
+                    break;
+                }
+                let Some(base) = pool.alloc() else {
+                    give_back(pool, &segs[..n]);
+                    return Ok(Read::NoFrame);
+                };
+                segs[n] = (base + FRAME_HEADROOM, 0);
+                n += 1;
+            }
+            let (at, filled) = segs[n - 1];
+            let k = (room - filled).min(len as u32);
+            let ok = area
+                .seg_mut(at + u64::from(filled), k)
+                .is_some_and(|dst| mem.read_slice(dst, GuestAddress(addr)).is_ok());
+            if !ok {
+                give_back(pool, &segs[..n]);
+                return Err(Fault::OutOfMemory);
+            }
+            segs[n - 1].1 += k;
+            (addr, len) = (addr + u64::from(k), len - k as usize);
+        }
+    }
+    if cut {
+        give_back(pool, &segs[..n]);
+        return Err(Fault::BadChain);
+    }
+    if too_big {
+        give_back(pool, &segs[..n]);
+        return Ok(Read::TooBig);
+    }
+    if n == 0 {
+        // A header and nothing after it: an empty frame, which the parser drops as malformed.
+        return Ok(pool
+            .alloc()
+            .map_or(Read::NoFrame, |b| Read::Packet(FrameRef::new(b + FRAME_HEADROOM, 0))));
+    }
+    let mut f = FrameRef::new(segs[0].0, segs[0].1);
+    for w in 1..n {
+        area.link(segs[w - 1].0, segs[w].0, segs[w].1);
+        f = f.grown(segs[w].1);
+    }
+    Ok(Read::Packet(f))
+}
+
+/// What writing a packet into the guest gave.
+enum Wrote {
+    /// Written.
+    Done,
+    /// The guest has too few receive buffers now (nothing taken from its ring).
+    Full,
+    /// The packet is longer than the guest's buffers take (it is dropped).
+    TooBig,
+}
+
+/// Writes frame `f` into the guest's receive queue: the virtio-net header, then the packet's
+/// bytes, in one buffer (or several with `VIRTIO_NET_F_MRG_RXBUF`, their count written into the
+/// header's `num_buffers`).
+fn write_packet(r: &mut Rings, area: &FrameArea, f: &FrameRef) -> Result<Wrote, Fault> {
+    let mem: &GuestMemoryMmap = &r.mem;
+    let q = &mut r.rx;
+    // Header flags and GSO type 0 (a whole packet, checksum complete); num_buffers 1.
+    let mut hdr = [0u8; 12];
+    hdr[10] = 1;
+    let mut parts = std::iter::once(&hdr[..r.hdr_len]).chain(area.segments(f));
+    let mut src: &[u8] = parts.next().unwrap_or(&[]);
+    let mut heads = [(0u16, 0u32); MAX_RX_BUFS];
+    let mut nb = 0usize;
+    let mut num_buffers_at = None;
+    let undo = |q: &mut Queue, nb: usize| {
+        for _ in 0..nb {
+            q.go_to_previous_position();
+        }
+    };
+    while !src.is_empty() {
+        if nb == MAX_RX_BUFS || (nb == 1 && !r.mrg_rxbuf) {
+            // Its buffers did not hold it: they stay the guest's, for the next packet.
+            undo(q, nb);
+            return Ok(Wrote::TooBig);
+        }
+        let next = q.iter(mem).map_err(|_| Fault::BadIndex)?.next();
+        let Some(chain) = next else {
+            undo(q, nb);
+            return Ok(Wrote::Full);
+        };
+        let head = chain.head_index();
+        let mut wrote = 0u32;
+        let mut cut = false;
+        for d in chain {
+            if !d.is_write_only() {
+                return Err(Fault::BadPacket);
+            }
+            cut = d.has_next();
+            if nb == 0 && wrote == 0 {
+                if (d.len() as usize) < r.hdr_len {
+                    return Err(Fault::BadPacket);
+                }
+                num_buffers_at = Some(d.addr().0 + 10);
+            }
+            let (mut addr, mut room) = (d.addr().0, d.len() as usize);
+            while room > 0 && !src.is_empty() {
+                let k = room.min(src.len());
+                mem.write_slice(&src[..k], GuestAddress(addr)).map_err(|_| Fault::OutOfMemory)?;
+                (addr, room, wrote) = (addr + k as u64, room - k, wrote + k as u32);
+                src = &src[k..];
+                if src.is_empty() {
+                    src = parts.next().unwrap_or(&[]);
+                }
+            }
+            if src.is_empty() {
+                break;
+            }
+        }
+        if cut && !src.is_empty() {
+            return Err(Fault::BadChain);
+        }
+        heads[nb] = (head, wrote);
+        nb += 1;
+    }
+    if nb > 1
+        && let Some(at) = num_buffers_at
+    {
+        mem.write_obj((nb as u16).to_le(), GuestAddress(at)).map_err(|_| Fault::OutOfMemory)?;
+    }
+    for &(head, len) in &heads[..nb] {
+        q.add_used(mem, head, len).map_err(|_| Fault::BadIndex)?;
+    }
+    Ok(Wrote::Done)
+}
+
+/// Tells the guest about used buffers of `q` when it asked to be told (event idx or flags).
+fn notify(mem: &GuestMemoryMmap, q: &mut Queue, call: Option<&File>) -> Result<bool, Fault> {
+    match call {
+        Some(c) if q.needs_notification(mem).map_err(|_| Fault::OutOfMemory)? => {
+            ring(c);
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+impl Port for VhostPort {
+    fn rx(&mut self, area: &mut FrameArea, pool: &mut FramePool, batch: &mut Batch) -> usize {
+        self.updates();
+        let Some(r) = self.run.as_deref_mut() else { return 0 };
+        let mem: &GuestMemoryMmap = &r.mem;
+        if self.armed {
+            self.armed = false;
+            if let Some(k) = &r.tx_kick {
+                drain(k);
+            }
+            let _ = r.tx.disable_notification(mem);
+        }
+        let mut n = 0;
+        let mut fault = None;
+        while !batch.is_full() {
+            let next = match r.tx.iter(mem) {
+                Ok(mut it) => it.next(),
+                Err(_) => {
+                    fault = Some(Fault::BadIndex);
+                    break;
+                }
+            };
+            let Some(chain) = next else { break };
+            let head = chain.head_index();
+            match read_packet(mem, r.hdr_len, chain, area, pool) {
+                Ok(Read::Packet(f)) => match batch.push(f) {
+                    Ok(()) => n += 1,
+                    // Not while the batch has room; were it full, the packet is dropped.
+                    Err(f) => {
+                        pool.free(area, f);
+                        self.rx_drops += 1;
+                    }
+                },
+                Ok(Read::NoFrame) => {
+                    // Left in the guest's ring, for the next breath.
+                    r.tx.go_to_previous_position();
+                    self.stats.no_frame += 1;
+                    break;
+                }
+                Ok(Read::TooBig) => self.rx_drops += 1,
+                Err(f) => {
+                    fault = Some(f);
+                    break;
+                }
+            }
+            if r.tx.add_used(mem, head, 0).is_err() {
+                fault = Some(Fault::BadIndex);
+                break;
+            }
+            self.tx_used = true;
+        }
+        if fault.is_none() && self.tx_used {
+            self.tx_used = false;
+            match notify(mem, &mut r.tx, r.tx_call.as_ref()) {
+                Ok(called) => self.stats.calls += u64::from(called),
+                Err(f) => fault = Some(f),
+            }
+        }
+        self.stats.rx_packets += n as u64;
+        if let Some(f) = fault {
+            self.faulted(f);
+        }
+        n
+    }
+
+    fn take_rx_drops(&mut self) -> u32 {
+        std::mem::take(&mut self.rx_drops)
+    }
+
+    fn fill_up(&mut self, _pool: &mut FramePool) {
+        // About to wait: the guest's kicks wake the worker. Frames that came meanwhile ring
+        // the port's own bell, so the wait returns at once.
+        let Some(r) = self.run.as_deref_mut() else { return };
+        if r.tx_kick.is_none() {
+            return;
+        }
+        self.armed = true;
+        match r.tx.enable_notification(&*r.mem) {
+            Ok(false) => {}
+            Ok(true) => ring(r.tx_kick.as_ref().unwrap_or(&self.link.bell)),
+            Err(_) => self.faulted(Fault::OutOfMemory),
+        }
+    }
+
+    fn tx(&mut self, area: &FrameArea, frames: &mut Vec<FrameRef>) -> usize {
+        let Some(r) = self.run.as_deref_mut() else { return 0 };
+        let mut taken = 0;
+        let mut fault = None;
+        for f in frames.iter() {
+            match write_packet(r, area, f) {
+                Ok(Wrote::Done) => {
+                    self.stats.tx_packets += 1;
+                    self.rx_used = true;
+                }
+                Ok(Wrote::TooBig) => self.stats.too_big_for_guest += 1,
+                Ok(Wrote::Full) => break,
+                Err(e) => {
+                    fault = Some(e);
+                    break;
+                }
+            }
+            taken += 1;
+        }
+        self.done.extend(frames.drain(..taken));
+        if let Some(f) = fault {
+            self.faulted(f);
+        }
+        taken
+    }
+
+    fn reclaim(&mut self, area: &FrameArea, pool: &mut FramePool) -> usize {
+        let mut n = 0;
+        for f in self.done.drain(..) {
+            n += f.chunks() as usize;
+            pool.free(area, f);
+        }
+        n
+    }
+
+    fn kick(&mut self, _breath: Breath) -> bool {
+        if !self.rx_used {
+            return true;
+        }
+        self.rx_used = false;
+        let Some(r) = self.run.as_deref_mut() else { return true };
+        match notify(&r.mem, &mut r.rx, r.rx_call.as_ref()) {
+            Ok(called) => self.stats.calls += u64::from(called),
+            Err(f) => self.faulted(f),
+        }
+        true
+    }
+
+    fn census(&self) -> PortCensus {
+        PortCensus {
+            fill: 0,
+            rx: 0,
+            tx: 0,
+            completion: self.done.iter().map(FrameRef::chunks).sum(),
+        }
+    }
+
+    fn wait_fd(&self) -> Option<RawFd> {
+        match self.run.as_deref() {
+            Some(Rings { tx_kick: Some(k), .. }) if self.armed => Some(k.as_raw_fd()),
+            _ => Some(self.link.bell.as_raw_fd()),
+        }
+    }
+
+    fn retire(&mut self, area: &FrameArea, pool: &mut FramePool) -> u32 {
+        self.reclaim(area, pool);
+        0
+    }
+}
+
+/// A new eventfd, non-blocking.
+fn eventfd() -> std::io::Result<File> {
+    // SAFETY: eventfd takes no pointers; the descriptor it returns is ours alone.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Adds 1 to an eventfd (a guest notification, a bell). A full counter only means it is
+/// readable already.
+fn ring(f: &File) {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writes 8 bytes from a live stack buffer to a descriptor `f` keeps open.
+    let _ = unsafe { libc::write(f.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+}
+
+/// Empties an eventfd (non-blocking: an empty one just fails).
+fn drain(f: &File) {
+    let mut buf = [0u8; 8];
+    // SAFETY: reads at most 8 bytes into a live stack buffer from a descriptor `f` keeps open.
+    let _ = unsafe { libc::read(f.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+}
+
+/// Makes a descriptor non-blocking (the guest's kick eventfds: draining one must not block).
+fn set_nonblocking(f: &File) {
+    let fd = f.as_raw_fd();
+    // SAFETY: fcntl on a descriptor `f` keeps open; F_GETFL/F_SETFL take no pointers.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
+}
