@@ -726,9 +726,29 @@ impl Fabric {
         Ok(Opened { held, sockets: sockets.into_iter().map(Driver::Xsk).collect() })
     }
 
+    /// The switch is stopping: vhost-user threads stop waiting for their workers (who stop
+    /// too) and close their connections.
+    pub fn stopping(&self) {
+        for v in self.ports.iter().filter_map(|h| h.vhost.as_ref()) {
+            v.link.closing.store(true, Ordering::Release);
+        }
+    }
+
     /// At a stop, after the workers have closed their sockets: the programs detached, then the
     /// host's stack given back.
     pub fn close(mut self) {
+        for h in &self.ports {
+            if let Some(v) = &h.vhost {
+                let l = &v.link;
+                tracing::info!(
+                    "vhost-user port {}: {} connections, {} guest faults, {} protocol errors",
+                    h.name,
+                    l.connections.load(Ordering::Relaxed),
+                    l.faults.load(Ordering::Relaxed),
+                    l.protocol_errors.load(Ordering::Relaxed)
+                );
+            }
+        }
         for h in &mut self.ports {
             drop(h.attachment.take());
             drop(h.pending.take());

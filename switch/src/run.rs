@@ -609,6 +609,8 @@ pub fn serve(
                 crate::reload::serve(&mut live, &shared, req);
             }
         }
+        // Vhost-user threads first: a guest leaving now must not wait for a worker that stops.
+        live.fabric.stopping();
         stop.store(true, Ordering::SeqCst);
         notify(&[NotifyState::Stopping]);
         handles

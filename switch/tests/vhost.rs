@@ -174,3 +174,177 @@ fn a_client_mode_port_reconnects_after_the_guest_and_after_the_switch_restart() 
     assert!(ok && log.contains("balanced"), "{log}");
     drop(pmd);
 }
+
+/// A frontend nobody should write: it sets up the two rings of queue pair 0 in a file of
+/// 1 MiB it shares as guest memory (guest address 0), then breaks the ring protocol in the
+/// way it is told. Written with rust-vmm's vhost frontend, over the same protocol as QEMU.
+mod hostile {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+
+    use vhost::vhost_user::Frontend;
+    use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+    use vmm_sys_util::eventfd::EventFd;
+
+    const MEM: u64 = 1 << 20;
+    /// The frontend's own (pretend) address of guest address 0.
+    const UADDR: u64 = 0x7f00_0000_0000;
+    const QSIZE: u16 = 16;
+    /// Per vring: descriptor table, available ring, used ring.
+    const RINGS: [(u64, u64, u64); 2] = [(0x0, 0x1000, 0x2000), (0x3000, 0x4000, 0x5000)];
+    const VIRTQ_DESC_F_NEXT: u16 = 1;
+
+    /// What the guest does wrong.
+    pub enum Wrong {
+        /// A transmit descriptor far outside its memory.
+        OutOfMemory,
+        /// Two transmit descriptors chained to each other.
+        Loop,
+        /// An available index 1 000 ahead on a ring of 16.
+        Index,
+    }
+
+    /// One descriptor's 16 bytes.
+    fn desc(addr: u64, len: u32, flags: u16, next: u16) -> [u8; 16] {
+        let mut d = [0u8; 16];
+        d[..8].copy_from_slice(&addr.to_le_bytes());
+        d[8..12].copy_from_slice(&len.to_le_bytes());
+        d[12..14].copy_from_slice(&flags.to_le_bytes());
+        d[14..].copy_from_slice(&next.to_le_bytes());
+        d
+    }
+
+    /// Connects to `socket`, starts both rings, then does `wrong` on the transmit ring and
+    /// kicks. Returns what must stay alive until the switch has looked.
+    pub fn guest(socket: &str, dir: &std::path::Path, wrong: Wrong) -> impl Drop {
+        let path = dir.join("guest-memory");
+        let mem = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        mem.set_len(MEM).unwrap();
+        let f = Frontend::connect(socket, 2).expect("connect to the switch's socket");
+        f.set_owner().unwrap();
+        let offered = f.get_features().unwrap();
+        // VERSION_1 only: no protocol features, so a kick enables its ring.
+        assert!(offered & (1 << 32) != 0, "VERSION_1 offered: {offered:#x}");
+        f.set_features(1 << 32).unwrap();
+        let region = VhostUserMemoryRegionInfo {
+            guest_phys_addr: 0,
+            memory_size: MEM,
+            userspace_addr: UADDR,
+            mmap_offset: 0,
+            mmap_handle: mem.as_raw_fd(),
+        };
+        f.set_mem_table(&[region]).unwrap();
+        let mut fds = Vec::new();
+        for (q, (d, a, u)) in RINGS.iter().enumerate() {
+            f.set_vring_num(q, QSIZE).unwrap();
+            let cfg = VringConfigData {
+                queue_max_size: QSIZE,
+                queue_size: QSIZE,
+                flags: 0,
+                desc_table_addr: UADDR + d,
+                used_ring_addr: UADDR + u,
+                avail_ring_addr: UADDR + a,
+                log_addr: None,
+            };
+            f.set_vring_addr(q, &cfg).unwrap();
+            f.set_vring_base(q, 0).unwrap();
+            let (call, kick) = (EventFd::new(0).unwrap(), EventFd::new(0).unwrap());
+            f.set_vring_call(q, &call).unwrap();
+            f.set_vring_kick(q, &kick).unwrap();
+            fds.push((call, kick));
+        }
+        let (d, a, _) = RINGS[1];
+        let avail_idx = match wrong {
+            Wrong::OutOfMemory => {
+                mem.write_at(&desc(0x4000_0000, 64, 0, 0), d).unwrap();
+                1u16
+            }
+            Wrong::Loop => {
+                mem.write_at(&desc(0x10000, 64, VIRTQ_DESC_F_NEXT, 1), d).unwrap();
+                mem.write_at(&desc(0x10100, 64, VIRTQ_DESC_F_NEXT, 0), d + 16).unwrap();
+                1
+            }
+            Wrong::Index => 1000,
+        };
+        // ring[0] = descriptor 0, then the index.
+        mem.write_at(&0u16.to_le_bytes(), a + 4).unwrap();
+        mem.write_at(&avail_idx.to_le_bytes(), a + 2).unwrap();
+        fds[1].1.write(1).unwrap();
+        let _ = std::fs::remove_file(&path);
+        Alive(f, mem, fds)
+    }
+
+    /// The frontend, its memory and eventfds, kept until dropped.
+    #[allow(dead_code)] // held, never read
+    struct Alive(Frontend, std::fs::File, Vec<(EventFd, EventFd)>);
+
+    impl Drop for Alive {
+        fn drop(&mut self) {}
+    }
+
+    /// Connects and sends a message the protocol does not have (request 9999).
+    pub fn bad_message(socket: &str) {
+        use std::io::Write;
+        let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+        let mut m = Vec::new();
+        m.extend_from_slice(&9999u32.to_le_bytes());
+        m.extend_from_slice(&1u32.to_le_bytes());
+        m.extend_from_slice(&0u32.to_le_bytes());
+        s.write_all(&m).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn a_guest_that_breaks_the_ring_protocol_downs_only_its_port() {
+    if !can_run("a_guest_that_breaks_the_ring_protocol") {
+        return;
+    }
+    let _one = one_at_a_time();
+    let mut lab = Lab::new();
+    let socket = lab.dir.join("vm.sock").display().to_string();
+    let iface = vm_host(&mut lab, &socket, "server");
+    lab.start();
+    // h1 and h2 switch throughout, at 20 pings a second.
+    let pings = Command::new("ip")
+        .args(["netns", "exec", &lab.ns_name("h1"), "ping", "-c", "200", "-i", "0.05"])
+        .args(["-W", "1", "10.9.1.2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cases = [
+        (hostile::Wrong::OutOfMemory, "descriptor outside guest memory"),
+        (hostile::Wrong::Loop, "descriptor chain loops or is cut"),
+        (hostile::Wrong::Index, "ring index beyond the ring"),
+    ];
+    for (n, (wrong, why)) in cases.into_iter().enumerate() {
+        let alive = hostile::guest(&socket, &lab.dir, wrong);
+        wait_log(&lab, &format!("the guest broke the ring protocol ({why})"), 1);
+        wait_log(&lab, "vhost-user port vm: connection closed: guest fault", n + 1);
+        drop(alive);
+    }
+    hostile::bad_message(&socket);
+    wait_log(&lab, "vhost-user port vm: connection closed: protocol error", 1);
+    // The port took a well-behaved guest again.
+    let pmd = Testpmd::start(&lab, "vm", &socket, &iface, false);
+    wait_log(&lab, "vhost-user port vm: rings running", 4);
+    assert!(reaches(&lab, "h1", "10.9.1.4"), "h1 reaches the guest after the hostile ones");
+    let out = pings.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("200 received"), "h1 → h2 lost pings meanwhile:\n{text}");
+    drop(pmd);
+    let (ok, log) = lab.stop();
+    for l in log.lines().filter(|l| l.contains("vhost-user port vm")) {
+        eprintln!("{l}");
+    }
+    assert!(ok && log.contains("balanced"), "{log}");
+    let counted = "vhost-user port vm: 5 connections, 3 guest faults, 1 protocol errors";
+    assert!(log.contains(counted), "{log}");
+    assert!(!log.contains("did not stop the rings"), "{log}");
+}

@@ -412,18 +412,25 @@ impl Conn {
         if !self.link.send(Update::Stop) || self.link.closing.load(Ordering::Acquire) {
             return;
         }
-        match self.link.replies.1.recv_timeout(STOP_WAIT) {
-            Ok(Some(Stopped { rx, tx })) => {
-                self.vrings[0].base = rx;
-                self.vrings[1].base = tx;
+        // In steps, so that a switch that stops meanwhile (its workers with it) is not waited for.
+        let end = std::time::Instant::now() + STOP_WAIT;
+        while std::time::Instant::now() < end {
+            match self.link.replies.1.recv_timeout(Duration::from_millis(20)) {
+                Ok(Some(Stopped { rx, tx })) => {
+                    self.vrings[0].base = rx;
+                    self.vrings[1].base = tx;
+                    return;
+                }
+                Ok(None) => return,
+                Err(_) if self.link.closing.load(Ordering::Acquire) => return,
+                Err(_) => {}
             }
-            Ok(None) => {}
-            Err(_) => tracing::warn!(
-                "vhost-user port {}: its worker did not stop the rings within {} s",
-                self.name,
-                STOP_WAIT.as_secs()
-            ),
         }
+        tracing::warn!(
+            "vhost-user port {}: its worker did not stop the rings within {} s",
+            self.name,
+            STOP_WAIT.as_secs()
+        );
     }
 
     /// Applies a change to running rings: stopped, then started again as they now are.
