@@ -623,3 +623,48 @@ fn fragments_join_the_main_file_and_errors_name_the_fragment() {
     let e = config::load(&main).unwrap_err().to_string();
     assert!(e.contains("include[0]") && e.contains("\"vm7.toml\""), "{e}");
 }
+
+#[test]
+fn vhost_user_ports_have_a_socket_and_one_queue_pair() {
+    let port = "[ports.vm]\nkind = \"tenant\"\nvhost_user = { socket = \"/run/x/vm.sock\" }\n";
+    let ok = format!("{GOOD}{port}");
+    let c = load_str("test.toml", &ok).unwrap();
+    let v = c.ports["vm"].vhost_user.as_ref().unwrap();
+    assert_eq!(v.mode, config::model::VhostMode::Server);
+    assert!(compile(&c, 1).is_ok());
+    let client = ok.replace("vm.sock\" }", "vm.sock\", mode = \"client\" }");
+    let v = load_str("test.toml", &client).unwrap().ports["vm"].vhost_user.clone().unwrap();
+    assert_eq!(v.mode, config::model::VhostMode::Client);
+    for (what, bad, field, why) in [
+        (
+            "relative path",
+            ok.replace("/run/x/vm.sock", "vm.sock"),
+            "ports.vm.vhost_user.socket",
+            "absolute",
+        ),
+        (
+            "an interface too",
+            ok.replace("kind = \"tenant\"\nvhost", "interface = \"x\"\nkind = \"tenant\"\nvhost"),
+            "ports.vm",
+            "not an interface",
+        ),
+        (
+            "two queues",
+            ok.replace("kind = \"tenant\"\nvhost", "queues = 2\nkind = \"tenant\"\nvhost"),
+            "ports.vm.queues",
+            "one queue pair",
+        ),
+        ("a mode of its own", client.replace("\"client\"", "\"peer\""), "mode", "unknown variant"),
+        (
+            "one socket twice",
+            format!(
+                "{ok}[ports.vm2]\nkind = \"tenant\"\nvhost_user = {{ socket = \"/run/x/vm.sock\" }}\n"
+            ),
+            "vhost_user.socket",
+            "already used by port",
+        ),
+    ] {
+        let e = err_of(&bad);
+        assert!(e.contains(field) && e.contains(why), "{what}: {e}");
+    }
+}

@@ -174,7 +174,7 @@ fn apply(live: &mut Live, shared: &Shared) -> Result<Value, String> {
         let pc = &new.ports[n];
         let id = snap.port_by_name(n).ok_or_else(|| format!("port {n}: not compiled"))?;
         let workers = live.fabric.choose(pc.queues, &opened)?;
-        if !Path::new("/sys/class/net").join(&pc.interface).exists() {
+        if pc.vhost_user.is_none() && !Path::new("/sys/class/net").join(&pc.interface).exists() {
             later.push((id, n, pc, workers));
             continue;
         }

@@ -348,3 +348,44 @@ fn a_guest_that_breaks_the_ring_protocol_downs_only_its_port() {
     assert!(log.contains(counted), "{log}");
     assert!(!log.contains("did not stop the rings"), "{log}");
 }
+
+#[test]
+fn a_vhost_user_port_comes_and_goes_with_a_reload_while_others_switch() {
+    if !can_run("a_vhost_user_port_comes_and_goes") {
+        return;
+    }
+    let _one = one_at_a_time();
+    let mut lab = Lab::new();
+    let socket = lab.dir.join("vm.sock").display().to_string();
+    let before = std::fs::read_to_string(lab.config()).unwrap();
+    let iface = vm_host(&mut lab, &socket, "server");
+    let with_vm = std::fs::read_to_string(lab.config()).unwrap();
+    std::fs::write(lab.config(), &before).unwrap();
+    lab.start();
+    // h1 and h2 switch throughout, at 20 pings a second.
+    let pings = Command::new("ip")
+        .args(["netns", "exec", &lab.ns_name("h1"), "ping", "-c", "100", "-i", "0.05"])
+        .args(["-W", "1", "10.9.1.2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::fs::write(lab.config(), &with_vm).unwrap();
+    let (ok, out, err) = lab.ctl(true, &["reload"]);
+    assert!(ok, "reload adding the port: {out}{err}");
+    assert!(std::path::Path::new(&socket).exists(), "the reload created {socket}");
+    let pmd = Testpmd::start(&lab, "vm", &socket, &iface, false);
+    wait_log(&lab, "vhost-user port vm: rings running", 1);
+    assert!(reaches(&lab, "h1", "10.9.1.4"), "h1 reaches the guest added live");
+    std::fs::write(lab.config(), &before).unwrap();
+    let (ok, out, err) = lab.ctl(true, &["reload"]);
+    assert!(ok, "reload removing the port: {out}{err}");
+    wait_log(&lab, "port vm removed (vhost-user", 1);
+    assert!(!std::path::Path::new(&socket).exists(), "the removed port left {socket}");
+    assert!(!lab.ping("h1", "10.9.1.4", "2"), "the guest is still reachable after its removal");
+    let out = pings.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("100 received"), "h1 → h2 lost pings meanwhile:\n{text}");
+    drop(pmd);
+    let (ok, log) = lab.stop();
+    assert!(ok && log.contains("balanced"), "{log}");
+}
