@@ -324,7 +324,8 @@ impl Fabric {
             bind: BindMode::Auto,
             queues: vec![Queue { queue: 0, worker, mode }],
             bound: 0,
-            up: true,
+            // Up once a guest's rings run (`Fabric::check`).
+            up: false,
             attachment: None,
             pending: None,
             quiet: None,
@@ -567,8 +568,16 @@ impl Fabric {
             self.attach_pending(shared);
         }
         for i in 0..self.ports.len() {
-            if self.ports[i].vhost.is_some() {
-                // No interface: its thread serves the socket, and says when guests come and go.
+            if let Some(v) = &self.ports[i].vhost {
+                // No interface: the port is up while a guest's rings run.
+                let running = v.link.running.load(Ordering::Acquire);
+                let h = &mut self.ports[i];
+                shared.set_port_down(&h.name, !running);
+                if running != h.up {
+                    h.up = running;
+                    let now = if running { "up: a guest's rings run" } else { "down: no guest" };
+                    tracing::info!("port {}: {now}", h.name);
+                }
                 continue;
             }
             let now = ifindex(&self.ports[i].interface).ok();

@@ -525,7 +525,11 @@ fn describe() {
         "NUMA node of the ports a worker polls (-1: unknown)."
     );
     describe_gauge!("xswitch_port_numa_node", "NUMA node of a port's device (-1: unknown).");
-    describe_gauge!("xswitch_port_up", "1 while a port's interface is there, 0 while it is gone.");
+    describe_gauge!(
+        "xswitch_port_up",
+        "1 while a port's interface is there (a vhost-user port: while a guest's rings run), 0 \
+         while it is gone."
+    );
     describe_gauge!("xswitch_port_info", "1 for each port: its interface, kind and VF (pf, vf).");
     describe_gauge!(
         "xswitch_tenant_attachment_info",
