@@ -35,6 +35,11 @@ use crate::port::{Breath, Port, PortCensus};
 /// be; without TSO offered, an MTU-sized frame is). A chain of more bytes is a broken guest.
 pub const MAX_PACKET: usize = 65_536 + 14 + 4;
 
+/// Frames written into the guest a port holds until its next reclaim (once a breath): beyond,
+/// its `tx` takes no more (the rest stay the caller's, as with a full TX ring), so the list
+/// never grows.
+const DONE: usize = 1024;
+
 /// Guest receive buffers one packet may take with `VIRTIO_NET_F_MRG_RXBUF`.
 const MAX_RX_BUFS: usize = 1 + MAX_SEGS as usize + 1;
 
@@ -218,7 +223,7 @@ impl VhostPort {
             name: name.to_string(),
             link,
             run: None,
-            done: Vec::with_capacity(crate::batch::BATCH_SIZE * 4),
+            done: Vec::with_capacity(DONE),
             armed: false,
             rx_used: false,
             tx_used: false,
@@ -557,7 +562,8 @@ impl Port for VhostPort {
         let Some(r) = self.run.as_deref_mut() else { return 0 };
         let mut taken = 0;
         let mut fault = None;
-        for f in frames.iter() {
+        let room = DONE - self.done.len();
+        for f in frames.iter().take(room) {
             match write_packet(r, area, f) {
                 Ok(Wrote::Done) => {
                     self.stats.tx_packets += 1;
