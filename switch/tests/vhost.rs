@@ -105,16 +105,41 @@ fn reaches(lab: &Lab, from: &str, to: &str) -> bool {
     false
 }
 
+/// A lab with host `vm` behind a vhost-user port in server mode, the switch started: the lab,
+/// the port's socket and testpmd's af_packet interface.
+fn server_lab() -> (Lab, String, String) {
+    let mut lab = Lab::new();
+    let socket = lab.dir.join("vm.sock").display().to_string();
+    let iface = vm_host(&mut lab, &socket, "server");
+    lab.start();
+    (lab, socket, iface)
+}
+
+/// `count` pings from h1 to h2, 20 a second, in the background: what the other tenants'
+/// traffic must not lose meanwhile.
+fn pings_h1_h2(lab: &Lab, count: &str) -> Child {
+    Command::new("ip")
+        .args(["netns", "exec", &lab.ns_name("h1"), "ping", "-c", count, "-i", "0.05"])
+        .args(["-W", "1", "10.9.1.2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for `pings` and checks that every one of `count` came back.
+fn none_lost(pings: Child, count: &str) {
+    let out = pings.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("{count} received")), "h1 → h2 lost pings meanwhile:\n{text}");
+}
+
 #[test]
 fn a_guest_on_a_vhost_user_port_reaches_its_tenant_and_nobody_else() {
     if !can_run("a_guest_on_a_vhost_user_port") {
         return;
     }
     let _one = one_at_a_time();
-    let mut lab = Lab::new();
-    let socket = lab.dir.join("vm.sock").display().to_string();
-    let iface = vm_host(&mut lab, &socket, "server");
-    lab.start();
+    let (mut lab, socket, iface) = server_lab();
     assert!(std::path::Path::new(&socket).exists(), "the switch created {socket}");
     let pmd = Testpmd::start(&lab, "vm", &socket, &iface, false);
     wait_log(&lab, "vhost-user port vm: rings running", 1);
@@ -307,17 +332,8 @@ fn a_guest_that_breaks_the_ring_protocol_downs_only_its_port() {
         return;
     }
     let _one = one_at_a_time();
-    let mut lab = Lab::new();
-    let socket = lab.dir.join("vm.sock").display().to_string();
-    let iface = vm_host(&mut lab, &socket, "server");
-    lab.start();
-    // h1 and h2 switch throughout, at 20 pings a second.
-    let pings = Command::new("ip")
-        .args(["netns", "exec", &lab.ns_name("h1"), "ping", "-c", "200", "-i", "0.05"])
-        .args(["-W", "1", "10.9.1.2"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut lab, socket, iface) = server_lab();
+    let pings = pings_h1_h2(&lab, "200");
     let cases = [
         (hostile::Wrong::OutOfMemory, "descriptor outside guest memory"),
         (hostile::Wrong::Loop, "descriptor chain loops or is cut"),
@@ -335,9 +351,7 @@ fn a_guest_that_breaks_the_ring_protocol_downs_only_its_port() {
     let pmd = Testpmd::start(&lab, "vm", &socket, &iface, false);
     wait_log(&lab, "vhost-user port vm: rings running", 4);
     assert!(reaches(&lab, "h1", "10.9.1.4"), "h1 reaches the guest after the hostile ones");
-    let out = pings.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("200 received"), "h1 → h2 lost pings meanwhile:\n{text}");
+    none_lost(pings, "200");
     drop(pmd);
     let (ok, log) = lab.stop();
     for l in log.lines().filter(|l| l.contains("vhost-user port vm")) {
@@ -362,13 +376,7 @@ fn a_vhost_user_port_comes_and_goes_with_a_reload_while_others_switch() {
     let with_vm = std::fs::read_to_string(lab.config()).unwrap();
     std::fs::write(lab.config(), &before).unwrap();
     lab.start();
-    // h1 and h2 switch throughout, at 20 pings a second.
-    let pings = Command::new("ip")
-        .args(["netns", "exec", &lab.ns_name("h1"), "ping", "-c", "100", "-i", "0.05"])
-        .args(["-W", "1", "10.9.1.2"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let pings = pings_h1_h2(&lab, "100");
     std::fs::write(lab.config(), &with_vm).unwrap();
     let (ok, out, err) = lab.ctl(true, &["reload"]);
     assert!(ok, "reload adding the port: {out}{err}");
@@ -382,9 +390,7 @@ fn a_vhost_user_port_comes_and_goes_with_a_reload_while_others_switch() {
     wait_log(&lab, "port vm removed (vhost-user", 1);
     assert!(!std::path::Path::new(&socket).exists(), "the removed port left {socket}");
     assert!(!lab.ping("h1", "10.9.1.4", "2"), "the guest is still reachable after its removal");
-    let out = pings.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("100 received"), "h1 → h2 lost pings meanwhile:\n{text}");
+    none_lost(pings, "100");
     drop(pmd);
     let (ok, log) = lab.stop();
     assert!(ok && log.contains("balanced"), "{log}");
