@@ -14,7 +14,8 @@
 # per second (its counters over DUR seconds), and from its stop summary the worker's busy share
 # and busy ns per packet, so packets per second per switch core (1e9 / busy ns).
 #
-# Usage (root): benches/vhost.sh     env: ROUNDS (3), DUR (10 s), RES
+# Usage (root): benches/vhost.sh     env: ROUNDS (3), DUR (10 s), RES, PERF (a path: `perf
+# record` of the switch during each case's DUR seconds, to PERF.CASE)
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
@@ -80,7 +81,13 @@ go() { sleep 2; echo "start tx_first 16" >&3; }
 
 measure() { # $1: case name
   go; sleep 2
-  local a b; a=$(rx); sleep "$DUR"; b=$(rx)
+  local a b; a=$(rx)
+  if [ -n "${PERF:-}" ]; then
+    perf record -q -F 999 -g -p "$SW_PID" -o "$PERF.$1" -- sleep "$DUR" 2>/dev/null
+  else
+    sleep "$DUR"
+  fi
+  b=$(rx)
   stop_pmd; stop_sw
   local pps busy ns
   pps=$(( (b - a) / DUR ))

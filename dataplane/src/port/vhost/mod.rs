@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{Receiver, Sender};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::batch::Batch;
 use crate::frame::{FRAME_HEADROOM, FrameArea, FramePool, FrameRef, MAX_SEGS};
@@ -347,7 +347,7 @@ fn read_packet(
             let k = (room - filled).min(len as u32);
             let ok = area
                 .seg_mut(at + u64::from(filled), k)
-                .is_some_and(|dst| mem.read_slice(dst, GuestAddress(addr)).is_ok());
+                .is_some_and(|dst| from_guest(mem, addr, dst));
             if !ok {
                 give_back(pool, &segs[..n]);
                 return Err(Fault::OutOfMemory);
@@ -376,6 +376,30 @@ fn read_packet(
         f = f.grown(segs[w].1);
     }
     Ok(Read::Packet(f))
+}
+
+/// Copies guest bytes at `addr` into `dst`: the bytes found with one region lookup
+/// (`get_slice`) when they lie in one region, as every descriptor of a sane driver does; else
+/// through `read_slice`, which walks the regions (profiled: that walk took a third of the
+/// worker's time when every copy went through it). False when they are not all guest memory.
+#[inline]
+fn from_guest(mem: &GuestMemoryMmap, addr: u64, dst: &mut [u8]) -> bool {
+    match mem.get_slice(GuestAddress(addr), dst.len()) {
+        Ok(s) => s.copy_to(dst) == dst.len(),
+        Err(_) => mem.read_slice(dst, GuestAddress(addr)).is_ok(),
+    }
+}
+
+/// Copies `src` into guest memory at `addr`, as [`from_guest`] reads.
+#[inline]
+fn to_guest(mem: &GuestMemoryMmap, addr: u64, src: &[u8]) -> bool {
+    match mem.get_slice(GuestAddress(addr), src.len()) {
+        Ok(s) => {
+            s.copy_from(src);
+            true
+        }
+        Err(_) => mem.write_slice(src, GuestAddress(addr)).is_ok(),
+    }
 }
 
 /// What writing a packet into the guest gave.
@@ -435,7 +459,9 @@ fn write_packet(r: &mut Rings, area: &FrameArea, f: &FrameRef) -> Result<Wrote, 
             let (mut addr, mut room) = (d.addr().0, d.len() as usize);
             while room > 0 && !src.is_empty() {
                 let k = room.min(src.len());
-                mem.write_slice(&src[..k], GuestAddress(addr)).map_err(|_| Fault::OutOfMemory)?;
+                if !to_guest(mem, addr, &src[..k]) {
+                    return Err(Fault::OutOfMemory);
+                }
                 (addr, room, wrote) = (addr + k as u64, room - k, wrote + k as u32);
                 src = &src[k..];
                 if src.is_empty() {
