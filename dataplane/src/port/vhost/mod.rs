@@ -692,3 +692,170 @@ fn set_nonblocking(f: &File) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::GuestMemoryMmap;
+
+    use super::*;
+    use crate::frame::PageSize;
+
+    const QSIZE: u16 = 16;
+    /// Descriptor table, available ring, used ring: the receive queue's, then the transmit's.
+    const RX: (u64, u64, u64) = (0x0, 0x1000, 0x2000);
+    const TX: (u64, u64, u64) = (0x3000, 0x4000, 0x5000);
+    const NEXT: u16 = 1;
+    const WRITE: u16 = 2;
+
+    fn queue(mem: &GuestMemoryMmap, (d, a, u): (u64, u64, u64)) -> Queue {
+        let mut q = Queue::new(QSIZE).unwrap();
+        q.set_desc_table_address(Some(d as u32), Some(0));
+        q.set_avail_ring_address(Some(a as u32), Some(0));
+        q.set_used_ring_address(Some(u as u32), Some(0));
+        q.set_ready(true);
+        assert!(q.is_valid(mem));
+        q
+    }
+
+    /// A port running on 1 MiB of guest memory, its frame area and pool.
+    fn port(mrg_rxbuf: bool) -> (VhostPort, Arc<GuestMemoryMmap>, FrameArea, FramePool) {
+        let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
+        let rings = Rings {
+            mem: mem.clone(),
+            rx: queue(&mem, RX),
+            tx: queue(&mem, TX),
+            rx_call: None,
+            tx_call: None,
+            tx_kick: None,
+            hdr_len: 12,
+            mrg_rxbuf,
+        };
+        let link = Link::new().unwrap();
+        let mut p = VhostPort::new("vm", link.clone());
+        assert!(link.send(Update::Start(Box::new(rings))));
+        let area = FrameArea::new(64, 2048, PageSize::Normal).unwrap();
+        let pool = FramePool::new(&area);
+        p.updates();
+        assert!(p.running());
+        (p, mem, area, pool)
+    }
+
+    fn desc(mem: &GuestMemoryMmap, table: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let at = GuestAddress(table + 16 * u64::from(i));
+        mem.write_obj(addr, at).unwrap();
+        mem.write_obj(len, GuestAddress(at.0 + 8)).unwrap();
+        mem.write_obj(flags, GuestAddress(at.0 + 12)).unwrap();
+        mem.write_obj(next, GuestAddress(at.0 + 14)).unwrap();
+    }
+
+    /// Makes chains with heads `heads` available on the ring at `avail`.
+    fn offer(mem: &GuestMemoryMmap, avail: u64, heads: &[u16]) {
+        for (i, h) in heads.iter().enumerate() {
+            mem.write_obj(*h, GuestAddress(avail + 4 + 2 * i as u64)).unwrap();
+        }
+        mem.write_obj(heads.len() as u16, GuestAddress(avail + 2)).unwrap();
+    }
+
+    fn used_idx(mem: &GuestMemoryMmap, used: u64) -> u16 {
+        mem.read_obj(GuestAddress(used + 2)).unwrap()
+    }
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    #[test]
+    fn a_packet_across_descriptors_becomes_a_chain_of_frames() {
+        let (mut p, mem, mut area, mut pool) = port(true);
+        let bytes = pattern(3000);
+        // The header alone, then the packet in two descriptors of 1 500 bytes.
+        desc(&mem, TX.0, 0, 0x10000, 12, NEXT, 1);
+        desc(&mem, TX.0, 1, 0x20000, 1500, NEXT, 2);
+        desc(&mem, TX.0, 2, 0x30000, 1500, 0, 0);
+        mem.write_slice(&bytes[..1500], GuestAddress(0x20000)).unwrap();
+        mem.write_slice(&bytes[1500..], GuestAddress(0x30000)).unwrap();
+        offer(&mem, TX.1, &[0]);
+        let free = pool.len();
+        let mut batch = Batch::new();
+        assert_eq!(p.rx(&mut area, &mut pool, &mut batch), 1);
+        let f = &batch.frames()[0];
+        assert_eq!((f.len(), f.segs()), (3000, 1), "1 792 bytes in the head, the rest after");
+        let got: Vec<u8> = area.segments(f).flatten().copied().collect();
+        assert_eq!(got, bytes);
+        assert_eq!(used_idx(&mem, TX.2), 1, "the chain went back to the guest");
+        assert_eq!(pool.len(), free - 2);
+    }
+
+    #[test]
+    fn broken_chains_fault_the_port_and_take_no_frame() {
+        type Setup = fn(&GuestMemoryMmap);
+        let cases: [(Setup, Fault); 3] = [
+            (
+                |m| {
+                    desc(m, TX.0, 0, 0x10000, 64, NEXT, 1);
+                    desc(m, TX.0, 1, 0x10100, 64, NEXT, 0);
+                    offer(m, TX.1, &[0]);
+                },
+                Fault::BadChain,
+            ),
+            (
+                |m| {
+                    desc(m, TX.0, 0, 0x4000_0000, 64, 0, 0);
+                    offer(m, TX.1, &[0]);
+                },
+                Fault::OutOfMemory,
+            ),
+            (|m| m.write_obj(1000u16, GuestAddress(TX.1 + 2)).unwrap(), Fault::BadIndex),
+        ];
+        for (setup, fault) in cases {
+            let (mut p, mem, mut area, mut pool) = port(true);
+            setup(&mem);
+            let free = pool.len();
+            let mut batch = Batch::new();
+            assert_eq!(p.rx(&mut area, &mut pool, &mut batch), 0, "{fault:?}");
+            assert!(!p.running(), "{fault:?}: the rings were dropped");
+            assert_eq!(p.link.last_fault(), Some(fault));
+            assert_eq!(p.link.faults.load(Ordering::Relaxed), 1);
+            assert_eq!(pool.len(), free, "{fault:?}: every frame went back");
+            // The rings went to the protocol thread, not dropped here.
+            assert!(p.link.gone.1.try_recv().is_ok(), "{fault:?}");
+        }
+    }
+
+    #[test]
+    fn a_large_frame_spans_merged_receive_buffers() {
+        let (mut p, mem, mut area, mut pool) = port(true);
+        for i in 0..4u16 {
+            desc(&mem, RX.0, i, 0x40000 + 0x1000 * u64::from(i), 1024, WRITE, 0);
+        }
+        offer(&mem, RX.1, &[0, 1, 2, 3]);
+        let bytes = pattern(3000);
+        let f = pool.copy_in(&mut area, &bytes).unwrap();
+        let mut frames = vec![f];
+        assert_eq!(p.tx(&area, &mut frames), 1);
+        assert!(p.kick(Breath::Idle));
+        assert_eq!(used_idx(&mem, RX.2), 3, "3 012 bytes with the header: three buffers");
+        let mut got = vec![0u8; 3 * 1024];
+        for i in 0..3 {
+            let at = GuestAddress(0x40000 + 0x1000 * i as u64);
+            mem.read_slice(&mut got[i * 1024..(i + 1) * 1024], at).unwrap();
+        }
+        assert_eq!(u16::from_le_bytes([got[10], got[11]]), 3, "num_buffers");
+        assert_eq!(&got[12..3012], &bytes[..]);
+        assert_eq!(p.reclaim(&area, &mut pool), 2, "both chunks of the frame come back");
+    }
+
+    #[test]
+    fn without_merged_buffers_a_frame_too_large_is_dropped_and_the_buffer_kept() {
+        let (mut p, mem, mut area, mut pool) = port(false);
+        desc(&mem, RX.0, 0, 0x40000, 1024, WRITE, 0);
+        offer(&mem, RX.1, &[0]);
+        let big = pool.copy_in(&mut area, &pattern(3000)).unwrap();
+        let small = pool.copy_in(&mut area, &pattern(100)).unwrap();
+        let mut frames = vec![big, small];
+        assert_eq!(p.tx(&area, &mut frames), 2);
+        assert_eq!(p.stats.too_big_for_guest, 1);
+        assert_eq!(p.stats.tx_packets, 1, "the small one took the buffer the big one left");
+        assert_eq!(used_idx(&mem, RX.2), 1);
+    }
+}
