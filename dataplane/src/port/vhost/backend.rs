@@ -483,6 +483,19 @@ impl VhostUserBackendReqHandlerMut for Conn {
         let mut regions = Vec::with_capacity(ctx.len());
         for (r, f) in ctx.iter().zip(files) {
             let size = usize::try_from(r.memory_size).map_err(|_| VhostError::InvalidParam)?;
+            // A mapping past the end of its file would kill the switch with SIGBUS at the first
+            // access there: refused, and counted as the guest's fault (the connection closes).
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            let (offset, bytes) = (r.mmap_offset, r.memory_size);
+            if offset.checked_add(bytes).is_none_or(|end| end > len) {
+                tracing::warn!(
+                    "vhost-user port {}: a memory region of {bytes} bytes at offset {offset} of a \
+                     file of {len}",
+                    self.name
+                );
+                self.link.fault(Fault::PastEof);
+                return Err(VhostError::InvalidParam);
+            }
             ranges.push((
                 GuestAddress(r.guest_phys_addr),
                 size,
@@ -661,5 +674,43 @@ impl VhostUserBackendReqHandlerMut for Conn {
 
     fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> VhostResult<()> {
         Err(unsupported("dirty logging (live migration)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn region(size: u64) -> VhostUserMemoryRegion {
+        VhostUserMemoryRegion::new(0, size, 0x7f00_0000_0000, 0)
+    }
+
+    fn file(len: usize) -> File {
+        let mut f = tempfile();
+        f.write_all(&vec![0u8; len]).unwrap();
+        f
+    }
+
+    fn tempfile() -> File {
+        let p = std::env::temp_dir().join(format!("xswitch-vhost-mem-{}", std::process::id()));
+        let f = File::options().read(true).write(true).create(true).truncate(true).open(&p);
+        let _ = std::fs::remove_file(&p);
+        f.unwrap()
+    }
+
+    #[test]
+    fn a_memory_region_past_the_end_of_its_file_is_refused_and_counted() {
+        let link = Link::new().unwrap();
+        let mut c = Conn::new("vm", link.clone());
+        assert!(c.set_mem_table(&[region(1 << 20)], vec![file(4096)], None).is_err());
+        assert!(c.mem.is_none(), "nothing was mapped");
+        assert_eq!(link.last_fault(), Some(Fault::PastEof));
+        let link = Link::new().unwrap();
+        let mut c = Conn::new("vm", link.clone());
+        assert!(c.set_mem_table(&[region(4096)], vec![file(4096)], None).is_ok());
+        assert!(c.mem.is_some());
+        assert_eq!(link.faults.load(Ordering::Relaxed), 0);
     }
 }

@@ -54,6 +54,9 @@ pub enum Fault {
     BadIndex,
     /// A packet longer than [`MAX_PACKET`], or a transmit chain with a buffer to write.
     BadPacket,
+    /// A memory region larger than the file it is mapped from (touching it past the file's
+    /// end would kill the switch with SIGBUS).
+    PastEof,
 }
 
 impl Fault {
@@ -64,6 +67,7 @@ impl Fault {
             Fault::BadChain => "descriptor chain loops or is cut",
             Fault::BadIndex => "ring index beyond the ring",
             Fault::BadPacket => "packet too long or chain malformed",
+            Fault::PastEof => "memory region beyond the end of its file",
         }
     }
 }
