@@ -171,6 +171,23 @@ pub fn log(
                 socket_row(&p.label(), s, x.stats.kicks, x.stats.kick_errors);
             }
         }
+        // Vhost-user ports: what they dropped themselves (a frame larger than the guest's
+        // receive buffers take) is not among the switch's drop reasons above.
+        for (_, p) in f.worker.sockets_mut() {
+            if let Some(v) = p.vhost() {
+                let s = v.stats;
+                tracing::info!(
+                    "  {}: {} packets from the guest, {} to it, {} dropped too big for the \
+                     guest's buffers, {} left in its ring for want of frames, {} notifications",
+                    p.label(),
+                    s.rx_packets,
+                    s.tx_packets,
+                    s.too_big_for_guest,
+                    s.no_frame,
+                    s.calls
+                );
+            }
+        }
     }
     if !retired.is_empty() {
         tracing::info!("  sockets taken out while running (ports removed, interfaces replaced):");

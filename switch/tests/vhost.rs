@@ -358,6 +358,7 @@ fn a_guest_that_breaks_the_ring_protocol_downs_only_its_port() {
         eprintln!("{l}");
     }
     assert!(ok && log.contains("balanced"), "{log}");
+    assert!(log.contains("0 dropped too big for the guest's buffers"), "{log}");
     let counted = "vhost-user port vm: 5 connections, 3 guest faults, 1 protocol errors";
     assert!(log.contains(counted), "{log}");
     assert!(!log.contains("did not stop the rings"), "{log}");

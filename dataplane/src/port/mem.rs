@@ -91,12 +91,7 @@ impl Port for MemPort {
     }
 
     fn reclaim(&mut self, area: &FrameArea, pool: &mut FramePool) -> usize {
-        let mut n = 0;
-        for f in self.done.drain(..) {
-            n += f.chunks() as usize;
-            pool.free(area, f);
-        }
-        n
+        pool.free_all(area, self.done.drain(..))
     }
 
     fn kick(&mut self, _breath: Breath) -> bool {
