@@ -178,13 +178,19 @@ pub fn log(
                 let s = v.stats;
                 tracing::info!(
                     "  {}: {} packets from the guest, {} to it, {} dropped too big for the \
-                     guest's buffers, {} left in its ring for want of frames, {} notifications",
+                     guest's buffers, {} left in its ring for want of frames, {} notifications; \
+                     offloads: {} large TCP segments cut into {}, {} checksums completed, {} \
+                     dropped as not doable",
                     p.label(),
                     s.rx_packets,
                     s.tx_packets,
                     s.too_big_for_guest,
                     s.no_frame,
-                    s.calls
+                    s.calls,
+                    s.segmented,
+                    s.segments,
+                    s.checksums,
+                    s.bad_offload
                 );
             }
         }

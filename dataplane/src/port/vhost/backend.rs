@@ -29,6 +29,18 @@ use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 
 use super::{Fault, Link, Rings, Stopped, Update, set_nonblocking};
 
+/// `VIRTIO_NET_F_CSUM` (virtio 1.2, 5.1.3): the guest may leave checksums partial, for the
+/// port to complete ([`super::offload`]).
+const F_CSUM: u64 = 1 << 0;
+/// `VIRTIO_NET_F_MTU`: the device's MTU in its config space (QEMU's `host_mtu`; QEMU keeps
+/// the config space of a vhost-user net device).
+const F_MTU: u64 = 1 << 3;
+/// `VIRTIO_NET_F_HOST_TSO4` and `_TSO6`: the guest may send TCP segments larger than the MTU,
+/// for the port to segment ([`super::offload`]).
+const F_HOST_TSO4: u64 = 1 << 11;
+const F_HOST_TSO6: u64 = 1 << 12;
+/// `VIRTIO_NET_F_STATUS`: the link status in the config space (kept by QEMU).
+const F_STATUS: u64 = 1 << 16;
 /// `VIRTIO_NET_F_MRG_RXBUF` (virtio 1.2, 5.1.3): packets may span several receive buffers.
 const F_MRG_RXBUF: u64 = 1 << 15;
 /// `VIRTIO_RING_F_INDIRECT_DESC` (2.7.5.3): indirect descriptor tables.
@@ -39,7 +51,12 @@ const F_EVENT_IDX: u64 = 1 << 29;
 const F_VERSION_1: u64 = 1 << 32;
 
 /// What the port offers the guest.
-pub const FEATURES: u64 = F_MRG_RXBUF
+pub const FEATURES: u64 = F_CSUM
+    | F_MTU
+    | F_HOST_TSO4
+    | F_HOST_TSO6
+    | F_STATUS
+    | F_MRG_RXBUF
     | F_INDIRECT_DESC
     | F_EVENT_IDX
     | F_VERSION_1
@@ -397,6 +414,7 @@ impl Conn {
             tx_kick,
             hdr_len: if self.features & (F_VERSION_1 | F_MRG_RXBUF) != 0 { 12 } else { 10 },
             mrg_rxbuf: self.features & F_MRG_RXBUF != 0,
+            tso: self.features & (F_HOST_TSO4 | F_HOST_TSO6) != 0,
         })
     }
 

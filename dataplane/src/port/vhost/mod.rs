@@ -17,7 +17,9 @@
 #![allow(unsafe_code)] // eventfds (the vhost-user memory boundary); every block has its SAFETY comment
 
 pub mod backend;
+pub mod offload;
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,7 +30,9 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::batch::Batch;
-use crate::frame::{FRAME_HEADROOM, FrameArea, FramePool, FrameRef, MAX_SEGS};
+use crate::frame::{FrameArea, FramePool, FrameRef, MAX_SEGS};
+
+use self::offload::{Descs, NetHdr, Packet, Took};
 use crate::port::{Breath, Port, PortCensus};
 
 /// The largest packet taken from a guest (a 64 KiB TSO segment and its Ethernet header would
@@ -87,6 +91,9 @@ pub struct Rings {
     hdr_len: usize,
     /// Packets may span several receive buffers.
     mrg_rxbuf: bool,
+    /// The guest may send TCP segments larger than the MTU (`HOST_TSO4/6`), for the port to
+    /// segment.
+    tso: bool,
 }
 
 /// What the protocol thread tells the port.
@@ -200,6 +207,14 @@ pub struct VhostStats {
     pub no_frame: u64,
     /// Eventfd writes to the guest (notifications it asked for).
     pub calls: u64,
+    /// Large TCP segments from the guest cut into MTU-sized ones.
+    pub segmented: u64,
+    /// The segments they were cut into.
+    pub segments: u64,
+    /// Packets whose partial checksum the port completed.
+    pub checksums: u64,
+    /// Packets dropped for an offload that cannot be done as asked (see [`Took::Bad`]).
+    pub bad_offload: u64,
 }
 
 /// A vhost-user port as its worker polls it.
@@ -216,6 +231,11 @@ pub struct VhostPort {
     tx_used: bool,
     /// Packets dropped on receive since the worker last asked (too long for a chain).
     rx_drops: u32,
+    /// Packets taken from the guest that the last batch had no room for (the segments of a
+    /// large one), handed out first at the next receive. Never beyond its capacity.
+    pending: VecDeque<FrameRef>,
+    /// The buffers of the guest packet being taken (kept: it is 1 KiB).
+    descs: Box<Descs>,
     /// Its counters.
     pub stats: VhostStats,
 }
@@ -232,6 +252,8 @@ impl VhostPort {
             rx_used: false,
             tx_used: false,
             rx_drops: 0,
+            pending: VecDeque::with_capacity(offload::MAX_TSO_SEGS),
+            descs: Box::default(),
             stats: VhostStats::default(),
         }
     }
@@ -287,99 +309,28 @@ impl VhostPort {
     }
 }
 
-/// What reading a packet from the guest gave.
-enum Read {
-    /// The packet, in a frame or a chain of frames.
-    Packet(FrameRef),
-    /// No frame was free (nothing taken from the pool).
-    NoFrame,
-    /// More bytes than a chain of frames holds (counted `too_big`).
-    TooBig,
-}
-
-/// Reads one packet of a guest transmit chain into frames from `pool`: the virtio-net header
-/// skipped, the bytes after it copied into a frame, or a chain of frames when they are more
-/// than one holds (every segment but the last full, as [`FramePool::copy_in`] makes them).
-fn read_packet(
-    mem: &GuestMemoryMmap,
-    hdr_len: usize,
+/// Collects the readable buffers of a guest transmit chain into `descs`. False when they are
+/// more than [`offload::MAX_DESCS`] (the packet is dropped).
+fn collect(
     chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
-    area: &mut FrameArea,
-    pool: &mut FramePool,
-) -> Result<Read, Fault> {
-    let room = (u64::from(area.chunk_size()) - FRAME_HEADROOM) as u32;
-    // The segments filled so far (address, length): the last is being filled.
-    let mut segs = [(0u64, 0u32); 1 + MAX_SEGS as usize];
-    let mut n = 0usize;
-    let mut skip = hdr_len;
-    let mut total = 0usize;
-    let mut cut = false;
-    let mut too_big = false;
-    let give_back = |pool: &mut FramePool, segs: &[(u64, u32)]| {
-        for &(a, _) in segs {
-            pool.free_addr(a);
-        }
-    };
+    descs: &mut Descs,
+) -> Result<bool, Fault> {
+    descs.clear();
+    let (mut cut, mut fits) = (false, true);
     for d in chain {
         if d.is_write_only() {
-            give_back(pool, &segs[..n]);
             return Err(Fault::BadPacket);
         }
         cut = d.has_next();
-        let (mut addr, mut len) = (d.addr().0, d.len() as usize);
-        let s = skip.min(len);
-        (addr, len, skip) = (addr + s as u64, len - s, skip - s);
-        total += len;
-        if total > MAX_PACKET {
-            give_back(pool, &segs[..n]);
+        if descs.total() + d.len() as usize > MAX_PACKET + 12 {
             return Err(Fault::BadPacket);
         }
-        while len > 0 && !too_big {
-            if n == 0 || segs[n - 1].1 == room {
-                if n == segs.len() {
-                    too_big = true;
-                    break;
-                }
-                let Some(base) = pool.alloc() else {
-                    give_back(pool, &segs[..n]);
-                    return Ok(Read::NoFrame);
-                };
-                segs[n] = (base + FRAME_HEADROOM, 0);
-                n += 1;
-            }
-            let (at, filled) = segs[n - 1];
-            let k = (room - filled).min(len as u32);
-            let ok = area
-                .seg_mut(at + u64::from(filled), k)
-                .is_some_and(|dst| from_guest(mem, addr, dst));
-            if !ok {
-                give_back(pool, &segs[..n]);
-                return Err(Fault::OutOfMemory);
-            }
-            segs[n - 1].1 += k;
-            (addr, len) = (addr + u64::from(k), len - k as usize);
-        }
+        fits &= descs.push(d.addr().0, d.len());
     }
     if cut {
-        give_back(pool, &segs[..n]);
         return Err(Fault::BadChain);
     }
-    if too_big {
-        give_back(pool, &segs[..n]);
-        return Ok(Read::TooBig);
-    }
-    if n == 0 {
-        // A header and nothing after it: an empty frame, which the parser drops as malformed.
-        return Ok(pool
-            .alloc()
-            .map_or(Read::NoFrame, |b| Read::Packet(FrameRef::new(b + FRAME_HEADROOM, 0))));
-    }
-    let mut f = FrameRef::new(segs[0].0, segs[0].1);
-    for w in 1..n {
-        area.link(segs[w - 1].0, segs[w].0, segs[w].1);
-        f = f.grown(segs[w].1);
-    }
-    Ok(Read::Packet(f))
+    Ok(fits)
 }
 
 /// Copies guest bytes at `addr` into `dst`: the bytes found with one region lookup
@@ -493,6 +444,21 @@ fn write_packet(r: &mut Rings, area: &FrameArea, f: &FrameRef) -> Result<Wrote, 
     Ok(Wrote::Done)
 }
 
+/// Moves packets taken from the guest into `batch` while it has room; how many.
+fn hand_out(pending: &mut VecDeque<FrameRef>, batch: &mut Batch) -> usize {
+    let mut n = 0;
+    while !batch.is_full() {
+        let Some(f) = pending.pop_front() else { break };
+        // Not while the batch has room.
+        if let Err(f) = batch.push(f) {
+            pending.push_front(f);
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
 /// Tells the guest about used buffers of `q` when it asked to be told (event idx or flags).
 fn notify(mem: &GuestMemoryMmap, q: &mut Queue, call: Option<&File>) -> Result<bool, Fault> {
     match call {
@@ -507,7 +473,8 @@ fn notify(mem: &GuestMemoryMmap, q: &mut Queue, call: Option<&File>) -> Result<b
 impl Port for VhostPort {
     fn rx(&mut self, area: &mut FrameArea, pool: &mut FramePool, batch: &mut Batch) -> usize {
         self.updates();
-        let Some(r) = self.run.as_deref_mut() else { return 0 };
+        let mut n = hand_out(&mut self.pending, batch);
+        let Some(r) = self.run.as_deref_mut() else { return n };
         let mem: &GuestMemoryMmap = &r.mem;
         if self.armed {
             self.armed = false;
@@ -516,9 +483,8 @@ impl Port for VhostPort {
             }
             let _ = r.tx.disable_notification(mem);
         }
-        let mut n = 0;
         let mut fault = None;
-        while !batch.is_full() {
+        while !batch.is_full() && self.pending.is_empty() {
             let next = match r.tx.iter(mem) {
                 Ok(mut it) => it.next(),
                 Err(_) => {
@@ -528,22 +494,52 @@ impl Port for VhostPort {
             };
             let Some(chain) = next else { break };
             let head = chain.head_index();
-            match read_packet(mem, r.hdr_len, chain, area, pool) {
-                Ok(Read::Packet(f)) => match batch.push(f) {
-                    Ok(()) => n += 1,
-                    // Not while the batch has room; were it full, the packet is dropped.
-                    Err(f) => {
-                        pool.free(area, f);
-                        self.rx_drops += 1;
+            let took = collect(chain, &mut self.descs).and_then(|fits| {
+                let mut vh = [0u8; 12];
+                if self.descs.total() < r.hdr_len {
+                    return Err(Fault::BadPacket);
+                }
+                if !self.descs.read(mem, 0, &mut vh[..r.hdr_len]) {
+                    return Err(Fault::OutOfMemory);
+                }
+                if !fits {
+                    return Ok(Took::TooBig);
+                }
+                let h = NetHdr::parse(vh[..10].try_into().unwrap_or(&[0; 10]));
+                let pending = &mut self.pending;
+                let took = offload::take(
+                    Packet { mem, descs: &self.descs, base: r.hdr_len },
+                    &h,
+                    r.tso,
+                    area,
+                    pool,
+                    &mut |f| pending.push_back(f),
+                )?;
+                if let Took::Packets(k) = took
+                    && !h.plain()
+                {
+                    let s = &mut self.stats;
+                    if h.gso_type == 0 {
+                        s.checksums += 1;
+                    } else {
+                        (s.segmented, s.segments) = (s.segmented + 1, s.segments + k as u64);
                     }
-                },
-                Ok(Read::NoFrame) => {
+                }
+                Ok(took)
+            });
+            match took {
+                Ok(Took::Packets(k)) => {
+                    self.stats.rx_packets += k as u64;
+                    n += hand_out(&mut self.pending, batch);
+                }
+                Ok(Took::NoFrame) => {
                     // Left in the guest's ring, for the next breath.
                     r.tx.go_to_previous_position();
                     self.stats.no_frame += 1;
                     break;
                 }
-                Ok(Read::TooBig) => self.rx_drops += 1,
+                Ok(Took::TooBig) => self.rx_drops += 1,
+                Ok(Took::Bad) => self.stats.bad_offload += 1,
                 Err(f) => {
                     fault = Some(f);
                     break;
@@ -562,7 +558,6 @@ impl Port for VhostPort {
                 Err(f) => fault = Some(f),
             }
         }
-        self.stats.rx_packets += n as u64;
         if let Some(f) = fault {
             self.faulted(f);
         }
@@ -635,7 +630,7 @@ impl Port for VhostPort {
     fn census(&self) -> PortCensus {
         PortCensus {
             fill: 0,
-            rx: 0,
+            rx: self.pending.iter().map(FrameRef::chunks).sum(),
             tx: 0,
             completion: self.done.iter().map(FrameRef::chunks).sum(),
         }
@@ -650,6 +645,7 @@ impl Port for VhostPort {
 
     fn retire(&mut self, area: &FrameArea, pool: &mut FramePool) -> u32 {
         self.reclaim(area, pool);
+        pool.free_all(area, self.pending.drain(..));
         0
     }
 }
@@ -728,11 +724,12 @@ mod tests {
             tx_kick: None,
             hdr_len: 12,
             mrg_rxbuf,
+            tso: true,
         };
         let link = Link::new().unwrap();
         let mut p = VhostPort::new("vm", link.clone());
         assert!(link.send(Update::Start(Box::new(rings))));
-        let area = FrameArea::new(64, 2048, PageSize::Normal).unwrap();
+        let area = FrameArea::new(256, 2048, PageSize::Normal).unwrap();
         let pool = FramePool::new(&area);
         p.updates();
         assert!(p.running());
@@ -856,5 +853,188 @@ mod tests {
         assert_eq!(p.stats.too_big_for_guest, 1);
         assert_eq!(p.stats.tx_packets, 1, "the small one took the buffer the big one left");
         assert_eq!(used_idx(&mem, RX.2), 1);
+    }
+
+    /// A virtio-net header asking for `gso` segmentation at `mss` and the checksum from
+    /// `csum_start` (field at `csum_offset`) to be completed.
+    fn vnet(gso: u8, mss: u16, csum_start: u16, csum_offset: u16) -> [u8; 12] {
+        let mut h = [0u8; 12];
+        h[0] = 1; // NEEDS_CSUM
+        h[1] = gso;
+        h[4..6].copy_from_slice(&mss.to_le_bytes());
+        h[6..8].copy_from_slice(&csum_start.to_le_bytes());
+        h[8..10].copy_from_slice(&csum_offset.to_le_bytes());
+        h
+    }
+
+    /// A TCP packet (PSH and FIN set, checksum left partial as Linux leaves it: the folded
+    /// pseudo-header sum) of `payload`, over IPv4 or IPv6; and the TCP header's offset.
+    fn big_tcp(v6: bool, payload: &[u8]) -> (Vec<u8>, usize) {
+        use etherparse::PacketBuilder;
+        let eth = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        let mut out = Vec::new();
+        let (l4, pseudo) = if v6 {
+            let (a, b) = ([0xfd; 16], [0xfe; 16]);
+            eth.ipv6(a, b, 64)
+                .tcp(40000, 5201, 1000, 512)
+                .psh()
+                .fin()
+                .write(&mut out, payload)
+                .unwrap();
+            (54, crate::wire::checksum::pseudo_header(true, &a, &b, 6, (20 + payload.len()) as u32))
+        } else {
+            let m = |x: [u8; 4]| {
+                let mut m = [0u8; 16];
+                m[10..12].fill(0xff);
+                m[12..].copy_from_slice(&x);
+                m
+            };
+            eth.ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+                .tcp(40000, 5201, 1000, 512)
+                .psh()
+                .fin()
+                .write(&mut out, payload)
+                .unwrap();
+            let p = crate::wire::checksum::pseudo_header(
+                false,
+                &m([10, 0, 0, 1]),
+                &m([10, 0, 0, 2]),
+                6,
+                (20 + payload.len()) as u32,
+            );
+            (34, p)
+        };
+        out[l4 + 16..l4 + 18].copy_from_slice(&crate::wire::checksum::fold(pseudo).to_be_bytes());
+        (out, l4)
+    }
+
+    /// Offers `pkt` after `vh` on the transmit queue: the header alone, then the packet in
+    /// two descriptors (cut at byte 100).
+    fn offer_tx(mem: &GuestMemoryMmap, vh: &[u8; 12], pkt: &[u8]) {
+        mem.write_slice(vh, GuestAddress(0x10000)).unwrap();
+        mem.write_slice(&pkt[..100], GuestAddress(0x11000)).unwrap();
+        mem.write_slice(&pkt[100..], GuestAddress(0x20000)).unwrap();
+        desc(mem, TX.0, 0, 0x10000, 12, NEXT, 1);
+        desc(mem, TX.0, 1, 0x11000, 100, NEXT, 2);
+        desc(mem, TX.0, 2, 0x20000, (pkt.len() - 100) as u32, 0, 0);
+        offer(mem, TX.1, &[0]);
+    }
+
+    #[test]
+    fn a_large_tcp_segment_is_cut_into_segments_with_their_own_headers_and_checksums() {
+        use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
+        for v6 in [false, true] {
+            let (mut p, mem, mut area, mut pool) = port(true);
+            let payload = pattern(10_000);
+            let (pkt, l4) = big_tcp(v6, &payload);
+            let mss = 1448u16;
+            offer_tx(&mem, &vnet(if v6 { 4 } else { 1 }, mss, l4 as u16, 16), &pkt);
+            let mut batch = Batch::new();
+            assert_eq!(p.rx(&mut area, &mut pool, &mut batch), 7, "10 000 bytes at 1 448: 7");
+            assert_eq!((p.stats.segmented, p.stats.segments), (1, 7));
+            let mut got = Vec::new();
+            for (i, f) in batch.frames().iter().enumerate() {
+                let b: Vec<u8> = area.segments(f).flatten().copied().collect();
+                let h = PacketHeaders::from_ethernet_slice(&b).unwrap();
+                let data = h.payload.slice();
+                let Some(TransportHeader::Tcp(t)) = &h.transport else { panic!("not TCP") };
+                let want = match &h.net {
+                    Some(NetHeaders::Ipv4(ip, _)) => {
+                        assert!(!v6);
+                        assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "segment {i}");
+                        assert_eq!(ip.identification, i as u16);
+                        assert_eq!(usize::from(ip.total_len), 40 + data.len());
+                        t.calc_checksum_ipv4(ip, data).unwrap()
+                    }
+                    Some(NetHeaders::Ipv6(ip, _)) => {
+                        assert!(v6);
+                        assert_eq!(usize::from(ip.payload_length), 20 + data.len());
+                        t.calc_checksum_ipv6(ip, data).unwrap()
+                    }
+                    _ => panic!("not IP"),
+                };
+                assert_eq!(t.checksum, want, "v6 {v6}, segment {i}: TCP checksum");
+                assert_eq!(t.sequence_number, 1000 + (i * 1448) as u32);
+                let last = i == 6;
+                assert_eq!((t.fin, t.psh), (last, last), "FIN and PSH on the last only");
+                assert_eq!(data.len(), if last { 10_000 - 6 * 1448 } else { 1448 });
+                got.extend_from_slice(data);
+            }
+            assert_eq!(got, payload, "v6 {v6}: the payload, byte for byte");
+            assert_eq!(used_idx(&mem, TX.2), 1);
+        }
+    }
+
+    #[test]
+    fn segments_beyond_a_batch_wait_for_the_next_receive() {
+        let (mut p, mem, mut area, mut pool) = port(true);
+        let (pkt, l4) = big_tcp(false, &pattern(100 * 536));
+        offer_tx(&mem, &vnet(1, 536, l4 as u16, 16), &pkt);
+        let free = pool.len();
+        let mut batch = Batch::new();
+        assert_eq!(p.rx(&mut area, &mut pool, &mut batch), 64);
+        assert_eq!(p.census().rx, 36, "the rest are the port's, counted");
+        let mut next = Batch::new();
+        assert_eq!(p.rx(&mut area, &mut pool, &mut next), 36);
+        assert_eq!(p.census().rx, 0);
+        assert_eq!(pool.len(), free - 100);
+    }
+
+    #[test]
+    fn a_partial_checksum_is_completed() {
+        use etherparse::{PacketBuilder, PacketHeaders, TransportHeader};
+        let (mut p, mem, mut area, mut pool) = port(true);
+        let mut pkt = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(5000, 53)
+            .write(&mut pkt, &pattern(3001))
+            .unwrap();
+        let right = u16::from_be_bytes([pkt[40], pkt[41]]);
+        let m = |x: [u8; 4]| {
+            let mut m = [0u8; 16];
+            m[10..12].fill(0xff);
+            m[12..].copy_from_slice(&x);
+            m
+        };
+        let ps = crate::wire::checksum::pseudo_header(
+            false,
+            &m([10, 0, 0, 1]),
+            &m([10, 0, 0, 2]),
+            17,
+            3009,
+        );
+        pkt[40..42].copy_from_slice(&crate::wire::checksum::fold(ps).to_be_bytes());
+        offer_tx(&mem, &vnet(0, 0, 34, 6), &pkt);
+        let mut batch = Batch::new();
+        assert_eq!(p.rx(&mut area, &mut pool, &mut batch), 1);
+        let b: Vec<u8> = area.segments(&batch.frames()[0]).flatten().copied().collect();
+        assert_eq!(batch.frames()[0].segs(), 1, "3 043 bytes: a chain of two frames");
+        let h = PacketHeaders::from_ethernet_slice(&b).unwrap();
+        let Some(TransportHeader::Udp(u)) = h.transport else { panic!("not UDP") };
+        assert_eq!(u.checksum, right);
+        assert_eq!(p.stats.checksums, 1);
+    }
+
+    #[test]
+    fn offloads_that_cannot_be_done_drop_the_packet_and_take_no_frame() {
+        let (pkt, l4) = big_tcp(false, &pattern(5000));
+        let cases: [[u8; 12]; 4] = [
+            vnet(1, 0, l4 as u16, 16),    // an MSS of 0
+            vnet(1, 20, l4 as u16, 16),   // 250 segments, more than the port makes
+            vnet(4, 1448, l4 as u16, 16), // TCPV6 for an IPv4 packet
+            vnet(0, 0, 5000, 16),         // a checksum field beyond the headers
+        ];
+        for vh in cases {
+            let (mut p, mem, mut area, mut pool) = port(true);
+            offer_tx(&mem, &vh, &pkt);
+            let free = pool.len();
+            let mut batch = Batch::new();
+            assert_eq!(p.rx(&mut area, &mut pool, &mut batch), 0, "{vh:?}");
+            assert_eq!(p.stats.bad_offload, 1, "{vh:?}");
+            assert!(p.running(), "{vh:?}: a dropped packet is not a fault");
+            assert_eq!(pool.len(), free, "{vh:?}: every frame went back");
+            assert_eq!(used_idx(&mem, TX.2), 1, "{vh:?}: the buffers went back to the guest");
+        }
     }
 }

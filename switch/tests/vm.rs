@@ -1,0 +1,223 @@
+//! vhost-user ports with real VMs (issue 21): QEMU boots Debian's own kernel
+//! (scripts/guest-image unpacks it, with busybox-static and iperf3 in an initramfs), whose
+//! virtio-net driver negotiates checksum offload and TSO with the switch; guest memory is a
+//! shared memfd, as libvirt gives it. TCP from a guest leaves it in segments of up to 64 KiB
+//! that the switch cuts into MTU-sized ones, for the other guest and for a namespace's veth.
+//! Needs root and `qemu-system-x86_64` (scripts/setup installs qemu-system-x86);
+//! CI runs as root.
+// Integration tests live outside `mod tests` by nature; the lint is for unit tests in src/.
+#![allow(clippy::tests_outside_test_module)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A QEMU guest on a vhost-user socket; killed when dropped.
+struct Vm {
+    child: Child,
+    console: PathBuf,
+    /// QEMU's own messages.
+    stderr: PathBuf,
+}
+
+impl Vm {
+    /// Boots a guest with `ip` on eth0 (MAC `mac`), connected to the switch's `socket`; with
+    /// `client`, it runs `iperf3 -c client` for `secs` once up. `dev` adds virtio-net-pci
+    /// options (offloads turned off, say).
+    fn start(
+        lab: &Lab,
+        name: &str,
+        socket: &str,
+        mac: &str,
+        ip: &str,
+        client: Option<(&str, u32)>,
+        dev: &str,
+    ) -> Vm {
+        let guest = guest_image();
+        let console = lab.dir.join(format!("console-{name}.log"));
+        let stderr = lab.dir.join(format!("qemu-{name}.log"));
+        let mut append = format!("console=ttyS0 quiet panic=-1 xs.ip={ip}");
+        if let Some((to, secs)) = client {
+            append += &format!(" xs.client={to} xs.time={secs}");
+        }
+        let child = Command::new("qemu-system-x86_64")
+            .args(accel())
+            .args(["-machine", "q35", "-smp", "1", "-m", "256"])
+            .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .arg("-kernel")
+            .arg(guest.join("vmlinuz"))
+            .arg("-initrd")
+            .arg(guest.join("initrd.gz"))
+            .args(["-append", &append])
+            .args(["-object", "memory-backend-memfd,id=mem,size=256M,share=on"])
+            .args(["-numa", "node,memdev=mem"])
+            .args(["-chardev", &format!("socket,id=c0,path={socket}")])
+            .args(["-netdev", "vhost-user,id=n0,chardev=c0"])
+            // vectors=0: no MSI-X. Under TCG, QEMU 7.2 crashes (SIGSEGV in
+            // msix_set_vector_notifiers) as it starts a vhost-user device with MSI-X vectors.
+            .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac},vectors=0{dev}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("qemu-system-x86_64 (scripts/setup installs qemu-system-x86)");
+        Vm { child, console, stderr }
+    }
+
+    fn console(&self) -> String {
+        std::fs::read_to_string(&self.console).unwrap_or_default()
+    }
+
+    /// Waits until the console says `what` (bounded by `secs`); the console so far.
+    fn wait(&mut self, what: &str, secs: u64) -> String {
+        let end = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let c = self.console();
+            if c.contains(what) {
+                return c;
+            }
+            let gone = self.child.try_wait().ok().flatten();
+            assert!(
+                gone.is_none() && Instant::now() < end,
+                "the guest did not say {what:?} ({gone:?}):\n{c}\nQEMU: {}",
+                std::fs::read_to_string(&self.stderr).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// QEMU's accelerator: `XSWITCH_VM_ACCEL=kvm` for KVM; by default TCG (software emulation),
+/// because this machine's /dev/kvm, although it opens, gives guests a CPU without SSE3 on
+/// which Debian's kernel hangs right after it decompresses itself (see docs/VM-PORTS.md).
+fn accel() -> [&'static str; 4] {
+    match std::env::var("XSWITCH_VM_ACCEL").as_deref() {
+        Ok("kvm") => ["-accel", "kvm", "-cpu", "host,-arch-capabilities"],
+        _ => ["-accel", "tcg", "-cpu", "qemu64"],
+    }
+}
+
+/// The guest's kernel and initramfs, built by scripts/guest-image if missing.
+fn guest_image() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let dir = root.join("target/guest");
+    let out = Command::new(root.join("scripts/guest-image"))
+        .env("GUEST_DIR", &dir)
+        .output()
+        .expect("scripts/guest-image");
+    assert!(out.status.success(), "scripts/guest-image: {}", String::from_utf8_lossy(&out.stderr));
+    dir
+}
+
+/// The received rate of an iperf3 run (its text output: the "receiver" line), bit/s.
+fn receiver_rate(text: &str) -> f64 {
+    text.lines()
+        .find(|l| l.contains("receiver"))
+        .and_then(|l| l.split("Mbits/sec").next())
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|m| m.parse::<f64>().ok())
+        .map_or(0.0, |m| m * 1e6)
+}
+
+/// Red's ports vm1 and vm2 (vhost-user, server mode) in the lab's config; their sockets.
+fn two_vm_ports(lab: &Lab) -> (String, String) {
+    let s1 = lab.dir.join("vm1.sock").display().to_string();
+    let s2 = lab.dir.join("vm2.sock").display().to_string();
+    lab.edit_config(|c| {
+        let mut c = c.replace(
+            "{ port = \"h2\" }]",
+            "{ port = \"h2\" }, { port = \"vm1\" }, { port = \"vm2\" }]",
+        );
+        for (p, s) in [("vm1", &s1), ("vm2", &s2)] {
+            c += &format!(
+                "[ports.{p}]\nkind = \"tenant\"\nvhost_user = {{ socket = \"{s}\", mode = \"server\" }}\n"
+            );
+        }
+        c
+    });
+    (s1, s2)
+}
+
+/// The count before `what` in the stop summary's line of port `port` (a vhost-user port's
+/// counters).
+fn port_stat(log: &str, port: &str, what: &str) -> u64 {
+    log.lines()
+        .find(|l| l.contains(&format!(" {port}: ")) && l.contains("packets from the guest"))
+        .and_then(|l| l.split(what).next())
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {what:?} for {port} in the summary:\n{log}"))
+}
+
+#[test]
+fn tcp_between_two_vms_and_a_namespace_with_tso_through_vhost_user_ports() {
+    if !can_run("tcp_between_two_vms") {
+        return;
+    }
+    let _one = one_at_a_time();
+    let mut lab = Lab::new();
+    let (s1, s2) = two_vm_ports(&lab);
+    lab.start();
+    let mut vm1 = Vm::start(&lab, "vm1", &s1, "52:54:00:00:01:11", "10.9.1.11/24", None, "");
+    vm1.wait("xs: ready", 60);
+    // The second guest sends to the first with TSO as soon as it is up.
+    let mut vm2 = Vm::start(
+        &lab,
+        "vm2",
+        &s2,
+        "52:54:00:00:01:12",
+        "10.9.1.12/24",
+        Some(("10.9.1.11", 4)),
+        "",
+    );
+    let out = vm2.wait("xs: done", 90);
+    let vm_vm = receiver_rate(&out);
+    // A namespace's veth (default offloads) and a guest, both ways.
+    assert!(lab.ping("h1", "10.9.1.11", "3"), "h1 reaches vm1\n{}", vm1.console());
+    let run = |reverse: bool| {
+        let mut args = vec!["timeout", "30", "iperf3", "-c", "10.9.1.11", "-t", "3", "-f", "m"];
+        if reverse {
+            args.push("-R");
+        }
+        let o = lab.ns_run("h1", &args);
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(o.status.success(), "iperf3 h1 → vm1 (reverse {reverse}):\n{text}");
+        receiver_rate(&text)
+    };
+    let vm_ns = run(true);
+    let ns_vm = run(false);
+    eprintln!(
+        "TCP vm2 → vm1 {:.0} Mbit/s, vm1 → h1 {:.0} Mbit/s, h1 → vm1 {:.0} Mbit/s",
+        vm_vm / 1e6,
+        vm_ns / 1e6,
+        ns_vm / 1e6
+    );
+    assert!(vm_vm > 50e6, "TCP between the guests: {vm_vm} bit/s\n{out}");
+    assert!(vm_ns > 50e6 && ns_vm > 50e6, "TCP guest ↔ namespace: {vm_ns} and {ns_vm} bit/s");
+    // Isolation: blue's h3, on the same subnet, reaches neither guest.
+    assert!(!lab.ping("h3", "10.9.1.11", "2"), "blue's h3 reached red's guest");
+    drop(vm2);
+    drop(vm1);
+    let (ok, log) = lab.stop();
+    assert!(ok && log.contains("balanced"), "{log}");
+    // The guests sent large segments (TSO negotiated), which the switch cut up.
+    for vm in ["vm1", "vm2"] {
+        let large = port_stat(&log, vm, "large TCP segments");
+        let bad = port_stat(&log, vm, "dropped as not doable");
+        assert!(large > 100, "{vm} sent {large} large segments: TSO was not used\n{log}");
+        assert_eq!(bad, 0, "{log}");
+    }
+}
