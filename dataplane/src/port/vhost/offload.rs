@@ -13,7 +13,7 @@
 //! Written here rather than taken from a crate: no crate segments into a caller's frames
 //! from a scatter list of guest memory, and this is the packet path.
 
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::frame::{FRAME_HEADROOM, FrameArea, FramePool, FrameRef, MAX_SEGS};
 use crate::wire::checksum;
@@ -131,6 +131,53 @@ impl Descs {
             (dst, off) = (rest, 0);
         }
         dst.is_empty()
+    }
+}
+
+/// What [`take_simple`] gave.
+pub enum Simple {
+    /// The packet, in one frame.
+    Frame(FrameRef),
+    /// No frame was free (nothing taken).
+    NoFrame,
+    /// Not the simple case: take it with [`take`].
+    No,
+}
+
+/// The common case, with one lookup of guest memory: a packet whose virtio-net header and
+/// bytes are in one descriptor (as a virtio driver with `VERSION_1` puts them), asking for no
+/// offload, and fitting one frame. Profiled: a second lookup (the header read apart from the
+/// bytes) cost the worker a tenth of its time per 64-byte packet.
+pub fn take_simple(
+    mem: &GuestMemoryMmap,
+    descs: &Descs,
+    hdr_len: usize,
+    area: &mut FrameArea,
+    pool: &mut FramePool,
+) -> Simple {
+    let room = (u64::from(area.chunk_size()) - FRAME_HEADROOM) as usize;
+    let (addr, len) = (descs.d[0].0, descs.d[0].1 as usize);
+    if descs.n != 1 || len < hdr_len.max(10) || len - hdr_len > room {
+        return Simple::No;
+    }
+    let Ok(s) = mem.get_slice(GuestAddress(addr), len) else { return Simple::No };
+    let mut vh = [0u8; 10];
+    if s.subslice(0, 10).map(|h| h.copy_to(&mut vh[..])).ok() != Some(10)
+        || !NetHdr::parse(&vh).plain()
+    {
+        return Simple::No;
+    }
+    let Some(b) = pool.alloc() else { return Simple::NoFrame };
+    let f = FrameRef::new(b + FRAME_HEADROOM, (len - hdr_len) as u32);
+    let copied = match (area.frame_mut(&f), s.subslice(hdr_len, len - hdr_len)) {
+        (Some(dst), Ok(src)) => src.copy_to(dst) == dst.len(),
+        _ => false,
+    };
+    if copied {
+        Simple::Frame(f)
+    } else {
+        pool.free_addr(b);
+        Simple::No
     }
 }
 
