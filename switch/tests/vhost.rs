@@ -227,6 +227,9 @@ mod hostile {
         Loop,
         /// An available index 1 000 ahead on a ring of 16.
         Index,
+        /// Its memory file truncated to nothing once shared (the switch's mapping of it then
+        /// raises SIGBUS at the next access).
+        Shrink,
     }
 
     /// One descriptor's 16 bytes.
@@ -296,6 +299,14 @@ mod hostile {
                 1
             }
             Wrong::Index => 1000,
+            Wrong::Shrink => {
+                // Once the rings run (the switch polls them), the file goes.
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                mem.set_len(0).unwrap();
+                fds[1].1.write(1).unwrap();
+                let _ = std::fs::remove_file(&path);
+                return Alive(f, mem, fds);
+            }
         };
         // ring[0] = descriptor 0, then the index.
         mem.write_at(&0u16.to_le_bytes(), a + 4).unwrap();
@@ -338,6 +349,7 @@ fn a_guest_that_breaks_the_ring_protocol_downs_only_its_port() {
         (hostile::Wrong::OutOfMemory, "descriptor outside guest memory"),
         (hostile::Wrong::Loop, "descriptor chain loops or is cut"),
         (hostile::Wrong::Index, "ring index beyond the ring"),
+        (hostile::Wrong::Shrink, "memory region beyond the end of its file"),
     ];
     for (n, (wrong, why)) in cases.into_iter().enumerate() {
         let alive = hostile::guest(&socket, &lab.dir, wrong);
@@ -349,7 +361,7 @@ fn a_guest_that_breaks_the_ring_protocol_downs_only_its_port() {
     wait_log(&lab, "vhost-user port vm: connection closed: protocol error", 1);
     // The port took a well-behaved guest again.
     let pmd = Testpmd::start(&lab, "vm", &socket, &iface, false);
-    wait_log(&lab, "vhost-user port vm: rings running", 4);
+    wait_log(&lab, "vhost-user port vm: rings running", 5);
     assert!(reaches(&lab, "h1", "10.9.1.4"), "h1 reaches the guest after the hostile ones");
     none_lost(pings, "200");
     drop(pmd);
@@ -359,7 +371,7 @@ fn a_guest_that_breaks_the_ring_protocol_downs_only_its_port() {
     }
     assert!(ok && log.contains("balanced"), "{log}");
     assert!(log.contains("0 dropped too big for the guest's buffers"), "{log}");
-    let counted = "vhost-user port vm: 5 connections, 3 guest faults, 1 protocol errors";
+    let counted = "vhost-user port vm: 6 connections, 4 guest faults, 1 protocol errors";
     assert!(log.contains(counted), "{log}");
     assert!(!log.contains("did not stop the rings"), "{log}");
 }

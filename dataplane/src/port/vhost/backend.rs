@@ -27,6 +27,7 @@ use vhost::vhost_user::{
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 
+use super::guard::Guarded;
 use super::{Fault, Link, Rings, Stopped, Update, set_nonblocking};
 
 /// `VIRTIO_NET_F_CSUM` (virtio 1.2, 5.1.3): the guest may leave checksums partial, for the
@@ -292,7 +293,7 @@ pub struct Conn {
     features: u64,
     protocol: u64,
     regions: Vec<Region>,
-    mem: Option<Arc<GuestMemoryMmap>>,
+    mem: Option<Arc<Guarded>>,
     vrings: [Vring; 2],
     running: bool,
 }
@@ -377,14 +378,14 @@ impl Conn {
             q.set_next_avail(v.base);
             q.set_next_used(v.base);
             q.set_ready(true);
-            if !q.is_valid(&*mem) {
+            if !q.is_valid(&**mem) {
                 return Err(Fault::OutOfMemory);
             }
             // A frontend that reconnects may give base 0 for rings it has used (DPDK's
             // virtio-user does, for split rings): the used index in its memory is where they
             // stand, as DPDK's own vhost library also takes it.
             let used = q
-                .used_idx(&*mem, std::sync::atomic::Ordering::Acquire)
+                .used_idx(&**mem, std::sync::atomic::Ordering::Acquire)
                 .map_err(|_| Fault::OutOfMemory)?
                 .0;
             if used != v.base {
@@ -529,7 +530,7 @@ impl VhostUserBackendReqHandlerMut for Conn {
             tracing::warn!("vhost-user port {}: mapping the guest's memory: {e}", self.name);
             VhostError::InvalidParam
         })?;
-        let mem = Arc::new(mem);
+        let mem = Arc::new(Guarded::new(mem));
         self.regions = regions;
         self.mem = Some(mem.clone());
         if self.running {

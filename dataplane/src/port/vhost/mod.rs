@@ -17,6 +17,7 @@
 #![allow(unsafe_code)] // eventfds (the vhost-user memory boundary); every block has its SAFETY comment
 
 pub mod backend;
+pub mod guard;
 pub mod offload;
 
 use std::collections::VecDeque;
@@ -32,6 +33,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use crate::batch::Batch;
 use crate::frame::{FrameArea, FramePool, FrameRef, MAX_SEGS};
 
+use self::guard::Guarded;
 use self::offload::{Descs, NetHdr, Packet, Took};
 use crate::port::{Breath, Port, PortCensus};
 
@@ -78,7 +80,7 @@ impl Fault {
 
 /// The guest's rings, ready to switch through.
 pub struct Rings {
-    mem: Arc<GuestMemoryMmap>,
+    mem: Arc<Guarded>,
     /// The guest's receive queue (vring 0): we write into it.
     rx: Queue,
     /// The guest's transmit queue (vring 1): we read from it.
@@ -101,7 +103,7 @@ pub enum Update {
     /// Rings ready: switch through them.
     Start(Box<Rings>),
     /// A new memory table, for the rings already running.
-    Memory(Arc<GuestMemoryMmap>),
+    Memory(Arc<Guarded>),
     /// Stop using the rings and answer with where they stand.
     Stop,
 }
@@ -122,7 +124,7 @@ pub enum Gone {
     /// Rings stopped, or given up after a fault.
     Rings(Box<Rings>),
     /// A memory table replaced by a newer one.
-    Memory(Arc<GuestMemoryMmap>),
+    Memory(Arc<Guarded>),
 }
 
 /// What the port and its protocol thread share.
@@ -293,6 +295,15 @@ impl VhostPort {
                     let _ = self.link.replies.0.try_send(at);
                 }
             }
+        }
+    }
+
+    /// Faults the port if its guest shrank the file of its memory under the switch (a SIGBUS
+    /// caught by [`guard`]): one load per region, once per burst.
+    #[inline]
+    fn bus_check(&mut self) {
+        if self.run.as_ref().is_some_and(|r| r.mem.bus_faulted()) {
+            self.faulted(Fault::PastEof);
         }
     }
 
@@ -470,6 +481,7 @@ fn notify(mem: &GuestMemoryMmap, q: &mut Queue, call: Option<&File>) -> Result<b
 impl Port for VhostPort {
     fn rx(&mut self, area: &mut FrameArea, pool: &mut FramePool, batch: &mut Batch) -> usize {
         self.updates();
+        self.bus_check();
         let before = batch.len();
         hand_out(&mut self.pending, batch);
         let Some(r) = self.run.as_deref_mut() else { return batch.len() - before };
@@ -587,7 +599,7 @@ impl Port for VhostPort {
             return;
         }
         self.armed = true;
-        match r.tx.enable_notification(&*r.mem) {
+        match r.tx.enable_notification(&**r.mem) {
             Ok(false) => {}
             Ok(true) => ring(r.tx_kick.as_ref().unwrap_or(&self.link.bell)),
             Err(_) => self.faulted(Fault::OutOfMemory),
@@ -595,6 +607,7 @@ impl Port for VhostPort {
     }
 
     fn tx(&mut self, area: &FrameArea, frames: &mut Vec<FrameRef>) -> usize {
+        self.bus_check();
         let Some(r) = self.run.as_deref_mut() else { return 0 };
         let mut taken = 0;
         let mut fault = None;
@@ -724,8 +737,10 @@ mod tests {
     }
 
     /// A port running on 1 MiB of guest memory, its frame area and pool.
-    fn port(mrg_rxbuf: bool) -> (VhostPort, Arc<GuestMemoryMmap>, FrameArea, FramePool) {
-        let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
+    fn port(mrg_rxbuf: bool) -> (VhostPort, Arc<Guarded>, FrameArea, FramePool) {
+        let mem = Arc::new(Guarded::new(
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap(),
+        ));
         let rings = Rings {
             mem: mem.clone(),
             rx: queue(&mem, RX),
