@@ -9,12 +9,12 @@
 
 use dataplane::snapshot::{
     Attachment, AttachmentId, PolicyLimits, PortId, PortKind, Snapshot, SnapshotBuilder,
-    SnapshotError, TenantId, TenantSpec,
+    SnapshotError, TenantId, TenantSpec, Underlay,
 };
 use dataplane::time::Nanos;
 use dataplane::wire::MacAddr;
 
-use crate::config::model::{Config, PortKindConfig};
+use crate::config::model::{Config, PortConfig, PortKindConfig};
 
 /// Why a config could not be compiled. A validated config compiles; this is the backstop.
 #[derive(Debug, thiserror::Error)]
@@ -106,8 +106,12 @@ pub fn compile_next(
         let kind = match p.kind {
             PortKindConfig::Uplink => PortKind::Uplink,
             PortKindConfig::Tenant => PortKind::Tenant,
+            PortKindConfig::Underlay => PortKind::Underlay,
         };
         let id = b.port_at(PortId(*id), name, &p.interface, kind, *since);
+        if kind == PortKind::Underlay {
+            b.port_underlay(id, underlay(name, p)?);
+        }
         let mut issues = Vec::new();
         b.port_rate(id, crate::config::shaping::port(name, cfg, &mut issues));
         b.port_mtu(id, p.mtu);
@@ -124,7 +128,16 @@ pub fn compile_next(
                 .ok_or_else(|| CompileError::Dangling(format!("tenant {name}: port {}", a.port)))?;
             attachments.push(Attachment { port, vlan: a.vlan });
         }
+        if t.vni.is_some() {
+            // Validation makes sure there is exactly one underlay port when a tenant has a VNI.
+            let (up, _) =
+                cfg.ports.iter().find(|(_, p)| p.kind == PortKindConfig::Underlay).ok_or_else(
+                    || CompileError::Dangling(format!("tenant {name}: no underlay port")),
+                )?;
+            attachments.push(Attachment { port: ids[up.as_str()], vlan: None });
+        }
         let mut spec = TenantSpec::new(name, attachments);
+        spec.vni = t.vni;
         spec.fdb_quota = t.fdb_quota;
         spec.mac_aging = Nanos::from_secs(u64::from(t.mac_aging_secs));
         for m in &t.static_macs {
@@ -160,6 +173,38 @@ pub fn compile_next(
         b.tenant_at(TenantId(id), spec);
     }
     Ok(b.build()?)
+}
+
+/// The tunnel endpoint of underlay port `name`: its address, its MAC (the config's, else its
+/// interface's, read from sysfs), the gateway's MAC and the UDP port.
+fn underlay(name: &str, p: &PortConfig) -> Result<Underlay, CompileError> {
+    let bad = |what: String| CompileError::Dangling(format!("port {name}: {what}"));
+    let t = p.tunnel.as_ref().ok_or_else(|| bad("an underlay port needs [tunnel]".into()))?;
+    let ip: std::net::Ipv4Addr =
+        t.address.parse().map_err(|_| bad(format!("{:?} is not an IPv4 address", t.address)))?;
+    let mac = match &t.mac {
+        Some(m) => m.parse().map_err(|_| bad(format!("{m:?} is not a MAC address")))?,
+        None => interface_mac(&p.interface).ok_or_else(|| {
+            bad(format!(
+                "cannot read the MAC of interface {:?}; set ports.{name}.tunnel.mac",
+                p.interface
+            ))
+        })?,
+    };
+    let gateway = match &t.gateway_mac {
+        Some(m) => Some(m.parse().map_err(|_| bad(format!("{m:?} is not a MAC address")))?),
+        None => None,
+    };
+    Ok(Underlay { ip: ip.octets(), mac, udp_port: t.udp_port, gateway })
+}
+
+/// The MAC of interface `ifname`, from sysfs.
+fn interface_mac(ifname: &str) -> Option<MacAddr> {
+    if ifname.is_empty() || ifname.contains('/') {
+        return None;
+    }
+    let s = std::fs::read_to_string(format!("/sys/class/net/{ifname}/address")).ok()?;
+    s.trim().parse().ok()
 }
 
 #[cfg(test)]

@@ -214,6 +214,13 @@ impl Batch {
         &self.meta[..self.frames.len()]
     }
 
+    /// The frames, to be replaced in place by what they hold (a decapsulated frame by its
+    /// inner frame: the same chunks, a later start).
+    #[inline]
+    pub fn frames_mut(&mut self) -> &mut [FrameRef] {
+        &mut self.frames
+    }
+
     /// Frames and metadata together, metadata mutable.
     #[inline]
     pub fn split_mut(&mut self) -> (&[FrameRef], &mut [Meta]) {

@@ -21,7 +21,28 @@ pub enum PortKind {
     Uplink,
     /// A VF, veth or tap facing one tenant (untagged) or several (by VLAN).
     Tenant,
+    /// Towards the other hosts of the cluster: tenants' frames cross it inside VXLAN, told
+    /// apart by VNI ([`Underlay`]).
+    Underlay,
 }
+
+/// What an underlay port needs to carry tenants' frames to other hosts inside VXLAN
+/// (RFC 7348).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Underlay {
+    /// This host's tunnel address: the outer source, and the only outer destination taken.
+    pub ip: [u8; 4],
+    /// The port's own MAC: the outer source MAC.
+    pub mac: MacAddr,
+    /// The VXLAN UDP port (4789 by default), the outer destination port both ways.
+    pub udp_port: u16,
+    /// The outer destination MAC for every remote host (a router between the hosts); `None`:
+    /// the hosts share one L2 segment and each remote host's own MAC is used.
+    pub gateway: Option<MacAddr>,
+}
+
+/// Bytes VXLAN puts in front of a tenant's frame: outer Ethernet, IPv4, UDP and VXLAN headers.
+pub const VXLAN_OVERHEAD: u32 = 14 + 20 + 8 + 8;
 
 /// A port as the dataplane sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +58,8 @@ pub struct PortSpec {
     /// Largest IP packet it sends (its interface's MTU, or the config's), `None`: unknown, no
     /// limit. A frame may exceed it by its Ethernet header and one VLAN tag.
     pub mtu: Option<u32>,
+    /// The tunnel endpoint of an [`PortKind::Underlay`] port (`None` on the others).
+    pub underlay: Option<Underlay>,
     /// The generation in which this port took its id (see [`Snapshot`] on stable ids).
     pub since: u64,
 }
@@ -50,6 +73,7 @@ impl PortSpec {
             kind: PortKind::Tenant,
             rate: None,
             mtu: None,
+            underlay: None,
             since: VACANT,
         }
     }
@@ -91,6 +115,10 @@ pub struct TenantSpec {
     pub flow_log: bool,
     /// Policer, egress shapers, weight, guarantee and queue size.
     pub shaping: crate::shaping::TenantShaping,
+    /// The tenant's VXLAN network identifier (24 bits) on the underlay, if it spans hosts.
+    /// Its attachment on the underlay port (untagged) is where its frames to and from other
+    /// hosts come in and go out.
+    pub vni: Option<u32>,
     /// The generation in which this tenant took its id (see [`Snapshot`] on stable ids).
     pub since: u64,
 }
@@ -157,6 +185,10 @@ pub struct Snapshot {
     checks: Vec<u8>,
     /// Per port, the longest untagged frame it sends (MTU + 14; `u32::MAX`: no limit).
     max_frames: Vec<u32>,
+    /// Tenants by VNI, with their attachment on the underlay port, sorted by VNI.
+    vnis: Vec<(u32, TenantId, AttachmentId)>,
+    /// Per tenant, its VNI and underlay port, if it spans hosts.
+    overlays: Vec<Option<(u32, PortId)>>,
 }
 
 /// Some attachment of the tenant has an anti-spoofing guard.
@@ -215,6 +247,32 @@ impl Snapshot {
             p.mtu = Some(mtu);
             *m = max_frame(p);
         }
+    }
+
+    /// The tunnel endpoint of `port` when it is an underlay port.
+    #[inline]
+    pub fn underlay(&self, port: PortId) -> Option<&Underlay> {
+        self.ports.get(port.index())?.underlay.as_ref()
+    }
+
+    /// The tenant that owns `vni` on the underlay, and its attachment there.
+    #[inline]
+    pub fn tenant_by_vni(&self, vni: u32) -> Option<(TenantId, AttachmentId)> {
+        let i = self.vnis.binary_search_by_key(&vni, |v| v.0).ok()?;
+        let (_, t, a) = self.vnis[i];
+        Some((t, a))
+    }
+
+    /// The VNI of tenant `t` and its underlay port, if it spans hosts.
+    #[inline]
+    pub fn overlay_of(&self, t: TenantId) -> Option<(u32, PortId)> {
+        self.overlays.get(t.index()).copied().flatten()
+    }
+
+    /// The VNI of tenant `t`, if it spans hosts.
+    #[inline]
+    pub fn vni(&self, t: TenantId) -> Option<u32> {
+        self.tenants.get(t.index())?.vni
     }
 
     /// Which optional stages apply to tenant `t` (`CHECK_*` bits; 0 for an unknown tenant).
@@ -327,6 +385,30 @@ pub enum SnapshotError {
         /// Port name.
         port: String,
     },
+    /// An attachment to an underlay port, but the tenant has no VNI; or a VNI beyond 24 bits.
+    #[error("tenant {tenant}: attachment to underlay port {port} needs a VNI (1..=16777215)")]
+    NoVni {
+        /// Tenant name.
+        tenant: String,
+        /// Port name.
+        port: String,
+    },
+    /// Two tenants have one VNI.
+    #[error("tenant {tenant}: VNI {vni} is already tenant {other}'s")]
+    VniTaken {
+        /// Tenant name.
+        tenant: String,
+        /// The VNI.
+        vni: u32,
+        /// The tenant that has it.
+        other: String,
+    },
+    /// An underlay port without its tunnel endpoint.
+    #[error("port {port}: an underlay port needs its tunnel address")]
+    NoTunnel {
+        /// Port name.
+        port: String,
+    },
     /// A static MAC names an attachment the tenant does not have, or is a group address.
     #[error("tenant {tenant}: static MAC {mac} is invalid")]
     BadStaticMac {
@@ -373,6 +455,7 @@ impl SnapshotBuilder {
             kind,
             rate: None,
             mtu: None,
+            underlay: None,
             since: self.generation,
         });
         PortId((self.ports.len() - 1) as u16)
@@ -397,9 +480,17 @@ impl SnapshotBuilder {
             kind,
             rate: None,
             mtu: None,
+            underlay: None,
             since,
         };
         id
+    }
+
+    /// Sets the tunnel endpoint of an underlay port.
+    pub fn port_underlay(&mut self, port: PortId, u: Underlay) {
+        if let Some(p) = self.ports.get_mut(port.index()) {
+            p.underlay = Some(u);
+        }
     }
 
     /// Sets a port's MTU.
@@ -469,6 +560,12 @@ impl SnapshotBuilder {
                     }
                 })
                 .collect();
+        for p in &self.ports {
+            if p.kind == PortKind::Underlay && p.underlay.is_none() {
+                return Err(SnapshotError::NoTunnel { port: p.name.clone() });
+            }
+        }
+        let mut vnis: Vec<(u32, TenantId, AttachmentId)> = Vec::new();
         for (ti, t) in self.tenants.iter().enumerate() {
             if t.attachments.len() > max {
                 return Err(SnapshotError::TooMany {
@@ -482,6 +579,21 @@ impl SnapshotBuilder {
                     self.ports.get(a.port.index()).filter(|p| !p.is_vacant()).ok_or_else(|| {
                         SnapshotError::UnknownPort { tenant: t.name.clone(), port: a.port.0 }
                     })?;
+                if port.kind == PortKind::Underlay {
+                    // Told apart by VNI, not by VLAN: no slot in the port's VLAN table.
+                    match t.vni {
+                        Some(v) if a.vlan.is_none() && (1..1 << 24).contains(&v) => {
+                            vnis.push((v, TenantId(ti as u16), AttachmentId(ai as u16)));
+                        }
+                        _ => {
+                            return Err(SnapshotError::NoVni {
+                                tenant: t.name.clone(),
+                                port: port.name.clone(),
+                            });
+                        }
+                    }
+                    continue;
+                }
                 let slot = match a.vlan {
                     Some(v) if !(1..=4094).contains(&v) => {
                         return Err(SnapshotError::VlanRange { tenant: t.name.clone(), vlan: v });
@@ -526,8 +638,23 @@ impl SnapshotBuilder {
                 guard | log | police | if t.policy.is_open() { 0 } else { CHECK_POLICY }
             })
             .collect();
+        vnis.sort_unstable_by_key(|v| v.0);
+        if let Some(w) = vnis.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(SnapshotError::VniTaken {
+                tenant: self.tenants[w[1].1.index()].name.clone(),
+                vni: w[0].0,
+                other: self.tenants[w[0].1.index()].name.clone(),
+            });
+        }
+        let mut overlays = vec![None; self.tenants.len()];
+        for &(vni, t, a) in &vnis {
+            overlays[t.index()] =
+                Some((vni, self.tenants[t.index()].attachments[usize::from(a.0)].port));
+        }
         let max_frames = self.ports.iter().map(max_frame).collect();
         Ok(Snapshot {
+            vnis,
+            overlays,
             checks,
             max_frames,
             generation: self.generation,
@@ -540,9 +667,11 @@ impl SnapshotBuilder {
     }
 }
 
-/// The longest untagged frame of a port: MTU plus the Ethernet header.
+/// The longest untagged frame of a port: MTU plus the Ethernet header; on an underlay port,
+/// the longest tenant frame whose encapsulation fits the MTU.
 fn max_frame(p: &PortSpec) -> u32 {
-    p.mtu.map_or(u32::MAX, |m| m.saturating_add(14))
+    let over = if p.kind == PortKind::Underlay { VXLAN_OVERHEAD } else { 0 };
+    p.mtu.map_or(u32::MAX, |m| m.saturating_add(14).saturating_sub(over))
 }
 
 impl TenantSpec {
@@ -558,6 +687,7 @@ impl TenantSpec {
             policy: TenantPolicy::default(),
             flow_log: false,
             shaping: crate::shaping::TenantShaping::default(),
+            vni: None,
             since: 0,
         }
     }

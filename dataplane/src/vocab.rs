@@ -109,6 +109,13 @@ labelled_enum! {
         /// An attachment with anti-spoofing sent an ether type it may not (IPv4, IPv6, ARP
         /// and the attachment's `allow_ethertypes` only).
         Ethertype => "ethertype",
+        /// Arrived on an underlay port and is not VXLAN for this host: another destination
+        /// address or UDP port, not IPv4 UDP, an outer fragment, or a bad VXLAN header.
+        NotOverlay => "not_overlay",
+        /// VXLAN with a VNI no tenant of this host has.
+        UnknownVni => "unknown_vni",
+        /// For another host of the tenant, but the cluster map knows none (nowhere to send it).
+        NoVtep => "no_vtep",
     }
 }
 

@@ -314,7 +314,7 @@ pub fn steps(snap: &Snapshot, t: &FrameTrace, dry: bool) -> Vec<Step> {
 /// What waits for a frame of tenant `t` on egress port `ps`: its rates, or nothing.
 fn scheduler(t: &dataplane::snapshot::TenantSpec, ps: &dataplane::snapshot::PortSpec) -> String {
     let shaper = match ps.kind {
-        PortKind::Uplink => t.shaping.to_uplink,
+        PortKind::Uplink | PortKind::Underlay => t.shaping.to_uplink,
         PortKind::Tenant => t.shaping.to_tenant,
     };
     let show = |r: dataplane::shaping::Rate| match r.unit {

@@ -174,6 +174,7 @@ fn set_facts(f: &Facts) {
             let kind = match p.kind {
                 dataplane::snapshot::PortKind::Uplink => "uplink",
                 dataplane::snapshot::PortKind::Tenant => "tenant",
+                dataplane::snapshot::PortKind::Underlay => "underlay",
             };
             // Info metrics: 1, for joining a port's series to its interface, kind and VF.
             metrics::gauge!(

@@ -146,6 +146,9 @@ fn take_commands(
                 let _ = closing.send(driver);
             }
             Applied::NoSuchSocket => tracing::warn!("worker {i}: a command for a socket it lacks"),
+            // A cluster map replaced: freed here between breaths (memory only: `munmap` at
+            // most, which the workers' filter allows).
+            Applied::MapReplaced(_) => {}
             // The snapshot replaced is still held by the control state: freeing nothing here.
             _ => {}
         }

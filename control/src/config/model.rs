@@ -34,6 +34,36 @@ pub struct Config {
     /// SR-IOV physical functions by interface name: VFs to provision, per-VF attributes.
     #[serde(default)]
     pub sriov: BTreeMap<String, SriovConfig>,
+    /// The cluster this host belongs to: tenants with a VNI span its hosts (absent: this host
+    /// alone).
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: where the cluster's map lives and who this host is in it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// etcd endpoints (`http://127.0.0.1:2379`).
+    pub etcd: Vec<String>,
+    /// This host's name in the cluster (default: the system's host name).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Seconds this host's entries outlive it (its etcd lease's TTL): a host that dies leaves
+    /// the other hosts' tables this long after its last keep-alive.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl_secs: u32,
+    /// The key prefix of the map (one etcd can hold several clusters).
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+}
+
+fn default_lease_ttl() -> u32 {
+    10
+}
+
+fn default_prefix() -> String {
+    "/xswitch/v1".into()
 }
 
 /// `[sriov.PF]`: a physical function whose VFs serve as ports.
@@ -254,6 +284,9 @@ pub enum PortKindConfig {
     Uplink,
     /// A VF, veth or tap facing tenants.
     Tenant,
+    /// Towards the other hosts of the cluster: tenants with a VNI cross it inside VXLAN
+    /// (`[ports.NAME.tunnel]`).
+    Underlay,
 }
 
 /// AF_XDP bind mode.
@@ -309,6 +342,31 @@ pub struct PortConfig {
     /// instead of an interface.
     #[serde(default)]
     pub vhost_user: Option<VhostUserConfig>,
+    /// The tunnel endpoint of an underlay port.
+    #[serde(default)]
+    pub tunnel: Option<TunnelConfig>,
+}
+
+/// `[ports.NAME.tunnel]`: this host's VXLAN tunnel endpoint on an underlay port.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelConfig {
+    /// This host's tunnel address (IPv4), owned by the switch on this port.
+    pub address: String,
+    /// The port's MAC, the outer source (default: its interface's).
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// The MAC of a router between the hosts, the outer destination of every tunnel frame
+    /// (default: none, the hosts share one L2 segment and each host's own MAC is used).
+    #[serde(default)]
+    pub gateway_mac: Option<String>,
+    /// The VXLAN UDP port.
+    #[serde(default = "default_vxlan_port")]
+    pub udp_port: u16,
+}
+
+fn default_vxlan_port() -> u16 {
+    4789
 }
 
 /// `[ports.NAME.vhost_user]`.
@@ -342,7 +400,8 @@ fn one() -> u32 {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
-    /// Where the tenant is reachable.
+    /// Where the tenant is reachable on this host.
+    #[serde(default)]
     pub attach: Vec<AttachConfig>,
     /// Most MACs the tenant may have learned at once.
     #[serde(default = "default_quota")]
@@ -372,6 +431,10 @@ pub struct TenantConfig {
     /// so it never changes when other tenants come and go).
     #[serde(default)]
     pub observation_domain: Option<u32>,
+    /// The tenant's VXLAN network identifier (1..=16777215): it spans the cluster's hosts,
+    /// reachable through the underlay port as well as its attachments.
+    #[serde(default)]
+    pub vni: Option<u32>,
 }
 
 impl TenantConfig {

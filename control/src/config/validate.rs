@@ -111,6 +111,7 @@ pub fn validate(cfg: &Config) -> Vec<Issue> {
     check_tenants(cfg, &mut is);
     check_shaping(cfg, &mut is);
     check_sriov(cfg, &mut is);
+    check_cluster(cfg, &mut is);
     if cfg.control.socket.is_empty() || !cfg.control.socket.starts_with('/') {
         is.add("control.socket", format!("{:?} is not an absolute path", cfg.control.socket));
     }
@@ -237,6 +238,7 @@ fn check_ports(cfg: &Config, is: &mut Issues) {
         if !valid_name(name) {
             is.add(&at, "name must be 1-64 characters of [A-Za-z0-9_-]");
         }
+        check_tunnel(&at, p, is);
         if let Some(v) = &p.vhost_user {
             check_vhost(&at, p, v, &mut sockets, name, is);
             continue;
@@ -297,6 +299,108 @@ fn check_ports(cfg: &Config, is: &mut Issues) {
     }
 }
 
+/// An underlay port has a tunnel endpoint, and only an underlay port has one.
+fn check_tunnel(at: &str, p: &PortConfig, is: &mut Issues) {
+    let Some(t) = &p.tunnel else {
+        if p.kind == PortKindConfig::Underlay {
+            is.add(format!("{at}.tunnel"), "an underlay port needs [tunnel] with its address");
+        }
+        return;
+    };
+    if p.kind != PortKindConfig::Underlay {
+        is.add(format!("{at}.tunnel"), "only a port of kind \"underlay\" has a tunnel");
+    }
+    if p.vhost_user.is_some() {
+        is.add(at, "an underlay port is an interface, not a vhost-user socket");
+    }
+    match t.address.parse::<std::net::Ipv4Addr>() {
+        Ok(a) if a.is_unspecified() || a.is_multicast() || a.is_broadcast() => {
+            is.add(format!("{at}.tunnel.address"), format!("{a} is not a unicast address"))
+        }
+        Ok(_) => {}
+        Err(_) => is.add(
+            format!("{at}.tunnel.address"),
+            format!("{:?} is not an IPv4 address (the underlay is IPv4)", t.address),
+        ),
+    }
+    for (field, v) in [("mac", &t.mac), ("gateway_mac", &t.gateway_mac)] {
+        if let Some(m) = v {
+            match m.parse::<MacAddr>() {
+                Ok(mac) if mac.is_multicast() || mac == MacAddr::ZERO => is.add(
+                    format!("{at}.tunnel.{field}"),
+                    format!("{mac} is a group or zero address"),
+                ),
+                Ok(_) => {}
+                Err(_) => {
+                    is.add(format!("{at}.tunnel.{field}"), format!("{m:?} is not a MAC address"))
+                }
+            }
+        }
+    }
+    if t.udp_port == 0 {
+        is.add(format!("{at}.tunnel.udp_port"), "must be 1..=65535");
+    }
+}
+
+/// The cluster section, and what tenants with a VNI need: one underlay port, VNIs of their
+/// own.
+fn check_cluster(cfg: &Config, is: &mut Issues) {
+    let underlays: Vec<&String> = cfg
+        .ports
+        .iter()
+        .filter(|(_, p)| p.kind == PortKindConfig::Underlay)
+        .map(|(n, _)| n)
+        .collect();
+    if underlays.len() > 1 {
+        is.add(
+            format!("ports.{}.kind", underlays[1]),
+            format!("port {} is the underlay already: one underlay port per switch", underlays[0]),
+        );
+    }
+    let mut vnis: BTreeMap<u32, &str> = BTreeMap::new();
+    for (name, t) in &cfg.tenants {
+        let Some(v) = t.vni else { continue };
+        let at = format!("tenants.{name}.vni");
+        is.range(&at, v, 1..=0x00ff_ffff, "");
+        if let Some(other) = vnis.insert(v, name) {
+            is.add(&at, format!("VNI {v} is tenant {other}'s already"));
+        }
+        if underlays.is_empty() {
+            is.add(&at, "a tenant with a VNI needs a port of kind \"underlay\"");
+        }
+    }
+    if let Some(c) = &cfg.cluster {
+        if c.etcd.is_empty() {
+            is.add("cluster.etcd", "give at least one etcd endpoint (http://host:port)");
+        }
+        for (i, e) in c.etcd.iter().enumerate() {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                is.add(
+                    format!("cluster.etcd[{i}]"),
+                    format!("{e:?} is not an http:// or https:// URL"),
+                );
+            }
+        }
+        is.range("cluster.lease_ttl_secs", c.lease_ttl_secs, 2..=3600, " s");
+        if let Some(h) = &c.host
+            && !valid_name(h)
+        {
+            is.add("cluster.host", "must be 1-64 characters of [A-Za-z0-9_-]");
+        }
+        if !c.prefix.starts_with('/') || c.prefix.ends_with('/') {
+            is.add(
+                "cluster.prefix",
+                format!("{:?} must start with '/' and not end with one", c.prefix),
+            );
+        }
+        if underlays.is_empty() {
+            is.add("cluster", "a cluster needs a port of kind \"underlay\"");
+        }
+    } else if !vnis.is_empty() {
+        is.add("cluster", "tenants with a VNI need [cluster] (where the map of the hosts lives)");
+    }
+}
+
 /// A vhost-user port: a socket path instead of an interface, one queue pair.
 fn check_vhost<'a>(
     at: &str,
@@ -351,8 +455,8 @@ fn check_tenants(cfg: &Config, is: &mut Issues) {
         if !valid_name(name) {
             is.add(&at, "name must be 1-64 characters of [A-Za-z0-9_-]");
         }
-        if t.attach.is_empty() {
-            is.add(format!("{at}.attach"), "a tenant needs at least one attachment");
+        if t.attach.is_empty() && t.vni.is_none() {
+            is.add(format!("{at}.attach"), "a tenant needs at least one attachment (or a VNI)");
         }
         if t.fdb_quota == 0 {
             is.add(format!("{at}.fdb_quota"), "must be at least 1");
@@ -375,6 +479,17 @@ fn check_tenants(cfg: &Config, is: &mut Issues) {
                     is.add(
                         format!("{ap}.vlan"),
                         format!("port {} is an uplink: tenants there need a VLAN", a.port),
+                    );
+                    continue;
+                }
+                _ if port.kind == PortKindConfig::Underlay => {
+                    is.add(
+                        format!("{ap}.port"),
+                        format!(
+                            "port {} is the underlay: a tenant reaches it by its vni, not an \
+                             attachment",
+                            a.port
+                        ),
                     );
                     continue;
                 }

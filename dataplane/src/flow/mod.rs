@@ -7,6 +7,7 @@ pub mod cache;
 pub mod decision;
 pub mod fdb;
 pub mod key;
+pub mod overlay;
 
 pub use cache::FlowCache;
 pub use fdb::{Fdb, FdbEntry, Learn};

@@ -78,6 +78,12 @@ impl FrameRef {
         FrameRef { addr, len: head, more: self.more }
     }
 
+    /// [`FrameRef::with_head`] in place (a decapsulation steps over the outer headers).
+    #[inline]
+    pub fn set_head(&mut self, addr: u64, head: u32) {
+        (self.addr, self.len) = (addr, head);
+    }
+
     /// The same chain with one more segment of `len` bytes at its end (linked by the caller).
     #[inline]
     pub const fn grown(self, len: u32) -> FrameRef {

@@ -5,7 +5,8 @@
 use crate::batch::Meta;
 use crate::flow::Fdb;
 use crate::flow::fdb::Learn;
-use crate::snapshot::Attachment;
+use crate::flow::overlay::OverlayMap;
+use crate::snapshot::{Attachment, Snapshot};
 use crate::time::Nanos;
 use crate::trace::counters::FdbStats;
 use crate::vocab::{Disposition, DropReason, PortId};
@@ -23,6 +24,32 @@ pub fn learn_one(
     let l = fdb.learn(now, m.tenant, m.src, here);
     l.count(stats);
     l
+}
+
+/// The MAC table's answer `out`, unless it floods a unicast destination the cluster map has
+/// on another host of the tenant: then to the tenant's underlay attachment (the output
+/// sends it to that host alone). A frame from another host for a third one is a hairpin.
+#[inline]
+pub fn or_remote(
+    snap: &Snapshot,
+    map: &OverlayMap,
+    ingress: PortId,
+    m: &Meta,
+    out: Disposition,
+) -> Disposition {
+    if out != Disposition::Flood || m.dst.is_multicast() {
+        return out;
+    }
+    match snap.overlay_of(m.tenant) {
+        Some((vni, port)) if map.host_of(vni, m.dst).is_some() => {
+            if port == ingress {
+                Disposition::Drop(DropReason::Hairpin)
+            } else {
+                Disposition::Tx { port, vlan: None }
+            }
+        }
+        _ => out,
+    }
 }
 
 /// Where one frame goes in its tenant's domain.

@@ -21,12 +21,14 @@ pub mod flow_cache;
 pub mod fragment;
 pub mod ingress;
 pub mod output;
+pub mod overlay;
 pub mod parse;
 pub mod police;
 pub mod policy;
 pub mod tenant;
 
 use crate::batch::{BATCH_SIZE, Batch, PacketFlags};
+use crate::flow::overlay::OverlayMap;
 use crate::flow::{Fdb, FlowCache};
 use crate::frame::{FrameArea, FramePool};
 use crate::snapshot::{
@@ -36,7 +38,7 @@ use crate::time::Nanos;
 use crate::trace::Counters;
 use crate::trace::counters::{PktBytes, TenantRun};
 use crate::trace::record::{BatchTrace, FlowPath, FrameTrace, Outcome};
-use crate::vocab::{DropReason, ParseError, PortId, TenantId};
+use crate::vocab::{AttachmentId, DropReason, ParseError, PortId, TenantId};
 
 pub use crate::vocab::Disposition;
 pub use output::{Egress, TxLists};
@@ -56,6 +58,9 @@ pub struct Announcement {
     /// Where it was seen.
     pub at: Attachment,
 }
+
+/// What decapsulation found for one frame: its tenant and attachment, or a drop.
+type Decapped = Result<(TenantId, AttachmentId), DropReason>;
 
 /// One disposition per frame of a batch.
 #[derive(Debug, Clone)]
@@ -102,6 +107,10 @@ pub struct Pipeline {
     pub sampler: Option<crate::trace::sample::Sampler>,
     /// This worker's counters (published by the control plane).
     pub counters: Counters,
+    /// The cluster map: where the other hosts' MACs are (empty without a cluster).
+    pub overlay: std::sync::Arc<OverlayMap>,
+    /// Per frame of an underlay batch, its tenant and attachment by VNI, or why it is dropped.
+    decapped: Box<[Decapped; BATCH_SIZE]>,
     generation: u64,
     /// Learned MACs to announce to other workers (capacity 0 when there are none).
     announcements: Vec<Announcement>,
@@ -139,6 +148,8 @@ impl Pipeline {
             capture: None,
             sampler: None,
             counters: Counters::new(snap.ports.len(), snap.tenants.len()),
+            overlay: std::sync::Arc::default(),
+            decapped: Box::new([Err(DropReason::NotOverlay); BATCH_SIZE]),
             generation: snap.generation,
             announcements: Vec::new(),
             acl_names: Vec::new(),
@@ -348,6 +359,19 @@ impl Pipeline {
         out: &mut Dispositions,
     ) {
         debug_assert_eq!(snap.generation, self.generation, "install() the snapshot first");
+        let underlay = snap.underlay(batch.port).is_some();
+        // The outer headers' bytes, for the port's received bytes.
+        let mut outer = 0u64;
+        if let Some(u) = snap.underlay(batch.port) {
+            for (f, d) in batch.frames_mut().iter_mut().zip(self.decapped.iter_mut()) {
+                *d = overlay::decap_one(area, snap, u, f).map(|(at, head, t, a)| {
+                    let before = f.len();
+                    f.set_head(at, head);
+                    outer += u64::from(before - f.len());
+                    (t, a)
+                });
+            }
+        }
         parse::parse(area, batch);
         let port = batch.port;
         let (frames, meta) = batch.split_mut();
@@ -375,6 +399,12 @@ impl Pipeline {
                 t.begin(port);
             }
             rx.add(f.len());
+            if underlay && let Err(r) = self.decapped[i] {
+                note!(i, Outcome::Tenant(Err(r)));
+                m.tenant = TenantId::NONE;
+                *d = Disposition::Drop(r);
+                continue;
+            }
             if let Some(e) = m.parse_error {
                 note!(i, Outcome::Parse(Err(e)));
                 c.parse_errors[e.index()] += 1;
@@ -382,14 +412,14 @@ impl Pipeline {
                 // Counted against the tenant of its attachment where the tags were read.
                 if e == ParseError::Ethernet
                     || e == ParseError::Vlan
-                    || tenant::resolve_one(snap, port, m).is_err()
+                    || resolve(snap, port, &self.decapped[i], underlay, m).is_err()
                 {
                     m.tenant = TenantId::NONE;
                 }
                 continue;
             }
             note!(i, Outcome::Parse(Ok(())));
-            if let Err(r) = tenant::resolve_one(snap, port, m) {
+            if let Err(r) = resolve(snap, port, &self.decapped[i], underlay, m) {
                 note!(i, Outcome::Tenant(Err(r)));
                 m.tenant = TenantId::NONE;
                 *d = Disposition::Drop(r);
@@ -397,6 +427,9 @@ impl Pipeline {
             }
             note!(i, Outcome::Tenant(Ok(())));
             tenant_rx.add(&mut c.tenant_rx, m.tenant, f.len());
+            if underlay && !DRY {
+                c.overlay.decap.add(f.len());
+            }
             let source = ingress::check_one(m);
             note!(i, Outcome::SourceMac(source));
             if let Err(r) = source {
@@ -469,6 +502,9 @@ impl Pipeline {
                 learn(&mut self.fdb, c, &mut self.announcements, now, port, m);
             }
             *d = classify::forward_one(&self.fdb, now, port, m);
+            if *d == Disposition::Flood {
+                *d = classify::or_remote(snap, &self.overlay, port, m, *d);
+            }
             note!(i, Outcome::FlowCache(FlowPath::NotCached));
             note!(i, Outcome::Fdb(*d));
         }
@@ -534,7 +570,7 @@ impl Pipeline {
         // Counted once per batch: every frame of a batch came in on one port.
         if let Some(pr) = c.port_rx.get_mut(port.index()) {
             pr.packets += rx.packets;
-            pr.bytes += rx.bytes;
+            pr.bytes += rx.bytes + outer;
         }
     }
 
@@ -552,8 +588,33 @@ impl Pipeline {
         out: &mut E,
     ) {
         self.process(now, snap, area, batch, disp);
-        output::deliver(now, snap, area, pool, batch, disp, tx, &mut self.counters);
+        output::deliver(now, snap, &self.overlay, area, pool, batch, disp, tx, &mut self.counters);
         tx.flush(out, &mut self.counters, area, pool, now);
+    }
+}
+
+/// The tenant of a frame: by (port, outer VLAN), or on an underlay port by the VNI
+/// decapsulation found (`decapped`), where a tagged inner frame belongs to no tenant (inner tags
+/// are the tenant's payload only behind a tagged attachment, and the overlay's is untagged).
+#[inline]
+fn resolve(
+    snap: &Snapshot,
+    port: PortId,
+    decapped: &Decapped,
+    underlay: bool,
+    m: &mut crate::batch::Meta,
+) -> Result<(), DropReason> {
+    if !underlay {
+        return tenant::resolve_one(snap, port, m);
+    }
+    match *decapped {
+        Ok((t, a)) if m.outer_vlan.is_none() => {
+            m.tenant = t;
+            m.attachment = a;
+            Ok(())
+        }
+        Ok(_) => Err(DropReason::UnknownTenant),
+        Err(r) => Err(r),
     }
 }
 

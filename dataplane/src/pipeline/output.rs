@@ -10,6 +10,7 @@
 //! room in a TX list is dropped under its own reason, while the other copies still go out.
 
 use crate::batch::{Batch, Meta, PacketFlags};
+use crate::flow::overlay::OverlayMap;
 use crate::frame::{FrameArea, FramePool, FrameRef};
 use crate::pipeline::Dispositions;
 use crate::shaping::PortSched;
@@ -518,6 +519,7 @@ fn complete_in(b: &mut [u8], m: &Meta) -> bool {
 pub fn deliver(
     now: Nanos,
     snap: &Snapshot,
+    map: &OverlayMap,
     area: &mut FrameArea,
     pool: &mut FramePool,
     batch: &mut Batch,
@@ -541,38 +543,55 @@ pub fn deliver(
             }
             Disposition::Tx { port, vlan } => {
                 let limit = snap.max_frame(port, vlan.is_some());
-                send_one(now, area, pool, ingress, f, m, tagged, port, vlan, limit, tx, c);
+                let to = Target { port, vlan, limit };
+                send_one(now, snap, map, area, pool, ingress, f, m, tagged, to, tx, c);
             }
-            Disposition::Flood => flood(now, snap, area, pool, ingress, f, m, tx, c),
+            Disposition::Flood => flood(now, snap, map, area, pool, ingress, f, m, tx, c),
         }
     }
     tx.end_batch();
 }
 
-/// Re-tags frame `f` for `port` (and `vlan`) and queues it there, or drops it: too big for
-/// the port (`limit` bytes), no headroom for the tag, or no room to queue it.
+/// Where [`send_one`] sends a frame: a port, the outer tag there, and the longest frame the
+/// port takes.
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    port: PortId,
+    vlan: Option<u16>,
+    limit: u32,
+}
+
+/// Re-tags frame `f` for `to.port` (and `to.vlan`) and queues it there (on an underlay port,
+/// encapsulated for the other hosts), or drops it: too big for the port (`to.limit` bytes),
+/// no headroom for the tag, or no room to queue it.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn send_one(
     now: Nanos,
+    snap: &Snapshot,
+    map: &OverlayMap,
     area: &mut FrameArea,
     pool: &mut FramePool,
     ingress: PortId,
     f: FrameRef,
     m: &Meta,
     tagged: bool,
-    port: PortId,
-    vlan: Option<u16>,
-    limit: u32,
+    to: Target,
     tx: &mut TxLists,
     c: &mut Counters,
 ) -> bool {
     let tenant = Some(m.tenant);
+    let Target { port, vlan, limit } = to;
     match retag(area, f, tagged, vlan) {
         Ok(out) if out.len() > limit => {
             c.drop(ingress, tenant, DropReason::TooBig);
             pool.free(area, out);
             false
+        }
+        Ok(out) if snap.ports.get(port.index()).is_some_and(|p| p.underlay.is_some()) => {
+            let Some(underlay) = snap.underlay(port) else { return false };
+            let to = super::overlay::ToUnderlay { meta: m, ingress, port, underlay };
+            super::overlay::send(now, snap, map, area, pool, out, &to, tx, c)
         }
         Ok(out) => {
             let len = out.len();
@@ -602,6 +621,7 @@ fn send_one(
 fn flood(
     now: Nanos,
     snap: &Snapshot,
+    map: &OverlayMap,
     area: &mut FrameArea,
     pool: &mut FramePool,
     ingress: PortId,
@@ -636,20 +656,8 @@ fn flood(
             Some(copy) => {
                 // The copy's length is the original's, which fits (checked above): only the
                 // tag can be refused.
-                if send_one(
-                    now,
-                    area,
-                    pool,
-                    ingress,
-                    copy,
-                    m,
-                    tagged,
-                    cur.port,
-                    cur.vlan,
-                    u32::MAX,
-                    tx,
-                    c,
-                ) {
+                let to = Target { port: cur.port, vlan: cur.vlan, limit: u32::MAX };
+                if send_one(now, snap, map, area, pool, ingress, copy, m, tagged, to, tx, c) {
                     c.flood_copies += 1;
                 }
             }
@@ -658,5 +666,6 @@ fn flood(
         cur = next;
     }
     let limit = snap.max_frame(cur.port, cur.vlan.is_some());
-    send_one(now, area, pool, ingress, f, m, tagged, cur.port, cur.vlan, limit, tx, c);
+    let to = Target { port: cur.port, vlan: cur.vlan, limit };
+    send_one(now, snap, map, area, pool, ingress, f, m, tagged, to, tx, c);
 }

@@ -159,7 +159,7 @@ impl PortSched {
             }
             let s = &t.shaping;
             let egress = match spec.kind {
-                PortKind::Uplink => s.to_uplink,
+                PortKind::Uplink | PortKind::Underlay => s.to_uplink,
                 PortKind::Tenant => s.to_tenant,
             };
             by_tenant[i] = queues.len() as u32;

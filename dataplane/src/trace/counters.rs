@@ -26,6 +26,13 @@ impl PktBytes {
         self.packets += 1;
         self.bytes += u64::from(len);
     }
+
+    /// Adds another count.
+    #[inline]
+    pub fn add_all(&mut self, o: PktBytes) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+    }
 }
 
 /// Adds packets to per-tenant counters a run at a time: consecutive packets of one tenant
@@ -83,6 +90,19 @@ pub struct FdbStats {
     pub unannounced: u64,
 }
 
+/// Traffic that crossed the overlay (VXLAN on the underlay port).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OverlayStats {
+    /// Tenant frames sent to other hosts (each copy of a replicated frame counts), with their
+    /// inner bytes.
+    pub encap: PktBytes,
+    /// Tenant frames received from other hosts, with their inner bytes.
+    pub decap: PktBytes,
+    /// Copies made for head-end replication (a flood or an unknown destination sent to every
+    /// host of the tenant), beyond the original.
+    pub replicas: u64,
+}
+
 /// One worker's counters. Indexed by dense ids; sized by [`Counters::resize`].
 #[derive(Debug, Clone, Default)]
 pub struct Counters {
@@ -111,6 +131,8 @@ pub struct Counters {
     /// TCP and UDP checksums a sender left partial (checksum offload) that the switch
     /// completed.
     pub checksums_completed: u64,
+    /// VXLAN encapsulation and decapsulation.
+    pub overlay: OverlayStats,
     /// Per tenant, matches of each ACL rule: the from-tenant set's rules, then the to-tenant
     /// set's (count rules every time they match, deciding rules when they decide).
     pub acl_hits: Vec<Vec<u64>>,
@@ -208,6 +230,10 @@ impl Counters {
         self.flood_copies += o.flood_copies;
         self.kick_errors += o.kick_errors;
         self.checksums_completed += o.checksums_completed;
+        let (v, w) = (&mut self.overlay, &o.overlay);
+        v.encap.add_all(w.encap);
+        v.decap.add_all(w.decap);
+        v.replicas += w.replicas;
         if self.acl_hits.len() < o.acl_hits.len() {
             self.acl_hits.resize(o.acl_hits.len(), Vec::new());
         }

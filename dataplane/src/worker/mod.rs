@@ -67,6 +67,8 @@ const RETIRE_KICKS: usize = 64;
 pub enum WorkerCmd<P> {
     /// Adopt a snapshot.
     Install(Arc<Snapshot>),
+    /// Adopt a new cluster map (where the other hosts' MACs are).
+    Overlay(Arc<crate::flow::overlay::OverlayMap>),
     /// Poll a new socket of `port` (boxed: the channel's slots stay small).
     AddSocket {
         /// Its port.
@@ -113,6 +115,8 @@ pub enum Applied<P> {
     Done,
     /// The snapshot replaced (to be freed off the poll loop, by the caller).
     Replaced(Arc<Snapshot>),
+    /// The cluster map replaced (to be freed off the poll loop, by the caller).
+    MapReplaced(Arc<crate::flow::overlay::OverlayMap>),
     /// A socket taken out (removed, or replaced after its device vanished), and the frames
     /// it kept that were written off.
     Removed {
@@ -842,6 +846,9 @@ impl<P: Port> Worker<P> {
     pub fn apply(&mut self, now: Nanos, cmd: WorkerCmd<P>) -> Applied<P> {
         match cmd {
             WorkerCmd::Install(snap) => Applied::Replaced(self.install(now, snap)),
+            WorkerCmd::Overlay(map) => {
+                Applied::MapReplaced(std::mem::replace(&mut self.pipeline.overlay, map))
+            }
             WorkerCmd::AddSocket { port, driver } => {
                 let queue = driver.queue();
                 // A port with a socket here is reached through it, whoever else polls it.

@@ -1,0 +1,260 @@
+//! VXLAN (RFC 7348) on an underlay port: frames of a tenant that spans hosts leave inside
+//! outer Ethernet, IPv4, UDP and VXLAN headers written into the frame's headroom, and arrive
+//! the same way, the outer headers stepped over. The payload never moves either way.
+//!
+//! - Decapsulation ([`decap_one`]) runs before the parser on a batch from an underlay port:
+//!   only IPv4 UDP to this host's tunnel address and VXLAN port with the VNI flag set is
+//!   taken, its VNI names the tenant, and every later stage sees the inner frame alone (policy,
+//!   learning, capture, traces, flow logs). Anything else is a counted drop.
+//! - Encapsulation ([`send`]) runs in the output stage when a tenant's frame goes to its
+//!   underlay attachment: to the host the cluster map has for the destination MAC, or, for a
+//!   flood or a destination the map does not know, to every host of the tenant (head-end
+//!   replication, one copy each). Outer source port from the inner flow's hash (the underlay's
+//!   ECMP and the receiver's RSS spread flows), DF set, UDP checksum 0 (RFC 7348 §5). Nothing
+//!   is fragmented: the underlay port's MTU bounds the tenant frame ([`Snapshot::max_frame`]).
+#![forbid(unsafe_code)]
+
+use crate::batch::Meta;
+use crate::flow::overlay::{OverlayMap, Vtep};
+use crate::frame::{FrameArea, FramePool, FrameRef};
+use crate::pipeline::output::TxLists;
+use crate::snapshot::{Snapshot, Underlay, VXLAN_OVERHEAD};
+use crate::time::Nanos;
+use crate::trace::Counters;
+use crate::vocab::{AttachmentId, DropReason, PortId, TenantId};
+use crate::wire::checksum;
+
+const ETH_IPV4: [u8; 2] = [0x08, 0x00];
+const PROTO_UDP: u8 = 17;
+/// The VXLAN header's "VNI present" flag (RFC 7348 §5).
+const FLAG_VNI: u8 = 0x08;
+/// Outer IPv4 header length: the switch writes none with options.
+const IP_LEN: usize = 20;
+/// UDP and VXLAN headers.
+const UDP_VXLAN: usize = 16;
+/// The shortest inner frame: an Ethernet header.
+const INNER_MIN: usize = 14;
+
+/// Where the inner frame of VXLAN frame `f` received on underlay `u` starts, and its first
+/// segment's length, with the tenant its VNI names and the tenant's attachment on the
+/// underlay; or why it is dropped.
+#[inline]
+pub fn decap_one(
+    area: &FrameArea,
+    snap: &Snapshot,
+    u: &Underlay,
+    f: &FrameRef,
+) -> Result<(u64, u32, TenantId, AttachmentId), DropReason> {
+    let b = area.frame(f).ok_or(DropReason::Malformed)?;
+    if b.len() < 14 + IP_LEN + UDP_VXLAN || b[12..14] != ETH_IPV4 {
+        return Err(DropReason::NotOverlay);
+    }
+    let ip = &b[14..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if ip[0] >> 4 != 4 || ihl < IP_LEN || ip[9] != PROTO_UDP {
+        return Err(DropReason::NotOverlay);
+    }
+    if ip[16..20] != u.ip {
+        return Err(DropReason::NotOverlay);
+    }
+    if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
+        return Err(DropReason::NotOverlay); // an outer fragment: never reassembled
+    }
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let inner_at = 14 + ihl + UDP_VXLAN;
+    if b.len() < inner_at + INNER_MIN
+        || total < ihl + UDP_VXLAN + INNER_MIN
+        || 14 + total > f.len() as usize
+        || checksum::fold(checksum::add(0, &ip[..ihl])) != 0xffff
+    {
+        return Err(DropReason::Malformed);
+    }
+    let udp = &ip[ihl..];
+    if u16::from_be_bytes([udp[2], udp[3]]) != u.udp_port || udp[8] & FLAG_VNI == 0 {
+        return Err(DropReason::NotOverlay);
+    }
+    if usize::from(u16::from_be_bytes([udp[4], udp[5]])) != total - ihl {
+        return Err(DropReason::Malformed);
+    }
+    let vni = u32::from_be_bytes([0, udp[12], udp[13], udp[14]]);
+    let (t, a) = snap.tenant_by_vni(vni).ok_or(DropReason::UnknownVni)?;
+    let at = f.addr() + inner_at as u64;
+    let inner = if f.segs() == 0 {
+        // Ethernet padding after the outer datagram is not the tenant's.
+        (total - ihl - UDP_VXLAN) as u32
+    } else {
+        f.head_len() - inner_at as u32
+    };
+    Ok((at, inner, t, a))
+}
+
+/// The outer UDP source port for a tenant frame: a hash of its flow (addresses, protocol and
+/// ports; the MACs of a frame that is not IP) in the dynamic range 49152-65535, as RFC 7348
+/// §5 suggests, so that one flow takes one path and flows spread over many.
+#[inline]
+pub fn entropy(m: &Meta) -> u16 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let k = &m.key;
+    let word =
+        |b: &[u8; 16]| u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
+    let mut h = (u64::from(k.proto) | u64::from(k.src_port) << 16 | u64::from(k.dst_port) << 32)
+        .wrapping_mul(K);
+    h = (h ^ word(&k.src_ip)).wrapping_mul(K);
+    h = (h ^ word(&k.dst_ip)).wrapping_mul(K);
+    if k.proto == 0 {
+        h = (h ^ m.src.to_u64() ^ m.dst.to_u64().rotate_left(24)).wrapping_mul(K);
+    }
+    0xc000 | (h >> 50) as u16
+}
+
+/// Writes the outer headers for host `to` in front of tenant frame `f` (in its headroom):
+/// the encapsulated frame, or `f` back when it has no headroom for them or is too long for
+/// an IPv4 datagram.
+#[inline]
+pub fn encap(
+    area: &mut FrameArea,
+    f: FrameRef,
+    u: &Underlay,
+    to: &Vtep,
+    vni: u32,
+    sport: u16,
+) -> Result<FrameRef, FrameRef> {
+    const N: usize = VXLAN_OVERHEAD as usize;
+    let (addr, head) = (f.addr(), f.head_len());
+    let Ok(ip_total) = u16::try_from(f.len() as usize + IP_LEN + UDP_VXLAN) else { return Err(f) };
+    let Some((chunk, off)) = area.chunk_mut(addr) else { return Err(f) };
+    if off < N || off + head as usize > chunk.len() {
+        return Err(f);
+    }
+    let h = &mut chunk[off - N..off];
+    h[0..6].copy_from_slice(&u.gateway.unwrap_or(to.mac).0);
+    h[6..12].copy_from_slice(&u.mac.0);
+    h[12..14].copy_from_slice(&ETH_IPV4);
+    let ip = &mut h[14..34];
+    ip[0] = 0x45;
+    ip[1] = 0;
+    ip[2..4].copy_from_slice(&ip_total.to_be_bytes());
+    ip[4..6].fill(0); // identification: 0 for an atomic datagram (DF set, RFC 6864)
+    ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = PROTO_UDP;
+    ip[10..12].fill(0);
+    ip[12..16].copy_from_slice(&u.ip);
+    ip[16..20].copy_from_slice(&to.ip);
+    let sum = !checksum::fold(checksum::add(0, ip));
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let udp = &mut h[34..50];
+    udp[0..2].copy_from_slice(&sport.to_be_bytes());
+    udp[2..4].copy_from_slice(&u.udp_port.to_be_bytes());
+    udp[4..6].copy_from_slice(&(ip_total - IP_LEN as u16).to_be_bytes());
+    udp[6..8].fill(0);
+    udp[8..12].copy_from_slice(&[FLAG_VNI, 0, 0, 0]);
+    udp[12..16].copy_from_slice(&(vni << 8).to_be_bytes());
+    Ok(f.with_head(addr - N as u64, head + N as u32))
+}
+
+/// Whose a tenant frame for the underlay is, and where it goes: its metadata, the port and its
+/// tunnel endpoint.
+pub struct ToUnderlay<'a> {
+    /// Its metadata.
+    pub meta: &'a Meta,
+    /// The port it came in on.
+    pub ingress: PortId,
+    /// The underlay port.
+    pub port: PortId,
+    /// Its tunnel endpoint.
+    pub underlay: &'a Underlay,
+}
+
+/// Sends tenant frame `f` (re-tagged for its untagged underlay attachment) to the other hosts through the underlay: to the host that has its
+/// destination, or to each host of the tenant. Returns true when at least one copy was queued.
+#[allow(clippy::too_many_arguments)]
+pub fn send(
+    now: Nanos,
+    snap: &Snapshot,
+    map: &OverlayMap,
+    area: &mut FrameArea,
+    pool: &mut FramePool,
+    f: FrameRef,
+    out: &ToUnderlay<'_>,
+    tx: &mut TxLists,
+    c: &mut Counters,
+) -> bool {
+    let (m, ingress) = (out.meta, out.ingress);
+    let Some(vni) = snap.vni(m.tenant) else {
+        c.drop(ingress, Some(m.tenant), DropReason::NoRoute);
+        pool.free(area, f);
+        return false;
+    };
+    let sport = entropy(m);
+    if !m.dst.is_multicast()
+        && let Some(v) = map.host_of(vni, m.dst)
+    {
+        return push(now, area, pool, out, f, v, vni, sport, tx, c);
+    }
+    let members = map.members(vni);
+    let Some((&last, rest)) = members.split_last() else {
+        c.drop(ingress, Some(m.tenant), DropReason::NoVtep);
+        pool.free(area, f);
+        return false;
+    };
+    let mut sent = false;
+    for &i in rest {
+        let Some(v) = map.vtep(i) else { continue };
+        match pool.copy_frame(area, &f) {
+            Some(copy) => {
+                c.overlay.replicas += 1;
+                sent |= push(now, area, pool, out, copy, v, vni, sport, tx, c);
+            }
+            None => c.drop(ingress, Some(m.tenant), DropReason::NoFrame),
+        }
+    }
+    match map.vtep(last) {
+        Some(v) => push(now, area, pool, out, f, v, vni, sport, tx, c) || sent,
+        None => {
+            pool.free(area, f);
+            sent
+        }
+    }
+}
+
+/// Encapsulates `f` for host `v` and queues it on the underlay port, or drops it.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn push(
+    now: Nanos,
+    area: &mut FrameArea,
+    pool: &mut FramePool,
+    out: &ToUnderlay<'_>,
+    f: FrameRef,
+    v: &Vtep,
+    vni: u32,
+    sport: u16,
+    tx: &mut TxLists,
+    c: &mut Counters,
+) -> bool {
+    let (tenant, ingress) = (out.meta.tenant, out.ingress);
+    let inner = f.len();
+    match encap(area, f, out.underlay, v, vni, sport) {
+        Ok(e) => {
+            let len = e.len();
+            match tx.push(out.port, e, tenant, ingress, now) {
+                Ok(q) => {
+                    c.overlay.encap.add(inner);
+                    q.count(c, tenant, len);
+                    true
+                }
+                Err((r, e)) => {
+                    c.drop(ingress, Some(tenant), r);
+                    pool.free(area, e);
+                    false
+                }
+            }
+        }
+        Err(f) => {
+            c.drop(ingress, Some(tenant), DropReason::NoHeadroom);
+            pool.free(area, f);
+            false
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! VXLAN on an underlay port over in-memory ports: what leaves for other hosts (outer headers
+//! read back with etherparse), what is taken from them, and what is dropped.
+// Integration tests live outside `mod tests` by nature; the lint is for unit tests in src/.
+#![allow(clippy::tests_outside_test_module)]
+
+use std::sync::Arc;
+
+use dataplane::flow::overlay::{OverlayBuilder, Vtep};
+use dataplane::port::mem::MemPort;
+use dataplane::port::{FrameArea, PageSize};
+use dataplane::snapshot::{
+    Attachment, PortId, PortKind, SnapshotBuilder, TenantSpec, Underlay, VXLAN_OVERHEAD,
+};
+use dataplane::time::Nanos;
+use dataplane::trace::DropReason;
+use dataplane::wire::MacAddr;
+use dataplane::worker::{Worker, WorkerCmd};
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+
+const A1: PortId = PortId(0);
+const A2: PortId = PortId(1);
+const B1: PortId = PortId(2);
+const UL: PortId = PortId(3);
+
+const HERE: [u8; 4] = [192, 168, 0, 1];
+const HERE_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 1];
+const X: Vtep = Vtep { ip: [192, 168, 0, 2], mac: MacAddr([0x02, 0xee, 0, 0, 0, 2]) };
+const Y: Vtep = Vtep { ip: [192, 168, 0, 3], mac: MacAddr([0x02, 0xee, 0, 0, 0, 3]) };
+const RED: u32 = 100;
+const BLUE: u32 = 200;
+
+fn mac(i: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0, i]
+}
+
+/// red (VNI 100): a1, a2 and the underlay; blue (VNI 200): b1 and the underlay. The underlay's
+/// MTU is 1500. Hosts X and Y carry red (X has red's mac 9), Y carries blue (mac 9 too).
+fn lab() -> Worker<MemPort> {
+    let mut b = SnapshotBuilder::new(1).fdb_capacity(4096);
+    let a1 = b.port("a1", "a1", PortKind::Tenant);
+    let a2 = b.port("a2", "a2", PortKind::Tenant);
+    let b1 = b.port("b1", "b1", PortKind::Tenant);
+    let ul = b.port("ul", "ul", PortKind::Underlay);
+    let u = Underlay { ip: HERE, mac: MacAddr(HERE_MAC), udp_port: 4789, gateway: None };
+    b.port_underlay(ul, u);
+    b.port_mtu(ul, Some(1500));
+    let att = |port| Attachment { port, vlan: None };
+    let mut red = TenantSpec::new("red", vec![att(a1), att(a2), att(ul)]);
+    red.vni = Some(RED);
+    let mut blue = TenantSpec::new("blue", vec![att(b1), att(ul)]);
+    blue.vni = Some(BLUE);
+    b.tenant(red);
+    b.tenant(blue);
+    let snap = b.build().unwrap();
+    let area = FrameArea::new(1024, 2048, PageSize::Normal).unwrap();
+    let ports = (0..4).map(|_| MemPort::new(256)).collect();
+    let mut w = Worker::new(area, ports, Arc::new(snap));
+    let mut m = OverlayBuilder::new(1);
+    assert!(m.mac(RED, MacAddr(mac(9)), X, &[]));
+    assert!(m.member(RED, Y));
+    assert!(m.mac(BLUE, MacAddr(mac(9)), Y, &[]));
+    w.apply(Nanos::ZERO, WorkerCmd::Overlay(Arc::new(m.build())));
+    w
+}
+
+fn udp(src: [u8; 6], dst: [u8; 6], sport: u16, payload: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(src, dst)
+        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        .udp(sport, 2000)
+        .write(&mut out, &vec![0xab; payload])
+        .unwrap();
+    out
+}
+
+/// `inner` inside VXLAN with `vni`, from host `from` to `to` on UDP port `port`.
+fn vxlan(from: &Vtep, to: [u8; 4], port: u16, vni: u32, inner: &[u8]) -> Vec<u8> {
+    let mut payload = vec![0x08, 0, 0, 0];
+    payload.extend_from_slice(&(vni << 8).to_be_bytes());
+    payload.extend_from_slice(inner);
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(from.mac.0, HERE_MAC)
+        .ipv4(from.ip, to, 64)
+        .udp(50000, port)
+        .write(&mut out, &payload)
+        .unwrap();
+    out
+}
+
+fn step(w: &mut Worker<MemPort>, now: Nanos) -> Vec<(PortId, Vec<u8>)> {
+    w.poll(now);
+    let mut out = Vec::new();
+    for p in 0..4 {
+        for f in w.take_sent(PortId(p)) {
+            out.push((PortId(p), f));
+        }
+    }
+    w.poll(now);
+    assert!(w.census().balanced(), "{:?}", w.census());
+    out
+}
+
+/// The outer headers of a VXLAN frame the switch sent: (outer destination MAC, outer
+/// destination address, UDP source port, VNI, inner frame), each checked on the way.
+fn open(frame: &[u8]) -> ([u8; 6], [u8; 4], u16, u32, Vec<u8>) {
+    let p = SlicedPacket::from_ethernet(frame).expect("outer headers parse");
+    let eth = p.link.as_ref().and_then(|l| l.to_header()).expect("ethernet");
+    let Some(etherparse::LinkHeader::Ethernet2(eth)) = Some(eth) else { panic!("ethernet") };
+    assert_eq!(eth.source, HERE_MAC, "outer source MAC: the underlay port's");
+    let Some(NetSlice::Ipv4(ip)) = &p.net else { panic!("outer IPv4") };
+    let h = ip.header().to_header();
+    assert_eq!(h.source, HERE, "outer source: this host's tunnel address");
+    assert!(h.dont_fragment, "DF set");
+    assert_eq!(h.header_checksum, h.calc_header_checksum(), "outer header checksum");
+    let Some(TransportSlice::Udp(u)) = &p.transport else { panic!("outer UDP") };
+    assert_eq!(u.destination_port(), 4789);
+    assert!(u.source_port() >= 49152, "source port in the dynamic range");
+    assert_eq!(u.checksum(), 0, "outer UDP checksum 0 (RFC 7348)");
+    let v = u.payload();
+    assert_eq!(v[0], 0x08, "VNI flag");
+    let vni = u32::from_be_bytes([0, v[4], v[5], v[6]]);
+    (eth.destination, h.destination, u.source_port(), vni, v[8..].to_vec())
+}
+
+fn drops(w: &Worker<MemPort>, r: DropReason) -> u64 {
+    w.pipeline().counters.drops(r)
+}
+
+#[test]
+fn a_known_remote_mac_goes_to_its_host_only() {
+    let mut w = lab();
+    let f = udp(mac(1), mac(9), 1000, 100);
+    assert!(w.inject(A1, &f));
+    let out = step(&mut w, Nanos::from_secs(1));
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].0, UL);
+    let (dmac, dip, _, vni, inner) = open(&out[0].1);
+    assert_eq!((dmac, dip, vni), (X.mac.0, X.ip, RED));
+    assert_eq!(inner, f, "the tenant's frame whole");
+    assert_eq!(out[0].1.len(), f.len() + VXLAN_OVERHEAD as usize);
+    let c = &w.pipeline().counters;
+    assert_eq!(c.overlay.encap.packets, 1);
+    assert_eq!(c.overlay.replicas, 0);
+}
+
+#[test]
+fn a_flood_is_replicated_to_every_host_of_the_tenant() {
+    let mut w = lab();
+    let f = udp(mac(1), [0xff; 6], 1000, 100);
+    w.inject(A1, &f);
+    let mut out = step(&mut w, Nanos::from_secs(1));
+    out.sort_by_key(|(p, _)| *p);
+    assert_eq!(out.iter().map(|(p, _)| *p).collect::<Vec<_>>(), vec![A2, UL, UL]);
+    let mut hosts: Vec<[u8; 4]> = out[1..].iter().map(|(_, o)| open(o).1).collect();
+    hosts.sort();
+    assert_eq!(hosts, vec![X.ip, Y.ip], "one copy per host of red");
+    assert!(out[1..].iter().all(|(_, o)| open(o).3 == RED && open(o).4 == f));
+    assert_eq!(w.pipeline().counters.overlay.replicas, 1);
+    // Blue's flood goes to blue's one host (Y) with blue's VNI, never to X.
+    w.inject(B1, &udp(mac(1), [0xff; 6], 1000, 100));
+    let out = step(&mut w, Nanos::from_secs(1));
+    assert_eq!(out.len(), 1);
+    assert_eq!((open(&out[0].1).1, open(&out[0].1).3), (Y.ip, BLUE));
+}
+
+#[test]
+fn flows_spread_over_source_ports_and_one_flow_keeps_its_own() {
+    let mut w = lab();
+    let mut ports = std::collections::BTreeSet::new();
+    for s in 0..64u16 {
+        for _ in 0..2 {
+            w.inject(A1, &udp(mac(1), mac(9), 1000 + s, 50));
+            let out = step(&mut w, Nanos::from_secs(1));
+            ports.insert((s, open(&out[0].1).2));
+        }
+    }
+    let per_flow: std::collections::BTreeSet<u16> = ports.iter().map(|p| p.0).collect();
+    assert_eq!(ports.len(), 64, "one source port per flow");
+    assert_eq!(per_flow.len(), 64);
+    let distinct: std::collections::BTreeSet<u16> = ports.iter().map(|p| p.1).collect();
+    assert!(distinct.len() > 48, "64 flows over {} source ports", distinct.len());
+}
+
+#[test]
+fn frames_from_other_hosts_reach_their_tenant_only() {
+    let mut w = lab();
+    let t = Nanos::from_secs(1);
+    // A host on a1 (red) and one on b1 (blue), learned from their broadcasts.
+    w.inject(A1, &udp(mac(1), [0xff; 6], 1, 10));
+    w.inject(B1, &udp(mac(1), [0xff; 6], 1, 10));
+    step(&mut w, t);
+    let f = udp(mac(9), mac(1), 7, 80);
+    w.inject(UL, &vxlan(&X, HERE, 4789, RED, &f));
+    assert_eq!(step(&mut w, t), vec![(A1, f.clone())], "red's VNI: red's a1");
+    w.inject(UL, &vxlan(&Y, HERE, 4789, BLUE, &f));
+    assert_eq!(step(&mut w, t), vec![(B1, f.clone())], "blue's VNI, same inner MACs: blue's b1");
+    let c = &w.pipeline().counters;
+    assert_eq!(c.overlay.decap.packets, 2);
+    assert_eq!(c.overlay.decap.bytes, 2 * f.len() as u64);
+    assert_eq!(c.port_rx[UL.index()].bytes, 2 * (f.len() + VXLAN_OVERHEAD as usize) as u64);
+    // A broadcast from another host floods red locally, never back to the underlay.
+    w.inject(UL, &vxlan(&X, HERE, 4789, RED, &udp(mac(9), [0xff; 6], 7, 80)));
+    let mut out = step(&mut w, t);
+    out.sort_by_key(|(p, _)| *p);
+    assert_eq!(out.iter().map(|(p, _)| *p).collect::<Vec<_>>(), vec![A1, A2]);
+}
+
+#[test]
+fn what_is_not_vxlan_for_this_host_is_dropped_and_counted() {
+    let mut w = lab();
+    let t = Nanos::from_secs(1);
+    let f = udp(mac(9), [0xff; 6], 7, 80);
+    w.inject(UL, &vxlan(&X, HERE, 4789, 300, &f));
+    w.inject(UL, &vxlan(&X, [192, 168, 0, 99], 4789, RED, &f));
+    w.inject(UL, &vxlan(&X, HERE, 4790, RED, &f));
+    w.inject(UL, &f);
+    let mut bad_flag = vxlan(&X, HERE, 4789, RED, &f);
+    bad_flag[42] = 0;
+    w.inject(UL, &bad_flag);
+    let mut cut = vxlan(&X, HERE, 4789, RED, &f);
+    cut.truncate(14 + 20 + 16 + 10);
+    w.inject(UL, &cut);
+    let mut tagged = f.clone();
+    tagged.splice(12..12, [0x81, 0x00, 0x00, 0x0a]);
+    w.inject(UL, &vxlan(&X, HERE, 4789, RED, &tagged));
+    assert!(step(&mut w, t).is_empty());
+    assert_eq!(drops(&w, DropReason::UnknownVni), 1);
+    assert_eq!(drops(&w, DropReason::NotOverlay), 4);
+    assert_eq!(drops(&w, DropReason::Malformed), 1, "cut short");
+    assert_eq!(drops(&w, DropReason::UnknownTenant), 1, "a tagged inner frame");
+    assert_eq!(w.pipeline().counters.overlay.decap.packets, 0);
+}
+
+#[test]
+fn nothing_is_sent_where_no_host_is_known_or_the_underlay_mtu_is_short() {
+    let mut w = lab();
+    let t = Nanos::from_secs(1);
+    w.apply(t, WorkerCmd::Overlay(Arc::new(OverlayBuilder::new(2).build())));
+    w.inject(B1, &udp(mac(1), mac(9), 1, 10));
+    assert!(step(&mut w, t).is_empty());
+    assert_eq!(drops(&w, DropReason::NoVtep), 1);
+    let mut w = lab();
+    // 1500 - 50 bytes of encapsulation leave room for a 1464-byte tenant frame (IP 1450).
+    let fits = udp(mac(1), mac(9), 1, 1450 - 28);
+    assert_eq!(fits.len(), 1464);
+    w.inject(A1, &fits);
+    assert_eq!(step(&mut w, t).len(), 1);
+    w.inject(A1, &udp(mac(1), mac(9), 1, 1451 - 28));
+    assert!(step(&mut w, t).is_empty());
+    assert_eq!(drops(&w, DropReason::TooBig), 1);
+}
+
+#[test]
+fn a_remote_mac_the_map_does_not_know_goes_to_every_host_of_the_tenant() {
+    let mut w = lab();
+    let t = Nanos::from_secs(1);
+    // mac 8 talks from host X but is not in the map: learned behind the underlay.
+    w.inject(UL, &vxlan(&X, HERE, 4789, RED, &udp(mac(8), [0xff; 6], 7, 80)));
+    step(&mut w, t);
+    w.inject(A1, &udp(mac(1), mac(8), 1, 10));
+    let out = step(&mut w, t);
+    let mut hosts: Vec<[u8; 4]> = out.iter().map(|(p, o)| (*p, open(o).1).1).collect();
+    hosts.sort();
+    assert_eq!(hosts, vec![X.ip, Y.ip], "unicast, but to every host of red");
+    assert!(out.iter().all(|(p, _)| *p == UL), "and not flooded locally: learned remote");
+}
