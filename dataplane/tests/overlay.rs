@@ -56,11 +56,28 @@ fn lab() -> Worker<MemPort> {
     let ports = (0..4).map(|_| MemPort::new(256)).collect();
     let mut w = Worker::new(area, ports, Arc::new(snap));
     let mut m = OverlayBuilder::new(1);
-    assert!(m.mac(RED, MacAddr(mac(9)), X, &[]));
+    assert!(m.mac(RED, MacAddr(mac(9)), X, &[v4(10, 0, 0, 9)]));
     assert!(m.member(RED, Y));
     assert!(m.mac(BLUE, MacAddr(mac(9)), Y, &[]));
     w.apply(Nanos::ZERO, WorkerCmd::Overlay(Arc::new(m.build())));
     w
+}
+
+fn v4(a: u8, b: u8, c: u8, d: u8) -> [u8; 16] {
+    std::net::Ipv4Addr::new(a, b, c, d).to_ipv6_mapped().octets()
+}
+
+/// An ARP request from `src` (10.0.0.1) for `target`.
+fn arp_request(src: [u8; 6], target: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[10, 0, 0, 1]);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target);
+    f.resize(60, 0);
+    f
 }
 
 fn udp(src: [u8; 6], dst: [u8; 6], sport: u16, payload: usize) -> Vec<u8> {
@@ -263,4 +280,30 @@ fn a_remote_mac_the_map_does_not_know_goes_to_every_host_of_the_tenant() {
     hosts.sort();
     assert_eq!(hosts, vec![X.ip, Y.ip], "unicast, but to every host of red");
     assert!(out.iter().all(|(p, _)| *p == UL), "and not flooded locally: learned remote");
+}
+
+#[test]
+fn an_arp_request_for_an_address_the_map_knows_is_answered_here() {
+    let mut w = lab();
+    let t = Nanos::from_secs(1);
+    w.inject(A1, &arp_request(mac(1), [10, 0, 0, 9]));
+    let out = step(&mut w, t);
+    assert_eq!(out.len(), 1, "answered, not flooded: {out:?}");
+    let (p, r) = &out[0];
+    assert_eq!(*p, A1, "back to the asker");
+    assert_eq!(&r[0..6], &mac(1), "to the asker");
+    assert_eq!(&r[6..12], &mac(9), "from the address's owner");
+    assert_eq!(&r[20..22], &[0, 2], "a reply");
+    assert_eq!(&r[22..28], &mac(9), "sender: the owner's MAC");
+    assert_eq!(&r[28..32], &[10, 0, 0, 9], "sender: the address asked for");
+    assert_eq!(&r[32..38], &mac(1), "target: the asker");
+    assert_eq!(&r[38..42], &[10, 0, 0, 1]);
+    assert_eq!(w.pipeline().counters.overlay.arp_suppressed, 1);
+    // An address the map does not know (and a tenant whose map has none) floods as before.
+    w.inject(A1, &arp_request(mac(1), [10, 0, 0, 8]));
+    w.inject(B1, &arp_request(mac(1), [10, 0, 0, 9]));
+    let mut out = step(&mut w, t);
+    out.sort_by_key(|(p, _)| *p);
+    assert_eq!(out.iter().map(|(p, _)| *p).collect::<Vec<_>>(), vec![A2, UL, UL, UL]);
+    assert_eq!(w.pipeline().counters.overlay.arp_suppressed, 1);
 }

@@ -182,6 +182,13 @@ impl Fabric {
         }
     }
 
+    /// Sends a cluster map to every worker.
+    pub fn overlay(&mut self, map: &Arc<dataplane::flow::overlay::OverlayMap>) {
+        for w in 0..self.workers.len() {
+            self.send(w, WorkerCmd::Overlay(map.clone()));
+        }
+    }
+
     /// True when every worker has applied every command sent to it.
     pub fn caught_up(&self) -> bool {
         self.sent.iter().zip(&self.applied).all(|(s, a)| a.load(Ordering::Acquire) >= *s)

@@ -3,6 +3,7 @@
 
 mod bounded;
 mod cli;
+mod cluster;
 mod control_api;
 mod ctl;
 mod explain;

@@ -489,6 +489,27 @@ fn describe() {
         "TCP and UDP checksums a sender left to its device (checksum offload) that the switch completed.",
     );
     c(
+        "xswitch_overlay_packets_total",
+        Unit::Count,
+        "Tenant frames that crossed the overlay (VXLAN), by direction: encap (to other hosts, \
+         every replica counted) or decap (from them).",
+    );
+    c(
+        "xswitch_overlay_bytes_total",
+        Unit::Bytes,
+        "Inner bytes of the tenant frames that crossed the overlay, by direction.",
+    );
+    c(
+        "xswitch_overlay_replicas_total",
+        Unit::Count,
+        "Copies made for head-end replication to the other hosts of a tenant, beyond the original.",
+    );
+    c(
+        "xswitch_overlay_arp_suppressed_total",
+        Unit::Count,
+        "ARP requests for another host's address answered from the cluster map.",
+    );
+    c(
         "xswitch_fragment_events_total",
         Unit::Count,
         "Fragmented datagrams of tenants with policy: tracked, completed, expired, evicted.",
@@ -600,6 +621,8 @@ struct Families {
     fdb: [Counter; 6],
     flood_copies: Counter,
     checksums_completed: Counter,
+    /// Overlay packets and bytes (encap, decap), and replicas.
+    overlay: [Counter; 6],
     frag_events: [Counter; 4],
     umem: [Gauge; 9],
     workers: Vec<WorkerFamilies>,
@@ -668,6 +691,14 @@ impl Families {
             fdb,
             flood_copies: metrics::counter!("xswitch_flood_copies_total"),
             checksums_completed: metrics::counter!("xswitch_checksums_completed_total"),
+            overlay: [
+                metrics::counter!("xswitch_overlay_packets_total", "direction" => "encap"),
+                metrics::counter!("xswitch_overlay_bytes_total", "direction" => "encap"),
+                metrics::counter!("xswitch_overlay_packets_total", "direction" => "decap"),
+                metrics::counter!("xswitch_overlay_bytes_total", "direction" => "decap"),
+                metrics::counter!("xswitch_overlay_replicas_total"),
+                metrics::counter!("xswitch_overlay_arp_suppressed_total"),
+            ],
             frag_events: ["tracked", "completed", "expired", "evicted"]
                 .map(|e| metrics::counter!("xswitch_fragment_events_total", "event" => e)),
             umem,
@@ -899,6 +930,11 @@ impl Families {
         }
         self.flood_copies.absolute(sum.flood_copies);
         self.checksums_completed.absolute(sum.checksums_completed);
+        let o = &sum.overlay;
+        let overlay = [o.encap.packets, o.encap.bytes, o.decap.packets, o.decap.bytes, o.replicas];
+        for (h, v) in self.overlay.iter().zip(overlay) {
+            h.absolute(v);
+        }
         for (h, v) in self.frag_events.iter().zip(frags) {
             h.absolute(v);
         }

@@ -422,6 +422,17 @@ pub fn serve(
     if let Some(r) = &from {
         let _ = shared.took_over_from.set(r.from_pid);
     }
+    // The cluster map (docs/CLUSTER.md): registered and watched off the packet path; the
+    // workers get each new map from the main loop.
+    let agent = match (&cfg.cluster, crate::cluster::Local::of(cfg, &snap)) {
+        (Some(c), Some(local)) => {
+            let a = crate::cluster::Agent::start(c, local)?;
+            let _ = shared.cluster.set(a.status.clone());
+            Some(a)
+        }
+        _ => None,
+    };
+    let mut cluster_generation = snap.generation;
     let hup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
         .context("registering SIGHUP")?;
@@ -602,6 +613,22 @@ pub fn serve(
                 pinged = Instant::now();
             }
             live.fabric.check(&shared, shared.snapshot().ports.len());
+            if let Some(a) = &agent {
+                // The newest map only: the ones before it are history.
+                if let Some(m) = a.maps.try_iter().last() {
+                    live.fabric.overlay(&m);
+                }
+                // A reload may have changed this host's tenants, ports or MACs.
+                let now = shared.snapshot();
+                if now.generation != cluster_generation {
+                    cluster_generation = now.generation;
+                    if let Ok(r) = shared.running.lock()
+                        && let Some(l) = crate::cluster::Local::of(&r.0, &r.1)
+                    {
+                        a.update(l);
+                    }
+                }
+            }
             while let Ok(sock) = closed.try_recv() {
                 // Its kernel counters first: what it lost belongs in the stop summary.
                 retired.push(crate::summary::Retired::of(&sock));
@@ -627,6 +654,11 @@ pub fn serve(
             })
             .collect()
     });
+    // A stop takes this host out of the cluster at once (its lease revoked); an upgrade leaves
+    // its entries to the new process.
+    if let Some(a) = agent {
+        a.stop(handing.is_none());
+    }
     // Its last update sees the workers' final figures.
     drop(exporter);
     drop(server);

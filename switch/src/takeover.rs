@@ -138,6 +138,10 @@ pub struct CounterState {
     flood_copies: u64,
     kick_errors: u64,
     checksums_completed: u64,
+    /// Overlay packets and bytes (encap, decap), replicas and ARP requests answered (none
+    /// from a switch before them).
+    #[serde(default)]
+    overlay: [u64; 6],
 }
 
 /// Everything handed over besides the descriptors.
@@ -292,6 +296,14 @@ pub fn gather<P: dataplane::port::Port>(workers: &[&Worker<P>], snap: &Snapshot)
         flood_copies: c.flood_copies,
         kick_errors: c.kick_errors,
         checksums_completed: c.checksums_completed,
+        overlay: [
+            c.overlay.encap.packets,
+            c.overlay.encap.bytes,
+            c.overlay.decap.packets,
+            c.overlay.decap.bytes,
+            c.overlay.replicas,
+            c.overlay.arp_suppressed,
+        ],
         ..CounterState::default()
     };
     for (i, p) in snap.ports.iter().enumerate().filter(|(_, p)| !p.is_vacant()) {
@@ -358,6 +370,11 @@ pub fn restore<P: dataplane::port::Port>(
     c.flood_copies += s.flood_copies;
     c.kick_errors += s.kick_errors;
     c.checksums_completed += s.checksums_completed;
+    let [ep, eb, dp, db, r, arp] = s.overlay;
+    c.overlay.encap.add_all(dataplane::trace::counters::PktBytes { packets: ep, bytes: eb });
+    c.overlay.decap.add_all(dataplane::trace::counters::PktBytes { packets: dp, bytes: db });
+    c.overlay.replicas += r;
+    c.overlay.arp_suppressed += arp;
     for (name, pc) in &s.ports {
         let Some(id) = snap.port_by_name(name) else { continue };
         let i = id.index();

@@ -10,17 +10,17 @@
 //! room in a TX list is dropped under its own reason, while the other copies still go out.
 
 use crate::batch::{Batch, Meta, PacketFlags};
-use crate::flow::overlay::OverlayMap;
+use crate::flow::overlay::{OverlayMap, Vtep};
 use crate::frame::{FrameArea, FramePool, FrameRef};
 use crate::pipeline::Dispositions;
 use crate::shaping::PortSched;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, Underlay};
 use crate::time::Nanos;
 use crate::trace::Counters;
 use crate::trace::counters::{PktBytes, TenantRun};
 use crate::vocab::{Disposition, DropReason, PortId, TenantId};
 
-use crate::wire::checksum;
+use crate::wire::{MacAddr, checksum};
 
 const TPID_8021Q: [u8; 2] = [0x81, 0x00];
 const ETH_IPV4: u16 = 0x0800;
@@ -546,10 +546,37 @@ pub fn deliver(
                 let to = Target { port, vlan, limit };
                 send_one(now, snap, map, area, pool, ingress, f, m, tagged, to, tx, c);
             }
-            Disposition::Flood => flood(now, snap, map, area, pool, ingress, f, m, tx, c),
+            Disposition::Flood => {
+                if let Some(mac) = suppressed(snap, map, ingress, m)
+                    && super::overlay::arp_reply(area, &f, m, mac)
+                {
+                    // Back where it came from, as the owner of the address would answer.
+                    c.overlay.arp_suppressed += 1;
+                    let to = Target { port: ingress, vlan: m.outer_vlan, limit: u32::MAX };
+                    send_one(now, snap, map, area, pool, ingress, f, m, tagged, to, tx, c);
+                    continue;
+                }
+                flood(now, snap, map, area, pool, ingress, f, m, tx, c)
+            }
         }
     }
     tx.end_batch();
+}
+
+/// The MAC the cluster map has for the target of an ARP request that a tenant spanning hosts
+/// sent from one of its local attachments; None for any other frame.
+#[inline]
+fn suppressed(snap: &Snapshot, map: &OverlayMap, ingress: PortId, m: &Meta) -> Option<MacAddr> {
+    const ETH_ARP: u16 = 0x0806;
+    const REQUEST: u16 = 1;
+    if m.key.ethertype != ETH_ARP || m.key.src_port != REQUEST {
+        return None;
+    }
+    let (vni, underlay) = snap.overlay_of(m.tenant)?;
+    if underlay == ingress {
+        return None;
+    }
+    map.mac_of(vni, &m.key.dst_ip)
 }
 
 /// Where [`send_one`] sends a frame: a port, the outer tag there, and the longest frame the
@@ -590,8 +617,8 @@ fn send_one(
         }
         Ok(out) if snap.ports.get(port.index()).is_some_and(|p| p.underlay.is_some()) => {
             let Some(underlay) = snap.underlay(port) else { return false };
-            let to = super::overlay::ToUnderlay { meta: m, ingress, port, underlay };
-            super::overlay::send(now, snap, map, area, pool, out, &to, tx, c)
+            let to = ToUnderlay { meta: m, ingress, port, underlay };
+            to_underlay(now, snap, map, area, pool, out, &to, tx, c)
         }
         Ok(out) => {
             let len = out.len();
@@ -668,4 +695,110 @@ fn flood(
     let limit = snap.max_frame(cur.port, cur.vlan.is_some());
     let to = Target { port: cur.port, vlan: cur.vlan, limit };
     send_one(now, snap, map, area, pool, ingress, f, m, tagged, to, tx, c);
+}
+
+/// Whose a tenant frame for the underlay is, and where it goes: its metadata, the port and its
+/// tunnel endpoint.
+struct ToUnderlay<'a> {
+    /// Its metadata.
+    meta: &'a Meta,
+    /// The port it came in on.
+    ingress: PortId,
+    /// The underlay port.
+    port: PortId,
+    /// Its tunnel endpoint.
+    underlay: &'a Underlay,
+}
+
+/// Sends tenant frame `f` (re-tagged for its untagged underlay attachment) to the other hosts through the underlay: to the host that has its
+/// destination, or to each host of the tenant. Returns true when at least one copy was queued.
+#[allow(clippy::too_many_arguments)]
+fn to_underlay(
+    now: Nanos,
+    snap: &Snapshot,
+    map: &OverlayMap,
+    area: &mut FrameArea,
+    pool: &mut FramePool,
+    f: FrameRef,
+    out: &ToUnderlay<'_>,
+    tx: &mut TxLists,
+    c: &mut Counters,
+) -> bool {
+    let (m, ingress) = (out.meta, out.ingress);
+    let Some(vni) = snap.vni(m.tenant) else {
+        c.drop(ingress, Some(m.tenant), DropReason::NoRoute);
+        pool.free(area, f);
+        return false;
+    };
+    let sport = super::overlay::entropy(m);
+    if !m.dst.is_multicast()
+        && let Some(v) = map.host_of(vni, m.dst)
+    {
+        return push_encapsulated(now, area, pool, out, f, v, vni, sport, tx, c);
+    }
+    let members = map.members(vni);
+    let Some((&last, rest)) = members.split_last() else {
+        c.drop(ingress, Some(m.tenant), DropReason::NoVtep);
+        pool.free(area, f);
+        return false;
+    };
+    let mut sent = false;
+    for &i in rest {
+        let Some(v) = map.vtep(i) else { continue };
+        match pool.copy_frame(area, &f) {
+            Some(copy) => {
+                c.overlay.replicas += 1;
+                sent |= push_encapsulated(now, area, pool, out, copy, v, vni, sport, tx, c);
+            }
+            None => c.drop(ingress, Some(m.tenant), DropReason::NoFrame),
+        }
+    }
+    match map.vtep(last) {
+        Some(v) => push_encapsulated(now, area, pool, out, f, v, vni, sport, tx, c) || sent,
+        None => {
+            pool.free(area, f);
+            sent
+        }
+    }
+}
+
+/// Encapsulates `f` for host `v` and queues it on the underlay port, or drops it.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn push_encapsulated(
+    now: Nanos,
+    area: &mut FrameArea,
+    pool: &mut FramePool,
+    out: &ToUnderlay<'_>,
+    f: FrameRef,
+    v: &Vtep,
+    vni: u32,
+    sport: u16,
+    tx: &mut TxLists,
+    c: &mut Counters,
+) -> bool {
+    let (tenant, ingress) = (out.meta.tenant, out.ingress);
+    let inner = f.len();
+    match super::overlay::encap(area, f, out.underlay, v, vni, sport) {
+        Ok(e) => {
+            let len = e.len();
+            match tx.push(out.port, e, tenant, ingress, now) {
+                Ok(q) => {
+                    c.overlay.encap.add(inner);
+                    q.count(c, tenant, len);
+                    true
+                }
+                Err((r, e)) => {
+                    c.drop(ingress, Some(tenant), r);
+                    pool.free(area, e);
+                    false
+                }
+            }
+        }
+        Err(f) => {
+            c.drop(ingress, Some(tenant), DropReason::NoHeadroom);
+            pool.free(area, f);
+            false
+        }
+    }
 }

@@ -6,7 +6,7 @@
 //!   only IPv4 UDP to this host's tunnel address and VXLAN port with the VNI flag set is
 //!   taken, its VNI names the tenant, and every later stage sees the inner frame alone (policy,
 //!   learning, capture, traces, flow logs). Anything else is a counted drop.
-//! - Encapsulation ([`send`]) runs in the output stage when a tenant's frame goes to its
+//! - Encapsulation ([`encap`], from the output stage's `to_underlay`) runs in the output stage when a tenant's frame goes to its
 //!   underlay attachment: to the host the cluster map has for the destination MAC, or, for a
 //!   flood or a destination the map does not know, to every host of the tenant (head-end
 //!   replication, one copy each). Outer source port from the inner flow's hash (the underlay's
@@ -15,13 +15,11 @@
 #![forbid(unsafe_code)]
 
 use crate::batch::Meta;
-use crate::flow::overlay::{OverlayMap, Vtep};
-use crate::frame::{FrameArea, FramePool, FrameRef};
-use crate::pipeline::output::TxLists;
+use crate::flow::overlay::Vtep;
+use crate::frame::{FrameArea, FrameRef};
 use crate::snapshot::{Snapshot, Underlay, VXLAN_OVERHEAD};
-use crate::time::Nanos;
-use crate::trace::Counters;
-use crate::vocab::{AttachmentId, DropReason, PortId, TenantId};
+use crate::vocab::{AttachmentId, DropReason, TenantId};
+use crate::wire::MacAddr;
 use crate::wire::checksum;
 
 const ETH_IPV4: [u8; 2] = [0x08, 0x00];
@@ -153,108 +151,27 @@ pub fn encap(
     Ok(f.with_head(addr - N as u64, head + N as u32))
 }
 
-/// Whose a tenant frame for the underlay is, and where it goes: its metadata, the port and its
-/// tunnel endpoint.
-pub struct ToUnderlay<'a> {
-    /// Its metadata.
-    pub meta: &'a Meta,
-    /// The port it came in on.
-    pub ingress: PortId,
-    /// The underlay port.
-    pub port: PortId,
-    /// Its tunnel endpoint.
-    pub underlay: &'a Underlay,
-}
-
-/// Sends tenant frame `f` (re-tagged for its untagged underlay attachment) to the other hosts through the underlay: to the host that has its
-/// destination, or to each host of the tenant. Returns true when at least one copy was queued.
-#[allow(clippy::too_many_arguments)]
-pub fn send(
-    now: Nanos,
-    snap: &Snapshot,
-    map: &OverlayMap,
-    area: &mut FrameArea,
-    pool: &mut FramePool,
-    f: FrameRef,
-    out: &ToUnderlay<'_>,
-    tx: &mut TxLists,
-    c: &mut Counters,
-) -> bool {
-    let (m, ingress) = (out.meta, out.ingress);
-    let Some(vni) = snap.vni(m.tenant) else {
-        c.drop(ingress, Some(m.tenant), DropReason::NoRoute);
-        pool.free(area, f);
-        return false;
-    };
-    let sport = entropy(m);
-    if !m.dst.is_multicast()
-        && let Some(v) = map.host_of(vni, m.dst)
-    {
-        return push(now, area, pool, out, f, v, vni, sport, tx, c);
-    }
-    let members = map.members(vni);
-    let Some((&last, rest)) = members.split_last() else {
-        c.drop(ingress, Some(m.tenant), DropReason::NoVtep);
-        pool.free(area, f);
-        return false;
-    };
-    let mut sent = false;
-    for &i in rest {
-        let Some(v) = map.vtep(i) else { continue };
-        match pool.copy_frame(area, &f) {
-            Some(copy) => {
-                c.overlay.replicas += 1;
-                sent |= push(now, area, pool, out, copy, v, vni, sport, tx, c);
-            }
-            None => c.drop(ingress, Some(m.tenant), DropReason::NoFrame),
-        }
-    }
-    match map.vtep(last) {
-        Some(v) => push(now, area, pool, out, f, v, vni, sport, tx, c) || sent,
-        None => {
-            pool.free(area, f);
-            sent
-        }
-    }
-}
-
-/// Encapsulates `f` for host `v` and queues it on the underlay port, or drops it.
-#[allow(clippy::too_many_arguments)]
+/// Turns ARP request `f` (parsed into `m`) into the reply the owner of its target address,
+/// `mac`, would send, in place (same length): the answer the cluster map gives for another
+/// host's address, so no ARP broadcast crosses the underlay for it (as the Linux bridge's
+/// `neigh_suppress` and VPP's `arp-term` do). False when the frame is too short for it.
 #[inline]
-fn push(
-    now: Nanos,
-    area: &mut FrameArea,
-    pool: &mut FramePool,
-    out: &ToUnderlay<'_>,
-    f: FrameRef,
-    v: &Vtep,
-    vni: u32,
-    sport: u16,
-    tx: &mut TxLists,
-    c: &mut Counters,
-) -> bool {
-    let (tenant, ingress) = (out.meta.tenant, out.ingress);
-    let inner = f.len();
-    match encap(area, f, out.underlay, v, vni, sport) {
-        Ok(e) => {
-            let len = e.len();
-            match tx.push(out.port, e, tenant, ingress, now) {
-                Ok(q) => {
-                    c.overlay.encap.add(inner);
-                    q.count(c, tenant, len);
-                    true
-                }
-                Err((r, e)) => {
-                    c.drop(ingress, Some(tenant), r);
-                    pool.free(area, e);
-                    false
-                }
-            }
-        }
-        Err(f) => {
-            c.drop(ingress, Some(tenant), DropReason::NoHeadroom);
-            pool.free(area, f);
-            false
-        }
-    }
+pub fn arp_reply(area: &mut FrameArea, f: &FrameRef, m: &Meta, mac: MacAddr) -> bool {
+    let l3 = usize::from(m.l3_offset);
+    let Some(b) = area.frame_mut(f) else { return false };
+    let Some(arp) = b.get_mut(l3..l3 + 28) else { return false };
+    let mut sha = [0u8; 6];
+    let mut spa = [0u8; 4];
+    let mut tpa = [0u8; 4];
+    sha.copy_from_slice(&arp[8..14]);
+    spa.copy_from_slice(&arp[14..18]);
+    tpa.copy_from_slice(&arp[24..28]);
+    arp[6..8].copy_from_slice(&2u16.to_be_bytes());
+    arp[8..14].copy_from_slice(&mac.0);
+    arp[14..18].copy_from_slice(&tpa);
+    arp[18..24].copy_from_slice(&sha);
+    arp[24..28].copy_from_slice(&spa);
+    b[0..6].copy_from_slice(&m.src.0);
+    b[6..12].copy_from_slice(&mac.0);
+    true
 }

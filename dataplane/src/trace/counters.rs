@@ -101,6 +101,8 @@ pub struct OverlayStats {
     /// Copies made for head-end replication (a flood or an unknown destination sent to every
     /// host of the tenant), beyond the original.
     pub replicas: u64,
+    /// ARP requests for another host's address answered from the cluster map.
+    pub arp_suppressed: u64,
 }
 
 /// One worker's counters. Indexed by dense ids; sized by [`Counters::resize`].
@@ -234,6 +236,7 @@ impl Counters {
         v.encap.add_all(w.encap);
         v.decap.add_all(w.decap);
         v.replicas += w.replicas;
+        v.arp_suppressed += w.arp_suppressed;
         if self.acl_hits.len() < o.acl_hits.len() {
             self.acl_hits.resize(o.acl_hits.len(), Vec::new());
         }

@@ -118,6 +118,8 @@ pub struct Shared {
     pub exe: Option<PathBuf>,
     /// The process this one took the switch over from, if it did.
     pub took_over_from: std::sync::OnceLock<i32>,
+    /// The cluster agent's status, when the switch belongs to a cluster.
+    pub cluster: std::sync::OnceLock<Arc<Mutex<crate::cluster::Status>>>,
     /// The ports whose interface is gone (see `fabric`), by name.
     port_down: Mutex<std::collections::BTreeSet<String>>,
 }
@@ -151,6 +153,7 @@ impl Shared {
             started: Instant::now(),
             exe: std::env::current_exe().ok(),
             took_over_from: std::sync::OnceLock::new(),
+            cluster: std::sync::OnceLock::new(),
             port_down: Mutex::new(Default::default()),
         }
     }

@@ -14,7 +14,7 @@ fn drops(row: &[u64; DropReason::COUNT]) -> Value {
 
 pub(super) fn status(shared: &Shared) -> Value {
     let snap = shared.snapshot();
-    let (_, census, workers) = gather(shared);
+    let (c, census, workers) = gather(shared);
     let st = shared.reloads.lock().map(|s| s.clone()).unwrap_or_default();
     let host = shared.host();
     json!({
@@ -29,6 +29,15 @@ pub(super) fn status(shared: &Shared) -> Value {
         "tenants": snap.live_tenants().count(),
         "workers": workers,
         "reloads": { "applied": st.applied, "rejected": st.rejected, "last_error": st.last_error },
+        "cluster": shared.cluster.get().and_then(|c| c.lock().ok().map(|s| json!(*s))),
+        "overlay": {
+            "encap_packets": c.overlay.encap.packets,
+            "encap_bytes": c.overlay.encap.bytes,
+            "decap_packets": c.overlay.decap.packets,
+            "decap_bytes": c.overlay.decap.bytes,
+            "replicas": c.overlay.replicas,
+            "arp_suppressed": c.overlay.arp_suppressed,
+        },
         "placement": host.workers.iter().enumerate().map(|(w, (node, core))| {
             json!({ "worker": w, "numa_node": node, "core": core })
         }).collect::<Vec<_>>(),

@@ -703,24 +703,25 @@ impl Lab {
         count: u64,
         pps: u64,
     ) -> SeqStream {
-        let ns = self.ns_name(from);
-        must(
-            "ip",
-            &["netns", "exec", &ns, "tc", "qdisc", "replace", "dev", "eth0", "root", "pfifo"],
-        );
-        let recv = Command::new("ip")
-            .args(["netns", "exec", &self.ns_name(to_host), "python3", "-c", SEQ_RECV, "3"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-        let send = Command::new("ip")
-            .args(["netns", "exec", &self.ns_name(from), "python3", "-c", SEQ_SEND, to])
-            .args([count.to_string(), pps.to_string()])
-            .spawn()
-            .unwrap();
-        SeqStream { recv, send }
+        seq_stream_ns(&self.ns_name(from), &self.ns_name(to_host), to, count, pps)
     }
+}
+
+/// [`Lab::seq_stream`] between namespaces `from` and `to_ns` (whose interface is `eth0`).
+pub fn seq_stream_ns(from: &str, to_ns: &str, to: &str, count: u64, pps: u64) -> SeqStream {
+    must("ip", &["netns", "exec", from, "tc", "qdisc", "replace", "dev", "eth0", "root", "pfifo"]);
+    let recv = Command::new("ip")
+        .args(["netns", "exec", to_ns, "python3", "-c", SEQ_RECV, "3"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let send = Command::new("ip")
+        .args(["netns", "exec", from, "python3", "-c", SEQ_SEND, to])
+        .args([count.to_string(), pps.to_string()])
+        .spawn()
+        .unwrap();
+    SeqStream { recv, send }
 }
 
 impl SeqStream {
