@@ -6,6 +6,8 @@
 //! tenant lookup, MAC learning of the source, MAC lookup of the destination, VLAN rewrite and
 //! the TX hand-off: L2 forwarding, the common case.
 
+pub mod overlay;
+
 use dataplane::batch::{BATCH_SIZE, Batch, FrameRef};
 use dataplane::pipeline::{Dispositions, Pipeline, TxLists};
 use dataplane::policy::acl::AclSet;

@@ -23,6 +23,9 @@ pub struct Vtep {
 /// Index of a [`Vtep`] in its map.
 pub type VtepId = u16;
 
+/// No host ([`VtepId`]): ask the map.
+pub const NO_VTEP: VtepId = VtepId::MAX;
+
 type Hasher = ahash::RandomState;
 
 /// Remote MACs and hosts per VNI. Empty by default: a switch with no cluster sends nothing
@@ -47,6 +50,12 @@ impl OverlayMap {
     pub fn host_of(&self, vni: u32, mac: MacAddr) -> Option<&Vtep> {
         let i = *self.macs.get(&(vni, mac.to_u64()))?;
         self.vteps.get(usize::from(i))
+    }
+
+    /// The index of the host that has `mac` in `vni`.
+    #[inline]
+    pub fn host_id(&self, vni: u32, mac: MacAddr) -> Option<VtepId> {
+        self.macs.get(&(vni, mac.to_u64())).copied()
     }
 
     /// The other hosts that carry `vni` (empty when none does).
@@ -97,7 +106,7 @@ impl OverlayBuilder {
         if let Some(&i) = self.index.get(&v) {
             return Some(i);
         }
-        let i = VtepId::try_from(self.map.vteps.len()).ok()?;
+        let i = VtepId::try_from(self.map.vteps.len()).ok().filter(|&i| i != NO_VTEP)?;
         self.map.vteps.push(v);
         self.index.insert(v, i);
         Some(i)

@@ -5,7 +5,7 @@
 use crate::batch::Meta;
 use crate::flow::Fdb;
 use crate::flow::fdb::Learn;
-use crate::flow::overlay::OverlayMap;
+use crate::flow::overlay::{OverlayMap, VtepId};
 use crate::snapshot::{Attachment, Snapshot};
 use crate::time::Nanos;
 use crate::trace::counters::FdbStats;
@@ -27,8 +27,9 @@ pub fn learn_one(
 }
 
 /// The MAC table's answer `out`, unless it floods a unicast destination the cluster map has
-/// on another host of the tenant: then to the tenant's underlay attachment (the output
-/// sends it to that host alone). A frame from another host for a third one is a hairpin.
+/// on another host of the tenant: then to the tenant's underlay attachment, and `host` says
+/// which host (the output sends it there alone without asking the map again). A frame from
+/// another host for a third one is a hairpin.
 #[inline]
 pub fn or_remote(
     snap: &Snapshot,
@@ -36,19 +37,19 @@ pub fn or_remote(
     ingress: PortId,
     m: &Meta,
     out: Disposition,
+    host: &mut VtepId,
 ) -> Disposition {
     if out != Disposition::Flood || m.dst.is_multicast() {
         return out;
     }
-    match snap.overlay_of(m.tenant) {
-        Some((vni, port)) if map.host_of(vni, m.dst).is_some() => {
-            if port == ingress {
-                Disposition::Drop(DropReason::Hairpin)
-            } else {
-                Disposition::Tx { port, vlan: None }
-            }
+    let Some((vni, port)) = snap.overlay_of(m.tenant) else { return out };
+    match map.host_id(vni, m.dst) {
+        Some(_) if port == ingress => Disposition::Drop(DropReason::Hairpin),
+        Some(v) => {
+            *host = v;
+            Disposition::Tx { port, vlan: None }
         }
-        _ => out,
+        None => out,
     }
 }
 

@@ -131,7 +131,18 @@ pub(super) fn run<const REC: bool, const DRY: bool>(
     meta: &[Meta],
     out: &mut [Disposition],
 ) {
-    let Pipeline { fdb, flows, policy, scratch, counters, announcements, records, overlay, .. } = p;
+    let Pipeline {
+        fdb,
+        flows,
+        policy,
+        scratch,
+        counters,
+        announcements,
+        records,
+        overlay,
+        remote,
+        ..
+    } = p;
     let Scratch { marked, n } = &mut **scratch;
     let marked = &mut marked[..(*n).min(BATCH_SIZE)];
     // A software pipeline: the signature lines were asked for while the frames were marked;
@@ -206,7 +217,8 @@ pub(super) fn run<const REC: bool, const DRY: bool>(
                     learn(fdb, counters, announcements, now, port, m);
                 }
                 let (out, until) = classify::forward_until(fdb, now, port, m);
-                let out = classify::or_remote(snap, overlay, port, m, out);
+                let host = &mut remote[i];
+                let out = classify::or_remote(snap, overlay, port, m, out, host);
                 if let Some(r) = rec.as_deref_mut() {
                     let path = if found.is_some() { FlowPath::Stale } else { FlowPath::Miss };
                     r.push(Outcome::FlowCache(path));

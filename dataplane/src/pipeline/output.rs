@@ -10,7 +10,7 @@
 //! room in a TX list is dropped under its own reason, while the other copies still go out.
 
 use crate::batch::{Batch, Meta, PacketFlags};
-use crate::flow::overlay::{OverlayMap, Vtep};
+use crate::flow::overlay::{NO_VTEP, OverlayMap, Vtep, VtepId};
 use crate::frame::{FrameArea, FramePool, FrameRef};
 use crate::pipeline::Dispositions;
 use crate::shaping::PortSched;
@@ -519,7 +519,7 @@ fn complete_in(b: &mut [u8], m: &Meta) -> bool {
 pub fn deliver(
     now: Nanos,
     snap: &Snapshot,
-    map: &OverlayMap,
+    (map, remote): (&OverlayMap, &[VtepId]),
     area: &mut FrameArea,
     pool: &mut FramePool,
     batch: &mut Batch,
@@ -530,7 +530,7 @@ pub fn deliver(
     let ingress = batch.port;
     // At most one frame per batch frame reaches a port (a flood sends one copy to each).
     tx.begin_batch(now, batch.len() as u64, area.chunk_size() + batch.extra());
-    for ((f, m), d) in batch.take_frames().zip(disp.as_slice()) {
+    for (i, ((f, m), d)) in batch.take_frames().zip(disp.as_slice()).enumerate() {
         let tagged = m.outer_vlan.is_some();
         if m.flags.has(PacketFlags::PARTIAL_CSUM) && !matches!(d, Disposition::Drop(_)) {
             c.checksums_completed += u64::from(complete_checksum(area, &f, m));
@@ -543,7 +543,8 @@ pub fn deliver(
             }
             Disposition::Tx { port, vlan } => {
                 let limit = snap.max_frame(port, vlan.is_some());
-                let to = Target { port, vlan, limit };
+                let host = remote.get(i).copied().unwrap_or(NO_VTEP);
+                let to = Target { port, vlan, limit, host };
                 send_one(now, snap, map, area, pool, ingress, f, m, tagged, to, tx, c);
             }
             Disposition::Flood => {
@@ -552,7 +553,7 @@ pub fn deliver(
                 {
                     // Back where it came from, as the owner of the address would answer.
                     c.overlay.arp_suppressed += 1;
-                    let to = Target { port: ingress, vlan: m.outer_vlan, limit: u32::MAX };
+                    let to = Target::to(ingress, m.outer_vlan, u32::MAX);
                     send_one(now, snap, map, area, pool, ingress, f, m, tagged, to, tx, c);
                     continue;
                 }
@@ -579,13 +580,21 @@ fn suppressed(snap: &Snapshot, map: &OverlayMap, ingress: PortId, m: &Meta) -> O
     map.mac_of(vni, &m.key.dst_ip)
 }
 
-/// Where [`send_one`] sends a frame: a port, the outer tag there, and the longest frame the
-/// port takes.
+/// Where [`send_one`] sends a frame: a port, the outer tag there, the longest frame the port
+/// takes, and on an underlay port the host the map gave ([`NO_VTEP`]: ask it).
 #[derive(Debug, Clone, Copy)]
 struct Target {
     port: PortId,
     vlan: Option<u16>,
     limit: u32,
+    host: VtepId,
+}
+
+impl Target {
+    #[inline]
+    fn to(port: PortId, vlan: Option<u16>, limit: u32) -> Target {
+        Target { port, vlan, limit, host: NO_VTEP }
+    }
 }
 
 /// Re-tags frame `f` for `to.port` (and `to.vlan`) and queues it there (on an underlay port,
@@ -608,7 +617,7 @@ fn send_one(
     c: &mut Counters,
 ) -> bool {
     let tenant = Some(m.tenant);
-    let Target { port, vlan, limit } = to;
+    let Target { port, vlan, limit, host } = to;
     match retag(area, f, tagged, vlan) {
         Ok(out) if out.len() > limit => {
             c.drop(ingress, tenant, DropReason::TooBig);
@@ -617,7 +626,7 @@ fn send_one(
         }
         Ok(out) if snap.ports.get(port.index()).is_some_and(|p| p.underlay.is_some()) => {
             let Some(underlay) = snap.underlay(port) else { return false };
-            let to = ToUnderlay { meta: m, ingress, port, underlay };
+            let to = ToUnderlay { meta: m, ingress, port, underlay, host };
             to_underlay(now, snap, map, area, pool, out, &to, tx, c)
         }
         Ok(out) => {
@@ -683,7 +692,7 @@ fn flood(
             Some(copy) => {
                 // The copy's length is the original's, which fits (checked above): only the
                 // tag can be refused.
-                let to = Target { port: cur.port, vlan: cur.vlan, limit: u32::MAX };
+                let to = Target::to(cur.port, cur.vlan, u32::MAX);
                 if send_one(now, snap, map, area, pool, ingress, copy, m, tagged, to, tx, c) {
                     c.flood_copies += 1;
                 }
@@ -693,7 +702,7 @@ fn flood(
         cur = next;
     }
     let limit = snap.max_frame(cur.port, cur.vlan.is_some());
-    let to = Target { port: cur.port, vlan: cur.vlan, limit };
+    let to = Target::to(cur.port, cur.vlan, limit);
     send_one(now, snap, map, area, pool, ingress, f, m, tagged, to, tx, c);
 }
 
@@ -708,6 +717,8 @@ struct ToUnderlay<'a> {
     port: PortId,
     /// Its tunnel endpoint.
     underlay: &'a Underlay,
+    /// The host the map gave for its destination already, or [`NO_VTEP`].
+    host: VtepId,
 }
 
 /// Sends tenant frame `f` (re-tagged for its untagged underlay attachment) to the other hosts through the underlay: to the host that has its
@@ -731,9 +742,12 @@ fn to_underlay(
         return false;
     };
     let sport = super::overlay::entropy(m);
-    if !m.dst.is_multicast()
-        && let Some(v) = map.host_of(vni, m.dst)
-    {
+    let known = match map.vtep(out.host) {
+        Some(v) => Some(v),
+        None if !m.dst.is_multicast() => map.host_of(vni, m.dst),
+        None => None,
+    };
+    if let Some(v) = known {
         return push_encapsulated(now, area, pool, out, f, v, vni, sport, tx, c);
     }
     let members = map.members(vni);

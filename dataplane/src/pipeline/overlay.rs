@@ -86,6 +86,19 @@ pub fn decap_one(
     Ok((at, inner, t, a))
 }
 
+/// Asks for the cache lines of frame `f`'s outer and inner headers (its first 128 bytes).
+#[inline]
+pub fn prefetch_headers(area: &FrameArea, f: &FrameRef) {
+    if let Some(b) = area.frame(f) {
+        if let Some(x) = b.first() {
+            crate::mem::prefetch(x);
+        }
+        if let Some(x) = b.get(64) {
+            crate::mem::prefetch(x);
+        }
+    }
+}
+
 /// The outer UDP source port for a tenant frame: a hash of its flow (addresses, protocol and
 /// ports; the MACs of a frame that is not IP) in the dynamic range 49152-65535, as RFC 7348
 /// §5 suggests, so that one flow takes one path and flows spread over many.
@@ -124,30 +137,42 @@ pub fn encap(
     if off < N || off + head as usize > chunk.len() {
         return Err(f);
     }
-    let h = &mut chunk[off - N..off];
-    h[0..6].copy_from_slice(&u.gateway.unwrap_or(to.mac).0);
-    h[6..12].copy_from_slice(&u.mac.0);
-    h[12..14].copy_from_slice(&ETH_IPV4);
-    let ip = &mut h[14..34];
-    ip[0] = 0x45;
-    ip[1] = 0;
-    ip[2..4].copy_from_slice(&ip_total.to_be_bytes());
-    ip[4..6].fill(0); // identification: 0 for an atomic datagram (DF set, RFC 6864)
-    ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = PROTO_UDP;
-    ip[10..12].fill(0);
-    ip[12..16].copy_from_slice(&u.ip);
-    ip[16..20].copy_from_slice(&to.ip);
-    let sum = !checksum::fold(checksum::add(0, ip));
-    ip[10..12].copy_from_slice(&sum.to_be_bytes());
-    let udp = &mut h[34..50];
-    udp[0..2].copy_from_slice(&sport.to_be_bytes());
-    udp[2..4].copy_from_slice(&u.udp_port.to_be_bytes());
-    udp[4..6].copy_from_slice(&(ip_total - IP_LEN as u16).to_be_bytes());
-    udp[6..8].fill(0);
-    udp[8..12].copy_from_slice(&[FLAG_VNI, 0, 0, 0]);
-    udp[12..16].copy_from_slice(&(vni << 8).to_be_bytes());
+    let Ok(h) = <&mut [u8; N]>::try_from(&mut chunk[off - N..off]) else { return Err(f) };
+    // PERF(overlay): the header is assembled in seven words from the values in registers, its
+    // checksum summed from the same values: written byte by byte and read back to sum, it
+    // stalled on store forwarding (half of the encapsulation's time in a profile).
+    let (dmac, smac) = (u.gateway.unwrap_or(to.mac).to_u64(), u.mac.to_u64());
+    let (src, dst) = (u32::from_be_bytes(u.ip), u32::from_be_bytes(to.ip));
+    let (total, udp_len) = (u64::from(ip_total), u64::from(ip_total) - IP_LEN as u64);
+    // Version 4 and IHL 5, TOS 0; identification 0 (an atomic datagram, DF set: RFC 6864);
+    // TTL 64, UDP.
+    const VER_TOS: u64 = 0x4500;
+    const FLAGS: u64 = 0x4000;
+    const TTL_PROTO: u64 = 64 << 8 | PROTO_UDP as u64;
+    let sum = VER_TOS
+        + total
+        + FLAGS
+        + TTL_PROTO
+        + u64::from(src >> 16)
+        + u64::from(src & 0xffff)
+        + u64::from(dst >> 16)
+        + u64::from(dst & 0xffff);
+    let csum = u64::from(!checksum::fold(sum));
+    let (src, dst, vni) = (u64::from(src), u64::from(dst), u64::from(vni));
+    let words = [
+        dmac << 16 | smac >> 32,
+        (smac & 0xffff_ffff) << 32 | 0x0800 << 16 | VER_TOS,
+        total << 48 | FLAGS << 16 | TTL_PROTO,
+        csum << 48 | src << 16 | dst >> 16,
+        (dst & 0xffff) << 48 | u64::from(sport) << 32 | u64::from(u.udp_port) << 16 | udp_len,
+        // UDP checksum 0 (RFC 7348 §5); the VXLAN header: the VNI flag, the VNI.
+        u64::from(FLAG_VNI) << 40 | (vni >> 8) & 0xffff,
+    ];
+    for (k, w) in words.iter().enumerate() {
+        h[k * 8..k * 8 + 8].copy_from_slice(&w.to_be_bytes());
+    }
+    h[48] = vni as u8;
+    h[49] = 0;
     Ok(f.with_head(addr - N as u64, head + N as u32))
 }
 
