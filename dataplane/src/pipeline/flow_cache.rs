@@ -24,6 +24,7 @@ use super::{Disposition, Pipeline, classify, learn, policy};
 use crate::batch::{BATCH_SIZE, Meta, PacketFlags};
 use crate::flow::FlowCache;
 use crate::flow::cache::{ALL_WAYS, AclOutcome, Decision, Key, Ways, hash, key_of};
+use crate::flow::overlay::NO_VTEP;
 use crate::frame::{FrameArea, FrameRef};
 use crate::policy::Action;
 use crate::policy::acl::{self, AclSet};
@@ -141,6 +142,7 @@ pub(super) fn run<const REC: bool, const DRY: bool>(
         records,
         overlay,
         remote,
+        remote_any,
         ..
     } = p;
     let Scratch { marked, n } = &mut **scratch;
@@ -219,6 +221,7 @@ pub(super) fn run<const REC: bool, const DRY: bool>(
                 let (out, until) = classify::forward_until(fdb, now, port, m);
                 let host = &mut remote[i];
                 let out = classify::or_remote(snap, overlay, port, m, out, host);
+                *remote_any |= *host != NO_VTEP;
                 if let Some(r) = rec.as_deref_mut() {
                     let path = if found.is_some() { FlowPath::Stale } else { FlowPath::Miss };
                     r.push(Outcome::FlowCache(path));

@@ -114,6 +114,8 @@ pub struct Pipeline {
     /// Per frame of the batch, the other host the cluster map sends it to (when the MAC
     /// table's miss was answered by the map), so the output need not ask again.
     remote: [VtepId; BATCH_SIZE],
+    /// Some entry of `remote` is set (reset before the next batch).
+    remote_any: bool,
     generation: u64,
     /// Learned MACs to announce to other workers (capacity 0 when there are none).
     announcements: Vec<Announcement>,
@@ -154,6 +156,7 @@ impl Pipeline {
             overlay: std::sync::Arc::default(),
             decapped: Box::new([Err(DropReason::NotOverlay); BATCH_SIZE]),
             remote: [NO_VTEP; BATCH_SIZE],
+            remote_any: false,
             generation: snap.generation,
             announcements: Vec::new(),
             acl_names: Vec::new(),
@@ -390,7 +393,10 @@ impl Pipeline {
             }
         }
         parse::parse(area, batch);
-        self.remote = [NO_VTEP; BATCH_SIZE];
+        if self.remote_any {
+            self.remote = [NO_VTEP; BATCH_SIZE];
+            self.remote_any = false;
+        }
         let port = batch.port;
         let (frames, meta) = batch.split_mut();
         out.len = frames.len();
@@ -523,6 +529,7 @@ impl Pipeline {
             if *d == Disposition::Flood {
                 let host = &mut self.remote[i];
                 *d = classify::or_remote(snap, &self.overlay, port, m, *d, host);
+                self.remote_any |= *host != NO_VTEP;
             }
             note!(i, Outcome::FlowCache(FlowPath::NotCached));
             note!(i, Outcome::Fdb(*d));
@@ -607,7 +614,8 @@ impl Pipeline {
         out: &mut E,
     ) {
         self.process(now, snap, area, batch, disp);
-        let map = (&*self.overlay, &self.remote[..]);
+        // The hosts the map gave, when it gave any in this batch.
+        let map = (&*self.overlay, self.remote_any.then_some(&self.remote[..]));
         output::deliver(now, snap, map, area, pool, batch, disp, tx, &mut self.counters);
         tx.flush(out, &mut self.counters, area, pool, now);
     }
