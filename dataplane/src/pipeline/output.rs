@@ -732,7 +732,7 @@ fn to_underlay(
     c: &mut Counters,
 ) -> bool {
     let (m, ingress) = (out.meta, out.ingress);
-    let Some(vni) = snap.vni(m.tenant) else {
+    let Some((vni, _)) = snap.overlay_of(m.tenant) else {
         c.drop(ingress, Some(m.tenant), DropReason::NoRoute);
         pool.free(area, f);
         return false;
