@@ -153,7 +153,7 @@ impl Bench {
         for d in 0..MACS {
             m.mac(VNI, MacAddr(mac(0xb, d)), vtep(d % HOSTS), &[]);
         }
-        s.pipeline.overlay = Arc::new(m.build());
+        s.pipeline.set_overlay(&s.snap, Arc::new(m.build()));
         s.pipeline.counters = dataplane::trace::Counters::new(3, 1);
         let mut rng = 0x9e37_79b9_u32;
         for _ in 0..BATCHES {

@@ -189,6 +189,9 @@ pub struct Snapshot {
     vnis: Vec<(u32, TenantId, AttachmentId)>,
     /// Per tenant, its VNI and underlay port, if it spans hosts.
     overlays: Vec<Option<(u32, PortId)>>,
+    /// The underlay port's id (`u32::MAX`: none; the switch has one at most): a compare per
+    /// frame sent, where the port's spec would be a cache line of its own.
+    underlay_port: u32,
 }
 
 /// Some attachment of the tenant has an anti-spoofing guard.
@@ -247,6 +250,12 @@ impl Snapshot {
             p.mtu = Some(mtu);
             *m = max_frame(p);
         }
+    }
+
+    /// True when `port` is an underlay port.
+    #[inline]
+    pub fn is_underlay(&self, port: PortId) -> bool {
+        self.underlay_port == u32::from(port.0)
     }
 
     /// The tunnel endpoint of `port` when it is an underlay port.
@@ -565,6 +574,9 @@ impl SnapshotBuilder {
                 return Err(SnapshotError::NoTunnel { port: p.name.clone() });
             }
         }
+        if self.ports.iter().filter(|p| p.underlay.is_some()).count() > 1 {
+            return Err(SnapshotError::TooMany { what: "underlay ports", n: 2, max: 1 });
+        }
         let mut vnis: Vec<(u32, TenantId, AttachmentId)> = Vec::new();
         for (ti, t) in self.tenants.iter().enumerate() {
             if t.attachments.len() > max {
@@ -652,9 +664,12 @@ impl SnapshotBuilder {
                 Some((vni, self.tenants[t.index()].attachments[usize::from(a.0)].port));
         }
         let max_frames = self.ports.iter().map(max_frame).collect();
+        let underlay_port =
+            self.ports.iter().position(|p| p.underlay.is_some()).map_or(u32::MAX, |i| i as u32);
         Ok(Snapshot {
             vnis,
             overlays,
+            underlay_port,
             checks,
             max_frames,
             generation: self.generation,

@@ -307,3 +307,33 @@ fn an_arp_request_for_an_address_the_map_knows_is_answered_here() {
     assert_eq!(out.iter().map(|(p, _)| *p).collect::<Vec<_>>(), vec![A2, UL, UL, UL]);
     assert_eq!(w.pipeline().counters.overlay.arp_suppressed, 1);
 }
+
+#[test]
+fn a_vm_that_moved_here_is_switched_here_before_the_map_says_so() {
+    let mut w = lab();
+    let t = Nanos::from_secs(1);
+    // mac 9 is on host X says the map; it talks from a1 now.
+    w.inject(A1, &udp(mac(9), [0xff; 6], 1, 10));
+    step(&mut w, t);
+    assert_eq!(w.pipeline().counters.fdb.moved, 1, "the map's entry moved by learning");
+    let f = udp(mac(2), mac(9), 1, 10);
+    w.inject(A2, &f);
+    assert_eq!(step(&mut w, t), vec![(A1, f.clone())], "switched here, not sent to X");
+    // A new map that still says X leaves what was learned here (first-hand, alive) alone.
+    let mut m = OverlayBuilder::new(3);
+    assert!(m.mac(RED, MacAddr(mac(9)), X, &[]));
+    assert!(m.member(RED, Y));
+    w.apply(t, WorkerCmd::Overlay(Arc::new(m.build())));
+    w.inject(A2, &f);
+    assert_eq!(step(&mut w, t), vec![(A1, f.clone())]);
+    // Once it ages out here (red's MACs age in 300 s), the map's answer holds again.
+    let later = Nanos::from_secs(400);
+    w.pipeline_mut().age(later);
+    let mut m = OverlayBuilder::new(4);
+    assert!(m.mac(RED, MacAddr(mac(9)), X, &[]));
+    w.apply(later, WorkerCmd::Overlay(Arc::new(m.build())));
+    w.inject(A2, &f);
+    let out = step(&mut w, later);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].0, open(&out[0].1).1), (UL, X.ip));
+}

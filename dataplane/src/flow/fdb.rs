@@ -31,6 +31,7 @@
 
 use std::collections::HashMap;
 
+use crate::flow::overlay::{NO_VTEP, OverlayMap, VtepId};
 use crate::snapshot::{Attachment, Snapshot};
 use crate::time::Nanos;
 use crate::trace::counters::FdbStats;
@@ -43,12 +44,39 @@ pub struct FdbEntry {
     /// The attachment (port and VLAN) behind which the MAC lives, held by value so forwarding
     /// needs no second lookup in the snapshot (the table is rebuilt when the snapshot changes).
     pub attachment: Attachment,
-    /// Configured, never aged or moved.
-    pub is_static: bool,
+    /// Who made it: learning ([`NO_VTEP`]), the config ([`STATIC`]: never aged or moved), or
+    /// the cluster map (the index of the other host the MAC is behind; the attachment is the
+    /// tenant's underlay one). A map's entry is never aged, not counted in the quota, replaced
+    /// with the map, and moved by learning when the MAC shows up here (a VM that moved before
+    /// the map said so). One `u16` beside the attachment, so an entry stays 24 bytes.
+    origin: u16,
     /// Last time a frame from this MAC was seen.
     pub last_seen: Nanos,
     /// Last time this entry was announced to the other workers.
     pub announced: Nanos,
+}
+
+/// [`FdbEntry`]'s origin for a configured entry.
+const STATIC: u16 = NO_VTEP - 1;
+
+impl FdbEntry {
+    /// A configured entry: never aged or moved.
+    #[inline]
+    pub fn is_static(&self) -> bool {
+        self.origin == STATIC
+    }
+
+    /// An entry the cluster map put there.
+    #[inline]
+    pub fn is_remote(&self) -> bool {
+        self.origin < STATIC
+    }
+
+    /// The other host of an entry the cluster map put there, else [`NO_VTEP`].
+    #[inline]
+    pub fn host(&self) -> VtepId {
+        if self.is_remote() { self.origin } else { NO_VTEP }
+    }
 }
 
 /// What learning a source did.
@@ -118,7 +146,7 @@ impl Fdb {
         let kept: Vec<(TenantId, MacAddr, FdbEntry)> = self
             .map
             .drain()
-            .filter(|(_, e)| !e.is_static)
+            .filter(|(_, e)| !e.is_static() && !e.is_remote())
             .filter_map(|(k, e)| {
                 let t = snap.tenant_by_name(names.get((k >> 48) as usize)?)?;
                 let here = snap.resolve(e.attachment.port, e.attachment.vlan);
@@ -149,9 +177,9 @@ impl Fdb {
                     key(TenantId(ti as u16), mac),
                     FdbEntry {
                         attachment: at,
-                        is_static: true,
                         last_seen: Nanos::ZERO,
                         announced: Nanos::ZERO,
+                        origin: STATIC,
                     },
                 );
             }
@@ -188,15 +216,27 @@ impl Fdb {
         t: TenantId,
         mac: MacAddr,
     ) -> Option<(Attachment, Nanos)> {
+        self.lookup_host(now, t, mac).map(|(a, until, _)| (a, until))
+    }
+
+    /// [`Fdb::lookup_until`], and the other host of a MAC the cluster map has there
+    /// ([`NO_VTEP`] for the others).
+    #[inline(always)]
+    pub fn lookup_host(
+        &self,
+        now: Nanos,
+        t: TenantId,
+        mac: MacAddr,
+    ) -> Option<(Attachment, Nanos, VtepId)> {
         let e = self.map.get(&key(t, mac))?;
-        if e.is_static {
-            return Some((e.attachment, Nanos(u64::MAX)));
+        if e.is_static() || e.is_remote() {
+            return Some((e.attachment, Nanos(u64::MAX), e.host()));
         }
         let aging = self.tenants.get(t.index())?.aging;
         if now.since(e.last_seen) > aging {
             None
         } else {
-            Some((e.attachment, e.last_seen.add(aging).add(Nanos(1))))
+            Some((e.attachment, e.last_seen.add(aging).add(Nanos(1)), NO_VTEP))
         }
     }
 
@@ -205,8 +245,25 @@ impl Fdb {
     pub fn learn(&mut self, now: Nanos, t: TenantId, mac: MacAddr, at: Attachment) -> Learn {
         let k = key(t, mac);
         if let Some(e) = self.map.get_mut(&k) {
-            if e.is_static {
+            if e.is_static() {
                 return if e.attachment == at { Learn::Refreshed } else { Learn::StaticConflict };
+            }
+            if e.is_remote() {
+                if e.attachment == at {
+                    return Learn::Refreshed; // from its host, over the underlay
+                }
+                // Here now: a learned entry of this port, in the quota, until the map agrees.
+                let Some(tf) = self.tenants.get_mut(t.index()) else {
+                    return Learn::QuotaExceeded;
+                };
+                if tf.learned >= tf.quota || self.learned >= self.capacity {
+                    return Learn::QuotaExceeded;
+                }
+                tf.learned += 1;
+                tf.generation = tf.generation.wrapping_add(1);
+                self.learned += 1;
+                *e = FdbEntry { attachment: at, last_seen: now, announced: now, origin: NO_VTEP };
+                return Learn::Moved;
             }
             // Expired but not removed yet (lookups have ignored it since): it comes back as
             // if new, so decisions cached while it was unknown go stale.
@@ -240,7 +297,7 @@ impl Fdb {
         self.learned += 1;
         self.map.insert(
             k,
-            FdbEntry { attachment: at, is_static: false, last_seen: now, announced: now },
+            FdbEntry { attachment: at, last_seen: now, announced: now, origin: NO_VTEP },
         );
         Learn::Learned
     }
@@ -250,7 +307,7 @@ impl Fdb {
         let tenants = &mut self.tenants;
         let mut removed = 0;
         self.map.retain(|k, e| {
-            if e.is_static {
+            if e.is_static() || e.is_remote() {
                 return true;
             }
             let t = (k >> 48) as usize;
@@ -268,6 +325,57 @@ impl Fdb {
         });
         self.learned -= removed;
         removed
+    }
+
+    /// Puts the cluster map's MACs in the table, behind each tenant's underlay attachment and
+    /// with their host, in place of the map's before: a remote destination then costs one
+    /// probe, like a local one. A MAC learned here (and alive) stays: first-hand knowledge
+    /// wins until it ages out. Between batches (it walks the table and may grow it).
+    pub fn set_remote(&mut self, snap: &Snapshot, map: &OverlayMap) {
+        let mut touched = vec![false; self.tenants.len()];
+        self.map.retain(|k, e| {
+            if e.is_remote()
+                && let Some(t) = touched.get_mut((k >> 48) as usize)
+            {
+                *t = true;
+            }
+            !e.is_remote()
+        });
+        self.map.reserve(map.sizes().0);
+        for (vni, mac, host) in map.entry_ids() {
+            let Some((t, a)) = snap.tenant_by_vni(vni) else { continue };
+            let Some(at) = snap.attachment(t, a) else { continue };
+            let e = FdbEntry {
+                attachment: at,
+                last_seen: Nanos::ZERO,
+                announced: Nanos::ZERO,
+                origin: host,
+            };
+            match self.map.entry(key(t, mac)) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(e);
+                }
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    // Learned behind the underlay (from its host) is the map's to say.
+                    let old = *o.get();
+                    if !old.is_static() && old.attachment == at {
+                        o.insert(e);
+                        if let Some(tf) = self.tenants.get_mut(t.index()) {
+                            tf.learned = tf.learned.saturating_sub(1);
+                        }
+                        self.learned = self.learned.saturating_sub(1);
+                    }
+                }
+            }
+            if let Some(x) = touched.get_mut(t.index()) {
+                *x = true;
+            }
+        }
+        for (tf, t) in self.tenants.iter_mut().zip(touched) {
+            if t {
+                tf.generation = tf.generation.wrapping_add(1);
+            }
+        }
     }
 
     /// Tenant `t`'s generation: it changes whenever an entry of `t` is learned, moves or is

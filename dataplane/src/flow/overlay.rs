@@ -81,6 +81,11 @@ impl OverlayMap {
         (self.macs.len(), self.vteps.len(), self.ips.len())
     }
 
+    /// Every (VNI, MAC, host index) the map holds, in no order.
+    pub fn entry_ids(&self) -> impl Iterator<Item = (u32, MacAddr, VtepId)> + '_ {
+        self.macs.iter().map(|(&(vni, mac), &i)| (vni, MacAddr::from_u64(mac), i))
+    }
+
     /// Every (VNI, MAC, host) the map holds, in no order (for `ctl` and tests).
     pub fn entries(&self) -> impl Iterator<Item = (u32, MacAddr, Vtep)> + '_ {
         self.macs.iter().filter_map(|(&(vni, mac), &i)| {
@@ -106,13 +111,13 @@ impl OverlayBuilder {
         if let Some(&i) = self.index.get(&v) {
             return Some(i);
         }
-        let i = VtepId::try_from(self.map.vteps.len()).ok().filter(|&i| i != NO_VTEP)?;
+        let i = VtepId::try_from(self.map.vteps.len()).ok().filter(|&i| i < NO_VTEP - 1)?;
         self.map.vteps.push(v);
         self.index.insert(v, i);
         Some(i)
     }
 
-    /// Host `v` carries `vni`. False when the map has no room for another host (65 536).
+    /// Host `v` carries `vni`. False when the map has no room for another host (65 534).
     pub fn member(&mut self, vni: u32, v: Vtep) -> bool {
         let Some(i) = self.vtep(v) else { return false };
         let m = self.map.members.entry(vni).or_default();

@@ -5,7 +5,7 @@
 use crate::batch::Meta;
 use crate::flow::Fdb;
 use crate::flow::fdb::Learn;
-use crate::flow::overlay::{OverlayMap, VtepId};
+use crate::flow::overlay::{NO_VTEP, OverlayMap, VtepId};
 use crate::snapshot::{Attachment, Snapshot};
 use crate::time::Nanos;
 use crate::trace::counters::FdbStats;
@@ -64,13 +64,28 @@ pub fn forward_one(fdb: &Fdb, now: Nanos, ingress: PortId, m: &Meta) -> Disposit
 /// generation).
 #[inline(always)]
 pub fn forward_until(fdb: &Fdb, now: Nanos, ingress: PortId, m: &Meta) -> (Disposition, Nanos) {
+    let (d, until, _) = forward_host(fdb, now, ingress, m);
+    (d, until)
+}
+
+/// [`forward_until`], and for a destination the cluster map put in the table, its host
+/// ([`NO_VTEP`] otherwise).
+#[inline(always)]
+pub fn forward_host(
+    fdb: &Fdb,
+    now: Nanos,
+    ingress: PortId,
+    m: &Meta,
+) -> (Disposition, Nanos, VtepId) {
     const NEVER: Nanos = Nanos(u64::MAX);
     if m.dst.is_multicast() {
-        return (Disposition::Flood, NEVER);
+        return (Disposition::Flood, NEVER, NO_VTEP);
     }
-    match fdb.lookup_until(now, m.tenant, m.dst) {
-        None => (Disposition::Flood, NEVER),
-        Some((a, until)) if a.port == ingress => (Disposition::Drop(DropReason::Hairpin), until),
-        Some((a, until)) => (Disposition::Tx { port: a.port, vlan: a.vlan }, until),
+    match fdb.lookup_host(now, m.tenant, m.dst) {
+        None => (Disposition::Flood, NEVER, NO_VTEP),
+        Some((a, until, _)) if a.port == ingress => {
+            (Disposition::Drop(DropReason::Hairpin), until, NO_VTEP)
+        }
+        Some((a, until, host)) => (Disposition::Tx { port: a.port, vlan: a.vlan }, until, host),
     }
 }

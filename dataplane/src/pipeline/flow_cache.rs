@@ -218,8 +218,12 @@ pub(super) fn run<const REC: bool, const DRY: bool>(
                 if !DRY {
                     learn(fdb, counters, announcements, now, port, m);
                 }
-                let (out, until) = classify::forward_until(fdb, now, port, m);
+                let (out, until, found_host) = classify::forward_host(fdb, now, port, m);
                 let host = &mut remote[i];
+                if found_host != NO_VTEP {
+                    *host = found_host;
+                    *remote_any = true;
+                }
                 let out = classify::or_remote(snap, overlay, port, m, out, host);
                 *remote_any |= *host != NO_VTEP;
                 if let Some(r) = rec.as_deref_mut() {

@@ -615,7 +615,7 @@ fn send_one(
             pool.free(area, out);
             false
         }
-        Ok(out) if snap.underlay(port).is_some() => {
+        Ok(out) if snap.is_underlay(port) => {
             let Some(underlay) = snap.underlay(port) else { return false };
             let to = ToUnderlay { meta: m, ingress, port, underlay, host };
             to_underlay(now, snap, map, area, pool, out, &to, tx, c)

@@ -847,7 +847,7 @@ impl<P: Port> Worker<P> {
         match cmd {
             WorkerCmd::Install(snap) => Applied::Replaced(self.install(now, snap)),
             WorkerCmd::Overlay(map) => {
-                Applied::MapReplaced(std::mem::replace(&mut self.pipeline.overlay, map))
+                Applied::MapReplaced(self.pipeline.set_overlay(&self.snap, map))
             }
             WorkerCmd::AddSocket { port, driver } => {
                 let queue = driver.queue();

@@ -106,8 +106,8 @@ pub fn answer_query(w: &Worker<Driver>, worker: usize, now: Nanos, q: Query) {
                         "mac": mac.to_string(),
                         "port": port_name(e.attachment.port),
                         "vlan": e.attachment.vlan,
-                        "static": e.is_static,
-                        "age_secs": if e.is_static { 0.0 } else { secs(e.last_seen) },
+                        "static": e.is_static(),
+                        "age_secs": if e.is_static() { 0.0 } else { secs(e.last_seen) },
                         "worker": worker,
                     })
                 })
