@@ -281,7 +281,9 @@ pub fn gather<P: dataplane::port::Port>(workers: &[&Worker<P>], snap: &Snapshot)
         let p = w.pipeline();
         c.merge(&p.counters);
         for (t, spec) in snap.live_tenants() {
-            for (mac, e) in p.fdb().entries(t).filter(|(_, e)| !e.is_static()) {
+            // Configured entries come from the config, the map's from etcd: learned ones only.
+            let learned = |e: &dataplane::flow::FdbEntry| !e.is_static() && !e.is_remote();
+            for (mac, e) in p.fdb().entries(t).filter(|(_, e)| learned(e)) {
                 let port = &snap.ports[e.attachment.port.index()].name;
                 macs.insert((spec.name.clone(), mac.to_u64()), (port.clone(), e.attachment.vlan));
             }

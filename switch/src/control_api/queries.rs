@@ -107,7 +107,13 @@ pub fn answer_query(w: &Worker<Driver>, worker: usize, now: Nanos, q: Query) {
                         "port": port_name(e.attachment.port),
                         "vlan": e.attachment.vlan,
                         "static": e.is_static(),
-                        "age_secs": if e.is_static() { 0.0 } else { secs(e.last_seen) },
+                        // The cluster map's: behind the underlay, on another host.
+                        "remote": e.is_remote(),
+                        "age_secs": if e.is_static() || e.is_remote() {
+                            0.0
+                        } else {
+                            secs(e.last_seen)
+                        },
                         "worker": worker,
                     })
                 })
