@@ -331,7 +331,19 @@ impl Cluster {
     fn capture(&self, name: &str) -> (Child, PathBuf) {
         let cap = self.dir.join(format!("{name}.pcap"));
         let dump = Command::new("ip")
-            .args(["netns", "exec", &self.ns("ul"), "tcpdump", "-i", "br0", "-n", "-U", "-w"])
+            .args([
+                "netns",
+                "exec",
+                &self.ns("ul"),
+                "tcpdump",
+                "-i",
+                "br0",
+                "-n",
+                "-U",
+                "-s",
+                "128",
+                "-w",
+            ])
             .arg(&cap)
             .args(["udp", "port", "4789"])
             .stdout(Stdio::null())
@@ -342,14 +354,19 @@ impl Cluster {
         (dump, cap)
     }
 
-    /// Stops capture `dump` (if it still runs) and counts the VXLAN frames of `cap` whose
-    /// inner frame matches the display filter `filter`.
-    fn stop_capture(&self, dump: &mut Child, cap: &std::path::Path, filter: &str) -> usize {
+    /// Stops capture `dump` if it still runs.
+    fn stop(&self, dump: &mut Child) {
         if dump.try_wait().is_ok_and(|s| s.is_none()) {
             std::thread::sleep(Duration::from_millis(300));
             let _ = Command::new("kill").args(["-INT", &dump.id().to_string()]).status();
             let _ = exits_within(dump, Duration::from_secs(5));
         }
+    }
+
+    /// Stops capture `dump` (if it still runs) and counts the VXLAN frames of `cap` whose
+    /// inner frame matches the display filter `filter`.
+    fn stop_capture(&self, dump: &mut Child, cap: &std::path::Path, filter: &str) -> usize {
+        self.stop(dump);
         let o = run(
             "tshark",
             &["-r", cap.to_str().unwrap(), "-d", "udp.port==4789,vxlan", "-Y", filter],
@@ -522,25 +539,8 @@ fn two_hosts_and_the_kernels_vxlan_carry_two_tenants_with_one_address_plan_apart
         must("ip", &["-n", &c.ns(down), "link", "set", "eth0", "up"]);
         std::thread::sleep(Duration::from_millis(500));
     }
-    let bps = c.iperf("ar", "br", &vm_ip("b"));
-    eprintln!("iperf3 TCP red a -> red b over the overlay: {:.0} Mbit/s", bps / 1e6);
-    assert!(bps > 50e6, "{bps} bit/s\n{}", c.log("a"));
-    // The kernel's VXLAN device as a third host of red.
-    c.kernel_host();
-    for h in ["a", "b"] {
-        c.wait_status(h, Duration::from_secs(10), |s| s["hosts"].as_u64() >= Some(3));
-    }
-    c.fill_kernel_fdb();
-    assert!(c.ping("k", &vm_ip("a")), "kernel VXLAN k -> red a\n{}", c.log("a"));
-    assert!(c.ping("ar", &vm_ip("k")), "red a -> kernel VXLAN k");
-    let bps = c.iperf("k", "br", &vm_ip("b"));
-    eprintln!("iperf3 TCP kernel VXLAN k -> red b: {:.0} Mbit/s", bps / 1e6);
-    assert!(bps > 50e6, "{bps} bit/s\n{}", c.log("b"));
-    let bps = c.iperf("br", "k", &vm_ip("k"));
-    eprintln!("iperf3 TCP red b -> kernel VXLAN k: {:.0} Mbit/s", bps / 1e6);
-    assert!(bps > 50e6, "{bps} bit/s\n{}", c.log("b"));
     // The capture shows both VNIs on UDP 4789.
-    c.stop_capture(&mut dump, &cap, "vxlan");
+    c.stop(&mut dump);
     let o = run(
         "tshark",
         &[
@@ -561,6 +561,23 @@ fn two_hosts_and_the_kernels_vxlan_carry_two_tenants_with_one_address_plan_apart
         });
     assert!(vnis.get("100").is_some_and(|&n| n > 10), "VNIs on the underlay: {vnis:?}");
     assert!(vnis.get("200").is_some_and(|&n| n > 5), "VNIs on the underlay: {vnis:?}");
+    let bps = c.iperf("ar", "br", &vm_ip("b"));
+    eprintln!("iperf3 TCP red a -> red b over the overlay: {:.0} Mbit/s", bps / 1e6);
+    assert!(bps > 50e6, "{bps} bit/s\n{}", c.log("a"));
+    // The kernel's VXLAN device as a third host of red.
+    c.kernel_host();
+    for h in ["a", "b"] {
+        c.wait_status(h, Duration::from_secs(10), |s| s["hosts"].as_u64() >= Some(3));
+    }
+    c.fill_kernel_fdb();
+    assert!(c.ping("k", &vm_ip("a")), "kernel VXLAN k -> red a\n{}", c.log("a"));
+    assert!(c.ping("ar", &vm_ip("k")), "red a -> kernel VXLAN k");
+    let bps = c.iperf("k", "br", &vm_ip("b"));
+    eprintln!("iperf3 TCP kernel VXLAN k -> red b: {:.0} Mbit/s", bps / 1e6);
+    assert!(bps > 50e6, "{bps} bit/s\n{}", c.log("b"));
+    let bps = c.iperf("br", "k", &vm_ip("k"));
+    eprintln!("iperf3 TCP red b -> kernel VXLAN k: {:.0} Mbit/s", bps / 1e6);
+    assert!(bps > 50e6, "{bps} bit/s\n{}", c.log("b"));
     let s = c.status("a");
     assert!(s["overlay"]["encap_packets"].as_u64() > Some(1000), "{s}");
     assert!(s["overlay"]["decap_packets"].as_u64() > Some(1000), "{s}");
