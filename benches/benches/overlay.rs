@@ -19,8 +19,12 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use dataplane::batch::BATCH_SIZE;
-use xswitch_benches::overlay::{B, Bench, Case};
+use dataplane::time::Nanos;
+use xswitch_benches::overlay::{B, Case, setup};
 use xswitch_benches::paired;
+
+/// The bench's clock: the MACs were learned at 1 s.
+const NOW: Nanos = Nanos(2_000_000_000);
 
 fn overlay(c: &mut Criterion) {
     let mut g = c.benchmark_group("pipeline_overlay");
@@ -29,11 +33,11 @@ fn overlay(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(3));
     g.warm_up_time(Duration::from_secs(1));
     for (name, case) in [("plain", Case::Plain), ("encap", Case::Encap), ("decap", Case::Decap)] {
-        let mut s = Bench::new(case);
+        let mut s = setup(case);
         let mut i = 0usize;
         g.bench_function(BenchmarkId::from_parameter(name), |b| {
             b.iter(|| {
-                s.forward(i);
+                s.forward(i, NOW);
                 i += 1;
                 black_box(&s.disp);
             })
@@ -51,20 +55,20 @@ fn overlay(c: &mut Criterion) {
     g.finish();
     // Two switches on each side (two plain ones against the encapsulating and the
     // decapsulating one), so both sides switch between two working sets alike.
-    let (mut p1, mut p2) = (Bench::new(Case::Plain), Bench::new(Case::Plain));
-    let (mut enc, mut dec) = (Bench::new(Case::Encap), Bench::new(Case::Decap));
+    let (mut p1, mut p2) = (setup(Case::Plain), setup(Case::Plain));
+    let (mut enc, mut dec) = (setup(Case::Encap), setup(Case::Decap));
     let (mut i, mut j) = (0usize, 0usize);
     let p = paired(
         201,
         500,
         || {
-            p1.forward(i);
-            p2.forward(i);
+            p1.forward(i, NOW);
+            p2.forward(i, NOW);
             i += 1;
         },
         || {
-            enc.forward(j);
-            dec.forward(j);
+            enc.forward(j, NOW);
+            dec.forward(j, NOW);
             j += 1;
         },
     );

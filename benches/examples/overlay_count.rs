@@ -2,7 +2,8 @@
 //! `target/release/examples/overlay_count encap 200000`.
 use std::hint::black_box;
 
-use xswitch_benches::overlay::{Bench, Case};
+use dataplane::time::Nanos;
+use xswitch_benches::overlay::{Case, setup};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -12,9 +13,9 @@ fn main() {
         _ => Case::Encap,
     };
     let n: usize = args.next().and_then(|v| v.parse().ok()).unwrap_or(200_000);
-    let mut s = Bench::new(case);
+    let mut s = setup(case);
     for i in 0..n {
-        s.forward(i);
+        s.forward(i, Nanos::from_secs(2));
         black_box(&s.disp);
     }
     let c = &s.pipeline.counters;

@@ -98,6 +98,8 @@ pub struct Setup {
     /// frames again for every batch it forwards ([`Setup::forward`]), as a port driver does
     /// with the addresses its kernel rings give back.
     pub traffic: Vec<[(u64, u32); BATCH_SIZE]>,
+    /// The port the prebuilt traffic comes in on (A, port 0, unless a bench says otherwise).
+    pub ingress: PortId,
 }
 
 fn mac(kind: u8, i: u32) -> [u8; 6] {
@@ -291,6 +293,7 @@ fn build(
         batch: Batch::new(),
         disp: Dispositions::default(),
         traffic: Vec::new(),
+        ingress: PortId(0),
         area,
         snap,
     };
@@ -382,7 +385,7 @@ impl Setup {
     /// frame the pool cannot give is not sent (the caller sees it in the counters).
     #[inline]
     pub fn forward_fresh(&mut self, i: usize, now: Nanos) {
-        self.batch.reset(PortId(0));
+        self.batch.reset(self.ingress);
         for &(addr, len) in &self.traffic[i % BATCHES] {
             let Some(base) = self.pool.alloc() else { break };
             let fresh = self.area.copy_frame(&FrameRef::new(addr, len), base + FRAME_HEADROOM);
@@ -409,10 +412,10 @@ impl Setup {
         self.forward(i, now);
     }
 
-    /// Forwards prebuilt batch `i` (from port A).
+    /// Forwards prebuilt batch `i` (from port A, or the bench's `ingress`).
     #[inline]
     pub fn forward(&mut self, i: usize, now: Nanos) {
-        self.batch.reset(PortId(0));
+        self.batch.reset(self.ingress);
         for &(addr, len) in &self.traffic[i % BATCHES] {
             // Never more than a batch: the push cannot fail.
             let _ = self.batch.push(FrameRef::new(addr, len));

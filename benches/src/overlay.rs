@@ -9,17 +9,15 @@ use dataplane::flow::overlay::{OverlayBuilder, Vtep};
 use dataplane::frame::{FRAME_HEADROOM, FrameArea, FramePool, FrameRef};
 use dataplane::pipeline::{Dispositions, Pipeline, TxLists};
 use dataplane::port::PageSize;
-use dataplane::snapshot::{
-    Attachment, PortId, PortKind, Snapshot, SnapshotBuilder, TenantSpec, Underlay,
-};
+use dataplane::snapshot::{Attachment, PortId, PortKind, SnapshotBuilder, TenantSpec, Underlay};
 use dataplane::time::Nanos;
 use dataplane::wire::MacAddr;
 
-use crate::{LoopbackPort, ipv4_header_checksum};
+use crate::{LoopbackPort, Setup, ipv4_header_checksum};
 
 const MACS: u32 = 1000;
 const HOSTS: u32 = 8;
-const BATCHES: usize = 16;
+use crate::BATCHES;
 const VNI: u32 = 5000;
 const HERE: [u8; 4] = [192, 168, 0, 1];
 
@@ -71,22 +69,6 @@ fn vxlan(h: u32, inner: &[u8]) -> Vec<u8> {
     f
 }
 
-/// A switch with prebuilt traffic for one [`Case`].
-pub struct Bench {
-    snap: Snapshot,
-    /// The pipeline.
-    pub pipeline: Pipeline,
-    area: FrameArea,
-    pool: FramePool,
-    ports: Vec<LoopbackPort>,
-    tx: TxLists,
-    batch: Batch,
-    /// Scratch dispositions.
-    pub disp: Dispositions,
-    /// Prebuilt batches: ingress port and frames by address and length.
-    traffic: Vec<(PortId, [(u64, u32); BATCH_SIZE])>,
-}
-
 /// Port A.
 pub const A: PortId = PortId(0);
 /// Port B.
@@ -105,114 +87,89 @@ pub enum Case {
     Decap,
 }
 
-impl Bench {
-    /// The switch for `case`, MACs learned and mapped.
-    pub fn new(case: Case) -> Bench {
-        let mut b = SnapshotBuilder::new(1).fdb_capacity(4 * MACS);
-        let a = b.port("a", "a", PortKind::Tenant);
-        let pb = b.port("b", "b", PortKind::Tenant);
-        let u = b.port("u", "u", PortKind::Underlay);
-        b.port_underlay(
-            u,
-            Underlay { ip: HERE, mac: MacAddr(mac(0xf, 0)), udp_port: 4789, gateway: None },
-        );
-        let att = |port| Attachment { port, vlan: None };
-        let mut t = TenantSpec::new("t", vec![att(a), att(pb), att(u)]);
-        t.vni = Some(VNI);
-        t.fdb_quota = 4 * MACS;
-        t.mac_aging = Nanos::from_secs(3600);
-        b.tenant(t);
-        let snap = b.build().expect("bench snapshot");
-        let area = FrameArea::new(16384, 2048, PageSize::Normal).expect("frame area");
-        let mut s = Bench {
-            pipeline: Pipeline::new(&snap),
-            pool: FramePool::new(&area),
-            tx: TxLists::new(3, 4 * BATCH_SIZE),
-            ports: (0..3).map(|_| LoopbackPort::default()).collect(),
-            batch: Batch::new(),
-            disp: Dispositions::default(),
-            traffic: Vec::new(),
-            area,
-            snap,
-        };
-        s.tx.schedule(&s.snap, |_| true, |_| 1, Nanos::ZERO);
-        // Plain: the destinations learned behind B; decap: the local VMs learned behind A.
-        let (learn_at, kind) = match case {
-            Case::Plain => (B, 0xb),
-            Case::Encap => (A, 0xa),
-            Case::Decap => (A, 0xa),
-        };
-        for chunk in (0..MACS).collect::<Vec<_>>().chunks(BATCH_SIZE) {
-            let frames: Vec<Vec<u8>> =
-                chunk.iter().map(|&d| frame(mac(kind, d), [0xff; 6], d)).collect();
-            s.send(learn_at, &frames, Nanos::from_secs(1));
-        }
-        // The map once the MACs are learned (the broadcasts that taught them went nowhere
-        // over the underlay), and the counters from zero.
-        let mut m = OverlayBuilder::new(1);
-        for d in 0..MACS {
-            m.mac(VNI, MacAddr(mac(0xb, d)), vtep(d % HOSTS), &[]);
-        }
-        s.pipeline.set_overlay(&s.snap, Arc::new(m.build()));
-        s.pipeline.counters = dataplane::trace::Counters::new(3, 1);
-        let mut rng = 0x9e37_79b9_u32;
-        for _ in 0..BATCHES {
-            let mut batch = [(0, 0); BATCH_SIZE];
-            for slot in &mut batch {
-                rng ^= rng << 13;
-                rng ^= rng >> 17;
-                rng ^= rng << 5;
-                let d = rng % MACS;
-                let bytes = match case {
-                    Case::Plain | Case::Encap => frame(mac(0xa, 0), mac(0xb, d), rng),
-                    // As plain: one source (on another host) to 1 000 destinations (here).
-                    Case::Decap => vxlan(d % HOSTS, &frame(mac(0xb, 0), mac(0xa, d), rng)),
-                };
-                let base = s.pool.alloc().expect("frame");
-                let f = FrameRef::new(base + FRAME_HEADROOM, bytes.len() as u32);
-                s.area.frame_mut(&f).expect("frame").copy_from_slice(&bytes);
-                *slot = (f.addr(), f.len());
-            }
-            s.traffic.push((if case == Case::Decap { U } else { A }, batch));
-        }
-        s
+/// The switch for `case`, MACs learned and mapped, its traffic prebuilt (`Setup::forward`
+/// sends it; the loopback ports take the frames and the bench reuses them: encapsulation
+/// writes only the headroom, decapsulation only moves the reference).
+pub fn setup(case: Case) -> Setup {
+    let mut b = SnapshotBuilder::new(1).fdb_capacity(4 * MACS);
+    let a = b.port("a", "a", PortKind::Tenant);
+    let pb = b.port("b", "b", PortKind::Tenant);
+    let u = b.port("u", "u", PortKind::Underlay);
+    b.port_underlay(
+        u,
+        Underlay { ip: HERE, mac: MacAddr(mac(0xf, 0)), udp_port: 4789, gateway: None },
+    );
+    let att = |port| Attachment { port, vlan: None };
+    let mut t = TenantSpec::new("t", vec![att(a), att(pb), att(u)]);
+    t.vni = Some(VNI);
+    t.fdb_quota = 4 * MACS;
+    t.mac_aging = Nanos::from_secs(3600);
+    b.tenant(t);
+    let snap = b.build().expect("bench snapshot");
+    let area = FrameArea::new(16384, 2048, PageSize::Normal).expect("frame area");
+    let mut s = Setup {
+        pipeline: Pipeline::new(&snap),
+        pool: FramePool::new(&area),
+        tx: TxLists::new(3, 4 * BATCH_SIZE),
+        ports: (0..3).map(|_| LoopbackPort::default()).collect(),
+        batch: Batch::new(),
+        disp: Dispositions::default(),
+        traffic: Vec::new(),
+        ingress: if case == Case::Decap { U } else { A },
+        area,
+        snap,
+    };
+    s.tx.schedule(&s.snap, |_| true, |_| 1, Nanos::ZERO);
+    // Plain: the destinations learned behind B; decap: the local VMs learned behind A.
+    let (learn_at, kind) = match case {
+        Case::Plain => (B, 0xb),
+        Case::Encap => (A, 0xa),
+        Case::Decap => (A, 0xa),
+    };
+    for chunk in (0..MACS).collect::<Vec<_>>().chunks(BATCH_SIZE) {
+        let frames: Vec<Vec<u8>> =
+            chunk.iter().map(|&d| frame(mac(kind, d), [0xff; 6], d)).collect();
+        send(&mut s, learn_at, &frames, Nanos::from_secs(1));
     }
-
-    /// Sends `frames` (copied into fresh frames) in from `port` once.
-    fn send(&mut self, port: PortId, frames: &[Vec<u8>], now: Nanos) {
-        self.batch.reset(port);
-        for bytes in frames {
-            let base = self.pool.alloc().expect("frame");
+    // The map once the MACs are learned (the broadcasts that taught them went nowhere
+    // over the underlay), and the counters from zero.
+    let mut m = OverlayBuilder::new(1);
+    for d in 0..MACS {
+        m.mac(VNI, MacAddr(mac(0xb, d)), vtep(d % HOSTS), &[]);
+    }
+    s.pipeline.set_overlay(&s.snap, Arc::new(m.build()));
+    s.pipeline.counters = dataplane::trace::Counters::new(3, 1);
+    let mut rng = 0x9e37_79b9_u32;
+    for _ in 0..BATCHES {
+        let mut batch = [(0, 0); BATCH_SIZE];
+        for slot in &mut batch {
+            rng ^= rng << 13;
+            rng ^= rng >> 17;
+            rng ^= rng << 5;
+            let d = rng % MACS;
+            let bytes = match case {
+                Case::Plain | Case::Encap => frame(mac(0xa, 0), mac(0xb, d), rng),
+                // As plain: one source (on another host) to 1 000 destinations (here).
+                Case::Decap => vxlan(d % HOSTS, &frame(mac(0xb, 0), mac(0xa, d), rng)),
+            };
+            let base = s.pool.alloc().expect("frame");
             let f = FrameRef::new(base + FRAME_HEADROOM, bytes.len() as u32);
-            self.area.frame_mut(&f).expect("frame").copy_from_slice(bytes);
-            self.batch.push(f).expect("a batch");
+            s.area.frame_mut(&f).expect("frame").copy_from_slice(&bytes);
+            *slot = (f.addr(), f.len());
         }
-        self.run(now);
+        s.traffic.push(batch);
     }
+    s
+}
 
-    #[inline]
-    fn run(&mut self, now: Nanos) {
-        self.pipeline.run(
-            now,
-            &self.snap,
-            &mut self.area,
-            &mut self.pool,
-            &mut self.batch,
-            &mut self.disp,
-            &mut self.tx,
-            &mut self.ports[..],
-        );
+/// Sends `frames` (copied into fresh frames) in from `port` once.
+fn send(s: &mut Setup, port: PortId, frames: &[Vec<u8>], now: Nanos) {
+    s.batch.reset(port);
+    for bytes in frames {
+        let base = s.pool.alloc().expect("frame");
+        let f = FrameRef::new(base + FRAME_HEADROOM, bytes.len() as u32);
+        s.area.frame_mut(&f).expect("frame").copy_from_slice(bytes);
+        s.batch.push(f).expect("a batch");
     }
-
-    /// Forwards prebuilt batch `i` (the loopback ports take the frames and the bench reuses
-    /// them: encapsulation writes only the headroom, decapsulation only moves the reference).
-    #[inline]
-    pub fn forward(&mut self, i: usize) {
-        let (port, frames) = &self.traffic[i % BATCHES];
-        self.batch.reset(*port);
-        for &(addr, len) in frames {
-            let _ = self.batch.push(FrameRef::new(addr, len));
-        }
-        self.run(Nanos::from_secs(2));
-    }
+    s.run(now);
 }
