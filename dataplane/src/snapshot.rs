@@ -278,12 +278,6 @@ impl Snapshot {
         self.overlays.get(t.index()).copied().flatten()
     }
 
-    /// The VNI of tenant `t`, if it spans hosts.
-    #[inline]
-    pub fn vni(&self, t: TenantId) -> Option<u32> {
-        self.tenants.get(t.index())?.vni
-    }
-
     /// Which optional stages apply to tenant `t` (`CHECK_*` bits; 0 for an unknown tenant).
     #[inline]
     pub fn checks(&self, t: TenantId) -> u8 {

@@ -203,24 +203,13 @@ impl Fdb {
     /// The attachment (port and VLAN) behind `mac` in tenant `t`, if known and not expired.
     #[inline]
     pub fn lookup(&self, now: Nanos, t: TenantId, mac: MacAddr) -> Option<Attachment> {
-        self.lookup_until(now, t, mac).map(|(a, _)| a)
+        self.lookup_host(now, t, mac).map(|(a, _, _)| a)
     }
 
-    /// [`Fdb::lookup`], and until when its answer holds: the first instant the entry counts as
-    /// expired (never for a static entry). An unknown (or expired) MAC changes only by
-    /// learning, which moves the tenant's generation.
-    #[inline(always)]
-    pub fn lookup_until(
-        &self,
-        now: Nanos,
-        t: TenantId,
-        mac: MacAddr,
-    ) -> Option<(Attachment, Nanos)> {
-        self.lookup_host(now, t, mac).map(|(a, until, _)| (a, until))
-    }
-
-    /// [`Fdb::lookup_until`], and the other host of a MAC the cluster map has there
-    /// ([`NO_VTEP`] for the others).
+    /// [`Fdb::lookup`], until when its answer holds (the first instant the entry counts as
+    /// expired; never for a static entry or the cluster map's: an unknown or expired MAC
+    /// changes only by learning, which moves the tenant's generation), and the other host of a
+    /// MAC the cluster map has there ([`NO_VTEP`] for the others).
     #[inline(always)]
     pub fn lookup_host(
         &self,
@@ -569,12 +558,12 @@ mod tests {
         let a = TenantId(0);
         let aging = Nanos::from_secs(10);
         f.learn(Nanos::from_secs(1), a, mac(1), att(0));
-        let (_, end) = f.lookup_until(Nanos::from_secs(2), a, mac(1)).unwrap();
+        let (_, end, _) = f.lookup_host(Nanos::from_secs(2), a, mac(1)).unwrap();
         assert_eq!(end, Nanos::from_secs(1).add(aging).add(Nanos(1)));
         assert_eq!(f.lookup(Nanos(end.0 - 1), a, mac(1)), Some(att(0)));
         assert_eq!(f.lookup(end, a, mac(1)), None);
-        assert_eq!(f.lookup_until(end, a, mac(1)), None, "expired: unknown");
-        assert_eq!(f.lookup_until(end, a, mac(2)), None, "never learned");
+        assert_eq!(f.lookup_host(end, a, mac(1)), None, "expired: unknown");
+        assert_eq!(f.lookup_host(end, a, mac(2)), None, "never learned");
         // Seen again before the aging pass removed it: lookups see it again, and the tenant's
         // generation moves as for a new entry (a decision made while it was unknown is stale).
         let g = f.generation(a);

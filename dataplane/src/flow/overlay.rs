@@ -85,13 +85,6 @@ impl OverlayMap {
     pub fn entry_ids(&self) -> impl Iterator<Item = (u32, MacAddr, VtepId)> + '_ {
         self.macs.iter().map(|(&(vni, mac), &i)| (vni, MacAddr::from_u64(mac), i))
     }
-
-    /// Every (VNI, MAC, host) the map holds, in no order (for `ctl` and tests).
-    pub fn entries(&self) -> impl Iterator<Item = (u32, MacAddr, Vtep)> + '_ {
-        self.macs.iter().filter_map(|(&(vni, mac), &i)| {
-            Some((vni, MacAddr::from_u64(mac), *self.vteps.get(usize::from(i))?))
-        })
-    }
 }
 
 /// Builds an [`OverlayMap`].

@@ -53,22 +53,9 @@ pub fn or_remote(
     }
 }
 
-/// Where one frame goes in its tenant's domain.
-#[inline]
-pub fn forward_one(fdb: &Fdb, now: Nanos, ingress: PortId, m: &Meta) -> Disposition {
-    forward_until(fdb, now, ingress, m).0
-}
-
-/// [`forward_one`], and until when the answer holds unless the tenant's MAC table changes
-/// ([`Fdb::lookup_until`]; never, for a flood or an unknown destination: learning it moves the
-/// generation).
-#[inline(always)]
-pub fn forward_until(fdb: &Fdb, now: Nanos, ingress: PortId, m: &Meta) -> (Disposition, Nanos) {
-    let (d, until, _) = forward_host(fdb, now, ingress, m);
-    (d, until)
-}
-
-/// [`forward_until`], and for a destination the cluster map put in the table, its host
+/// Where one frame goes in its tenant's domain, until when the answer holds unless the
+/// tenant's MAC table changes (never, for a flood or an unknown destination: learning it moves
+/// the generation), and for a destination the cluster map put in the table, its host
 /// ([`NO_VTEP`] otherwise).
 #[inline(always)]
 pub fn forward_host(
