@@ -317,27 +317,36 @@ fn build(
         learn(&mut s, chunk);
     }
     // Traffic: frame k goes from tenant t's source host to one of t's destinations.
-    let mut rng = 0x9e37_79b9_u32;
-    for _ in 0..BATCHES {
-        let mut batch = [(0, 0); BATCH_SIZE];
-        for slot in &mut batch {
-            rng ^= rng << 13;
-            rng ^= rng >> 17;
-            rng ^= rng << 5;
-            let d = rng % macs;
-            let t = d % tenants;
-            let base = s.pool.alloc().expect("frame");
-            let f = FrameRef::new(base + FRAME_HEADROOM, 64);
-            let bytes = frame(mac(0xa, t), mac(0xb, d), (t + 1) as u16);
-            s.area.frame_mut(&f).expect("frame").copy_from_slice(&bytes);
-            *slot = (f.addr(), f.len());
-        }
-        s.traffic.push(batch);
-    }
+    s.prebuild(|r| {
+        let d = r % macs;
+        let t = d % tenants;
+        frame(mac(0xa, t), mac(0xb, d), (t + 1) as u16).to_vec()
+    });
     s
 }
 
 impl Setup {
+    /// Builds the prebuilt traffic: [`BATCHES`] batches of frames made by `frame` from a
+    /// pseudo-random number each (xorshift, the same sequence for every bench), in chunks the
+    /// bench owns for good.
+    pub fn prebuild(&mut self, mut frame: impl FnMut(u32) -> Vec<u8>) {
+        let mut rng = 0x9e37_79b9_u32;
+        for _ in 0..BATCHES {
+            let mut batch = [(0, 0); BATCH_SIZE];
+            for slot in &mut batch {
+                rng ^= rng << 13;
+                rng ^= rng >> 17;
+                rng ^= rng << 5;
+                let bytes = frame(rng);
+                let base = self.pool.alloc().expect("frame");
+                let f = FrameRef::new(base + FRAME_HEADROOM, bytes.len() as u32);
+                self.area.frame_mut(&f).expect("frame").copy_from_slice(&bytes);
+                *slot = (f.addr(), f.len());
+            }
+            self.traffic.push(batch);
+        }
+    }
+
     /// Starts a live capture of tenant 0's frames (UDP port 53: all its bench traffic), as the
     /// tracing bench measures it; the caller drains the returned ring (a writer's part).
     pub fn capture_tenant_zero(&mut self) -> dataplane::trace::capture::Reader {

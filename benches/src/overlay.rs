@@ -17,7 +17,6 @@ use crate::{LoopbackPort, Setup, ipv4_header_checksum};
 
 const MACS: u32 = 1000;
 const HOSTS: u32 = 8;
-use crate::BATCHES;
 const VNI: u32 = 5000;
 const HERE: [u8; 4] = [192, 168, 0, 1];
 
@@ -139,26 +138,14 @@ pub fn setup(case: Case) -> Setup {
     }
     s.pipeline.set_overlay(&s.snap, Arc::new(m.build()));
     s.pipeline.counters = dataplane::trace::Counters::new(3, 1);
-    let mut rng = 0x9e37_79b9_u32;
-    for _ in 0..BATCHES {
-        let mut batch = [(0, 0); BATCH_SIZE];
-        for slot in &mut batch {
-            rng ^= rng << 13;
-            rng ^= rng >> 17;
-            rng ^= rng << 5;
-            let d = rng % MACS;
-            let bytes = match case {
-                Case::Plain | Case::Encap => frame(mac(0xa, 0), mac(0xb, d), rng),
-                // As plain: one source (on another host) to 1 000 destinations (here).
-                Case::Decap => vxlan(d % HOSTS, &frame(mac(0xb, 0), mac(0xa, d), rng)),
-            };
-            let base = s.pool.alloc().expect("frame");
-            let f = FrameRef::new(base + FRAME_HEADROOM, bytes.len() as u32);
-            s.area.frame_mut(&f).expect("frame").copy_from_slice(&bytes);
-            *slot = (f.addr(), f.len());
+    s.prebuild(|r| {
+        let d = r % MACS;
+        match case {
+            Case::Plain | Case::Encap => frame(mac(0xa, 0), mac(0xb, d), r),
+            // As plain: one source (on another host) to 1 000 destinations (here).
+            Case::Decap => vxlan(d % HOSTS, &frame(mac(0xb, 0), mac(0xa, d), r)),
         }
-        s.traffic.push(batch);
-    }
+    });
     s
 }
 
