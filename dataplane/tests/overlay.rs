@@ -56,11 +56,48 @@ fn lab() -> Worker<MemPort> {
     let ports = (0..4).map(|_| MemPort::new(256)).collect();
     let mut w = Worker::new(area, ports, Arc::new(snap));
     let mut m = OverlayBuilder::new(1);
-    assert!(m.mac(RED, MacAddr(mac(9)), X, &[v4(10, 0, 0, 9)]));
+    assert!(m.mac(RED, MacAddr(mac(9)), X, &[v4(10, 0, 0, 9), V6_NINE]));
     assert!(m.member(RED, Y));
     assert!(m.mac(BLUE, MacAddr(mac(9)), Y, &[]));
     w.apply(Nanos::ZERO, WorkerCmd::Overlay(Arc::new(m.build())));
     w
+}
+
+/// fd00::9, red's mac 9 on host X; and fd00::1, the asker on a1.
+const V6_NINE: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
+const V6_ONE: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// A neighbour solicitation from `src` (address `from`) for `target`, to its solicited-node
+/// multicast address, with the source link-layer address option (RFC 4861 §4.3).
+fn neighbour_solicitation(src: [u8; 6], from: [u8; 16], target: [u8; 16]) -> Vec<u8> {
+    let mut group = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 0];
+    group[13..].copy_from_slice(&target[13..]);
+    let dst = [0x33, 0x33, 0xff, target[13], target[14], target[15]];
+    let mut body = target.to_vec();
+    body.extend_from_slice(&[1, 1]);
+    body.extend_from_slice(&src);
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(src, dst)
+        .ipv6(from, group, 255)
+        .icmpv6(etherparse::Icmpv6Type::Unknown { type_u8: 135, code_u8: 0, bytes5to8: [0; 4] })
+        .write(&mut out, &body)
+        .unwrap();
+    out
+}
+
+/// The ones' complement sum of ICMPv6 message `msg` with its pseudo-header: 0xffff when its
+/// checksum is right.
+fn icmpv6_sum(src: &[u8], dst: &[u8], msg: &[u8]) -> u16 {
+    let mut s: u64 = 58 + msg.len() as u64;
+    for part in [src, dst, msg] {
+        for c in part.chunks(2) {
+            s += u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+    }
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
 }
 
 fn v4(a: u8, b: u8, c: u8, d: u8) -> [u8; 16] {
@@ -306,6 +343,44 @@ fn an_arp_request_for_an_address_the_map_knows_is_answered_here() {
     out.sort_by_key(|(p, _)| *p);
     assert_eq!(out.iter().map(|(p, _)| *p).collect::<Vec<_>>(), vec![A2, UL, UL, UL]);
     assert_eq!(w.pipeline().counters.overlay.arp_suppressed, 1);
+}
+
+#[test]
+fn a_neighbour_solicitation_for_an_address_the_map_knows_is_answered_here() {
+    let mut w = lab();
+    let t = Nanos::from_secs(1);
+    w.inject(A1, &neighbour_solicitation(mac(1), V6_ONE, V6_NINE));
+    let out = step(&mut w, t);
+    assert_eq!(out.len(), 1, "answered, not flooded: {out:?}");
+    let (p, r) = &out[0];
+    assert_eq!(*p, A1, "back to the asker");
+    assert_eq!(r.len(), 14 + 40 + 32, "an advertisement with one option");
+    assert_eq!(&r[0..6], &mac(1), "to the asker");
+    assert_eq!(&r[6..12], &mac(9), "from the address's owner");
+    assert_eq!(&r[12..14], &[0x86, 0xdd]);
+    let ip = &r[14..];
+    assert_eq!((ip[6], ip[7]), (58, 255), "ICMPv6, hop limit 255");
+    assert_eq!(u16::from_be_bytes([ip[4], ip[5]]), 32, "payload length");
+    assert_eq!(&ip[8..24], &V6_NINE, "source: the address asked for");
+    assert_eq!(&ip[24..40], &V6_ONE, "destination: the asker");
+    let na = &ip[40..];
+    assert_eq!((na[0], na[1]), (136, 0), "a neighbour advertisement");
+    assert_eq!(na[4], 0x60, "solicited and override, not a router");
+    assert_eq!(&na[8..24], &V6_NINE, "target");
+    assert_eq!(&na[24..32], &[2, 1, 2, 0, 0, 0, 0, 9], "target link-layer address: mac 9");
+    assert_eq!(icmpv6_sum(&ip[8..24], &ip[24..40], na), 0xffff, "ICMPv6 checksum");
+    assert_eq!(w.pipeline().counters.overlay.nd_suppressed, 1);
+    assert_eq!(w.pipeline().counters.overlay.arp_suppressed, 0);
+    // Duplicate address detection (from ::) is the owner's to answer, an unknown target and
+    // a tenant whose map has no address flood as before.
+    w.inject(A1, &neighbour_solicitation(mac(1), [0; 16], V6_NINE));
+    w.inject(A1, &neighbour_solicitation(mac(1), V6_ONE, V6_ONE));
+    w.inject(B1, &neighbour_solicitation(mac(1), V6_ONE, V6_NINE));
+    let mut out = step(&mut w, t);
+    out.sort_by_key(|(p, _)| *p);
+    let ports: Vec<PortId> = out.iter().map(|(p, _)| *p).collect();
+    assert_eq!(ports, vec![A2, A2, UL, UL, UL, UL, UL]);
+    assert_eq!(w.pipeline().counters.overlay.nd_suppressed, 1);
 }
 
 #[test]

@@ -510,6 +510,11 @@ fn describe() {
         "ARP requests for another host's address answered from the cluster map.",
     );
     c(
+        "xswitch_overlay_nd_suppressed_total",
+        Unit::Count,
+        "IPv6 neighbour solicitations for another host's address answered from the cluster map.",
+    );
+    c(
         "xswitch_fragment_events_total",
         Unit::Count,
         "Fragmented datagrams of tenants with policy: tracked, completed, expired, evicted.",
@@ -622,7 +627,7 @@ struct Families {
     flood_copies: Counter,
     checksums_completed: Counter,
     /// Overlay packets and bytes (encap, decap), and replicas.
-    overlay: [Counter; 6],
+    overlay: [Counter; 7],
     frag_events: [Counter; 4],
     umem: [Gauge; 9],
     workers: Vec<WorkerFamilies>,
@@ -698,6 +703,7 @@ impl Families {
                 metrics::counter!("xswitch_overlay_bytes_total", "direction" => "decap"),
                 metrics::counter!("xswitch_overlay_replicas_total"),
                 metrics::counter!("xswitch_overlay_arp_suppressed_total"),
+                metrics::counter!("xswitch_overlay_nd_suppressed_total"),
             ],
             frag_events: ["tracked", "completed", "expired", "evicted"]
                 .map(|e| metrics::counter!("xswitch_fragment_events_total", "event" => e)),
@@ -931,7 +937,15 @@ impl Families {
         self.flood_copies.absolute(sum.flood_copies);
         self.checksums_completed.absolute(sum.checksums_completed);
         let o = &sum.overlay;
-        let overlay = [o.encap.packets, o.encap.bytes, o.decap.packets, o.decap.bytes, o.replicas];
+        let overlay = [
+            o.encap.packets,
+            o.encap.bytes,
+            o.decap.packets,
+            o.decap.bytes,
+            o.replicas,
+            o.arp_suppressed,
+            o.nd_suppressed,
+        ];
         for (h, v) in self.overlay.iter().zip(overlay) {
             h.absolute(v);
         }

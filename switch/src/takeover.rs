@@ -142,6 +142,9 @@ pub struct CounterState {
     /// from a switch before them).
     #[serde(default)]
     overlay: [u64; 6],
+    /// Neighbour solicitations answered (none from a switch before them).
+    #[serde(default)]
+    nd_suppressed: u64,
 }
 
 /// Everything handed over besides the descriptors.
@@ -306,6 +309,7 @@ pub fn gather<P: dataplane::port::Port>(workers: &[&Worker<P>], snap: &Snapshot)
             c.overlay.replicas,
             c.overlay.arp_suppressed,
         ],
+        nd_suppressed: c.overlay.nd_suppressed,
         ..CounterState::default()
     };
     for (i, p) in snap.ports.iter().enumerate().filter(|(_, p)| !p.is_vacant()) {
@@ -377,6 +381,7 @@ pub fn restore<P: dataplane::port::Port>(
     c.overlay.decap.add_all(dataplane::trace::counters::PktBytes { packets: dp, bytes: db });
     c.overlay.replicas += r;
     c.overlay.arp_suppressed += arp;
+    c.overlay.nd_suppressed += s.nd_suppressed;
     for (name, pc) in &s.ports {
         let Some(id) = snap.port_by_name(name) else { continue };
         let i = id.index();

@@ -20,7 +20,7 @@ use crate::trace::Counters;
 use crate::trace::counters::{PktBytes, TenantRun};
 use crate::vocab::{Disposition, DropReason, PortId, TenantId};
 
-use crate::wire::{MacAddr, checksum};
+use crate::wire::checksum;
 
 const TPID_8021Q: [u8; 2] = [0x81, 0x00];
 const ETH_IPV4: u16 = 0x0800;
@@ -554,11 +554,9 @@ pub fn deliver(
                 send_one(now, snap, map, area, pool, ingress, f, m, tagged, to, host, tx, c);
             }
             Disposition::Flood => {
-                if let Some(mac) = suppressed(snap, map, ingress, m)
-                    && super::overlay::arp_reply(area, &f, m, mac)
-                {
+                let mut f = f;
+                if answered(snap, map, area, ingress, &mut f, m, c) {
                     // Back where it came from, as the owner of the address would answer.
-                    c.overlay.arp_suppressed += 1;
                     let to = (ingress, m.outer_vlan, u32::MAX);
                     send_one(now, snap, map, area, pool, ingress, f, m, tagged, to, NO_VTEP, tx, c);
                     continue;
@@ -570,20 +568,45 @@ pub fn deliver(
     tx.end_batch();
 }
 
-/// The MAC the cluster map has for the target of an ARP request that a tenant spanning hosts
-/// sent from one of its local attachments; None for any other frame.
+/// ARP and ND suppression: turns flooded frame `f` into the answer its target's owner would
+/// send, when it is an ARP request or an IPv6 neighbour solicitation that a tenant spanning
+/// hosts sent from one of its local attachments for an address the cluster map knows (as the
+/// Linux bridge's `neigh_suppress` and VPP's `arp-term` do), and counts it. False, the frame
+/// untouched, for any other frame.
 #[inline]
-fn suppressed(snap: &Snapshot, map: &OverlayMap, ingress: PortId, m: &Meta) -> Option<MacAddr> {
+fn answered(
+    snap: &Snapshot,
+    map: &OverlayMap,
+    area: &mut FrameArea,
+    ingress: PortId,
+    f: &mut FrameRef,
+    m: &Meta,
+    c: &mut Counters,
+) -> bool {
     const ETH_ARP: u16 = 0x0806;
+    const ETH_IPV6: u16 = 0x86dd;
     const REQUEST: u16 = 1;
-    if m.key.ethertype != ETH_ARP || m.key.src_port != REQUEST {
-        return None;
+    if !matches!(m.key.ethertype, ETH_ARP | ETH_IPV6) {
+        return false;
     }
-    let (vni, underlay) = snap.overlay_of(m.tenant)?;
+    let Some((vni, underlay)) = snap.overlay_of(m.tenant) else { return false };
     if underlay == ingress {
-        return None;
+        return false;
     }
-    map.mac_of(vni, &m.key.dst_ip)
+    if m.key.ethertype == ETH_ARP {
+        if m.key.src_port != REQUEST {
+            return false;
+        }
+        let Some(mac) = map.mac_of(vni, &m.key.dst_ip) else { return false };
+        let done = super::overlay::arp_reply(area, f, m, mac);
+        c.overlay.arp_suppressed += u64::from(done);
+        return done;
+    }
+    let Some(target) = super::overlay::nd_target(area, f, m) else { return false };
+    let Some(mac) = map.mac_of(vni, &target) else { return false };
+    let done = super::overlay::nd_reply(area, f, m, &target, mac);
+    c.overlay.nd_suppressed += u64::from(done);
+    done
 }
 
 /// Re-tags frame `f` for port `to.0` (and VLAN `to.1`) and queues it there (on an underlay

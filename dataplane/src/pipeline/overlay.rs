@@ -200,3 +200,71 @@ pub fn arp_reply(area: &mut FrameArea, f: &FrameRef, m: &Meta, mac: MacAddr) -> 
     b[6..12].copy_from_slice(&mac.0);
     true
 }
+
+const ETH_IPV6: u16 = 0x86dd;
+const PROTO_ICMPV6: u8 = 58;
+const ND_NEIGHBOR_SOLICIT: u16 = 135;
+const ND_NEIGHBOR_ADVERT: u8 = 136;
+/// A neighbour advertisement with the target link-layer address option: the ICMPv6 header
+/// (4), flags (4), target (16), option (8) (RFC 4861 §4.4).
+const NA_LEN: usize = 32;
+
+/// The target address of neighbour solicitation `f` (parsed into `m`): a single-segment IPv6
+/// frame without extension headers, ICMPv6 type 135, from an assigned address (a solicitation
+/// from `::` is duplicate address detection, which the owner must see and answer itself);
+/// None for any other frame.
+#[inline]
+pub fn nd_target(area: &FrameArea, f: &FrameRef, m: &Meta) -> Option<[u8; 16]> {
+    if m.key.ethertype != ETH_IPV6
+        || m.key.proto != PROTO_ICMPV6
+        || m.key.src_port != ND_NEIGHBOR_SOLICIT
+        || m.key.src_ip == [0; 16]
+        || f.segs() != 0
+        || usize::from(m.l4_offset) != usize::from(m.l3_offset) + 40
+    {
+        return None;
+    }
+    let l4 = usize::from(m.l4_offset);
+    let b = area.frame(f)?;
+    b.get(l4 + 8..l4 + 24)?.try_into().ok()
+}
+
+/// Turns neighbour solicitation `f` (parsed into `m`, its target `target`) into the solicited
+/// advertisement the owner of `target`, `mac`, would send back (RFC 4861 §7.2.4), in place:
+/// the IPv6 counterpart of [`arp_reply`]. The frame is cut to the advertisement's length; the
+/// caller checked it with [`nd_target`]. False when the frame is too short for it.
+#[inline]
+pub fn nd_reply(
+    area: &mut FrameArea,
+    f: &mut FrameRef,
+    m: &Meta,
+    target: &[u8; 16],
+    mac: MacAddr,
+) -> bool {
+    let (l3, l4) = (usize::from(m.l3_offset), usize::from(m.l4_offset));
+    let Some(b) = area.frame_mut(f) else { return false };
+    let Some(ip) = b.get_mut(l3..l4 + NA_LEN) else { return false };
+    // The asker becomes the destination, the target the source; hop limit 255 (§7.1.2).
+    let mut asker = [0u8; 16];
+    asker.copy_from_slice(&ip[8..24]);
+    ip[..4].copy_from_slice(&[0x60, 0, 0, 0]);
+    ip[4..6].copy_from_slice(&(NA_LEN as u16).to_be_bytes());
+    ip[6] = PROTO_ICMPV6;
+    ip[7] = 255;
+    ip[8..24].copy_from_slice(target);
+    ip[24..40].copy_from_slice(&asker);
+    let na = &mut ip[40..40 + NA_LEN];
+    na[..4].copy_from_slice(&[ND_NEIGHBOR_ADVERT, 0, 0, 0]);
+    // Solicited and Override; not a router.
+    na[4..8].copy_from_slice(&[0x60, 0, 0, 0]);
+    na[8..24].copy_from_slice(target);
+    na[24..26].copy_from_slice(&[2, 1]); // target link-layer address, 8 bytes
+    na[26..32].copy_from_slice(&mac.0);
+    let pseudo = checksum::pseudo_header(true, target, &asker, PROTO_ICMPV6, NA_LEN as u32);
+    let sum = !checksum::fold(checksum::add(pseudo, na));
+    na[2..4].copy_from_slice(&sum.to_be_bytes());
+    b[0..6].copy_from_slice(&m.src.0);
+    b[6..12].copy_from_slice(&mac.0);
+    f.set_head(f.addr(), (l4 + NA_LEN) as u32);
+    true
+}

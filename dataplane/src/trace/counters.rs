@@ -103,6 +103,8 @@ pub struct OverlayStats {
     pub replicas: u64,
     /// ARP requests for another host's address answered from the cluster map.
     pub arp_suppressed: u64,
+    /// IPv6 neighbour solicitations for another host's address answered from the cluster map.
+    pub nd_suppressed: u64,
 }
 
 /// One worker's counters. Indexed by dense ids; sized by [`Counters::resize`].
@@ -237,6 +239,7 @@ impl Counters {
         v.decap.add_all(w.decap);
         v.replicas += w.replicas;
         v.arp_suppressed += w.arp_suppressed;
+        v.nd_suppressed += w.nd_suppressed;
         if self.acl_hits.len() < o.acl_hits.len() {
             self.acl_hits.resize(o.acl_hits.len(), Vec::new());
         }

@@ -37,6 +37,7 @@ pub(super) fn status(shared: &Shared) -> Value {
             "decap_bytes": c.overlay.decap.bytes,
             "replicas": c.overlay.replicas,
             "arp_suppressed": c.overlay.arp_suppressed,
+            "nd_suppressed": c.overlay.nd_suppressed,
         },
         "placement": host.workers.iter().enumerate().map(|(w, (node, core))| {
             json!({ "worker": w, "numa_node": node, "core": core })
