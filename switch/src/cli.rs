@@ -101,6 +101,10 @@ pub enum Command {
         /// touches another lab.
         #[arg(long, default_value = lab_default_prefix())]
         prefix: String,
+        /// 2: two hosts (two switches, each with an underlay port), a tenant spanning both
+        /// over VXLAN with the cluster map in etcd (started by the demo; needs `etcd`).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=2))]
+        hosts: u32,
     },
     /// Print a shell completion script (`xswitch completions bash > /etc/bash_completion.d/xswitch`).
     Completions {

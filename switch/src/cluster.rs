@@ -540,7 +540,11 @@ impl Task {
                 _ = check.tick() => {
                     if self.stop.load(Ordering::SeqCst) {
                         if self.revoke.load(Ordering::SeqCst) {
-                            let _ = tokio::time::timeout(REQUEST_TIMEOUT, client.lease_revoke(id)).await;
+                            match tokio::time::timeout(REQUEST_TIMEOUT, client.lease_revoke(id)).await {
+                                Ok(Ok(_)) => tracing::info!("cluster: lease revoked: the other hosts forget this one now"),
+                                Ok(Err(e)) => tracing::warn!("cluster: revoking the lease: {e}; the other hosts forget this one when it expires"),
+                                Err(_) => tracing::warn!("cluster: revoking the lease timed out; the other hosts forget this one when it expires"),
+                            }
                         }
                         return Ok(());
                     }

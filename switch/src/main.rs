@@ -44,10 +44,15 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::CheckConfig { file, against_running, socket } => check_config(&file)
             .and_then(|()| if against_running { against(&file, socket) } else { Ok(()) }),
+        Command::Demo { simulate: true, hosts: 2, .. } => {
+            Err(anyhow::anyhow!("--simulate runs one host; --hosts 2 needs the lab (root)"))
+        }
         Command::Demo { simulate: true, frames, .. } => simulate::simulate(frames),
-        Command::Demo { keep, prefix, .. } => logging::init("info", logging::LogFormat::Text)
-            .and_then(|()| stop_flag())
-            .and_then(|stop| lab::run(keep, stop, &prefix)),
+        Command::Demo { keep, prefix, hosts, .. } => {
+            logging::init("info", logging::LogFormat::Text)
+                .and_then(|()| stop_flag())
+                .and_then(|stop| lab::run(keep, stop, &prefix, hosts))
+        }
         Command::Run { config, log_level, log_format, takeover } => {
             logging::init(&log_level, log_format)
                 .and_then(|()| stop_flag())

@@ -61,6 +61,15 @@ fn vm_ip(h: &str) -> String {
     }
 }
 
+/// The VM's IPv6 address, as [`vm_ip`].
+fn vm_ip6(h: &str) -> String {
+    match h {
+        "a" => "fd00:20::1".into(),
+        "b" => "fd00:20::2".into(),
+        _ => "fd00:20::3".into(),
+    }
+}
+
 impl Cluster {
     fn new() -> Cluster {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
@@ -140,6 +149,8 @@ impl Cluster {
         self.veth(&root, &ns);
         must("ip", &["-n", &ns, "link", "set", "eth0", "address", &vm_mac(h, t)]);
         must("ip", &["-n", &ns, "addr", "add", &format!("{}/24", vm_ip(h)), "dev", "eth0"]);
+        let v6 = format!("{}/64", vm_ip6(h));
+        must("ip", &["-n", &ns, "addr", "add", &v6, "dev", "eth0", "nodad"]);
         must("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
     }
 
@@ -218,9 +229,9 @@ impl Cluster {
              [ports.r]\ninterface = \"{tag}{h}r\"\nkind = \"tenant\"\n\
              [ports.b]\ninterface = \"{tag}{h}b\"\nkind = \"tenant\"\n\
              [tenants.red]\nvni = 100\n\
-             attach = [{{ port = \"r\", macs = [\"{rmac}\"], ips = [\"{ip}\"] }}]\n\
+             attach = [{{ port = \"r\", macs = [\"{rmac}\"], ips = [\"{ip}\", \"{ip6}\"] }}]\n\
              [tenants.blue]\nvni = 200\n\
-             attach = [{{ port = \"b\", macs = [\"{bmac}\"], ips = [\"{ip}\"] }}]\n",
+             attach = [{{ port = \"b\", macs = [\"{bmac}\"], ips = [\"{ip}\", \"{ip6}\"] }}]\n",
             ctl = self.ctl_path(h).display(),
             port = self.client,
             addr = tunnel(h),
@@ -228,6 +239,7 @@ impl Cluster {
             rmac = vm_mac(h, "red"),
             bmac = vm_mac(h, "blue"),
             ip = vm_ip(h),
+            ip6 = vm_ip6(h),
         );
         std::fs::write(self.dir.join(format!("{h}.toml")), cfg).unwrap();
     }
@@ -309,6 +321,13 @@ impl Cluster {
 
     fn ping(&self, from: &str, to: &str) -> bool {
         self.ns_run(from, &["ping", "-c", "3", "-i", "0.2", "-W", "1", to]).status.success()
+    }
+
+    /// Host `h`'s answers from the map: (ARP, ND).
+    fn suppressed(&self, h: &str) -> (u64, u64) {
+        let s = self.status(h);
+        let n = |k: &str| s["overlay"][k].as_u64().unwrap_or_else(|| panic!("{k}: {s}"));
+        (n("arp_suppressed"), n("nd_suppressed"))
     }
 
     /// iperf3 TCP from VM `from` to `to` (a server in VM `server`) for 2 s: bit/s received.
@@ -515,8 +534,19 @@ fn two_hosts_and_the_kernels_vxlan_carry_two_tenants_with_one_address_plan_apart
     let icmp = c.stop_capture(&mut dump, &cap, "icmp");
     assert_eq!((arp, icmp >= 6), (0, true), "ARP and ICMP frames inside VXLAN");
     for h in ["a", "b"] {
-        let s = c.status(h);
-        assert!(s["overlay"]["arp_suppressed"].as_u64() >= Some(1), "{h}: {s}");
+        assert!(c.suppressed(h).0 >= 1, "{h}: {:?}", c.suppressed(h));
+    }
+    // ND suppression, the same for IPv6: no neighbour solicitation for either VM's address
+    // crosses the underlay (the VMs' own link-local traffic, from `::` or for fe80::, may).
+    let (mut dump, cap) = c.capture("nd");
+    assert!(c.ping("ar", &vm_ip6("b")), "red a -> red b over IPv6\n{}", c.log("a"));
+    let ns = "icmpv6.type == 135 && (icmpv6.nd.ns.target_address == fd00:20::1 \
+              || icmpv6.nd.ns.target_address == fd00:20::2)";
+    let ns = c.stop_capture(&mut dump, &cap, ns);
+    let echo = c.stop_capture(&mut dump, &cap, "icmpv6.type == 128 || icmpv6.type == 129");
+    assert_eq!((ns, echo >= 6), (0, true), "solicitations and echoes inside VXLAN");
+    for h in ["a", "b"] {
+        assert!(c.suppressed(h).1 >= 1, "{h}: {:?}", c.suppressed(h));
     }
     // A capture of the underlay while the VMs talk.
     let (mut dump, cap) = c.capture("underlay");
@@ -621,4 +651,48 @@ fn an_etcd_outage_loses_nothing_and_a_dead_hosts_macs_leave_within_the_ttl() {
     eprintln!("host b's MACs left host a's map {:.1} s after it died", t0.elapsed().as_secs_f64());
     // And traffic to them is no longer sent anywhere: no host has red's VNI but a.
     assert!(!c.ping("ar", &vm_ip("b")));
+}
+
+#[test]
+fn the_two_host_demo_runs_to_completion_and_leaves_nothing_behind() {
+    if !can_run("the_two_host_demo_runs_to_completion_and_leaves_nothing_behind") {
+        return;
+    }
+    let _one = one_at_a_time();
+    let prefix = format!("xo{}", std::process::id() % 100_000);
+    let o = Command::new("timeout")
+        .args(["180", env!("CARGO_BIN_EXE_xswitch"), "demo", "--hosts", "2", "--prefix", &prefix])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{out}\n{err}");
+    for s in [
+        "ping -6 red a -> red b",
+        "iperf3 TCP red a -> red b over VXLAN",
+        "no ARP or ND broadcast crosses it",
+        "host a's switch stopped cleanly and lost nothing in the kernel",
+        "all checks passed",
+    ] {
+        assert!(out.contains(s), "{s} missing:\n{out}");
+    }
+    assert!(!out.contains("[FAIL]"), "{out}");
+    // The table: both hosts connected, each seeing two hosts and four MACs, and answering
+    // ARP and ND from the map.
+    for h in ["a", "b"] {
+        let row = out
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(h) && l.contains("connected"))
+            .unwrap_or_else(|| panic!("no row of host {h}:\n{out}"));
+        let w: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!((w[3], w[4]), ("2", "4"), "hosts and MACs of {h}: {row}");
+        let (arp, nd) = w[8].split_once('/').unwrap();
+        assert!(arp.parse::<u64>().unwrap() >= 1 && nd.parse::<u64>().unwrap() >= 1, "{row}");
+    }
+    let mine = format!("{prefix}-");
+    let links = String::from_utf8_lossy(&run("ip", &["-br", "link"]).stdout).to_string();
+    let netns = String::from_utf8_lossy(&run("ip", &["netns", "list"]).stdout).to_string();
+    assert!(!links.contains(&mine) && !netns.contains(&mine), "{links}\n{netns}");
+    let procs = String::from_utf8_lossy(&run("ps", &["-eo", "args"]).stdout).to_string();
+    assert!(!procs.lines().any(|l| l.contains(&format!("xswitch-demo-{prefix}"))), "{procs}");
 }

@@ -13,8 +13,10 @@ use anyhow::{Context, bail};
 
 use crate::run::{Report, serve};
 
+mod hosts;
+
 /// The demo config, embedded so the demo runs from anywhere.
-pub const DEMO_CONFIG: &str = include_str!("../../configs/demo.toml");
+pub const DEMO_CONFIG: &str = include_str!("../../../configs/demo.toml");
 
 /// (tenant, host, address) of every tenant host, as in demo.toml; the host's namespace and
 /// host-side interface are `PREFIX-HOST`.
@@ -184,13 +186,9 @@ fn iperf(from: &str, to_ns: &str, to: &str) -> Option<f64> {
     it.nth(pos - 1)?.parse().ok()
 }
 
-/// Runs the lab. `stop` is set by SIGINT/SIGTERM.
-pub fn run(keep: bool, stop: Arc<AtomicBool>, prefix: &str) -> anyhow::Result<()> {
-    let names = Names::new(prefix)?;
-    let cfg = control::config::load_str("configs/demo.toml (embedded)", &names.config())?;
-    dataplane::port::afxdp::require_root()
-        .context("the demo lab needs root; `xswitch demo --simulate` does not")?;
-    for tool in ["ip", "ping", "iperf3", "tcpdump"] {
+/// An error naming the first of `tools` that is not installed.
+fn require_tools(tools: &[&str]) -> anyhow::Result<()> {
+    for tool in tools {
         if Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output()
@@ -199,6 +197,48 @@ pub fn run(keep: bool, stop: Arc<AtomicBool>, prefix: &str) -> anyhow::Result<()
             bail!("{tool} is not installed (scripts/setup installs what the demo needs)");
         }
     }
+    Ok(())
+}
+
+/// The demo's verdict: an error naming every check that failed, or one saying the lab was not
+/// removed completely.
+fn conclude(checks: &[Check], removed: bool) -> anyhow::Result<()> {
+    let failed: Vec<&Check> = checks.iter().filter(|c| c.got != c.expected).collect();
+    if !failed.is_empty() {
+        bail!(
+            "{} check(s) failed: {}",
+            failed.len(),
+            failed
+                .iter()
+                .map(|c| format!("{} ({})", c.what, c.detail))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    if !removed {
+        bail!("the lab was not removed completely");
+    }
+    println!("xswitch demo: all checks passed");
+    Ok(())
+}
+
+/// Runs the demo: the one-host lab, or with `hosts` = 2 two hosts over VXLAN and etcd.
+/// `stop` is set by SIGINT/SIGTERM.
+pub fn run(keep: bool, stop: Arc<AtomicBool>, prefix: &str, hosts: u32) -> anyhow::Result<()> {
+    match hosts {
+        1 => one_host(keep, stop, prefix),
+        2 => hosts::run(keep, stop, prefix),
+        n => bail!("--hosts {n}: the demo has a lab of 1 host and one of 2"),
+    }
+}
+
+/// The one-host lab.
+fn one_host(keep: bool, stop: Arc<AtomicBool>, prefix: &str) -> anyhow::Result<()> {
+    let names = Names::new(prefix)?;
+    let cfg = control::config::load_str("configs/demo.toml (embedded)", &names.config())?;
+    dataplane::port::afxdp::require_root()
+        .context("the demo lab needs root; `xswitch demo --simulate` does not")?;
+    require_tools(&["ip", "ping", "iperf3", "tcpdump"])?;
     let n = |h: &str| names.of(h);
     println!(
         "xswitch demo: building the lab (namespaces {} and {}, veth pairs; control socket {})",
@@ -326,21 +366,5 @@ pub fn run(keep: bool, stop: Arc<AtomicBool>, prefix: &str) -> anyhow::Result<()
             "namespaces, veths and XDP programs are gone"
         }
     );
-    let failed: Vec<&Check> = checks.iter().filter(|c| c.got != c.expected).collect();
-    if !failed.is_empty() {
-        bail!(
-            "{} check(s) failed: {}",
-            failed.len(),
-            failed
-                .iter()
-                .map(|c| format!("{} ({})", c.what, c.detail))
-                .collect::<Vec<_>>()
-                .join("; ")
-        );
-    }
-    if leftovers {
-        bail!("the lab was not removed completely");
-    }
-    println!("xswitch demo: all checks passed");
-    Ok(())
+    conclude(&checks, !leftovers)
 }
