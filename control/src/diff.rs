@@ -5,7 +5,7 @@
 //! sockets opened or closed, nothing else disturbed), tenants added, removed and changed, a
 //! port's rate, burst and MTU. What is set up once at start stays refused, with the exact
 //! reason, and then nothing at all is applied: `[switch]` (frames, rings, workers), `[sriov]`,
-//! `[metrics]`, `[control]`, and what a kept port's sockets are made of (interface, VF, kind,
+//! `[metrics]`, `[control]`, `[cluster]`, and what a kept port's sockets are made of (interface, VF, kind,
 //! queues, bind mode: remove the port in one reload and add it back in the next).
 //!
 //! The same [`Diff`] feeds `xswitch ctl reload --dry-run`, `check-config --against-running`
@@ -90,6 +90,13 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
     }
     if old.control != new.control {
         d.refused.push("[control] changed: the control socket is set up at start".into());
+    }
+    if old.cluster != new.cluster {
+        d.refused.push(
+            "[cluster] changed: the cluster agent (etcd endpoints, host name, lease, prefix) is \
+             set up at start; restart, or upgrade (`xswitch ctl upgrade`) to apply it"
+                .into(),
+        );
     }
     for (name, p) in &new.ports {
         match old.ports.get(name) {
@@ -196,6 +203,19 @@ attach = [{ port = "up", vlan = 200 }]
             [Changed { name: "red".into(), fields: vec!["acl_default".into()] }]
         );
         assert!(d.untouched(&load(&new)).is_empty(), "red changed, green is new");
+    }
+
+    #[test]
+    fn a_changed_cluster_section_is_refused() {
+        let cluster = "[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nhost = \"a\"\n\
+                       [ports.ul]\ninterface = \"eth1\"\nkind = \"underlay\"\n\
+                       [ports.ul.tunnel]\naddress = \"192.168.0.1\"\nmac = \"02:00:00:00:00:01\"\n";
+        let (old, new) =
+            (format!("{cluster}{BASE}"), format!("{}{BASE}", cluster.replace("\"a\"", "\"b\"")));
+        let d = diff(&load(&old), &load(&new));
+        assert_eq!(d.refused.len(), 1, "{:?}", d.refused);
+        assert!(d.refused[0].starts_with("[cluster] changed"), "{}", d.refused[0]);
+        assert!(diff(&load(&old), &load(&old)).is_empty());
     }
 
     #[test]
