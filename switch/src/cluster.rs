@@ -243,6 +243,56 @@ impl View {
     }
 }
 
+/// A [`View`] as a takeover hands it to the new process (JSON has no tuple keys).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ViewState {
+    /// The store's revision the view is at.
+    pub revision: i64,
+    /// Hosts and their endpoints.
+    pub hosts: Vec<(String, HostEntry)>,
+    /// VNI → the hosts that carry it.
+    pub members: Vec<(u32, Vec<String>)>,
+    /// (VNI, MAC) → its registration.
+    pub macs: Vec<(u32, String, MacEntry)>,
+    /// MACs that moved between hosts.
+    pub moves: u64,
+}
+
+impl View {
+    /// The view for a takeover.
+    pub fn state(&self) -> ViewState {
+        ViewState {
+            revision: self.revision,
+            hosts: self.hosts.iter().map(|(h, e)| (h.clone(), e.clone())).collect(),
+            members: self
+                .members
+                .iter()
+                .map(|(v, hs)| (*v, hs.iter().cloned().collect()))
+                .collect(),
+            macs: self.macs.iter().map(|((v, m), e)| (*v, m.clone(), e.clone())).collect(),
+            moves: self.moves,
+        }
+    }
+
+    /// The view a takeover handed over.
+    pub fn from_state(s: ViewState) -> View {
+        View {
+            hosts: s.hosts.into_iter().collect(),
+            members: s.members.into_iter().map(|(v, hs)| (v, hs.into_iter().collect())).collect(),
+            macs: s.macs.into_iter().map(|(v, m, e)| ((v, m), e)).collect(),
+            revision: s.revision,
+            moves: s.moves,
+        }
+    }
+}
+
+impl Local {
+    /// The VNIs this host carries.
+    pub fn carried(&self) -> BTreeSet<u32> {
+        self.vnis.keys().copied().collect()
+    }
+}
+
 /// What the agent says about itself (`ctl status`).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Status {
@@ -277,12 +327,16 @@ pub struct Agent {
     local: tokio::sync::watch::Sender<Local>,
     stop: Arc<AtomicBool>,
     revoke: Arc<AtomicBool>,
+    /// The view of the last map published, for a takeover.
+    last: Arc<Mutex<View>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Agent {
-    /// Starts the agent of `c` for this host's `local` entries.
-    pub fn start(c: &ClusterConfig, local: Local) -> anyhow::Result<Agent> {
+    /// Starts the agent of `c` for this host's `local` entries; after a takeover, from the view
+    /// the old process handed over (`handed`): its watch resumes after that view's revision,
+    /// so no change made meanwhile is missed and nothing is read twice.
+    pub fn start(c: &ClusterConfig, local: Local, handed: Option<View>) -> anyhow::Result<Agent> {
         let (maps_tx, maps) = crossbeam_channel::unbounded();
         let (local_tx, local_rx) = tokio::sync::watch::channel(local.clone());
         let status = Arc::new(Mutex::new(Status {
@@ -297,7 +351,8 @@ impl Agent {
             prefix: c.prefix.clone(),
             ttl: i64::from(c.lease_ttl_secs),
         };
-        let (st, sp, rv) = (status.clone(), stop.clone(), revoke.clone());
+        let last = Arc::new(Mutex::new(handed.clone().unwrap_or_default()));
+        let (st, sp, rv, ls) = (status.clone(), stop.clone(), revoke.clone(), last.clone());
         let thread = std::thread::Builder::new()
             .name("xs-cluster".into())
             .spawn(move || {
@@ -308,11 +363,12 @@ impl Agent {
                         return;
                     }
                 };
-                let mut agent = Task { conf, status: st, stop: sp, revoke: rv, maps: maps_tx };
-                rt.block_on(agent.run(local_rx));
+                let mut agent =
+                    Task { conf, status: st, stop: sp, revoke: rv, maps: maps_tx, last: ls };
+                rt.block_on(agent.run(local_rx, handed.unwrap_or_default()));
             })
             .context("starting the cluster thread")?;
-        Ok(Agent { maps, status, local: local_tx, stop, revoke, thread: Some(thread) })
+        Ok(Agent { maps, status, local: local_tx, stop, revoke, last, thread: Some(thread) })
     }
 
     /// This host's entries changed (a reload): registered anew, what is gone removed.
@@ -327,12 +383,14 @@ impl Agent {
     /// Stops the agent. `revoke`: its lease is revoked, so the other hosts forget this one at
     /// once (a stop); otherwise its entries live on for the lease's TTL (a takeover, whose new
     /// process registers them again).
-    pub fn stop(mut self, revoke: bool) {
+    /// Returns the view of the last map it published (a takeover hands it over).
+    pub fn stop(mut self, revoke: bool) -> ViewState {
         self.revoke.store(revoke, Ordering::SeqCst);
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        self.last.lock().map(|v| v.state()).unwrap_or_default()
     }
 }
 
@@ -349,6 +407,7 @@ struct Task {
     stop: Arc<AtomicBool>,
     revoke: Arc<AtomicBool>,
     maps: crossbeam_channel::Sender<Arc<OverlayMap>>,
+    last: Arc<Mutex<View>>,
 }
 
 /// How often the agent looks at its stop flag.
@@ -359,8 +418,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Task {
-    async fn run(&mut self, mut local: tokio::sync::watch::Receiver<Local>) {
-        let mut view = View::default();
+    async fn run(&mut self, mut local: tokio::sync::watch::Receiver<Local>, mut view: View) {
+        if view.revision > 0 {
+            // Handed over: the workers have its map already; the status says what it holds.
+            self.publish(&view, &local.borrow().clone());
+        }
         let mut lease: Option<i64> = None;
         let mut written: BTreeMap<String, String> = BTreeMap::new();
         let mut backoff = Duration::from_millis(250);
@@ -407,10 +469,12 @@ impl Task {
 
     /// Sends the workers the map of `view` for `local`.
     fn publish(&self, view: &View, local: &Local) {
-        let carried: BTreeSet<u32> = local.vnis.keys().copied().collect();
-        let map = view.map(&local.host, &carried);
+        let map = view.map(&local.host, &local.carried());
         let (remote_macs, _, _) = map.sizes();
         let _ = self.maps.send(Arc::new(map));
+        if let Ok(mut l) = self.last.lock() {
+            l.clone_from(view);
+        }
         let (hosts, macs) = view.sizes();
         self.set(|s| {
             s.revision = view.revision;

@@ -426,7 +426,21 @@ pub fn serve(
     // workers get each new map from the main loop.
     let agent = match (&cfg.cluster, crate::cluster::Local::of(cfg, &snap)) {
         (Some(c), Some(local)) => {
-            let a = crate::cluster::Agent::start(c, local)?;
+            let handed = from.as_mut().and_then(|r| r.state.cluster.take());
+            let handed = handed.map(crate::cluster::View::from_state);
+            if let Some(v) = &handed {
+                // Queued before the workers' first breath: no frame for another host waits
+                // for etcd after an upgrade.
+                let map = Arc::new(v.map(&local.host, &local.carried()));
+                let (macs, hosts, _) = map.sizes();
+                tracing::info!(
+                    "takeover: the cluster map of revision {} handed over ({hosts} other hosts, \
+                     {macs} remote MACs)",
+                    v.revision
+                );
+                fabric.overlay(&map);
+            }
+            let a = crate::cluster::Agent::start(c, local, handed)?;
             let _ = shared.cluster.set(a.status.clone());
             Some(a)
         }
@@ -656,9 +670,7 @@ pub fn serve(
     });
     // A stop takes this host out of the cluster at once (its lease revoked); an upgrade leaves
     // its entries to the new process.
-    if let Some(a) = agent {
-        a.stop(handing.is_none());
-    }
+    let cluster = agent.map(|a| a.stop(handing.is_none()));
     // Its last update sees the workers' final figures.
     drop(exporter);
     drop(server);
@@ -671,7 +683,7 @@ pub fn serve(
         return Err(e);
     }
     if let Some(stream) = handing {
-        return hand_off(&stream, done, live, &shared, &snap);
+        return hand_off(&stream, done, live, &shared, &snap, cluster);
     }
 
     // Sockets taken out in the workers' last breaths.
@@ -790,6 +802,7 @@ fn hand_off(
     live: crate::reload::Live,
     shared: &Arc<crate::control_api::Shared>,
     snap: &Arc<Snapshot>,
+    cluster: Option<crate::cluster::ViewState>,
 ) -> anyhow::Result<Report> {
     use crate::takeover::{Handover, PortState, SocketState};
     use std::os::fd::BorrowedFd;
@@ -877,6 +890,7 @@ fn hand_off(
         conns,
         counters,
         ipfix,
+        cluster,
     };
     crate::takeover::send(stream, &state, &fds)?;
     tracing::info!(

@@ -179,6 +179,11 @@ pub struct Handover {
     /// sent), so that a collector's sequence goes on.
     #[serde(default)]
     pub ipfix: Vec<(u32, u32, u32)>,
+    /// The cluster map as the old process's agent last saw it (docs/CLUSTER.md): the new
+    /// process switches to other hosts on it from its first breath and resumes the watch after
+    /// its revision, without waiting for etcd (which may be down). None without `[cluster]`.
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ViewState>,
 }
 
 /// Why this process (running `cfg` over a frame area of `frames` frames) does not hand over

@@ -696,3 +696,49 @@ fn the_two_host_demo_runs_to_completion_and_leaves_nothing_behind() {
     let procs = String::from_utf8_lossy(&run("ps", &["-eo", "args"]).stdout).to_string();
     assert!(!procs.lines().any(|l| l.contains(&format!("xswitch-demo-{prefix}"))), "{procs}");
 }
+
+/// An upgrade (`run --takeover`) of host a while etcd is down: the new process switches to
+/// host b on the map the old one handed over from its first breath (it cannot read etcd), and
+/// a numbered stream a -> b loses nothing; once etcd is back its agent resumes the watch.
+#[test]
+fn an_upgrade_with_etcd_down_switches_to_other_hosts_on_the_map_handed_over() {
+    if !can_run("an_upgrade_with_etcd_down_switches_to_other_hosts_on_the_map_handed_over") {
+        return;
+    }
+    let _one = one_at_a_time();
+    let mut c = two_hosts();
+    assert!(c.ping("ar", &vm_ip("b")), "red a -> red b\n{}", c.log("a"));
+    c.stop_etcd();
+    c.wait_status("a", Duration::from_secs(8), |s| s["connected"] == false);
+    let count = 8 * 1000;
+    let stream = seq_stream_ns(&c.ns("ar"), &c.ns("br"), &vm_ip("b"), count, 1000);
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = std::fs::File::create(c.dir.join("a2.log")).unwrap();
+    let new = Command::new(env!("CARGO_BIN_EXE_xswitch"))
+        .args(["run", "--takeover", "-c"])
+        .arg(c.dir.join("a.toml"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    c.switches.push(("a2".into(), Some(new)));
+    let mut old = c.switch("a").take().unwrap();
+    let st = exits_within(&mut old, Duration::from_secs(20));
+    let a2_log = c.dir.join("a2.log");
+    let a2 = || std::fs::read_to_string(&a2_log).unwrap_or_default();
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "the old process:\n{}\nthe new:\n{}",
+        c.log("a"),
+        a2()
+    );
+    let v = stream.counts(Duration::from_secs(30));
+    assert_eq!(v, [count, 0, 0], "received, missing, duplicated\n{}", a2());
+    assert!(a2().contains("cluster map of revision"), "{}", a2());
+    assert_eq!(c.status("a")["cluster"]["connected"], false);
+    assert!(c.status("a")["overlay"]["encap_packets"].as_u64() >= Some(count / 2));
+    // etcd back: the new process registers and watches; b still reaches a.
+    c.start_etcd();
+    c.wait_status("a", Duration::from_secs(15), |s| s["connected"] == true && s["hosts"] == 2);
+    assert!(c.ping("br", &vm_ip("a")), "red b -> red a after the upgrade\n{}", a2());
+}
