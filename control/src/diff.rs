@@ -5,8 +5,9 @@
 //! sockets opened or closed, nothing else disturbed), tenants added, removed and changed, a
 //! port's rate, burst and MTU. What is set up once at start stays refused, with the exact
 //! reason, and then nothing at all is applied: `[switch]` (frames, rings, workers), `[sriov]`,
-//! `[metrics]`, `[control]`, `[cluster]`, and what a kept port's sockets are made of (interface, VF, kind,
-//! queues, bind mode: remove the port in one reload and add it back in the next).
+//! `[metrics]`, `[control]`, `[cluster]`, and what a kept port's sockets are made of
+//! (interface, VF, kind, queues, bind mode: remove the port in one reload and add it back in
+//! the next).
 //!
 //! The same [`Diff`] feeds `xswitch ctl reload --dry-run`, `check-config --against-running`
 //! and the reload itself, so what the dry run prints is what a reload does.
