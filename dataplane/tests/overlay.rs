@@ -346,6 +346,36 @@ fn an_arp_request_for_an_address_the_map_knows_is_answered_here() {
 }
 
 #[test]
+fn an_arp_request_for_the_tunnel_address_is_answered_on_the_underlay() {
+    let mut w = lab();
+    let t = Nanos::from_secs(1);
+    let router = [0x02, 0xaa, 0, 0, 0, 1];
+    let mut ask = arp_request(router, HERE);
+    ask[28..32].copy_from_slice(&[192, 168, 0, 254]);
+    w.inject(UL, &ask);
+    let out = step(&mut w, t);
+    assert_eq!(out.len(), 1, "{out:?}");
+    let (p, r) = &out[0];
+    assert_eq!(*p, UL, "back out on the underlay");
+    assert_eq!((&r[0..6], &r[6..12]), (&router[..], &HERE_MAC[..]));
+    assert_eq!(&r[20..22], &[0, 2], "a reply");
+    assert_eq!((&r[22..28], &r[28..32]), (&HERE_MAC[..], &HERE[..]), "sender: this host");
+    assert_eq!((&r[32..38], &r[38..42]), (&router[..], &[192, 168, 0, 254][..]));
+    assert_eq!(w.pipeline().counters.overlay.tunnel_arp, 1);
+    assert_eq!(drops(&w, DropReason::NotOverlay), 0);
+    // Another address on the underlay, and the tunnel address asked from a tenant port, are
+    // not this host's to answer there.
+    w.inject(UL, &arp_request(router, [192, 168, 0, 7]));
+    let out = step(&mut w, t);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(drops(&w, DropReason::NotOverlay), 1);
+    w.inject(A1, &arp_request(mac(1), HERE));
+    let out = step(&mut w, t);
+    assert!(out.iter().all(|(p, _)| *p != A1), "{out:?}");
+    assert_eq!(w.pipeline().counters.overlay.tunnel_arp, 1);
+}
+
+#[test]
 fn a_neighbour_solicitation_for_an_address_the_map_knows_is_answered_here() {
     let mut w = lab();
     let t = Nanos::from_secs(1);

@@ -515,6 +515,11 @@ fn describe() {
         "IPv6 neighbour solicitations for another host's address answered from the cluster map.",
     );
     c(
+        "xswitch_overlay_tunnel_arp_replies_total",
+        Unit::Count,
+        "ARP requests for this host's tunnel address answered on the underlay.",
+    );
+    c(
         "xswitch_fragment_events_total",
         Unit::Count,
         "Fragmented datagrams of tenants with policy: tracked, completed, expired, evicted.",
@@ -627,7 +632,7 @@ struct Families {
     flood_copies: Counter,
     checksums_completed: Counter,
     /// Overlay packets and bytes (encap, decap), and replicas.
-    overlay: [Counter; 7],
+    overlay: [Counter; 8],
     frag_events: [Counter; 4],
     umem: [Gauge; 9],
     workers: Vec<WorkerFamilies>,
@@ -704,6 +709,7 @@ impl Families {
                 metrics::counter!("xswitch_overlay_replicas_total"),
                 metrics::counter!("xswitch_overlay_arp_suppressed_total"),
                 metrics::counter!("xswitch_overlay_nd_suppressed_total"),
+                metrics::counter!("xswitch_overlay_tunnel_arp_replies_total"),
             ],
             frag_events: ["tracked", "completed", "expired", "evicted"]
                 .map(|e| metrics::counter!("xswitch_fragment_events_total", "event" => e)),
@@ -945,6 +951,7 @@ impl Families {
             o.replicas,
             o.arp_suppressed,
             o.nd_suppressed,
+            o.tunnel_arp,
         ];
         for (h, v) in self.overlay.iter().zip(overlay) {
             h.absolute(v);

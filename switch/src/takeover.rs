@@ -145,6 +145,9 @@ pub struct CounterState {
     /// Neighbour solicitations answered (none from a switch before them).
     #[serde(default)]
     nd_suppressed: u64,
+    /// ARP requests for the tunnel address answered (none from a switch before them).
+    #[serde(default)]
+    tunnel_arp: u64,
 }
 
 /// Everything handed over besides the descriptors.
@@ -315,6 +318,7 @@ pub fn gather<P: dataplane::port::Port>(workers: &[&Worker<P>], snap: &Snapshot)
             c.overlay.arp_suppressed,
         ],
         nd_suppressed: c.overlay.nd_suppressed,
+        tunnel_arp: c.overlay.tunnel_arp,
         ..CounterState::default()
     };
     for (i, p) in snap.ports.iter().enumerate().filter(|(_, p)| !p.is_vacant()) {
@@ -387,6 +391,7 @@ pub fn restore<P: dataplane::port::Port>(
     c.overlay.replicas += r;
     c.overlay.arp_suppressed += arp;
     c.overlay.nd_suppressed += s.nd_suppressed;
+    c.overlay.tunnel_arp += s.tunnel_arp;
     for (name, pc) in &s.ports {
         let Some(id) = snap.port_by_name(name) else { continue };
         let i = id.index();

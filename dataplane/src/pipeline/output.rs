@@ -540,6 +540,15 @@ pub fn deliver(
         }
         match *d {
             Disposition::Drop(r) => {
+                if r == DropReason::NotOverlay && tunnel_arp_reply(snap, area, ingress, &f, m) {
+                    // Back out on the underlay, as the owner of the address answers.
+                    c.overlay.tunnel_arp += 1;
+                    if let Err((r, f)) = tx.push(ingress, f, m.tenant, ingress, now) {
+                        c.drop(ingress, None, r);
+                        pool.free(area, f);
+                    }
+                    continue;
+                }
                 // A frame of no known tenant carries TenantId::NONE: counted per port only.
                 c.drop(ingress, Some(m.tenant), r);
                 pool.free(area, f);
@@ -566,6 +575,21 @@ pub fn deliver(
         }
     }
     tx.end_batch();
+}
+
+/// Turns an ARP request for this host's tunnel address that arrived on underlay port
+/// `ingress` (the pipeline found it no VXLAN frame) into the reply from the underlay port's MAC.
+/// False, the frame untouched, for any other frame.
+#[inline(never)]
+fn tunnel_arp_reply(
+    snap: &Snapshot,
+    area: &mut FrameArea,
+    ingress: PortId,
+    f: &FrameRef,
+    m: &Meta,
+) -> bool {
+    let Some(u) = snap.underlay(ingress) else { return false };
+    super::overlay::is_tunnel_arp(m, u) && super::overlay::arp_reply(area, f, m, u.mac)
 }
 
 /// ARP and ND suppression: turns flooded frame `f` into the answer its target's owner would

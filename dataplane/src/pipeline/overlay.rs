@@ -176,6 +176,19 @@ pub fn encap(
     Ok(f.with_head(addr - N as u64, head + N as u32))
 }
 
+/// True when `m` is an ARP request for the tunnel address of underlay `u`: the switch owns
+/// that address, so it answers for it (a router or a kernel VXLAN peer on the underlay asks).
+#[inline]
+pub fn is_tunnel_arp(m: &Meta, u: &Underlay) -> bool {
+    const ETH_ARP: u16 = 0x0806;
+    const REQUEST: u16 = 1;
+    let ip = &m.key.dst_ip;
+    m.key.ethertype == ETH_ARP
+        && m.key.src_port == REQUEST
+        && ip[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]
+        && ip[12..] == u.ip
+}
+
 /// Turns ARP request `f` (parsed into `m`) into the reply the owner of its target address,
 /// `mac`, would send, in place (same length): the answer the cluster map gives for another
 /// host's address, so no ARP broadcast crosses the underlay for it (as the Linux bridge's

@@ -105,6 +105,8 @@ pub struct OverlayStats {
     pub arp_suppressed: u64,
     /// IPv6 neighbour solicitations for another host's address answered from the cluster map.
     pub nd_suppressed: u64,
+    /// ARP requests for this host's tunnel address answered on the underlay.
+    pub tunnel_arp: u64,
 }
 
 /// One worker's counters. Indexed by dense ids; sized by [`Counters::resize`].
@@ -240,6 +242,7 @@ impl Counters {
         v.replicas += w.replicas;
         v.arp_suppressed += w.arp_suppressed;
         v.nd_suppressed += w.nd_suppressed;
+        v.tunnel_arp += w.tunnel_arp;
         if self.acl_hits.len() < o.acl_hits.len() {
             self.acl_hits.resize(o.acl_hits.len(), Vec::new());
         }

@@ -38,6 +38,7 @@ pub(super) fn status(shared: &Shared) -> Value {
             "replicas": c.overlay.replicas,
             "arp_suppressed": c.overlay.arp_suppressed,
             "nd_suppressed": c.overlay.nd_suppressed,
+            "tunnel_arp_replies": c.overlay.tunnel_arp,
         },
         "placement": host.workers.iter().enumerate().map(|(w, (node, core))| {
             json!({ "worker": w, "numa_node": node, "core": core })
