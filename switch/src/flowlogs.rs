@@ -112,6 +112,8 @@ impl Writer {
     pub fn update(&self, cfg: &Config, snap: &Snapshot) {
         let ports = snap.ports.iter().map(|p| p.name.clone()).collect();
         let _ = self.updates.send(Update { sinks: sinks_of(cfg, snap), ports, resume: Vec::new() });
+        // It may be parked for good (no tenant logged flows).
+        self.thread.thread().unpark();
     }
 
     /// After a takeover, before the first record: IPFIX messages go on numbering where the old
@@ -121,6 +123,7 @@ impl Writer {
         let ports = snap.ports.iter().map(|p| p.name.clone()).collect();
         let resume = positions.to_vec();
         let _ = self.updates.send(Update { sinks: sinks_of(cfg, snap), ports, resume });
+        self.thread.thread().unpark();
     }
 
     /// Waits until every table has been dropped and every record written; says where the
@@ -256,6 +259,13 @@ fn write_all(
             Err(crossbeam_channel::TryRecvError::Empty) => {
                 if let Some(sock) = &ipfix {
                     send_ipfix(&mut sinks, sock, &mut exporter);
+                }
+                if sinks.iter().all(Option::is_none) {
+                    // PERF(helpers): no tenant logs flows, so no worker sends a record: parked
+                    // until a reload (`update`) or the end (`finish`) wakes it, never taking
+                    // the core from a worker it shares.
+                    std::thread::park();
+                    continue;
                 }
                 std::thread::park_timeout(Duration::from_millis(20) * (1 << empty.min(3)));
                 empty = empty.saturating_add(1);

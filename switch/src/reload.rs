@@ -48,6 +48,7 @@ pub fn ask(shared: &Shared, dry_run: bool, file: Option<PathBuf>) -> Result<Valu
         .reloads_to
         .send(Request { dry_run, file, reply })
         .map_err(|_| "the switch is stopping".to_string())?;
+    shared.wake_main();
     answer
         .recv_timeout(Duration::from_secs(25))
         .map_err(|_| "the reload did not finish within 25 s (see the switch's log)".to_string())?

@@ -572,6 +572,7 @@ pub fn serve(
                 r.confirm();
             }
         }
+        let _ = shared.main_thread.set(std::thread::current());
         // Until stopped: SIGHUP reloads. (A worker that ends early sets `stop` itself.)
         while !stop.load(Ordering::Relaxed)
             && handles.iter().all(|h| h.as_ref().is_ok_and(|h| !h.is_finished()))
@@ -649,8 +650,15 @@ pub fn serve(
             }
             // Rarely (this thread may share a core with a busy-polling worker), or at once when
             // `ctl reload` asks.
-            if let Ok(req) = reload_requests.recv_timeout(Duration::from_millis(200)) {
+            if let Ok(req) = reload_requests.try_recv() {
                 crate::reload::serve(&mut live, &shared, req);
+            } else {
+                // PERF(helpers): parked on a futex, woken by `Shared::wake_main`. A blocking
+                // channel receive spins and calls `sched_yield` before it sleeps and after it
+                // wakes; on a core it shares with a busy-polling worker each yield handed the
+                // worker the core until the next scheduler tick (4 ms), and each return took
+                // it back: four preemptions of the worker per round instead of one.
+                std::thread::park_timeout(Duration::from_millis(200));
             }
         }
         // Vhost-user threads first: a guest leaving now must not wait for a worker that stops.

@@ -314,3 +314,47 @@ fn a_closed_tcp_connection_leaves_one_flow_record_per_direction_with_its_counts(
          {seen_ipfix}"
     );
 }
+
+/// A switch started with no flow log at all (its writer parked, waking for nothing) writes the
+/// records of a tenant whose flow log a reload adds.
+#[test]
+fn flow_logs_a_reload_adds_to_a_switch_without_any_are_written() {
+    if !can_run("flow_logs_a_reload_adds_to_a_switch_without_any_are_written") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let log = lab.dir.join("red-flows.jsonl");
+    lab.start();
+    std::thread::sleep(Duration::from_millis(500));
+    let section = format!("[tenants.red.flow_log]\nfile = \"{}\"\n", log.display());
+    lab.edit_config(|c| c.replace("[tenants.blue]", &(section + "[tenants.blue]")));
+    let (ok, out, err) = lab.ctl(false, &["reload"]);
+    assert!(ok, "{out}{err}");
+    let sink = Command::new("ip")
+        .args(["netns", "exec", &lab.ns_name("h2"), "python3", "-c", TCP_SINK, "7778"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let o = lab.ns_run("h1", &["python3", "-c", TCP_SEND, "10.9.1.2", "7778", "20000"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut sink = sink;
+    assert!(sink.wait().unwrap().success());
+    // The flow ended (FIN): its records are out within a few seconds, before any stop.
+    let t0 = std::time::Instant::now();
+    let mut text = String::new();
+    while t0.elapsed() < Duration::from_secs(5) {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().any(|l| l.contains("\"dport\":7778")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let records: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        records.iter().any(|r| r["src"] == "10.9.1.1" && r["dport"] == 7778 && r["proto"] == 6),
+        "no record of the connection:\n{text}"
+    );
+    let (ok, log) = lab.stop();
+    assert!(ok, "{log}");
+}

@@ -110,6 +110,8 @@ pub struct Shared {
     pub reloads_to: Sender<crate::reload::Request>,
     /// So do takeovers, with the connection they came on (see `takeover`).
     pub takeovers_to: Sender<crate::takeover::Asked>,
+    /// The main thread, unparked when a reload or a takeover is sent to it.
+    pub main_thread: std::sync::OnceLock<std::thread::Thread>,
     /// The capture running, if any.
     capture: Mutex<Option<CaptureRun>>,
     /// When the switch started.
@@ -125,6 +127,13 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Wakes the main thread (it parks between its rounds) to take what was just sent to it.
+    pub fn wake_main(&self) {
+        if let Some(t) = self.main_thread.get() {
+            t.unpark();
+        }
+    }
+
     /// The state of a switch that has just started.
     pub fn new(
         path: Option<PathBuf>,
@@ -149,6 +158,7 @@ impl Shared {
             chunks,
             reloads_to,
             takeovers_to,
+            main_thread: std::sync::OnceLock::new(),
             capture: Mutex::new(None),
             started: Instant::now(),
             exe: std::env::current_exe().ok(),
@@ -303,7 +313,10 @@ fn handle(conn: UnixStream, line: &str, shared: &Arc<Shared>) -> std::io::Result
     let reply = match control::api::parse(line) {
         // The main thread answers it, on this connection (it carries descriptors back).
         Ok(Request::Takeover(offer)) => match shared.takeovers_to.try_send((offer, conn)) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                shared.wake_main();
+                return Ok(());
+            }
             Err(e) => {
                 let conn = e.into_inner().1;
                 reply_error(&conn, "another takeover is being handled");
