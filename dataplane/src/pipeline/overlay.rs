@@ -32,6 +32,13 @@ const IP_LEN: usize = 20;
 const UDP_VXLAN: usize = 16;
 /// The shortest inner frame: an Ethernet header.
 const INNER_MIN: usize = 14;
+const ETH_IPV6: u16 = 0x86dd;
+const PROTO_ICMPV6: u8 = 58;
+const ND_NEIGHBOR_SOLICIT: u16 = 135;
+const ND_NEIGHBOR_ADVERT: u8 = 136;
+/// A neighbour advertisement with the target link-layer address option: the ICMPv6 header
+/// (4), flags (4), target (16), option (8) (RFC 4861 §4.4).
+const NA_LEN: usize = 32;
 
 /// Where the inner frame of VXLAN frame `f` received on underlay `u` starts, and its first
 /// segment's length, with the tenant its VNI names and the tenant's attachment on the
@@ -213,14 +220,6 @@ pub fn arp_reply(area: &mut FrameArea, f: &FrameRef, m: &Meta, mac: MacAddr) -> 
     b[6..12].copy_from_slice(&mac.0);
     true
 }
-
-const ETH_IPV6: u16 = 0x86dd;
-const PROTO_ICMPV6: u8 = 58;
-const ND_NEIGHBOR_SOLICIT: u16 = 135;
-const ND_NEIGHBOR_ADVERT: u8 = 136;
-/// A neighbour advertisement with the target link-layer address option: the ICMPv6 header
-/// (4), flags (4), target (16), option (8) (RFC 4861 §4.4).
-const NA_LEN: usize = 32;
 
 /// The target address of neighbour solicitation `f` (parsed into `m`): a single-segment IPv6
 /// frame without extension headers, ICMPv6 type 135, from an assigned address (a solicitation

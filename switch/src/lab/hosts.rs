@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use super::{Check, Names, cmd, in_ns, iperf, must, ping};
+use super::{Names, cmd, in_ns, iperf, must, ping};
 
 /// (host, tunnel address, last byte of its VMs' addresses).
 const HOSTS: [(&str, &str, u8); 2] = [("a", "192.168.77.1", 1), ("b", "192.168.77.2", 2)];
@@ -322,20 +322,11 @@ pub fn run(keep: bool, stop: Arc<AtomicBool>, prefix: &str) -> anyhow::Result<()
 
     // The underlay as a person on it sees it.
     let capture = lab.dir.join("underlay.txt");
-    let v =
-        in_ns(&lab.hosts.underlay(), &["tcpdump", "-i", "br0", "-nn", "-l", "udp", "port", "4789"]);
-    let out = std::fs::File::create(&capture)?;
-    lab.background
-        .push(Command::new(&v[0]).args(&v[1..]).stdout(out).stderr(Stdio::null()).spawn()?);
-    std::thread::sleep(Duration::from_millis(800));
+    let args = ["-i", "br0", "-nn", "-l", "udp", "port", "4789"];
+    lab.background.push(super::tcpdump(&lab.hosts.underlay(), &args, &capture)?);
 
-    let mut checks = Vec::new();
-    let mut check = |what: String, expected: bool, got: bool, detail: String| {
-        let mark = if got == expected { "ok  " } else { "FAIL" };
-        let detail2 = if detail.is_empty() { String::new() } else { format!(": {detail}") };
-        println!("  [{mark}] {what}{detail2}");
-        checks.push(Check { what, expected, got, detail });
-    };
+    let mut checks = super::Checks::default();
+    let mut check = |what, expected, got, detail| checks.check(what, expected, got, detail);
     let vm = |h: &str, t: &str| lab.hosts.vm(h, t);
     println!("xswitch demo: traffic");
     if !stop.load(Ordering::SeqCst) {
@@ -382,13 +373,7 @@ pub fn run(keep: bool, stop: Arc<AtomicBool>, prefix: &str) -> anyhow::Result<()
             );
         }
     }
-    std::thread::sleep(Duration::from_millis(300));
-    for c in &mut lab.background {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-    lab.background.clear();
-    let seen = std::fs::read_to_string(&capture).unwrap_or_default();
+    let seen = super::stop_captures(&mut lab.background, &capture);
     let count = |s: &str| seen.lines().filter(|l| l.contains(s)).count();
     let (red, blue) = (count("vni 100"), count("vni 200"));
     let (arp, nd) = (count("ARP, Request"), count("who has fd00:20::"));

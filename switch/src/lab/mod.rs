@@ -162,6 +162,43 @@ struct Check {
     detail: String,
 }
 
+/// The demo's checks, printed as they are made.
+#[derive(Default)]
+struct Checks(Vec<Check>);
+
+impl Checks {
+    /// Prints and keeps check `what`: ok when `got` is what was `expected`.
+    fn check(&mut self, what: String, expected: bool, got: bool, detail: String) {
+        let mark = if got == expected { "ok  " } else { "FAIL" };
+        let detail_text = if detail.is_empty() { String::new() } else { format!(": {detail}") };
+        println!("  [{mark}] {what}{detail_text}");
+        self.0.push(Check { what, expected, got, detail });
+    }
+}
+
+/// Stops the captures in `background` (after the last frames have had time to arrive) and
+/// returns what `file` got.
+fn stop_captures(background: &mut Vec<Child>, file: &std::path::Path) -> String {
+    std::thread::sleep(Duration::from_millis(300));
+    for c in background.iter_mut() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    background.clear();
+    std::fs::read_to_string(file).unwrap_or_default()
+}
+
+/// Starts `tcpdump ARGS` in namespace `ns`, its lines into `file`; returns once it listens.
+fn tcpdump(ns: &str, args: &[&str], file: &std::path::Path) -> anyhow::Result<Child> {
+    let mut all = vec!["tcpdump"];
+    all.extend_from_slice(args);
+    let v = in_ns(ns, &all);
+    let out = std::fs::File::create(file)?;
+    let child = Command::new(&v[0]).args(&v[1..]).stdout(out).stderr(Stdio::null()).spawn()?;
+    std::thread::sleep(Duration::from_millis(800));
+    Ok(child)
+}
+
 fn ping(from: &str, to: &str) -> bool {
     ns_ok(from, &["ping", "-c", "3", "-i", "0.2", "-W", "1", to])
 }
@@ -202,8 +239,8 @@ fn require_tools(tools: &[&str]) -> anyhow::Result<()> {
 
 /// The demo's verdict: an error naming every check that failed, or one saying the lab was not
 /// removed completely.
-fn conclude(checks: &[Check], removed: bool) -> anyhow::Result<()> {
-    let failed: Vec<&Check> = checks.iter().filter(|c| c.got != c.expected).collect();
+fn conclude(checks: &Checks, removed: bool) -> anyhow::Result<()> {
+    let failed: Vec<&Check> = checks.0.iter().filter(|c| c.got != c.expected).collect();
     if !failed.is_empty() {
         bail!(
             "{} check(s) failed: {}",
@@ -267,21 +304,10 @@ fn one_host(keep: bool, stop: Arc<AtomicBool>, prefix: &str) -> anyhow::Result<(
 
     // The fabric side sees what leaves on the uplink: count frames per VLAN.
     let capture = std::env::temp_dir().join(format!("xswitch-demo-{}.txt", std::process::id()));
-    let v = in_ns(&n(FABRIC), &["tcpdump", "-i", "eth0", "-e", "-nn", "-l", "vlan"]);
-    let out = std::fs::File::create(&capture)?;
-    lab.background
-        .push(Command::new(&v[0]).args(&v[1..]).stdout(out).stderr(Stdio::null()).spawn()?);
-    std::thread::sleep(Duration::from_millis(800));
+    lab.background.push(tcpdump(&n(FABRIC), &["-i", "eth0", "-e", "-nn", "-l", "vlan"], &capture)?);
 
-    let mut checks = Vec::new();
-    let mut check = |what: String, expected: bool, got: bool, detail: String| {
-        let mark = if got == expected { "ok  " } else { "FAIL" };
-        println!(
-            "  [{mark}] {what}{}",
-            if detail.is_empty() { String::new() } else { format!(": {detail}") }
-        );
-        checks.push(Check { what, expected, got, detail });
-    };
+    let mut checks = Checks::default();
+    let mut check = |what, expected, got, detail| checks.check(what, expected, got, detail);
     println!("xswitch demo: traffic");
     if !stop.load(Ordering::SeqCst) {
         check(
@@ -316,13 +342,7 @@ fn one_host(keep: bool, stop: Arc<AtomicBool>, prefix: &str) -> anyhow::Result<(
             String::new(),
         );
     }
-    std::thread::sleep(Duration::from_millis(300));
-    for c in &mut lab.background {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-    lab.background.clear();
-    let seen = std::fs::read_to_string(&capture).unwrap_or_default();
+    let seen = stop_captures(&mut lab.background, &capture);
     let _ = std::fs::remove_file(&capture);
     let per_vlan = |v: u16| seen.lines().filter(|l| l.contains(&format!("vlan {v},"))).count();
     let (v100, v200, v300) = (per_vlan(100), per_vlan(200), per_vlan(300));
