@@ -98,6 +98,11 @@ impl Local {
         Some(Local { host: host_name(c), endpoint, vnis })
     }
 
+    /// The VNIs this host carries.
+    pub fn carried(&self) -> BTreeSet<u32> {
+        self.vnis.keys().copied().collect()
+    }
+
     /// Every key this host writes, with its value.
     fn keys(&self, prefix: &str) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
@@ -283,13 +288,6 @@ impl View {
             revision: s.revision,
             moves: s.moves,
         }
-    }
-}
-
-impl Local {
-    /// The VNIs this host carries.
-    pub fn carried(&self) -> BTreeSet<u32> {
-        self.vnis.keys().copied().collect()
     }
 }
 
@@ -703,6 +701,30 @@ mod tests {
         assert_eq!(v.macs.len(), 1, "an unreadable value changes nothing");
         v.apply(P, "/other/prefix/hosts/x", Some(b"{}"));
         assert!(v.hosts.is_empty());
+    }
+
+    #[test]
+    fn a_view_handed_over_in_json_gives_the_same_map_and_revision() {
+        let mut v = View::default();
+        host(&mut v, "a", [192, 168, 0, 1], "02:00:00:00:00:0a");
+        host(&mut v, "b", [192, 168, 0, 2], "02:00:00:00:00:0b");
+        for (vni, h) in [(100, "a"), (100, "b")] {
+            v.apply(P, &format!("{P}/vnis/{vni}/hosts/{h}"), Some(b"{}"));
+        }
+        claim(&mut v, 100, "02:00:00:00:02:02", "b");
+        claim(&mut v, 100, "02:00:00:00:02:02", "a");
+        claim(&mut v, 100, "02:00:00:00:02:02", "b");
+        v.revision = 42;
+        let json = serde_json::to_string(&v.state()).unwrap();
+        let w = View::from_state(serde_json::from_str(&json).unwrap());
+        assert_eq!((w.revision, w.moves), (42, 2));
+        let carried: BTreeSet<u32> = [100].into();
+        let (m, n) = (v.map("a", &carried), w.map("a", &carried));
+        assert_eq!(m.sizes(), n.sizes());
+        assert_eq!(n.sizes(), (1, 1, 1));
+        let mac = "02:00:00:00:02:02".parse().unwrap();
+        assert_eq!(m.host_of(100, mac), n.host_of(100, mac));
+        assert_eq!(w.sizes(), v.sizes());
     }
 
     #[test]
