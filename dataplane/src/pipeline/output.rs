@@ -609,7 +609,6 @@ fn answered(
 ) -> bool {
     const ETH_ARP: u16 = 0x0806;
     const ETH_IPV6: u16 = 0x86dd;
-    const REQUEST: u16 = 1;
     if !matches!(m.key.ethertype, ETH_ARP | ETH_IPV6) {
         return false;
     }
@@ -618,10 +617,8 @@ fn answered(
         return false;
     }
     if m.key.ethertype == ETH_ARP {
-        if m.key.src_port != REQUEST {
-            return false;
-        }
-        let Some(mac) = map.mac_of(vni, &m.key.dst_ip) else { return false };
+        let Some(ip) = super::overlay::arp_target(m) else { return false };
+        let Some(mac) = map.mac_of(vni, ip) else { return false };
         let done = super::overlay::arp_reply(area, f, m, mac);
         c.overlay.arp_suppressed += u64::from(done);
         return done;

@@ -32,6 +32,8 @@ const IP_LEN: usize = 20;
 const UDP_VXLAN: usize = 16;
 /// The shortest inner frame: an Ethernet header.
 const INNER_MIN: usize = 14;
+const ETH_ARP: u16 = 0x0806;
+const ARP_REQUEST: u16 = 1;
 const ETH_IPV6: u16 = 0x86dd;
 const PROTO_ICMPV6: u8 = 58;
 const ND_NEIGHBOR_SOLICIT: u16 = 135;
@@ -183,17 +185,20 @@ pub fn encap(
     Ok(f.with_head(addr - N as u64, head + N as u32))
 }
 
+/// The address ARP request `m` asks for (v4-mapped, as the parser stores it); None for any
+/// other frame.
+#[inline]
+pub fn arp_target(m: &Meta) -> Option<&[u8; 16]> {
+    (m.key.ethertype == ETH_ARP && m.key.src_port == ARP_REQUEST).then_some(&m.key.dst_ip)
+}
+
 /// True when `m` is an ARP request for the tunnel address of underlay `u`: the switch owns
 /// that address, so it answers for it (a router or a kernel VXLAN peer on the underlay asks).
 #[inline]
 pub fn is_tunnel_arp(m: &Meta, u: &Underlay) -> bool {
-    const ETH_ARP: u16 = 0x0806;
-    const REQUEST: u16 = 1;
-    let ip = &m.key.dst_ip;
-    m.key.ethertype == ETH_ARP
-        && m.key.src_port == REQUEST
-        && ip[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]
-        && ip[12..] == u.ip
+    arp_target(m).is_some_and(|ip| {
+        ip[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] && ip[12..] == u.ip
+    })
 }
 
 /// Turns ARP request `f` (parsed into `m`) into the reply the owner of its target address,
