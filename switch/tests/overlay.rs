@@ -149,8 +149,10 @@ impl Cluster {
         self.veth(&root, &ns);
         must("ip", &["-n", &ns, "link", "set", "eth0", "address", &vm_mac(h, t)]);
         must("ip", &["-n", &ns, "addr", "add", &format!("{}/24", vm_ip(h)), "dev", "eth0"]);
+        // Duplicate address detection stays on, as users have it (its solicitations, from
+        // `::`, flood across the overlay: the switch must not answer them).
         let v6 = format!("{}/64", vm_ip6(h));
-        must("ip", &["-n", &ns, "addr", "add", &v6, "dev", "eth0", "nodad"]);
+        must("ip", &["-n", &ns, "addr", "add", &v6, "dev", "eth0"]);
         must("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
     }
 
@@ -522,6 +524,20 @@ fn two_hosts_and_the_kernels_vxlan_carry_two_tenants_with_one_address_plan_apart
     }
     // ND suppression, the same for IPv6: no neighbour solicitation for either VM's address
     // crosses the underlay (the VMs' own link-local traffic, from `::` or for fe80::, may).
+    for vm in ["ar", "br"] {
+        // Wait (bounded) until DAD has finished; an address that failed it never will.
+        let t0 = Instant::now();
+        loop {
+            let o = c.ns_run(vm, &["ip", "-6", "addr", "show", "dev", "eth0"]);
+            let a = String::from_utf8_lossy(&o.stdout).to_string();
+            assert!(!a.contains("dadfailed"), "{vm}: {a}");
+            if !a.contains("tentative") {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "{vm}: {a}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     let (mut dump, cap) = c.capture("nd");
     assert!(c.ping("ar", &vm_ip6("b")), "red a -> red b over IPv6\n{}", c.log("a"));
     let ns = "icmpv6.type == 135 && (icmpv6.nd.ns.target_address == fd00:20::1 \

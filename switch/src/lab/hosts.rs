@@ -155,7 +155,7 @@ impl Lab {
                 let v4 = format!("10.20.0.{last}/24");
                 let v6 = format!("fd00:20::{last}/64");
                 must(&["ip", "-n", &vm, "addr", "add", &v4, "dev", "eth0"])?;
-                must(&["ip", "-n", &vm, "addr", "add", &v6, "dev", "eth0", "nodad"])?;
+                must(&["ip", "-n", &vm, "addr", "add", &v6, "dev", "eth0"])?;
                 // The VMs keep their default offloads and their IPv6.
                 must(&["ip", "-n", &vm, "link", "set", "eth0", "up"])?;
             }
