@@ -114,17 +114,26 @@ fn a_forbidden_call_in_a_worker_kills_the_switch_and_the_kernel_names_it() {
     }
     let mut lab = Lab::new();
     lab.env.push(("XSWITCH_TEST_FORBIDDEN_CALL".into(), "1".into()));
-    let before = String::from_utf8_lossy(&run("dmesg", &[]).stdout).lines().count();
-    let (st, log) = lab.start_and_fail();
+    let (st, log, pid) = lab.start_and_fail_pid();
     assert_eq!(st.signal(), Some(libc_sigsys()), "{st:?}\n{log}");
     assert!(log.contains("forbidden call (test hook)"), "{log}");
-    let dmesg = run("dmesg", &[]);
-    let text = String::from_utf8_lossy(&dmesg.stdout);
-    let audit = text.lines().skip(before).find(|l| {
-        l.contains("type=1326") && l.contains("comm=\"xswitch-w0\"") && l.contains("syscall=110")
-    });
-    let new: Vec<&str> = text.lines().skip(before).collect();
-    assert!(audit.is_some(), "no audit line for the worker's call in dmesg:\n{new:?}");
+    // The audit line of this very process (by its pid: a line count taken before the start
+    // says nothing once the kernel's ring buffer is full and old lines roll out).
+    let mine = format!(" pid={pid} ");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let (audit, tail) = loop {
+        let dmesg = run("dmesg", &[]);
+        let text = String::from_utf8_lossy(&dmesg.stdout).into_owned();
+        let audit =
+            text.lines().find(|l| l.contains("type=1326") && l.contains(&mine)).map(str::to_string);
+        if audit.is_some() || std::time::Instant::now() > deadline {
+            let tail: Vec<String> = text.lines().rev().take(20).map(str::to_string).collect();
+            break (audit, tail);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let audit = audit.unwrap_or_else(|| panic!("no audit line for pid {pid} in dmesg:\n{tail:?}"));
+    assert!(audit.contains("comm=\"xswitch-w0\"") && audit.contains("syscall=110"), "{audit}");
 }
 
 /// SIGSYS.

@@ -463,10 +463,17 @@ impl Lab {
 
     /// Starts the switch expecting it to give up: its exit status and log (bounded wait).
     pub fn start_and_fail(&mut self) -> (std::process::ExitStatus, String) {
+        let (st, log, _) = self.start_and_fail_pid();
+        (st, log)
+    }
+
+    /// As [`Lab::start_and_fail`], with the process id the switch had.
+    pub fn start_and_fail_pid(&mut self) -> (std::process::ExitStatus, String, u32) {
         let mut child = self.spawn();
+        let pid = child.id();
         let st = exits_within(&mut child, Duration::from_secs(20));
         let log = std::fs::read_to_string(self.log()).unwrap_or_default();
-        (st.unwrap_or_else(|| panic!("the switch kept running:\n{log}")), log)
+        (st.unwrap_or_else(|| panic!("the switch kept running:\n{log}")), log, pid)
     }
 
     /// SIGTERM, wait (bounded), return the log.
