@@ -143,6 +143,9 @@ pub struct Fabric {
     applied: Vec<Arc<AtomicU64>>,
     /// Frames in each worker's share of the area.
     shares: Vec<u64>,
+    /// The kernel refused multi-buffer on the socket that registered the frame area, so every
+    /// socket sharing it is single-buffer: no port carries more than one frame.
+    single_buffer: bool,
 }
 
 fn bind_mode(m: XdpMode) -> BindMode {
@@ -165,7 +168,9 @@ impl Fabric {
         shares: Vec<u64>,
     ) -> Fabric {
         let sent = vec![0; workers.len()];
-        Fabric { area, ring_size, busy_poll, ports: Vec::new(), workers, sent, applied, shares }
+        let ports = Vec::new();
+        let single_buffer = false;
+        Fabric { area, ring_size, busy_poll, ports, workers, sent, applied, shares, single_buffer }
     }
 
     /// Sends `cmd` to worker `w`.
@@ -180,6 +185,38 @@ impl Fabric {
         for w in 0..self.workers.len() {
             self.send(w, WorkerCmd::Install(snap.clone()));
         }
+    }
+
+    /// Caps the MTU of every port of `snap` to what one frame carries when the sockets are
+    /// single-buffer (this one's or those in `opened` said so): a packet the kernel cannot put
+    /// in one frame is never received, and one longer than a frame sent there (a chain from a
+    /// vhost-user port) is dropped as `too_big` by the egress check instead of being handed to
+    /// a socket that takes no chains. Returns a line per port capped, for the log.
+    pub fn cap_mtus(&mut self, snap: &mut Snapshot, opened: &[Opened]) -> Vec<String> {
+        let refused = |d: &Driver| matches!(d, Driver::Xsk(x) if !x.multi_buffer());
+        self.single_buffer |= opened.iter().flat_map(|o| &o.sockets).any(refused);
+        if !self.single_buffer {
+            return Vec::new();
+        }
+        let room = self.area.chunk_size() - dataplane::port::FRAME_HEADROOM as u32;
+        // As `longest_mtu`: the Ethernet header, two tags.
+        let cap = room.saturating_sub(22);
+        let mut log = Vec::new();
+        for i in 0..snap.ports.len() {
+            let p = &snap.ports[i];
+            // A vhost-user port (no interface) is no AF_XDP socket: it takes chains.
+            if p.is_vacant() || p.interface.is_empty() || p.mtu.is_some_and(|m| m <= cap) {
+                continue;
+            }
+            log.push(format!(
+                "port {}: MTU {} capped to {cap}: the sockets are single-buffer (the kernel \
+                 refused XDP_USE_SG), one frame of {room} bytes a packet",
+                p.name,
+                p.mtu.map_or_else(|| "unknown".to_string(), |m| m.to_string())
+            ));
+            snap.set_port_mtu(PortId(i as u16), cap);
+        }
+        log
     }
 
     /// Sends a cluster map to every worker.

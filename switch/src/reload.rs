@@ -183,6 +183,9 @@ fn apply(live: &mut Live, shared: &Shared) -> Result<Value, String> {
             live.fabric.open(id, n, &pc.interface, pc, &workers).map_err(|e| format!("{e:#}"))?;
         opened.push(o);
     }
+    for l in live.fabric.cap_mtus(&mut snap, &opened) {
+        tracing::warn!("{l}");
+    }
     let snap = Arc::new(snap);
     // Applied from here on.
     live.flowlog.update(&new, &snap);

@@ -285,7 +285,7 @@ pub fn serve(
         );
     }
     let plan = plan_sockets(&snap, cfg, workers);
-    let snap = Arc::new(snap);
+    let mut snap = Arc::new(snap);
     // From here on the switch needs only what ports coming and going need (every thread it
     // starts inherits this; `crate::privilege`, docs/SECURITY.md), and its workers less.
     let keep = crate::privilege::keep(cfg.metrics.enabled.then_some(cfg.metrics.listen.as_str()));
@@ -387,6 +387,17 @@ pub fn serve(
             None => opened.push(fabric.open(id, &spec.name, &spec.interface, pc, &workers)?),
             Some(r) => opened.push(adopt_port(r, cfg, id, &spec.name, &workers, &fabric)?),
         }
+    }
+    // Single-buffer sockets (the kernel refused multi-buffer): the workers get the snapshot
+    // again with the ports' MTUs capped to one frame, before the sockets.
+    let mut capped = (*snap).clone();
+    let caps = fabric.cap_mtus(&mut capped, &opened);
+    if !caps.is_empty() {
+        for l in caps {
+            tracing::warn!("{l}");
+        }
+        snap = Arc::new(capped);
+        fabric.install(&snap);
     }
     fabric.hand_over(opened, snap.ports.len());
     let idle = match cfg.switch.idle {

@@ -114,6 +114,39 @@ fn a_frame_beyond_the_port_mtu_is_dropped_as_too_big_and_counted() {
     assert!(log.contains("total: balanced"), "{log}");
 }
 
+/// Where the kernel refuses multi-buffer (`XSWITCH_TEST_REFUSE_SG` takes that path: no kernel
+/// here refuses it on veth), the switch runs single-buffer: it says so, caps every port's MTU
+/// to one frame, switches what fits one frame, and the packets the kernel cannot put in one
+/// frame are counted in the kernel's loss, not hidden behind "0 dropped".
+#[test]
+fn a_switch_the_kernel_refuses_multi_buffer_runs_single_buffer_and_says_so() {
+    if !can_run("a_switch_the_kernel_refuses_multi_buffer") {
+        return;
+    }
+    let _one = one_at_a_time();
+    let mut lab = Lab::new();
+    for h in ["h1", "h2"] {
+        set_mtu(&lab, h, "9000");
+    }
+    lab.env.push(("XSWITCH_TEST_REFUSE_SG".into(), "1".into()));
+    lab.start();
+    let small = ["ping", "-c", "3", "-i", "0.2", "-W", "1", "-M", "do", "-s", "1400", "10.9.1.2"];
+    let small_ok = lab.ns_run("h1", &small).status.success();
+    let big = ["ping", "-c", "3", "-i", "0.2", "-W", "1", "-M", "do", "-s", "3000", "10.9.1.2"];
+    let big_ok = lab.ns_run("h1", &big).status.success();
+    let (ok, log) = lab.stop();
+    assert!(ok, "{log}");
+    assert!(small_ok, "1 428 bytes of IP fit one frame:\n{log}");
+    assert!(!big_ok, "3 028 bytes of IP cannot cross single-buffer sockets:\n{log}");
+    for port in ["h1", "h2"] {
+        assert!(log.contains(&format!("port {port}: the kernel refused multi-buffer")), "{log}");
+        assert!(log.contains(&format!("port {port}: MTU 9000 capped to 1770")), "{log}");
+    }
+    // h1's three requests, dropped by the kernel on h1's socket (too long for one frame).
+    assert!(kernel_lost(&log) >= 3, "{log}");
+    assert!(log.contains("total: balanced"), "{log}");
+}
+
 /// A takeover while jumbo frames stream: a packet the old process had half received when it
 /// handed over is dropped whole, and the new process skips the rest of it rather than taking
 /// its middle for a frame (iperf3's payload is random: read as Ethernet, it would teach the

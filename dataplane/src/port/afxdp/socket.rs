@@ -292,7 +292,14 @@ impl XskPort {
         // kernel or driver that refuses it gets the same bind without: single-buffer, whose
         // ports carry only what fits one frame (`multi_buffer` says which).
         let bind_sg = |flags: u16| -> io::Result<bool> {
-            match bind(flags | libc::XDP_USE_SG) {
+            // Test hook: no kernel here refuses the flag on veth, so the tests of the fallback
+            // make the switch take the refusal's path (`XSWITCH_TEST_REFUSE_SG=1`).
+            let sg = if std::env::var_os("XSWITCH_TEST_REFUSE_SG").is_some() {
+                Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+            } else {
+                bind(flags | libc::XDP_USE_SG)
+            };
+            match sg {
                 Ok(()) => Ok(true),
                 Err(x) if matches!(x.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
                     bind(flags).map(|()| false)
