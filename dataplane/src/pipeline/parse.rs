@@ -39,7 +39,8 @@ pub fn parse_one(b: &[u8], m: &mut Meta) -> Result<(), ParseError> {
 /// Parses the first segment `b` of a packet whose other segments hold `beyond` more bytes
 /// (0: the packet is `b`). The headers must all be in `b` (the kernel puts them in a chain's
 /// first frame); lengths may reach beyond it.
-#[inline]
+/// PERF(chains): always inlined in [`parse`]'s loop (a call cost 5 instructions a frame).
+#[inline(always)]
 pub fn parse_head(b: &[u8], beyond: usize, m: &mut Meta) -> Result<(), ParseError> {
     let eth = EthernetFrame::new_checked(b).map_err(|_| ParseError::Ethernet)?;
     m.dst = eth.dst();
