@@ -84,6 +84,28 @@ fn good_config_and_defaults() {
     assert_eq!(c.ports["a"].queues, 1);
 }
 
+/// `switch.frame_size = 0` (the default) follows the largest MTU: 4 096 once a port's MTU
+/// (the config's, else its interface's) needs more than one 2 KiB frame (above 1 770).
+#[test]
+fn the_default_frame_size_follows_the_largest_mtu() {
+    let c = load_str("test.toml", GOOD).unwrap();
+    assert_eq!(c.switch.frame_size, 0);
+    assert_eq!(c.frame_size(|_| None), 2048, "no MTU known");
+    assert_eq!(c.frame_size(|_| Some(1500)), 2048);
+    assert_eq!(c.frame_size(|_| Some(1770)), 2048, "fits one frame");
+    assert_eq!(c.frame_size(|i| (i == "veth-a").then_some(1771)), 4096);
+    let text = GOOD.replace("kind = \"tenant\"\n", "kind = \"tenant\"\nmtu = 9000\n");
+    let c = load_str("test.toml", &text).unwrap();
+    assert_eq!(c.frame_size(|_| Some(1500)), 4096, "the config's MTU first");
+    let c = load_str("test.toml", &format!("[switch]\nframe_size = 2048\n{GOOD}")).unwrap();
+    assert_eq!(c.frame_size(|_| Some(9000)), 2048, "set by the config");
+    // The config's MTU is checked against 4 KiB frames when the size is left to the switch.
+    let big = GOOD.replace("kind = \"tenant\"\n", "kind = \"tenant\"\nmtu = 60000\n");
+    assert!(load_str("test.toml", &big).is_ok());
+    let e = err_of(&format!("[switch]\nframe_size = 2048\n{big}"));
+    assert!(e.contains("ports.a.mtu") && e.contains("frame_size = 4096"), "{e}");
+}
+
 #[test]
 fn bad_configs_name_the_field() {
     let cases: &[(&str, &str, &str)] = &[

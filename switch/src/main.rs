@@ -136,7 +136,7 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
         "  workers: {}, frames: {} x {} B, rings: {}, MAC table: {} entries",
         cfg.switch.workers,
         cfg.frames(),
-        cfg.switch.frame_size,
+        cfg.frame_size(crate::netdev::mtu),
         cfg.switch.ring_size,
         cfg.switch.fdb_capacity
     );

@@ -72,7 +72,12 @@ fn read(
         Some(p) => p,
         None => return Err("the demo runs its embedded config: there is no file to reload".into()),
     };
-    let new = control::config::load(path).map_err(|e| format!("{e}"))?;
+    let mut new = control::config::load(path).map_err(|e| format!("{e}"))?;
+    // The frame size the switch chose at start holds until it restarts (the area is made).
+    if new.switch.frame_size == 0 {
+        let running = shared.running.lock().map_err(|_| "state lock poisoned")?;
+        new.switch.frame_size = running.0.switch.frame_size;
+    }
     // VF ports get their interfaces, as at start (nothing is provisioned now).
     crate::host::prepare(&new, control::sriov::Resolve::Look).map_err(|e| format!("{e:#}"))
 }

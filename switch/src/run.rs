@@ -255,8 +255,16 @@ pub fn serve(
     let name = name_owned.as_str();
     crate::privilege::require_running_capabilities()?;
     // VFs provisioned and resolved to interfaces: from here on every port has one.
-    let (resolved, hosts) = crate::host::prepare(cfg, control::sriov::Resolve::Provision)
+    let (mut resolved, hosts) = crate::host::prepare(cfg, control::sriov::Resolve::Provision)
         .with_context(|| format!("{name}: preparing the ports"))?;
+    if resolved.switch.frame_size == 0 {
+        resolved.switch.frame_size = resolved.frame_size(crate::netdev::mtu);
+        tracing::info!(
+            "frames of {} bytes (switch.frame_size = 0: from the ports' MTUs, 4096 when one needs \
+             more than one frame of 2048)",
+            resolved.switch.frame_size
+        );
+    }
     let cfg = &resolved;
     let mut snap = control::compile(cfg, 1)?;
     for (warn, l) in crate::netdev::fill_mtus(&mut snap, cfg.switch.frame_size) {

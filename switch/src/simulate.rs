@@ -51,7 +51,7 @@ fn frame(src: [u8; 6], dst: [u8; 6], vlan: Option<u16>, seq: u32) -> Vec<u8> {
 pub fn simulate(frames: u32) -> anyhow::Result<()> {
     let cfg = control::config::load_str("configs/demo.toml (embedded)", DEMO_CONFIG)?;
     let snap: Snapshot = control::compile(&cfg, 1)?;
-    let area = FrameArea::new(cfg.frames(), cfg.switch.frame_size, PageSize::Normal)
+    let area = FrameArea::new(cfg.frames(), cfg.frame_size(|_| None), PageSize::Normal)
         .context("frame area")?;
     let ports = snap.ports.iter().map(|_| MemPort::new(4096)).collect();
     let snap = Arc::new(snap);

@@ -71,7 +71,8 @@ fn every_crafted_frame_meets_its_fate_in_the_pipeline() {
     );
     let cfg = control::config::load_str("hostile.toml", &text).unwrap();
     let snap = Arc::new(control::compile(&cfg, 1).unwrap());
-    let area = FrameArea::new(cfg.switch.frames, cfg.switch.frame_size, PageSize::Normal).unwrap();
+    let area =
+        FrameArea::new(cfg.switch.frames, cfg.frame_size(|_| None), PageSize::Normal).unwrap();
     let ports = snap.ports.iter().map(|_| MemPort::new(1024)).collect();
     let mut w = Worker::new(area, ports, snap.clone());
     let [up, h1, h2, h3] = ["up", "h1", "h2", "h3"].map(|n| snap.port_by_name(n).unwrap());

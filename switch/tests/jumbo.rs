@@ -37,8 +37,12 @@ fn jumbo_frames_cross_whole_between_hosts_with_default_offloads() {
     for h in ["h1", "h2"] {
         set_mtu(&lab, h, "9000");
     }
-    // h1's MTU comes from its interface, h2's from the config.
-    lab.edit_config(|c| c.replace("[ports.h2]\n", "[ports.h2]\nmtu = 9000\n"));
+    // h1's MTU comes from its interface, h2's from the config. Frames of 2 KiB (at MTU 9 000
+    // the switch would take 4 KiB by itself): five to a packet.
+    lab.edit_config(|c| {
+        c.replace("[ports.h2]\n", "[ports.h2]\nmtu = 9000\n")
+            .replace("[switch]\n", "[switch]\nframe_size = 2048\n")
+    });
     lab.start();
     let log = std::fs::read_to_string(lab.log()).unwrap();
     assert!(!log.contains("refused multi-buffer"), "{log}");
@@ -129,6 +133,7 @@ fn a_switch_the_kernel_refuses_multi_buffer_runs_single_buffer_and_says_so() {
         set_mtu(&lab, h, "9000");
     }
     lab.env.push(("XSWITCH_TEST_REFUSE_SG".into(), "1".into()));
+    lab.edit_config(|c| c.replace("[switch]\n", "[switch]\nframe_size = 2048\n"));
     lab.start();
     let small = ["ping", "-c", "3", "-i", "0.2", "-W", "1", "-M", "do", "-s", "1400", "10.9.1.2"];
     let small_ok = lab.ns_run("h1", &small).status.success();
@@ -189,6 +194,9 @@ fn a_takeover_mid_chain_skips_the_rest_of_the_packet() {
     assert!(ok && log.contains("total: balanced"), "{log}");
     let iperf = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "the TCP connection did not survive:\n{iperf}\n{logs}");
+    // MTU 9 000 and no frame size in the config: frames of 4 KiB, chosen alike by every
+    // process (a takeover refuses another frame size).
+    assert_eq!(logs.matches("frames of 4096 bytes (switch.frame_size = 0").count(), 3, "{logs}");
     let macs: Vec<&str> =
         fdb.as_array().unwrap().iter().filter_map(|e| e["mac"].as_str()).collect();
     let (h1, h2) = (lab.mac("h1"), lab.mac("h2"));

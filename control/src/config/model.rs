@@ -156,7 +156,8 @@ pub struct SwitchConfig {
     /// Frames in the shared frame area (UMEM); 0 (the default): sized from the ports, their
     /// queues and the rings ([`Config::frames`]).
     pub frames: u32,
-    /// Bytes per frame: 2048 or 4096.
+    /// Bytes per frame: 2048 or 4096; 0 (the default): from the ports' MTUs
+    /// ([`Config::frame_size`]).
     pub frame_size: u32,
     /// Entries of each AF_XDP ring (fill, completion, RX, TX); a power of two.
     pub ring_size: u32,
@@ -245,6 +246,33 @@ impl Config {
         let want = s.frames_needed(self.sockets() + 2) + 1024 * u64::from(s.workers.max(1));
         want.div_ceil(1024).saturating_mul(1024).min(1 << 22) as u32
     }
+
+    /// The frame size: `switch.frame_size`, or when it is 0, 4096 if a port's MTU (the
+    /// config's, else `interface_mtu` of its interface) needs more than one frame of 2048
+    /// (above 1 770), else 2048. PERF(jumbo): a 9 000-byte packet is 3 frames of 4 KiB instead
+    /// of 6 of 2 KiB: half the descriptors, and 2 pages the kernel allocates for it in copy
+    /// mode instead of 5 (docs/PERFORMANCE.md, sessions 11 and 16).
+    pub fn frame_size(&self, interface_mtu: impl Fn(&str) -> Option<u32>) -> u32 {
+        if self.switch.frame_size != 0 {
+            return self.switch.frame_size;
+        }
+        let one_frame = single_frame_mtu(2048);
+        let largest = self
+            .ports
+            .values()
+            .filter_map(|p| {
+                p.mtu.or_else(|| (!p.interface.is_empty()).then(|| interface_mtu(&p.interface))?)
+            })
+            .max()
+            .unwrap_or(0);
+        if largest > one_frame { 4096 } else { 2048 }
+    }
+}
+
+/// The largest MTU one frame of `frame_size` bytes carries (its 256 bytes of headroom, the
+/// Ethernet header and two VLAN tags aside): 1 770 at 2048.
+pub const fn single_frame_mtu(frame_size: u32) -> u32 {
+    frame_size.saturating_sub(256 + 22)
 }
 
 impl Default for SwitchConfig {
@@ -253,7 +281,7 @@ impl Default for SwitchConfig {
             workers: 1,
             cores: Vec::new(),
             frames: 0,
-            frame_size: 2048,
+            frame_size: 0,
             ring_size: 1024,
             idle: IdlePolicy::Busy,
             fdb_capacity: 65536,

@@ -147,8 +147,11 @@ fn check_switch(cfg: &Config, is: &mut Issues) {
             is.add(format!("switch.cores[{i}]"), format!("core {c} is listed twice"));
         }
     }
-    if s.frame_size != 2048 && s.frame_size != 4096 {
-        is.add("switch.frame_size", format!("{} must be 2048 or 4096", s.frame_size));
+    if !matches!(s.frame_size, 0 | 2048 | 4096) {
+        is.add(
+            "switch.frame_size",
+            format!("{} must be 2048 or 4096 (or 0: from the ports' MTUs)", s.frame_size),
+        );
     }
     if !s.ring_size.is_power_of_two() || !(64..=16384).contains(&s.ring_size) {
         is.add("switch.ring_size", format!("{} must be a power of two in 64..=16384", s.ring_size));
@@ -189,17 +192,19 @@ fn check_switch(cfg: &Config, is: &mut Issues) {
             is.add(format!("switch.{f}"), "must be at least 1");
         }
     }
-    let longest = u64::from(longest_mtu(s.frame_size)) + 22;
+    // 0 takes 4096 when an MTU needs it ([`Config::frame_size`]).
+    let frame_size = if s.frame_size == 0 { 4096 } else { s.frame_size };
+    let longest = u64::from(longest_mtu(frame_size)) + 22;
     for (name, p) in &cfg.ports {
         if let Some(m) = p.mtu {
             is.range(format!("ports.{name}.mtu"), m, 68..=65_535, "");
-            if matches!(s.frame_size, 2048 | 4096) && u64::from(m) + 22 > longest {
-                let hint = if s.frame_size == 2048 { ": set switch.frame_size = 4096" } else { "" };
+            if matches!(frame_size, 2048 | 4096) && u64::from(m) + 22 > longest {
+                let hint = if frame_size == 2048 { ": set switch.frame_size = 4096" } else { "" };
                 is.add(
                     format!("ports.{name}.mtu"),
                     format!(
                         "{m} does not fit 18 frames of {} bytes ({} bytes with headers at most){hint}",
-                        s.frame_size,
+                        frame_size,
                         longest - 22
                     ),
                 );
