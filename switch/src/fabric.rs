@@ -193,14 +193,11 @@ impl Fabric {
     /// vhost-user port) is dropped as `too_big` by the egress check instead of being handed to
     /// a socket that takes no chains. Returns a line per port capped, for the log.
     pub fn cap_mtus(&mut self, snap: &mut Snapshot, opened: &[Opened]) -> Vec<String> {
-        let refused = |d: &Driver| matches!(d, Driver::Xsk(x) if !x.multi_buffer());
-        self.single_buffer |= opened.iter().flat_map(|o| &o.sockets).any(refused);
-        if !self.single_buffer {
+        if !self.single_buffer_with(opened) {
             return Vec::new();
         }
         let room = self.area.chunk_size() - dataplane::port::FRAME_HEADROOM as u32;
-        // As `longest_mtu`: the Ethernet header, two tags.
-        let cap = room.saturating_sub(22);
+        let cap = control::config::model::single_frame_mtu(self.area.chunk_size());
         let mut log = Vec::new();
         for i in 0..snap.ports.len() {
             let p = &snap.ports[i];
@@ -217,6 +214,14 @@ impl Fabric {
             snap.set_port_mtu(PortId(i as u16), cap);
         }
         log
+    }
+
+    /// True when a socket of `opened`, or one opened before, runs single-buffer (the kernel
+    /// refused `XDP_USE_SG`): the ports' MTUs must then fit one frame ([`Fabric::cap_mtus`]).
+    pub fn single_buffer_with(&mut self, opened: &[Opened]) -> bool {
+        let refused = |d: &Driver| matches!(d, Driver::Xsk(x) if !x.multi_buffer());
+        self.single_buffer |= opened.iter().flat_map(|o| &o.sockets).any(refused);
+        self.single_buffer
     }
 
     /// Sends a cluster map to every worker.

@@ -398,10 +398,9 @@ pub fn serve(
     }
     // Single-buffer sockets (the kernel refused multi-buffer): the workers get the snapshot
     // again with the ports' MTUs capped to one frame, before the sockets.
-    let mut capped = (*snap).clone();
-    let caps = fabric.cap_mtus(&mut capped, &opened);
-    if !caps.is_empty() {
-        for l in caps {
+    if fabric.single_buffer_with(&opened) {
+        let mut capped = (*snap).clone();
+        for l in fabric.cap_mtus(&mut capped, &opened) {
             tracing::warn!("{l}");
         }
         snap = Arc::new(capped);

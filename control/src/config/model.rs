@@ -272,7 +272,7 @@ impl Config {
 /// The largest MTU one frame of `frame_size` bytes carries (its 256 bytes of headroom, the
 /// Ethernet header and two VLAN tags aside): 1 770 at 2048.
 pub const fn single_frame_mtu(frame_size: u32) -> u32 {
-    frame_size.saturating_sub(256 + 22)
+    frame_size.saturating_sub(dataplane::port::FRAME_HEADROOM as u32 + 22)
 }
 
 impl Default for SwitchConfig {
