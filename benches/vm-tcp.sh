@@ -86,9 +86,9 @@ one() { # $1 case: offloads | none
   stop_vms
   stop_sw
   local line
-  line=$(grep "vm2: .*packets from the guest" "$DIR/sw.log")
+  line=$(grep "vm2 queue 0: .*packets from the guest" "$DIR/sw.log")
   local pkts segs
-  pkts=$(echo "$line" | sed -E 's/.*vm2: ([0-9]+) packets from the guest.*/\1/')
+  pkts=$(echo "$line" | sed -E 's/.*vm2 queue 0: ([0-9]+) packets from the guest.*/\1/')
   segs=$(echo "$line" | sed -E 's/.*offloads: ([0-9]+) large TCP segments.*/\1/')
   printf "%s\t%s\t%s\t%s\t%s\n" "$r" "$1" "${mbit:-0}" "${pkts:-0}" "${segs:-0}" | tee -a "$RES"
 }

@@ -647,7 +647,7 @@ fn fragments_join_the_main_file_and_errors_name_the_fragment() {
 }
 
 #[test]
-fn vhost_user_ports_have_a_socket_and_one_queue_pair() {
+fn vhost_user_ports_have_a_socket_and_up_to_16_queue_pairs() {
     let port = "[ports.vm]\nkind = \"tenant\"\nvhost_user = { socket = \"/run/x/vm.sock\" }\n";
     let ok = format!("{GOOD}{port}");
     let c = load_str("test.toml", &ok).unwrap();
@@ -657,6 +657,10 @@ fn vhost_user_ports_have_a_socket_and_one_queue_pair() {
     let client = ok.replace("vm.sock\" }", "vm.sock\", mode = \"client\" }");
     let v = load_str("test.toml", &client).unwrap().ports["vm"].vhost_user.clone().unwrap();
     assert_eq!(v.mode, config::model::VhostMode::Client);
+    let four = ok.replace("kind = \"tenant\"\nvhost", "queues = 4\nkind = \"tenant\"\nvhost");
+    let c = load_str("test.toml", &four).unwrap();
+    assert_eq!(c.ports["vm"].queues, 4);
+    assert!(compile(&c, 1).is_ok());
     for (what, bad, field, why) in [
         (
             "relative path",
@@ -671,10 +675,10 @@ fn vhost_user_ports_have_a_socket_and_one_queue_pair() {
             "not an interface",
         ),
         (
-            "two queues",
-            ok.replace("kind = \"tenant\"\nvhost", "queues = 2\nkind = \"tenant\"\nvhost"),
+            "17 queue pairs",
+            ok.replace("kind = \"tenant\"\nvhost", "queues = 17\nkind = \"tenant\"\nvhost"),
             "ports.vm.queues",
-            "one queue pair",
+            "at most 16 queue pairs",
         ),
         ("a mode of its own", client.replace("\"client\"", "\"peer\""), "mode", "unknown variant"),
         (

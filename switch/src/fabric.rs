@@ -66,7 +66,8 @@ struct Queue {
 /// thread serving its socket. Dropped, it stops the thread (within 200 ms) and waits for it,
 /// which unlinks a server socket.
 struct VhostHeld {
-    link: Arc<Link>,
+    /// A link per queue pair; the first counts the connections.
+    links: Vec<Arc<Link>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -78,7 +79,7 @@ impl std::fmt::Debug for VhostHeld {
 
 impl Drop for VhostHeld {
     fn drop(&mut self) {
-        self.link.closing.store(true, Ordering::Release);
+        self.links.iter().for_each(|l| l.closing.store(true, Ordering::Release));
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -338,7 +339,7 @@ impl Fabric {
     }
 
     /// Opens vhost-user port `name`: its socket bound (server mode) or its directory checked
-    /// (client mode), its protocol thread started; its port goes to `workers[0]`.
+    /// (client mode), its protocol thread started; queue pair `q` goes to `workers[q]`.
     fn open_vhost(
         &self,
         id: PortId,
@@ -352,26 +353,32 @@ impl Fabric {
         };
         let ep = vhost::backend::Endpoint::open(std::path::Path::new(&v.socket), mode)
             .with_context(|| format!("port {name}: vhost-user socket {}", v.socket))?;
-        let link = vhost::Link::new().with_context(|| format!("port {name}: an eventfd"))?;
-        let port = vhost::VhostPort::new(name, link.clone());
+        anyhow::ensure!(!workers.is_empty(), "no worker chosen");
+        let links = workers
+            .iter()
+            .map(|_| vhost::Link::new())
+            .collect::<std::io::Result<Vec<_>>>()
+            .with_context(|| format!("port {name}: an eventfd"))?;
+        let ports = (0..).zip(&links).map(|(q, l)| vhost::VhostPort::new(name, q, l.clone()));
+        let sockets = ports.map(Driver::Vhost).collect();
         let thread = std::thread::Builder::new()
             .name(format!("vhost-{name}"))
             .spawn({
-                let (link, name) = (link.clone(), name.to_string());
-                move || vhost::backend::serve(&name, ep, link)
+                let (links, name) = (links.clone(), name.to_string());
+                move || vhost::backend::serve(&name, ep, links)
             })
             .with_context(|| format!("port {name}: its vhost-user thread"))?;
-        let worker = *workers.first().context("no worker chosen")?;
         let mode = match v.mode {
             VhostMode::Server => "vhost-user server",
             VhostMode::Client => "vhost-user client",
         };
+        let queues = (0..).zip(workers).map(|(queue, &worker)| Queue { queue, worker, mode });
         let held = Held {
             id,
             name: name.to_string(),
             interface: v.socket.clone(),
             bind: BindMode::Auto,
-            queues: vec![Queue { queue: 0, worker, mode }],
+            queues: queues.collect(),
             bound: 0,
             // Up once a guest's rings run (`Fabric::check`).
             up: false,
@@ -380,9 +387,9 @@ impl Fabric {
             quiet: None,
             last_error: None,
             handed: true,
-            vhost: Some(VhostHeld { link, thread: Some(thread) }),
+            vhost: Some(VhostHeld { links, thread: Some(thread) }),
         };
-        Ok(Opened { held, sockets: vec![Driver::Vhost(port)] })
+        Ok(Opened { held, sockets })
     }
 
     /// Port `name` (id `id`) whose interface does not exist yet: held down, and opened by
@@ -619,7 +626,8 @@ impl Fabric {
         for i in 0..self.ports.len() {
             if let Some(v) = &self.ports[i].vhost {
                 // No interface: the port is up while a guest's rings run.
-                let running = v.link.running.load(Ordering::Acquire);
+                // Up while the rings of one queue pair at least run.
+                let running = v.links.iter().any(|l| l.running.load(Ordering::Acquire));
                 let h = &mut self.ports[i];
                 shared.set_port_down(&h.name, !running);
                 if running != h.up {
@@ -788,7 +796,7 @@ impl Fabric {
     /// too) and close their connections.
     pub fn stopping(&self) {
         for v in self.ports.iter().filter_map(|h| h.vhost.as_ref()) {
-            v.link.closing.store(true, Ordering::Release);
+            v.links.iter().for_each(|l| l.closing.store(true, Ordering::Release));
         }
     }
 
@@ -797,12 +805,13 @@ impl Fabric {
     pub fn close(mut self) {
         for h in &self.ports {
             if let Some(v) = &h.vhost {
-                let l = &v.link;
+                let l = &v.links[0];
+                let faults: u64 = v.links.iter().map(|l| l.faults.load(Ordering::Relaxed)).sum();
                 tracing::info!(
                     "vhost-user port {}: {} connections, {} guest faults, {} protocol errors",
                     h.name,
                     l.connections.load(Ordering::Relaxed),
-                    l.faults.load(Ordering::Relaxed),
+                    faults,
                     l.protocol_errors.load(Ordering::Relaxed)
                 );
             }

@@ -24,16 +24,32 @@ struct Testpmd {
 impl Testpmd {
     /// Starts testpmd; `server`: it creates the socket (the switch's port is in client mode).
     fn start(lab: &Lab, name: &str, socket: &str, iface: &str, server: bool) -> Testpmd {
+        Testpmd::with_queues(lab, name, socket, iface, server, 1)
+    }
+
+    /// As [`Testpmd::start`], with `queues` queue pairs on both devices (the af_packet
+    /// device spreads the veth's flows over its queues by hash, and io forwarding takes each
+    /// queue to the same queue of the virtio-user device).
+    fn with_queues(
+        lab: &Lab,
+        name: &str,
+        socket: &str,
+        iface: &str,
+        server: bool,
+        queues: u32,
+    ) -> Testpmd {
         let log = lab.dir.join(format!("testpmd-{name}.log"));
         let server = if server { ",server=1" } else { "" };
         let child = Command::new("dpdk-testpmd")
             .args(["-l", "0,1", "--no-huge", "-m", "256", "--no-pci", "--file-prefix"])
             .arg(format!("{}{name}", lab.tag))
             .arg("--vdev")
-            .arg(format!("net_virtio_user0,path={socket},queues=1{server}"))
+            .arg(format!("net_virtio_user0,path={socket},queues={queues}{server}"))
             .arg("--vdev")
-            .arg(format!("net_af_packet1,iface={iface}"))
+            .arg(format!("net_af_packet1,iface={iface},qpairs={queues}"))
             .args(["--", "--total-num-mbufs=8192", "--forward-mode=io"])
+            .arg(format!("--rxq={queues}"))
+            .arg(format!("--txq={queues}"))
             // Without -i it forwards until its standard input ends: kept open, it runs.
             .stdin(Stdio::piped())
             .stdout(std::fs::File::create(&log).unwrap())
@@ -407,4 +423,49 @@ fn a_vhost_user_port_comes_and_goes_with_a_reload_while_others_switch() {
     drop(pmd);
     let (ok, log) = lab.stop();
     assert!(ok && log.contains("balanced"), "{log}");
+}
+
+#[test]
+fn a_guest_with_two_queue_pairs_sends_on_both_and_is_reached() {
+    if !can_run("a_guest_with_two_queue_pairs") {
+        return;
+    }
+    let _one = one_at_a_time();
+    let mut lab = Lab::new();
+    let socket = lab.dir.join("vm.sock").display().to_string();
+    let iface = vm_host(&mut lab, &socket, "server");
+    lab.edit_config(|c| c.replace("vhost_user = {", "queues = 2\nvhost_user = {"));
+    lab.start();
+    let pmd = Testpmd::with_queues(&lab, "vm", &socket, &iface, false, 2);
+    wait_log(&lab, "vhost-user port vm: rings running on queue pair 1", 1);
+    wait_log(&lab, "vhost-user port vm: rings running on queue pair 0", 1);
+    assert!(reaches(&lab, "h1", "10.9.1.4"), "h1 reaches the guest\n{}", pmd.log());
+    // 64 UDP flows from the guest (64 source ports): testpmd's af_packet device hashes them
+    // over its two queues, and io forwarding sends each queue's on the same virtio queue, so
+    // both of the port's queue pairs take packets (all on one: a chance of 2 in 2^64).
+    let send = "import socket\nfor p in range(40000, 40064):\n    s = socket.socket(socket.AF_INET, \
+                socket.SOCK_DGRAM)\n    s.bind(('10.9.1.4', p))\n    for _ in range(5): \
+                s.sendto(b'x' * 64, ('10.9.1.1', 9))\n    s.close()\n";
+    must("ip", &["netns", "exec", &lab.ns_name("vm"), "python3", "-c", send]);
+    // TCP both ways through the two queue pairs.
+    let up = lab.iperf("vm", "h1", "10.9.1.1", "5201", "4");
+    let down = lab.iperf("h1", "vm", "10.9.1.4", "5202", "4");
+    eprintln!("TCP guest → h1 {:.0} Mbit/s, h1 → guest {:.0} Mbit/s", up / 1e6, down / 1e6);
+    assert!(up > 20e6 && down > 20e6, "TCP through two queue pairs: {up} and {down} bit/s");
+    drop(pmd);
+    wait_log(&lab, "vhost-user port vm: connection closed", 1);
+    let (ok, log) = lab.stop();
+    assert!(ok && log.contains("balanced"), "{log}");
+    for q in 0..2 {
+        let at = format!("vhost-user vm queue {q}: ");
+        let line = log.lines().find(|l| l.contains(&at)).unwrap_or_else(|| panic!("{at}\n{log}"));
+        let from_guest: u64 = line
+            .split(&at)
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"));
+        eprintln!("{}", line.trim());
+        assert!(from_guest >= 5, "queue pair {q} took {from_guest} packets from the guest: {line}");
+    }
 }

@@ -37,7 +37,24 @@ impl Vm {
         client: Option<(&str, u32)>,
         dev: &str,
     ) -> Vm {
+        Vm::with_queues(lab, name, socket, mac, ip, client, dev, 1)
+    }
+
+    /// As [`Vm::start`], with `queues` queue pairs on the device (`mq=on`) and as many vCPUs
+    /// (Linux's virtio-net enables one pair per CPU).
+    #[allow(clippy::too_many_arguments)]
+    fn with_queues(
+        lab: &Lab,
+        name: &str,
+        socket: &str,
+        mac: &str,
+        ip: &str,
+        client: Option<(&str, u32)>,
+        dev: &str,
+        queues: u32,
+    ) -> Vm {
         let guest = guest_image();
+        let mq = if queues > 1 { ",mq=on" } else { "" };
         let console = lab.dir.join(format!("console-{name}.log"));
         let stderr = lab.dir.join(format!("qemu-{name}.log"));
         let mut append = format!("console=ttyS0 quiet panic=-1 xs.ip={ip}");
@@ -46,7 +63,7 @@ impl Vm {
         }
         let child = Command::new("qemu-system-x86_64")
             .args(accel())
-            .args(["-machine", "q35", "-smp", "1", "-m", "256"])
+            .args(["-machine", "q35", "-smp", &queues.to_string(), "-m", "256"])
             .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
             .arg("-serial")
             .arg(format!("file:{}", console.display()))
@@ -58,10 +75,10 @@ impl Vm {
             .args(["-object", "memory-backend-memfd,id=mem,size=256M,share=on"])
             .args(["-numa", "node,memdev=mem"])
             .args(["-chardev", &format!("socket,id=c0,path={socket}")])
-            .args(["-netdev", "vhost-user,id=n0,chardev=c0"])
+            .args(["-netdev", &format!("vhost-user,id=n0,chardev=c0,queues={queues}")])
             // vectors=0: no MSI-X. Under TCG, QEMU 7.2 crashes (SIGSEGV in
             // msix_set_vector_notifiers) as it starts a vhost-user device with MSI-X vectors.
-            .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac},vectors=0{dev}")])
+            .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac},vectors=0{dev}{mq}")])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())
@@ -155,7 +172,7 @@ fn two_vm_ports(lab: &Lab) -> (String, String) {
 /// counters).
 fn port_stat(log: &str, port: &str, what: &str) -> u64 {
     log.lines()
-        .find(|l| l.contains(&format!(" {port}: ")) && l.contains("packets from the guest"))
+        .find(|l| l.contains(&format!("vhost-user {port} queue 0: ")))
         .and_then(|l| l.split(what).next())
         .and_then(|l| l.split_whitespace().last())
         .and_then(|n| n.parse().ok())
@@ -229,4 +246,66 @@ fn tcp_between_two_vms_and_a_namespace_with_tso_through_vhost_user_ports() {
         assert!(large > 100, "{vm} sent {large} large segments: TSO was not used\n{log}");
         assert_eq!(bad, 0, "{log}");
     }
+}
+
+#[test]
+fn a_guest_with_two_queue_pairs_negotiates_both_and_switches() {
+    if !can_run("a_guest_with_two_queue_pairs") {
+        return;
+    }
+    let _one = one_at_a_time();
+    let mut lab = Lab::new();
+    let (s1, _) = two_vm_ports(&lab);
+    lab.edit_config(|c| {
+        c.replacen(
+            "[ports.vm1]\nkind = \"tenant\"\n",
+            "[ports.vm1]\nkind = \"tenant\"\nqueues = 2\n",
+            1,
+        )
+    });
+    lab.start();
+    let mut vm1 =
+        Vm::with_queues(&lab, "vm1", &s1, "52:54:00:00:01:11", "10.9.1.11/24", None, "", 2);
+    vm1.wait("xs: ready", 90);
+    // QEMU asked how many pairs there are (GET_QUEUE_NUM), and the guest's driver, with a CPU
+    // for each, enabled both.
+    let end = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(lab.log())
+        .unwrap_or_default()
+        .contains("vm1: rings running on queue pair 1")
+    {
+        assert!(
+            Instant::now() < end,
+            "queue pair 1 never ran:\n{}",
+            std::fs::read_to_string(lab.log()).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(lab.ping("h1", "10.9.1.11", "3"), "h1 reaches vm1\n{}", vm1.console());
+    let o = lab.ns_run(
+        "h1",
+        &["timeout", "30", "iperf3", "-c", "10.9.1.11", "-t", "3", "-P", "4", "-f", "m"],
+    );
+    let rate = receiver_rate(&String::from_utf8_lossy(&o.stdout));
+    eprintln!("TCP h1 → vm1 (two queue pairs) {:.0} Mbit/s", rate / 1e6);
+    assert!(rate > 50e6, "TCP h1 → vm1 over two queue pairs: {rate} bit/s\n{}", vm1.console());
+    drop(vm1);
+    let (ok, log) = lab.stop();
+    assert!(ok && log.contains("balanced"), "{log}");
+    let taken: u64 = (0..2)
+        .map(|q| {
+            log.lines()
+                .find(|l| l.contains(&format!("vhost-user vm1 queue {q}: ")))
+                .unwrap_or_else(|| panic!("no line of queue pair {q}:\n{log}"))
+        })
+        .map(|l| {
+            eprintln!("{}", l.trim());
+            l.split(" queue ")
+                .nth(1)
+                .and_then(|r| r.split(' ').nth(1))
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(taken > 1000, "the guest's packets over both pairs: {taken}\n{log}");
 }

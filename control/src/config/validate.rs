@@ -406,7 +406,10 @@ fn check_cluster(cfg: &Config, is: &mut Issues) {
     }
 }
 
-/// A vhost-user port: a socket path instead of an interface, one queue pair.
+/// Queue pairs a vhost-user port may have.
+pub const MAX_VHOST_QUEUES: u32 = 16;
+
+/// A vhost-user port: a socket path instead of an interface, 1 to 16 queue pairs.
 fn check_vhost<'a>(
     at: &str,
     p: &PortConfig,
@@ -430,8 +433,13 @@ fn check_vhost<'a>(
             format!("socket {} is already used by port {other}", v.socket),
         );
     }
-    if p.queues != 1 {
-        is.add(format!("{at}.queues"), "a vhost-user port has one queue pair (for now)");
+    // Queue pairs (`VIRTIO_NET_F_MQ`): each one polled by a worker as a socket is. 16 is
+    // what a guest of 16 vCPUs uses, and more than this switch's workers would poll apart.
+    if p.queues > MAX_VHOST_QUEUES {
+        is.add(
+            format!("{at}.queues"),
+            format!("a vhost-user port has at most {MAX_VHOST_QUEUES} queue pairs"),
+        );
     }
 }
 

@@ -172,7 +172,7 @@ impl Driver {
     pub fn label(&self) -> String {
         match self {
             Driver::Xsk(x) => format!("{} queue {}", x.ifname(), x.queue()),
-            Driver::Vhost(v) => format!("vhost-user {}", v.name()),
+            Driver::Vhost(v) => format!("vhost-user {} queue {}", v.name(), v.queue()),
         }
     }
 

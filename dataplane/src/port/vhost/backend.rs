@@ -50,8 +50,11 @@ const F_INDIRECT_DESC: u64 = 1 << 28;
 const F_EVENT_IDX: u64 = 1 << 29;
 /// `VIRTIO_F_VERSION_1` (6): a modern device (12-byte net header, little endian).
 const F_VERSION_1: u64 = 1 << 32;
+/// `VIRTIO_NET_F_MQ` (5.1.6.5.5): several queue pairs, offered when the port has them (the
+/// frontend keeps the control queue: QEMU and DPDK's virtio-user both do).
+const F_MQ: u64 = 1 << 22;
 
-/// What the port offers the guest.
+/// What the port offers the guest (with one queue pair; [`Conn::features`]).
 pub const FEATURES: u64 = F_CSUM
     | F_MTU
     | F_HOST_TSO4
@@ -128,10 +131,17 @@ impl Endpoint {
 /// handles its messages, and when it ends (the frontend went away, broke the protocol, or a
 /// guest faulted its rings) stops the rings and waits for the next. Unlinks a server socket at
 /// the end.
-pub fn serve(name: &str, ep: Endpoint, link: Arc<Link>) {
+///
+/// `links` has one link per queue pair, in order; the first carries the connection's own
+/// counters (connections, protocol errors), every one its pair's faults.
+pub fn serve(name: &str, ep: Endpoint, links: Vec<Arc<Link>>) {
+    let Some(link) = links.first().cloned() else {
+        return;
+    };
+    let sweep = || links.iter().for_each(|l| l.sweep());
     let mut said_waiting = false;
     while !link.closing.load(Ordering::Acquire) {
-        link.sweep();
+        sweep();
         let stream = match &ep {
             Endpoint::Listening(l, _) => match l.accept() {
                 Ok((s, _)) => s,
@@ -167,7 +177,7 @@ pub fn serve(name: &str, ep: Endpoint, link: Arc<Link>) {
         }
         link.connections.fetch_add(1, Ordering::Relaxed);
         tracing::info!("vhost-user port {name}: frontend connected");
-        let why = connection(name, stream, &link);
+        let why = connection(name, stream, &links);
         tracing::info!("vhost-user port {name}: connection closed: {why}");
     }
     if let Endpoint::Listening(_, p) = &ep {
@@ -176,23 +186,26 @@ pub fn serve(name: &str, ep: Endpoint, link: Arc<Link>) {
 }
 
 /// Handles one connection until it ends; says why it ended.
-fn connection(name: &str, stream: UnixStream, link: &Arc<Link>) -> String {
-    let conn = Arc::new(Mutex::new(Conn::new(name, link.clone())));
+fn connection(name: &str, stream: UnixStream, links: &[Arc<Link>]) -> String {
+    let link = &links[0];
+    let conn = Arc::new(Mutex::new(Conn::new(name, links.to_vec())));
     let mut req = BackendReqHandler::from_stream(stream, conn.clone());
-    let faults = link.faults.load(Ordering::Relaxed);
+    let faults: Vec<u64> = links.iter().map(|l| l.faults.load(Ordering::Relaxed)).collect();
     let why = loop {
         if link.closing.load(Ordering::Acquire) {
             break "the port is closing".to_string();
         }
-        if link.faults.load(Ordering::Relaxed) != faults {
-            let what = link.last_fault().map_or("?", Fault::as_str);
+        let faulted =
+            links.iter().zip(&faults).find(|(l, f)| l.faults.load(Ordering::Relaxed) != **f);
+        if let Some((l, _)) = faulted {
+            let what = l.last_fault().map_or("?", Fault::as_str);
             tracing::error!(
                 "vhost-user port {name}: the guest broke the ring protocol ({what}): its rings \
                  are stopped and the connection closed; the port is down until it reconnects"
             );
             break format!("guest fault: {what}");
         }
-        link.sweep();
+        links.iter().for_each(|l| l.sweep());
         if !wait_readable(req.as_raw_fd(), TICK) {
             continue;
         }
@@ -211,8 +224,8 @@ fn connection(name: &str, stream: UnixStream, link: &Arc<Link>) -> String {
             }
         }
     };
-    conn.lock().unwrap_or_else(|e| e.into_inner()).stop();
-    link.sweep();
+    conn.lock().unwrap_or_else(|e| e.into_inner()).stop_all();
+    links.iter().for_each(|l| l.sweep());
     why
 }
 
@@ -289,13 +302,15 @@ struct Region {
 /// One connection's state; the `vhost` crate calls it for each message.
 pub struct Conn {
     name: String,
-    link: Arc<Link>,
+    /// A link per queue pair: pair `p` is vrings `2p` (the guest's receive queue) and `2p + 1`.
+    links: Vec<Arc<Link>>,
     features: u64,
     protocol: u64,
     regions: Vec<Region>,
     mem: Option<Arc<Guarded>>,
-    vrings: [Vring; 2],
-    running: bool,
+    vrings: Vec<Vring>,
+    /// Per queue pair: its rings are with its worker.
+    running: Vec<bool>,
 }
 
 fn unsupported(what: &'static str) -> VhostError {
@@ -303,21 +318,32 @@ fn unsupported(what: &'static str) -> VhostError {
 }
 
 impl Conn {
-    fn new(name: &str, link: Arc<Link>) -> Conn {
+    fn new(name: &str, links: Vec<Arc<Link>>) -> Conn {
+        let pairs = links.len();
         Conn {
             name: name.to_string(),
-            link,
+            links,
             features: 0,
             protocol: 0,
             regions: Vec::new(),
             mem: None,
-            vrings: Default::default(),
-            running: false,
+            vrings: (0..2 * pairs).map(|_| Vring::default()).collect(),
+            running: vec![false; pairs],
         }
+    }
+
+    /// What the port offers: [`FEATURES`], and `MQ` with more than one queue pair.
+    fn features(&self) -> u64 {
+        if self.links.len() > 1 { FEATURES | F_MQ } else { FEATURES }
     }
 
     fn vring(&mut self, index: u32) -> VhostResult<&mut Vring> {
         self.vrings.get_mut(index as usize).ok_or(VhostError::InvalidParam)
+    }
+
+    /// The queue pair of vring `index`.
+    fn pair(index: u32) -> usize {
+        index as usize / 2
     }
 
     /// The guest physical address of the frontend's virtual address `va`.
@@ -328,35 +354,44 @@ impl Conn {
             .map(|r| r.gpa + (va - r.uaddr))
     }
 
-    /// Starts the rings once both are configured, kicked and enabled and the memory is known.
+    /// Starts the rings of every queue pair whose two are configured, kicked and enabled, once
+    /// the memory is known.
     fn maybe_start(&mut self) {
-        if self.running || self.mem.is_none() {
+        for p in 0..self.links.len() {
+            self.maybe_start_pair(p);
+        }
+    }
+
+    fn maybe_start_pair(&mut self, p: usize) {
+        if self.running[p] || self.mem.is_none() {
             return;
         }
-        if !self.vrings.iter().all(|v| v.started && v.enabled && v.addrs.is_some() && v.num > 0) {
+        let two = &self.vrings[2 * p..2 * p + 2];
+        if !two.iter().all(|v| v.started && v.enabled && v.addrs.is_some() && v.num > 0) {
             return;
         }
-        match self.rings() {
+        match self.rings(p) {
             Ok(r) => {
-                if self.link.send(Update::Start(Box::new(r))) {
-                    self.running = true;
+                if self.links[p].send(Update::Start(Box::new(r))) {
+                    self.running[p] = true;
                     tracing::info!(
-                        "vhost-user port {}: rings running ({} and {} descriptors)",
+                        "vhost-user port {}: rings running on queue pair {p} ({} and {} \
+                         descriptors)",
                         self.name,
-                        self.vrings[0].num,
-                        self.vrings[1].num
+                        self.vrings[2 * p].num,
+                        self.vrings[2 * p + 1].num
                     );
                 }
             }
             Err(f) => {
                 tracing::error!("vhost-user port {}: rings not started: {}", self.name, f.as_str());
-                self.link.fault(f);
+                self.links[p].fault(f);
             }
         }
     }
 
-    /// The rings as the port will drive them.
-    fn rings(&self) -> Result<Rings, Fault> {
+    /// The rings of queue pair `p` as its port will drive them.
+    fn rings(&self, p: usize) -> Result<Rings, Fault> {
         let mem = self.mem.clone().ok_or(Fault::OutOfMemory)?;
         let event_idx = self.features & F_EVENT_IDX != 0;
         let queue = |v: &Vring| -> Result<Queue, Fault> {
@@ -399,10 +434,11 @@ impl Conn {
             }
             Ok(q)
         };
-        let rx = queue(&self.vrings[0])?;
-        let tx = queue(&self.vrings[1])?;
+        let (rxv, txv) = (&self.vrings[2 * p], &self.vrings[2 * p + 1]);
+        let rx = queue(rxv)?;
+        let tx = queue(txv)?;
         let clone = |f: &Option<File>| f.as_ref().and_then(|f| f.try_clone().ok());
-        let tx_kick = clone(&self.vrings[1].kick);
+        let tx_kick = clone(&txv.kick);
         if let Some(k) = &tx_kick {
             set_nonblocking(k);
         }
@@ -410,8 +446,8 @@ impl Conn {
             mem,
             rx,
             tx,
-            rx_call: clone(&self.vrings[0].call),
-            tx_call: clone(&self.vrings[1].call),
+            rx_call: clone(&rxv.call),
+            tx_call: clone(&txv.call),
             tx_kick,
             hdr_len: if self.features & (F_VERSION_1 | F_MRG_RXBUF) != 0 { 12 } else { 10 },
             mrg_rxbuf: self.features & F_MRG_RXBUF != 0,
@@ -419,29 +455,38 @@ impl Conn {
         })
     }
 
-    /// Stops the rings (the worker answers with where they stand, kept for a restart).
-    fn stop(&mut self) {
-        if !self.running {
+    /// Stops the rings of every queue pair.
+    fn stop_all(&mut self) {
+        for p in 0..self.links.len() {
+            self.stop(p);
+        }
+    }
+
+    /// Stops the rings of queue pair `p` (its worker answers with where they stand, kept for
+    /// a restart).
+    fn stop(&mut self, p: usize) {
+        if !self.running[p] {
             return;
         }
-        self.running = false;
-        while self.link.replies.1.try_recv().is_ok() {}
+        self.running[p] = false;
+        let link = self.links[p].clone();
+        while link.replies.1.try_recv().is_ok() {}
         // Closing (the port removed, the switch stopping): its worker may have let go of it
         // already, and nobody restarts these rings.
-        if !self.link.send(Update::Stop) || self.link.closing.load(Ordering::Acquire) {
+        if !link.send(Update::Stop) || link.closing.load(Ordering::Acquire) {
             return;
         }
         // In steps, so that a switch that stops meanwhile (its workers with it) is not waited for.
         let end = std::time::Instant::now() + STOP_WAIT;
         while std::time::Instant::now() < end {
-            match self.link.replies.1.recv_timeout(Duration::from_millis(20)) {
+            match link.replies.1.recv_timeout(Duration::from_millis(20)) {
                 Ok(Some(Stopped { rx, tx })) => {
-                    self.vrings[0].base = rx;
-                    self.vrings[1].base = tx;
+                    self.vrings[2 * p].base = rx;
+                    self.vrings[2 * p + 1].base = tx;
                     return;
                 }
                 Ok(None) => return,
-                Err(_) if self.link.closing.load(Ordering::Acquire) => return,
+                Err(_) if link.closing.load(Ordering::Acquire) => return,
                 Err(_) => {}
             }
         }
@@ -452,11 +497,19 @@ impl Conn {
         );
     }
 
-    /// Applies a change to running rings: stopped, then started again as they now are.
-    fn restart(&mut self) {
-        if self.running {
-            self.stop();
-            self.maybe_start();
+    /// Applies a change to the running rings of queue pair `p`: stopped, then started again
+    /// as they now are.
+    fn restart(&mut self, p: usize) {
+        if self.running.get(p).copied().unwrap_or(false) {
+            self.stop(p);
+            self.maybe_start_pair(p);
+        }
+    }
+
+    /// As [`Conn::restart`], every queue pair.
+    fn restart_all(&mut self) {
+        for p in 0..self.links.len() {
+            self.restart(p);
         }
     }
 }
@@ -467,8 +520,8 @@ impl VhostUserBackendReqHandlerMut for Conn {
     }
 
     fn reset_owner(&mut self) -> VhostResult<()> {
-        self.stop();
-        self.vrings = Default::default();
+        self.stop_all();
+        self.vrings.iter_mut().for_each(|v| *v = Vring::default());
         Ok(())
     }
 
@@ -477,15 +530,15 @@ impl VhostUserBackendReqHandlerMut for Conn {
     }
 
     fn get_features(&mut self) -> VhostResult<u64> {
-        Ok(FEATURES)
+        Ok(self.features())
     }
 
     fn set_features(&mut self, features: u64) -> VhostResult<()> {
-        if features & !FEATURES != 0 {
+        if features & !self.features() != 0 {
             return Err(VhostError::InvalidParam);
         }
         self.features = features;
-        self.restart();
+        self.restart_all();
         Ok(())
     }
 
@@ -512,7 +565,7 @@ impl VhostUserBackendReqHandlerMut for Conn {
                      file of {len}",
                     self.name
                 );
-                self.link.fault(Fault::PastEof);
+                self.links[0].fault(Fault::PastEof);
                 return Err(VhostError::InvalidParam);
             }
             ranges.push((
@@ -533,8 +586,8 @@ impl VhostUserBackendReqHandlerMut for Conn {
         let mem = Arc::new(Guarded::new(mem));
         self.regions = regions;
         self.mem = Some(mem.clone());
-        if self.running {
-            self.link.send(Update::Memory(mem));
+        for (l, _) in self.links.iter().zip(&self.running).filter(|(_, r)| **r) {
+            l.send(Update::Memory(mem.clone()));
         }
         self.maybe_start();
         Ok(None)
@@ -558,7 +611,7 @@ impl VhostUserBackendReqHandlerMut for Conn {
         _log: u64,
     ) -> VhostResult<()> {
         self.vring(index)?.addrs = Some((descriptor, used, available));
-        self.restart();
+        self.restart(Self::pair(index));
         Ok(())
     }
 
@@ -569,7 +622,7 @@ impl VhostUserBackendReqHandlerMut for Conn {
 
     fn get_vring_base(&mut self, index: u32) -> VhostResult<VhostUserVringState> {
         self.vring(index)?;
-        self.stop();
+        self.stop(Self::pair(index));
         let v = self.vring(index)?;
         v.started = false;
         v.kick = None;
@@ -586,14 +639,14 @@ impl VhostUserBackendReqHandlerMut for Conn {
             // Without protocol features a ring is enabled by its kick.
             v.enabled = true;
         }
-        self.restart();
-        self.maybe_start();
+        self.restart(Self::pair(u32::from(index)));
+        self.maybe_start_pair(Self::pair(u32::from(index)));
         Ok(())
     }
 
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VhostResult<()> {
         self.vring(u32::from(index))?.call = fd;
-        self.restart();
+        self.restart(Self::pair(u32::from(index)));
         Ok(())
     }
 
@@ -603,7 +656,7 @@ impl VhostUserBackendReqHandlerMut for Conn {
     }
 
     fn get_protocol_features(&mut self) -> VhostResult<VhostUserProtocolFeatures> {
-        Ok(VhostUserProtocolFeatures::REPLY_ACK)
+        Ok(VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::MQ)
     }
 
     fn set_protocol_features(&mut self, features: u64) -> VhostResult<()> {
@@ -611,16 +664,18 @@ impl VhostUserBackendReqHandlerMut for Conn {
         Ok(())
     }
 
+    /// The queue pairs, as DPDK's vhost library answers it (and its virtio-user and QEMU
+    /// take it: at most this many pairs).
     fn get_queue_num(&mut self) -> VhostResult<u64> {
-        Ok(2)
+        Ok(self.links.len() as u64)
     }
 
     fn set_vring_enable(&mut self, index: u32, enable: bool) -> VhostResult<()> {
         self.vring(index)?.enabled = enable;
         if enable {
-            self.maybe_start();
+            self.maybe_start_pair(Self::pair(index));
         } else {
-            self.stop();
+            self.stop(Self::pair(index));
         }
         Ok(())
     }
@@ -722,12 +777,12 @@ mod tests {
     #[test]
     fn a_memory_region_past_the_end_of_its_file_is_refused_and_counted() {
         let link = Link::new().unwrap();
-        let mut c = Conn::new("vm", link.clone());
+        let mut c = Conn::new("vm", vec![link.clone()]);
         assert!(c.set_mem_table(&[region(1 << 20)], vec![file(4096)], None).is_err());
         assert!(c.mem.is_none(), "nothing was mapped");
         assert_eq!(link.last_fault(), Some(Fault::PastEof));
         let link = Link::new().unwrap();
-        let mut c = Conn::new("vm", link.clone());
+        let mut c = Conn::new("vm", vec![link.clone()]);
         assert!(c.set_mem_table(&[region(4096)], vec![file(4096)], None).is_ok());
         assert!(c.mem.is_some());
         assert_eq!(link.faults.load(Ordering::Relaxed), 0);

@@ -222,6 +222,8 @@ pub struct VhostStats {
 /// A vhost-user port as its worker polls it.
 pub struct VhostPort {
     name: String,
+    /// Its queue pair (vrings `2 * queue` and `2 * queue + 1`).
+    queue: u32,
     link: Arc<Link>,
     run: Option<Box<Rings>>,
     /// Frames written into the guest, to go back to the pool at the next reclaim.
@@ -243,10 +245,11 @@ pub struct VhostPort {
 }
 
 impl VhostPort {
-    /// The port of `name`, served through `link`.
-    pub fn new(name: &str, link: Arc<Link>) -> VhostPort {
+    /// Queue pair `queue` of the port of `name`, served through `link`.
+    pub fn new(name: &str, queue: u32, link: Arc<Link>) -> VhostPort {
         VhostPort {
             name: name.to_string(),
+            queue,
             link,
             run: None,
             done: Vec::with_capacity(DONE),
@@ -660,6 +663,10 @@ impl Port for VhostPort {
         }
     }
 
+    fn queue(&self) -> u32 {
+        self.queue
+    }
+
     fn wait_fd(&self) -> Option<RawFd> {
         match self.run.as_deref() {
             Some(Rings { tx_kick: Some(k), .. }) if self.armed => Some(k.as_raw_fd()),
@@ -753,7 +760,7 @@ mod tests {
             tso: true,
         };
         let link = Link::new().unwrap();
-        let mut p = VhostPort::new("vm", link.clone());
+        let mut p = VhostPort::new("vm", 0, link.clone());
         assert!(link.send(Update::Start(Box::new(rings))));
         let area = FrameArea::new(256, 2048, PageSize::Normal).unwrap();
         let pool = FramePool::new(&area);
