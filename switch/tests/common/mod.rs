@@ -712,11 +712,40 @@ impl Lab {
     ) -> SeqStream {
         seq_stream_ns(&self.ns_name(from), &self.ns_name(to_host), to, count, pps)
     }
+
+    /// As [`Lab::seq_stream`], with the sender's interface as users have it: no qdisc
+    /// (`noqueue`, a veth's default).
+    pub fn seq_stream_noqueue(
+        &self,
+        from: &str,
+        to_host: &str,
+        to: &str,
+        count: u64,
+        pps: u64,
+    ) -> SeqStream {
+        seq_stream_qdisc(&self.ns_name(from), &self.ns_name(to_host), to, count, pps, false)
+    }
 }
 
 /// [`Lab::seq_stream`] between namespaces `from` and `to_ns` (whose interface is `eth0`).
 pub fn seq_stream_ns(from: &str, to_ns: &str, to: &str, count: u64, pps: u64) -> SeqStream {
-    must("ip", &["netns", "exec", from, "tc", "qdisc", "replace", "dev", "eth0", "root", "pfifo"]);
+    seq_stream_qdisc(from, to_ns, to, count, pps, true)
+}
+
+/// [`seq_stream_ns`]; `pfifo`: the sender's interface gets a queue first.
+fn seq_stream_qdisc(
+    from: &str,
+    to_ns: &str,
+    to: &str,
+    count: u64,
+    pps: u64,
+    pfifo: bool,
+) -> SeqStream {
+    if pfifo {
+        let qdisc =
+            ["netns", "exec", from, "tc", "qdisc", "replace", "dev", "eth0", "root", "pfifo"];
+        must("ip", &qdisc);
+    }
     let recv = Command::new("ip")
         .args(["netns", "exec", to_ns, "python3", "-c", SEQ_RECV, "3"])
         .stdout(Stdio::piped())
