@@ -115,6 +115,7 @@ pub fn compile_next(
         let mut issues = Vec::new();
         b.port_rate(id, crate::config::shaping::port(name, cfg, &mut issues));
         b.port_mtu(id, p.mtu);
+        b.port_whole_segments(id, p.vhost_user.is_some());
         if let Some(i) = issues.first() {
             return Err(CompileError::Dangling(i.to_string()));
         }

@@ -4,7 +4,7 @@
 //! them without the pipeline importing a driver.
 #![forbid(unsafe_code)]
 
-pub use crate::mem::area::{FRAME_HEADROOM, FrameArea, FrameRef, MAX_SEGS, PageSize};
+pub use crate::mem::area::{FRAME_HEADROOM, FrameArea, FrameRef, Gso, MAX_SEGS, PageSize};
 
 /// The free list of chunk addresses. Its capacity is fixed at creation to the number of chunks,
 /// so returning a frame never allocates; a free beyond that capacity can only be a double free
@@ -105,7 +105,12 @@ impl FramePool {
         if f.segs() == 0 {
             return Some(copy);
         }
-        self.copy_segs(area, f, copy)
+        let copy = self.copy_segs(area, f, copy)?;
+        // A large TCP segment carried whole stays one in its copies.
+        Some(match area.gso(f) {
+            Some(g) => area.set_gso(copy, g),
+            None => copy,
+        })
     }
 
     /// The segments of `f` after its first, copied after `copy` (its first segment's copy).

@@ -18,6 +18,7 @@ pub mod shaping;
 pub mod snapshot;
 pub mod time;
 pub mod trace;
+pub mod tso;
 pub mod vocab;
 pub mod wire;
 pub mod worker;

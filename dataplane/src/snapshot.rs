@@ -62,6 +62,10 @@ pub struct PortSpec {
     pub underlay: Option<Underlay>,
     /// The generation in which this port took its id (see [`Snapshot`] on stable ids).
     pub since: u64,
+    /// Takes a large TCP segment whole ([`crate::frame::FrameRef::is_gso`]): a vhost-user
+    /// port, which writes it into its guest whole or cuts it there as the guest negotiated.
+    /// Toward any other port such a segment is cut into MTU-sized ones on its way out.
+    pub whole_segments: bool,
 }
 
 impl PortSpec {
@@ -75,6 +79,7 @@ impl PortSpec {
             mtu: None,
             underlay: None,
             since: VACANT,
+            whole_segments: false,
         }
     }
 
@@ -231,6 +236,12 @@ impl Snapshot {
         } else {
             Some((TenantId((v >> 16) as u16), AttachmentId(v as u16)))
         }
+    }
+
+    /// True when `port` takes a large TCP segment whole ([`PortSpec::whole_segments`]).
+    #[inline]
+    pub fn takes_whole_segments(&self, port: PortId) -> bool {
+        self.ports.get(port.index()).is_some_and(|p| p.whole_segments)
     }
 
     /// The longest frame `port` sends with an outer tag (`tagged`) or without: its MTU plus
@@ -460,6 +471,7 @@ impl SnapshotBuilder {
             mtu: None,
             underlay: None,
             since: self.generation,
+            whole_segments: false,
         });
         PortId((self.ports.len() - 1) as u16)
     }
@@ -485,6 +497,7 @@ impl SnapshotBuilder {
             mtu: None,
             underlay: None,
             since,
+            whole_segments: false,
         };
         id
     }
@@ -493,6 +506,13 @@ impl SnapshotBuilder {
     pub fn port_underlay(&mut self, port: PortId, u: Underlay) {
         if let Some(p) = self.ports.get_mut(port.index()) {
             p.underlay = Some(u);
+        }
+    }
+
+    /// Says that a port takes large TCP segments whole ([`PortSpec::whole_segments`]).
+    pub fn port_whole_segments(&mut self, port: PortId, whole: bool) {
+        if let Some(p) = self.ports.get_mut(port.index()) {
+            p.whole_segments = whole;
         }
     }
 

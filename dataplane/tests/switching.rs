@@ -711,3 +711,59 @@ proptest! {
         prop_assert_eq!(rx, frames.len() as u64);
     }
 }
+
+// Issue 21: a guest's large TCP segment crosses the switch whole and is cut into MSS-sized
+// segments, with their own headers and checksums, on its way out of a port that does not take
+// it whole (here: every port but a2, which stands for a vhost-user port); flood copies stay
+// whole until they are cut, and every frame comes back.
+#[test]
+fn a_large_segment_carried_whole_is_cut_on_its_way_out_unless_the_port_takes_it_whole() {
+    use etherparse::{PacketHeaders, TransportHeader};
+    let mut snap = lab_snapshot(100);
+    snap.ports[A2.index()].whole_segments = true;
+    let area = FrameArea::new(1024, 2048, PageSize::Normal).unwrap();
+    let ports = (0..5).map(|_| MemPort::new(256)).collect();
+    let mut w = Worker::new(area, ports, Arc::new(snap));
+    let t = Nanos::from_secs(1);
+    let before = w.census();
+    let payload: Vec<u8> = (0..10_001u32).map(|i| (i * 31 + 7) as u8).collect();
+    let mut big = Vec::new();
+    PacketBuilder::ethernet2(mac(1), [0xff; 6])
+        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        .tcp(40000, 80, 7, 1024)
+        .ack(1)
+        .psh()
+        .write(&mut big, &payload)
+        .unwrap();
+    let g = dataplane::frame::Gso { v6: false, ecn: false, mss: 1448 };
+    assert!(w.inject_gso(A1, &big, g));
+    let out = step(&mut w, t);
+    let on = |p: PortId| out.iter().filter(|(q, _)| *q == p).count();
+    assert_eq!((on(A2), on(UP), on(M)), (1, 7, 7), "whole to a2, 10 001 bytes at 1 448: 7");
+    for (p, f) in &out {
+        let f = untag(f);
+        if *p == A2 {
+            assert_eq!(f, big, "whole, as it came");
+            continue;
+        }
+        let h = PacketHeaders::from_ethernet_slice(&f).unwrap();
+        let Some(TransportHeader::Tcp(tcp)) = &h.transport else { panic!("not TCP") };
+        let Some(etherparse::NetHeaders::Ipv4(ip, _)) = &h.net else { panic!("not IPv4") };
+        assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "port {p:?}");
+        let data = h.payload.slice();
+        assert_eq!(tcp.checksum, tcp.calc_checksum_ipv4(ip, data).unwrap(), "port {p:?}");
+        assert!(data.len() <= 1448);
+    }
+    let cut: Vec<u8> = out
+        .iter()
+        .filter(|(p, _)| *p == UP)
+        .flat_map(|(_, f)| {
+            let f = untag(f);
+            PacketHeaders::from_ethernet_slice(&f).unwrap().payload.slice().to_vec()
+        })
+        .collect();
+    assert_eq!(cut, payload, "the payload, byte for byte, in order");
+    let c = &w.pipeline().counters;
+    assert_eq!((c.segmented, c.flood_copies), (2, 2), "cut for the uplink and m");
+    assert_eq!(w.census().free, before.free, "every chunk back");
+}

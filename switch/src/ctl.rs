@@ -257,6 +257,7 @@ pub fn run(
                 json!({ "counter": "sent", "value": data["tx_packets"] }),
                 json!({ "counter": "flood copies", "value": data["flood_copies"] }),
                 json!({ "counter": "checksums completed", "value": data["checksums_completed"] }),
+                json!({ "counter": "large segments cut", "value": data["segmented"] }),
             ];
             for (group, label) in [("drops", "dropped"), ("malformed", "malformed"), ("fdb", "fdb")]
             {

@@ -489,6 +489,11 @@ fn describe() {
         "TCP and UDP checksums a sender left to its device (checksum offload) that the switch completed.",
     );
     c(
+        "xswitch_segments_cut_total",
+        Unit::Count,
+        "Large TCP segments (a guest's TSO) that crossed the switch whole, cut into MTU-sized ones on their way out of a port that does not take them whole.",
+    );
+    c(
         "xswitch_overlay_packets_total",
         Unit::Count,
         "Tenant frames that crossed the overlay (VXLAN), by direction: encap (to other hosts, \
@@ -631,6 +636,7 @@ struct Families {
     fdb: [Counter; 6],
     flood_copies: Counter,
     checksums_completed: Counter,
+    segmented: Counter,
     /// Overlay packets and bytes (encap, decap), and replicas.
     overlay: [Counter; 8],
     frag_events: [Counter; 4],
@@ -701,6 +707,7 @@ impl Families {
             fdb,
             flood_copies: metrics::counter!("xswitch_flood_copies_total"),
             checksums_completed: metrics::counter!("xswitch_checksums_completed_total"),
+            segmented: metrics::counter!("xswitch_segments_cut_total"),
             overlay: [
                 metrics::counter!("xswitch_overlay_packets_total", "direction" => "encap"),
                 metrics::counter!("xswitch_overlay_bytes_total", "direction" => "encap"),
@@ -942,6 +949,7 @@ impl Families {
         }
         self.flood_copies.absolute(sum.flood_copies);
         self.checksums_completed.absolute(sum.checksums_completed);
+        self.segmented.absolute(sum.segmented);
         let o = &sum.overlay;
         let overlay = [
             o.encap.packets,

@@ -179,8 +179,9 @@ pub fn log(
                 tracing::info!(
                     "  {}: {} packets from the guest, {} to it, {} dropped too big for the \
                      guest's buffers, {} left in its ring for want of frames, {} notifications; \
-                     offloads: {} large TCP segments cut into {}, {} checksums completed, {} \
-                     dropped as not doable",
+                     offloads: {} large TCP segments cut into {}, {} taken whole, {} written \
+                     whole, {} cut for the guest, {} checksums completed, {} dropped as not \
+                     doable",
                     p.label(),
                     s.rx_packets,
                     s.tx_packets,
@@ -189,6 +190,9 @@ pub fn log(
                     s.calls,
                     s.segmented,
                     s.segments,
+                    s.whole_in,
+                    s.whole_out,
+                    s.cut_out,
                     s.checksums,
                     s.bad_offload
                 );

@@ -138,6 +138,9 @@ pub struct CounterState {
     flood_copies: u64,
     kick_errors: u64,
     checksums_completed: u64,
+    /// Large TCP segments cut on their way out (none from a switch before them).
+    #[serde(default)]
+    segmented: u64,
     /// Overlay packets and bytes (encap, decap), replicas and ARP requests answered (none
     /// from a switch before them).
     #[serde(default)]
@@ -309,6 +312,7 @@ pub fn gather<P: dataplane::port::Port>(workers: &[&Worker<P>], snap: &Snapshot)
         flood_copies: c.flood_copies,
         kick_errors: c.kick_errors,
         checksums_completed: c.checksums_completed,
+        segmented: c.segmented,
         overlay: [
             c.overlay.encap.packets,
             c.overlay.encap.bytes,
@@ -385,6 +389,7 @@ pub fn restore<P: dataplane::port::Port>(
     c.flood_copies += s.flood_copies;
     c.kick_errors += s.kick_errors;
     c.checksums_completed += s.checksums_completed;
+    c.segmented += s.segmented;
     let [ep, eb, dp, db, r, arp] = s.overlay;
     c.overlay.encap.add_all(dataplane::trace::counters::PktBytes { packets: ep, bytes: eb });
     c.overlay.decap.add_all(dataplane::trace::counters::PktBytes { packets: dp, bytes: db });

@@ -46,8 +46,28 @@ use std::sync::Arc;
 pub struct FrameRef {
     addr: u64,
     len: u32,
-    /// Segments after the first (high 8 bits) and their bytes (low 24 bits); 0 for one chunk.
+    /// Segments after the first (high 8 bits), [`GSO_BIT`], and their bytes (low 23 bits); 0
+    /// for one chunk.
     more: u32,
+}
+
+/// The bit of [`FrameRef`]'s `more` word that marks a TCP segment larger than its MSS, carried
+/// whole: its [`Gso`] is in the headroom of its first chunk ([`FrameArea::set_gso`]).
+const GSO_BIT: u32 = 1 << 23;
+/// The bytes of the segments after the first, in `more`.
+const EXTRA: u32 = GSO_BIT - 1;
+
+/// How a TCP segment larger than its MSS (a virtio guest's TSO) is to be cut, as it crosses
+/// the switch whole toward a port that takes it so (a guest that negotiated `GUEST_TSO`) and is
+/// cut at the last moment for any other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gso {
+    /// TCP over IPv6 (else over IPv4).
+    pub v6: bool,
+    /// The sender set ECN's CWR on the segment (virtio's `GSO_ECN`).
+    pub ecn: bool,
+    /// Payload bytes per segment.
+    pub mss: u16,
 }
 
 /// Most segments after the first a chain may have: the kernel's `MAX_SKB_FRAGS` (17), so a
@@ -68,7 +88,7 @@ impl FrameRef {
     /// bytes in all, linked from its chunk ([`FrameArea::link`]). Same rules as [`FrameRef::new`].
     #[inline]
     pub const fn chain(addr: u64, head: u32, segs: u32, extra: u32) -> FrameRef {
-        FrameRef { addr, len: head, more: (segs << 24) | (extra & 0xff_ffff) }
+        FrameRef { addr, len: head, more: (segs << 24) | (extra & EXTRA) }
     }
 
     /// The same packet with its first segment moved to `addr` and `head` bytes long (a VLAN
@@ -99,7 +119,7 @@ impl FrameRef {
     /// Length of the whole packet in bytes (every segment).
     #[inline]
     pub const fn len(&self) -> u32 {
-        self.len + (self.more & 0xff_ffff)
+        self.len + (self.more & EXTRA)
     }
 
     /// Bytes in the first segment: the headers, what [`FrameArea::frame`] shows.
@@ -117,7 +137,19 @@ impl FrameRef {
     /// Bytes in the segments after the first.
     #[inline]
     pub const fn extra(&self) -> u32 {
-        self.more & 0xff_ffff
+        self.more & EXTRA
+    }
+
+    /// A TCP segment larger than its MSS, carried whole ([`FrameArea::gso`] says how to cut it).
+    #[inline]
+    pub const fn is_gso(&self) -> bool {
+        self.more & GSO_BIT != 0
+    }
+
+    /// The same packet, no longer marked whole ([`FrameRef::is_gso`]).
+    #[inline]
+    pub const fn without_gso(self) -> FrameRef {
+        FrameRef { addr: self.addr, len: self.len, more: self.more & !GSO_BIT }
     }
 
     /// Chunks this reference owns (1 + [`FrameRef::segs`]), for the frame census.
@@ -496,6 +528,25 @@ impl FrameArea {
 }
 
 impl FrameArea {
+    /// Marks `f` a TCP segment to be cut as `g` says: `g` goes in bytes 8 to 12 of its first
+    /// chunk's headroom (after the chain's link word; no data or pushed tag reaches them).
+    pub fn set_gso(&mut self, f: FrameRef, g: Gso) -> FrameRef {
+        let Some((chunk, _)) = self.chunk_mut(f.addr) else { return f };
+        let kind = if g.v6 { 4 } else { 1 } | if g.ecn { 0x80 } else { 0 };
+        chunk[8..12].copy_from_slice(&[kind, 0, g.mss as u8, (g.mss >> 8) as u8]);
+        FrameRef { addr: f.addr, len: f.len, more: f.more | GSO_BIT }
+    }
+
+    /// How to cut `f`, when it is marked whole ([`FrameArea::set_gso`]).
+    #[inline]
+    pub fn gso(&self, f: &FrameRef) -> Option<Gso> {
+        if !f.is_gso() {
+            return None;
+        }
+        let &[kind, _, lo, hi] = self.seg(self.chunk_base(f.addr) + 8, 4)? else { return None };
+        Some(Gso { v6: kind & 0x7f == 4, ecn: kind & 0x80 != 0, mss: u16::from_le_bytes([lo, hi]) })
+    }
+
     /// Copies the bytes of `src` to `dst_addr`, which must lie in another chunk. Returns the new
     /// frame, or None if either range is out of bounds or the chunks are the same.
     #[inline]

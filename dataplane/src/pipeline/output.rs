@@ -18,6 +18,7 @@ use crate::snapshot::{Snapshot, Underlay};
 use crate::time::Nanos;
 use crate::trace::Counters;
 use crate::trace::counters::{PktBytes, TenantRun};
+use crate::tso::{self, MAX_TSO_SEGS};
 use crate::vocab::{Disposition, DropReason, PortId, TenantId};
 
 use crate::wire::checksum;
@@ -59,6 +60,9 @@ pub struct TxLists {
     /// port wait in their tenant's queue; the scheduler moves them to the port's list (its
     /// ready list) a few at a time.
     scheds: Vec<Option<PortSched>>,
+    /// The segments a large TCP segment was just cut into, on their way to a port's list
+    /// (capacity [`MAX_TSO_SEGS`], so cutting never allocates).
+    cut: Vec<FrameRef>,
 }
 
 /// Most frames a scheduled port's list holds: frames wait in the tenants' queues, where the
@@ -89,7 +93,12 @@ impl Queued {
 impl TxLists {
     /// Lists for `ports` ports, each holding up to `capacity` frames.
     pub fn new(ports: usize, capacity: usize) -> Self {
-        let mut t = TxLists { lists: Vec::new(), capacity, scheds: Vec::new() };
+        let mut t = TxLists {
+            lists: Vec::new(),
+            capacity,
+            scheds: Vec::new(),
+            cut: Vec::with_capacity(MAX_TSO_SEGS),
+        };
         t.resize(ports);
         t
     }
@@ -535,7 +544,12 @@ pub fn deliver(
     tx.begin_batch(now, batch.len() as u64, area.chunk_size() + batch.extra());
     for (i, ((f, m), d)) in batch.take_frames().zip(disp.as_slice()).enumerate() {
         let tagged = m.outer_vlan.is_some();
-        if m.flags.has(PacketFlags::PARTIAL_CSUM) && !matches!(d, Disposition::Drop(_)) {
+        // A large TCP segment carried whole keeps its partial checksum: cut, each segment gets
+        // its own; written whole into a guest, the guest takes it partial.
+        if m.flags.has(PacketFlags::PARTIAL_CSUM)
+            && !matches!(d, Disposition::Drop(_))
+            && !f.is_gso()
+        {
             c.checksums_completed += u64::from(complete_checksum(area, &f, m));
         }
         match *d {
@@ -656,7 +670,10 @@ fn send_one(
 ) -> bool {
     let tenant = Some(m.tenant);
     match retag(area, f, tagged, vlan) {
-        Ok(out) if out.len() > limit => {
+        Ok(out) if out.is_gso() && !snap.takes_whole_segments(port) => {
+            send_cut(now, snap, map, area, pool, ingress, out, m, (port, limit), host, tx, c)
+        }
+        Ok(out) if out.len() > limit && !out.is_gso() => {
             c.drop(ingress, tenant, DropReason::TooBig);
             pool.free(area, out);
             false
@@ -686,6 +703,77 @@ fn send_one(
             false
         }
     }
+}
+
+/// Cuts `f`, a large TCP segment carried whole, into MTU-sized segments and queues each for
+/// `port` as [`send_one`] would (each counts as the packet it is on the wire). A segment too big
+/// for the port is dropped as `too_big`; when too few frames are free for all of them, or the
+/// headers are not ones the switch cuts, `f` is dropped whole (`no_frame`, `malformed`).
+#[cold]
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn send_cut(
+    now: Nanos,
+    snap: &Snapshot,
+    map: &OverlayMap,
+    area: &mut FrameArea,
+    pool: &mut FramePool,
+    ingress: PortId,
+    f: FrameRef,
+    m: &Meta,
+    (port, limit): (PortId, u32),
+    host: VtepId,
+    tx: &mut TxLists,
+    c: &mut Counters,
+) -> bool {
+    let tenant = Some(m.tenant);
+    let Some(g) = area.gso(&f) else { return false };
+    let mut segs = std::mem::take(&mut tx.cut);
+    let r = tso::cut_frame(area, pool, &f, g, &mut |s| {
+        if segs.len() < segs.capacity() {
+            segs.push(s);
+        }
+    });
+    pool.free(area, f);
+    if let Err(e) = r {
+        for s in segs.drain(..) {
+            pool.free(area, s);
+        }
+        tx.cut = segs;
+        let reason = match e {
+            tso::Short::NoFrame | tso::Short::TooBig => DropReason::NoFrame,
+            tso::Short::Copy | tso::Short::Bad => DropReason::Malformed,
+        };
+        c.drop(ingress, tenant, reason);
+        return false;
+    }
+    c.segmented += 1;
+    let mut any = false;
+    for s in segs.drain(..) {
+        if s.len() > limit {
+            c.drop(ingress, tenant, DropReason::TooBig);
+            pool.free(area, s);
+            continue;
+        }
+        if let Some(underlay) = snap.underlay(port).filter(|_| snap.is_underlay(port)) {
+            let to = ToUnderlay { meta: m, ingress, port, underlay, host };
+            any |= to_underlay(now, snap, map, area, pool, s, &to, tx, c);
+            continue;
+        }
+        let len = s.len();
+        match tx.push(port, s, m.tenant, ingress, now) {
+            Ok(q) => {
+                q.count(c, m.tenant, len);
+                any = true;
+            }
+            Err((r, s)) => {
+                c.drop(ingress, tenant, r);
+                pool.free(area, s);
+            }
+        }
+    }
+    tx.cut = segs;
+    any
 }
 
 /// Sends a frame to every attachment of its tenant that is not on the ingress port. The
@@ -720,7 +808,7 @@ fn flood(
         // A copy for `cur`; the original stays untouched for later targets.
         // The copy's tag changes its length as it changes the limit: the frame without its
         // ingress tag must fit the port's MTU. Too big: no copy made.
-        if f.len() > snap.max_frame(cur.port, tagged) {
+        if f.len() > snap.max_frame(cur.port, tagged) && !f.is_gso() {
             c.drop(ingress, tenant, DropReason::TooBig);
             cur = next;
             continue;

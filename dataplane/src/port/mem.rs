@@ -38,6 +38,20 @@ impl MemPort {
         true
     }
 
+    /// [`MemPort::inject`], the frame marked a large TCP segment to be cut as `g` says (what a
+    /// vhost-user port takes from a guest's TSO).
+    pub fn inject_gso(
+        &mut self,
+        area: &mut FrameArea,
+        pool: &mut FramePool,
+        bytes: &[u8],
+        g: crate::frame::Gso,
+    ) -> bool {
+        let Some(f) = pool.copy_in(area, bytes) else { return false };
+        self.rx.push_back(area.set_gso(f, g));
+        true
+    }
+
     /// Frames waiting to be received.
     pub fn rx_pending(&self) -> usize {
         self.rx.len()

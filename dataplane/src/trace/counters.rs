@@ -137,6 +137,9 @@ pub struct Counters {
     /// TCP and UDP checksums a sender left partial (checksum offload) that the switch
     /// completed.
     pub checksums_completed: u64,
+    /// Large TCP segments that crossed the switch whole, cut into MTU-sized ones on their way
+    /// out of a port that does not take them whole.
+    pub segmented: u64,
     /// VXLAN encapsulation and decapsulation.
     pub overlay: OverlayStats,
     /// Per tenant, matches of each ACL rule: the from-tenant set's rules, then the to-tenant
@@ -236,6 +239,7 @@ impl Counters {
         self.flood_copies += o.flood_copies;
         self.kick_errors += o.kick_errors;
         self.checksums_completed += o.checksums_completed;
+        self.segmented += o.segmented;
         let (v, w) = (&mut self.overlay, &o.overlay);
         v.encap.add_all(w.encap);
         v.decap.add_all(w.decap);

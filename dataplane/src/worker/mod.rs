@@ -1097,6 +1097,14 @@ impl Worker<crate::port::mem::MemPort> {
         }
     }
 
+    /// [`Worker::inject`], marked a large TCP segment ([`crate::port::mem::MemPort::inject_gso`]).
+    pub fn inject_gso(&mut self, port: PortId, bytes: &[u8], g: crate::frame::Gso) -> bool {
+        match self.sockets.iter_mut().find(|s| s.port == port) {
+            Some(s) => s.driver.inject_gso(&mut self.area, &mut self.pool, bytes, g),
+            None => false,
+        }
+    }
+
     /// Takes what `port` sent (through this worker's sockets).
     pub fn take_sent(&mut self, port: PortId) -> Vec<Vec<u8>> {
         let mut sent = Vec::new();

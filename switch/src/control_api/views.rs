@@ -194,5 +194,6 @@ pub(super) fn counters(shared: &Shared) -> Value {
         },
         "flood_copies": c.flood_copies,
         "checksums_completed": c.checksums_completed,
+        "segmented": c.segmented,
     })
 }

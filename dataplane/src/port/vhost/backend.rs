@@ -33,6 +33,13 @@ use super::{Fault, Link, Rings, Stopped, Update, set_nonblocking};
 /// `VIRTIO_NET_F_CSUM` (virtio 1.2, 5.1.3): the guest may leave checksums partial, for the
 /// port to complete ([`super::offload`]).
 const F_CSUM: u64 = 1 << 0;
+/// `VIRTIO_NET_F_GUEST_CSUM`: the guest takes packets whose checksum is left partial (a
+/// large TCP segment written into it whole).
+const F_GUEST_CSUM: u64 = 1 << 1;
+/// `VIRTIO_NET_F_GUEST_TSO4` and `_TSO6`: the guest takes TCP segments larger than its MTU,
+/// which cross the switch whole from another guest's `HOST_TSO` ([`super::write_packet`]).
+const F_GUEST_TSO4: u64 = 1 << 7;
+const F_GUEST_TSO6: u64 = 1 << 8;
 /// `VIRTIO_NET_F_MTU`: the device's MTU in its config space (QEMU's `host_mtu`; QEMU keeps
 /// the config space of a vhost-user net device).
 const F_MTU: u64 = 1 << 3;
@@ -56,6 +63,9 @@ const F_MQ: u64 = 1 << 22;
 
 /// What the port offers the guest (with one queue pair; [`Conn::features`]).
 pub const FEATURES: u64 = F_CSUM
+    | F_GUEST_CSUM
+    | F_GUEST_TSO4
+    | F_GUEST_TSO6
     | F_MTU
     | F_HOST_TSO4
     | F_HOST_TSO6
@@ -452,6 +462,10 @@ impl Conn {
             hdr_len: if self.features & (F_VERSION_1 | F_MRG_RXBUF) != 0 { 12 } else { 10 },
             mrg_rxbuf: self.features & F_MRG_RXBUF != 0,
             tso: self.features & (F_HOST_TSO4 | F_HOST_TSO6) != 0,
+            whole: (
+                self.features & (F_GUEST_CSUM | F_GUEST_TSO4) == F_GUEST_CSUM | F_GUEST_TSO4,
+                self.features & (F_GUEST_CSUM | F_GUEST_TSO6) == F_GUEST_CSUM | F_GUEST_TSO6,
+            ),
         })
     }
 

@@ -31,7 +31,8 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::batch::Batch;
-use crate::frame::{FrameArea, FramePool, FrameRef, MAX_SEGS};
+use crate::frame::{FrameArea, FramePool, FrameRef, Gso};
+use crate::tso::{self, Cut, MAX_HDRS, MAX_TSO_SEGS, MAX_WHOLE};
 
 use self::guard::Guarded;
 use self::offload::{Descs, NetHdr, Packet, Took};
@@ -46,8 +47,13 @@ pub const MAX_PACKET: usize = 65_536 + 14 + 4;
 /// never grows.
 const DONE: usize = 1024;
 
-/// Guest receive buffers one packet may take with `VIRTIO_NET_F_MRG_RXBUF`.
-const MAX_RX_BUFS: usize = 1 + MAX_SEGS as usize + 1;
+/// Packets on the wire one receive takes from the guest at most, large segments counted as
+/// the segments they stand for (the output stage's TX lists hold 4 batches a port).
+const WIRE_BUDGET: usize = 2 * crate::batch::BATCH_SIZE;
+
+/// Guest receive buffers one packet may take with `VIRTIO_NET_F_MRG_RXBUF` (a large TCP
+/// segment written whole spans up to 64 KiB of them).
+const MAX_RX_BUFS: usize = MAX_WHOLE + 2;
 
 /// A guest that broke the ring protocol, by what it did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +102,16 @@ pub struct Rings {
     /// The guest may send TCP segments larger than the MTU (`HOST_TSO4/6`), for the port to
     /// segment.
     tso: bool,
+    /// The guest takes TCP segments larger than its MTU, over IPv4 and over IPv6, whole
+    /// (`GUEST_TSO4/6`, with `GUEST_CSUM`: their checksums left partial).
+    whole: (bool, bool),
+}
+
+impl Rings {
+    /// True when the guest takes a large segment cut as `g` says whole.
+    fn takes_whole(&self, g: Gso) -> bool {
+        if g.v6 { self.whole.1 } else { self.whole.0 }
+    }
 }
 
 /// What the protocol thread tells the port.
@@ -217,6 +233,12 @@ pub struct VhostStats {
     pub checksums: u64,
     /// Packets dropped for an offload that cannot be done as asked (see [`Took::Bad`]).
     pub bad_offload: u64,
+    /// Large TCP segments taken from the guest whole, to cross the switch so.
+    pub whole_in: u64,
+    /// Large TCP segments written into the guest whole (`GUEST_TSO4/6`).
+    pub whole_out: u64,
+    /// Large TCP segments cut for a guest that does not take them whole.
+    pub cut_out: u64,
 }
 
 /// A vhost-user port as its worker polls it.
@@ -240,6 +262,15 @@ pub struct VhostPort {
     pending: VecDeque<FrameRef>,
     /// The buffers of the guest packet being taken (kept: it is 1 KiB).
     descs: Box<Descs>,
+    /// The guest's receive buffers one packet is being written into (kept, not zeroed per
+    /// packet).
+    heads: Box<[(u16, u32); MAX_RX_BUFS]>,
+    /// Segments of the first frame waiting to be sent already written into the guest: a
+    /// large segment cut for it when its receive ring filled midway.
+    resume: usize,
+    /// Large TCP segments from the guest cross the switch whole (else they are cut as they
+    /// are taken).
+    pub whole: bool,
     /// Its counters.
     pub stats: VhostStats,
 }
@@ -257,8 +288,11 @@ impl VhostPort {
             rx_used: false,
             tx_used: false,
             rx_drops: 0,
-            pending: VecDeque::with_capacity(offload::MAX_TSO_SEGS),
+            pending: VecDeque::with_capacity(MAX_TSO_SEGS),
             descs: Box::default(),
+            heads: Box::new([(0, 0); MAX_RX_BUFS]),
+            resume: 0,
+            whole: true,
             stats: VhostStats::default(),
         }
     }
@@ -379,20 +413,118 @@ enum Wrote {
     Full,
     /// The packet is longer than the guest's buffers take (it is dropped).
     TooBig,
+    /// A large TCP segment whose headers the switch does not cut (it is dropped).
+    Bad,
 }
 
-/// Writes frame `f` into the guest's receive queue: the virtio-net header, then the packet's
-/// bytes, in one buffer (or several with `VIRTIO_NET_F_MRG_RXBUF`, their count written into the
-/// header's `num_buffers`).
-fn write_packet(r: &mut Rings, area: &FrameArea, f: &FrameRef) -> Result<Wrote, Fault> {
-    let mem: &GuestMemoryMmap = &r.mem;
-    let q = &mut r.rx;
+/// Writes frame `f` into the guest's receive queue: as it is; a large TCP segment whole, its
+/// virtio-net header saying how to cut it, when the guest takes it so; else cut into the
+/// segments it stands for ([`write_cut`], from segment `*resume`).
+fn write_packet(
+    r: &mut Rings,
+    heads: &mut [(u16, u32); MAX_RX_BUFS],
+    area: &FrameArea,
+    f: &FrameRef,
+    resume: &mut usize,
+) -> Result<Wrote, Fault> {
     // Header flags and GSO type 0 (a whole packet, checksum complete); num_buffers 1.
     let mut hdr = [0u8; 12];
     hdr[10] = 1;
-    let mut parts = std::iter::once(&hdr[..r.hdr_len]).chain(area.segments(f));
+    let Some(g) = area.gso(f) else {
+        let hl = r.hdr_len;
+        return write_parts(r, heads, std::iter::once(&hdr[..hl]).chain(area.segments(f)));
+    };
+    if !r.takes_whole(g) {
+        return write_cut(r, heads, area, f, g, resume);
+    }
+    let hd = area.frame(f).and_then(|b| tso::tcp_hdrs(&b[..b.len().min(MAX_HDRS)], g.v6));
+    let Some(hd) = hd else { return Ok(Wrote::Bad) };
+    // virtio 1.2, 5.1.6.4: the checksum is partial from the TCP header on (the sender's, left
+    // as it came), the segment to be cut at gso_size.
+    hdr[0] = offload::NEEDS_CSUM;
+    hdr[1] = if g.v6 { offload::GSO_TCPV6 } else { offload::GSO_TCPV4 };
+    if g.ecn {
+        hdr[1] |= offload::GSO_ECN;
+    }
+    hdr[2..4].copy_from_slice(&(hd.len() as u16).to_le_bytes());
+    hdr[4..6].copy_from_slice(&g.mss.to_le_bytes());
+    hdr[6..8].copy_from_slice(&(hd.l4 as u16).to_le_bytes());
+    hdr[8..10].copy_from_slice(&16u16.to_le_bytes());
+    let hl = r.hdr_len;
+    write_parts(r, heads, std::iter::once(&hdr[..hl]).chain(area.segments(f)))
+}
+
+/// Writes large segment `f` into a guest that does not take it whole as the segments it stands
+/// for (each with its own headers and checksums, as [`tso::cut`] makes them), from segment
+/// `*resume`: when the guest's ring fills midway, `*resume` says where the next call goes on.
+fn write_cut(
+    r: &mut Rings,
+    heads: &mut [(u16, u32); MAX_RX_BUFS],
+    area: &FrameArea,
+    f: &FrameRef,
+    g: Gso,
+    resume: &mut usize,
+) -> Result<Wrote, Fault> {
+    let mut h = [0u8; MAX_HDRS];
+    let Some(head) = area.frame(f) else { return Ok(Wrote::Bad) };
+    let hl = head.len().min(MAX_HDRS);
+    h[..hl].copy_from_slice(&head[..hl]);
+    let Some(hd) = tso::tcp_hdrs(&h[..hl], g.v6) else { return Ok(Wrote::Bad) };
+    let Some(payload) = (f.len() as usize).checked_sub(hd.len()) else { return Ok(Wrote::Bad) };
+    let c = Cut { h: &h[..hl], hd, mss: usize::from(g.mss), payload };
+    if c.mss == 0 || c.segments() > MAX_TSO_SEGS {
+        return Ok(Wrote::Bad);
+    }
+    let mut vh = [0u8; 12];
+    vh[10] = 1;
+    let vh = &vh[..r.hdr_len];
+    for i in *resume..c.segments() {
+        let s = c.seg(i);
+        let mut sh = [0u8; MAX_HDRS];
+        sh[..hd.len()].copy_from_slice(&h[..hd.len()]);
+        let start = hd.len() + s.at;
+        tso::fix_headers(&mut sh, &hd, &s, tso::sum_range(area, f, start, start + s.n));
+        let parts = [vh, &sh[..hd.len()]].into_iter().chain(bytes_of(area, f, start, s.n));
+        match write_parts(r, heads, parts)? {
+            Wrote::Done => *resume = i + 1,
+            Wrote::Full => return Ok(Wrote::Full),
+            other => {
+                *resume = 0;
+                return Ok(other);
+            }
+        }
+    }
+    *resume = 0;
+    Ok(Wrote::Done)
+}
+
+/// The bytes `start..start + n` of packet `f`, a slice per segment they touch.
+fn bytes_of<'a>(
+    area: &'a FrameArea,
+    f: &FrameRef,
+    start: usize,
+    n: usize,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
+    let mut off = 0usize;
+    area.segments(f).filter_map(move |seg| {
+        let (s, e) = (off, off + seg.len());
+        off = e;
+        let (a, b) = (start.max(s), (start + n).min(e));
+        (a < b).then(|| &seg[a - s..b - s])
+    })
+}
+
+/// Writes one packet, `parts` in order (its virtio-net header first, never empty; no part
+/// after it empty), into the guest's receive queue: in one buffer, or several with
+/// `VIRTIO_NET_F_MRG_RXBUF`, their count written into the header's `num_buffers`.
+fn write_parts<'a>(
+    r: &mut Rings,
+    heads: &mut [(u16, u32); MAX_RX_BUFS],
+    mut parts: impl Iterator<Item = &'a [u8]>,
+) -> Result<Wrote, Fault> {
+    let mem: &GuestMemoryMmap = &r.mem;
+    let q = &mut r.rx;
     let mut src: &[u8] = parts.next().unwrap_or(&[]);
-    let mut heads = [(0u16, 0u32); MAX_RX_BUFS];
     let mut nb = 0usize;
     let mut num_buffers_at = None;
     let undo = |q: &mut Queue, nb: usize| {
@@ -497,7 +629,11 @@ impl Port for VhostPort {
             let _ = r.tx.disable_notification(mem);
         }
         let mut fault = None;
-        while !batch.is_full() && self.pending.is_empty() {
+        // Packets on the wire the frames taken stand for: a large segment carried whole is cut
+        // into up to dozens on its way out of an AF_XDP port, so a burst of them is taken only
+        // while the TX lists have room for what they become.
+        let mut wire = 0usize;
+        while !batch.is_full() && self.pending.is_empty() && wire < WIRE_BUDGET {
             let next = match r.tx.iter(mem) {
                 Ok(mut it) => it.next(),
                 Err(_) => {
@@ -536,7 +672,7 @@ impl Port for VhostPort {
                 let took = offload::take(
                     Packet { mem, descs: &self.descs, base: r.hdr_len },
                     &h,
-                    r.tso,
+                    (r.tso, self.whole),
                     area,
                     pool,
                     &mut |f| pending.push_back(f),
@@ -556,6 +692,13 @@ impl Port for VhostPort {
             match took {
                 Ok(Took::Packets(k)) => {
                     self.stats.rx_packets += k as u64;
+                    wire += k;
+                    hand_out(&mut self.pending, batch);
+                }
+                Ok(Took::Whole(n)) => {
+                    (self.stats.rx_packets, self.stats.whole_in) =
+                        (self.stats.rx_packets + 1, self.stats.whole_in + 1);
+                    wire += n;
                     hand_out(&mut self.pending, batch);
                 }
                 Ok(Took::NoFrame) => {
@@ -616,13 +759,24 @@ impl Port for VhostPort {
         let mut fault = None;
         let room = DONE - self.done.len();
         for f in frames.iter().take(room) {
-            match write_packet(r, area, f) {
+            let resumed = self.resume;
+            match write_packet(r, &mut self.heads, area, f, &mut self.resume) {
                 Ok(Wrote::Done) => {
-                    self.stats.tx_packets += 1;
+                    let s = &mut self.stats;
+                    s.tx_packets += 1;
+                    match area.gso(f).map(|g| r.takes_whole(g)) {
+                        Some(true) => s.whole_out += 1,
+                        Some(false) => s.cut_out += 1,
+                        None => {}
+                    }
                     self.rx_used = true;
                 }
                 Ok(Wrote::TooBig) => self.stats.too_big_for_guest += 1,
-                Ok(Wrote::Full) => break,
+                Ok(Wrote::Bad) => self.stats.bad_offload += 1,
+                Ok(Wrote::Full) => {
+                    self.rx_used |= self.resume != resumed;
+                    break;
+                }
                 Err(e) => {
                     fault = Some(e);
                     break;
@@ -745,6 +899,15 @@ mod tests {
 
     /// A port running on 1 MiB of guest memory, its frame area and pool.
     fn port(mrg_rxbuf: bool) -> (VhostPort, Arc<Guarded>, FrameArea, FramePool) {
+        port_with(mrg_rxbuf, (false, false))
+    }
+
+    /// [`port`] with a guest that takes large segments whole over IPv4 and IPv6 as `whole`
+    /// says.
+    fn port_with(
+        mrg_rxbuf: bool,
+        whole: (bool, bool),
+    ) -> (VhostPort, Arc<Guarded>, FrameArea, FramePool) {
         let mem = Arc::new(Guarded::new(
             GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap(),
         ));
@@ -758,6 +921,7 @@ mod tests {
             hdr_len: 12,
             mrg_rxbuf,
             tso: true,
+            whole,
         };
         let link = Link::new().unwrap();
         let mut p = VhostPort::new("vm", 0, link.clone());
@@ -955,9 +1119,9 @@ mod tests {
 
     #[test]
     fn a_large_tcp_segment_is_cut_into_segments_with_their_own_headers_and_checksums() {
-        use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
         for v6 in [false, true] {
             let (mut p, mem, mut area, mut pool) = port(true);
+            p.whole = false;
             let payload = pattern(10_000);
             let (pkt, l4) = big_tcp(v6, &payload);
             let mss = 1448u16;
@@ -965,10 +1129,26 @@ mod tests {
             let mut batch = Batch::new();
             assert_eq!(p.rx(&mut area, &mut pool, &mut batch), 7, "10 000 bytes at 1 448: 7");
             assert_eq!((p.stats.segmented, p.stats.segments), (1, 7));
+            let packets: Vec<Vec<u8>> = batch
+                .frames()
+                .iter()
+                .map(|f| area.segments(f).flatten().copied().collect())
+                .collect();
+            check_segments(v6, &packets, &payload);
+            assert_eq!(used_idx(&mem, TX.2), 1);
+        }
+    }
+
+    /// Checks that `packets` are the segments of [`big_tcp`]`(v6, payload)` cut at an MSS of
+    /// 1 448: headers, checksums, sequence numbers, flags, and the payload byte for byte.
+    fn check_segments(v6: bool, packets: &[Vec<u8>], payload: &[u8]) {
+        use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
+        let n = payload.len().div_ceil(1448);
+        assert_eq!(packets.len(), n);
+        {
             let mut got = Vec::new();
-            for (i, f) in batch.frames().iter().enumerate() {
-                let b: Vec<u8> = area.segments(f).flatten().copied().collect();
-                let h = PacketHeaders::from_ethernet_slice(&b).unwrap();
+            for (i, b) in packets.iter().enumerate() {
+                let h = PacketHeaders::from_ethernet_slice(b).unwrap();
                 let data = h.payload.slice();
                 let Some(TransportHeader::Tcp(t)) = &h.transport else { panic!("not TCP") };
                 let want = match &h.net {
@@ -988,19 +1168,113 @@ mod tests {
                 };
                 assert_eq!(t.checksum, want, "v6 {v6}, segment {i}: TCP checksum");
                 assert_eq!(t.sequence_number, 1000 + (i * 1448) as u32);
-                let last = i == 6;
+                let last = i == n - 1;
                 assert_eq!((t.fin, t.psh), (last, last), "FIN and PSH on the last only");
-                assert_eq!(data.len(), if last { 10_000 - 6 * 1448 } else { 1448 });
+                assert_eq!(data.len(), if last { payload.len() - (n - 1) * 1448 } else { 1448 });
                 got.extend_from_slice(data);
             }
             assert_eq!(got, payload, "v6 {v6}: the payload, byte for byte");
-            assert_eq!(used_idx(&mem, TX.2), 1);
+        }
+    }
+
+    #[test]
+    fn a_large_tcp_segment_crosses_whole_and_is_cut_on_the_way_out_as_on_the_way_in() {
+        for v6 in [false, true] {
+            let (mut p, mem, mut area, mut pool) = port(true);
+            let payload = pattern(10_000);
+            let (pkt, l4) = big_tcp(v6, &payload);
+            offer_tx(&mem, &vnet(if v6 { 4 } else { 1 }, 1448, l4 as u16, 16), &pkt);
+            let free = pool.len();
+            let mut batch = Batch::new();
+            assert_eq!(p.rx(&mut area, &mut pool, &mut batch), 1, "one frame, whole");
+            assert_eq!((p.stats.whole_in, p.stats.segmented), (1, 0));
+            let f = batch.take_frames().next().unwrap().0;
+            assert!(f.is_gso());
+            assert_eq!(area.gso(&f), Some(Gso { v6, ecn: false, mss: 1448 }));
+            let whole: Vec<u8> = area.segments(&f).flatten().copied().collect();
+            assert_eq!(whole, pkt, "the guest's bytes as they were");
+            let (mut out, g) = (Vec::new(), area.gso(&f).unwrap());
+            let cut = tso::cut_frame(&mut area, &mut pool, &f, g, &mut |s| out.push(s));
+            assert_eq!(cut, Ok(7));
+            let packets: Vec<Vec<u8>> =
+                out.iter().map(|s| area.segments(s).flatten().copied().collect()).collect();
+            check_segments(v6, &packets, &payload);
+            pool.free(&area, f);
+            for s in out {
+                pool.free(&area, s);
+            }
+            assert_eq!(pool.len(), free, "every frame back");
+        }
+    }
+
+    /// A large segment of [`big_tcp`]`(v6, 10 000 bytes)` carried whole, in frames of `pool`.
+    fn whole_frame(v6: bool, area: &mut FrameArea, pool: &mut FramePool) -> (FrameRef, Vec<u8>) {
+        let (pkt, _) = big_tcp(v6, &pattern(10_000));
+        let f = pool.copy_in(area, &pkt).unwrap();
+        (area.set_gso(f, Gso { v6, ecn: false, mss: 1448 }), pkt)
+    }
+
+    #[test]
+    fn a_guest_that_takes_large_segments_gets_them_whole_with_their_virtio_header() {
+        for v6 in [false, true] {
+            let (mut p, mem, mut area, mut pool) = port_with(true, (true, true));
+            for i in 0..4u16 {
+                desc(&mem, RX.0, i, 0x40000 + 0x1000 * u64::from(i), 4096, WRITE, 0);
+            }
+            offer(&mem, RX.1, &[0, 1, 2, 3]);
+            let (f, pkt) = whole_frame(v6, &mut area, &mut pool);
+            let mut frames = vec![f];
+            assert_eq!(p.tx(&area, &mut frames), 1);
+            assert_eq!((p.stats.whole_out, p.stats.cut_out), (1, 0));
+            assert_eq!(used_idx(&mem, RX.2), 3, "12 + 10 054 bytes: three buffers of 4 096");
+            let mut got = vec![0u8; 3 * 4096];
+            mem.read_slice(&mut got, GuestAddress(0x40000)).unwrap();
+            let l4 = if v6 { 54u16 } else { 34 };
+            let le = |i: usize| u16::from_le_bytes([got[i], got[i + 1]]);
+            assert_eq!(got[0], 1, "NEEDS_CSUM");
+            assert_eq!(got[1], if v6 { 4 } else { 1 }, "GSO_TCPV6 or GSO_TCPV4");
+            assert_eq!((le(2), le(4), le(6), le(8), le(10)), (l4 + 20, 1448, l4, 16, 3));
+            assert_eq!(&got[12..12 + pkt.len()], &pkt[..], "the packet as the sender made it");
+        }
+    }
+
+    #[test]
+    fn a_guest_that_does_not_gets_the_segments_even_when_its_ring_fills_midway() {
+        for v6 in [false, true] {
+            // The guest takes whole segments of the other IP version only.
+            let (mut p, mem, mut area, mut pool) = port_with(false, (v6, !v6));
+            for i in 0..7u16 {
+                desc(&mem, RX.0, i, 0x40000 + 0x1000 * u64::from(i), 2048, WRITE, 0);
+            }
+            // Three buffers now, four more later.
+            offer(&mem, RX.1, &[0, 1, 2]);
+            let (f, pkt) = whole_frame(v6, &mut area, &mut pool);
+            let mut frames = vec![f];
+            assert_eq!(p.tx(&area, &mut frames), 0, "not taken: four segments to go");
+            assert_eq!(used_idx(&mem, RX.2), 3);
+            for i in 3..7u16 {
+                mem.write_obj(i, GuestAddress(RX.1 + 4 + 2 * u64::from(i))).unwrap();
+            }
+            mem.write_obj(7u16, GuestAddress(RX.1 + 2)).unwrap();
+            assert_eq!(p.tx(&area, &mut frames), 1);
+            assert_eq!((p.stats.whole_out, p.stats.cut_out, p.stats.tx_packets), (0, 1, 1));
+            assert_eq!(used_idx(&mem, RX.2), 7, "each segment once");
+            let mut packets = Vec::new();
+            for i in 0..7u64 {
+                let len: u32 = mem.read_obj(GuestAddress(RX.2 + 4 + 8 * i + 4)).unwrap();
+                let mut b = vec![0u8; len as usize];
+                mem.read_slice(&mut b, GuestAddress(0x40000 + 0x1000 * i)).unwrap();
+                assert_eq!(&b[..2], &[0, 0], "a plain packet: no flags, no GSO");
+                packets.push(b[12..].to_vec());
+            }
+            check_segments(v6, &packets, &pkt[if v6 { 74 } else { 54 }..]);
         }
     }
 
     #[test]
     fn segments_beyond_a_batch_wait_for_the_next_receive() {
         let (mut p, mem, mut area, mut pool) = port(true);
+        p.whole = false;
         let (pkt, l4) = big_tcp(false, &pattern(100 * 536));
         offer_tx(&mem, &vnet(1, 536, l4 as u16, 16), &pkt);
         let free = pool.len();
