@@ -2,18 +2,20 @@
 # TCP between two VMs through two vhost-user ports (issue 21), with and without offloads:
 # QEMU guests of scripts/guest-image (Debian's kernel and its virtio-net driver), vm2 running
 # `iperf3 -c vm1` for DUR seconds. "offloads": the device as QEMU makes it, so the guests
-# negotiate checksum offload and TSO and vm2 sends segments of up to 64 KiB, which the switch
-# cuts into MTU-sized ones. "none": the same device with csum, gso and host/guest TSO off, so
-# vm2's own stack segments and checksums every packet. The two cases alternate, ROUNDS times.
+# negotiate checksum offload and TSO and vm2 sends segments of up to 64 KiB, which cross the
+# switch whole into vm1 (GUEST_TSO). "none": the same device with csum, gso and host/guest TSO
+# off, so vm2's own stack segments and checksums every packet. With BASE=path, a third case
+# each round: "offloads" through the xswitch binary at that path (the commit before, built in
+# a worktree), side by side. The cases alternate, ROUNDS times.
 #
 #   vm2 ─virtio─▶ xswitch (vhost-user vm2 → vhost-user vm1) ─virtio─▶ vm1
 #
 # Per case: iperf3's received rate, and from the switch's stop summary the packets vm2's port
-# took and the large segments it cut. The guests run under TCG by default (this machine's KVM
+# took, the large segments it cut and those it took whole. The guests run under TCG by default (this machine's KVM
 # does not boot them: docs/VM-PORTS.md), so the rates are bounded by emulated guest CPUs; the
 # ratio says what the offloads spare a guest. ACCEL=kvm where KVM works.
 #
-# Usage (root): benches/vm-tcp.sh     env: ROUNDS (3), DUR (8 s), RES, ACCEL (tcg)
+# Usage (root): benches/vm-tcp.sh     env: ROUNDS (3), DUR (8 s), RES, ACCEL (tcg), BASE
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
@@ -21,6 +23,7 @@ RES=${RES:-/tmp/xswitch-vm-tcp-$(date +%Y%m%d-%H%M%S).tsv}
 ROUNDS=${ROUNDS:-3}
 DUR=${DUR:-8}
 ACCEL=${ACCEL:-tcg}
+BASE=${BASE:-}
 DIR=$(mktemp -d /tmp/xswitch-vmbench.XXXXXX)
 SW_PID=""
 
@@ -71,11 +74,12 @@ wait_for() { # $1 file, $2 text, $3 seconds
   log "no '$2' in $1:"; tail -5 "$1" >&2; return 1
 }
 
-one() { # $1 case: offloads | none
-  local dev=""
+one() { # $1 case: offloads | none | base
+  local dev="" bin="$ROOT/target/release/xswitch"
   [ "$1" = none ] && dev=",csum=off,gso=off,host_tso4=off,host_tso6=off,guest_tso4=off,guest_tso6=off"
+  [ "$1" = base ] && bin=$BASE
   rm -f "$DIR"/console-*.log
-  "$ROOT/target/release/xswitch" run -c "$DIR/sw.toml" 2> "$DIR/sw.log" & SW_PID=$!
+  "$bin" run -c "$DIR/sw.toml" 2> "$DIR/sw.log" & SW_PID=$!
   wait_for "$DIR/sw.log" switching 10 || return 1
   vm vm1 52:54:00:00:0b:01 "xs.ip=10.77.7.1/24" "$dev"
   wait_for "$DIR/console-vm1.log" "xs: ready" 90 || return 1
@@ -87,15 +91,18 @@ one() { # $1 case: offloads | none
   stop_sw
   local line
   line=$(grep "vm2 queue 0: .*packets from the guest" "$DIR/sw.log")
-  local pkts segs
+  local pkts segs whole
   pkts=$(echo "$line" | sed -E 's/.*vm2 queue 0: ([0-9]+) packets from the guest.*/\1/')
   segs=$(echo "$line" | sed -E 's/.*offloads: ([0-9]+) large TCP segments.*/\1/')
-  printf "%s\t%s\t%s\t%s\t%s\n" "$r" "$1" "${mbit:-0}" "${pkts:-0}" "${segs:-0}" | tee -a "$RES"
+  whole=$(echo "$line" | grep -oE '[0-9]+ taken whole' | cut -d' ' -f1)
+  printf "%s\t%s\t%s\t%s\t%s\t%s\n" "$r" "$1" "${mbit:-0}" "${pkts:-0}" "${segs:-0}" "${whole:-0}" | tee -a "$RES"
 }
 
-printf "round\tcase\tmbit_s\tpackets_from_vm2\tlarge_segments_cut\n" | tee "$RES"
+printf "round\tcase\tmbit_s\tpackets_from_vm2\tlarge_segments_cut\ttaken_whole\n" | tee "$RES"
+CASES="offloads none"
+[ -n "$BASE" ] && CASES="offloads base none"
 for r in $(seq "$ROUNDS"); do
-  for c in offloads none; do
+  for c in $CASES; do
     one "$c" || { log "round $r $c failed"; stop_vms; stop_sw; }
   done
 done
@@ -110,6 +117,8 @@ for c, m in med.items():
     print(f"{c}: median {m:.0f} Mbit/s over {len(by[c])} rounds")
 if med.get("none"):
     print(f"offloads / none: {med['offloads'] / med['none']:.2f}x")
+if med.get("base"):
+    print(f"offloads / base (the commit before, offloads): {med['offloads'] / med['base']:.2f}x")
 EOF
 log "results in $RES"
 cleanup

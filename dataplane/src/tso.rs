@@ -376,3 +376,20 @@ fn copy_out(area: &mut FrameArea, src: &[(u64, u32)], mut off: usize, dst: u64, 
     }
     left == 0
 }
+
+/// The packets frame `f` stands for on a wire: one, or for a large TCP segment carried whole
+/// (whose TCP header is at offset `l4`), the segments it is cut into (what a policer counting
+/// packets charges).
+#[inline(always)]
+pub fn wire_packets(area: &FrameArea, f: &FrameRef, l4: usize) -> u32 {
+    if f.is_gso() { segments_of(area, f, l4) } else { 1 }
+}
+
+#[cold]
+fn segments_of(area: &FrameArea, f: &FrameRef, l4: usize) -> u32 {
+    let Some(g) = area.gso(f) else { return 1 };
+    let tcp_len =
+        area.frame(f).and_then(|b| b.get(l4 + 12)).map_or(20, |b| usize::from(b >> 4) * 4);
+    let payload = (f.len() as usize).saturating_sub(l4 + tcp_len);
+    payload.div_ceil(usize::from(g.mss).max(1)).max(1) as u32
+}

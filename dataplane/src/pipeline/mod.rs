@@ -526,10 +526,11 @@ impl Pipeline {
             note!(i, Outcome::Guard(Ok(policy::guarded(snap, m))));
             if checks & CHECK_POLICE != 0 && from_tenant {
                 let before = if REC { self.police.bucket(m.tenant) } else { None };
+                let wire = (f.len(), crate::tso::wire_packets(area, f, usize::from(m.l4_offset)));
                 let admitted = if DRY {
-                    self.police.would_admit(m.tenant, now, f.len())
+                    self.police.would_admit(m.tenant, now, wire)
                 } else {
-                    self.police.admit(m.tenant, now, f.len())
+                    self.police.admit(m.tenant, now, wire)
                 };
                 note!(i, Outcome::Police(before.map(|b| police::policed(b, now, admitted))));
                 if !admitted {

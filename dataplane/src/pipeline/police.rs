@@ -57,22 +57,24 @@ impl Policers {
             .collect();
     }
 
-    /// True when tenant `t` may send a frame of `len` bytes now (its tokens are taken).
+    /// True when tenant `t` may send a frame of `len` bytes, standing for `packets` packets on
+    /// the wire (more than one for a large TCP segment carried whole), now (its tokens are
+    /// taken).
     #[inline]
-    pub fn admit(&mut self, t: TenantId, now: Nanos, len: u32) -> bool {
+    pub fn admit(&mut self, t: TenantId, now: Nanos, (len, packets): (u32, u32)) -> bool {
         let Some(Some(Policer(b, unit))) = self.buckets.get_mut(t.index()) else { return true };
-        // A frame larger than the whole burst passes when the bucket is full, and empties it.
-        b.take_at(now, unit.cost(len))
+        // A frame larger than the whole burst passes when the bucket is full, and leaves it in
+        // debt for all of it.
+        b.take_at(now, cost(*unit, len, packets))
     }
 
-    /// True when tenant `t` could send a frame of `len` bytes now; nothing is taken (a dry
-    /// run's policer).
+    /// As [`Police::admit`], but nothing is taken (a dry run's policer).
     #[inline]
-    pub fn would_admit(&self, t: TenantId, now: Nanos, len: u32) -> bool {
+    pub fn would_admit(&self, t: TenantId, now: Nanos, (len, packets): (u32, u32)) -> bool {
         let Some(Some(Policer(mut b, unit))) = self.buckets.get(t.index()).copied() else {
             return true;
         };
-        b.take_at(now, unit.cost(len))
+        b.take_at(now, cost(unit, len, packets))
     }
 
     /// Tenant `t`'s bucket, if it is policed (for traces).
@@ -86,4 +88,14 @@ impl Policers {
 pub fn policed((mut b, unit): (TokenBucket, Unit), now: Nanos, passed: bool) -> Policed {
     b.refill(now);
     Policed { passed, tokens: b.tokens(), per_sec: b.rate(), packets: unit == Unit::Packets }
+}
+
+/// What a frame of `len` bytes standing for `packets` packets costs a policer counting in
+/// `unit`.
+#[inline(always)]
+fn cost(unit: Unit, len: u32, packets: u32) -> u64 {
+    match unit {
+        Unit::Packets => u64::from(packets),
+        Unit::Bytes => u64::from(len),
+    }
 }

@@ -76,8 +76,9 @@ impl TokenBucket {
     }
 
     /// Refills to `now` and takes `n` tokens if there are that many (false, and nothing taken,
-    /// otherwise); a take larger than the whole bucket goes when the bucket is full (and
-    /// empties it) instead of never. Always inlined: as a call it cost a third again of itself in
+    /// otherwise); a take larger than the whole bucket goes when the bucket is full instead of
+    /// never, and leaves the bucket in debt for all of it (so a guest's large TCP segments,
+    /// which cross the switch whole, are held to the rate as the packets they stand for). Always inlined: as a call it cost a third again of itself in
     /// argument passing on the shaper's path (callgrind, PERF(shaping)).
     #[inline(always)]
     pub fn take_at(&mut self, now: Nanos, n: u64) -> bool {
@@ -88,8 +89,9 @@ impl TokenBucket {
             self.debt = next;
             true
         } else if cost > self.cap && self.debt == 0 {
-            // Larger than the whole bucket: it goes when the bucket is full, and empties it.
-            self.debt = self.cap;
+            // Larger than the whole bucket: it goes when the bucket is full, and the bucket
+            // stays empty until time has paid for all of it.
+            self.debt = cost;
             true
         } else {
             false
@@ -183,18 +185,22 @@ mod tests {
     }
 
     #[test]
-    fn a_take_larger_than_the_bucket_goes_only_when_it_is_full_and_empties_it() {
-        // 1 000 tokens a second, 1 000 deep: a 1 500-token frame.
+    fn a_take_larger_than_the_bucket_goes_only_when_it_is_full_and_is_paid_for_whole() {
+        // 1 000 tokens a second, 1 000 deep: a 1 500-token frame (a guest's large TCP segment
+        // is one frame of up to 64 KiB).
         let mut b = TokenBucket::new(1_000, 1_000, Nanos::ZERO);
         assert!(b.take_at(Nanos::ZERO, 1_500));
         assert_eq!(b.tokens(), 0);
         assert!(!b.take_at(Nanos::ZERO, 1));
-        // Half full: the big one waits, a small one goes.
-        assert!(!b.take_at(Nanos::from_millis(500), 1_500));
-        assert!(b.take_at(Nanos::from_millis(500), 100));
-        // 600 ms of debt left at 500 ms: full at 1 100 ms, not before.
-        assert!(!b.take_at(Nanos::from_millis(1_099), 1_500));
-        assert!(b.take_at(Nanos::from_millis(1_100), 1_500));
+        // 500 tokens short of empty: still empty at 500 ms.
+        assert!(!b.take_at(Nanos::from_millis(500), 1));
+        assert_eq!(b.tokens(), 0);
+        // 100 tokens at 600 ms; the big one waits for a full bucket, at 1 600 ms.
+        assert!(!b.take_at(Nanos::from_millis(599), 100));
+        assert!(b.take_at(Nanos::from_millis(600), 100));
+        assert!(!b.take_at(Nanos::from_millis(1_599), 1_500));
+        assert!(b.take_at(Nanos::from_millis(1_600), 1_500));
+        // 3 100 tokens in 1.6 s from a full bucket of 1 000: the rate holds.
         assert_eq!(b.tokens(), 0);
     }
 
