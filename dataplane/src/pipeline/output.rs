@@ -679,7 +679,11 @@ fn send_one(
             false
         }
         Ok(out) if snap.is_underlay(port) => {
-            let Some(underlay) = snap.underlay(port) else { return false };
+            let Some(underlay) = snap.underlay(port) else {
+                c.drop(ingress, tenant, DropReason::NoRoute);
+                pool.free(area, out);
+                return false;
+            };
             let to = ToUnderlay { meta: m, ingress, port, underlay, host };
             to_underlay(now, snap, map, area, pool, out, &to, tx, c)
         }
@@ -727,8 +731,14 @@ fn send_cut(
     c: &mut Counters,
 ) -> bool {
     let tenant = Some(m.tenant);
-    let Some(g) = area.gso(&f) else { return false };
+    let Some(g) = area.gso(&f) else {
+        c.drop(ingress, tenant, DropReason::Malformed);
+        pool.free(area, f);
+        return false;
+    };
     let mut segs = std::mem::take(&mut tx.cut);
+    // `cut_frame` makes at most MAX_TSO_SEGS segments, the capacity: the test only keeps the
+    // push from ever allocating.
     let r = tso::cut_frame(area, pool, &f, g, &mut |s| {
         if segs.len() < segs.capacity() {
             segs.push(s);
