@@ -150,9 +150,12 @@ to_tenant = { rate = "200Mbit" }
     assert!(lab.ping("h1", "10.9.1.2", "2"));
     assert!(lab.ping("h3", "10.9.1.4", "2"));
     // Rates count frame bytes; iperf3 counts payload: 1448 of 1514 bytes for TCP (95.6 %),
-    // 1470 of 1512 for UDP (97.2 %). Within 10 % of the limit either way.
+    // 1470 of 1512 for UDP (97.2 %). Within 10 % either way of the payload rate the limit
+    // allows (centred there: against the limit itself, a TCP run 6 % under it failed once on
+    // a loaded machine, 44.8 Mbit/s for 50, where 47.8 is what the limit lets through).
     let within = |what: &str, bps: f64, limit: f64| {
-        let r = bps / limit;
+        let payload = if what.contains("TCP") { 1448.0 / 1514.0 } else { 1470.0 / 1512.0 };
+        let r = bps / (limit * payload);
         eprintln!("{what}: {:.1} Mbit/s, limit {:.0}", bps / 1e6, limit / 1e6);
         assert!((0.9..=1.1).contains(&r), "{what}: {:.1} Mbit/s against {limit:.0}", bps / 1e6);
     };
