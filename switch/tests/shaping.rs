@@ -153,8 +153,9 @@ to_tenant = { rate = "200Mbit" }
     // 1470 of 1512 for UDP (97.2 %). Within 10 % either way of the payload rate the limit
     // allows (centred there: against the limit itself, a TCP run 6 % under it failed once on
     // a loaded machine, 44.8 Mbit/s for 50, where 47.8 is what the limit lets through).
-    let within = |what: &str, bps: f64, limit: f64| {
-        let payload = if what.contains("TCP") { 1448.0 / 1514.0 } else { 1470.0 / 1512.0 };
+    const TCP: f64 = 1448.0 / 1514.0;
+    const UDP: f64 = 1470.0 / 1512.0;
+    let within = |what: &str, bps: f64, (limit, payload): (f64, f64)| {
         let r = bps / (limit * payload);
         eprintln!("{what}: {:.1} Mbit/s, limit {:.0}", bps / 1e6, limit / 1e6);
         assert!((0.9..=1.1).contains(&r), "{what}: {:.1} Mbit/s against {limit:.0}", bps / 1e6);
@@ -165,10 +166,10 @@ to_tenant = { rate = "200Mbit" }
     let udp = |from: &str, to_host: &str, to: &str, offer: &str| {
         lab.iperf_with(from, to_host, to, "5302", &["-u", "-b", offer, "-l", "1470", "-t", "3"])
     };
-    within("red TCP", tcp("h1", "h2", "10.9.1.2"), 50e6);
-    within("blue TCP", tcp("h3", "h4", "10.9.1.4"), 200e6);
-    within("red UDP", udp("h1", "h2", "10.9.1.2", "150M"), 50e6);
-    within("blue UDP", udp("h3", "h4", "10.9.1.4", "400M"), 200e6);
+    within("red TCP", tcp("h1", "h2", "10.9.1.2"), (50e6, TCP));
+    within("blue TCP", tcp("h3", "h4", "10.9.1.4"), (200e6, TCP));
+    within("red UDP", udp("h1", "h2", "10.9.1.2", "150M"), (50e6, UDP));
+    within("blue UDP", udp("h3", "h4", "10.9.1.4", "400M"), (200e6, UDP));
     // A policer on what red sends, added by a live reload: 20 Mbit/s of 100 offered pass.
     lab.edit_config(|c| {
         c.replace(
@@ -185,7 +186,7 @@ to_tenant = { rate = "200Mbit" }
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     std::thread::sleep(Duration::from_millis(500));
-    within("red UDP (policer)", udp("h1", "h2", "10.9.1.2", "100M"), 20e6);
+    within("red UDP (policer)", udp("h1", "h2", "10.9.1.2", "100M"), (20e6, UDP));
     let (ok, log) = lab.stop();
     assert!(ok, "{log}");
     // The excess was dropped, and counted: by red's policer and by full queues.

@@ -680,9 +680,7 @@ fn send_one(
         }
         Ok(out) if snap.is_underlay(port) => {
             let Some(underlay) = snap.underlay(port) else {
-                c.drop(ingress, tenant, DropReason::NoRoute);
-                pool.free(area, out);
-                return false;
+                return unsent(area, pool, c, (ingress, tenant), out, DropReason::NoRoute);
             };
             let to = ToUnderlay { meta: m, ingress, port, underlay, host };
             to_underlay(now, snap, map, area, pool, out, &to, tx, c)
@@ -709,6 +707,23 @@ fn send_one(
     }
 }
 
+/// Drops `f` for `reason`, counted, and gives it back to the pool: for the ways out of
+/// [`send_one`] that a consistent snapshot never takes, kept out of its inlined body.
+#[cold]
+#[inline(never)]
+fn unsent(
+    area: &mut FrameArea,
+    pool: &mut FramePool,
+    c: &mut Counters,
+    (ingress, tenant): (PortId, Option<TenantId>),
+    f: FrameRef,
+    reason: DropReason,
+) -> bool {
+    c.drop(ingress, tenant, reason);
+    pool.free(area, f);
+    false
+}
+
 /// Cuts `f`, a large TCP segment carried whole, into MTU-sized segments and queues each for
 /// `port` as [`send_one`] would (each counts as the packet it is on the wire). A segment too big
 /// for the port is dropped as `too_big`; when too few frames are free for all of them, or the
@@ -732,9 +747,7 @@ fn send_cut(
 ) -> bool {
     let tenant = Some(m.tenant);
     let Some(g) = area.gso(&f) else {
-        c.drop(ingress, tenant, DropReason::Malformed);
-        pool.free(area, f);
-        return false;
+        return unsent(area, pool, c, (ingress, tenant), f, DropReason::Malformed);
     };
     let mut segs = std::mem::take(&mut tx.cut);
     // `cut_frame` makes at most MAX_TSO_SEGS segments, the capacity: the test only keeps the
